@@ -1,0 +1,57 @@
+# Every target creates or reuses the virtualenv in .venv and installs the pinned dependencies
+# (requirements.lock) before it runs, so a fresh clone needs nothing but Python 3.11+ and make.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+UV_VERSION := 0.13.8
+SANDBOX_PORT ?= 8765
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	@$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	@$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install the pinned dependencies
+
+.PHONY: run
+run: $(STAMP) ## Run the main job (for now: the Calendly sandbox on SANDBOX_PORT)
+	$(BIN)/calendly-connect sandbox --port $(SANDBOX_PORT)
+
+.PHONY: sandbox
+sandbox: $(STAMP) ## Run the Calendly sandbox on SANDBOX_PORT (default 8765)
+	$(BIN)/calendly-connect sandbox --port $(SANDBOX_PORT)
+
+.PHONY: test
+test: $(STAMP) ## Run the whole test suite
+	$(BIN)/pytest
+
+.PHONY: lint
+lint: $(STAMP) ## ruff format check, ruff, mypy --strict, import-linter
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+.PHONY: format
+format: $(STAMP) ## Rewrite the code in the house format
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: lock
+lock: $(STAMP) ## Re-pin requirements.lock from the ranges in pyproject.toml
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+.PHONY: clean
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

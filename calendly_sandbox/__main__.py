@@ -1,0 +1,5 @@
+"""`python -m calendly_sandbox`: run the sandbox."""
+
+from .app import main
+
+raise SystemExit(main())
