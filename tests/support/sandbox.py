@@ -210,13 +210,13 @@ class WebhookReceiver:
         status = self.script.pop(0) if self.script else 200
         return web.Response(status=status, text="ok")
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+    async def wait_for(self, count: int, seconds: float = 10.0) -> list[Received]:
         async def enough() -> None:
             while len(self.received) < count:
                 self.arrived.clear()
                 await self.arrived.wait()
 
-        await asyncio.wait_for(enough(), timeout)
+        await asyncio.wait_for(enough(), seconds)
         return self.received
 
 
