@@ -317,10 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     config = SandboxConfig(base_url=args.base_url, clients=[client], settings=settings)
 
-    async def run() -> None:
+    async def run() -> int:
         async with serve(config, args.host, args.port) as running:
             if preload is not None:
-                apply_preload(running.app, preload)
+                try:
+                    apply_preload(running.app, preload)
+                except ApiError as exc:
+                    print(f"error: cannot preload {args.preload}: {exc.message}", file=sys.stderr)
+                    return 2
             print(f"Calendly sandbox listening on {running.url}")
             print(f"  OAuth client id:  {client.client_id}")
             if not secret_given:
@@ -335,10 +339,10 @@ def main(argv: list[str] | None = None) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
+        return 0
 
     try:
-        asyncio.run(run())
+        return asyncio.run(run())
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
-    return 0

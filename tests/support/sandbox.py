@@ -9,6 +9,7 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -153,6 +154,20 @@ class SandboxDriver:
             {"grant_type": "refresh_token", "refresh_token": refresh_token}
         )
 
+    async def oauth_post(
+        self, path: str, form: dict[str, str], *, basic: bool = True, secret: str | None = None
+    ) -> aiohttp.ClientResponse:
+        """POST a form to an OAuth endpoint (`/oauth/revoke`, ...) as this client (body read)."""
+        secret = self.client.client_secret if secret is None else secret
+        headers = {}
+        if basic:
+            headers["Authorization"] = aiohttp.encode_basic_auth(self.client.client_id, secret)
+        else:
+            form = {**form, "client_id": self.client.client_id, "client_secret": secret}
+        async with self.http.post(f"{self.url}{path}", data=form, headers=headers) as resp:
+            await resp.read()
+            return resp
+
     # ---------------------------------------------------------------- API
     async def api(
         self,
@@ -237,3 +252,49 @@ async def webhook_receiver() -> AsyncIterator[WebhookReceiver]:
         yield receiver
     finally:
         await runner.cleanup()
+
+
+@dataclass
+class ConsentForm:
+    """What the sandbox's consent page asks a browser to post back."""
+
+    method: str = ""
+    action: str = ""
+    hidden: dict[str, str] = field(default_factory=dict)
+    user_choices: list[str] = field(default_factory=list)
+    plans: list[str] = field(default_factory=list)
+    decisions: list[str] = field(default_factory=list)
+
+
+class _ConsentParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.form = ConsentForm()
+        self.in_plan = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.form.method, self.form.action = a.get("method", "").lower(), a.get("action", "")
+        elif tag == "input" and a.get("type") == "hidden":
+            self.form.hidden[a.get("name", "")] = a.get("value", "")
+        elif tag == "input" and a.get("type") == "radio" and a.get("name") == "user_id":
+            self.form.user_choices.append(a.get("value", ""))
+        elif tag == "select":
+            self.in_plan = a.get("name") == "new_plan"
+        elif tag == "option" and self.in_plan:
+            self.form.plans.append(a.get("value", ""))
+        elif tag == "button" and a.get("name") == "decision":
+            self.form.decisions.append(a.get("value", ""))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self.in_plan = False
+
+
+def parse_consent(html: str) -> ConsentForm:
+    """Read the consent page's form the way a browser would submit it."""
+    parser = _ConsentParser()
+    parser.feed(html)
+    parser.close()
+    return parser.form
