@@ -62,6 +62,11 @@ async def traffic(request: web.Request, handler: Handler) -> web.StreamResponse:
             extra_headers = await apply_fault(request, fault)
         if is_api and matched:
             extra_headers = authenticate(request, sandbox)
+        elif is_api:
+            # An unknown path or method still answers 404/405, but like every API response
+            # it carries the X-RateLimit-* headers (and counts against the caller's limit).
+            with contextlib.suppress(ApiError):
+                authenticate(request, sandbox)
         response = await handler(request)
     except (ApiError, OAuthError) as exc:
         response = exc.response()

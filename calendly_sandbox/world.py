@@ -61,6 +61,18 @@ LOCATION_TYPES: dict[str, Callable[[], dict[str, Any]]] = {
         "status": "pushed",
         "data": {},
     },
+    "gotomeeting": lambda: {
+        "type": "gotomeeting",
+        "join_url": "https://gotomeeting.example/join/1",
+        "status": "pushed",
+        "data": {},
+    },
+    "webex": lambda: {
+        "type": "webex",
+        "join_url": "https://webex.example/meet/1",
+        "status": "pushed",
+        "data": {},
+    },
     "outbound_call": lambda: {"type": "outbound_call", "location": "+1 555 0100"},
     "inbound_call": lambda: {"type": "inbound_call", "location": "+1 555 0101"},
     "custom": lambda: {"type": "custom", "location": "Somewhere custom"},

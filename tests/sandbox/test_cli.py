@@ -25,6 +25,7 @@ def start(*args: str) -> tuple[subprocess.Popen[str], str]:
         env=env,
     )
     assert proc.stdout is not None
+    assert proc.stderr is not None
     first = proc.stdout.readline()
     assert first.startswith("Calendly sandbox listening on "), first + proc.stderr.read()
     return proc, first.rsplit(" ", 1)[1].strip()

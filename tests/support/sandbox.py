@@ -218,12 +218,19 @@ class WebhookReceiver:
     # Statuses to answer, in order; when empty, 200.
     script: list[int] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    # Sent as `Location` with every 3xx answer from the script (to catch redirect following).
+    location: str | None = None
+    # Seconds to wait before answering, in order (to outlast a delivery timeout); then none.
+    pauses: list[float] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append(Received(await request.read(), dict(request.headers)))
         self.arrived.set()
+        if self.pauses:
+            await asyncio.sleep(self.pauses.pop(0))
         status = self.script.pop(0) if self.script else 200
-        return web.Response(status=status, text="ok")
+        headers = {"Location": self.location} if self.location and 300 <= status < 400 else None
+        return web.Response(status=status, text="ok", headers=headers)
 
     async def wait_for(self, count: int, seconds: float = 10.0) -> list[Received]:
         async def enough() -> None:
