@@ -1,0 +1,5 @@
+"""Calendly's OAuth server and REST API over aiohttp."""
+
+from .api import AiohttpCalendlyApi
+
+__all__ = ["AiohttpCalendlyApi"]

@@ -1,0 +1,112 @@
+"""Calendly's JSON as msgspec Structs: lenient on input (Calendly adds fields), exact on output."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+from domain.secret import Secret
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+# Calendly says 7200; anything from nothing to ten years is taken as given.
+Lifetime = Annotated[float, msgspec.Meta(ge=0, le=10 * 366 * 86_400)]
+
+
+# ------------------------------------------------------------------- OAuth
+class TokenResponse(msgspec.Struct, kw_only=True):
+    """`POST /oauth/token` answered 200 (older responses lack `organization`)."""
+
+    access_token: NonEmpty
+    refresh_token: NonEmpty
+    expires_in: Lifetime
+    owner: NonEmpty
+    organization: str | None = None
+    token_type: str | None = None
+    scope: str | None = None
+    created_at: float | None = None
+
+
+class OAuthErrorBody(msgspec.Struct, kw_only=True):
+    """An RFC 6749 error: branch on `error`, never on `error_description`."""
+
+    error: str
+    error_description: str | None = None
+
+
+# --------------------------------------------------------------------- API
+class ApiErrorBody(msgspec.Struct, kw_only=True):
+    """The API's error envelope: `{"title", "message", "details"?}`."""
+
+    title: str | None = None
+    message: str | None = None
+
+
+class User(msgspec.Struct, kw_only=True):
+    uri: NonEmpty
+    email: str
+    current_organization: NonEmpty
+    name: str | None = None
+
+
+class UserResource(msgspec.Struct, kw_only=True):
+    resource: User
+
+
+class WebhookSubscription(msgspec.Struct, kw_only=True):
+    uri: str
+    callback_url: str
+    state: str
+    scope: str
+    events: list[str] = msgspec.field(default_factory=list)
+    user: str | None = None
+    organization: str | None = None
+    # Kept as text and parsed leniently: a timestamp in an odd shape must not fail a listing.
+    created_at: str | None = None
+
+    def created(self) -> datetime | None:
+        if not self.created_at:
+            return None
+        try:
+            return datetime.fromisoformat(self.created_at)
+        except ValueError:
+            return None
+
+
+class WebhookSubscriptionResource(msgspec.Struct, kw_only=True):
+    resource: WebhookSubscription
+
+
+class Pagination(msgspec.Struct, kw_only=True):
+    next_page_token: str | None = None
+
+
+class WebhookSubscriptionPage(msgspec.Struct, kw_only=True):
+    collection: list[WebhookSubscription]
+    pagination: Pagination = msgspec.field(default_factory=Pagination)
+
+
+class CreateWebhookSubscription(msgspec.Struct, kw_only=True):
+    """The body of `POST /webhook_subscriptions` (user scope).
+
+    The signing key stays a `Secret` until the moment the body is encoded (see `encode`).
+    """
+
+    url: str
+    events: list[str]
+    organization: str
+    scope: str
+    user: str
+    signing_key: Secret
+
+
+def _reveal(value: object) -> object:
+    if isinstance(value, Secret):
+        return value.reveal()
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+def encode(body: msgspec.Struct) -> bytes:
+    """JSON for a request body, revealing `Secret` fields only in the bytes it returns."""
+    return msgspec.json.encode(body, enc_hook=_reveal)

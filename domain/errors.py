@@ -1,0 +1,120 @@
+"""The domain's errors: a small hierarchy that carries data, mapped to HTTP in one place."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error the core raises on purpose."""
+
+
+class NotAuthenticated(DomainError):
+    """The caller is not a signed-in app user."""
+
+
+class ConnectionNotFound(DomainError):
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"no Calendly connection for this user ({user_id})")
+        self.user_id = user_id
+
+
+class AuthorizationStateInvalid(DomainError):
+    """The OAuth `state` is unknown, used, expired, or belongs to another user or browser."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the authorization request is not valid: {reason}")
+        self.reason = reason
+
+
+class AuthorizationDenied(DomainError):
+    """The person declined access on Calendly's consent page (or Calendly reported an error)."""
+
+    def __init__(self, error: str, description: str | None) -> None:
+        super().__init__(f"Calendly did not authorize the connection: {error}")
+        self.error = error
+        self.description = description
+
+
+class AccountAlreadyConnected(DomainError):
+    """The Calendly account is connected to another app user; webhooks route to exactly one."""
+
+    def __init__(self, calendly_user_uri: str) -> None:
+        super().__init__("this Calendly account is already connected to another user")
+        self.calendly_user_uri = calendly_user_uri
+
+
+class ConcurrentUpdate(DomainError):
+    """Someone else changed the connection first (optimistic version check)."""
+
+
+class ReauthorizationRequired(DomainError):
+    """Calendly no longer accepts the stored grant: the user must authorize again."""
+
+    def __init__(self, user_id: str, reason: str) -> None:
+        super().__init__(f"the Calendly connection needs to be authorized again: {reason}")
+        self.user_id = user_id
+        self.reason = reason
+
+
+class CalendlyError(DomainError):
+    """Calendly answered with an error; `status` and `body` are what it said."""
+
+    def __init__(self, status: int, body: object, message: str | None = None) -> None:
+        super().__init__(message or f"Calendly answered {status}")
+        self.status = status
+        self.body = body
+
+
+class InvalidGrant(CalendlyError):
+    """The token endpoint said `invalid_grant`: the code or refresh token is no longer valid."""
+
+
+class TokenRejected(CalendlyError):
+    """The API answered 401 for the access token."""
+
+
+class PlanRequired(CalendlyError):
+    """The account's plan does not allow webhooks ("Please upgrade your Calendly account")."""
+
+
+class PermissionDenied(CalendlyError):
+    """Calendly answered 403 for another reason than the plan."""
+
+
+class ResourceNotFound(CalendlyError):
+    """Calendly answered 404."""
+
+
+class AlreadyExists(CalendlyError):
+    """Calendly answered 409 (a subscription with this callback URL exists)."""
+
+
+class RateLimited(CalendlyError):
+    """Calendly answered 429; `retry_after` is its `X-RateLimit-Reset` in seconds."""
+
+    def __init__(self, status: int, body: object, retry_after: float) -> None:
+        super().__init__(status, body, f"Calendly rate limit reached; retry in {retry_after:g}s")
+        self.retry_after = retry_after
+
+
+class CalendlyUnavailable(CalendlyError):
+    """Calendly could not be reached, timed out or answered 5xx."""
+
+
+class InvalidSignature(DomainError):
+    """A webhook delivery's signature is missing, malformed, stale or wrong."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"webhook signature rejected: {reason}")
+        self.reason = reason
+
+
+class UnusablePayload(DomainError):
+    """A correctly signed delivery that cannot be applied (it is stored aside, not refused)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StorageUnavailable(DomainError):
+    """The database cannot be reached; the caller should retry later."""

@@ -1,0 +1,248 @@
+"""The ports: what the core needs from the outside world, named for the role they play."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Literal, Protocol, Self
+
+import msgspec
+
+from .meetings import Invitee, Meeting, MeetingStatus
+from .model import CalendlyAccount, Connection, PendingAuthorization, TokenSet
+from .secret import Secret
+
+
+# ----------------------------------------------------------------- Calendly
+class GrantedTokens(msgspec.Struct, frozen=True, kw_only=True):
+    """What the token endpoint answered: the pair and whose it is."""
+
+    tokens: TokenSet
+    owner_uri: str
+    # Older token responses lack it; then `/users/me` says it.
+    organization_uri: str | None = None
+
+
+class Subscription(msgspec.Struct, frozen=True, kw_only=True):
+    """A webhook subscription as Calendly reports it (its signing key is never echoed)."""
+
+    uri: str
+    callback_url: str
+    events: tuple[str, ...]
+    state: Literal["active", "disabled"] | str
+    scope: str
+    user_uri: str | None
+    created_at: datetime | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.state == "active"
+
+
+class NewSubscription(msgspec.Struct, frozen=True, kw_only=True):
+    callback_url: str
+    events: tuple[str, ...]
+    organization_uri: str
+    user_uri: str
+    signing_key: Secret
+
+
+class CalendlyApi(Protocol):
+    """Calendly's OAuth server and REST API.
+
+    Every method raises a `CalendlyError` subclass for an error answer: `InvalidGrant`,
+    `TokenRejected` (401), `PlanRequired`, `PermissionDenied`, `ResourceNotFound`,
+    `AlreadyExists`, `RateLimited`, or `CalendlyUnavailable` (unreachable, timeout, 5xx).
+    """
+
+    def authorization_url(self, *, state: str, code_challenge: str, redirect_uri: str) -> str:
+        """The consent page URL to open in the popup (no I/O)."""
+        ...
+
+    async def exchange_code(
+        self, *, code: str, redirect_uri: str, code_verifier: Secret
+    ) -> GrantedTokens:
+        """Redeem an authorization code. Never retried: codes are single-use."""
+        ...
+
+    async def refresh(self, refresh_token: Secret) -> GrantedTokens:
+        """Trade a refresh token for a new pair. Never retried: refresh tokens are single-use."""
+        ...
+
+    async def revoke(self, token: Secret) -> None:
+        """Revoke a token (and its pair)."""
+        ...
+
+    async def current_user(self, access_token: Secret) -> CalendlyAccount:
+        """`GET /users/me` as an account."""
+        ...
+
+    async def list_subscriptions(
+        self, access_token: Secret, *, organization_uri: str, user_uri: str
+    ) -> list[Subscription]:
+        """Every user-scope subscription of the user, all pages followed."""
+        ...
+
+    async def create_subscription(
+        self, access_token: Secret, subscription: NewSubscription
+    ) -> Subscription:
+        """Create a user-scope subscription."""
+        ...
+
+    async def delete_subscription(self, access_token: Secret, uri: str) -> None:
+        """Delete a subscription; raises ResourceNotFound when it is already gone."""
+        ...
+
+
+# ------------------------------------------------------------------ storage
+class ConnectionRepository(Protocol):
+    """The current tenant's Calendly connection (one per app user)."""
+
+    async def get(self, user_id: str, *, for_update: bool = False) -> Connection | None:
+        """The user's connection; `for_update` locks it until the transaction ends."""
+        ...
+
+    async def add(self, connection: Connection) -> Connection:
+        """Store a new connection; raises AccountAlreadyConnected if the account is taken."""
+        ...
+
+    async def save(self, connection: Connection) -> Connection:
+        """Store a changed connection if nobody changed it since it was read.
+
+        Returns it with the next version; raises ConcurrentUpdate when the version moved and
+        AccountAlreadyConnected when its Calendly account belongs to another user.
+        """
+        ...
+
+
+class AuthorizationRepository(Protocol):
+    """OAuth round trips in flight."""
+
+    async def add(self, pending: PendingAuthorization) -> None: ...
+
+    async def take(self, state: str) -> PendingAuthorization | None:
+        """Remove and return the pending authorization for `state` (each state works once)."""
+        ...
+
+
+class MeetingChange(msgspec.Struct, frozen=True, kw_only=True):
+    """What one delivery says about a meeting and one of its invitees."""
+
+    meeting: Meeting
+    invitee: Invitee | None = None
+    # For no-show events: the flag and Calendly's time of the change.
+    no_show: bool | None = None
+    no_show_at: datetime | None = None
+
+
+class MeetingView(msgspec.Struct, frozen=True, kw_only=True):
+    """A meeting as the user's meetings list shows it, with its invitees."""
+
+    id: str
+    meeting: Meeting
+    invitees: tuple[Invitee, ...]
+    updated_at: datetime
+    change_seq: int
+
+
+class MeetingQuery(msgspec.Struct, frozen=True, kw_only=True):
+    status: MeetingStatus | None = None
+    starts_after: datetime | None = None
+    starts_before: datetime | None = None
+    # Keyset cursor: the (start_time, id) of the last meeting on the previous page.
+    after: tuple[datetime | None, str] | None = None
+    limit: int = 50
+
+
+class MeetingRepository(Protocol):
+    """The current tenant's meetings."""
+
+    async def apply(self, connection: Connection, change: MeetingChange) -> None:
+        """Merge `change` into the stored meeting and invitee, by the rules of the model."""
+        ...
+
+    async def list(self, user_id: str, query: MeetingQuery) -> Sequence[MeetingView]: ...
+
+
+WebhookOutcome = Literal["applied", "ignored", "unusable"]
+
+
+class WebhookEventLog(Protocol):
+    """Deliveries seen, for deduplication and for looking back."""
+
+    async def record(
+        self,
+        *,
+        event_id: str,
+        event_type: str,
+        payload: bytes,
+        connection: Connection | None,
+        outcome: WebhookOutcome,
+        reason: str | None = None,
+    ) -> bool:
+        """Record a delivery; False when `event_id` was already recorded (a duplicate)."""
+        ...
+
+
+class Route(msgspec.Struct, frozen=True, kw_only=True):
+    """Which app user and connection a delivery belongs to."""
+
+    user_id: str
+    connection_id: str
+    calendly_user_uri: str
+
+
+class UnitOfWork(Protocol):
+    """One transaction on behalf of one tenant; leaving without `commit()` rolls back."""
+
+    connections: ConnectionRepository
+    authorizations: AuthorizationRepository
+    meetings: MeetingRepository
+    webhook_events: WebhookEventLog
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def act_as(self, user_id: str) -> None:
+        """Make `user_id` the tenant for the rest of the transaction (row-level security)."""
+        ...
+
+    async def route(
+        self, *, webhook_token: str | None, calendly_user_uri: str | None
+    ) -> Route | None:
+        """Find the connection a delivery belongs to, before any tenant is known."""
+        ...
+
+    async def lock(self, name: str) -> None:
+        """Hold a named lock, across processes, until the transaction ends."""
+        ...
+
+    async def commit(self) -> None: ...
+
+
+class UnitOfWorkFactory(Protocol):
+    def __call__(self, user_id: str | None = None) -> UnitOfWork:
+        """A unit of work acting as `user_id` (None: no tenant yet, as for a webhook)."""
+        ...
+
+
+# -------------------------------------------------------------------- misc
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+
+class Randomness(Protocol):
+    def token(self, nbytes: int = 32) -> str:
+        """A URL-safe random string with `nbytes` of entropy (from a CSPRNG)."""
+        ...
+
+    def uuid(self) -> str: ...

@@ -1,0 +1,1 @@
+"""The use cases: one module, one callable class each."""

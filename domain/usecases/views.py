@@ -1,0 +1,38 @@
+"""What the use cases answer about a connection: status, never secrets."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from domain.model import Connection, ConnectionStatus, WebhookStatus
+
+
+class ConnectionView(msgspec.Struct, frozen=True, kw_only=True):
+    status: ConnectionStatus
+    webhook_status: WebhookStatus
+    calendly_user_uri: str | None
+    organization_uri: str | None
+    email: str | None
+    name: str | None
+    token_expires_at: datetime | None
+    last_error: str | None
+    connected_since: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, connection: Connection) -> ConnectionView:
+        account = connection.account
+        return cls(
+            status=connection.status,
+            webhook_status=connection.webhook_status,
+            calendly_user_uri=account.user_uri if account else None,
+            organization_uri=account.organization_uri if account else None,
+            email=account.email if account else None,
+            name=account.name if account else None,
+            token_expires_at=connection.tokens.expires_at if connection.tokens else None,
+            last_error=connection.last_error,
+            connected_since=connection.created_at,
+            updated_at=connection.updated_at,
+        )

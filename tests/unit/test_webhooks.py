@@ -1,0 +1,343 @@
+"""Webhook deliveries through HandleWebhookEvent: signatures, routing, dedup and effects."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from domain.errors import InvalidSignature
+from domain.meetings import MeetingStatus
+from domain.usecases.handle_webhook_event import WebhookCommand, WebhookResult
+from tests.fakes.calendly import FakeUser
+from tests.fakes.storage import meetings_of
+from tests.support.deliveries import envelope, invitee_payload, sign
+from tests.unit.conftest import APP_KEY, Core, build_core
+
+EVENT = "https://api.calendly.test/scheduled_events/"
+
+
+async def connected(core: Core, user_id: str = "u", email: str = "ada@example.com") -> FakeUser:
+    user = core.calendly.add_user(email)
+    await core.connect(user_id, user)
+    return user
+
+
+def stamp(core: Core) -> int:
+    """Signatures are made at the fake clock's time, which the verifier also reads."""
+    return int(core.clock.now().timestamp())
+
+
+async def deliver(
+    core: Core,
+    body: bytes,
+    *,
+    key: str | None = None,
+    token: str | None = None,
+    user_id: str = "u",
+    signature: str | None = None,
+) -> WebhookResult:
+    """Deliver as Calendly would to the connection's own URL, signed with its own key."""
+    connection = core.db.connections.get(user_id)
+    if key is None and connection is not None and connection.signing_key is not None:
+        key = connection.signing_key.reveal()
+    if token is None and connection is not None:
+        token = connection.webhook_token
+    return await core.handle_webhook(
+        WebhookCommand(
+            body=body,
+            signature=signature or sign(body, key or APP_KEY.reveal(), stamp(core)),
+            webhook_token=token,
+        )
+    )
+
+
+def created(host: FakeUser, event_id: str = "e1", invitee_id: str = "i1", **kw: Any) -> bytes:
+    payload = invitee_payload(host_uri=host.uri, event_id=event_id, invitee_id=invitee_id, **kw)
+    return envelope("invitee.created", payload, host.uri)
+
+
+def canceled(host: FakeUser, event_id: str = "e1", invitee_id: str = "i1", **kw: Any) -> bytes:
+    kw.setdefault("canceler_type", "invitee")
+    kw.setdefault("event_status", "canceled")
+    payload = invitee_payload(
+        host_uri=host.uri, event_id=event_id, invitee_id=invitee_id, status="canceled", **kw
+    )
+    return envelope("invitee.canceled", payload, host.uri)
+
+
+async def test_a_booking_becomes_a_meeting_of_that_user_only(core: Core) -> None:
+    ada = await connected(core)
+    await connected(core, "other", "bob@example.com")
+    result = await deliver(core, created(ada))
+    assert result.outcome == "applied"
+    assert result.user_id == "u"
+    meetings = meetings_of(core.db, "u")
+    meeting, invitees = meetings[EVENT + "e1"]
+    assert meeting.status is MeetingStatus.ACTIVE
+    assert meeting.name == "30 Minute Meeting"
+    assert list(invitees) == [EVENT + "e1/invitees/i1"]
+    assert meetings_of(core.db, "other") == {}
+
+
+async def test_the_app_level_key_is_accepted_too(core: Core) -> None:
+    ada = await connected(core)
+    result = await deliver(core, created(ada), key=APP_KEY.reveal())
+    assert result.outcome == "applied"
+
+
+async def test_the_shared_callback_url_routes_by_created_by(core: Core) -> None:
+    ada = await connected(core)
+    body = created(ada)
+    routed = await core.handle_webhook(
+        WebhookCommand(body=body, signature=sign(body, APP_KEY.reveal(), stamp(core)))
+    )
+    assert routed.outcome == "applied"
+    assert routed.user_id == "u"
+
+
+async def test_an_unknown_callback_token_is_stored_aside(core: Core) -> None:
+    ada = await connected(core)
+    result = await deliver(core, created(ada), key=APP_KEY.reveal(), token="retired-token")
+    assert result.outcome == "stored_aside"
+    assert meetings_of(core.db, "u") == {}
+
+
+@pytest.mark.parametrize("tamper", ["body", "timestamp", "key"])
+async def test_a_forged_delivery_has_no_effect(core: Core, tamper: str) -> None:
+    ada = await connected(core)
+    body = created(ada)
+    t = stamp(core)
+    good = sign(body, core.db.connections["u"].signing_key.reveal(), t)  # type: ignore[union-attr]
+    if tamper == "body":
+        body = body.replace(b"i1", b"i9")
+        header = good
+    elif tamper == "timestamp":
+        header = good.replace(f"t={t}", f"t={t - 1}")
+    else:
+        header = sign(body, "not-the-key", t)
+    with pytest.raises(InvalidSignature):
+        await deliver(core, body, signature=header)
+    assert core.db.events == {}
+    assert meetings_of(core.db, "u") == {}
+
+
+async def test_timestamps_at_the_tolerance_boundary(core: Core) -> None:
+    ada = await connected(core)
+    key = core.db.connections["u"].signing_key.reveal()  # type: ignore[union-attr]
+    body = created(ada)
+    base = stamp(core)
+    token = core.db.connections["u"].webhook_token
+    for offset, ok in [(-180, True), (180, True), (-181, False), (181, False)]:
+        command = WebhookCommand(
+            body=created(ada, invitee_id=f"i{offset}"),
+            signature=sign(created(ada, invitee_id=f"i{offset}"), key, base + offset),
+            webhook_token=token,
+        )
+        if ok:
+            assert (await core.handle_webhook(command)).outcome == "applied"
+        else:
+            with pytest.raises(InvalidSignature, match="tolerance"):
+                await core.handle_webhook(command)
+    assert body  # the base delivery itself is never sent
+
+
+async def test_an_exact_replay_takes_effect_once(core: Core) -> None:
+    ada = await connected(core)
+    body = created(ada)
+    first = await deliver(core, body)
+    second = await deliver(core, body)
+    assert (first.outcome, second.outcome) == ("applied", "duplicate")
+    assert len(core.db.events) == 1
+
+
+async def test_fifty_concurrent_copies_take_effect_once(core: Core) -> None:
+    ada = await connected(core)
+    body = created(ada)
+    results = await asyncio.gather(*(deliver(core, body) for _ in range(50)))
+    outcomes = sorted(r.outcome for r in results)
+    assert outcomes.count("applied") == 1
+    assert outcomes.count("duplicate") == 49
+    assert len(core.db.events) == 1
+
+
+async def test_cancel_before_create_ends_canceled(core: Core) -> None:
+    ada = await connected(core)
+    await deliver(core, canceled(ada))
+    await deliver(core, created(ada))
+    meeting, invitees = meetings_of(core.db, "u")[EVENT + "e1"]
+    assert meeting.status is MeetingStatus.CANCELED
+    assert invitees[EVENT + "e1/invitees/i1"].status is MeetingStatus.CANCELED
+    assert invitees[EVENT + "e1/invitees/i1"].cancellation is not None
+
+
+@pytest.mark.parametrize("order", ["canceled_first", "created_first"])
+async def test_a_reschedule_links_old_and_new_in_either_order(core: Core, order: str) -> None:
+    ada = await connected(core)
+    old_uri, new_uri = EVENT + "e1/invitees/i1", EVENT + "e2/invitees/i2"
+    await deliver(core, created(ada))
+    cancel = canceled(ada, rescheduled=True, new_invitee=new_uri)
+    create = created(ada, event_id="e2", invitee_id="i2", old_invitee=old_uri)
+    for body in [cancel, create] if order == "canceled_first" else [create, cancel]:
+        assert (await deliver(core, body)).outcome == "applied"
+    meetings = meetings_of(core.db, "u")
+    old_meeting, old_invitees = meetings[EVENT + "e1"]
+    new_meeting, new_invitees = meetings[EVENT + "e2"]
+    assert old_meeting.status is MeetingStatus.CANCELED
+    assert new_meeting.status is MeetingStatus.ACTIVE
+    assert old_invitees[old_uri].rescheduled
+    assert old_invitees[old_uri].new_invitee_uri == new_uri
+    assert new_invitees[new_uri].old_invitee_uri == old_uri
+
+
+async def test_no_shows_follow_calendly_time_not_arrival_order(core: Core) -> None:
+    ada = await connected(core)
+    await deliver(core, created(ada))
+    mark = invitee_payload(host_uri=ada.uri, event_id="e1", invitee_id="i1", no_show_id="n1")
+    marked = envelope("invitee_no_show.created", mark, ada.uri, "2030-03-05T15:00:00Z")
+    unmarked = envelope("invitee_no_show.deleted", mark, ada.uri, "2030-03-05T16:00:00Z")
+    await deliver(core, unmarked)
+    await deliver(core, marked)  # older than the unmark: must not win
+    _, invitees = meetings_of(core.db, "u")[EVENT + "e1"]
+    assert invitees[EVENT + "e1/invitees/i1"].no_show is False
+    again = invitee_payload(host_uri=ada.uri, event_id="e1", invitee_id="i1", no_show_id="n2")
+    await deliver(core, envelope("invitee_no_show.created", again, ada.uri, "2030-03-05T17:00:00Z"))
+    _, invitees = meetings_of(core.db, "u")[EVENT + "e1"]
+    assert invitees[EVENT + "e1/invitees/i1"].no_show is True
+
+
+async def test_group_events_keep_one_row_per_invitee(core: Core) -> None:
+    ada = await connected(core)
+    for n in range(3):
+        await deliver(core, created(ada, invitee_id=f"g{n}"))
+    await deliver(core, canceled(ada, invitee_id="g1", event_status="active"))
+    meeting, invitees = meetings_of(core.db, "u")[EVENT + "e1"]
+    assert len(invitees) == 3
+    assert meeting.status is MeetingStatus.ACTIVE
+    assert invitees[EVENT + "e1/invitees/g1"].status is MeetingStatus.CANCELED
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "envelope"),
+        (b'{"event": "invitee.created", "payload": {"uri": 5}}', "payload"),
+        (b'{"event": "invitee.created", "payload": {}}', "names no invitee"),
+    ],
+)
+async def test_signed_but_unreadable_deliveries_are_stored_aside(
+    core: Core, body: bytes, reason: str
+) -> None:
+    await connected(core)
+    result = await deliver(core, body)
+    assert result.outcome == "stored_aside"
+    assert reason in (result.reason or "")
+    (record,) = core.db.events.values()
+    assert record.outcome == "unusable"
+    assert record.user_id == "u"
+
+
+async def test_a_delivery_for_an_unknown_user_is_stored_aside(core: Core) -> None:
+    await connected(core)
+    stranger = core.calendly.add_user("stranger@example.com")
+    result = await core.handle_webhook(
+        WebhookCommand(
+            body=created(stranger),
+            signature=sign(created(stranger), APP_KEY.reveal(), stamp(core)),
+        )
+    )
+    assert result.outcome == "stored_aside"
+    (record,) = core.db.events.values()
+    assert record.user_id is None
+
+
+async def test_a_delivery_about_someone_else_at_our_url_is_stored_aside(core: Core) -> None:
+    await connected(core)
+    stranger = core.calendly.add_user("stranger@example.com")
+    result = await deliver(core, created(stranger))
+    assert result.outcome == "stored_aside"
+    assert meetings_of(core.db, "u") == {}
+
+
+async def test_other_events_are_recorded_and_acknowledged(core: Core) -> None:
+    ada = await connected(core)
+    body = envelope(
+        "event_type.updated", {"uri": "https://api.calendly.test/event_types/x"}, ada.uri
+    )
+    result = await deliver(core, body)
+    assert result.outcome == "ignored"
+    assert len(core.db.events) == 1
+
+
+async def test_legacy_payloads_without_the_event_still_record_the_meeting(core: Core) -> None:
+    ada = await connected(core)
+    payload = invitee_payload(host_uri=ada.uri, event_id="e1", invitee_id="i1", legacy=True)
+    result = await deliver(core, envelope("invitee.created", payload, ada.uri))
+    assert result.outcome == "applied"
+    assert EVENT + "e1" in meetings_of(core.db, "u")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "",
+        "garbage",
+        "t=1,t=2,v1=" + "0" * 64,
+        "v0=abc",
+        "t=abc,v1=" + "0" * 64,
+        "t=1,v1=XYZ",
+        "t=1",
+    ],
+)
+async def test_malformed_signature_headers_are_rejected(core: Core, header: str) -> None:
+    ada = await connected(core)
+    with pytest.raises(InvalidSignature):
+        await deliver(core, created(ada), signature=header or " ")
+    assert core.db.events == {}
+
+
+def delivery_set(host: FakeUser) -> list[bytes]:
+    old_uri, new_uri = EVENT + "e1/invitees/i1", EVENT + "e2/invitees/i2"
+    return [
+        created(host),
+        canceled(host, rescheduled=True, new_invitee=new_uri),
+        created(host, event_id="e2", invitee_id="i2", old_invitee=old_uri),
+        created(host, event_id="e3", invitee_id="i3"),
+        canceled(host, event_id="e3", invitee_id="i3", canceler_type="host"),
+        created(host, event_id="e4", invitee_id="i4"),
+    ]
+
+
+async def final_state(order: list[int]) -> dict[str, Any]:
+    core = build_core()
+    ada = await connected(core)
+    bodies = delivery_set(ada)
+    for index in order:
+        await deliver(core, bodies[index])
+    return {
+        uri: (
+            m.status,
+            {k: (i.status, i.old_invitee_uri, i.new_invitee_uri) for k, i in inv.items()},
+        )
+        for uri, (m, inv) in meetings_of(core.db, "u").items()
+    }
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.integers(min_value=0, max_value=5), min_size=6, max_size=14).filter(
+        lambda xs: set(xs) == set(range(6))
+    )
+)
+def test_any_order_with_repeats_converges_to_the_same_meetings(order: list[int]) -> None:
+    reference = asyncio.run(final_state(list(range(6))))
+    assert asyncio.run(final_state(order)) == reference
+
+
+async def test_every_permutation_of_a_reschedule_pair_converges() -> None:
+    states = [await final_state(list(p)) for p in itertools.permutations(range(3))]
+    assert all(s == states[0] for s in states)
