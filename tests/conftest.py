@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
 
 from calendly_sandbox import OAuthClient, SandboxConfig, Settings, serve
+from tests.support.postgres import PgCluster, start_cluster, stop_cluster
 from tests.support.sandbox import REDIRECT_URI, SandboxDriver, WebhookReceiver, webhook_receiver
 
 
@@ -47,3 +48,24 @@ async def sandbox(
 async def receiver() -> AsyncIterator[WebhookReceiver]:
     async with webhook_receiver() as r:
         yield r
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+    """The test Postgres: embedded unless TEST_DATABASE_URL names one; migrated once."""
+    cluster = start_cluster(tmp_path_factory.mktemp("pgdata"))
+    try:
+        cluster.create_template()
+        yield cluster
+    finally:
+        stop_cluster(cluster)
+
+
+@pytest.fixture
+def database_url(pg_cluster: PgCluster) -> Iterator[str]:
+    """A fresh, migrated database for this test only (as the migrating, owning user)."""
+    name = pg_cluster.new_database()
+    try:
+        yield pg_cluster.url_for(name)
+    finally:
+        pg_cluster.drop(name)

@@ -1,0 +1,310 @@
+"""The same repository behaviours against the in-memory fake and against Postgres."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from msgspec.structs import replace
+
+from domain.errors import AccountAlreadyConnected, ConcurrentUpdate
+from domain.meetings import Cancellation, Invitee, Meeting, MeetingStatus
+from domain.model import (
+    CalendlyAccount,
+    Connection,
+    ConnectionStatus,
+    PendingAuthorization,
+    TokenSet,
+    WebhookStatus,
+)
+from domain.ports import MeetingChange, MeetingQuery, UnitOfWorkFactory
+from domain.secret import Secret
+
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+EV = "https://api.calendly.test/scheduled_events/"
+
+
+def account(n: int) -> CalendlyAccount:
+    return CalendlyAccount(
+        user_uri=f"https://api.calendly.test/users/u{n}",
+        organization_uri=f"https://api.calendly.test/organizations/o{n}",
+        email=f"u{n}@example.com",
+        name=f"User {n}",
+    )
+
+
+def connection(user_id: str, n: int, cid: str) -> Connection:
+    return Connection(
+        id=cid,
+        user_id=user_id,
+        status=ConnectionStatus.ACTIVE,
+        account=account(n),
+        tokens=TokenSet(
+            access_token=Secret(f"at-{n}"), refresh_token=Secret(f"rt-{n}"), expires_at=T0
+        ),
+        signing_key=Secret(f"key-{n}"),
+        subscription_uri=f"https://api.calendly.test/webhook_subscriptions/s{n}",
+        webhook_status=WebhookStatus.ACTIVE,
+        webhook_token=f"token-{user_id}{n}",
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+CID_A = "00000000-0000-0000-0000-00000000000a"
+CID_B = "00000000-0000-0000-0000-00000000000b"
+
+
+async def add(uow_factory: UnitOfWorkFactory, c: Connection) -> Connection:
+    async with uow_factory(c.user_id) as uow:
+        stored = await uow.connections.add(c)
+        await uow.commit()
+    return stored
+
+
+async def test_a_connection_round_trips_with_its_secrets(any_uow: UnitOfWorkFactory) -> None:
+    stored = await add(any_uow, connection("a", 1, CID_A))
+    async with any_uow("a") as uow:
+        loaded = await uow.connections.get("a")
+    assert loaded == stored
+    assert loaded is not None
+    assert loaded.tokens is not None
+    assert loaded.tokens.access_token.reveal() == "at-1"
+    assert loaded.signing_key == Secret("key-1")
+
+
+async def test_other_tenants_see_no_connection(any_uow: UnitOfWorkFactory) -> None:
+    await add(any_uow, connection("a", 1, CID_A))
+    async with any_uow("b") as uow:
+        assert await uow.connections.get("a") is None
+    async with any_uow() as uow:
+        assert await uow.connections.get("a") is None
+
+
+async def test_a_stale_version_is_refused(any_uow: UnitOfWorkFactory) -> None:
+    stored = await add(any_uow, connection("a", 1, CID_A))
+    async with any_uow("a") as uow:
+        saved = await uow.connections.save(replace(stored, last_error="x"))
+        await uow.commit()
+    assert saved.version == stored.version + 1
+    async with any_uow("a") as uow:
+        with pytest.raises(ConcurrentUpdate):
+            await uow.connections.save(replace(stored, last_error="stale"))
+
+
+async def test_one_calendly_account_belongs_to_one_user(any_uow: UnitOfWorkFactory) -> None:
+    await add(any_uow, connection("a", 1, CID_A))
+    with pytest.raises(AccountAlreadyConnected):
+        await add(any_uow, connection("b", 1, CID_B))
+    stored_b = await add(any_uow, connection("b", 2, CID_B))
+    async with any_uow("b") as uow:
+        with pytest.raises(AccountAlreadyConnected):
+            await uow.connections.save(replace(stored_b, account=account(1)))
+
+
+async def test_a_disconnected_account_can_be_connected_elsewhere(
+    any_uow: UnitOfWorkFactory,
+) -> None:
+    stored = await add(any_uow, connection("a", 1, CID_A))
+    async with any_uow("a") as uow:
+        await uow.connections.save(stored.disconnected(T0))
+        await uow.commit()
+    await add(any_uow, connection("b", 1, CID_B))
+    async with any_uow() as uow:
+        route = await uow.route(webhook_token=None, calendly_user_uri=account(1).user_uri)
+    assert route is not None
+    assert route.user_id == "b"
+
+
+async def test_routes_follow_the_connection(any_uow: UnitOfWorkFactory) -> None:
+    stored = await add(any_uow, connection("a", 1, CID_A))
+    async with any_uow() as uow:
+        by_token = await uow.route(webhook_token="token-a1", calendly_user_uri=None)
+        by_uri = await uow.route(webhook_token=None, calendly_user_uri=account(1).user_uri)
+        unknown = await uow.route(webhook_token="nope", calendly_user_uri=None)
+    assert by_token is not None
+    assert by_uri is not None
+    assert (by_token.user_id, by_token.connection_id) == ("a", CID_A)
+    assert by_uri == by_token
+    assert unknown is None
+    async with any_uow("a") as uow:
+        await uow.connections.save(stored.with_webhook_token("token-new", T0))
+        await uow.commit()
+    async with any_uow() as uow:
+        assert await uow.route(webhook_token="token-a1", calendly_user_uri=None) is None
+        assert await uow.route(webhook_token="token-new", calendly_user_uri=None) is not None
+
+
+async def test_without_commit_nothing_is_kept(any_uow: UnitOfWorkFactory) -> None:
+    async with any_uow("a") as uow:
+        await uow.connections.add(connection("a", 1, CID_A))
+    async with any_uow("a") as uow:
+        assert await uow.connections.get("a") is None
+
+
+async def test_a_pending_authorization_is_taken_once(any_uow: UnitOfWorkFactory) -> None:
+    pending = PendingAuthorization(
+        state="s" * 43,
+        user_id="a",
+        code_verifier=Secret("v" * 64),
+        browser_binding="digest",
+        created_at=T0,
+        expires_at=T0 + timedelta(minutes=10),
+    )
+    async with any_uow("a") as uow:
+        await uow.authorizations.add(pending)
+        await uow.commit()
+    async with any_uow() as uow:
+        first = await uow.authorizations.take(pending.state)
+        await uow.commit()
+    async with any_uow() as uow:
+        second = await uow.authorizations.take(pending.state)
+    assert first == pending
+    assert second is None
+
+
+async def test_a_delivery_is_recorded_once(any_uow: UnitOfWorkFactory) -> None:
+    c = await add(any_uow, connection("a", 1, CID_A))
+    results = []
+    for _ in range(2):
+        async with any_uow("a") as uow:
+            results.append(
+                await uow.webhook_events.record(
+                    event_id="k1",
+                    event_type="invitee.created",
+                    payload=b"{}",
+                    connection=c,
+                    outcome="applied",
+                )
+            )
+            await uow.commit()
+    assert results == [True, False]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"a": "\\u0000"}', b"\xff\xfe"])
+async def test_unrouted_and_unstorable_bodies_are_recorded_too(
+    any_uow: UnitOfWorkFactory, body: bytes
+) -> None:
+    async with any_uow() as uow:
+        assert await uow.webhook_events.record(
+            event_id=f"unrouted:{body!r}",
+            event_type="unknown",
+            payload=body,
+            connection=None,
+            outcome="unusable",
+            reason="test",
+        )
+        await uow.commit()
+
+
+def invitee(n: int, event: str = "e1", **kw: object) -> Invitee:
+    return Invitee(invitee_uri=f"{EV}{event}/invitees/i{n}", event_uri=EV + event, **kw)  # type: ignore[arg-type]
+
+
+async def apply(uow_factory: UnitOfWorkFactory, c: Connection, *changes: MeetingChange) -> None:
+    for change in changes:
+        async with uow_factory(c.user_id) as uow:
+            await uow.meetings.apply(c, change)
+            await uow.commit()
+
+
+async def listed(uow_factory: UnitOfWorkFactory, user_id: str, **query: object) -> list[object]:
+    async with uow_factory(user_id) as uow:
+        return list(await uow.meetings.list(user_id, MeetingQuery(**query)))  # type: ignore[arg-type]
+
+
+async def test_meetings_merge_by_the_domain_rules(any_uow: UnitOfWorkFactory) -> None:
+    c = await add(any_uow, connection("a", 1, CID_A))
+    start = T0 + timedelta(days=3)
+    cancel = Cancellation(canceled_by="Guest", reason="ill", canceler_type="invitee")
+    await apply(
+        any_uow,
+        c,
+        MeetingChange(
+            meeting=Meeting(
+                event_uri=EV + "e1", status=MeetingStatus.CANCELED, cancellation=cancel
+            ),
+            invitee=invitee(
+                1,
+                status=MeetingStatus.CANCELED,
+                cancellation=cancel,
+                rescheduled=True,
+                new_invitee_uri=EV + "e2/invitees/i2",
+            ),
+        ),
+        MeetingChange(
+            meeting=Meeting(
+                event_uri=EV + "e1",
+                name="Chat",
+                start_time=start,
+                end_time=start + timedelta(minutes=30),
+                location={"type": "zoom", "join_url": "https://z/1"},
+            ),
+            invitee=invitee(1, email="g@example.org", name="Grace"),
+        ),
+        MeetingChange(
+            meeting=Meeting(event_uri=EV + "e1"),
+            invitee=invitee(1),
+            no_show=True,
+            no_show_at=T0 + timedelta(hours=2),
+        ),
+        MeetingChange(
+            meeting=Meeting(event_uri=EV + "e1"),
+            invitee=invitee(1),
+            no_show=False,
+            no_show_at=T0 + timedelta(hours=1),  # older than the mark: loses
+        ),
+    )
+    (view,) = await listed(any_uow, "a")
+    m, (i,) = view.meeting, view.invitees  # type: ignore[attr-defined]
+    assert m.status is MeetingStatus.CANCELED
+    assert (m.name, m.start_time, m.location) == (
+        "Chat",
+        start,
+        {"type": "zoom", "join_url": "https://z/1"},
+    )
+    assert m.cancellation == cancel
+    assert i.status is MeetingStatus.CANCELED
+    assert (i.email, i.name) == ("g@example.org", "Grace")
+    assert i.rescheduled
+    assert i.new_invitee_uri == EV + "e2/invitees/i2"
+    assert i.no_show is True
+    assert i.no_show_changed_at == T0 + timedelta(hours=2)
+
+
+async def test_meetings_list_in_start_order_with_filters_and_keyset(
+    any_uow: UnitOfWorkFactory,
+) -> None:
+    c = await add(any_uow, connection("a", 1, CID_A))
+    other = await add(any_uow, connection("b", 2, CID_B))
+    for day in (3, 1, 2):
+        start = T0 + timedelta(days=day)
+        status = MeetingStatus.CANCELED if day == 2 else MeetingStatus.ACTIVE
+        await apply(
+            any_uow,
+            c,
+            MeetingChange(
+                meeting=Meeting(event_uri=f"{EV}d{day}", start_time=start, status=status)
+            ),
+        )
+    await apply(any_uow, c, MeetingChange(meeting=Meeting(event_uri=f"{EV}unknown-time")))
+    await apply(
+        any_uow, other, MeetingChange(meeting=Meeting(event_uri=f"{EV}theirs", start_time=T0))
+    )
+    names = [v.meeting.event_uri[len(EV) :] for v in await listed(any_uow, "a")]  # type: ignore[attr-defined]
+    assert names == ["d1", "d2", "d3", "unknown-time"]
+    active = await listed(any_uow, "a", status=MeetingStatus.ACTIVE)
+    assert [v.meeting.event_uri[len(EV) :] for v in active] == ["d1", "d3", "unknown-time"]  # type: ignore[attr-defined]
+    window = await listed(
+        any_uow, "a", starts_after=T0 + timedelta(days=2), starts_before=T0 + timedelta(days=3)
+    )
+    assert [v.meeting.event_uri[len(EV) :] for v in window] == ["d2"]  # type: ignore[attr-defined]
+    first_two = await listed(any_uow, "a", limit=2)
+    last = first_two[-1]
+    rest = await listed(any_uow, "a", after=(last.meeting.start_time, last.id))  # type: ignore[attr-defined]
+    assert [v.meeting.event_uri[len(EV) :] for v in rest] == ["d3", "unknown-time"]  # type: ignore[attr-defined]
+    after_null = await listed(any_uow, "a", after=(None, rest[-1].id))  # type: ignore[attr-defined]
+    assert after_null == []
+    assert await listed(any_uow, "b") != []
+    async with any_uow("b") as uow:
+        assert await uow.meetings.list("a", MeetingQuery()) == []
