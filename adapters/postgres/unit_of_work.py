@@ -98,9 +98,10 @@ class PostgresUnitOfWork(UnitOfWork):
     async def _release(self, exc: BaseException | None) -> None:
         lease, self._lease, self._conn = self._lease, None, None
         if lease is not None:
-            # The pool checks the connection's state and discards a broken one.
+            # The transaction is already settled; the pool checks the connection's state on
+            # return and discards a broken one.
             with contextlib.suppress(*UNAVAILABLE):
-                await lease.__aexit__(type(exc) if exc else None, exc, None)
+                await lease.__aexit__(None, None, None)
 
     @property
     def conn(self) -> Connection:

@@ -6,7 +6,13 @@ import contextlib
 from collections.abc import Callable, Iterable
 from functools import partial
 
-from domain.errors import AlreadyExists, CalendlyError, PlanRequired, ResourceNotFound
+from domain.errors import (
+    AlreadyExists,
+    CalendlyError,
+    PlanRequired,
+    ResourceNotFound,
+    TokenRejected,
+)
 from domain.model import Connection, WebhookStatus
 from domain.ports import (
     CalendlyApi,
@@ -68,18 +74,28 @@ class EnsureSubscription:
 
     async def __call__(self, connection: Connection) -> Connection:
         """Returns the connection as stored afterwards; Calendly is written to only if needed."""
+        _, token = await self._tokens.access_token(connection.user_id)
+        try:
+            return await self._ensure(connection, token)
+        except TokenRejected:
+            refreshed = await self._tokens(connection.user_id, stale=token)
+            assert refreshed.tokens is not None
+            return await self._ensure(connection, refreshed.tokens.access_token)
+
+    async def _ensure(self, connection: Connection, token: Secret) -> Connection:
         user_id = connection.user_id
         async with self._uow(user_id) as uow:
-            # One maintainer per connection at a time, across processes; token refreshes take
-            # a different lock, so they can run meanwhile.
+            # One maintainer per connection at a time, across processes. While it holds the
+            # lock it uses no second database connection (the token was fetched before), so
+            # waiters can never starve the pool of the connection the holder needs.
             await uow.lock(f"subscription:{connection.id}")
             current = await uow.connections.get(user_id)
             if current is None or current.account is None or not current.is_connected:
                 return current or connection
-            mine = await self._list_mine(current)
+            mine = await self._list_mine(current, token)
             keep = next((s for s in mine if self._works(current, s)), None)
             if keep is None:
-                current, stale = await self._subscribe(uow, current, mine)
+                current, stale = await self._subscribe(uow, current, mine, token)
             else:
                 if current.webhook_status is not WebhookStatus.ACTIVE:
                     activate = partial(
@@ -95,7 +111,7 @@ class EnsureSubscription:
         return current
 
     async def _subscribe(
-        self, uow: UnitOfWork, current: Connection, mine: list[Subscription]
+        self, uow: UnitOfWork, current: Connection, mine: list[Subscription], token: Secret
     ) -> tuple[Connection, list[Subscription]]:
         user_id = current.user_id
         for _ in range(2):
@@ -117,9 +133,8 @@ class EnsureSubscription:
                 user_uri=current.account.user_uri,
                 signing_key=key,
             )
-            create = partial(self._calendly.create_subscription, subscription=request)
             try:
-                created = await self._tokens.call(user_id, create)
+                created = await self._calendly.create_subscription(token, request)
             except PlanRequired:
                 unavailable = partial(
                     Connection.without_subscription,
@@ -128,7 +143,7 @@ class EnsureSubscription:
                 )
                 return await self._update(uow, user_id, unavailable), []
             except AlreadyExists:
-                mine = [*mine, *await self._list_mine(current)]
+                mine = [*mine, *await self._list_mine(current, token)]
                 continue
             adopt = partial(
                 Connection.with_subscription,
@@ -140,15 +155,12 @@ class EnsureSubscription:
             return updated, [s for s in mine if s.uri != created.uri]
         raise AlreadyExists(409, None, "Calendly keeps answering 409 for a fresh callback URL")
 
-    async def _list_mine(self, connection: Connection) -> list[Subscription]:
+    async def _list_mine(self, connection: Connection, token: Secret) -> list[Subscription]:
         account = connection.account
         assert account is not None
-        listing = partial(
-            self._calendly.list_subscriptions,
-            organization_uri=account.organization_uri,
-            user_uri=account.user_uri,
+        found = await self._calendly.list_subscriptions(
+            token, organization_uri=account.organization_uri, user_uri=account.user_uri
         )
-        found = await self._tokens.call(connection.user_id, listing)
         return [s for s in found if self._ours(s)]
 
     async def _update(
