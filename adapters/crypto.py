@@ -26,7 +26,7 @@ DEFAULT_KEY_ID: Final = "k1"
 KEY_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 _GENERATE_HINT: Final = (
-    "generate one with: python -c \"import base64, os; "
+    'generate one with: python -c "import base64, os; '
     'print(base64.urlsafe_b64encode(os.urandom(32)).decode())"'
 )
 

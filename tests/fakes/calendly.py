@@ -80,6 +80,8 @@ class FakeCalendlyApi(CalendlyApi):
     calls: list[str] = field(default_factory=list)
     failures: dict[str, list[CalendlyError]] = field(default_factory=dict)
     token_ttl: timedelta = timedelta(hours=2)
+    # Subscriptions created or deleted (refused attempts change nothing, so they do not count).
+    mutations: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     # ---------------------------------------------------------- steering
@@ -100,7 +102,7 @@ class FakeCalendlyApi(CalendlyApi):
         return len(self.calls) if method is None else Counter(self.calls)[method]
 
     def writes(self) -> int:
-        return self.count("create_subscription") + self.count("delete_subscription")
+        return self.mutations
 
     def expire_tokens(self, user: FakeUser) -> None:
         for grant in self.grants:
@@ -228,6 +230,7 @@ class FakeCalendlyApi(CalendlyApi):
         ):
             raise AlreadyExists(409, {"message": "Hook with this url already exists"})
         uri = f"{BASE}/webhook_subscriptions/s{next(self._ids)}"
+        self.mutations += 1
         self.subscriptions[uri] = FakeSubscription(
             uri=uri,
             callback_url=subscription.callback_url,
@@ -249,3 +252,4 @@ class FakeCalendlyApi(CalendlyApi):
         self._bearer(access_token)
         if self.subscriptions.pop(uri, None) is None:
             raise ResourceNotFound(404, {"title": "Resource Not Found"})
+        self.mutations += 1

@@ -1,0 +1,327 @@
+"""Settings: a valid environment loads, every problem is named at once, secrets never show."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from domain.secret import Secret
+from entrypoints.settings import ConfigError, Settings, load_settings
+
+KEY_NEW = bytes(range(32))
+KEY_OLD = bytes(range(50, 82))
+DB_PASSWORD = "db-password-canary-7f3a"
+CLIENT_SECRET = "client-secret-canary-91c2"
+SIGNING_KEY = "signing-key-canary-a1b2c3"
+OLD_SIGNING_KEY = "signing-key-canary-old-d4e5"
+JWT_SECRET = "jwt-secret-canary-0123456789abcdefghij"
+
+
+def b64(key: bytes) -> str:
+    return base64.urlsafe_b64encode(key).decode()
+
+
+def minimal_env(**overrides: str) -> dict[str, str]:
+    env = {
+        "DATABASE_URL": f"postgresql://owner:{DB_PASSWORD}@localhost:5432/calendly",
+        "CALENDLY_OAUTH_CLIENT_ID": "client-id",
+        "CALENDLY_OAUTH_CLIENT_SECRET": CLIENT_SECRET,
+        "CALENDLY_WEBHOOK_SIGNING_KEY": SIGNING_KEY,
+        "PUBLIC_BASE_URL": "https://calendly.example.com",
+        "TOKEN_ENCRYPTION_KEY": f"k2:{b64(KEY_NEW)}",
+        "JWT_SECRET": JWT_SECRET,
+    }
+    env.update(overrides)
+    return env
+
+
+def full_env() -> dict[str, str]:
+    return minimal_env(
+        DATABASE_RUNTIME_ROLE="app_runtime",
+        DB_POOL_MIN_SIZE="2",
+        DB_POOL_MAX_SIZE="20",
+        CALENDLY_WEBHOOK_SIGNING_KEY=f"{SIGNING_KEY}, {OLD_SIGNING_KEY}",
+        CALENDLY_AUTH_BASE_URL="http://127.0.0.1:8765",
+        CALENDLY_API_BASE_URL="http://localhost:8765/",
+        CALENDLY_OAUTH_SCOPE="default",
+        CALENDLY_OAUTH_REDIRECT_URI="https://calendly.example.com/custom/callback",
+        CALENDLY_WEBHOOK_CALLBACK_BASE="https://hooks.example.com/in/",
+        APP_ORIGINS="https://app.example.com, http://localhost:3000,https://APP.example.com:443",
+        TOKEN_ENCRYPTION_KEY=f"k2:{b64(KEY_NEW)},k1:{b64(KEY_OLD)}",
+        JWT_AUDIENCE="my-app",
+        JWT_ISSUER="https://auth.example.com",
+        DEV_LOGIN_ENABLED="no",
+        WEBHOOK_TOLERANCE_SECONDS="300",
+        TOKEN_REFRESH_MARGIN_SECONDS="600",
+        LOG_FORMAT="JSON",
+        LOG_LEVEL="debug",
+        HOST="192.0.2.10",
+        PORT="9000",
+    )
+
+
+def problems(env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    return caught.value.problems
+
+
+def single_problem(env: dict[str, str]) -> str:
+    found = problems(env)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_full_environment_loads() -> None:
+    settings = load_settings(full_env())
+    assert settings == Settings(
+        database_url=Secret(f"postgresql://owner:{DB_PASSWORD}@localhost:5432/calendly"),
+        database_runtime_role="app_runtime",
+        db_pool_min_size=2,
+        db_pool_max_size=20,
+        calendly_client_id="client-id",
+        calendly_client_secret=Secret(CLIENT_SECRET),
+        calendly_webhook_signing_keys=(Secret(SIGNING_KEY), Secret(OLD_SIGNING_KEY)),
+        calendly_auth_base_url="http://127.0.0.1:8765",
+        calendly_api_base_url="http://localhost:8765",
+        calendly_scope="default",
+        public_base_url="https://calendly.example.com",
+        oauth_redirect_uri="https://calendly.example.com/custom/callback",
+        webhook_callback_base="https://hooks.example.com/in",
+        app_origins=("https://app.example.com", "http://localhost:3000"),
+        token_encryption_keys={"k2": KEY_NEW, "k1": KEY_OLD},
+        token_encryption_active_key="k2",
+        jwt_secret=Secret(JWT_SECRET),
+        jwt_audience="my-app",
+        jwt_issuer="https://auth.example.com",
+        dev_login_enabled=False,
+        webhook_tolerance_seconds=300,
+        refresh_margin_seconds=600,
+        log_format="json",
+        log_level="DEBUG",
+        host="192.0.2.10",
+        port=9000,
+    )
+
+
+def test_defaults_are_derived() -> None:
+    settings = load_settings(minimal_env(PUBLIC_BASE_URL="https://calendly.example.com/base/"))
+    assert settings.public_base_url == "https://calendly.example.com/base"
+    assert (
+        settings.oauth_redirect_uri == "https://calendly.example.com/base/oauth/calendly/callback"
+    )
+    assert settings.webhook_callback_base == "https://calendly.example.com/base/webhooks/calendly"
+    assert settings.app_origins == ("https://calendly.example.com",)
+    assert settings.database_runtime_role == "calendly_app"
+    assert (settings.db_pool_min_size, settings.db_pool_max_size) == (1, 10)
+    assert settings.calendly_auth_base_url == "https://auth.calendly.com"
+    assert settings.calendly_api_base_url == "https://api.calendly.com"
+    assert settings.calendly_scope is None
+    assert settings.calendly_webhook_signing_keys == (Secret(SIGNING_KEY),)
+    assert settings.token_encryption_keys == {"k2": KEY_NEW}
+    assert settings.token_encryption_active_key == "k2"
+    assert settings.jwt_audience == "authenticated"
+    assert settings.jwt_issuer is None
+    assert settings.dev_login_enabled is False
+    assert settings.webhook_tolerance_seconds == 180
+    assert settings.refresh_margin_seconds == 300
+    assert settings.log_format == "auto"
+    assert settings.log_level == "INFO"
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+
+
+def test_origin_of_a_local_public_url_keeps_its_port() -> None:
+    settings = load_settings(minimal_env(PUBLIC_BASE_URL="http://localhost:8000"))
+    assert settings.app_origins == ("http://localhost:8000",)
+    assert settings.oauth_redirect_uri == "http://localhost:8000/oauth/calendly/callback"
+
+
+def test_ipv6_loopback_is_local() -> None:
+    settings = load_settings(minimal_env(PUBLIC_BASE_URL="http://[::1]:8000"))
+    assert settings.app_origins == ("http://[::1]:8000",)
+
+
+def test_blank_values_count_as_unset() -> None:
+    settings = load_settings(minimal_env(LOG_LEVEL="  ", PORT=""))
+    assert (settings.log_level, settings.port) == ("INFO", 8000)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DATABASE_URL",
+        "CALENDLY_OAUTH_CLIENT_ID",
+        "CALENDLY_OAUTH_CLIENT_SECRET",
+        "CALENDLY_WEBHOOK_SIGNING_KEY",
+        "PUBLIC_BASE_URL",
+        "TOKEN_ENCRYPTION_KEY",
+        "JWT_SECRET",
+    ],
+)
+def test_each_missing_required_variable_is_named(name: str) -> None:
+    env = minimal_env()
+    del env[name]
+    problem = single_problem(env)
+    assert problem.startswith(f"{name} is not set; set it to ")
+
+
+def test_an_empty_environment_lists_every_required_variable() -> None:
+    found = problems({})
+    assert [problem.split(" ", 1)[0] for problem in found] == [
+        "DATABASE_URL",
+        "CALENDLY_OAUTH_CLIENT_ID",
+        "CALENDLY_OAUTH_CLIENT_SECRET",
+        "CALENDLY_WEBHOOK_SIGNING_KEY",
+        "PUBLIC_BASE_URL",
+        "TOKEN_ENCRYPTION_KEY",
+        "JWT_SECRET",
+    ]
+
+
+def test_several_problems_are_reported_together() -> None:
+    env = minimal_env(PORT="eighty", DEV_LOGIN_ENABLED="sure", LOG_FORMAT="xml")
+    del env["JWT_SECRET"]
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    found = caught.value.problems
+    assert [problem.split(" ", 1)[0] for problem in found] == [
+        "JWT_SECRET",
+        "DEV_LOGIN_ENABLED",
+        "LOG_FORMAT",
+        "PORT",
+    ]
+    text = str(caught.value)
+    assert text.startswith("the configuration has 4 problems:\n")
+    assert all(f"  - {problem}" in text for problem in found)
+
+
+def test_a_single_problem_reads_in_the_singular() -> None:
+    with pytest.raises(ConfigError, match=r"^the configuration has 1 problem:\n"):
+        load_settings(minimal_env(PORT="0"))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("DATABASE_URL", "mysql://root:pw@localhost/db", "must start with postgresql://"),
+        ("DATABASE_RUNTIME_ROLE", "App-Role", "plain SQL identifier"),
+        ("DATABASE_RUNTIME_ROLE", "1app", "plain SQL identifier"),
+        ("DATABASE_RUNTIME_ROLE", 'app"; drop table x; --', "plain SQL identifier"),
+        ("DB_POOL_MIN_SIZE", "0", "from 1 to 100"),
+        ("DB_POOL_MAX_SIZE", "101", "from 1 to 100"),
+        ("DB_POOL_MAX_SIZE", "ten", "from 1 to 100"),
+        ("DB_POOL_MAX_SIZE", "2.5", "from 1 to 100"),
+        ("CALENDLY_WEBHOOK_SIGNING_KEY", ", ,", "at least one key"),
+        ("CALENDLY_AUTH_BASE_URL", "auth.calendly.com", "http(s) URL"),
+        ("CALENDLY_API_BASE_URL", "http://api.calendly.com", "use https://"),
+        ("CALENDLY_API_BASE_URL", "https://api.calendly.com:99999", "port"),
+        ("PUBLIC_BASE_URL", "http://calendly.example.com", "use https://"),
+        ("PUBLIC_BASE_URL", "ftp://calendly.example.com", "http(s) URL"),
+        ("PUBLIC_BASE_URL", "https://calendly.example.com/?a=1", "query string"),
+        ("PUBLIC_BASE_URL", "https://", "http(s) URL"),
+        ("CALENDLY_OAUTH_REDIRECT_URI", "http://calendly.example.com/cb", "use https://"),
+        ("CALENDLY_WEBHOOK_CALLBACK_BASE", "https://x.example.com/#frag", "fragment"),
+        ("APP_ORIGINS", "*", "list the exact origins"),
+        ("APP_ORIGINS", "https://app.example.com/path", "has a path"),
+        ("APP_ORIGINS", "http://app.example.com", "use https://"),
+        ("APP_ORIGINS", " , ", "holds no origin"),
+        ("TOKEN_ENCRYPTION_KEY", "k1:not-a-key", "not valid"),
+        ("TOKEN_ENCRYPTION_KEY", f"k1:{b64(KEY_NEW[:16])}", "16 bytes"),
+        ("JWT_SECRET", "short-secret", "at least 32"),
+        ("DEV_LOGIN_ENABLED", "maybe", "true/false"),
+        ("WEBHOOK_TOLERANCE_SECONDS", "0", "from 1 to 3600"),
+        ("WEBHOOK_TOLERANCE_SECONDS", "3601", "from 1 to 3600"),
+        ("TOKEN_REFRESH_MARGIN_SECONDS", "-1", "from 0 to 3600"),
+        ("LOG_FORMAT", "xml", "json, console, auto"),
+        ("LOG_LEVEL", "VERBOSE", "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("PORT", "65536", "from 1 to 65535"),
+    ],
+)
+def test_malformed_values_name_the_variable(name: str, value: str, expected: str) -> None:
+    problem = single_problem(minimal_env(**{name: value}))
+    assert problem.startswith(name)
+    assert expected in problem
+
+
+def test_pool_minimum_above_maximum() -> None:
+    problem = single_problem(minimal_env(DB_POOL_MIN_SIZE="8", DB_POOL_MAX_SIZE="4"))
+    assert "DB_POOL_MIN_SIZE (8) is larger than DB_POOL_MAX_SIZE (4)" in problem
+
+
+def test_an_invalid_pool_size_does_not_add_a_comparison_problem() -> None:
+    problem = single_problem(minimal_env(DB_POOL_MIN_SIZE="20", DB_POOL_MAX_SIZE="0"))
+    assert problem.startswith("DB_POOL_MAX_SIZE is '0'")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), ("1", True), ("YES", True), ("false", False), ("0", False), ("No", False)],
+)
+def test_booleans(value: str, expected: bool) -> None:
+    env = minimal_env(PUBLIC_BASE_URL="http://localhost:8000", DEV_LOGIN_ENABLED=value)
+    assert load_settings(env).dev_login_enabled is expected
+
+
+def test_dev_login_is_refused_on_a_public_host() -> None:
+    problem = single_problem(minimal_env(DEV_LOGIN_ENABLED="true"))
+    assert problem.startswith("DEV_LOGIN_ENABLED=true")
+    assert "localhost" in problem
+
+
+def test_redirect_uri_is_kept_exactly() -> None:
+    uri = "https://calendly.example.com/oauth/calendly/callback/"
+    assert load_settings(minimal_env(CALENDLY_OAUTH_REDIRECT_URI=uri)).oauth_redirect_uri == uri
+
+
+def test_credentials_in_urls_are_never_echoed() -> None:
+    env = minimal_env(
+        DATABASE_URL=f"mysql://root:{DB_PASSWORD}@db/app",
+        PUBLIC_BASE_URL=f"https://admin:{CLIENT_SECRET}@calendly.example.com",
+        APP_ORIGINS=f"https://admin:{JWT_SECRET}@app.example.com",
+    )
+    text = str(ConfigError(problems(env)))
+    assert "user:password@" in text
+    for secret in (DB_PASSWORD, CLIENT_SECRET, JWT_SECRET):
+        assert secret not in text
+
+
+def test_problems_never_echo_secret_values() -> None:
+    env = minimal_env(
+        JWT_SECRET="tooshort-canary",
+        TOKEN_ENCRYPTION_KEY=f"k1:{b64(KEY_NEW[:20])}",
+        DATABASE_URL=f"mysql://root:{DB_PASSWORD}@db/app",
+    )
+    text = str(ConfigError(problems(env)))
+    for secret in ("tooshort-canary", b64(KEY_NEW[:20]), DB_PASSWORD):
+        assert secret not in text
+
+
+def test_repr_shows_no_secret() -> None:
+    settings = load_settings(full_env())
+    secrets = [
+        DB_PASSWORD,
+        CLIENT_SECRET,
+        SIGNING_KEY,
+        OLD_SIGNING_KEY,
+        JWT_SECRET,
+        b64(KEY_NEW),
+        b64(KEY_OLD),
+        repr(KEY_NEW),
+        repr(KEY_OLD),
+        KEY_NEW.hex(),
+    ]
+    for text in (repr(settings), str(settings), f"{settings}", f"{settings!r}"):
+        assert "Settings(" in text
+        assert "'k2'" in text
+        assert "client-id" in text
+        for secret in secrets:
+            assert secret not in text
+
+
+def test_secret_values_lists_what_the_log_redactor_must_scrub() -> None:
+    values = load_settings(full_env()).secret_values()
+    for secret in (DB_PASSWORD, CLIENT_SECRET, SIGNING_KEY, OLD_SIGNING_KEY, JWT_SECRET):
+        assert secret in values
+    assert b64(KEY_NEW) in values
+    assert len(values) == len(set(values))
