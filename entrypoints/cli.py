@@ -1,12 +1,111 @@
-"""`calendly-connect`: the command line of the service (subcommands grow with the service)."""
+"""`calendly-connect`: the command line of the service."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import re
 import sys
+from collections.abc import Callable, Sequence
 
 COMMANDS = {
+    "serve": "run the HTTP service (configuration from the environment; see .env.example)",
+    "migrate": "apply pending database migrations (DATABASE_URL, DATABASE_RUNTIME_ROLE)",
     "sandbox": "run the Calendly sandbox (a local Calendly look-alike); see --help",
+}
+ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_migrate(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="calendly-connect migrate",
+        description="Apply pending migrations under an advisory lock (safe to run concurrently).",
+    )
+    parser.add_argument("--check", action="store_true", help="only list what is pending")
+    args = parser.parse_args(argv)
+    url = os.environ.get("DATABASE_URL", "").strip()
+    role = os.environ.get("DATABASE_RUNTIME_ROLE", "calendly_app").strip()
+    if not url:
+        return fail("DATABASE_URL is not set: give the connection URL of the Postgres database")
+    if not ROLE.fullmatch(role):
+        return fail("DATABASE_RUNTIME_ROLE must be a plain lower-case SQL identifier")
+
+    import psycopg
+
+    from adapters.postgres.migrations import MigrationError, migrate, pending
+
+    try:
+        if args.check:
+            waiting = asyncio.run(pending(url))
+            for m in waiting:
+                print(f"pending: {m.version:04d}_{m.name}")
+            print(f"{len(waiting)} migration(s) pending")
+            return 1 if waiting else 0
+        applied = asyncio.run(migrate(url, role))
+    except MigrationError as exc:
+        return fail(str(exc), 1)
+    except psycopg.OperationalError as exc:
+        return fail(f"cannot reach the database: {exc.args[0] if exc.args else exc}", 1)
+    for m in applied:
+        print(f"applied: {m.version:04d}_{m.name}")
+    print(f"database is up to date ({len(applied)} applied now); runtime role: {role}")
+    return 0
+
+
+def cmd_serve(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="calendly-connect serve", description="Run the HTTP service."
+    )
+    parser.add_argument("--host", help="override HOST")
+    parser.add_argument("--port", type=int, help="override PORT")
+    args = parser.parse_args(argv)
+    environ = dict(os.environ)
+    if args.host:
+        environ["HOST"] = args.host
+    if args.port is not None:
+        environ["PORT"] = str(args.port)
+
+    from adapters.postgres.unit_of_work import UnsafeDatabaseRole
+    from domain.errors import StorageUnavailable
+    from entrypoints.logging import configure_logging, register_secret
+    from entrypoints.server import serve
+    from entrypoints.settings import ConfigError, load_settings
+
+    try:
+        settings = load_settings(environ)
+    except ConfigError as exc:
+        return fail(str(exc))
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    for value in settings.secret_values():
+        register_secret(value)
+    try:
+        asyncio.run(serve(settings))
+    except UnsafeDatabaseRole as exc:
+        return fail(str(exc), 1)
+    except (StorageUnavailable, OSError) as exc:
+        return fail(f"cannot start: {exc}", 1)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def cmd_sandbox(argv: Sequence[str]) -> int:
+    # The sandbox is its own package; the CLI is the one place in the core that starts it.
+    from calendly_sandbox import main as sandbox_main
+
+    return sandbox_main(list(argv))
+
+
+HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
+    "serve": cmd_serve,
+    "migrate": cmd_migrate,
+    "sandbox": cmd_sandbox,
 }
 
 
@@ -22,13 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
-    args, rest = parser.parse_known_args(argv[:1])
-    if args.command == "sandbox":
-        # The sandbox is its own package; the CLI is the one place in the core that starts it.
-        from calendly_sandbox import main as sandbox_main
-
-        return sandbox_main(argv[1:] + rest)
-    return 2  # pragma: no cover - argparse rejects unknown commands first
+    args = parser.parse_args(argv[:1])
+    return HANDLERS[args.command](argv[1:])
 
 
 if __name__ == "__main__":

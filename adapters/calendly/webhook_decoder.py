@@ -108,13 +108,13 @@ class MsgspecWebhookDecoder(WebhookDecoder):
     def decode(self, body: bytes) -> InboundWebhook:
         try:
             envelope = _envelope.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
             raise UnusablePayload(f"the body is not a Calendly webhook envelope: {exc}") from None
         if envelope.event not in INVITEE_EVENTS:
             return self._other(envelope, body)
         try:
             invitee = _invitee.decode(envelope.payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
             raise UnusablePayload(f"the {envelope.event} payload cannot be read: {exc}") from None
         return self._invitee_event(envelope, invitee, body)
 
@@ -122,7 +122,7 @@ class MsgspecWebhookDecoder(WebhookDecoder):
     def _other(envelope: WireEnvelope, body: bytes) -> InboundWebhook:
         try:
             uri = _any_payload.decode(envelope.payload).uri
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
             uri = None
         return InboundWebhook(
             event=envelope.event,

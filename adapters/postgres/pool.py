@@ -45,3 +45,13 @@ async def open_pool(
     pool = make_pool(conninfo, runtime_role=runtime_role, min_size=min_size, max_size=max_size)
     await pool.open(wait=True, timeout=30.0)
     return pool
+
+
+async def ping(pool: psycopg_pool.AsyncConnectionPool[Connection]) -> bool:
+    """Whether the database answers a trivial query within the pool's timeout."""
+    try:
+        async with pool.connection(timeout=2.0) as conn:
+            await conn.execute("SELECT 1")
+    except (psycopg.Error, psycopg_pool.PoolTimeout):
+        return False
+    return True

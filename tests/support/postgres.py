@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -30,7 +31,11 @@ class PgCluster:
     server: object | None = None
 
     def url_for(self, dbname: str) -> str:
-        return make_conninfo(self.admin_url, dbname=dbname)
+        """The admin URL with another database (kept a URL: the service accepts only those)."""
+        if "://" not in self.admin_url:
+            return make_conninfo(self.admin_url, dbname=dbname)
+        parts = urlsplit(self.admin_url)
+        return urlunsplit(parts._replace(path=f"/{dbname}"))
 
     def create_template(self) -> None:
         self.template = f"cc_template_{os.getpid()}"

@@ -1,0 +1,158 @@
+"""The composition root: the only place that names concrete classes."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+import aiohttp
+import psycopg_pool
+from dependency_injector import containers, providers
+
+from adapters.calendly import AiohttpCalendlyApi
+from adapters.calendly.webhook_decoder import MsgspecWebhookDecoder
+from adapters.crypto import AesGcmTokenCipher
+from adapters.postgres.pool import make_pool, ping
+from adapters.postgres.unit_of_work import check_runtime_role, unit_of_work_factory
+from adapters.system import SecretsRandomness, SystemClock
+from domain.usecases.complete_connect import CompleteConnect
+from domain.usecases.disconnect import Disconnect
+from domain.usecases.ensure_subscription import EnsureSubscription
+from domain.usecases.handle_webhook_event import HandleWebhookEvent
+from domain.usecases.queries import GetConnectionStatus, ListMeetings
+from domain.usecases.reconnect import Reconnect
+from domain.usecases.refresh_access_token import RefreshAccessToken
+from domain.usecases.start_connect import StartConnect
+from entrypoints.services import Services
+from entrypoints.settings import Settings
+
+Pool = psycopg_pool.AsyncConnectionPool[Any]
+
+
+async def database_pool(settings: Settings) -> AsyncIterator[Pool]:
+    """The pool, opened at start-up; refuses to run as a role that could bypass RLS."""
+    pool = make_pool(
+        settings.database_url.reveal(),
+        runtime_role=settings.database_runtime_role,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+    )
+    await pool.open(wait=True, timeout=30.0)
+    try:
+        await check_runtime_role(pool)
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
+    """One shared client session for every call to Calendly."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+class Container(containers.DeclarativeContainer):
+    settings = providers.Dependency(instance_of=Settings)
+
+    clock = providers.Singleton(SystemClock)
+    random = providers.Singleton(SecretsRandomness)
+    cipher = providers.Singleton(
+        AesGcmTokenCipher,
+        keys=settings.provided.token_encryption_keys,
+        active_key_id=settings.provided.token_encryption_active_key,
+    )
+    pool = providers.Resource(database_pool, settings=settings)
+    session = providers.Resource(http_session)
+
+    calendly = providers.Singleton(
+        AiohttpCalendlyApi,
+        session=session,
+        client_id=settings.provided.calendly_client_id,
+        client_secret=settings.provided.calendly_client_secret,
+        auth_base_url=settings.provided.calendly_auth_base_url,
+        api_base_url=settings.provided.calendly_api_base_url,
+        clock=clock,
+        scope=settings.provided.calendly_scope,
+    )
+    uow = providers.Singleton(unit_of_work_factory, pool, cipher)
+
+    tokens = providers.Singleton(
+        RefreshAccessToken,
+        uow=uow,
+        calendly=calendly,
+        clock=clock,
+        margin=providers.Factory(timedelta, seconds=settings.provided.refresh_margin_seconds),
+    )
+    ensure_subscription = providers.Singleton(
+        EnsureSubscription,
+        uow=uow,
+        calendly=calendly,
+        tokens=tokens,
+        clock=clock,
+        random=random,
+        callback_base=settings.provided.webhook_callback_base,
+    )
+    start_connect = providers.Singleton(
+        StartConnect,
+        uow=uow,
+        calendly=calendly,
+        clock=clock,
+        random=random,
+        redirect_uri=settings.provided.oauth_redirect_uri,
+    )
+    complete_connect = providers.Singleton(
+        CompleteConnect,
+        uow=uow,
+        calendly=calendly,
+        clock=clock,
+        random=random,
+        ensure_subscription=ensure_subscription,
+        redirect_uri=settings.provided.oauth_redirect_uri,
+    )
+    reconnect = providers.Singleton(
+        Reconnect,
+        uow=uow,
+        calendly=calendly,
+        tokens=tokens,
+        ensure_subscription=ensure_subscription,
+        start_connect=start_connect,
+        clock=clock,
+    )
+    disconnect = providers.Singleton(
+        Disconnect, uow=uow, calendly=calendly, tokens=tokens, clock=clock
+    )
+    handle_webhook = providers.Singleton(
+        HandleWebhookEvent,
+        uow=uow,
+        decoder=providers.Singleton(MsgspecWebhookDecoder),
+        clock=clock,
+        app_signing_keys=settings.provided.calendly_webhook_signing_keys,
+        tolerance=providers.Factory(timedelta, seconds=settings.provided.webhook_tolerance_seconds),
+    )
+    services = providers.Singleton(
+        Services,
+        start_connect=start_connect,
+        complete_connect=complete_connect,
+        reconnect=reconnect,
+        disconnect=disconnect,
+        handle_webhook=handle_webhook,
+        connection_status=providers.Singleton(GetConnectionStatus, uow=uow),
+        list_meetings=providers.Singleton(ListMeetings, uow=uow),
+        database_ready=providers.Callable(partial, ping, pool),
+    )
+
+
+async def resolve(value: Any) -> Any:
+    """Providers that depend on async resources answer with awaitables."""
+    return await value if inspect.isawaitable(value) else value
+
+
+async def build_services(container: Container) -> Services:
+    """Start the container's resources and hand out the services the entrypoints use."""
+    await resolve(container.init_resources())
+    services = await resolve(container.services())
+    assert isinstance(services, Services)
+    return services

@@ -1,0 +1,1 @@
+"""The HTTP entrypoint: a Litestar app of thin handlers around the use cases."""

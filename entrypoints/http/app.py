@@ -1,0 +1,117 @@
+"""The Litestar application: routes, dependencies, the error table and the request middleware."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Final
+
+from litestar import Litestar, Router
+from litestar.di import Provide
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
+
+from entrypoints.services import Services
+
+from .auth import JwtAuthenticator, current_user
+from .config import HttpConfig
+from .errors import ErrorTable
+from .middleware import RequestContextMiddleware
+from .routes.calendly import CalendlyConnectionController
+from .routes.dev import dev_login
+from .routes.health import live, ready
+from .routes.meetings import list_meetings
+from .routes.oauth import oauth_callback
+from .routes.webhooks import receive_connection_webhook, receive_webhook
+
+STATIC_DIR: Final = Path(__file__).parent / "static"
+API_VERSION: Final = "0.1.0"
+
+Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
+
+
+def _constant(value: object) -> Provide:
+    async def provide() -> object:
+        return value
+
+    return Provide(provide, use_cache=True)
+
+
+def _openapi() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Calendly Connect",
+        version=API_VERSION,
+        description="Connect app users' Calendly accounts; receive and list their meetings.",
+        path="/schema",
+        # Handler docstrings are the operations' descriptions.
+        use_handler_docstrings=True,
+        # JSON only: the HTML viewers need inline and third-party scripts, which our
+        # Content-Security-Policy forbids.
+        render_plugins=[JsonRenderPlugin()],
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    bearer_format="JWT",
+                    description="HS256 token of the app; `sub` is the user id.",
+                )
+            }
+        ),
+    )
+
+
+def create_app(
+    services: Services,
+    config: HttpConfig,
+    *,
+    lifespan: Sequence[Lifespan] = (),
+) -> Litestar:
+    """The HTTP app over `services`; `lifespan` lets the composition root start its resources."""
+    errors = ErrorTable(infrastructure=config.infrastructure_errors)
+    handlers: list[ControllerRouterHandler] = [
+        live,
+        ready,
+        # The app's own API: every route here needs a signed-in user.
+        Router(
+            path="/",
+            route_handlers=[CalendlyConnectionController, list_meetings],
+            dependencies={"user_id": Provide(current_user)},
+            security=[{"bearer": []}],
+        ),
+        oauth_callback,
+        Router(
+            path="/webhooks/calendly",
+            route_handlers=[receive_webhook, receive_connection_webhook],
+            tags=["webhooks"],
+            request_max_body_size=config.max_webhook_body,
+        ),
+        create_static_files_router(path="/static", directories=[STATIC_DIR], name="static"),
+    ]
+    if config.dev_login_enabled:
+        handlers.append(dev_login)
+    app = Litestar(
+        route_handlers=handlers,
+        dependencies={
+            "services": _constant(services),
+            "http_config": _constant(config),
+            "auth": _constant(
+                JwtAuthenticator(config.jwt_secret, config.jwt_audience, config.jwt_issuer)
+            ),
+            "errors": _constant(errors),
+        },
+        exception_handlers={Exception: errors.handler()},
+        openapi_config=_openapi(),
+        request_max_body_size=config.max_api_body,
+        lifespan=list(lifespan),
+        # Our own logging (structlog, one line per request) replaces Litestar's.
+        logging_config=None,
+        debug=False,
+    )
+    # Outermost, around Litestar's router: 404s and 405s get a request id and a log line too.
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
+    return app

@@ -1,0 +1,71 @@
+"""What the HTTP app needs to know that is not a use case: secrets, origins, limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from domain.secret import Secret
+
+MIB = 1024 * 1024
+# HS256 with a shorter key is guessable offline from any issued token (RFC 7518, 3.2).
+MIN_JWT_SECRET_LENGTH = 32
+
+
+def _is_origin(value: str) -> bool:
+    parts = urlsplit(value)
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.netloc)
+        and not parts.path
+        and not parts.query
+        and not parts.fragment
+        and "@" not in parts.netloc
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpConfig:
+    """Settings of the HTTP entrypoint, passed in by the composition root."""
+
+    # Shared HS256 secret of the app that signs users' bearer tokens.
+    jwt_secret: Secret
+    jwt_audience: str
+    # Checked only when set.
+    jwt_issuer: str | None = None
+    # `POST /api/dev/login` hands out tokens for any user id: never enable in production.
+    dev_login_enabled: bool = False
+    # Origins (`https://app.example`) the OAuth popup page may post its outcome to.
+    app_origins: tuple[str, ...] = ()
+    # Where this service is reachable, without a trailing slash (`https://api.example`).
+    public_base_url: str
+    max_webhook_body: int = MIB
+    # Should be `public_base_url.startswith("https://")`; browsers also accept Secure cookies
+    # from http://localhost, so True is right for local development too.
+    secure_cookies: bool = True
+    # Bodies of the few JSON requests the app itself sends are tiny.
+    max_api_body: int = 64 * 1024
+    readiness_timeout: float = 2.0
+    # INFRASTRUCTURE ERRORS: exception types that mean "storage is down" when they escape an
+    # adapter untranslated (e.g. `(psycopg.OperationalError, psycopg_pool.PoolTimeout)`).
+    # They are answered like StorageUnavailable: 503 with Retry-After, never a 500.
+    infrastructure_errors: tuple[type[Exception], ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.jwt_secret.reveal()) < MIN_JWT_SECRET_LENGTH:
+            raise ValueError(f"jwt_secret must be at least {MIN_JWT_SECRET_LENGTH} characters")
+        if not self.jwt_audience:
+            raise ValueError("jwt_audience must not be empty")
+        for origin in self.app_origins:
+            if not _is_origin(origin):
+                raise ValueError(f"app origin {origin!r} is not scheme://host[:port]")
+        base = urlsplit(self.public_base_url)
+        if base.scheme not in ("http", "https") or not base.netloc:
+            raise ValueError("public_base_url must be an absolute http(s) URL")
+        if self.max_webhook_body <= 0 or self.max_api_body <= 0:
+            raise ValueError("body limits must be positive")
+
+    @property
+    def return_url(self) -> str:
+        """Where the popup page links back to when it has no opener: the app, else this host."""
+        return (self.app_origins[0] if self.app_origins else self.public_base_url).rstrip("/") + "/"

@@ -1,0 +1,1 @@
+"""The HTTP route handlers, one module per area; thin translators around the use cases."""

@@ -1,0 +1,76 @@
+"""The signed-in user's meetings, as the webhooks reported them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from litestar import get
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, QueryParameter
+
+from domain.meetings import MeetingStatus
+from domain.ports import MeetingQuery
+from domain.usecases.queries import MAX_PAGE
+from entrypoints.http.errors import invalid_parameter, problem_specs
+from entrypoints.http.schemas import (
+    InvalidCursor,
+    Keyset,
+    MeetingResponse,
+    MeetingsResponse,
+    decode_cursor,
+    encode_cursor,
+)
+from entrypoints.services import Services
+
+
+def _aware(name: str, value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise invalid_parameter(name, "include a UTC offset, e.g. 2030-01-01T00:00:00Z")
+    return value
+
+
+def _keyset(cursor: str | None) -> Keyset | None:
+    if cursor is None:
+        return None
+    try:
+        return decode_cursor(cursor)
+    except InvalidCursor as exc:
+        raise invalid_parameter("cursor", str(exc)) from exc
+
+
+@get(
+    "/api/meetings",
+    operation_id="listMeetings",
+    tags=["meetings"],
+    responses=problem_specs(400, 401, 503),
+)
+async def list_meetings(
+    services: NamedDependency[Services],
+    user_id: NamedDependency[str],
+    status: FromQuery[MeetingStatus | None] = None,
+    starts_after: Annotated[
+        datetime | None,
+        QueryParameter(description="Only meetings starting at or after this instant"),
+    ] = None,
+    starts_before: Annotated[
+        datetime | None, QueryParameter(description="Only meetings starting before this instant")
+    ] = None,
+    cursor: Annotated[
+        str | None, QueryParameter(description="`next_cursor` of the previous page")
+    ] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE, description="Page size")] = 50,
+) -> MeetingsResponse:
+    """The user's meetings by start time, with their invitees; page on with `next_cursor`."""
+    query = MeetingQuery(
+        status=status,
+        starts_after=_aware("starts_after", starts_after),
+        starts_before=_aware("starts_before", starts_before),
+        after=_keyset(cursor),
+        limit=limit,
+    )
+    page = await services.list_meetings(user_id, query)
+    return MeetingsResponse(
+        meetings=tuple(MeetingResponse.of(view) for view in page.meetings),
+        next_cursor=encode_cursor(page.next_after) if page.next_after else None,
+    )

@@ -1,0 +1,241 @@
+"""The HTTP wire format: request and response Structs, and how use-case results map to them."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from domain.meetings import Cancellation, Invitee, MeetingStatus
+from domain.model import ConnectionStatus, WebhookStatus
+from domain.ports import MeetingView
+from domain.usecases.views import ConnectionView
+
+# A dev-login user id: short, and harmless in URLs, logs and SQL settings.
+DevUserId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")]
+MAX_CURSOR_LENGTH = 512
+
+
+# ------------------------------------------------------------------ problems
+class FieldError(msgspec.Struct, frozen=True, kw_only=True):
+    """One rejected input: which parameter, where it came from, what is wrong."""
+
+    parameter: str | None
+    source: str | None
+    message: str
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """RFC 9457 problem details, with the request id to quote when reporting it."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    request_id: str | None = None
+    errors: tuple[FieldError, ...] | None = None
+
+
+# -------------------------------------------------------------------- basics
+class HealthResponse(msgspec.Struct, frozen=True, kw_only=True):
+    status: Literal["ok", "unavailable"]
+
+
+class DevLoginRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    user_id: DevUserId
+
+
+class TokenResponse(msgspec.Struct, frozen=True, kw_only=True):
+    access_token: str
+    expires_at: datetime
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a token type, not a password
+
+
+# ---------------------------------------------------------------- connection
+class ConnectionResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """A connection's state as the user may see it: no token, code or signing key."""
+
+    status: ConnectionStatus
+    webhook_status: WebhookStatus
+    calendly_user_uri: str | None
+    organization_uri: str | None
+    email: str | None
+    name: str | None
+    token_expires_at: datetime | None
+    last_error: str | None
+    connected_since: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, view: ConnectionView) -> ConnectionResponse:
+        return cls(
+            status=view.status,
+            webhook_status=view.webhook_status,
+            calendly_user_uri=view.calendly_user_uri,
+            organization_uri=view.organization_uri,
+            email=view.email,
+            name=view.name,
+            token_expires_at=view.token_expires_at,
+            last_error=view.last_error,
+            connected_since=view.connected_since,
+            updated_at=view.updated_at,
+        )
+
+
+class ConnectStarted(msgspec.Struct, frozen=True, kw_only=True):
+    authorization_url: str
+    state: str
+    expires_at: datetime
+
+
+class ConnectCompleted(msgspec.Struct, frozen=True, kw_only=True):
+    connection: ConnectionResponse
+    switched_account: bool
+
+
+class PopupMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the OAuth popup posts to the app window: `connection` on success, else `error`."""
+
+    type: Literal["calendly-connect"]
+    ok: bool
+    connection: ConnectionResponse | None = None
+    error: Problem | None = None
+
+
+class PopupSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What the popup script needs besides the outcome: where it may post it."""
+
+    target_origins: tuple[str, ...]
+
+
+class ReconnectResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """`reconnected` with the connection, or `authorization_required` with the URL to open."""
+
+    outcome: Literal["reconnected", "authorization_required"]
+    connection: ConnectionResponse | None = None
+    authorization_url: str | None = None
+
+
+class DisconnectResponse(msgspec.Struct, frozen=True, kw_only=True):
+    connection: ConnectionResponse | None
+    subscription_deleted: bool
+    revoke_failed: bool
+    already_disconnected: bool
+
+
+# ------------------------------------------------------------------ meetings
+class CancellationResponse(msgspec.Struct, frozen=True, kw_only=True):
+    canceled_by: str | None
+    reason: str | None
+    canceler_type: str | None
+    canceled_at: datetime | None
+
+    @classmethod
+    def of(cls, cancellation: Cancellation | None) -> CancellationResponse | None:
+        if cancellation is None:
+            return None
+        return cls(
+            canceled_by=cancellation.canceled_by,
+            reason=cancellation.reason,
+            canceler_type=cancellation.canceler_type,
+            canceled_at=cancellation.canceled_at,
+        )
+
+
+class InviteeResponse(msgspec.Struct, frozen=True, kw_only=True):
+    invitee_uri: str
+    email: str | None
+    name: str | None
+    status: MeetingStatus
+    rescheduled: bool
+    old_invitee_uri: str | None
+    new_invitee_uri: str | None
+    no_show: bool
+    cancellation: CancellationResponse | None
+
+    @classmethod
+    def of(cls, invitee: Invitee) -> InviteeResponse:
+        return cls(
+            invitee_uri=invitee.invitee_uri,
+            email=invitee.email,
+            name=invitee.name,
+            status=invitee.status,
+            rescheduled=invitee.rescheduled,
+            old_invitee_uri=invitee.old_invitee_uri,
+            new_invitee_uri=invitee.new_invitee_uri,
+            no_show=invitee.no_show,
+            cancellation=CancellationResponse.of(invitee.cancellation),
+        )
+
+
+class MeetingResponse(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    event_uri: str
+    name: str | None
+    start_time: datetime | None
+    end_time: datetime | None
+    status: MeetingStatus
+    # Calendly's location object as it came (type, join_url, ...).
+    location: dict[str, Any] | None
+    cancellation: CancellationResponse | None
+    invitees: tuple[InviteeResponse, ...]
+
+    @classmethod
+    def of(cls, view: MeetingView) -> MeetingResponse:
+        meeting = view.meeting
+        return cls(
+            id=view.id,
+            event_uri=meeting.event_uri,
+            name=meeting.name,
+            start_time=meeting.start_time,
+            end_time=meeting.end_time,
+            status=meeting.status,
+            location=meeting.location,
+            cancellation=CancellationResponse.of(meeting.cancellation),
+            invitees=tuple(InviteeResponse.of(i) for i in view.invitees),
+        )
+
+
+class MeetingsResponse(msgspec.Struct, frozen=True, kw_only=True):
+    meetings: tuple[MeetingResponse, ...]
+    # Pass as `cursor` for the next page; null on the last page.
+    next_cursor: str | None
+
+
+# ------------------------------------------------------------------ webhooks
+class WebhookAck(msgspec.Struct, frozen=True, kw_only=True):
+    outcome: Literal["applied", "ignored", "duplicate", "stored_aside"]
+
+
+# ------------------------------------------------------------------- cursors
+Keyset = tuple[datetime | None, str]
+_WireKeyset = tuple[
+    Annotated[datetime, Meta(tz=True)] | None, Annotated[str, Meta(min_length=1, max_length=200)]
+]
+
+
+class InvalidCursor(ValueError):
+    """The cursor was not issued by this service (or was altered)."""
+
+
+def encode_cursor(keyset: Keyset) -> str:
+    """An opaque URL-safe token for ListMeetings' `next_after` keyset."""
+    raw = msgspec.json.encode(keyset)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str) -> Keyset:
+    """The keyset inside a cursor; raises InvalidCursor for anything else."""
+    if not cursor or len(cursor) > MAX_CURSOR_LENGTH:
+        raise InvalidCursor("the cursor has an invalid length")
+    try:
+        padded = cursor.encode("ascii") + b"=" * (-len(cursor) % 4)
+        raw = base64.b64decode(padded, altchars=b"-_", validate=True)
+        start, meeting_id = msgspec.json.decode(raw, type=_WireKeyset)
+    except (UnicodeEncodeError, binascii.Error, msgspec.DecodeError) as exc:
+        raise InvalidCursor("the cursor is not one this service issued") from exc
+    return (start, meeting_id)

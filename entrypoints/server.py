@@ -1,0 +1,64 @@
+"""Run the HTTP service: resources up, Litestar app on uvicorn, resources down."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import psycopg
+import psycopg_pool
+import uvicorn
+
+from entrypoints.container import Container, build_services, resolve
+from entrypoints.http.app import create_app
+from entrypoints.http.config import HttpConfig
+from entrypoints.settings import Settings
+
+
+def http_config(settings: Settings) -> HttpConfig:
+    return HttpConfig(
+        jwt_secret=settings.jwt_secret,
+        jwt_audience=settings.jwt_audience,
+        jwt_issuer=settings.jwt_issuer,
+        dev_login_enabled=settings.dev_login_enabled,
+        app_origins=settings.app_origins,
+        public_base_url=settings.public_base_url,
+        secure_cookies=settings.public_base_url.startswith("https://"),
+        infrastructure_errors=(psycopg.OperationalError, psycopg_pool.PoolTimeout),
+    )
+
+
+async def serve(
+    settings: Settings,
+    *,
+    sockets: list[socket.socket] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM or until `stop` is set; tests pass bound `sockets`."""
+    container = Container(settings=settings)
+    services = await build_services(container)
+    try:
+        app = create_app(services, http_config(settings))
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,  # our structlog set-up handles uvicorn's records
+            access_log=False,  # the app logs one line per request itself
+            server_header=False,
+            lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        watcher = asyncio.create_task(_stop_when(stop, server)) if stop is not None else None
+        try:
+            await server.serve(sockets=sockets)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+    finally:
+        await resolve(container.shutdown_resources())
+
+
+async def _stop_when(stop: asyncio.Event, server: uvicorn.Server) -> None:
+    await stop.wait()
+    server.should_exit = True

@@ -1,0 +1,28 @@
+"""What the entrypoints need from the container: the use cases and a few facts, nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from domain.usecases.complete_connect import CompleteConnect
+from domain.usecases.disconnect import Disconnect
+from domain.usecases.handle_webhook_event import HandleWebhookEvent
+from domain.usecases.queries import GetConnectionStatus, ListMeetings
+from domain.usecases.reconnect import Reconnect
+from domain.usecases.start_connect import StartConnect
+
+
+@dataclass(frozen=True)
+class Services:
+    """The bridge between the container and the handlers: handlers never see the DI library."""
+
+    start_connect: StartConnect
+    complete_connect: CompleteConnect
+    reconnect: Reconnect
+    disconnect: Disconnect
+    handle_webhook: HandleWebhookEvent
+    connection_status: GetConnectionStatus
+    list_meetings: ListMeetings
+    # True when the database answers; used by the readiness probe.
+    database_ready: Callable[[], Awaitable[bool]]

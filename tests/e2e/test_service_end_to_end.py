@@ -1,0 +1,171 @@
+"""The whole service over real HTTP: container, Postgres, uvicorn, and the Calendly sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from http.cookies import SimpleCookie
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support.sandbox import SandboxDriver, query_of
+from tests.support.service import RunningService, running_service
+
+
+@pytest.fixture
+async def service(sandbox: SandboxDriver, database_url: str) -> AsyncIterator[RunningService]:
+    async with running_service(database_url, sandbox.url) as running:
+        yield running
+
+
+async def api(
+    http: aiohttp.ClientSession,
+    service: RunningService,
+    method: str,
+    path: str,
+    user: str,
+    **kw: Any,
+) -> tuple[int, Any]:
+    async with http.request(
+        method, f"{service.url}{path}", headers=service.auth(user), **kw
+    ) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def connect(
+    http: aiohttp.ClientSession, service: RunningService, user: str, email: str
+) -> dict[str, Any]:
+    """What the popup does: start, approve at Calendly, follow the redirect back."""
+    async with http.post(
+        f"{service.url}/api/calendly/connect", headers=service.auth(user)
+    ) as response:
+        assert response.status == 200, await response.text()
+        started = await response.json()
+        cookie = SimpleCookie(response.headers["Set-Cookie"])
+    binding = cookie["cc_oauth_binding"].value
+    assert cookie["cc_oauth_binding"]["httponly"]
+    url = f"{started['authorization_url']}&sandbox_login={email}"
+    async with http.get(url, allow_redirects=False) as response:
+        assert response.status == 302
+        callback = response.headers["Location"]
+    assert callback.startswith(f"{service.url}/oauth/calendly/callback?")
+    async with http.get(
+        callback,
+        headers={"Cookie": f"cc_oauth_binding={binding}", "Accept": "application/json"},
+    ) as response:
+        body = await response.json()
+        assert response.status == 200, body
+    connection: dict[str, Any] = body["connection"]
+    return connection
+
+
+async def sandbox_user_id(sandbox: SandboxDriver, email: str) -> str:
+    users = (await sandbox.control("GET", "/_sandbox/users", expect=200))["users"]
+    return str(next(u["id"] for u in users if u["email"] == email))
+
+
+async def meetings(
+    http: aiohttp.ClientSession, service: RunningService, user: str
+) -> list[dict[str, Any]]:
+    status, body = await api(http, service, "GET", "/api/meetings", user)
+    assert status == 200, body
+    found: list[dict[str, Any]] = body["meetings"]
+    return found
+
+
+async def test_connect_book_cancel_reschedule_reconnect_disconnect(
+    sandbox: SandboxDriver, service: RunningService, http: aiohttp.ClientSession
+) -> None:
+    connection = await connect(http, service, "alice", "ada@example.com")
+    assert connection["status"] == "active"
+    assert connection["webhook_status"] == "active"
+    assert connection["email"] == "ada@example.com"
+    assert connection["calendly_user_uri"].startswith(sandbox.url + "/users/")
+    await connect(http, service, "bob", "bo@example.com")
+
+    # A booking arrives as a signed webhook and becomes alice's meeting, nobody else's.
+    ada = await sandbox_user_id(sandbox, "ada@example.com")
+    booked = await sandbox.book(ada, wait=True)
+    assert [d["attempts"][-1]["status"] for d in booked["deliveries"]] == [200]
+    (meeting,) = await meetings(http, service, "alice")
+    assert meeting["event_uri"] == booked["event"]["uri"]
+    assert meeting["status"] == "active"
+    assert await meetings(http, service, "bob") == []
+
+    # Calendly retries the same delivery: no second effect.
+    delivery_id = booked["deliveries"][0]["id"]
+    again = await sandbox.control(
+        "POST", f"/_sandbox/deliveries/{delivery_id}/redeliver", {"wait": True}, expect=201
+    )
+    assert again["attempts"][-1]["status"] == 200
+    (meeting,) = await meetings(http, service, "alice")
+    assert len(meeting["invitees"]) == 1
+
+    # Reschedule with the pair arriving created-first, then the old one is canceled.
+    invitee_id = booked["invitees"][0]["uri"].rsplit("/", 1)[1]
+    moved = await sandbox.control(
+        "POST",
+        f"/_sandbox/invitees/{invitee_id}/reschedule",
+        {"start_time": "2030-03-06T09:00:00Z", "order": "created_first", "wait": True},
+        expect=201,
+    )
+    listed = {m["event_uri"]: m for m in await meetings(http, service, "alice")}
+    old, new = listed[booked["event"]["uri"]], listed[moved["event"]["uri"]]
+    assert old["status"] == "canceled"
+    assert new["status"] == "active"
+    assert old["invitees"][0]["rescheduled"] is True
+    assert old["invitees"][0]["new_invitee_uri"] == moved["new_invitee"]["uri"]
+    assert new["invitees"][0]["old_invitee_uri"] == booked["invitees"][0]["uri"]
+
+    # Reconnect with nothing changed: no writes at Calendly.
+    await sandbox.control("DELETE", "/_sandbox/calls", expect=204)
+    status, body = await api(http, service, "POST", "/api/calendly/reconnect", "alice")
+    assert status == 200, body
+    assert body["outcome"] == "reconnected"
+    routes = [c["route"] for c in await sandbox.calls()]
+    assert not [r for r in routes if r.startswith(("POST /webhook", "DELETE /webhook"))]
+
+    # Disconnect: the subscription is gone at Calendly, history stays, bob is untouched.
+    status, body = await api(http, service, "DELETE", "/api/calendly/connection", "alice")
+    assert status == 200, body
+    assert body["connection"]["status"] == "disconnected"
+    subs = (await sandbox.control("GET", "/_sandbox/subscriptions", expect=200))["subscriptions"]
+    assert [s["user"] for s in subs] == [
+        (await api(http, service, "GET", "/api/calendly/connection", "bob"))[1]["calendly_user_uri"]
+    ]
+    assert len(await meetings(http, service, "alice")) == 2
+
+
+async def test_a_forged_delivery_is_refused_and_leaves_no_trace(
+    sandbox: SandboxDriver, service: RunningService, http: aiohttp.ClientSession
+) -> None:
+    await connect(http, service, "alice", "ada@example.com")
+    body = b'{"event": "invitee.created", "payload": {}}'
+    async with http.post(
+        f"{service.url}/webhooks/calendly",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "Calendly-Webhook-Signature": "t=1,v1=" + "0" * 64,
+        },
+    ) as response:
+        assert response.status == 401
+    assert await meetings(http, service, "alice") == []
+
+
+async def test_the_callback_from_another_browser_is_refused_before_calendly(
+    sandbox: SandboxDriver, service: RunningService, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(
+        f"{service.url}/api/calendly/connect", headers=service.auth("alice")
+    ) as response:
+        started = await response.json()
+    state = query_of(started["authorization_url"])["state"]
+    await sandbox.control("DELETE", "/_sandbox/calls", expect=204)
+    async with http.get(
+        f"{service.url}/oauth/calendly/callback?code=stolen&state={state}",
+        headers={"Cookie": "cc_oauth_binding=someone-elses", "Accept": "application/json"},
+    ) as response:
+        assert response.status == 400
+    assert await sandbox.calls("POST /oauth/token") == []

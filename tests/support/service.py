@@ -1,0 +1,106 @@
+"""Run the real service (container, Postgres, uvicorn) in-process on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import jwt
+
+from entrypoints.server import serve
+from entrypoints.settings import Settings, load_settings
+
+JWT_SECRET = secrets.token_urlsafe(40)
+
+
+@dataclass
+class RunningService:
+    url: str
+    settings: Settings
+    client_id: str
+    client_secret: str
+    signing_key: str
+
+    def token_for(self, user_id: str, *, ttl: int = 3600) -> str:
+        now = int(time.time())
+        claims = {"sub": user_id, "aud": "authenticated", "iat": now, "exp": now + ttl}
+        return jwt.encode(claims, self.settings.jwt_secret.reveal(), algorithm="HS256")
+
+    def auth(self, user_id: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token_for(user_id)}"}
+
+
+@asynccontextmanager
+async def running_service(
+    database_url: str, sandbox_url: str, **overrides: str
+) -> AsyncIterator[RunningService]:
+    """The service as `calendly-connect serve` runs it, pointed at the sandbox.
+
+    Registers its own OAuth client in the sandbox (the redirect URI needs the port).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    public = f"http://127.0.0.1:{port}"
+    client_id, client_secret = f"svc-{port}", secrets.token_urlsafe(24)
+    signing_key = secrets.token_urlsafe(24)
+    environ = {
+        "DATABASE_URL": database_url,
+        "CALENDLY_OAUTH_CLIENT_ID": client_id,
+        "CALENDLY_OAUTH_CLIENT_SECRET": client_secret,
+        "CALENDLY_WEBHOOK_SIGNING_KEY": signing_key,
+        "CALENDLY_AUTH_BASE_URL": sandbox_url,
+        "CALENDLY_API_BASE_URL": sandbox_url,
+        "PUBLIC_BASE_URL": public,
+        "TOKEN_ENCRYPTION_KEY": "k1:" + base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        "JWT_SECRET": JWT_SECRET,
+        "PORT": str(port),
+        "LOG_FORMAT": "json",
+        **overrides,
+    }
+    settings = load_settings(environ)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{sandbox_url}/_sandbox/clients",
+            json={
+                "client_id": client_id,
+                "client_secret": client_secret,
+                "redirect_uris": [settings.oauth_redirect_uri],
+                "webhook_signing_key": signing_key,
+            },
+        ) as response:
+            assert response.status == 201, await response.text()
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(settings, sockets=[sock], stop=stop))
+        deadline = time.monotonic() + 30
+        while True:
+            if task.done():
+                task.result()  # raises what stopped the service
+            try:
+                async with http.get(f"{public}/health/ready") as response:
+                    if response.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            assert time.monotonic() < deadline, "the service did not become ready"
+            await asyncio.sleep(0.05)
+        try:
+            yield RunningService(
+                url=public,
+                settings=settings,
+                client_id=client_id,
+                client_secret=client_secret,
+                signing_key=signing_key,
+            )
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+            sock.close()
