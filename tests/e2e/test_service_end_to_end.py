@@ -169,3 +169,65 @@ async def test_the_callback_from_another_browser_is_refused_before_calendly(
     ) as response:
         assert response.status == 400
     assert await sandbox.calls("POST /oauth/token") == []
+
+
+def owner_rows(service: RunningService, query: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(service.settings.database_url.reveal()) as conn:
+        return conn.execute(query.encode()).fetchall()
+
+
+async def test_fifty_concurrent_copies_of_a_delivery_take_effect_once(
+    sandbox: SandboxDriver, service: RunningService, http: aiohttp.ClientSession
+) -> None:
+    import asyncio
+
+    from tests.support.deliveries import envelope, invitee_payload, sign
+
+    connection = await connect(http, service, "alice", "ada@example.com")
+    host = connection["calendly_user_uri"]
+    payload = invitee_payload(host_uri=host, event_id="e-concurrent", invitee_id="i1")
+    body = envelope("invitee.created", payload, host)
+
+    async def post() -> int:
+        headers = {
+            "Content-Type": "application/json",
+            "Calendly-Webhook-Signature": sign(body, service.signing_key),
+        }
+        async with http.post(
+            f"{service.url}/webhooks/calendly", data=body, headers=headers
+        ) as response:
+            return response.status
+
+    statuses = await asyncio.gather(*(post() for _ in range(50)))
+    assert set(statuses) == {200}
+    assert owner_rows(service, "SELECT count(*) FROM calendly_webhook_events") == [(1,)]
+    assert owner_rows(service, "SELECT count(*) FROM meeting_invitees") == [(1,)]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{definitely not json", "envelope"),
+        (b'{"event": "invitee.created", "created_by": "x", "payload": {"uri": 1}}', "payload"),
+        (b'{"event": "routing_form_submission.created", "payload": {}}', "no connected user"),
+    ],
+)
+async def test_signed_but_unusable_deliveries_are_acknowledged_and_kept(
+    service: RunningService, http: aiohttp.ClientSession, body: bytes, reason: str
+) -> None:
+    from tests.support.deliveries import sign
+
+    headers = {
+        "Content-Type": "application/json",
+        "Calendly-Webhook-Signature": sign(body, service.signing_key),
+    }
+    async with http.post(f"{service.url}/webhooks/calendly", data=body, headers=headers) as r:
+        assert r.status == 200
+        assert (await r.json())["outcome"] == "stored_aside"
+    ((outcome, stored_reason),) = owner_rows(
+        service, "SELECT outcome, reason FROM calendly_webhook_events"
+    )
+    assert outcome == "unusable"
+    assert reason in stored_reason

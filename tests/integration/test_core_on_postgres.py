@@ -259,3 +259,16 @@ async def test_two_processes_refreshing_at_once_call_the_token_endpoint_once(
     digests = {out.strip() for out, _ in outputs}
     assert len(digests) == 1  # both ended with the same, fresh token
     assert len(await real.sandbox.calls("POST /oauth/token")) == 1
+
+
+async def test_a_failed_revoke_still_wipes_the_secrets(real: RealCore) -> None:
+    await real.connect("app-user", "ada@example.com")
+    await real.sandbox.fault("POST /oauth/revoke", status=500, count=10)
+    result = await real.disconnect(DisconnectCommand(user_id="app-user"))
+    assert result.revoke_failed
+    assert result.subscription_deleted
+    assert await subscriptions(real) == []
+    rows = owner_sql(
+        real, "SELECT status, access_token_enc, refresh_token_enc FROM calendar_connections"
+    )
+    assert rows == [("disconnected", None, None)]
