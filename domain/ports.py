@@ -164,6 +164,17 @@ class MeetingRepository(Protocol):
 
     async def list(self, user_id: str, query: MeetingQuery) -> Sequence[MeetingView]: ...
 
+    async def changed_since(self, user_id: str, after: int, limit: int) -> Sequence[MeetingView]:
+        """Meetings whose `change_seq` is above `after`, in the order they changed.
+
+        A user's changes commit in `change_seq` order, so `after` works as a resume cursor.
+        """
+        ...
+
+    async def latest_change(self, user_id: str) -> int:
+        """The user's highest `change_seq` (0 when there is none)."""
+        ...
+
 
 WebhookOutcome = Literal["applied", "ignored", "unusable"]
 

@@ -15,6 +15,7 @@ from dependency_injector import containers, providers
 from adapters.calendly import AiohttpCalendlyApi
 from adapters.calendly.webhook_decoder import MsgspecWebhookDecoder
 from adapters.crypto import AesGcmTokenCipher
+from adapters.postgres.listener import PostgresChangeListener
 from adapters.postgres.pool import make_pool, ping
 from adapters.postgres.unit_of_work import check_runtime_role, unit_of_work_factory
 from adapters.system import SecretsRandomness, SystemClock
@@ -22,10 +23,11 @@ from domain.usecases.complete_connect import CompleteConnect
 from domain.usecases.disconnect import Disconnect
 from domain.usecases.ensure_subscription import EnsureSubscription
 from domain.usecases.handle_webhook_event import HandleWebhookEvent
-from domain.usecases.queries import GetConnectionStatus, ListMeetings
+from domain.usecases.queries import GetConnectionStatus, ListMeetings, MeetingChanges
 from domain.usecases.reconnect import Reconnect
 from domain.usecases.refresh_access_token import RefreshAccessToken
 from domain.usecases.start_connect import StartConnect
+from entrypoints.live import LiveHub
 from entrypoints.services import Services
 from entrypoints.settings import Settings
 
@@ -48,6 +50,19 @@ async def database_pool(settings: Settings) -> AsyncIterator[Pool]:
         await pool.close()
 
 
+async def live_updates(settings: Settings) -> AsyncIterator[LiveHub]:
+    """This process's hub of open event streams, rung by a LISTENing database connection."""
+    hub = LiveHub()
+    listener = PostgresChangeListener(
+        settings.database_url.reveal(), hub.ring, runtime_role=settings.database_runtime_role
+    )
+    await listener.start()
+    try:
+        yield hub
+    finally:
+        await listener.stop()
+
+
 async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
     """One shared client session for every call to Calendly."""
     async with aiohttp.ClientSession() as session:
@@ -66,6 +81,7 @@ class Container(containers.DeclarativeContainer):
     )
     pool = providers.Resource(database_pool, settings=settings)
     session = providers.Resource(http_session)
+    live = providers.Resource(live_updates, settings=settings)
 
     calendly = providers.Singleton(
         AiohttpCalendlyApi,
@@ -141,6 +157,8 @@ class Container(containers.DeclarativeContainer):
         handle_webhook=handle_webhook,
         connection_status=providers.Singleton(GetConnectionStatus, uow=uow),
         list_meetings=providers.Singleton(ListMeetings, uow=uow),
+        meeting_changes=providers.Singleton(MeetingChanges, uow=uow),
+        live_hub=live,
         database_ready=providers.Callable(partial, ping, pool),
     )
 

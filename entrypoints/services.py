@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from domain.usecases.complete_connect import CompleteConnect
 from domain.usecases.disconnect import Disconnect
 from domain.usecases.handle_webhook_event import HandleWebhookEvent
-from domain.usecases.queries import GetConnectionStatus, ListMeetings
+from domain.usecases.queries import GetConnectionStatus, ListMeetings, MeetingChanges
 from domain.usecases.reconnect import Reconnect
 from domain.usecases.start_connect import StartConnect
+from entrypoints.live import LiveHub
 
 
 @dataclass(frozen=True)
@@ -24,5 +25,8 @@ class Services:
     handle_webhook: HandleWebhookEvent
     connection_status: GetConnectionStatus
     list_meetings: ListMeetings
+    meeting_changes: MeetingChanges
+    # Doorbells of this process's open event streams (rung by the database listener).
+    live_hub: LiveHub
     # True when the database answers; used by the readiness probe.
     database_ready: Callable[[], Awaitable[bool]]

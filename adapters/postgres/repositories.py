@@ -266,15 +266,22 @@ class PostgresAuthorizationRepository(AuthorizationRepository):
 # The merge rules of domain.meetings, done by Postgres in one statement so that concurrent
 # deliveries for one meeting cannot lose each other's changes. Contract tests run the same
 # sequences against this and against the in-memory fake that calls the domain's rules.
+#
+# The advisory lock per user makes one user's changes commit in the order of their change_seq
+# values, so a reader that has seen change N can never later find a committed change below N
+# (live updates resume from such a cursor). Selecting FROM it orders the lock before the insert.
 APPLY_CHANGE = """
-WITH meeting AS (
+WITH serial AS (
+    SELECT pg_advisory_xact_lock(hashtextextended('meetings:' || %(user_id)s, 0))
+),
+meeting AS (
     INSERT INTO meetings AS t (
         user_id, connection_id, event_uri, name, start_time, end_time, status, location,
         cancellation
-    ) VALUES (
-        %(user_id)s, %(connection_id)s, %(event_uri)s, %(name)s, %(start_time)s, %(end_time)s,
-        %(status)s, %(location)s, %(cancellation)s
     )
+    SELECT %(user_id)s, %(connection_id)s, %(event_uri)s, %(name)s, %(start_time)s,
+           %(end_time)s, %(status)s, %(location)s, %(cancellation)s
+    FROM serial
     ON CONFLICT (connection_id, event_uri) DO UPDATE SET
         name = coalesce(EXCLUDED.name, t.name),
         start_time = coalesce(EXCLUDED.start_time, t.start_time),
@@ -317,7 +324,7 @@ ON CONFLICT (connection_id, invitee_uri) DO UPDATE SET
     updated_at = now()
 """
 
-LIST_MEETINGS = """
+MEETING_COLUMNS = """
 SELECT m.id::text AS id, m.event_uri, m.name, m.start_time, m.end_time, m.status, m.location,
        m.cancellation, m.updated_at, m.change_seq,
        coalesce(
@@ -332,6 +339,10 @@ SELECT m.id::text AS id, m.event_uri, m.name, m.start_time, m.end_time, m.status
             FROM meeting_invitees i WHERE i.meeting_id = m.id),
            '[]'::json) AS invitees
 FROM meetings m
+"""
+LIST_MEETINGS = (
+    MEETING_COLUMNS
+    + """
 WHERE m.user_id = %(user_id)s
   AND (%(status)s::text IS NULL OR m.status = %(status)s::text)
   AND (%(starts_after)s::timestamptz IS NULL OR m.start_time >= %(starts_after)s::timestamptz)
@@ -342,6 +353,18 @@ WHERE m.user_id = %(user_id)s
              %(after_id)s::uuid))
 ORDER BY coalesce(m.start_time, 'infinity'::timestamptz), m.id
 LIMIT %(limit)s
+"""
+)
+CHANGED_MEETINGS = (
+    MEETING_COLUMNS
+    + """
+WHERE m.user_id = %(user_id)s AND m.change_seq > %(after)s
+ORDER BY m.change_seq
+LIMIT %(limit)s
+"""
+)
+LATEST_CHANGE = """
+SELECT coalesce(max(change_seq), 0) AS latest FROM meetings WHERE user_id = %(user_id)s
 """
 
 
@@ -423,8 +446,23 @@ class PostgresMeetingRepository(MeetingRepository):
                 "limit": query.limit,
             },
         )
+        return self._views(await cursor.fetchall())
+
+    async def changed_since(self, user_id: str, after: int, limit: int) -> Sequence[MeetingView]:
+        cursor = await self._conn.execute(
+            CHANGED_MEETINGS, {"user_id": user_id, "after": after, "limit": limit}
+        )
+        return self._views(await cursor.fetchall())
+
+    async def latest_change(self, user_id: str) -> int:
+        cursor = await self._conn.execute(LATEST_CHANGE, {"user_id": user_id})
+        row = await cursor.fetchone()
+        return int(row["latest"]) if row else 0
+
+    @staticmethod
+    def _views(rows: Sequence[dict[str, Any]]) -> Sequence[MeetingView]:
         views = []
-        for raw in await cursor.fetchall():
+        for raw in rows:
             row = msgspec.convert(raw, MeetingRow, strict=False)
             meeting = Meeting(
                 event_uri=row.event_uri,

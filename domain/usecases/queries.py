@@ -48,3 +48,31 @@ class ListMeetings:
             last = page[-1]
             next_after = (last.meeting.start_time, last.id)
         return MeetingsPage(meetings=page, next_after=next_after)
+
+
+class Changes(msgspec.Struct, frozen=True, kw_only=True):
+    meetings: Sequence[MeetingView]
+    # Resume from here next time (the highest change seen).
+    cursor: int
+    # More changes are waiting beyond this batch.
+    more: bool
+
+
+class MeetingChanges:
+    """What changed in the user's meetings since a cursor (for live updates)."""
+
+    def __init__(self, uow: UnitOfWorkFactory, batch: int = 100) -> None:
+        self._uow = uow
+        self._batch = batch
+
+    async def __call__(self, user_id: str, after: int | None) -> Changes:
+        """With no cursor, nothing is sent: the answer is where to start from."""
+        async with self._uow(user_id) as uow:
+            if after is None:
+                return Changes(
+                    meetings=(), cursor=await uow.meetings.latest_change(user_id), more=False
+                )
+            rows = await uow.meetings.changed_since(user_id, after, self._batch + 1)
+        page = rows[: self._batch]
+        cursor = max((m.change_seq for m in page), default=after)
+        return Changes(meetings=page, cursor=cursor, more=len(rows) > self._batch)

@@ -24,6 +24,7 @@ from .middleware import RequestContextMiddleware
 from .routes.calendly import CalendlyConnectionController
 from .routes.dev import dev_login
 from .routes.health import live, ready
+from .routes.live import live_updates
 from .routes.meetings import list_meetings
 from .routes.oauth import oauth_callback
 from .routes.webhooks import receive_connection_webhook, receive_webhook
@@ -79,7 +80,7 @@ def create_app(
         # The app's own API: every route here needs a signed-in user.
         Router(
             path="/",
-            route_handlers=[CalendlyConnectionController, list_meetings],
+            route_handlers=[CalendlyConnectionController, list_meetings, live_updates],
             dependencies={"user_id": Provide(current_user)},
             security=[{"bearer": []}],
         ),

@@ -16,8 +16,10 @@ from litestar.testing import AsyncTestClient
 
 from domain.model import Connection
 from domain.secret import Secret
+from domain.usecases.queries import MeetingChanges
 from entrypoints.http.app import create_app
 from entrypoints.http.config import HttpConfig
+from entrypoints.live import LiveHub
 from entrypoints.services import Services
 from tests.fakes.calendly import FakeUser
 from tests.support.deliveries import envelope, invitee_payload, sign
@@ -89,6 +91,8 @@ def services_of(core: Core, database_ready: Callable[[], Awaitable[bool]]) -> Se
         handle_webhook=core.handle_webhook,
         connection_status=core.status,
         list_meetings=core.meetings,
+        meeting_changes=MeetingChanges(core.db.factory()),
+        live_hub=LiveHub(),
         database_ready=database_ready,
     )
 

@@ -231,3 +231,50 @@ async def test_signed_but_unusable_deliveries_are_acknowledged_and_kept(
     )
     assert outcome == "unusable"
     assert reason in stored_reason
+
+
+async def test_live_updates_arrive_resume_and_survive_a_lost_listener(
+    sandbox: SandboxDriver, service: RunningService, http: aiohttp.ClientSession
+) -> None:
+    from tests.support.sse import EventReader
+
+    await connect(http, service, "alice", "ada@example.com")
+    await connect(http, service, "bob", "bo@example.com")
+    ada = await sandbox_user_id(sandbox, "ada@example.com")
+    bo = await sandbox_user_id(sandbox, "bo@example.com")
+    async with http.get(f"{service.url}/api/live", headers=service.auth("alice")) as stream:
+        assert stream.status == 200
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        events = EventReader(stream)
+        ready = await events.next()
+        assert ready.event == "ready"
+        assert (await events.next()).event == "connection"
+
+        await sandbox.book(bo, wait=True)  # bob's booking rings nothing on alice's stream
+        booked = await sandbox.book(ada, wait=True)
+        update = await events.until("meetings")
+        (meeting,) = update.json()["meetings"]
+        assert meeting["event_uri"] == booked["event"]["uri"]
+        seen = update.id
+        assert seen is not None
+
+        # The listener's database connection dies; changes meanwhile are not lost.
+        with __import__("psycopg").connect(
+            service.settings.database_url.reveal(), autocommit=True
+        ) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE query LIKE 'LISTEN %%' AND pid <> pg_backend_pid()"
+            )
+        second = await sandbox.book(ada, start_time="2030-04-01T10:00:00Z", wait=True)
+        update = await events.until("meetings", timeout=15)
+        uris = [m["event_uri"] for m in update.json()["meetings"]]
+        assert second["event"]["uri"] in uris
+
+    # A page that dropped resumes after the last id it saw and gets what it missed.
+    headers = {**service.auth("alice"), "Last-Event-ID": seen}
+    async with http.get(f"{service.url}/api/live", headers=headers) as stream:
+        events = EventReader(stream)
+        assert (await events.next()).event == "ready"
+        update = await events.until("meetings")
+        assert [m["event_uri"] for m in update.json()["meetings"]] == [second["event"]["uri"]]

@@ -213,6 +213,17 @@ class FakeMeetingRepository(MeetingRepository):
             views = [v for v in views if order(v) > after]
         return views[: query.limit]
 
+    async def changed_since(self, user_id: str, after: int, limit: int) -> Sequence[MeetingView]:
+        views = [
+            v for v in await self.list(user_id, MeetingQuery(limit=10**9)) if v.change_seq > after
+        ]
+        views.sort(key=lambda v: v.change_seq)
+        return views[:limit]
+
+    async def latest_change(self, user_id: str) -> int:
+        views = await self.list(user_id, MeetingQuery(limit=10**9))
+        return max((v.change_seq for v in views), default=0)
+
 
 class FakeWebhookEventLog(WebhookEventLog):
     def __init__(self, uow: FakeUnitOfWork) -> None:

@@ -1,0 +1,100 @@
+"""Live updates: one Server-Sent Events stream per open page, resumable by `Last-Event-ID`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import msgspec
+from litestar import get
+from litestar.di import NamedDependency
+from litestar.params import HeaderParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from domain.errors import ConnectionNotFound, StorageUnavailable
+from entrypoints.http.errors import invalid_parameter, problem_specs
+from entrypoints.http.schemas import ConnectionResponse, MeetingResponse
+from entrypoints.live import RECHECK
+from entrypoints.services import Services
+
+HEARTBEAT_SECONDS = 15.0
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode("utf-8")
+
+
+async def _connection(services: Services, user_id: str) -> ServerSentEventMessage:
+    try:
+        view = await services.connection_status(user_id)
+        body: object = {"connection": ConnectionResponse.of(view)}
+    except ConnectionNotFound:
+        body = {"connection": None}
+    return ServerSentEventMessage(event="connection", data=_json(body))
+
+
+async def _stream(
+    services: Services, user_id: str, after: int | None
+) -> AsyncIterator[ServerSentEventMessage]:
+    hub = services.live_hub
+    queue = hub.subscribe(user_id)  # before the first query: nothing can slip in between
+    try:
+        start = await services.meeting_changes(user_id, None)
+        cursor = start.cursor if after is None else after
+        yield ServerSentEventMessage(event="ready", data=_json({"cursor": cursor}))
+        pending = after is not None
+        yield await _connection(services, user_id)
+        while True:
+            while pending:
+                changes = await services.meeting_changes(user_id, cursor)
+                if changes.meetings:
+                    cursor = changes.cursor
+                    meetings = [MeetingResponse.of(m) for m in changes.meetings]
+                    yield ServerSentEventMessage(
+                        event="meetings", id=str(cursor), data=_json({"meetings": meetings})
+                    )
+                pending = changes.more
+            try:
+                kind = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
+            except TimeoutError:
+                yield ServerSentEventMessage(comment="ping")
+                continue
+            pending = kind in ("meetings", RECHECK)
+            if kind in ("connection", RECHECK):
+                yield await _connection(services, user_id)
+    except StorageUnavailable:
+        # The page reconnects with its last id and misses nothing.
+        yield ServerSentEventMessage(comment="storage unavailable, reconnect later")
+    finally:
+        hub.unsubscribe(user_id, queue)
+
+
+@get(
+    "/api/live",
+    operation_id="liveUpdates",
+    tags=["live"],
+    responses=problem_specs(400, 401),
+)
+async def live_updates(
+    services: NamedDependency[Services],
+    user_id: NamedDependency[str],
+    last_event_id: Annotated[
+        str | None,
+        HeaderParameter(name="Last-Event-ID", description="Resume after this event id"),
+    ] = None,
+) -> ServerSentEvent:
+    """Changes to the user's meetings and connection as they happen (text/event-stream).
+
+    Events: `ready` {cursor}; `meetings` {meetings: [...]} with an id to resume from;
+    `connection` {connection | null}; comment lines as heartbeats.
+    """
+    after: int | None = None
+    if last_event_id:
+        if not last_event_id.isdigit() or len(last_event_id) > 18:
+            raise invalid_parameter("Last-Event-ID", "must be an event id this stream sent")
+        after = int(last_event_id)
+    return ServerSentEvent(
+        _stream(services, user_id, after),
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
