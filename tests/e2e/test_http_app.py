@@ -221,6 +221,7 @@ EXPECTED_OPERATIONS = {
     ("/api/calendly/connection", "get"): "getConnection",
     ("/api/calendly/connection", "delete"): "disconnect",
     ("/api/meetings", "get"): "listMeetings",
+    ("/api/live", "get"): "liveUpdates",
     ("/oauth/calendly/callback", "get"): "completeConnect",
     ("/webhooks/calendly", "post"): "receiveWebhook",
     ("/webhooks/calendly/{token}", "post"): "receiveConnectionWebhook",
