@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 from aiohttp import web
 
-from . import api, control, oauth
+from . import api, control, oauth, ui
 from .config import OAuthClient, SandboxConfig, Settings
 from .delivery import Deliverer
 from .errors import ApiError, OAuthError
@@ -169,6 +169,7 @@ def create_app(config: SandboxConfig | None = None) -> web.Application:
     app.add_routes(oauth.routes)
     app.add_routes(api.routes)
     app.add_routes(control.routes)
+    app.add_routes(ui.routes)
 
     async def start_deliverer(_: web.Application) -> None:
         await sandbox.deliverer.start()
@@ -337,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  client secret:    {client.client_secret}  (generated for this run)")
                 print(f"  signing key:      {client.webhook_signing_key}  (generated)")
             print(f"  redirect URIs:    {', '.join(client.redirect_uris)}")
+            print(f"  browser UI:       {running.url}/_sandbox/")
             print(f"  control API:      {running.url}/_sandbox/routes   (Ctrl-C stops)")
             sys.stdout.flush()
             stop = asyncio.Event()
