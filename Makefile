@@ -24,9 +24,16 @@ help: ## List the targets
 .PHONY: install
 install: $(STAMP) ## Create .venv and install the pinned dependencies
 
+WORKERS ?= 1
+PORT ?= 8000
+
 .PHONY: run
-run: $(STAMP) ## Run the main job (for now: the Calendly sandbox on SANDBOX_PORT)
-	$(BIN)/calendly-connect sandbox --port $(SANDBOX_PORT)
+run: $(STAMP) ## Run everything locally: Postgres, the sandbox, WORKERS service processes
+	$(BIN)/calendly-connect dev --workers $(WORKERS) --port $(PORT) --sandbox-port $(SANDBOX_PORT)
+
+.PHONY: demo
+demo: $(STAMP) ## Scripted headless run of the main job; exits non-zero if anything fails
+	$(BIN)/python -m entrypoints.demo
 
 .PHONY: sandbox
 sandbox: $(STAMP) ## Run the Calendly sandbox on SANDBOX_PORT (default 8765)

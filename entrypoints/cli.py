@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 COMMANDS = {
+    "dev": "run everything locally: embedded Postgres, the sandbox, N service processes",
     "serve": "run the HTTP service (configuration from the environment; see .env.example)",
     "migrate": "apply pending database migrations (DATABASE_URL, DATABASE_RUNTIME_ROLE)",
     "sandbox": "run the Calendly sandbox (a local Calendly look-alike); see --help",
@@ -64,6 +65,9 @@ def cmd_serve(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--host", help="override HOST")
     parser.add_argument("--port", type=int, help="override PORT")
+    parser.add_argument(
+        "--fd", type=int, help="serve on this inherited, listening socket (used by `dev`)"
+    )
     args = parser.parse_args(argv)
     environ = dict(os.environ)
     if args.host:
@@ -84,8 +88,16 @@ def cmd_serve(argv: Sequence[str]) -> int:
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     for value in settings.secret_values():
         register_secret(value)
+    sockets = None
+    if args.fd is not None:
+        import socket
+
+        try:
+            sockets = [socket.socket(fileno=args.fd)]
+        except OSError as exc:
+            return fail(f"--fd {args.fd} is not an open socket: {exc}")
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, sockets=sockets))
     except UnsafeDatabaseRole as exc:
         return fail(str(exc), 1)
     except (StorageUnavailable, OSError) as exc:
@@ -102,7 +114,14 @@ def cmd_sandbox(argv: Sequence[str]) -> int:
     return sandbox_main(list(argv))
 
 
+def cmd_dev(argv: Sequence[str]) -> int:
+    from entrypoints.devstack import main as dev_main
+
+    return dev_main(argv)
+
+
 HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
+    "dev": cmd_dev,
     "serve": cmd_serve,
     "migrate": cmd_migrate,
     "sandbox": cmd_sandbox,

@@ -267,7 +267,7 @@ async def test_live_updates_arrive_resume_and_survive_a_lost_listener(
                 " WHERE query LIKE 'LISTEN %%' AND pid <> pg_backend_pid()"
             )
         second = await sandbox.book(ada, start_time="2030-04-01T10:00:00Z", wait=True)
-        update = await events.until("meetings", timeout=15)
+        update = await events.until("meetings", seconds=15)
         uris = [m["event_uri"] for m in update.json()["meetings"]]
         assert second["event"]["uri"] in uris
 

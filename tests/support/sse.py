@@ -24,21 +24,21 @@ class EventReader:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
 
-    async def next(self, timeout: float = 10.0, *, skip: tuple[str, ...] = ()) -> Event:
+    async def next(self, seconds: float = 10.0, *, skip: tuple[str, ...] = ()) -> Event:
         """The next event (comments skipped); events named in `skip` are passed over too."""
         while True:
-            event = await asyncio.wait_for(self._one(), timeout)
+            event = await asyncio.wait_for(self._one(), seconds)
             if event.event not in skip:
                 return event
 
-    async def until(self, name: str, timeout: float = 10.0) -> Event:
+    async def until(self, name: str, seconds: float = 10.0) -> Event:
         async def wait() -> Event:
             while True:
                 event = await self._one()
                 if event.event == name:
                     return event
 
-        return await asyncio.wait_for(wait(), timeout)
+        return await asyncio.wait_for(wait(), seconds)
 
     async def _one(self) -> Event:
         fields: dict[str, list[str]] = {}
@@ -52,7 +52,7 @@ class EventReader:
                     return Event(
                         event=(fields.get("event") or ["message"])[-1],
                         data="\n".join(fields.get("data", [])),
-                        id=(fields.get("id") or [None])[-1],
+                        id=fields["id"][-1] if "id" in fields else None,
                     )
                 continue
             if line.startswith(":"):
