@@ -22,6 +22,7 @@ from .delivery import Deliverer
 from .errors import ApiError, OAuthError
 from .limits import Fault
 from .model import Plan, Role
+from .persistence import keep_saving, restore
 from .state import RATE_HEADERS, SANDBOX, SANDBOX_USER, Call, Sandbox
 from .world import World
 
@@ -292,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--preload", type=Path, help="JSON file with clients/users to create")
     parser.add_argument(
+        "--state-file",
+        type=Path,
+        help="keep users, tokens, subscriptions and meetings in this file across restarts",
+    )
+    parser.add_argument(
         "--access-token-ttl", type=int, default=7200, help="access token lifetime in seconds"
     )
     return parser
@@ -331,6 +337,16 @@ def main(argv: list[str] | None = None) -> int:
                 except ApiError as exc:
                     print(f"error: cannot preload {args.preload}: {exc.message}", file=sys.stderr)
                     return 2
+            saver = None
+            if args.state_file is not None:
+                world = running.state.world
+                if args.state_file.exists():
+                    try:
+                        restore(world, args.state_file.read_bytes())
+                    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        print(f"error: cannot read {args.state_file}: {exc}", file=sys.stderr)
+                        return 2
+                saver = asyncio.create_task(keep_saving(world, args.state_file))
             print(f"Calendly sandbox listening on {running.url}")
             print(f"  OAuth client id:  {client.client_id}")
             if not secret_given:
@@ -346,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
+            if saver is not None:
+                saver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await saver
         return 0
 
     try:

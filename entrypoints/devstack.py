@@ -109,7 +109,9 @@ def start_embedded_postgres(stack: Stack, data_dir: Path) -> str:
     return with_database(admin, "calendly_connect")
 
 
-def start_sandbox(stack: Stack, env: dict[str, str], port: int, redirect_uris: list[str]) -> str:
+def start_sandbox(
+    stack: Stack, env: dict[str, str], port: int, redirect_uris: list[str], state_file: Path
+) -> str:
     argv = [
         sys.executable,
         "-m",
@@ -119,6 +121,9 @@ def start_sandbox(stack: Stack, env: dict[str, str], port: int, redirect_uris: l
         str(port),
         "--client-id",
         env["CALENDLY_OAUTH_CLIENT_ID"],
+        # Sandbox users, grants and meetings survive a restart, like the database does.
+        "--state-file",
+        str(state_file),
     ]
     for uri in redirect_uris:
         argv += ["--redirect-uri", uri]
@@ -229,7 +234,9 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
             env["CALENDLY_WEBHOOK_SIGNING_KEY"] = made["CALENDLY_WEBHOOK_SIGNING_KEY"]
             redirect = f"{public}/oauth/calendly/callback"
             say("• starting the Calendly sandbox")
-            sandbox_url = start_sandbox(stack, env, args.sandbox_port, [redirect])
+            sandbox_url = start_sandbox(
+                stack, env, args.sandbox_port, [redirect], args.data_dir / "sandbox.json"
+            )
             env["CALENDLY_AUTH_BASE_URL"] = sandbox_url
             env["CALENDLY_API_BASE_URL"] = sandbox_url
         env.setdefault("DEV_LOGIN_ENABLED", "true")

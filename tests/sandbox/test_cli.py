@@ -32,7 +32,7 @@ def start(*args: str) -> tuple[subprocess.Popen[str], str]:
 
 
 def get_json(url: str) -> dict[str, object]:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback URL
+    with urllib.request.urlopen(url, timeout=5) as response:
         data: dict[str, object] = json.load(response)
         return data
 
@@ -107,3 +107,43 @@ def test_cli_without_a_command_prints_help_and_fails() -> None:
     result = subprocess.run([*CLI], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2
     assert "sandbox" in result.stdout
+
+
+def test_a_state_file_keeps_the_world_across_restarts(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    secret = "s3cret-for-this-test"
+    env_args = ("--state-file", str(state), "--client-secret", secret)
+    proc, url = start(*env_args)
+    try:
+        request = urllib.request.Request(
+            f"{url}/_sandbox/users",
+            data=json.dumps({"name": "Ada Host", "email": "ada@example.com"}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            user = json.load(response)
+        booking = urllib.request.Request(
+            f"{url}/_sandbox/users/{user['id']}/bookings",
+            data=json.dumps(
+                {
+                    "start_time": "2030-01-01T10:00:00Z",
+                    "invitees": [{"name": "G", "email": "g@x.org"}],
+                }
+            ).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(booking, timeout=5):
+            pass
+    finally:
+        assert stop(proc) == 0
+    assert state.exists()
+    proc, url = start(*env_args)
+    try:
+        users = get_json(f"{url}/_sandbox/users")["users"]
+        events = get_json(f"{url}/_sandbox/users/{user['id']}/events")
+    finally:
+        stop(proc)
+    assert [u["email"] for u in users] == ["ada@example.com"]  # type: ignore[attr-defined]
+    assert len(events["events"]) == 1  # type: ignore[arg-type]
