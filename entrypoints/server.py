@@ -47,6 +47,9 @@ async def serve(
             access_log=False,  # the app logs one line per request itself
             server_header=False,
             lifespan="on",
+            # Open event streams would otherwise hold a stop for as long as pages stay open;
+            # pages reconnect to a sibling process and resume from their last event id.
+            timeout_graceful_shutdown=3,
         )
         server = uvicorn.Server(config)
         watcher = asyncio.create_task(_stop_when(stop, server)) if stop is not None else None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Final
 
 from litestar import Litestar, Router
+from litestar.datastructures import CacheControlHeader
 from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
@@ -27,6 +28,7 @@ from .routes.health import live, ready
 from .routes.live import live_updates
 from .routes.meetings import list_meetings
 from .routes.oauth import oauth_callback
+from .routes.pages import index_page
 from .routes.webhooks import receive_connection_webhook, receive_webhook
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
@@ -91,7 +93,14 @@ def create_app(
             tags=["webhooks"],
             request_max_body_size=config.max_webhook_body,
         ),
-        create_static_files_router(path="/static", directories=[STATIC_DIR], name="static"),
+        create_static_files_router(
+            path="/static",
+            directories=[STATIC_DIR],
+            name="static",
+            # Revalidate every time: a deploy must never leave pages running stale modules.
+            cache_control=CacheControlHeader(no_cache=True),
+        ),
+        index_page,
     ]
     if config.dev_login_enabled:
         handlers.append(dev_login)

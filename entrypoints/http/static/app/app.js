@@ -1,0 +1,336 @@
+// The page: sign-in, hash routes (#/settings/calendar, #/meetings[/<id>]) and live updates.
+
+import { configureApi } from "./api.js";
+import { renderCalendar } from "./calendar.js";
+import { flow } from "./connect-flow.js";
+import { formatDay, formatTime, parseDate } from "./format.js";
+import { LiveClient } from "./live.js";
+import { renderMeetings } from "./meetings.js";
+import { clearSession, loadSession, saveSession } from "./session.js";
+import { devLogin, devLoginAvailable, renderSignIn } from "./signin.js";
+import { connection, meetings } from "./state.js";
+
+const DEFAULT_HASH = "#/settings/calendar";
+const APP_NAME = "Calendly Connect";
+const TITLES = { calendar: "Calendar settings", meetings: "Meetings", signin: "Sign in" };
+
+const $ = (id) => document.getElementById(id);
+const els = {
+  main: $("main"),
+  nav: $("sidenav"),
+  account: $("account"),
+  accountName: $("account-name"),
+  accountAvatar: $("account-avatar"),
+  accountDemo: $("account-demo"),
+  signOut: $("sign-out"),
+  live: $("live-indicator"),
+  liveText: $("live-text"),
+  announcer: $("announcer"),
+  calendarAlert: $("nav-calendar-alert"),
+  skip: $("skip-link"),
+};
+
+const app = {
+  session: loadSession(),
+  devLogin: null, // true | false once known
+  view: null, // {name, cleanup, focus?}
+  live: null,
+  renewing: null,
+  rendered: false,
+};
+
+// ------------------------------------------------------------------ session
+configureApi({ token: () => (app.session ? app.session.token : null), renew: renewSession });
+
+/** A 401: a dev session gets a fresh token for the same user; a pasted token ends the session. */
+function renewSession(refusedToken) {
+  const session = app.session;
+  if (!session) {
+    return Promise.resolve(false);
+  }
+  if (refusedToken !== undefined && refusedToken !== null && session.token !== refusedToken) {
+    return Promise.resolve(true); // renewed meanwhile: retry with the current token
+  }
+  if (app.renewing) {
+    return app.renewing;
+  }
+  app.renewing = (async () => {
+    if (session.source === "dev") {
+      try {
+        const fresh = await devLogin(session.userId);
+        if (fresh && app.session === session) {
+          app.session = fresh;
+          saveSession(fresh);
+          return true;
+        }
+      } catch {
+        // fall through: sign out
+      }
+    }
+    if (app.session === session) {
+      signOut({
+        tone: "info",
+        title: "Your session has ended",
+        detail: "Sign in again to continue where you left off.",
+      });
+    }
+    return false;
+  })().finally(() => {
+    app.renewing = null;
+  });
+  return app.renewing;
+}
+
+function signIn(session) {
+  app.session = session;
+  saveSession(session);
+  showAccount();
+  startLive();
+  connection.load({ quiet: true }).catch(() => {});
+  if (!routeOf(location.hash)) {
+    history.replaceState(null, "", DEFAULT_HASH);
+  }
+  render({ focus: true });
+}
+
+function signOut(notice = null) {
+  stopLive();
+  flow.reset();
+  connection.reset();
+  meetings.reset();
+  clearSession();
+  app.session = null;
+  showAccount();
+  render({ focus: true, notice });
+}
+
+function showAccount() {
+  const session = app.session;
+  els.account.hidden = !session;
+  els.nav.hidden = !session;
+  document.body.classList.toggle("signed-in", Boolean(session));
+  if (session) {
+    els.accountName.textContent = session.userId;
+    els.accountAvatar.textContent = session.userId.charAt(0).toUpperCase();
+    els.accountDemo.hidden = session.source !== "dev";
+  }
+}
+
+els.signOut.addEventListener("click", () => signOut());
+
+// ------------------------------------------------------------------- routes
+function routeOf(hash) {
+  if (!hash.startsWith("#/")) {
+    return null;
+  }
+  const path = hash.slice(1).replace(/\/+$/, "");
+  if (path === "/settings/calendar" || path === "/settings") {
+    return { name: "calendar" };
+  }
+  if (path === "/meetings") {
+    return { name: "meetings", focus: null };
+  }
+  const match = /^\/meetings\/([^/]+)$/.exec(path);
+  if (match) {
+    try {
+      return { name: "meetings", focus: decodeURIComponent(match[1]) };
+    } catch {
+      return { name: "meetings", focus: null };
+    }
+  }
+  return null;
+}
+
+function markNav(name) {
+  for (const link of els.nav.querySelectorAll(".nav-link")) {
+    if (link.dataset.route === name) {
+      link.setAttribute("aria-current", "page");
+    } else {
+      link.removeAttribute("aria-current");
+    }
+  }
+}
+
+function focusHeading() {
+  const heading = els.main.querySelector("#page-title");
+  (heading || els.main).focus();
+}
+
+async function render({ focus = false, notice = null } = {}) {
+  if (!app.session) {
+    if (app.view) {
+      app.view.cleanup();
+      app.view = null;
+    }
+    if (app.devLogin === null) {
+      app.devLogin = await devLoginAvailable();
+    }
+    if (app.session) {
+      return; // signed in meanwhile
+    }
+    markNav(null);
+    document.title = `${TITLES.signin} · ${APP_NAME}`;
+    renderSignIn(els.main, { devLogin: app.devLogin, notice, onSignedIn: signIn });
+    app.view = { name: "signin", cleanup() {} };
+    if (focus) {
+      focusHeading();
+    }
+    return;
+  }
+  const route = routeOf(location.hash);
+  if (!route) {
+    if (location.hash === "" || location.hash === "#") {
+      history.replaceState(null, "", DEFAULT_HASH);
+      render({ focus });
+    } else if (!app.view || app.view.name === "signin") {
+      // An in-page anchor with no view yet: show the default view.
+      history.replaceState(null, "", DEFAULT_HASH);
+      render({ focus });
+    }
+    return;
+  }
+  if (app.view && app.view.name === route.name && route.name === "meetings" && app.view.focus) {
+    if (route.focus) {
+      app.view.focus(route.focus);
+    } else if (focus) {
+      focusHeading();
+    }
+    return;
+  }
+  if (app.view) {
+    app.view.cleanup();
+  }
+  markNav(route.name);
+  document.title = `${TITLES[route.name]} · ${APP_NAME}`;
+  if (route.name === "calendar") {
+    const cleanup = renderCalendar(els.main);
+    app.view = { name: "calendar", cleanup };
+  } else {
+    const view = renderMeetings(els.main, { focusMeeting: route.focus });
+    app.view = { name: "meetings", cleanup: view.cleanup, focus: view.focus };
+  }
+  window.scrollTo(0, 0);
+  if (focus && !route.focus) {
+    focusHeading();
+  }
+}
+
+window.addEventListener("hashchange", () => render({ focus: true }));
+
+els.skip.addEventListener("click", (event) => {
+  event.preventDefault(); // "#main" is not a route
+  focusHeading();
+});
+
+// --------------------------------------------------------------------- live
+const LIVE_TEXT = {
+  connecting: "Connecting…",
+  live: "Live",
+  reconnecting: "Reconnecting…",
+  unavailable: "Live updates unavailable",
+  offline: "Offline",
+};
+
+function showLiveState(state) {
+  const label = LIVE_TEXT[state];
+  els.live.hidden = !label;
+  els.live.dataset.state = state;
+  els.liveText.textContent = label || "";
+  els.live.title =
+    state === "live"
+      ? "New and changed meetings appear here as they happen."
+      : state === "unavailable"
+        ? "This deployment does not stream live updates; reload to see changes."
+        : "Live updates paused; trying again shortly.";
+}
+
+function announce(message) {
+  els.announcer.textContent = "";
+  requestAnimationFrame(() => {
+    els.announcer.textContent = message;
+  });
+}
+
+function describeChange(meeting, added) {
+  const name = typeof meeting.name === "string" && meeting.name ? meeting.name : "Meeting";
+  const start = parseDate(meeting.start_time);
+  const when = start ? ` on ${formatDay(start)} at ${formatTime(start)}` : "";
+  if (meeting.status === "canceled") {
+    return `Canceled: ${name}${when}.`;
+  }
+  return `${added ? "New meeting" : "Meeting updated"}: ${name}${when}.`;
+}
+
+function onLiveEvent(type, payload, { resync }) {
+  if (type === "ready") {
+    if (resync && meetings.status !== "idle") {
+      meetings.resync(); // it may have loaded before the stream began
+    }
+    return;
+  }
+  if (type === "meetings" && payload && Array.isArray(payload.meetings)) {
+    const known = new Set(meetings.byId.keys());
+    const changed = meetings.upsert(payload.meetings, { fresh: true });
+    if (changed.length > 0 && changed.length <= 3) {
+      announce(changed.map((m) => describeChange(m, !known.has(m.id))).join(" "));
+    } else if (changed.length > 3) {
+      announce(`${changed.length} meetings changed.`);
+    }
+    return;
+  }
+  if (type === "connection" && payload && "connection" in payload) {
+    connection.set(payload.connection);
+  }
+}
+
+function startLive() {
+  stopLive();
+  app.live = new LiveClient({
+    token: () => (app.session ? app.session.token : null),
+    renew: () => renewSession(undefined),
+    onEvent: onLiveEvent,
+    onState: showLiveState,
+  });
+  app.live.start();
+}
+
+function stopLive() {
+  if (app.live) {
+    app.live.stop();
+    app.live = null;
+  }
+  showLiveState("stopped");
+}
+
+// Back from the Calendly window (or another tab): the connection may have changed.
+let lastVisibleRefresh = 0;
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible" && app.session && connection.loaded) {
+    const now = Date.now();
+    if (now - lastVisibleRefresh > 5000) {
+      lastVisibleRefresh = now;
+      connection.load({ quiet: true }).catch(() => {});
+    }
+  }
+});
+
+// The nav shows when the Calendly connection needs attention.
+connection.subscribe(() => {
+  const value = connection.value;
+  const attention = Boolean(
+    value &&
+      (value.status === "needs_reauth" ||
+        (value.status === "active" && (value.webhook_status === "disabled" || value.webhook_status === "missing"))),
+  );
+  els.calendarAlert.hidden = !attention;
+});
+
+// Another tab signed this browser's demo user list? Nothing to do: sessions are per tab.
+
+// -------------------------------------------------------------------- start
+showAccount();
+if (app.session) {
+  startLive();
+  connection.load({ quiet: true }).catch(() => {});
+}
+render({ focus: false });

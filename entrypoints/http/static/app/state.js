@@ -1,0 +1,341 @@
+// What the page knows: the user's Calendly connection and meetings, shared by the views.
+
+import { api, ApiError, isAbort } from "./api.js";
+import { parseDate } from "./format.js";
+
+const DAY = 24 * 3600 * 1000;
+const UPCOMING_PAGE = 50;
+const PAST_PAGE = 200;
+// Past meetings are read newest first, one time window at a time (the API pages oldest first).
+const FIRST_PAST_WINDOW = 30 * DAY;
+const MAX_PAGES_PER_WINDOW = 25;
+
+class Emitter {
+  constructor() {
+    this.listeners = new Set();
+  }
+
+  subscribe(listener) {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  emit(detail) {
+    for (const listener of [...this.listeners]) {
+      listener(detail);
+    }
+  }
+}
+
+/** GET /api/calendly/connection: `value` is the connection, or null when never connected. */
+export class ConnectionModel extends Emitter {
+  constructor() {
+    super();
+    this.reset();
+  }
+
+  reset() {
+    this.loaded = false;
+    this.loading = false;
+    this.value = null;
+    this.error = null;
+    this.generation = (this.generation || 0) + 1;
+  }
+
+  get connected() {
+    return Boolean(this.value && this.value.status !== "disconnected");
+  }
+
+  set(value) {
+    this.value = value && typeof value === "object" ? value : null;
+    this.loaded = true;
+    this.error = null;
+    this.emit({});
+  }
+
+  /** Fetch it; answers the connection (or null). Errors are kept in `error` unless `quiet`. */
+  async load({ quiet = false } = {}) {
+    const generation = this.generation;
+    this.loading = true;
+    if (!quiet) {
+      this.emit({});
+    }
+    try {
+      const value = await api("/api/calendly/connection");
+      if (generation === this.generation) {
+        this.loading = false;
+        this.set(value);
+      }
+      return value;
+    } catch (error) {
+      if (generation !== this.generation) {
+        return null;
+      }
+      this.loading = false;
+      if (error instanceof ApiError && error.status === 404) {
+        this.set(null);
+        return null;
+      }
+      if (!quiet) {
+        this.error = error;
+        this.emit({});
+      }
+      throw error;
+    }
+  }
+}
+
+function startOf(meeting) {
+  const date = parseDate(meeting.start_time);
+  return date ? date.getTime() : null;
+}
+
+function isMeeting(value) {
+  return Boolean(value && typeof value === "object" && typeof value.id === "string" && value.id);
+}
+
+/**
+ * The meetings loaded so far, by id. Upcoming ones page forward from `anchor` with
+ * `next_cursor`; past ones are read in windows going back in time, so the newest come first.
+ */
+export class MeetingsModel extends Emitter {
+  constructor() {
+    super();
+    this.reset();
+  }
+
+  reset() {
+    this.byId = new Map();
+    this.fresh = new Map();
+    this.status = "idle"; // idle | loading | ready | error
+    this.error = null;
+    this.anchor = null;
+    this.upcoming = { cursor: null, loading: false, error: null };
+    this.past = { from: null, earliest: null, hasEarlier: false, loading: false, error: null };
+    this.pendingResync = false;
+    this.generation = (this.generation || 0) + 1;
+  }
+
+  get meetings() {
+    return [...this.byId.values()];
+  }
+
+  /** Insert or replace meetings by id; `fresh` ones are highlighted for a moment. */
+  upsert(meetings, { fresh = false } = {}) {
+    const changed = [];
+    const added = new Set();
+    for (const meeting of Array.isArray(meetings) ? meetings : []) {
+      if (!isMeeting(meeting)) {
+        continue;
+      }
+      if (!this.byId.has(meeting.id)) {
+        added.add(meeting.id);
+      }
+      this.byId.set(meeting.id, meeting);
+      changed.push(meeting);
+      if (fresh) {
+        this.fresh.set(meeting.id, Date.now());
+      }
+    }
+    if (changed.length > 0) {
+      this.emit({ changed, added, fresh });
+    }
+    return changed;
+  }
+
+  isFresh(id, withinMs = 6000) {
+    const at = this.fresh.get(id);
+    if (at === undefined) {
+      return false;
+    }
+    if (Date.now() - at > withinMs) {
+      this.fresh.delete(id);
+      return false;
+    }
+    return true;
+  }
+
+  async page(params) {
+    const query = new URLSearchParams(params);
+    const body = await api(`/api/meetings?${query}`);
+    const meetings = body && Array.isArray(body.meetings) ? body.meetings : [];
+    const next = body && typeof body.next_cursor === "string" ? body.next_cursor : null;
+    return { meetings, next };
+  }
+
+  async load() {
+    const generation = this.generation;
+    this.status = "loading";
+    this.error = null;
+    this.emit({});
+    try {
+      const anchor = new Date();
+      const from = new Date(anchor.getTime() - FIRST_PAST_WINDOW);
+      const [upcoming] = await Promise.all([
+        this.page({ starts_after: anchor.toISOString(), limit: String(UPCOMING_PAGE) }),
+        this.readPastWindow(from, anchor, generation),
+      ]);
+      if (generation !== this.generation) {
+        return;
+      }
+      this.anchor = anchor;
+      this.upsert(upcoming.meetings);
+      this.upcoming.cursor = upcoming.next;
+      this.past.from = from;
+      await this.probeEarlier(generation);
+      this.status = "ready";
+      this.emit({});
+      if (this.pendingResync) {
+        this.pendingResync = false;
+        await this.resync();
+      }
+    } catch (error) {
+      if (generation !== this.generation || isAbort(error)) {
+        return;
+      }
+      this.status = "error";
+      this.error = error;
+      this.emit({});
+    }
+  }
+
+  /** Read the loaded ranges again (after a gap in live updates) without dropping anything. */
+  async resync() {
+    if (this.status !== "ready" || !this.anchor) {
+      if (this.status === "loading") {
+        this.pendingResync = true;
+      }
+      return;
+    }
+    const generation = this.generation;
+    try {
+      const upcoming = await this.page({
+        starts_after: this.anchor.toISOString(),
+        limit: String(UPCOMING_PAGE),
+      });
+      if (generation !== this.generation) {
+        return;
+      }
+      this.upsert(upcoming.meetings, { fresh: false });
+      await this.readPastWindow(this.past.from, this.anchor, generation);
+    } catch {
+      // Live updates keep coming; the next resync or reload catches up.
+    }
+  }
+
+  /** Every meeting in [from, to); answers how many there were. */
+  async readPastWindow(from, to, generation) {
+    let cursor = null;
+    let count = 0;
+    for (let pages = 0; pages < MAX_PAGES_PER_WINDOW; pages += 1) {
+      const params = {
+        starts_after: from.toISOString(),
+        starts_before: to.toISOString(),
+        limit: String(PAST_PAGE),
+      };
+      if (cursor) {
+        params.cursor = cursor;
+      }
+      const { meetings, next } = await this.page(params);
+      if (generation !== this.generation) {
+        return 0;
+      }
+      this.upsert(meetings);
+      count += meetings.length;
+      if (!next) {
+        return count;
+      }
+      cursor = next;
+    }
+    return count;
+  }
+
+  /** Is anything older than the loaded past window? Remembers the oldest start if so. */
+  async probeEarlier(generation) {
+    const { meetings } = await this.page({
+      starts_before: this.past.from.toISOString(),
+      limit: "1",
+    });
+    if (generation !== this.generation) {
+      return;
+    }
+    const oldest = meetings.length > 0 ? startOf(meetings[0]) : null;
+    this.past.earliest = oldest;
+    this.past.hasEarlier = oldest !== null;
+  }
+
+  async loadMoreUpcoming() {
+    if (!this.upcoming.cursor || this.upcoming.loading) {
+      return;
+    }
+    const generation = this.generation;
+    this.upcoming.loading = true;
+    this.upcoming.error = null;
+    this.emit({});
+    try {
+      const { meetings, next } = await this.page({
+        starts_after: this.anchor.toISOString(),
+        limit: String(UPCOMING_PAGE),
+        cursor: this.upcoming.cursor,
+      });
+      if (generation !== this.generation) {
+        return;
+      }
+      this.upcoming.cursor = next;
+      this.upsert(meetings);
+    } catch (error) {
+      if (generation === this.generation) {
+        this.upcoming.error = error;
+      }
+    } finally {
+      if (generation === this.generation) {
+        this.upcoming.loading = false;
+        this.emit({});
+      }
+    }
+  }
+
+  /** Load older past meetings: windows twice as long each time, until some are found. */
+  async loadEarlier() {
+    if (!this.past.hasEarlier || this.past.loading) {
+      return;
+    }
+    const generation = this.generation;
+    this.past.loading = true;
+    this.past.error = null;
+    this.emit({});
+    try {
+      let span = Math.max(FIRST_PAST_WINDOW, this.anchor.getTime() - this.past.from.getTime());
+      for (;;) {
+        const to = this.past.from;
+        const from = new Date(Math.max(this.past.earliest, to.getTime() - span));
+        const found = await this.readPastWindow(from, to, generation);
+        if (generation !== this.generation) {
+          return;
+        }
+        this.past.from = from;
+        if (from.getTime() <= this.past.earliest) {
+          this.past.hasEarlier = false;
+          break;
+        }
+        if (found > 0) {
+          await this.probeEarlier(generation);
+          break;
+        }
+        span *= 2;
+      }
+    } catch (error) {
+      if (generation === this.generation) {
+        this.past.error = error;
+      }
+    } finally {
+      if (generation === this.generation) {
+        this.past.loading = false;
+        this.emit({});
+      }
+    }
+  }
+}
+
+export const connection = new ConnectionModel();
+export const meetings = new MeetingsModel();

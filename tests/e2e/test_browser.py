@@ -1,0 +1,132 @@
+"""A real browser (Debian's chromium, driven by Playwright) through the main job with 2
+service processes: sign in, connect in the popup, book in the sandbox, see it live."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium() -> str:
+    found = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    # Not a skip: CI installs chromium (.ci/run); without it this test must fail loudly.
+    assert found, "Debian's chromium is needed: apt-get install chromium (see .ci/run)"
+    return found
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """`make run` with WORKERS=2 in a throwaway data folder on free ports."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALENDLY_", "DATABASE_"))}
+    env["LOG_LEVEL"] = "WARNING"
+    data = tmp_path_factory.mktemp("stack")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "entrypoints.cli",
+            "dev",
+            "--workers",
+            "2",
+            "--port",
+            "0",
+            "--sandbox-port",
+            "0",
+            "--data-dir",
+            str(data),
+        ],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None
+    fields: dict[str, str] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not fields:
+        line = proc.stdout.readline().decode()
+        if not line:
+            break
+        if line.startswith("READY "):
+            fields = dict(part.split("=", 1) for part in line.split()[1:])
+    try:
+        assert fields, "the stack did not start"
+        yield fields
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_connect_in_the_popup_and_see_a_booking_arrive_live(stack: dict[str, str]) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium(), headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            run_through(context.new_page(), stack["url"], stack["sandbox"])
+        finally:
+            browser.close()
+
+
+def run_through(page: Page, url: str, sandbox: str) -> None:
+    page.goto(url)
+    page.get_by_label("Sign in as someone else").fill("alice")
+    page.get_by_role("button", name="Sign in", exact=True).last.click()
+    expect(page.get_by_text("Signed in as")).to_be_visible()
+
+    page.goto(f"{url}/#/settings/calendar")
+    with page.expect_popup() as popup_info:
+        page.get_by_role("button", name="Connect with Calendly").click()
+    popup = popup_info.value
+    popup.wait_for_load_state()
+    expect(popup.get_by_text("Allow access to your Calendly account?")).to_be_visible()
+    popup.get_by_label("A new Calendly user").check()
+    popup.get_by_label("Name").fill("Ada Host")
+    popup.get_by_label("Email").fill("ada@example.com")
+    popup.get_by_role("button", name="Approve").click()
+    popup.wait_for_event("close", timeout=15_000)
+    expect(page.get_by_text("Calendly connected")).to_be_visible(timeout=10_000)
+    expect(page.get_by_text("ada@example.com").first).to_be_visible()
+
+    page.goto(f"{url}/#/meetings")
+    expect(page.get_by_text("Live", exact=True)).to_be_visible(timeout=10_000)
+    booking = page.context.new_page()
+    booking.goto(f"{sandbox}/_sandbox/")
+    booking.get_by_role("link", name="Ada Host").first.click()
+    booking.get_by_label("Invitee name").fill("Grace Guest")
+    booking.get_by_label("Invitee email").fill("grace@example.org")
+    booking.get_by_label("Event name").fill("Roadmap chat")
+    booking.get_by_role("button", name="Schedule event").click()
+    expect(booking.get_by_role("status").first).to_contain_text("delivered", timeout=10_000)
+    booking.close()
+
+    # No reload: the meeting appears on the open page through the live stream.
+    expect(page.get_by_text("Roadmap chat").first).to_be_visible(timeout=5_000)
+    expect(page.get_by_text("Grace Guest").first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "meetings-live.png"), full_page=True)
+    page.goto(f"{url}/#/settings/calendar")
+    expect(page.get_by_text("Connected", exact=True).first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "settings-calendar.png"), full_page=True)
