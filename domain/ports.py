@@ -94,6 +94,39 @@ class CalendlyApi(Protocol):
         """Delete a subscription; raises ResourceNotFound when it is already gone."""
         ...
 
+    async def get_subscription(self, access_token: Secret, uri: str) -> Subscription:
+        """One subscription as Calendly has it now (`state` says whether it was disabled).
+
+        Raises ResourceNotFound when it is gone (deleted here or in Calendly).
+        """
+        ...
+
+    async def list_scheduled_events(
+        self,
+        access_token: Secret,
+        *,
+        user_uri: str,
+        min_start_time: datetime,
+        max_start_time: datetime | None = None,
+    ) -> list[Meeting]:
+        """Every scheduled event of the user starting in [min_start_time, max_start_time).
+
+        Active and canceled alike, earliest start first, all pages followed. Calendly filters
+        on the start time, not on when an event changed: look back far enough to see late
+        cancellations. An event Calendly describes without a URI is left out (and logged),
+        never the reason a whole listing fails.
+        """
+        ...
+
+    async def list_invitees(self, access_token: Secret, event_uri: str) -> list[Invitee]:
+        """Every invitee of one scheduled event, whatever its status, all pages followed.
+
+        Each carries its cancellation, its reschedule links and its no-show state
+        (`no_show_changed_at` is when the mark was made). Raises ResourceNotFound when Calendly
+        does not know the event; an invitee without a URI is left out (and logged).
+        """
+        ...
+
 
 # ------------------------------------------------------------------ storage
 class ConnectionRepository(Protocol):
@@ -235,6 +268,10 @@ class UnitOfWork(Protocol):
         """Hold a named lock, across processes, until the transaction ends."""
         ...
 
+    async def users_without_account(self, limit: int = 10_000) -> list[str]:
+        """App users whose connection lacks its Calendly user URI (rows from older systems)."""
+        ...
+
     async def commit(self) -> None: ...
 
 
@@ -257,3 +294,41 @@ class Randomness(Protocol):
         ...
 
     def uuid(self) -> str: ...
+
+
+# ---------------------------------------------------------------- maintenance
+class MaintenanceDue(msgspec.Struct, frozen=True, kw_only=True):
+    """A connection a worker has claimed, and what is due for it."""
+
+    connection_id: str
+    user_id: str
+    refresh_due: datetime | None
+    subscription_due: datetime
+    sync_due: datetime
+    synced_at: datetime | None
+    failures: int = 0
+
+
+class MaintenanceResult(msgspec.Struct, frozen=True, kw_only=True):
+    """When each kind of work is due next (None: leave as it is), and what went wrong."""
+
+    subscription_due: datetime | None = None
+    sync_due: datetime | None = None
+    synced_at: datetime | None = None
+    error: str | None = None
+
+
+class MaintenanceQueue(Protocol):
+    """Per-connection maintenance, claimed under leases that expire (across processes)."""
+
+    async def claim(
+        self, *, owner: str, limit: int, lease_seconds: float, refresh_margin_seconds: float
+    ) -> list[MaintenanceDue]:
+        """Lease up to `limit` connections with due work; none is leased to two owners."""
+        ...
+
+    async def complete(self, due: MaintenanceDue, owner: str, result: MaintenanceResult) -> None:
+        """Record the outcome and release the lease (a no-op if the lease was lost)."""
+        ...
+
+    async def heartbeat(self, owner: str) -> None: ...

@@ -12,7 +12,10 @@ from collections.abc import Callable, Sequence
 COMMANDS = {
     "dev": "run everything locally: embedded Postgres, the sandbox, N service processes",
     "serve": "run the HTTP service (configuration from the environment; see .env.example)",
+    "worker": "run the maintenance worker (token refresh, subscription repair, sync)",
     "migrate": "apply pending database migrations (DATABASE_URL, DATABASE_RUNTIME_ROLE)",
+    "doctor": "check the deployment and say how to fix what is wrong (--json, --strict)",
+    "repair-connections": "fill missing Calendly user URIs and ensure subscriptions (--dry-run)",
     "sandbox": "run the Calendly sandbox (a local Calendly look-alike); see --help",
 }
 ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -107,6 +110,32 @@ def cmd_serve(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_worker(argv: Sequence[str]) -> int:
+    argparse.ArgumentParser(
+        prog="calendly-connect worker",
+        description="Keep every connection healthy: proactive token refresh, subscription "
+        "repair, reconciliation and polling for free plans. Safe to run many at once.",
+    ).parse_args(argv)
+    from entrypoints.logging import configure_logging, register_secret
+    from entrypoints.settings import ConfigError, load_settings
+    from entrypoints.worker import run_worker
+
+    try:
+        settings = load_settings(os.environ)
+    except ConfigError as exc:
+        return fail(str(exc))
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    for value in settings.secret_values():
+        register_secret(value)
+    try:
+        asyncio.run(run_worker(settings))
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        return fail(f"cannot start: {exc}", 1)
+    return 0
+
+
 def cmd_sandbox(argv: Sequence[str]) -> int:
     # The sandbox is its own package; the CLI is the one place in the core that starts it.
     from calendly_sandbox import main as sandbox_main
@@ -120,9 +149,24 @@ def cmd_dev(argv: Sequence[str]) -> int:
     return dev_main(argv)
 
 
+def cmd_doctor(argv: Sequence[str]) -> int:
+    from entrypoints.doctor import main as doctor_main
+
+    return doctor_main(argv)
+
+
+def cmd_repair(argv: Sequence[str]) -> int:
+    from entrypoints.doctor import repair_main
+
+    return repair_main(argv)
+
+
 HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
+    "doctor": cmd_doctor,
+    "repair-connections": cmd_repair,
     "dev": cmd_dev,
     "serve": cmd_serve,
+    "worker": cmd_worker,
     "migrate": cmd_migrate,
     "sandbox": cmd_sandbox,
 }

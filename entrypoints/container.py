@@ -15,7 +15,9 @@ from dependency_injector import containers, providers
 from adapters.calendly import AiohttpCalendlyApi
 from adapters.calendly.webhook_decoder import MsgspecWebhookDecoder
 from adapters.crypto import AesGcmTokenCipher
+from adapters.host_notifications import HostNotifier
 from adapters.postgres.listener import PostgresChangeListener
+from adapters.postgres.maintenance import PostgresMaintenanceQueue
 from adapters.postgres.pool import make_pool, ping
 from adapters.postgres.unit_of_work import check_runtime_role, unit_of_work_factory
 from adapters.system import SecretsRandomness, SystemClock
@@ -23,10 +25,13 @@ from domain.usecases.complete_connect import CompleteConnect
 from domain.usecases.disconnect import Disconnect
 from domain.usecases.ensure_subscription import EnsureSubscription
 from domain.usecases.handle_webhook_event import HandleWebhookEvent
+from domain.usecases.maintain_connection import MaintainConnection, MaintenanceSchedule
 from domain.usecases.queries import GetConnectionStatus, ListMeetings, MeetingChanges
 from domain.usecases.reconnect import Reconnect
 from domain.usecases.refresh_access_token import RefreshAccessToken
+from domain.usecases.repair_connection import RepairConnection
 from domain.usecases.start_connect import StartConnect
+from domain.usecases.sync_meetings import SyncMeetings
 from entrypoints.live import LiveHub
 from entrypoints.services import Services
 from entrypoints.settings import Settings
@@ -147,6 +152,45 @@ class Container(containers.DeclarativeContainer):
         clock=clock,
         app_signing_keys=settings.provided.calendly_webhook_signing_keys,
         tolerance=providers.Factory(timedelta, seconds=settings.provided.webhook_tolerance_seconds),
+    )
+    sync_meetings = providers.Singleton(
+        SyncMeetings, uow=uow, calendly=calendly, tokens=tokens, clock=clock
+    )
+    maintain_connection = providers.Singleton(
+        MaintainConnection,
+        uow=uow,
+        tokens=tokens,
+        ensure_subscription=ensure_subscription,
+        sync=sync_meetings,
+        clock=clock,
+        schedule=providers.Factory(
+            MaintenanceSchedule,
+            subscription_check=providers.Factory(
+                timedelta, seconds=settings.provided.subscription_check_seconds
+            ),
+            sync_with_webhooks=providers.Factory(
+                timedelta, seconds=settings.provided.sync_interval_seconds
+            ),
+            sync_without_webhooks=providers.Factory(
+                timedelta, seconds=settings.provided.plan_poll_seconds
+            ),
+        ),
+    )
+    maintenance_queue = providers.Singleton(PostgresMaintenanceQueue, pool=pool)
+    repair_connection = providers.Singleton(
+        RepairConnection,
+        uow=uow,
+        calendly=calendly,
+        tokens=tokens,
+        ensure_subscription=ensure_subscription,
+        clock=clock,
+    )
+    host_notifier = providers.Singleton(
+        HostNotifier,
+        pool=pool,
+        session=session,
+        url=settings.provided.host_webhook_url,
+        secret=settings.provided.host_webhook_secret,
     )
     services = providers.Singleton(
         Services,

@@ -242,7 +242,7 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
         env.setdefault("DEV_LOGIN_ENABLED", "true")
     say("• applying migrations")
     run_migrations(env)
-    say(f"• starting {args.workers} service process(es)")
+    say(f"• starting {args.workers} service process(es) and the maintenance worker")
     for n in range(args.workers):
         stack.spawn(
             f"service-{n + 1}",
@@ -250,6 +250,7 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
             env,
             pass_fds=(listener.fileno(),),
         )
+    stack.spawn("worker", [sys.executable, "-m", "entrypoints.cli", "worker"], env)
     wait_ready(public)
     say("")
     say(f"  Open {public}  — sign in as a demo user, then Settings → Calendar → Connect.")

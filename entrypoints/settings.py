@@ -67,6 +67,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dev_login_enabled: bool = False
     webhook_tolerance_seconds: int = 180
     refresh_margin_seconds: int = 300
+    # The maintenance worker (calendly-connect worker).
+    worker_concurrency: int = 4
+    worker_poll_seconds: float = 1.0
+    worker_lease_seconds: int = 120
+    sync_interval_seconds: int = 21_600
+    plan_poll_seconds: int = 120
+    subscription_check_seconds: int = 1_800
+    # Optional outbound webhook to the host app (connection.needs_reauth, .recovered, ...).
+    host_webhook_url: str | None = None
+    host_webhook_secret: Secret | None = None
     log_format: LogFormat = "auto"
     log_level: str = "INFO"
     host: str = "127.0.0.1"
@@ -86,6 +96,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """Every configured secret as text, for the log redactor to scrub wherever it appears."""
         values = [self.calendly_client_secret.reveal(), self.jwt_secret.reveal()]
         values += [key.reveal() for key in self.calendly_webhook_signing_keys]
+        if self.host_webhook_secret is not None:
+            values.append(self.host_webhook_secret.reveal())
         password = urlsplit(self.database_url.reveal()).password
         if password:
             values += [password, unquote(password)]
@@ -187,6 +199,22 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 
     tolerance = env.integer("WEBHOOK_TOLERANCE_SECONDS", 180, 1, 3600)
     refresh_margin = env.integer("TOKEN_REFRESH_MARGIN_SECONDS", 300, 0, 3600)
+    worker_concurrency = env.integer("WORKER_CONCURRENCY", 4, 1, 64)
+    worker_poll = env.integer("WORKER_POLL_MILLISECONDS", 1000, 50, 60_000)
+    worker_lease = env.integer("WORKER_LEASE_SECONDS", 120, 10, 3600)
+    sync_interval = env.integer("SYNC_INTERVAL_SECONDS", 21_600, 60, 7 * 86_400)
+    plan_poll = env.integer("PLAN_POLL_SECONDS", 120, 10, 86_400)
+    subscription_check = env.integer("SUBSCRIPTION_CHECK_SECONDS", 1_800, 10, 86_400)
+    host_webhook_url = env.optional("HOST_WEBHOOK_URL")
+    if host_webhook_url is not None:
+        host_webhook_url = env.url("HOST_WEBHOOK_URL", default=host_webhook_url)
+    host_webhook_secret = env.optional("HOST_WEBHOOK_SECRET")
+    if host_webhook_url and not host_webhook_secret:
+        env.problem(
+            "HOST_WEBHOOK_SECRET",
+            "HOST_WEBHOOK_URL is set but HOST_WEBHOOK_SECRET is not: notifications to the host "
+            "app are signed with it; set 32+ random characters",
+        )
     log_format = env.choice("LOG_FORMAT", "auto", LOG_FORMATS, str.lower)
     log_level = env.choice("LOG_LEVEL", "INFO", LOG_LEVELS, str.upper)
     host = env.optional("HOST") or "127.0.0.1"
@@ -218,6 +246,14 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         dev_login_enabled=dev_login,
         webhook_tolerance_seconds=tolerance,
         refresh_margin_seconds=refresh_margin,
+        worker_concurrency=worker_concurrency,
+        worker_poll_seconds=worker_poll / 1000,
+        worker_lease_seconds=worker_lease,
+        sync_interval_seconds=sync_interval,
+        plan_poll_seconds=plan_poll,
+        subscription_check_seconds=subscription_check,
+        host_webhook_url=host_webhook_url,
+        host_webhook_secret=Secret(host_webhook_secret) if host_webhook_secret else None,
         log_format=cast(LogFormat, log_format),
         log_level=log_level,
         host=host,

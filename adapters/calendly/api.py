@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, TypeVar, cast
@@ -28,11 +30,12 @@ from domain.errors import (
     ResourceNotFound,
     TokenRejected,
 )
+from domain.meetings import Invitee, Meeting
 from domain.model import CalendlyAccount, TokenSet
 from domain.ports import CalendlyApi, Clock, GrantedTokens, NewSubscription, Subscription
 from domain.secret import REDACTED, Secret
 
-from . import wire
+from . import translate, wire
 
 DEFAULT_TIMEOUT: Final = aiohttp.ClientTimeout(total=15, connect=5)
 # Calendly's rate-limit window is a minute; a reset announced further out is not waited for.
@@ -56,10 +59,13 @@ SECRET_KEYS: Final = frozenset(
 )
 # A logged non-JSON body (an HTML error page, say) is cut to this many characters.
 MAX_LOGGED_TEXT: Final = 2000
+# Access tokens whose rate-limit window is remembered at once (the oldest is forgotten first).
+MAX_BUDGETS: Final = 10_000
 
 log = structlog.get_logger(__name__)
 S = TypeVar("S")
 Sleep = Callable[[float], Awaitable[None]]
+Timer = Callable[[], float]
 
 
 def _utc_now() -> datetime:
@@ -117,16 +123,87 @@ class _Answer:
     def reset_seconds(self) -> float:
         """`X-RateLimit-Reset` (seconds until the window resets), else `Retry-After`, else 60."""
         for name in ("X-RateLimit-Reset", "Retry-After"):
-            raw = self.headers.get(name)
-            if raw is None:
-                continue
-            try:
-                seconds = float(raw.strip())
-            except ValueError:
-                continue
-            if math.isfinite(seconds) and seconds >= 0:
+            seconds = _number(self.headers.get(name))
+            if seconds is not None:
                 return seconds
         return DEFAULT_RETRY_AFTER
+
+    def rate_window(self) -> tuple[int, float] | None:
+        """(`X-RateLimit-Remaining`, `X-RateLimit-Reset`) when the answer carries both."""
+        remaining = _number(self.headers.get("X-RateLimit-Remaining"))
+        reset = _number(self.headers.get("X-RateLimit-Reset"))
+        if remaining is None and self.status == 429:
+            remaining = 0.0
+        if remaining is None or reset is None:
+            return None
+        return int(remaining), reset
+
+
+def _number(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+@dataclass
+class _Window:
+    remaining: int
+    resets_at: float
+
+
+class RequestBudget:
+    """What Calendly last said about each access token's rate-limit window.
+
+    Keyed by a SHA-256 of the token, never the token. Each call counts against the remembered
+    `remaining` before it is sent, so concurrent calls do not all spend the last request; a
+    window whose reset has passed is forgotten, and so is the oldest when `max_entries` are kept.
+    """
+
+    def __init__(self, timer: Timer, max_entries: int = MAX_BUDGETS) -> None:
+        self._timer = timer
+        self._max_entries = max_entries
+        self._windows: dict[bytes, _Window] = {}
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def take(self, key: bytes) -> float:
+        """Count one call with `key`: 0 to go now, else the seconds until the window resets."""
+        window = self._windows.get(key)
+        if window is None:
+            return 0.0
+        now = self._timer()
+        if window.resets_at <= now:
+            del self._windows[key]
+            return 0.0
+        if window.remaining > 0:
+            window.remaining -= 1
+            return 0.0
+        return window.resets_at - now
+
+    def observe(self, key: bytes, remaining: int, reset_in: float) -> None:
+        """Remember the window an answer announced (the latest answer wins)."""
+        now = self._timer()
+        self._windows.pop(key, None)
+        self._windows[key] = _Window(remaining=remaining, resets_at=now + reset_in)
+        # Oldest observed first: drop what is over the cap and what has already reset.
+        while self._windows:
+            oldest = next(iter(self._windows))
+            if len(self._windows) <= self._max_entries and self._windows[oldest].resets_at > now:
+                break
+            del self._windows[oldest]
+
+    def forget(self, key: bytes) -> None:
+        """The window was waited out: the next answer says how much is left."""
+        self._windows.pop(key, None)
+
+
+def _budget_key(token: Secret) -> bytes:
+    return hashlib.sha256(token.reveal().encode()).digest()
 
 
 class AiohttpCalendlyApi(CalendlyApi):
@@ -138,6 +215,12 @@ class AiohttpCalendlyApi(CalendlyApi):
     retried (codes and refresh tokens are single-use) and neither is a create (the caller lists
     and adopts instead). `invalid_client` (our own credentials are wrong) is a plain
     `CalendlyError`: it is not the user's grant that failed, so it must not force a reconnect.
+
+    Rate budget: the `X-RateLimit-*` headers of each API answer are remembered per access token.
+    When none is left and the window has not reset, the next call with that token waits for the
+    reset (at most `max_rate_limit_wait` seconds, else `RateLimited` without calling), so a bulk
+    sync slows down before Calendly answers 429. A 429 is `RateLimited`, never `TokenRejected`:
+    it must not make a caller refresh the token.
     """
 
     def __init__(
@@ -157,6 +240,7 @@ class AiohttpCalendlyApi(CalendlyApi):
         page_size: int = 100,
         timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
         sleep: Sleep = asyncio.sleep,
+        monotonic: Timer = time.monotonic,
     ) -> None:
         if not 1 <= page_size <= 100:
             raise ValueError("page_size must be between 1 and 100 (Calendly's maximum)")
@@ -182,6 +266,7 @@ class AiohttpCalendlyApi(CalendlyApi):
         self._page_size = page_size
         self._timeout = timeout
         self._sleep = sleep
+        self._budget = RequestBudget(monotonic)
 
     # ---------------------------------------------------------------- OAuth
     def authorization_url(self, *, state: str, code_challenge: str, redirect_uri: str) -> str:
@@ -268,29 +353,11 @@ class AiohttpCalendlyApi(CalendlyApi):
         self, access_token: Secret, *, organization_uri: str, user_uri: str
     ) -> list[Subscription]:
         path = "/webhook_subscriptions"
-        found: list[Subscription] = []
-        seen_tokens: set[str] = set()
-        page_token: str | None = None
-        while True:
-            params = {
-                "organization": organization_uri,
-                "scope": "user",
-                "user": user_uri,
-                "count": str(self._page_size),
-            }
-            if page_token is not None:
-                params["page_token"] = page_token
-            answer = await self._api_call("GET", path, access_token, params=params)
-            page = _decode("GET", path, answer, wire.WebhookSubscriptionPage)
-            found.extend(_subscription(s) for s in page.collection)
-            page_token = page.pagination.next_page_token or None
-            if page_token is None:
-                return found
-            if page_token in seen_tokens:
-                raise CalendlyUnavailable(
-                    answer.status, None, f"Calendly's pagination of GET {path} does not advance"
-                )
-            seen_tokens.add(page_token)
+        params = {"organization": organization_uri, "scope": "user", "user": user_uri}
+        return [
+            _subscription(_decode_item("GET", path, raw, wire.WebhookSubscription))
+            async for raw in self._collection(path, access_token, params)
+        ]
 
     async def create_subscription(
         self, access_token: Secret, subscription: NewSubscription
@@ -316,15 +383,86 @@ class AiohttpCalendlyApi(CalendlyApi):
         return _subscription(created.resource)
 
     async def delete_subscription(self, access_token: Secret, uri: str) -> None:
-        # Path parameters take the last URI segment, whatever its format.
-        segment = uri.rstrip("/").rsplit("/", 1)[-1]
-        if not segment:
-            raise ValueError("a subscription URI is needed")
-        await self._api_call(
-            "DELETE", f"/webhook_subscriptions/{quote(segment, safe='')}", access_token
+        await self._api_call("DELETE", f"/webhook_subscriptions/{_segment(uri)}", access_token)
+
+    async def get_subscription(self, access_token: Secret, uri: str) -> Subscription:
+        path = f"/webhook_subscriptions/{_segment(uri)}"
+        answer = await self._api_call("GET", path, access_token)
+        return _subscription(
+            _decode("GET", path, answer, wire.WebhookSubscriptionResource).resource
         )
 
+    async def list_scheduled_events(
+        self,
+        access_token: Secret,
+        *,
+        user_uri: str,
+        min_start_time: datetime,
+        max_start_time: datetime | None = None,
+    ) -> list[Meeting]:
+        path = "/scheduled_events"
+        # No `status`: a reconciliation needs the canceled events as much as the active ones.
+        params = {
+            "user": user_uri,
+            "min_start_time": _iso(min_start_time),
+            "sort": "start_time:asc",
+        }
+        if max_start_time is not None:
+            params["max_start_time"] = _iso(max_start_time)
+        meetings: list[Meeting] = []
+        async for raw in self._collection(path, access_token, params):
+            event = _lenient_item(path, raw, wire.ScheduledEvent)
+            if event is None:
+                continue
+            if not event.uri:
+                _skip(path, "the event has no uri")
+                continue
+            meetings.append(translate.meeting(event))
+        return meetings
+
+    async def list_invitees(self, access_token: Secret, event_uri: str) -> list[Invitee]:
+        path = f"/scheduled_events/{_segment(event_uri)}/invitees"
+        # Every status: canceled invitees carry the cancellation and the reschedule links.
+        params = {"sort": "created_at:asc"}
+        invitees: list[Invitee] = []
+        async for raw in self._collection(path, access_token, params):
+            item = _lenient_item(path, raw, wire.Invitee)
+            if item is None:
+                continue
+            if not item.uri:
+                _skip(path, "the invitee has no uri")
+                continue
+            invitees.append(
+                translate.invitee(
+                    item, invitee_uri=item.uri, event_uri=event_uri, read_no_show=True
+                )
+            )
+        return invitees
+
     # -------------------------------------------------------------- plumbing
+    async def _collection(
+        self, path: str, access_token: Secret, params: Mapping[str, str]
+    ) -> AsyncIterator[msgspec.Raw]:
+        """Every item of a paginated collection, undecoded, following `next_page_token`."""
+        seen_tokens: set[str] = set()
+        page_token: str | None = None
+        while True:
+            query = {**params, "count": str(self._page_size)}
+            if page_token is not None:
+                query["page_token"] = page_token
+            answer = await self._api_call("GET", path, access_token, params=query)
+            page = _decode("GET", path, answer, wire.RawPage)
+            for item in page.collection:
+                yield item
+            page_token = page.pagination.next_page_token or None
+            if page_token is None:
+                return
+            if page_token in seen_tokens:
+                raise CalendlyUnavailable(
+                    answer.status, None, f"Calendly's pagination of GET {path} does not advance"
+                )
+            seen_tokens.add(page_token)
+
     async def _api_call(
         self,
         method: str,
@@ -371,10 +509,14 @@ class AiohttpCalendlyApi(CalendlyApi):
         """Send one request, retrying transient failures when `retry`; any answer is returned.
 
         The credentials sent stay `Secret`s in this frame and are revealed only inside the call
-        expression, so no local variable here holds them in the clear.
+        expression, so no local variable here holds them in the clear. A call with a bearer
+        token first waits for that token's rate budget (see `RequestBudget`).
         """
+        budget_key = _budget_key(bearer) if bearer is not None else None
         retries = 0
         while True:
+            if budget_key is not None:
+                await self._within_budget(budget_key, method, path)
             try:
                 async with self._session.request(
                     method,
@@ -414,13 +556,31 @@ class AiohttpCalendlyApi(CalendlyApi):
                     0, None, f"the request to Calendly failed ({method} {path}: {problem})"
                 ) from exc
 
+            window = answer.rate_window() if budget_key is not None else None
+            if budget_key is not None and window is not None:
+                self._budget.observe(budget_key, *window)
             wait = self._retry_wait(answer, retries) if retry else None
             if wait is not None:
                 retries += 1
                 self._log_error_answer(method, path, answer, secrets, retry=retries, delay=wait)
                 await self._sleep(wait)
+                if answer.status == 429 and budget_key is not None:
+                    # That wait was the window's reset: do not wait for it a second time.
+                    self._budget.forget(budget_key)
                 continue
             return answer
+
+    async def _within_budget(self, key: bytes, method: str, path: str) -> None:
+        """Wait until the token's rate-limit window has room, or raise RateLimited at once."""
+        wait = self._budget.take(key)
+        if wait <= 0:
+            return
+        if wait > self._max_rate_limit_wait:
+            log.warning("calendly.rate_budget_exhausted", method=method, path=path, reset=wait)
+            raise RateLimited(429, None, wait)
+        log.info("calendly.rate_budget_wait", method=method, path=path, delay=wait)
+        await self._sleep(wait)
+        self._budget.forget(key)
 
     def _retry_wait(self, answer: _Answer, retries: int) -> float | None:
         """How long to wait before retrying `answer`, or None when it is final."""
@@ -524,22 +684,62 @@ class AiohttpCalendlyApi(CalendlyApi):
 
 def _decode(method: str, path: str, answer: _Answer, kind: type[S]) -> S:
     """A 2xx body as `kind`; one that does not fit is `CalendlyUnavailable` (status kept)."""
+    return _decode_raw(method, path, answer.status, answer.raw, kind)
+
+
+def _decode_item(method: str, path: str, raw: msgspec.Raw, kind: type[S]) -> S:
+    """One item of a collection page (which was a 2xx) as `kind`, as strictly as `_decode`."""
+    return _decode_raw(method, path, 200, bytes(raw), kind)
+
+
+def _decode_raw(method: str, path: str, status: int, raw: bytes, kind: type[S]) -> S:
     try:
-        return msgspec.json.decode(answer.raw, type=kind)
+        return msgspec.json.decode(raw, type=kind)
     except msgspec.DecodeError as exc:
         log.warning(
             "calendly.unparsable_response",
             method=method,
             path=path,
-            status=answer.status,
+            status=status,
             # msgspec names the JSON path that failed, never a value; the body itself (personal
             # data, maybe live tokens) stays out of the log.
             problem=str(exc),
-            size=len(answer.raw),
+            size=len(raw),
         )
         raise CalendlyUnavailable(
-            answer.status, None, f"Calendly's answer to {method} {path} could not be read"
+            status, None, f"Calendly's answer to {method} {path} could not be read"
         ) from exc
+
+
+def _lenient_item(path: str, raw: msgspec.Raw, kind: type[S]) -> S | None:
+    """One item of a listing as `kind`, or None (logged) when it does not fit.
+
+    One odd event or invitee must not stop a whole sync; the rest of the page still counts.
+    """
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.DecodeError as exc:
+        _skip(path, str(exc))
+        return None
+
+
+def _skip(path: str, problem: str) -> None:
+    # Like `_decode`: the path msgspec names, never the item (personal data).
+    log.warning("calendly.item_skipped", method="GET", path=path, problem=problem)
+
+
+def _segment(uri: str) -> str:
+    """The last URI segment, as a path parameter takes it (never validated: IDs vary)."""
+    segment = uri.rstrip("/").rsplit("/", 1)[-1]
+    if not segment:
+        raise ValueError("a Calendly URI is needed")
+    return quote(segment, safe="")
+
+
+def _iso(moment: datetime) -> str:
+    """A query time as Calendly writes them: UTC, microseconds, `Z` (naive is taken as UTC)."""
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _convert(body: object, kind: type[S]) -> S | None:

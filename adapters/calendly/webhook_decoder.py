@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 import msgspec
 
 from domain.errors import UnusablePayload
-from domain.meetings import Cancellation, Invitee, Meeting, MeetingStatus
+from domain.meetings import Meeting
 from domain.ports import MeetingChange
 from domain.webhooks import (
     INVITEE_CANCELED,
@@ -20,52 +19,10 @@ from domain.webhooks import (
     digest,
 )
 
+from . import translate, wire
+from .translate import utc
+
 INVITEE_EVENTS = (INVITEE_CREATED, INVITEE_CANCELED, NO_SHOW_CREATED, NO_SHOW_DELETED)
-
-
-class WireCancellation(msgspec.Struct, kw_only=True):
-    canceled_by: str | None = None
-    reason: str | None = None
-    canceler_type: str | None = None
-    created_at: datetime | None = None
-
-
-class WireMembership(msgspec.Struct, kw_only=True):
-    user: str | None = None
-
-
-class WireScheduledEvent(msgspec.Struct, kw_only=True):
-    uri: str
-    name: str | None = None
-    status: str | None = None
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    # Polymorphic by `type`, with types added over time: kept as data, never interpreted.
-    location: dict[str, Any] | None = None
-    event_memberships: list[WireMembership] | None = None
-    cancellation: WireCancellation | None = None
-
-
-class WireNoShow(msgspec.Struct, kw_only=True):
-    uri: str | None = None
-    created_at: datetime | None = None
-
-
-class WireInvitee(msgspec.Struct, kw_only=True):
-    uri: str | None = None
-    event: str | None = None
-    email: str | None = None
-    name: str | None = None
-    status: str | None = None
-    timezone: str | None = None
-    rescheduled: bool | None = None
-    old_invitee: str | None = None
-    new_invitee: str | None = None
-    cancellation: WireCancellation | None = None
-    no_show: WireNoShow | None = None
-    # Pre-2022 payloads: a boolean instead of `status`, and no embedded event.
-    canceled: bool | None = None
-    scheduled_event: WireScheduledEvent | None = None
 
 
 class WireAnyPayload(msgspec.Struct, kw_only=True):
@@ -80,26 +37,8 @@ class WireEnvelope(msgspec.Struct, kw_only=True):
 
 
 _envelope = msgspec.json.Decoder(WireEnvelope)
-_invitee = msgspec.json.Decoder(WireInvitee)
+_invitee = msgspec.json.Decoder(wire.Invitee)
 _any_payload = msgspec.json.Decoder(WireAnyPayload)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    """Calendly sends UTC with `Z`; a time without a zone is taken as UTC, never compared naive."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def _cancellation(wire: WireCancellation | None) -> Cancellation | None:
-    if wire is None:
-        return None
-    return Cancellation(
-        canceled_by=wire.canceled_by,
-        reason=wire.reason,
-        canceler_type=wire.canceler_type,
-        canceled_at=_utc(wire.created_at),
-    )
 
 
 class MsgspecWebhookDecoder(WebhookDecoder):
@@ -126,55 +65,34 @@ class MsgspecWebhookDecoder(WebhookDecoder):
             uri = None
         return InboundWebhook(
             event=envelope.event,
-            created_at=_utc(envelope.created_at),
+            created_at=utc(envelope.created_at),
             created_by=envelope.created_by,
             payload_uri=uri,
             payload_digest=digest(body),
         )
 
     @staticmethod
-    def _invitee_event(envelope: WireEnvelope, wire: WireInvitee, body: bytes) -> InboundWebhook:
-        scheduled = wire.scheduled_event
-        event_uri = scheduled.uri if scheduled is not None else wire.event
-        if not wire.uri or not event_uri:
+    def _invitee_event(envelope: WireEnvelope, source: wire.Invitee, body: bytes) -> InboundWebhook:
+        scheduled = source.scheduled_event
+        event_uri = scheduled.uri if scheduled is not None else source.event
+        if not source.uri or not event_uri:
             raise UnusablePayload(f"the {envelope.event} payload names no invitee or event")
         if scheduled is not None:
-            meeting = Meeting(
-                event_uri=event_uri,
-                name=scheduled.name,
-                start_time=_utc(scheduled.start_time),
-                end_time=_utc(scheduled.end_time),
-                status=(
-                    MeetingStatus.CANCELED
-                    if scheduled.status == "canceled"
-                    else MeetingStatus.ACTIVE
-                ),
-                location=scheduled.location,
-                cancellation=_cancellation(scheduled.cancellation),
-            )
-            hosts = tuple(m.user for m in scheduled.event_memberships or () if m.user)
+            meeting = translate.meeting(scheduled)
+            hosts = translate.host_uris(scheduled)
         else:
             meeting = Meeting(event_uri=event_uri)
             hosts = ()
-        canceled = (
-            envelope.event == INVITEE_CANCELED or wire.status == "canceled" or bool(wire.canceled)
-        )
-        invitee = Invitee(
-            invitee_uri=wire.uri,
+        invitee = translate.invitee(
+            source,
+            invitee_uri=source.uri,
             event_uri=event_uri,
-            email=wire.email,
-            name=wire.name,
-            timezone=wire.timezone,
-            status=MeetingStatus.CANCELED if canceled else MeetingStatus.ACTIVE,
-            cancellation=_cancellation(wire.cancellation),
-            rescheduled=bool(wire.rescheduled),
-            old_invitee_uri=wire.old_invitee,
-            new_invitee_uri=wire.new_invitee,
+            canceled=envelope.event == INVITEE_CANCELED,
         )
-        no_show_uri = wire.no_show.uri if wire.no_show is not None else None
+        no_show_uri = source.no_show.uri if source.no_show is not None else None
         if envelope.event in (NO_SHOW_CREATED, NO_SHOW_DELETED):
-            changed_at = _utc(envelope.created_at) or (
-                _utc(wire.no_show.created_at) if wire.no_show is not None else None
+            changed_at = utc(envelope.created_at) or (
+                utc(source.no_show.created_at) if source.no_show is not None else None
             )
             if changed_at is None:
                 raise UnusablePayload(f"the {envelope.event} delivery carries no time")
@@ -188,9 +106,9 @@ class MsgspecWebhookDecoder(WebhookDecoder):
             change = MeetingChange(meeting=meeting, invitee=invitee)
         return InboundWebhook(
             event=envelope.event,
-            created_at=_utc(envelope.created_at),
+            created_at=utc(envelope.created_at),
             created_by=envelope.created_by,
-            payload_uri=wire.uri,
+            payload_uri=source.uri,
             host_user_uris=hosts,
             no_show_uri=no_show_uri,
             change=change,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -82,11 +82,62 @@ class Pagination(msgspec.Struct, kw_only=True):
     next_page_token: str | None = None
 
 
-class WebhookSubscriptionPage(msgspec.Struct, kw_only=True):
-    collection: list[WebhookSubscription]
+class RawPage(msgspec.Struct, kw_only=True):
+    """One page of a collection, its items left undecoded so that each is read on its own."""
+
+    collection: list[msgspec.Raw]
     pagination: Pagination = msgspec.field(default_factory=Pagination)
 
 
+# ---------------------------------------------- scheduled events & invitees
+# Shared by the webhook decoder (an Invitee with its event embedded) and the REST listings.
+class Cancellation(msgspec.Struct, kw_only=True):
+    canceled_by: str | None = None
+    reason: str | None = None
+    canceler_type: str | None = None
+    created_at: datetime | None = None
+
+
+class Membership(msgspec.Struct, kw_only=True):
+    user: str | None = None
+
+
+class ScheduledEvent(msgspec.Struct, kw_only=True):
+    # Required: without it the event is no one's (a delivery is unusable, a listing skips it).
+    uri: str
+    name: str | None = None
+    status: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    # Polymorphic by `type`, with types added over time: kept as data, never interpreted.
+    location: dict[str, Any] | None = None
+    event_memberships: list[Membership] | None = None
+    cancellation: Cancellation | None = None
+
+
+class NoShow(msgspec.Struct, kw_only=True):
+    uri: str | None = None
+    created_at: datetime | None = None
+
+
+class Invitee(msgspec.Struct, kw_only=True):
+    uri: str | None = None
+    event: str | None = None
+    email: str | None = None
+    name: str | None = None
+    status: str | None = None
+    timezone: str | None = None
+    rescheduled: bool | None = None
+    old_invitee: str | None = None
+    new_invitee: str | None = None
+    cancellation: Cancellation | None = None
+    no_show: NoShow | None = None
+    # Pre-2022 payloads: a boolean instead of `status`, and no embedded event.
+    canceled: bool | None = None
+    scheduled_event: ScheduledEvent | None = None
+
+
+# ------------------------------------------------------------ request bodies
 class CreateWebhookSubscription(msgspec.Struct, kw_only=True):
     """The body of `POST /webhook_subscriptions` (user scope).
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from typing import Any
 
 import psycopg
 import psycopg_pool
+import structlog
 from psycopg import sql
 from psycopg.rows import dict_row
 
 Connection = psycopg.AsyncConnection[dict[str, Any]]
+log = structlog.get_logger(__name__)
 
 
 def _configure(role: str | None) -> Any:
@@ -33,8 +37,16 @@ def make_pool(
         kwargs={"row_factory": dict_row},
         configure=_configure(runtime_role),
         # No check on checkout (it would cost a round trip per use): a connection broken by an
-        # outage fails its transaction (503, the caller retries) and is replaced on return.
-        timeout=10.0,
+        # outage fails its transaction (503, the caller retries) and is replaced on return, and
+        # the unit of work then sweeps the idle ones (`sweep_broken_connections`).
+        # How long a request waits for a connection before its 503: well inside Calendly's 15 s
+        # read timeout, and a database outage is answered in seconds, not after 10.
+        timeout=5.0,
+        # The pool retries a failed connect with exponential back-off (1, 2, 4, 8 s ...) for as
+        # long as this; requests waiting meanwhile cannot make it try sooner. psycopg_pool's
+        # default (300 s) kept the service answering 503 for up to minutes after Postgres was
+        # back; 5 s bounds the gap, and the next request starts a fresh attempt at once.
+        reconnect_timeout=5.0,
         name="calendly-connect",
     )
 
@@ -55,3 +67,30 @@ async def ping(pool: psycopg_pool.AsyncConnectionPool[Connection]) -> bool:
     except (psycopg.Error, psycopg_pool.PoolTimeout):
         return False
     return True
+
+
+_sweeps: weakref.WeakKeyDictionary[Any, asyncio.Task[None]] = weakref.WeakKeyDictionary()
+
+
+def sweep_broken_connections(pool: psycopg_pool.AsyncConnectionPool[Connection]) -> None:
+    """Test the pool's idle connections in the background; broken ones are replaced.
+
+    Called when a connection turned out broken (Postgres restarted, a backend was killed): its
+    idle siblings are most likely broken too, and without a sweep each would fail one more
+    request, even after Postgres is back. One sweep at a time per pool; never waited for.
+    """
+    running = _sweeps.get(pool)
+    if running is not None and not running.done():
+        return
+    _sweeps[pool] = asyncio.get_running_loop().create_task(
+        _sweep(pool), name="postgres-pool-sweep"
+    )
+
+
+async def _sweep(pool: psycopg_pool.AsyncConnectionPool[Connection]) -> None:
+    if pool.closed:
+        return
+    try:
+        await pool.check()
+    except Exception as exc:  # best effort: the next failure sweeps again
+        log.warning("postgres.pool_sweep_failed", error=type(exc).__name__)

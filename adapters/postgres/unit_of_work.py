@@ -15,6 +15,7 @@ from domain.errors import StorageUnavailable
 from domain.ports import Route, UnitOfWork, UnitOfWorkFactory
 from domain.secret import Secret
 
+from .pool import sweep_broken_connections
 from .repositories import (
     PostgresAuthorizationRepository,
     PostgresConnectionRepository,
@@ -34,6 +35,11 @@ SELECT user_id, connection_id::text AS connection_id, calendly_user_uri
 FROM calendly_webhook_routes WHERE calendly_user_uri = %s
 """
 ADVISORY_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+# The routes are readable outside any tenant; a connection without a URI has a route without one.
+USERS_WITHOUT_ACCOUNT = """
+SELECT user_id FROM calendly_webhook_routes WHERE calendly_user_uri IS NULL
+ORDER BY user_id LIMIT %s
+"""
 # Infrastructure failures that mean "try again later", never "your request was wrong".
 UNAVAILABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.errors.AdminShutdown)
 
@@ -72,6 +78,7 @@ class PostgresUnitOfWork(UnitOfWork):
                 await conn.execute(SET_TENANT, (self._user_id,))
         except UNAVAILABLE as exc:
             await self._release(exc)
+            sweep_broken_connections(self._pool)
             raise StorageUnavailable("the database cannot be reached") from exc
         self.connections = PostgresConnectionRepository(conn, self._cipher)
         self.authorizations = PostgresAuthorizationRepository(conn, self._cipher)
@@ -93,6 +100,7 @@ class PostgresUnitOfWork(UnitOfWork):
                 unavailable = True
         await self._release(exc)
         if unavailable:
+            sweep_broken_connections(self._pool)
             raise StorageUnavailable("the database connection failed") from exc
 
     async def _release(self, exc: BaseException | None) -> None:
@@ -132,6 +140,10 @@ class PostgresUnitOfWork(UnitOfWork):
 
     async def lock(self, name: str) -> None:
         await self.conn.execute(ADVISORY_LOCK, (name,))
+
+    async def users_without_account(self, limit: int = 10_000) -> list[str]:
+        cursor = await self.conn.execute(USERS_WITHOUT_ACCOUNT, (limit,))
+        return [row["user_id"] for row in await cursor.fetchall()]
 
     async def commit(self) -> None:
         await self.conn.commit()

@@ -1,21 +1,26 @@
-"""An in-memory Calendly for unit tests: records calls, can be told to fail."""
+"""An in-memory Calendly for unit tests: records calls, can be told to fail and be steered."""
 
 from __future__ import annotations
 
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlencode
+
+from msgspec.structs import replace
 
 from domain.errors import (
     AlreadyExists,
     CalendlyError,
     InvalidGrant,
+    PermissionDenied,
     PlanRequired,
     ResourceNotFound,
     TokenRejected,
 )
+from domain.meetings import Cancellation, Invitee, Meeting, MeetingStatus
 from domain.model import CalendlyAccount, TokenSet
 from domain.ports import CalendlyApi, Clock, GrantedTokens, NewSubscription, Subscription
 from domain.secret import Secret
@@ -61,6 +66,15 @@ class FakeSubscription:
 
 
 @dataclass
+class FakeEvent:
+    """A scheduled event with its host; its invitees live in `FakeCalendlyApi.invitees`."""
+
+    host: FakeUser
+    meeting: Meeting
+    invitee_uris: list[str] = field(default_factory=list)
+
+
+@dataclass
 class FakeCode:
     user: FakeUser
     challenge: str
@@ -77,6 +91,8 @@ class FakeCalendlyApi(CalendlyApi):
     grants: list[FakeGrant] = field(default_factory=list)
     subscriptions: dict[str, FakeSubscription] = field(default_factory=dict)
     codes: dict[str, FakeCode] = field(default_factory=dict)
+    events: dict[str, FakeEvent] = field(default_factory=dict)
+    invitees: dict[str, Invitee] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     failures: dict[str, list[CalendlyError]] = field(default_factory=dict)
     token_ttl: timedelta = timedelta(hours=2)
@@ -116,6 +132,116 @@ class FakeCalendlyApi(CalendlyApi):
 
     def active_subscriptions(self, user: FakeUser) -> list[FakeSubscription]:
         return [s for s in self.subscriptions.values() if s.user is user and s.state == "active"]
+
+    def disable(self, subscription_uri: str) -> None:
+        """Calendly gave up on the callback URL after a day of failed deliveries."""
+        self.subscriptions[subscription_uri].state = "disabled"
+
+    def book(
+        self,
+        user: FakeUser,
+        start: datetime,
+        *,
+        duration: timedelta = timedelta(minutes=30),
+        name: str = "30 Minute Meeting",
+        email: str = "grace@example.org",
+        invitee_name: str = "Grace Guest",
+        location: dict[str, Any] | None = None,
+    ) -> tuple[str, str]:
+        """`user` is booked by one invitee: returns (event URI, invitee URI)."""
+        event_uri = f"{BASE}/scheduled_events/e{next(self._ids)}"
+        self.events[event_uri] = FakeEvent(
+            host=user,
+            meeting=Meeting(
+                event_uri=event_uri,
+                name=name,
+                start_time=start,
+                end_time=start + duration,
+                location=location if location is not None else {"type": "zoom"},
+            ),
+        )
+        return event_uri, self.add_invitee(event_uri, email=email, name=invitee_name)
+
+    def add_invitee(
+        self,
+        event_uri: str,
+        *,
+        email: str,
+        name: str = "Guest",
+        old_invitee_uri: str | None = None,
+    ) -> str:
+        """One more invitee of an event (a group event has several); returns its URI."""
+        event = self.events[event_uri]
+        invitee_uri = f"{event_uri}/invitees/i{next(self._ids)}"
+        self.invitees[invitee_uri] = Invitee(
+            invitee_uri=invitee_uri,
+            event_uri=event_uri,
+            email=email,
+            name=name,
+            timezone="America/New_York",
+            old_invitee_uri=old_invitee_uri,
+        )
+        event.invitee_uris.append(invitee_uri)
+        return invitee_uri
+
+    def cancel(
+        self,
+        invitee_uri: str,
+        *,
+        canceler_type: str = "invitee",
+        reason: str | None = None,
+        new_invitee_uri: str | None = None,
+    ) -> None:
+        """The invitee (or the host) cancels; the event is canceled when nobody is left."""
+        invitee = self.invitees[invitee_uri]
+        event = self.events[invitee.event_uri]
+        canceled_by = event.host.name if canceler_type == "host" else invitee.name
+        cancellation = Cancellation(
+            canceled_by=canceled_by,
+            reason=reason,
+            canceler_type=canceler_type,
+            canceled_at=self.clock.now(),
+        )
+        self.invitees[invitee_uri] = replace(
+            invitee,
+            status=MeetingStatus.CANCELED,
+            cancellation=cancellation,
+            rescheduled=new_invitee_uri is not None,
+            new_invitee_uri=new_invitee_uri,
+        )
+        if all(self.invitees[i].status is MeetingStatus.CANCELED for i in event.invitee_uris):
+            event.meeting = replace(
+                event.meeting, status=MeetingStatus.CANCELED, cancellation=cancellation
+            )
+
+    def reschedule(self, invitee_uri: str, start: datetime) -> tuple[str, str]:
+        """The invitee moves to `start`: a new event and invitee, the old invitee canceled."""
+        old = self.invitees[invitee_uri]
+        old_meeting = self.events[old.event_uri].meeting
+        duration = (
+            old_meeting.end_time - old_meeting.start_time
+            if old_meeting.end_time is not None and old_meeting.start_time is not None
+            else timedelta(minutes=30)
+        )
+        event_uri, new_uri = self.book(
+            self.events[old.event_uri].host,
+            start,
+            duration=duration,
+            name=old_meeting.name or "30 Minute Meeting",
+            email=old.email or "",
+            invitee_name=old.name or "",
+            location=old_meeting.location,
+        )
+        self.invitees[new_uri] = replace(self.invitees[new_uri], old_invitee_uri=invitee_uri)
+        self.cancel(invitee_uri, reason="Rescheduled", new_invitee_uri=new_uri)
+        return event_uri, new_uri
+
+    def mark_no_show(self, invitee_uri: str, flag: bool = True) -> None:
+        """The host marks (or unmarks) the invitee as a no-show, now."""
+        invitee = self.invitees[invitee_uri]
+        self.invitees[invitee_uri] = replace(
+            invitee, no_show=flag, no_show_changed_at=self.clock.now() if flag else None
+        )
 
     # --------------------------------------------------------- internals
     def _enter(self, method: str) -> None:
@@ -253,3 +379,58 @@ class FakeCalendlyApi(CalendlyApi):
         if self.subscriptions.pop(uri, None) is None:
             raise ResourceNotFound(404, {"title": "Resource Not Found"})
         self.mutations += 1
+
+    async def get_subscription(self, access_token: Secret, uri: str) -> Subscription:
+        self._enter("get_subscription")
+        user = self._bearer(access_token)
+        found = self.subscriptions.get(uri)
+        if found is None:
+            raise ResourceNotFound(404, {"title": "Resource Not Found"})
+        if found.user is not user:
+            raise PermissionDenied(403, {"title": "Permission Denied"})
+        return Subscription(
+            uri=found.uri,
+            callback_url=found.callback_url,
+            events=found.events,
+            state=found.state,
+            scope="user",
+            user_uri=found.user.uri,
+        )
+
+    async def list_scheduled_events(
+        self,
+        access_token: Secret,
+        *,
+        user_uri: str,
+        min_start_time: datetime,
+        max_start_time: datetime | None = None,
+    ) -> list[Meeting]:
+        self._enter("list_scheduled_events")
+        user = self._bearer(access_token)
+        if user_uri != user.uri:
+            raise PermissionDenied(403, {"title": "Permission Denied"})
+        low = _aware(min_start_time)
+        high = _aware(max_start_time) if max_start_time is not None else None
+        found = [
+            e.meeting
+            for e in self.events.values()
+            if e.host is user
+            and e.meeting.start_time is not None
+            and low <= e.meeting.start_time
+            and (high is None or e.meeting.start_time < high)
+        ]
+        return sorted(found, key=lambda m: (m.start_time, m.event_uri))
+
+    async def list_invitees(self, access_token: Secret, event_uri: str) -> list[Invitee]:
+        self._enter("list_invitees")
+        user = self._bearer(access_token)
+        event = self.events.get(event_uri)
+        if event is None:
+            raise ResourceNotFound(404, {"title": "Resource Not Found"})
+        if event.host is not user:
+            raise PermissionDenied(403, {"title": "Permission Denied"})
+        return [self.invitees[i] for i in event.invitee_uris]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -293,6 +293,12 @@ class FakeUnitOfWork(UnitOfWork):
     async def lock(self, name: str) -> None:
         await self.hold(f"advisory:{name}")
 
+    async def users_without_account(self, limit: int = 10_000) -> list[str]:
+        found = sorted(
+            c.user_id for c in self.db.connections.values() if c.is_connected and c.account is None
+        )
+        return found[:limit]
+
     async def route(
         self, *, webhook_token: str | None, calendly_user_uri: str | None
     ) -> Route | None:

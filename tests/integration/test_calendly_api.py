@@ -17,7 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from adapters.calendly import AiohttpCalendlyApi
-from adapters.calendly.api import redact
+from adapters.calendly.api import RequestBudget, redact
 from calendly_sandbox import OAuthClient
 from domain.errors import (
     AlreadyExists,
@@ -30,6 +30,7 @@ from domain.errors import (
     ResourceNotFound,
     TokenRejected,
 )
+from domain.meetings import MeetingStatus
 from domain.ports import GrantedTokens, NewSubscription
 from domain.secret import Secret
 from tests.support.sandbox import REDIRECT_URI, SandboxDriver, query_of
@@ -42,16 +43,42 @@ TOKEN = "POST /oauth/token"
 CREATE = "POST /webhook_subscriptions"
 LIST = "GET /webhook_subscriptions"
 DELETE = "DELETE /webhook_subscriptions/{uuid}"
+GET_SUB = "GET /webhook_subscriptions/{uuid}"
+EVENTS_ROUTE = "GET /scheduled_events"
+INVITEES_ROUTE = "GET /scheduled_events/{uuid}/invitees"
+T0 = datetime(2030, 3, 5, 14, 30, tzinfo=UTC)
 
 
 class RecordingSleep:
-    """Stands in for `asyncio.sleep`: remembers each requested delay and returns at once."""
+    """Stands in for `asyncio.sleep`: remembers each requested delay and returns at once.
+
+    `monotonic` is the matching clock: it moves only by the delays slept.
+    """
 
     def __init__(self) -> None:
         self.delays: list[float] = []
+        self.elapsed = 0.0
 
     async def __call__(self, seconds: float) -> None:
         self.delays.append(seconds)
+        self.elapsed += seconds
+
+    def monotonic(self) -> float:
+        return self.elapsed
+
+
+class SandboxSleep(RecordingSleep):
+    """A recording sleep that also moves the sandbox's clock, so its rate windows reset."""
+
+    def __init__(self, sandbox: SandboxDriver) -> None:
+        super().__init__()
+        self.sandbox = sandbox
+
+    async def __call__(self, seconds: float) -> None:
+        await super().__call__(seconds)
+        await self.sandbox.control(
+            "POST", "/_sandbox/clock/advance", {"seconds": seconds}, expect=200
+        )
 
 
 class FixedClock:
@@ -100,6 +127,7 @@ def make_api(
             "max_read_retries": MAX_RETRIES,
             "retry_base_delay": 0.001,
             "sleep": sleep,
+            "monotonic": sleep.monotonic,
             **overrides,
         }
         return AiohttpCalendlyApi(http, **options)
@@ -139,6 +167,22 @@ def new_subscription(connected: Connected, n: int = 1, **changes: Any) -> NewSub
 
 async def count_calls(sandbox: SandboxDriver, route: str) -> int:
     return len(await sandbox.calls(route))
+
+
+def user_id_of(connected: Connected) -> str:
+    return connected.granted.owner_uri.rsplit("/", 1)[-1]
+
+
+async def book_days(
+    sandbox: SandboxDriver, connected: Connected, days: range, **spec: Any
+) -> list[str]:
+    """Book the user once per day in `days` after T0; returns the event URIs in that order."""
+    uris = []
+    for day in days:
+        start = (T0 + timedelta(days=day)).isoformat()
+        booked = await sandbox.book(user_id_of(connected), start_time=start, **spec)
+        uris.append(booked["event"]["uri"])
+    return uris
 
 
 # ------------------------------------------------------------------- OAuth
@@ -427,6 +471,209 @@ async def test_an_invalid_argument_is_a_plain_calendly_error(
     assert caught.value.body["details"]
 
 
+# ---------------------------------------------------- scheduled events
+async def test_get_subscription_reads_the_state_by_its_bare_id(
+    api: AiohttpCalendlyApi, sandbox: SandboxDriver
+) -> None:
+    ada = await connect(api, sandbox, "ada@example.com")
+    created = await api.create_subscription(ada.access, new_subscription(ada))
+    uuid = created.uri.rsplit("/", 1)[-1]
+    await sandbox.control("POST", f"/_sandbox/subscriptions/{uuid}/disable", expect=200)
+    read = await api.get_subscription(ada.access, created.uri)
+    assert read.uri == created.uri
+    assert read.state == "disabled"
+    assert read.created_at is not None
+    (call,) = await sandbox.calls(GET_SUB)
+    assert call["path"] == f"/webhook_subscriptions/{uuid}"
+    await api.delete_subscription(ada.access, created.uri)
+    with pytest.raises(ResourceNotFound):
+        await api.get_subscription(ada.access, created.uri)
+
+
+async def test_events_are_listed_across_pages_with_the_documented_query(
+    make_api: ApiFactory, sandbox: SandboxDriver
+) -> None:
+    api = make_api(page_size=2)
+    ada = await connect(api, sandbox, "ada@example.com")
+    booked = await book_days(sandbox, ada, range(5))
+    listed = await api.list_scheduled_events(
+        ada.access,
+        user_uri=ada.granted.owner_uri,
+        min_start_time=T0,
+        max_start_time=T0 + timedelta(days=30),
+    )
+    assert [m.event_uri for m in listed] == booked
+    assert [m.start_time for m in listed] == [T0 + timedelta(days=d) for d in range(5)]
+    assert all(m.status is MeetingStatus.ACTIVE and m.name for m in listed)
+
+    pages = [query_of(c["path"]) for c in await sandbox.calls(EVENTS_ROUTE)]
+    assert len(pages) == 3
+    assert pages[0] == {
+        "user": ada.granted.owner_uri,
+        "min_start_time": "2030-03-05T14:30:00.000000Z",
+        "max_start_time": "2030-04-04T14:30:00.000000Z",
+        "sort": "start_time:asc",
+        "count": "2",
+    }
+    assert all(p["page_token"] for p in pages[1:])
+    assert all("status" not in p for p in pages)
+
+
+async def test_a_naive_lower_bound_is_taken_as_utc_and_the_upper_is_optional(
+    api: AiohttpCalendlyApi, sandbox: SandboxDriver
+) -> None:
+    ada = await connect(api, sandbox, "ada@example.com")
+    await api.list_scheduled_events(
+        ada.access, user_uri=ada.granted.owner_uri, min_start_time=datetime(2030, 1, 1)
+    )
+    (call,) = await sandbox.calls(EVENTS_ROUTE)
+    query = query_of(call["path"])
+    assert query["min_start_time"] == "2030-01-01T00:00:00.000000Z"
+    assert "max_start_time" not in query
+
+
+async def test_invitees_are_listed_across_pages_by_the_events_bare_id(
+    make_api: ApiFactory, sandbox: SandboxDriver
+) -> None:
+    api = make_api(page_size=2)
+    ada = await connect(api, sandbox, "ada@example.com")
+    guests = [{"name": f"Guest {n}", "email": f"g{n}@example.org"} for n in range(3)]
+    booked = await sandbox.book(user_id_of(ada), invitees=guests)
+    event_uri = booked["event"]["uri"]
+    invitees = await api.list_invitees(ada.access, event_uri)
+    assert [i.invitee_uri for i in invitees] == [i["uri"] for i in booked["invitees"]]
+    assert [i.email for i in invitees] == [g["email"] for g in guests]
+    assert all(i.event_uri == event_uri for i in invitees)
+
+    calls = await sandbox.calls(INVITEES_ROUTE)
+    assert len(calls) == 2
+    uuid = event_uri.rsplit("/", 1)[-1]
+    assert all(urlsplit(c["path"]).path == f"/scheduled_events/{uuid}/invitees" for c in calls)
+    first, second = (query_of(c["path"]) for c in calls)
+    assert first == {"sort": "created_at:asc", "count": "2"}
+    assert second["page_token"]
+
+
+def event_json(uri: str | None, **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "Odd",
+        "status": "active",
+        "start_time": "2030-03-05T14:30:00.000000Z",
+        "end_time": "2030-03-05T15:00:00.000000Z",
+        "location": {"type": "zoom"},
+        **fields,
+    }
+    if uri is not None:
+        body["uri"] = uri
+    return body
+
+
+async def test_odd_events_are_read_leniently_and_unusable_ones_skipped(
+    api: AiohttpCalendlyApi, sandbox: SandboxDriver
+) -> None:
+    ada = await connect(api, sandbox, "ada@example.com")
+    base = f"{sandbox.url}/scheduled_events"
+    page = {
+        "collection": [
+            event_json(None, name="secret-name-1"),
+            event_json("", name="secret-name-2"),
+            event_json(f"{base}/bad-time", start_time="next tuesday"),
+            event_json(
+                f"{base}/new-shape",
+                status="canceled",
+                # A location type from the future, times without a zone, fields we never saw.
+                location={"type": "holodeck", "deck": 7},
+                start_time="2030-03-06T09:00:00",
+                end_time="2030-03-06T09:30:00",
+                cancellation={"canceler_type": "host", "created_at": "2030-03-01T08:00:00"},
+                brand_new_field={"nested": [1, 2]},
+            ),
+            event_json(f"{base}/plain", location=None),
+        ],
+        "pagination": {"count": 5, "next_page_token": None},
+    }
+    await sandbox.fault(EVENTS_ROUTE, status=200, body=page)
+    with capture_logs() as logs:
+        listed = await api.list_scheduled_events(
+            ada.access, user_uri=ada.granted.owner_uri, min_start_time=T0
+        )
+    assert [m.event_uri for m in listed] == [f"{base}/new-shape", f"{base}/plain"]
+    odd = listed[0]
+    assert odd.status is MeetingStatus.CANCELED
+    assert odd.location == {"type": "holodeck", "deck": 7}
+    assert odd.start_time == datetime(2030, 3, 6, 9, tzinfo=UTC)
+    assert odd.end_time == datetime(2030, 3, 6, 9, 30, tzinfo=UTC)
+    assert odd.cancellation is not None
+    assert odd.cancellation.canceled_at == datetime(2030, 3, 1, 8, tzinfo=UTC)
+    assert listed[1].location is None
+    skipped = [e for e in logs if e["event"] == "calendly.item_skipped"]
+    assert len(skipped) == 3
+    assert all(e["log_level"] == "warning" and e["path"] == "/scheduled_events" for e in skipped)
+    assert "secret-name" not in repr(logs)
+
+
+async def test_invitees_without_a_uri_are_skipped_and_no_shows_read(
+    api: AiohttpCalendlyApi, sandbox: SandboxDriver
+) -> None:
+    ada = await connect(api, sandbox, "ada@example.com")
+    event_uri = f"{sandbox.url}/scheduled_events/e1"
+    page = {
+        "collection": [
+            {"email": "nobody@example.org", "status": "active"},
+            {
+                "uri": f"{event_uri}/invitees/i2",
+                "status": "canceled",
+                "rescheduled": True,
+                "new_invitee": f"{sandbox.url}/scheduled_events/e2/invitees/i3",
+                "cancellation": {"canceler_type": "invitee", "reason": "Moved"},
+                "no_show": {"uri": "x", "created_at": "2030-03-05T15:00:00.000000Z"},
+                "payment": {"amount": 1},
+            },
+            # Pre-2022: a boolean instead of `status`.
+            {"uri": f"{event_uri}/invitees/i4", "canceled": True},
+        ],
+        "pagination": {},
+    }
+    await sandbox.fault(INVITEES_ROUTE, status=200, body=page)
+    with capture_logs() as logs:
+        invitees = await api.list_invitees(ada.access, event_uri)
+    moved, legacy = invitees
+    assert moved.status is MeetingStatus.CANCELED
+    assert moved.rescheduled
+    assert moved.new_invitee_uri == f"{sandbox.url}/scheduled_events/e2/invitees/i3"
+    assert moved.cancellation is not None
+    assert moved.cancellation.reason == "Moved"
+    assert moved.no_show
+    assert moved.no_show_changed_at == datetime(2030, 3, 5, 15, tzinfo=UTC)
+    assert legacy.status is MeetingStatus.CANCELED
+    assert (legacy.no_show, legacy.no_show_changed_at) == (False, None)
+    assert [e["event"] for e in logs] == ["calendly.item_skipped"]
+    assert "nobody@example.org" not in repr(logs)
+
+
+async def test_a_page_that_is_not_a_collection_is_unavailable(
+    api: AiohttpCalendlyApi, sandbox: SandboxDriver
+) -> None:
+    ada = await connect(api, sandbox, "ada@example.com")
+    await sandbox.fault(EVENTS_ROUTE, status=200, body={"resource": {}})
+    with pytest.raises(CalendlyUnavailable):
+        await api.list_scheduled_events(
+            ada.access, user_uri=ada.granted.owner_uri, min_start_time=T0
+        )
+
+
+async def test_a_pagination_that_does_not_advance_is_unavailable(
+    api: AiohttpCalendlyApi, sandbox: SandboxDriver
+) -> None:
+    ada = await connect(api, sandbox, "ada@example.com")
+    stuck = {"collection": [], "pagination": {"next_page_token": "again"}}
+    await sandbox.fault(EVENTS_ROUTE, status=200, body=stuck, count=2)
+    with pytest.raises(CalendlyUnavailable, match="does not advance"):
+        await api.list_scheduled_events(
+            ada.access, user_uri=ada.granted.owner_uri, min_start_time=T0
+        )
+
+
 # ----------------------------------------------------------- rate limits
 async def test_a_429_on_a_read_waits_out_the_reset_and_retries(
     api: AiohttpCalendlyApi, sandbox: SandboxDriver, sleep: RecordingSleep
@@ -498,6 +745,148 @@ async def test_the_real_token_rate_limit_is_rate_limited(
     # The refresh token was not spent: a later refresh still works.
     await sandbox.settings(token_requests_per_minute=8)
     await api.refresh(ada.refresh)
+
+
+async def test_a_429_on_listing_events_is_waited_out_without_a_refresh(
+    api: AiohttpCalendlyApi, sandbox: SandboxDriver, sleep: RecordingSleep
+) -> None:
+    ada = await connect(api, sandbox, "ada@example.com")
+    booked = await book_days(sandbox, ada, range(2))
+    await sandbox.fault(EVENTS_ROUTE, status=429, reset_seconds=7)
+    listed = await api.list_scheduled_events(
+        ada.access, user_uri=ada.granted.owner_uri, min_start_time=T0
+    )
+    assert [m.event_uri for m in listed] == booked
+    assert sleep.delays == [7.0]
+    assert [c["status"] for c in await sandbox.calls(EVENTS_ROUTE)] == [429, 200]
+    # The same access token throughout: a 429 is no reason to refresh.
+    assert await count_calls(sandbox, TOKEN) == 1
+
+
+async def test_a_lasting_429_is_rate_limited_and_never_a_token_problem(
+    api: AiohttpCalendlyApi, sandbox: SandboxDriver, sleep: RecordingSleep
+) -> None:
+    ada = await connect(api, sandbox, "ada@example.com")
+    await sandbox.fault(EVENTS_ROUTE, status=429, reset_seconds=3, count=MAX_RETRIES + 1)
+    with pytest.raises(RateLimited) as caught:
+        await api.list_scheduled_events(
+            ada.access, user_uri=ada.granted.owner_uri, min_start_time=T0
+        )
+    assert not isinstance(caught.value, TokenRejected)
+    assert caught.value.retry_after == 3
+    assert sleep.delays == [3.0] * MAX_RETRIES
+    assert await count_calls(sandbox, TOKEN) == 1
+
+
+async def test_the_budget_slows_a_bulk_sync_down_before_calendly_says_429(
+    make_api: ApiFactory, sandbox: SandboxDriver
+) -> None:
+    clock = SandboxSleep(sandbox)
+    api = make_api(page_size=1, sleep=clock, monotonic=clock.monotonic)
+    ada = await connect(api, sandbox, "ada@example.com")
+    booked = await book_days(sandbox, ada, range(5))
+    await sandbox.settings(rate_limit_paid=3, rate_limit_window=60)
+
+    listed = await api.list_scheduled_events(
+        ada.access, user_uri=ada.granted.owner_uri, min_start_time=T0
+    )
+    assert [m.event_uri for m in listed] == booked
+    calls = await sandbox.calls(EVENTS_ROUTE)
+    assert [c["status"] for c in calls] == [200] * 5
+    assert not [c for c in await sandbox.calls() if c["status"] == 429]
+    # Three calls spent the window; the fourth waited for its reset instead of a 429.
+    assert clock.delays == [60.0]
+
+
+async def test_a_spent_budget_beyond_the_longest_wait_is_rate_limited_without_calling(
+    make_api: ApiFactory, sandbox: SandboxDriver, sleep: RecordingSleep
+) -> None:
+    api = make_api(max_rate_limit_wait=5)
+    ada = await connect(api, sandbox, "ada@example.com")
+    await sandbox.settings(rate_limit_paid=1)
+    await api.current_user(ada.access)
+    with pytest.raises(RateLimited) as caught:
+        await api.list_scheduled_events(
+            ada.access, user_uri=ada.granted.owner_uri, min_start_time=T0
+        )
+    assert 5 < caught.value.retry_after <= 60
+    assert await count_calls(sandbox, EVENTS_ROUTE) == 0
+    assert sleep.delays == []
+    # Another token (another user) has its own budget.
+    bob = await connect(api, sandbox, "bob@example.com")
+    await api.current_user(bob.access)
+
+
+async def test_once_the_window_has_reset_the_budget_lets_calls_through(
+    make_api: ApiFactory, sandbox: SandboxDriver, sleep: RecordingSleep
+) -> None:
+    api = make_api(max_rate_limit_wait=5)
+    ada = await connect(api, sandbox, "ada@example.com")
+    await sandbox.settings(rate_limit_paid=1)
+    await api.current_user(ada.access)
+    # Time passes (for us and for the sandbox) beyond the announced reset.
+    await sandbox.control("POST", "/_sandbox/clock/advance", {"seconds": 61}, expect=200)
+    sleep.elapsed += 61
+    await api.current_user(ada.access)
+    assert sleep.delays == []
+    assert [c["status"] for c in await sandbox.calls(USERS_ME)] == [200, 200]
+
+
+def test_the_budget_counts_calls_down_and_waits_when_none_is_left() -> None:
+    now = [0.0]
+    budget = RequestBudget(lambda: now[0])
+    budget.observe(b"k", remaining=2, reset_in=60)
+    assert [budget.take(b"k") for _ in range(3)] == [0.0, 0.0, 60.0]
+    now[0] = 45.0
+    assert budget.take(b"k") == 15.0
+    now[0] = 60.0
+    assert budget.take(b"k") == 0.0  # reset: forgotten, the next answer says what is left
+    assert len(budget) == 0
+    assert budget.take(b"unknown") == 0.0
+
+
+def test_the_budget_forgets_reset_windows_and_stays_bounded() -> None:
+    now = [0.0]
+    budget = RequestBudget(lambda: now[0], max_entries=3)
+    budget.observe(b"short", remaining=0, reset_in=1)
+    now[0] = 2.0
+    budget.observe(b"a", remaining=0, reset_in=60)
+    assert len(budget) == 1  # "short" had reset
+    for key in (b"b", b"c", b"d"):
+        budget.observe(key, remaining=0, reset_in=60)
+    assert len(budget) == 3
+    assert budget.take(b"a") == 0.0  # the oldest went first
+    assert budget.take(b"d") == 60.0
+
+
+async def test_a_server_error_burst_on_a_listing_is_retried(
+    api: AiohttpCalendlyApi, sandbox: SandboxDriver, sleep: RecordingSleep
+) -> None:
+    ada = await connect(api, sandbox, "ada@example.com")
+    (event_uri,) = await book_days(sandbox, ada, range(1))
+    await sandbox.fault(EVENTS_ROUTE, status=503, count=2)
+    await sandbox.fault(INVITEES_ROUTE, status=500, count=MAX_RETRIES)
+    listed = await api.list_scheduled_events(
+        ada.access, user_uri=ada.granted.owner_uri, min_start_time=T0
+    )
+    assert [m.event_uri for m in listed] == [event_uri]
+    assert len(await api.list_invitees(ada.access, event_uri)) == 1
+    assert [c["status"] for c in await sandbox.calls(EVENTS_ROUTE)] == [503, 503, 200]
+    assert [c["status"] for c in await sandbox.calls(INVITEES_ROUTE)] == [500] * 3 + [200]
+    assert len(sleep.delays) == 2 + MAX_RETRIES
+
+
+async def test_a_listing_is_retried_after_reset_connections(
+    api: AiohttpCalendlyApi, sandbox: SandboxDriver, sleep: RecordingSleep
+) -> None:
+    ada = await connect(api, sandbox, "ada@example.com")
+    (event_uri,) = await book_days(sandbox, ada, range(1))
+    # Two resets: aiohttp resends an idempotent request once on its own (see above).
+    await sandbox.fault(INVITEES_ROUTE, reset_connection=True, count=2)
+    invitees = await api.list_invitees(ada.access, event_uri)
+    assert [i.event_uri for i in invitees] == [event_uri]
+    assert 1 <= len(sleep.delays) <= 2
+    assert [c["status"] for c in await sandbox.calls(INVITEES_ROUTE)][-1] == 200
 
 
 # -------------------------------------------------- 5xx, resets, timeouts

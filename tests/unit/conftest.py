@@ -17,10 +17,12 @@ from domain.usecases.complete_connect import (
 from domain.usecases.disconnect import Disconnect
 from domain.usecases.ensure_subscription import EnsureSubscription
 from domain.usecases.handle_webhook_event import HandleWebhookEvent
+from domain.usecases.maintain_connection import MaintainConnection
 from domain.usecases.queries import GetConnectionStatus, ListMeetings
 from domain.usecases.reconnect import Reconnect
 from domain.usecases.refresh_access_token import RefreshAccessToken
 from domain.usecases.start_connect import StartConnect, StartConnectCommand, pkce_challenge
+from domain.usecases.sync_meetings import SyncMeetings
 from tests.fakes.calendly import FakeCalendlyApi, FakeUser
 from tests.fakes.clock import CountingRandomness, FixedClock
 from tests.fakes.storage import FakeDatabase
@@ -45,6 +47,8 @@ class Core:
     handle_webhook: HandleWebhookEvent
     status: GetConnectionStatus
     meetings: ListMeetings
+    sync: SyncMeetings
+    maintain: MaintainConnection
 
     async def connect(
         self, user_id: str, calendly_user: FakeUser, binding: str = "cookie"
@@ -85,6 +89,8 @@ def build_core() -> Core:
         handle_webhook=HandleWebhookEvent(uow, MsgspecWebhookDecoder(), clock, [APP_KEY]),
         status=GetConnectionStatus(uow),
         meetings=ListMeetings(uow),
+        sync=(sync := SyncMeetings(uow, calendly, tokens, clock)),
+        maintain=MaintainConnection(uow, tokens, ensure, sync, clock),
     )
 
 

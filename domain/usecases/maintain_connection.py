@@ -1,0 +1,112 @@
+"""One worker pass over one claimed connection: refresh, subscription health, reconciliation."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+
+import msgspec
+
+from domain.errors import CalendlyError, RateLimited, ReauthorizationRequired
+from domain.model import Connection, ConnectionStatus, WebhookStatus
+from domain.ports import Clock, MaintenanceDue, MaintenanceResult, UnitOfWorkFactory
+from domain.usecases.ensure_subscription import EnsureSubscription
+from domain.usecases.refresh_access_token import RefreshAccessToken
+from domain.usecases.sync_meetings import SyncMeetings
+
+
+class MaintenanceSchedule(msgspec.Struct, frozen=True, kw_only=True):
+    """How often each kind of work recurs."""
+
+    # Reading the subscription of a connection whose webhooks work.
+    subscription_check: timedelta = timedelta(minutes=30)
+    # Trying again to subscribe where the plan allowed none (it may have been upgraded).
+    plan_recheck: timedelta = timedelta(minutes=10)
+    # Reconciliation when webhooks work (a safety net), and polling when they cannot.
+    sync_with_webhooks: timedelta = timedelta(hours=6)
+    sync_without_webhooks: timedelta = timedelta(minutes=2)
+    # A connection that needs its user to authorize again is left alone this long.
+    dormant: timedelta = timedelta(hours=12)
+    retry_base: timedelta = timedelta(seconds=30)
+    retry_max: timedelta = timedelta(minutes=30)
+
+
+class MaintainConnection:
+    """Does what is due for one connection and says when each kind is due next.
+
+    A token expiring within the margin is refreshed (serialised with every other refresh of
+    the connection). A disabled or missing subscription is recreated, create first, and the gap
+    is reconciled at once. Free-plan connections are polled; when a subscription becomes
+    possible the polling slows down by itself.
+    """
+
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        tokens: RefreshAccessToken,
+        ensure_subscription: EnsureSubscription,
+        sync: SyncMeetings,
+        clock: Clock,
+        schedule: MaintenanceSchedule | None = None,
+    ) -> None:
+        self._uow = uow
+        self._tokens = tokens
+        self._ensure = ensure_subscription
+        self._sync = sync
+        self._clock = clock
+        self._schedule = schedule or MaintenanceSchedule()
+
+    async def __call__(self, due: MaintenanceDue) -> MaintenanceResult:
+        now = self._clock.now()
+        async with self._uow(due.user_id) as uow:
+            connection = await uow.connections.get(due.user_id)
+        if connection is None or connection.status is not ConnectionStatus.ACTIVE:
+            later = now + self._schedule.dormant
+            return MaintenanceResult(subscription_due=later, sync_due=later)
+        try:
+            return await self._maintain(due, connection, now)
+        except ReauthorizationRequired as exc:
+            later = now + self._schedule.dormant
+            return MaintenanceResult(subscription_due=later, sync_due=later, error=exc.reason)
+        except CalendlyError as exc:
+            wait = self._backoff(due.failures, exc)
+            return MaintenanceResult(
+                subscription_due=now + wait if due.subscription_due <= now else None,
+                sync_due=now + wait if due.sync_due <= now else None,
+                error=f"{type(exc).__name__}: Calendly answered {exc.status}",
+            )
+
+    async def _maintain(
+        self, due: MaintenanceDue, connection: Connection, now: datetime
+    ) -> MaintenanceResult:
+        connection = await self._tokens(due.user_id)  # refreshes only within the margin
+        before = (connection.webhook_status, connection.subscription_uri)
+        subscription_due = None
+        if due.subscription_due <= now:
+            connection = await self._ensure(connection)
+            subscription_due = now + (
+                self._schedule.plan_recheck
+                if connection.webhook_status is WebhookStatus.UNAVAILABLE_PLAN
+                else self._schedule.subscription_check
+            )
+        repaired = (connection.webhook_status, connection.subscription_uri) != before
+        if due.sync_due > now and not repaired:
+            return MaintenanceResult(subscription_due=subscription_due)
+        started = self._clock.now()
+        await self._sync(due.user_id, due.synced_at)
+        every = (
+            self._schedule.sync_with_webhooks
+            if connection.webhook_status is WebhookStatus.ACTIVE
+            else self._schedule.sync_without_webhooks
+        )
+        # `synced_at` is when this sync started: what changed after it is not covered.
+        return MaintenanceResult(
+            subscription_due=subscription_due, sync_due=started + every, synced_at=started
+        )
+
+    def _backoff(self, failures: int, exc: CalendlyError) -> timedelta:
+        if isinstance(exc, RateLimited):
+            return timedelta(seconds=max(exc.retry_after, 1.0))
+        base = self._schedule.retry_base.total_seconds() * (2 ** min(failures, 10))
+        capped = min(base, self._schedule.retry_max.total_seconds())
+        return timedelta(seconds=capped * (0.5 + random.random() / 2))  # jitter

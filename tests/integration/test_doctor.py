@@ -1,0 +1,197 @@
+"""`calendly-connect doctor`: passes on a healthy setup and fails on each broken condition."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from entrypoints.doctor import Finding, run_checks
+from tests.support.postgres import PgCluster
+
+
+def sql(url: str, statement: str, *params: object) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement.encode(), params)
+
+
+@pytest.fixture
+def env(database_url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "CALENDLY_OAUTH_CLIENT_ID": "client",
+        "CALENDLY_OAUTH_CLIENT_SECRET": "client-secret-for-tests",
+        "CALENDLY_WEBHOOK_SIGNING_KEY": "app-signing-key-for-tests",
+        "PUBLIC_BASE_URL": "http://127.0.0.1:8000",
+        "TOKEN_ENCRYPTION_KEY": "k1:" + base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        "JWT_SECRET": "j" * 40,
+    }
+
+
+@pytest.fixture
+def healthy(env: dict[str, str]) -> dict[str, str]:
+    sql(env["DATABASE_URL"], "INSERT INTO worker_heartbeats (worker_id) VALUES ('w1')")
+    return env
+
+
+def connection_row(url: str, user: str, **columns: object) -> None:
+    values: dict[str, object] = {
+        "id": str(uuid.uuid4()),
+        "user_id": user,
+        "status": "active",
+        "calendly_user_uri": f"https://api.calendly.test/users/{user}",
+        "calendly_organization_uri": "https://api.calendly.test/organizations/o",
+        "access_token_enc": b"sealed",
+        "refresh_token_enc": b"sealed",
+        "webhook_status": "active",
+        "webhook_token": f"tok-{user}",
+        **columns,
+    }
+    names = ", ".join(values)
+    marks = ", ".join(["%s"] * len(values))
+    sql(url, f"INSERT INTO calendar_connections ({names}) VALUES ({marks})", *values.values())  # noqa: S608
+
+
+def by_name(findings: list[Finding]) -> dict[str, Finding]:
+    return {f.check: f for f in findings}
+
+
+def test_a_healthy_setup_passes_every_check(healthy: dict[str, str]) -> None:
+    connection_row(healthy["DATABASE_URL"], "alice")
+    findings = run_checks(healthy)
+    assert [f.check for f in findings if f.status != "pass"] == []
+    assert len(findings) == 11
+
+
+def test_the_command_exits_zero_when_healthy_and_prints_json(healthy: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "entrypoints.cli", "doctor", "--json"],
+        env={**{k: v for k, v in os.environ.items() if k.startswith(("PATH", "HOME"))}, **healthy},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["ok"] is True
+
+
+def test_missing_configuration_fails(healthy: dict[str, str]) -> None:
+    del healthy["JWT_SECRET"]
+    finding = by_name(run_checks(healthy))["configuration"]
+    assert finding.status == "fail"
+    assert "JWT_SECRET" in finding.detail
+
+
+def test_a_missing_signing_key_fails(healthy: dict[str, str]) -> None:
+    healthy["CALENDLY_WEBHOOK_SIGNING_KEY"] = ""
+    assert by_name(run_checks(healthy))["webhook signing key"].status == "fail"
+
+
+def test_an_unreachable_database_fails_with_a_fix(healthy: dict[str, str]) -> None:
+    healthy["DATABASE_URL"] = "postgresql://nobody@127.0.0.1:9/none"
+    findings = by_name(run_checks(healthy))
+    assert findings["database reachable"].status == "fail"
+    assert findings["database reachable"].fix
+    assert findings["migrations applied"].status == "fail"
+
+
+def test_pending_migrations_fail(healthy: dict[str, str], pg_cluster: PgCluster) -> None:
+    name = f"doctor_empty_{os.getpid()}"
+    pg_cluster.drop(name)
+    with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    try:
+        healthy["DATABASE_URL"] = pg_cluster.url_for(name)
+        findings = by_name(run_checks(healthy))
+        assert findings["migrations applied"].status == "fail"
+        assert "calendly-connect migrate" in findings["migrations applied"].fix
+        assert findings["webhook events table"].status == "fail"
+    finally:
+        pg_cluster.drop(name)
+
+
+def test_a_missing_events_table_fails(healthy: dict[str, str]) -> None:
+    sql(healthy["DATABASE_URL"], "DROP TABLE calendly_webhook_events")
+    assert by_name(run_checks(healthy))["webhook events table"].status == "fail"
+
+
+@pytest.fixture
+def bypassing_role(pg_cluster: PgCluster) -> Iterator[str]:
+    role = f"doctor_bypass_{os.getpid()}"
+    with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP ROLE IF EXISTS "{role}"'.encode())
+        conn.execute(f'CREATE ROLE "{role}" NOLOGIN BYPASSRLS'.encode())
+    yield role
+    with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP ROLE IF EXISTS "{role}"'.encode())
+
+
+def test_a_runtime_role_that_bypasses_rls_fails(
+    healthy: dict[str, str], bypassing_role: str
+) -> None:
+    healthy["DATABASE_RUNTIME_ROLE"] = bypassing_role
+    finding = by_name(run_checks(healthy))["runtime role bound by RLS"]
+    assert finding.status == "fail"
+    assert "BYPASSRLS" in finding.detail
+
+
+def test_a_missing_runtime_role_fails(healthy: dict[str, str]) -> None:
+    healthy["DATABASE_RUNTIME_ROLE"] = "no_such_role_here"
+    assert by_name(run_checks(healthy))["runtime role bound by RLS"].status == "fail"
+
+
+def test_a_connection_without_its_user_uri_fails(healthy: dict[str, str]) -> None:
+    connection_row(healthy["DATABASE_URL"], "stuck", calendly_user_uri=None)
+    finding = by_name(run_checks(healthy))["every connection has its Calendly user URI"]
+    assert finding.status == "fail"
+    assert "stuck" in finding.detail
+    assert "repair-connections" in finding.fix
+
+
+def test_a_disabled_subscription_fails(healthy: dict[str, str]) -> None:
+    connection_row(healthy["DATABASE_URL"], "bob", webhook_status="disabled")
+    finding = by_name(run_checks(healthy))["subscriptions active"]
+    assert finding.status == "fail"
+    assert "bob (disabled)" in finding.detail
+
+
+def test_connections_needing_reauthorization_are_listed(healthy: dict[str, str]) -> None:
+    connection_row(healthy["DATABASE_URL"], "carol", status="needs_reauth")
+    finding = by_name(run_checks(healthy))["connections needing re-authorization"]
+    assert finding.status == "warn"
+    assert "carol" in finding.detail
+    result = subprocess.run(
+        [sys.executable, "-m", "entrypoints.cli", "doctor", "--strict"],
+        env={**{k: v for k, v in os.environ.items() if k.startswith(("PATH", "HOME"))}, **healthy},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "carol" in result.stdout
+
+
+def test_no_running_worker_fails(env: dict[str, str]) -> None:
+    finding = by_name(run_checks(env))["maintenance worker running"]
+    assert finding.status == "fail"
+    assert "calendly-connect worker" in finding.fix
+
+
+def test_deliveries_stored_aside_are_reported(healthy: dict[str, str]) -> None:
+    sql(
+        healthy["DATABASE_URL"],
+        "INSERT INTO calendly_webhook_events (event_id, event_type, outcome, reason)"
+        " VALUES ('x', 'unknown', 'unusable', 'no connected user for this delivery')",
+    )
+    finding = by_name(run_checks(healthy))["deliveries stored aside (24 h)"]
+    assert finding.status == "warn"
+    assert "no connected user" in finding.detail

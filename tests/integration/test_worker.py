@@ -1,0 +1,185 @@
+"""The maintenance worker on real Postgres and the sandbox: repair, polling, limits, leases."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from domain.model import WebhookStatus
+from domain.usecases.start_connect import StartConnectCommand
+from entrypoints.container import Container, resolve
+from entrypoints.settings import Settings, load_settings
+from entrypoints.worker import Worker, build_worker
+from tests.integration.test_core_on_postgres import (
+    CALLBACK_BASE,
+    RealCore,
+    owner_sql,
+    real,
+    subscriptions,
+)
+from tests.support.sandbox import query_of
+
+__all__ = ["real"]
+
+
+def settings_for(core: RealCore, **extra: str) -> Settings:
+    return load_settings(
+        {
+            "DATABASE_URL": core.database_url,
+            "CALENDLY_OAUTH_CLIENT_ID": core.sandbox.client.client_id,
+            "CALENDLY_OAUTH_CLIENT_SECRET": core.sandbox.client.client_secret,
+            "CALENDLY_WEBHOOK_SIGNING_KEY": "app-key-not-used-here",
+            "CALENDLY_AUTH_BASE_URL": core.sandbox.url,
+            "CALENDLY_API_BASE_URL": core.sandbox.url,
+            "PUBLIC_BASE_URL": "http://127.0.0.1:9",
+            "CALENDLY_WEBHOOK_CALLBACK_BASE": CALLBACK_BASE,
+            "TOKEN_ENCRYPTION_KEY": "k1:" + base64.urlsafe_b64encode(core.key).decode(),
+            "JWT_SECRET": "j" * 40,
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+async def workers(real: RealCore) -> AsyncIterator[tuple[Worker, Worker]]:
+    settings = settings_for(real)
+    containers = [Container(settings=settings), Container(settings=settings)]
+    try:
+        first = await build_worker(containers[0], settings)
+        second = await build_worker(containers[1], settings)
+        yield first, second
+    finally:
+        for container in containers:
+            await resolve(container.shutdown_resources())
+
+
+async def user_id_of(core: RealCore, email: str) -> str:
+    users = (await core.sandbox.control("GET", "/_sandbox/users", expect=200))["users"]
+    return str(next(u["id"] for u in users if u["email"] == email))
+
+
+def meetings_in_db(core: RealCore) -> list[tuple[object, ...]]:
+    return owner_sql(core, "SELECT event_uri, status FROM meetings ORDER BY event_uri")
+
+
+def due_now(core: RealCore, *columns: str) -> None:
+    sets = ", ".join(f"{c} = now() - interval '1 second'" for c in columns)
+    owner_sql(core, f"UPDATE connection_maintenance SET {sets}")  # noqa: S608 - test constants
+
+
+async def test_a_subscription_disabled_by_failed_deliveries_is_repaired_and_backfilled(
+    real: RealCore, workers: tuple[Worker, Worker]
+) -> None:
+    await real.connect("alice", "ada@example.com")
+    worker, _ = workers
+    await worker.run_once()  # the first pass: nothing to repair, nothing booked yet
+    ada = await user_id_of(real, "ada@example.com")
+    # The callback base is a closed port: every delivery fails, and after the (compressed)
+    # 24 hours of retries Calendly disables the subscription, telling nobody.
+    booked = await real.sandbox.book(ada, wait=True)
+    (old,) = await subscriptions(real)
+
+    async def disabled() -> bool:
+        return (await subscriptions(real))[0]["state"] == "disabled"
+
+    for _ in range(100):
+        if await disabled():
+            break
+        await asyncio.sleep(0.05)
+    assert await disabled()
+    assert meetings_in_db(real) == []  # the booking was missed
+
+    due_now(real, "subscription_due")
+    assert await worker.run_once() == 1
+    subs = await subscriptions(real)
+    assert [s["state"] for s in subs] == ["active"]
+    assert subs[0]["uri"] != old["uri"]
+    assert meetings_in_db(real) == [(booked["event"]["uri"], "active")]
+    assert owner_sql(real, "SELECT webhook_status FROM calendar_connections") == [("active",)]
+
+
+async def connect_free(core: RealCore, user: str, email: str) -> None:
+    started = await core.start(StartConnectCommand(user_id=user))
+    params = query_of(started.authorization_url)
+    response = await core.sandbox.authorize(
+        state=params["state"],
+        code_challenge=params["code_challenge"],
+        code_challenge_method="S256",
+        sandbox_login=email,
+        sandbox_plan="free",
+    )
+    from domain.usecases.complete_connect import CompleteConnectCommand
+
+    code = query_of(response.headers["Location"])["code"]
+    await core.complete(CompleteConnectCommand(state=started.state, code=code, user_id=user))
+
+
+async def test_free_plan_bookings_arrive_by_polling_until_an_upgrade(
+    real: RealCore, workers: tuple[Worker, Worker]
+) -> None:
+    await connect_free(real, "fred-user", "fred@example.com")
+    worker, _ = workers
+    fred = await user_id_of(real, "fred@example.com")
+    booked = await real.sandbox.book(fred, wait=True)
+    assert booked["deliveries"] == []  # no webhooks on a free plan
+    assert await worker.run_once() == 1
+    assert meetings_in_db(real) == [(booked["event"]["uri"], "active")]
+    ((sync_due,),) = owner_sql(real, "SELECT sync_due FROM connection_maintenance")
+    assert isinstance(sync_due, datetime)
+    assert sync_due < datetime.now(tz=UTC) + timedelta(minutes=5)  # polled often
+
+    await real.sandbox.control("PATCH", f"/_sandbox/users/{fred}", {"plan": "standard"}, expect=200)
+    due_now(real, "subscription_due")
+    await worker.run_once()
+    assert owner_sql(real, "SELECT webhook_status FROM calendar_connections") == [
+        (WebhookStatus.ACTIVE.value,)
+    ]
+    assert [s["state"] for s in await subscriptions(real)] == ["active"]
+    ((sync_due,),) = owner_sql(real, "SELECT sync_due FROM connection_maintenance")
+    assert isinstance(sync_due, datetime)
+    assert sync_due > datetime.now(tz=UTC) + timedelta(hours=1)  # polling slowed down
+
+
+async def test_a_429_is_waited_out_without_a_token_refresh(
+    real: RealCore, workers: tuple[Worker, Worker]
+) -> None:
+    await real.connect("alice", "ada@example.com")
+    worker, _ = workers
+    await real.sandbox.fault("GET /scheduled_events", status=429, reset_seconds=1, count=1)
+    await real.sandbox.control("DELETE", "/_sandbox/calls", expect=204)
+    assert await worker.run_once() == 1
+    routes = [c["route"] for c in await real.sandbox.calls()]
+    assert routes.count("GET /scheduled_events") == 2  # refused once, then waited out
+    assert "POST /oauth/token" not in routes
+    ((error, synced),) = owner_sql(real, "SELECT last_error, synced_at FROM connection_maintenance")
+    assert error is None
+    assert synced is not None
+
+
+async def test_a_burst_of_5xx_is_retried(real: RealCore, workers: tuple[Worker, Worker]) -> None:
+    await real.connect("alice", "ada@example.com")
+    worker, _ = workers
+    await real.sandbox.fault("GET /scheduled_events", status=503, count=2)
+    assert await worker.run_once() == 1
+    ((error, synced),) = owner_sql(real, "SELECT last_error, synced_at FROM connection_maintenance")
+    assert error is None
+    assert synced is not None
+
+
+async def test_two_workers_never_work_on_one_connection_at_once(
+    real: RealCore, workers: tuple[Worker, Worker]
+) -> None:
+    for n in range(6):
+        await real.connect(f"user{n}", f"host{n}@example.com")
+    await real.sandbox.control("DELETE", "/_sandbox/calls", expect=204)
+    first, second = workers
+    handled = await asyncio.gather(first.run_once(), second.run_once())
+    assert sum(handled) == 6
+    calls = await real.sandbox.calls("GET /scheduled_events")
+    per_user = [c["user"] for c in calls]
+    assert len(per_user) == 6
+    assert len(set(per_user)) == 6  # each connection synced exactly once

@@ -1,0 +1,125 @@
+"""The worker's pass over one connection, against fakes: refresh, repair, sync, back-off."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from domain.errors import RateLimited
+from domain.meetings import MeetingStatus
+from domain.model import ConnectionStatus, WebhookStatus
+from domain.ports import MaintenanceDue
+from tests.fakes.storage import meetings_of
+from tests.support.deliveries import envelope, invitee_payload, sign
+from tests.unit.conftest import APP_KEY, Core
+
+
+def due_now(core: Core, user_id: str = "u", synced: bool = True) -> MaintenanceDue:
+    c = core.db.connections[user_id]
+    now = core.clock.now()
+    return MaintenanceDue(
+        connection_id=c.id,
+        user_id=user_id,
+        refresh_due=c.tokens.expires_at if c.tokens else None,
+        subscription_due=now,
+        sync_due=now,
+        synced_at=now - timedelta(hours=1) if synced else None,
+    )
+
+
+async def test_a_disabled_subscription_is_replaced_and_the_gap_filled(core: Core) -> None:
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    (sub,) = core.calendly.active_subscriptions(ada)
+    core.calendly.disable(sub.uri)
+    event_uri, _ = core.calendly.book(ada, core.clock.now() + timedelta(days=2))
+    result = await core.maintain(due_now(core))
+    assert result.error is None
+    (fresh,) = core.calendly.active_subscriptions(ada)
+    assert fresh.uri != sub.uri
+    assert sub.uri not in core.calendly.subscriptions
+    assert event_uri in meetings_of(core.db, "u")
+    assert result.sync_due is not None
+    assert result.sync_due - core.clock.now() >= timedelta(hours=1)
+
+
+async def test_a_free_plan_is_polled_often(core: Core) -> None:
+    fred = core.calendly.add_user("fred@example.com", paid=False)
+    await core.connect("u", fred)
+    event_uri, _ = core.calendly.book(fred, core.clock.now() + timedelta(days=1))
+    result = await core.maintain(due_now(core))
+    assert event_uri in meetings_of(core.db, "u")
+    assert result.sync_due is not None
+    assert result.sync_due - core.clock.now() <= timedelta(minutes=5)
+    assert core.db.connections["u"].webhook_status is WebhookStatus.UNAVAILABLE_PLAN
+
+
+async def test_backfill_and_webhooks_converge_to_the_same_rows(core: Core) -> None:
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    event_uri, invitee_uri = core.calendly.book(ada, core.clock.now() + timedelta(days=2))
+    core.calendly.cancel(invitee_uri, canceler_type="host", reason="busy")
+    await core.maintain(due_now(core))
+    event_id = event_uri.rsplit("/", 1)[1]
+    invitee_id = invitee_uri.rsplit("/", 1)[1]
+    # The same booking's created delivery arrives late: the cancel from the backfill stays.
+    payload = invitee_payload(host_uri=ada.uri, event_id=event_id, invitee_id=invitee_id)
+    payload["uri"] = invitee_uri
+    payload["scheduled_event"]["uri"] = event_uri
+    body = envelope("invitee.created", payload, ada.uri)
+    key = core.db.connections["u"].signing_key
+    assert key is not None
+    from domain.usecases.handle_webhook_event import WebhookCommand
+
+    stamp = int(core.clock.now().timestamp())
+    await core.handle_webhook(
+        WebhookCommand(
+            body=body,
+            signature=sign(body, key.reveal(), stamp),
+            webhook_token=core.db.connections["u"].webhook_token,
+        )
+    )
+    meetings = meetings_of(core.db, "u")
+    assert list(meetings) == [event_uri]
+    meeting, invitees = meetings[event_uri]
+    assert meeting.status is MeetingStatus.CANCELED
+    assert list(invitees) == [invitee_uri]
+    assert APP_KEY  # the app key is configured but not needed here
+
+
+async def test_a_rate_limit_backs_off_by_its_reset_and_refreshes_nothing(core: Core) -> None:
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    core.calendly.fail_next("list_scheduled_events", RateLimited(429, None, 42.0))
+    result = await core.maintain(due_now(core))
+    assert result.error is not None
+    assert result.sync_due is not None
+    assert result.sync_due - core.clock.now() == timedelta(seconds=42)
+    assert core.calendly.count("refresh") == 0
+
+
+async def test_a_dead_grant_turns_needs_reauth_and_goes_quiet(core: Core) -> None:
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    core.calendly.revoke_all(ada)
+    core.clock.advance(timedelta(hours=3))
+    result = await core.maintain(due_now(core))
+    assert core.db.connections["u"].status is ConnectionStatus.NEEDS_REAUTH
+    assert result.sync_due is not None
+    assert result.sync_due - core.clock.now() >= timedelta(hours=1)
+    calls = core.calendly.count()
+    again = await core.maintain(due_now(core))
+    assert again.error is None
+    assert core.calendly.count() == calls  # nobody is called for a connection that needs its user
+
+
+async def test_an_expiring_token_is_refreshed_ahead_of_time(core: Core) -> None:
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    core.clock.advance(timedelta(hours=2) - timedelta(minutes=2))  # within the 5-minute margin
+    before = core.db.connections["u"].tokens
+    await core.maintain(due_now(core))
+    after = core.db.connections["u"].tokens
+    assert before is not None
+    assert after is not None
+    assert after.access_token != before.access_token
+    assert core.calendly.count("refresh") == 1
