@@ -38,6 +38,55 @@ class RunningService:
         return {"Authorization": f"Bearer {self.token_for(user_id)}"}
 
 
+def service_environment(
+    database_url: str, sandbox_url: str, port: int, **overrides: str
+) -> dict[str, str]:
+    """The configuration `calendly-connect serve` gets in tests, as environment variables.
+
+    A fresh OAuth client (`svc-<port>`), webhook signing key and token encryption key each
+    call; several processes given the same dict act as one deployment. Register the client in
+    the sandbox with `register_client` before connecting anyone.
+    """
+    return {
+        "DATABASE_URL": database_url,
+        "CALENDLY_OAUTH_CLIENT_ID": f"svc-{port}",
+        "CALENDLY_OAUTH_CLIENT_SECRET": secrets.token_urlsafe(24),
+        "CALENDLY_WEBHOOK_SIGNING_KEY": secrets.token_urlsafe(24),
+        "CALENDLY_AUTH_BASE_URL": sandbox_url,
+        "CALENDLY_API_BASE_URL": sandbox_url,
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "TOKEN_ENCRYPTION_KEY": "k1:" + base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        "JWT_SECRET": JWT_SECRET,
+        "PORT": str(port),
+        "LOG_FORMAT": "json",
+        **overrides,
+    }
+
+
+async def register_client(
+    http: aiohttp.ClientSession, sandbox_url: str, environ: dict[str, str]
+) -> RunningService:
+    """Register the OAuth client of `environ` in the sandbox; what a test needs to drive it."""
+    settings = load_settings(environ)
+    async with http.post(
+        f"{sandbox_url}/_sandbox/clients",
+        json={
+            "client_id": environ["CALENDLY_OAUTH_CLIENT_ID"],
+            "client_secret": environ["CALENDLY_OAUTH_CLIENT_SECRET"],
+            "redirect_uris": [settings.oauth_redirect_uri],
+            "webhook_signing_key": environ["CALENDLY_WEBHOOK_SIGNING_KEY"],
+        },
+    ) as response:
+        assert response.status == 201, await response.text()
+    return RunningService(
+        url=settings.public_base_url,
+        settings=settings,
+        client_id=environ["CALENDLY_OAUTH_CLIENT_ID"],
+        client_secret=environ["CALENDLY_OAUTH_CLIENT_SECRET"],
+        signing_key=environ["CALENDLY_WEBHOOK_SIGNING_KEY"],
+    )
+
+
 @asynccontextmanager
 async def running_service(
     database_url: str, sandbox_url: str, **overrides: str
@@ -49,35 +98,11 @@ async def running_service(
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    public = f"http://127.0.0.1:{port}"
-    client_id, client_secret = f"svc-{port}", secrets.token_urlsafe(24)
-    signing_key = secrets.token_urlsafe(24)
-    environ = {
-        "DATABASE_URL": database_url,
-        "CALENDLY_OAUTH_CLIENT_ID": client_id,
-        "CALENDLY_OAUTH_CLIENT_SECRET": client_secret,
-        "CALENDLY_WEBHOOK_SIGNING_KEY": signing_key,
-        "CALENDLY_AUTH_BASE_URL": sandbox_url,
-        "CALENDLY_API_BASE_URL": sandbox_url,
-        "PUBLIC_BASE_URL": public,
-        "TOKEN_ENCRYPTION_KEY": "k1:" + base64.urlsafe_b64encode(os.urandom(32)).decode(),
-        "JWT_SECRET": JWT_SECRET,
-        "PORT": str(port),
-        "LOG_FORMAT": "json",
-        **overrides,
-    }
-    settings = load_settings(environ)
+    environ = service_environment(database_url, sandbox_url, port, **overrides)
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{sandbox_url}/_sandbox/clients",
-            json={
-                "client_id": client_id,
-                "client_secret": client_secret,
-                "redirect_uris": [settings.oauth_redirect_uri],
-                "webhook_signing_key": signing_key,
-            },
-        ) as response:
-            assert response.status == 201, await response.text()
+        running = await register_client(http, sandbox_url, environ)
+        settings, public = running.settings, f"http://127.0.0.1:{port}"
+        running.url = public
         stop = asyncio.Event()
         task = asyncio.create_task(serve(settings, sockets=[sock], stop=stop))
         deadline = time.monotonic() + 30
@@ -93,13 +118,7 @@ async def running_service(
             assert time.monotonic() < deadline, "the service did not become ready"
             await asyncio.sleep(0.05)
         try:
-            yield RunningService(
-                url=public,
-                settings=settings,
-                client_id=client_id,
-                client_secret=client_secret,
-                signing_key=signing_key,
-            )
+            yield running
         finally:
             stop.set()
             await asyncio.wait_for(task, 30)

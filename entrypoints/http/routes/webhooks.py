@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Final
 
 import structlog
@@ -17,11 +18,20 @@ from litestar.status_codes import (
 from domain.usecases.handle_webhook_event import WebhookCommand
 from entrypoints.http.context import annotate_request
 from entrypoints.http.errors import problem_specs
+from entrypoints.http.openapi import WebhookOperation
 from entrypoints.http.schemas import WebhookAck
 from entrypoints.services import Services
 
 SIGNATURE_HEADER: Final = "calendly-webhook-signature"
 _RESPONSES: Final = problem_specs(400, 401, 413, 415, 503)
+
+# Test-only fault hook (RELIABILITY.md row 13, tests/faults/test_crash_after_commit.py): with
+# CALENDLY_CONNECT_FAULT=exit-after-webhook-commit in the environment when the process starts,
+# the process dies right after a delivery's transaction committed and before it is answered, as
+# a worker killed at the worst moment would. Read once at import; inert when unset.
+FAULT_ENV: Final = "CALENDLY_CONNECT_FAULT"
+EXIT_AFTER_COMMIT: Final = "exit-after-webhook-commit"
+_EXIT_AFTER_COMMIT: Final = os.environ.get(FAULT_ENV) == EXIT_AFTER_COMMIT
 
 
 def _too_large(limit: int) -> HTTPException:
@@ -68,13 +78,21 @@ async def _handle(
             body=body, signature=request.headers.get(SIGNATURE_HEADER), webhook_token=token
         )
     )
+    if _EXIT_AFTER_COMMIT and result.outcome != "duplicate":  # a duplicate commits nothing
+        os._exit(137)  # as if SIGKILLed: no answer, no clean-up (see FAULT_ENV)
     if result.user_id is not None:
         structlog.contextvars.bind_contextvars(user_id=result.user_id)
     annotate_request(request.scope, outcome=result.outcome, webhook_event=result.event)
     return WebhookAck(outcome=result.outcome)
 
 
-@post("/", operation_id="receiveWebhook", status_code=200, responses=_RESPONSES)
+@post(
+    "/",
+    operation_id="receiveWebhook",
+    status_code=200,
+    responses=_RESPONSES,
+    operation_class=WebhookOperation,
+)
 async def receive_webhook(
     request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> WebhookAck:
@@ -92,6 +110,7 @@ async def receive_webhook(
     operation_id="receiveConnectionWebhook",
     status_code=200,
     responses=_RESPONSES,
+    operation_class=WebhookOperation,
 )
 async def receive_connection_webhook(
     request: Request[Any, Any, Any], services: NamedDependency[Services], token: FromPath[str]
