@@ -31,9 +31,22 @@ PORT ?= 8000
 run: $(STAMP) ## Run everything locally: Postgres, the sandbox, WORKERS service processes
 	$(BIN)/calendly-connect dev --workers $(WORKERS) --port $(PORT) --sandbox-port $(SANDBOX_PORT)
 
+.PHONY: chaos
+chaos: $(STAMP) ## Faults under load (Postgres down, kills, 429/5xx), checked against ground truth
+	$(BIN)/python -m chaos.run --users 50 --webhooks 10000
+
 .PHONY: demo
 demo: $(STAMP) ## Scripted headless run of the main job; exits non-zero if anything fails
 	$(BIN)/python -m entrypoints.demo
+
+BENCH_ARGS ?=
+
+.PHONY: bench
+bench: $(STAMP) ## Benchmarks of issue 6 (about 10 min): table + benchmarks/results/latest.json
+	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk with apt"; \
+		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 .PHONY: sandbox
 sandbox: $(STAMP) ## Run the Calendly sandbox on SANDBOX_PORT (default 8765)

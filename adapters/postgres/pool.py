@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from typing import Any
 
@@ -25,6 +26,21 @@ def _configure(role: str | None) -> Any:
     return configure
 
 
+# A connection unused for longer than this is pinged before it is handed out.
+IDLE_PING_SECONDS = 1.0
+_returned_at: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
+async def _mark_returned(conn: Connection) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+async def _check_if_idle(conn: Connection) -> None:
+    """Raise if an idle connection no longer works: the pool then discards it."""
+    if time.monotonic() - _returned_at.get(conn, 0.0) > IDLE_PING_SECONDS:
+        await conn.execute("SELECT 1")
+
+
 def make_pool(
     conninfo: str, *, runtime_role: str | None, min_size: int = 1, max_size: int = 10
 ) -> psycopg_pool.AsyncConnectionPool[Connection]:
@@ -36,9 +52,12 @@ def make_pool(
         open=False,
         kwargs={"row_factory": dict_row},
         configure=_configure(runtime_role),
-        # No check on checkout (it would cost a round trip per use): a connection broken by an
-        # outage fails its transaction (503, the caller retries) and is replaced on return, and
-        # the unit of work then sweeps the idle ones (`sweep_broken_connections`).
+        # Only a connection that sat idle is tested on checkout (a round trip per use would tax
+        # the webhook path under load, where connections are never idle for long). One broken
+        # by an outage while busy fails its transaction (503, the caller retries), is replaced
+        # on return, and the unit of work then sweeps the idle ones (`sweep_broken_connections`).
+        check=_check_if_idle,
+        reset=_mark_returned,
         # How long a request waits for a connection before its 503: well inside Calendly's 15 s
         # read timeout, and a database outage is answered in seconds, not after 10.
         timeout=5.0,

@@ -1,0 +1,627 @@
+"""`make chaos`: the service under fire, then compared with Calendly's ground truth.
+
+Two service processes and a worker on an embedded Postgres that this run controls, with the
+sandbox delivering thousands of webhooks (bookings, cancels, reschedules in both orders,
+no-shows; duplicated and shuffled) while Postgres is stopped hard and restarted, a service
+process is SIGKILLed and restarted, the listener's connection is terminated, Calendly answers
+429s and 5xx, and one user removes the app. Afterwards: 0 meetings lost, 0 effects applied
+twice, 0 meetings visible to the wrong user, every connection in the right status. Loopback
+only, bounded in count and time. Exits 1 on any mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import psycopg
+
+from adapters.postgres.migrations import migrate
+from calendly_sandbox import OAuthClient, SandboxConfig, serve
+from calendly_sandbox.config import Settings as SandboxSettings
+from calendly_sandbox.state import Sandbox
+
+RUNTIME_ROLE = "calendly_app"
+
+
+@dataclass
+class ChaosConfig:
+    users: int = 50
+    webhooks: int = 10_000
+    duplicate_share: float = 0.3
+    service_processes: int = 2
+    pg_restarts: int = 2
+    kill_service: bool = True
+    kill_listener: bool = True
+    api_faults: bool = True
+    revoke_one: bool = True
+    seed: int = 7
+    deadline_seconds: float = 420.0
+    quiet: bool = False
+
+
+@dataclass
+class Report:
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, name: str, ok: bool, detail: str = "") -> None:
+        self.checks.append((name, ok, detail))
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(ok for _, ok, _ in self.checks)
+
+
+# --------------------------------------------------------------------- processes
+class Postgres:
+    """An embedded Postgres this run may stop hard and start again."""
+
+    def __init__(self, data: Path) -> None:
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        from pgserver import get_server  # type: ignore[attr-defined]
+
+        self.server = get_server(data, cleanup_mode="stop")
+        self.data = data
+        self.admin_url = str(self.server.get_uri())
+
+    def stop_hard(self) -> None:
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+
+        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.data, user=self.server.system_user)
+
+    def start(self) -> None:
+        self.server.ensure_postgres_running()
+
+    def close(self) -> None:
+        self.server.cleanup()
+
+
+@dataclass
+class Services:
+    env: dict[str, str]
+    listener: socket.socket
+    logs: Path
+    procs: list[Any] = field(default_factory=list)
+    worker: Any = None
+    started: int = 0
+
+    def _log(self, name: str) -> Any:
+        self.started += 1
+        return (self.logs / f"{self.started:02d}-{name}.log").open("ab")
+
+    async def _spawn(self, name: str, *args: str, **kw: Any) -> Any:
+        log = self._log(name)
+        try:
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "entrypoints.cli", *args,
+                env=self.env, stdout=log, stderr=log, **kw,
+            )  # fmt: skip
+        finally:
+            log.close()
+
+    async def start_service(self) -> Any:
+        fd = self.listener.fileno()
+        proc = await self._spawn("service", "serve", "--fd", str(fd), pass_fds=(fd,))
+        self.procs.append(proc)
+        return proc
+
+    async def start_worker(self) -> None:
+        self.worker = await self._spawn("worker", "worker")
+
+    async def stop(self) -> None:
+        every = [p for p in [*self.procs, self.worker] if p is not None and p.returncode is None]
+        for proc in every:
+            proc.send_signal(signal.SIGTERM)
+        for proc in every:
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+
+
+# ------------------------------------------------------------------------ driver
+class Chaos:
+    def __init__(self, config: ChaosConfig, workdir: Path) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.rng = random.Random(config.seed)
+        self.report = Report()
+        self.jwt_secret = secrets.token_urlsafe(40)
+        self.client = OAuthClient(
+            client_id="chaos-client",
+            client_secret=secrets.token_urlsafe(24),
+            redirect_uris=[],
+            webhook_signing_key=secrets.token_urlsafe(24),
+        )
+        self.users: dict[str, str] = {}  # app user id -> sandbox user id
+        self.sent = 0
+
+    def say(self, message: str) -> None:
+        if not self.config.quiet:
+            print(message, flush=True)
+
+    def token(self, user: str) -> str:
+        now = int(time.time())
+        claims = {"sub": user, "aud": "authenticated", "iat": now, "exp": now + 3600}
+        return jwt.encode(claims, self.jwt_secret, algorithm="HS256")
+
+    async def run(self) -> Report:
+        cfg = self.config
+        started = time.monotonic()
+        pg = Postgres(self.workdir / "pg")
+        with psycopg.connect(pg.admin_url, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE chaos")
+        db_url = pg.admin_url.replace("/postgres?", "/chaos?")
+        await migrate(db_url, RUNTIME_ROLE)
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1024)
+        public = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        self.client.redirect_uris.append(f"{public}/oauth/calendly/callback")
+        sandbox_settings = SandboxSettings(
+            retry_base=60.0,
+            retry_window=86_400.0,
+            delivery_time_scale=1 / 60,
+            delivery_read_timeout=10.0,
+            rate_limit_paid=100_000,
+        )
+        async with serve(SandboxConfig(clients=[self.client], settings=sandbox_settings)) as sbx:
+            env = {
+                **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")},
+                "DATABASE_URL": db_url,
+                "CALENDLY_OAUTH_CLIENT_ID": self.client.client_id,
+                "CALENDLY_OAUTH_CLIENT_SECRET": self.client.client_secret,
+                "CALENDLY_WEBHOOK_SIGNING_KEY": self.client.webhook_signing_key or "",
+                "CALENDLY_AUTH_BASE_URL": sbx.url,
+                "CALENDLY_API_BASE_URL": sbx.url,
+                "PUBLIC_BASE_URL": public,
+                "TOKEN_ENCRYPTION_KEY": "k1:" + base64.urlsafe_b64encode(os.urandom(32)).decode(),
+                "JWT_SECRET": self.jwt_secret,
+                "LOG_LEVEL": "WARNING",
+                "LOG_FORMAT": "json",
+                "WORKER_POLL_MILLISECONDS": "200",
+                "DB_POOL_MAX_SIZE": "8",
+            }
+            logs = self.workdir / "logs"
+            logs.mkdir()
+            services = Services(env=env, listener=listener, logs=logs)
+            try:
+                for _ in range(cfg.service_processes):
+                    await services.start_service()
+                await services.start_worker()
+                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
+                    await self.wait_ready(http, public)
+                    await self.connect_all(http, public, sbx.url)
+                    self.say(
+                        f"• {len(self.users)} users connected; sending {cfg.webhooks} webhooks"
+                    )
+                    faults = asyncio.create_task(
+                        self.faults(pg, services, db_url, sbx.state, http, public)
+                    )
+                    await self.traffic(sbx.state)
+                    await faults
+                    await self.quiesce(sbx.state)
+                    await self.verify(sbx.state, db_url, http, public)
+            finally:
+                await services.stop()
+                listener.close()
+                pg.close()
+                if not self.report.ok and not cfg.quiet:
+                    for path in sorted(logs.glob("*.log")):
+                        tail = path.read_text(errors="replace").splitlines()[-8:]
+                        self.say(f"--- {path.name}\n" + "\n".join(tail))
+        self.report.facts["seconds"] = round(time.monotonic() - started, 1)
+        return self.report
+
+    async def wait_ready(self, http: aiohttp.ClientSession, public: str) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(f"{public}/health/ready") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError("the service did not start")
+
+    async def connect_all(self, http: aiohttp.ClientSession, public: str, sandbox: str) -> None:
+        slots = asyncio.Semaphore(8)
+
+        async def one(n: int) -> None:
+            user = f"user{n:03d}"
+            async with slots:
+                headers = {"Authorization": f"Bearer {self.token(user)}"}
+                async with http.post(f"{public}/api/calendly/connect", headers=headers) as r:
+                    started = await r.json()
+                    binding = SimpleCookie(r.headers["Set-Cookie"])["cc_oauth_binding"].value
+                url = f"{started['authorization_url']}&sandbox_login=host{n:03d}@example.com"
+                async with http.get(url, allow_redirects=False) as r:
+                    callback = r.headers["Location"]
+                async with http.get(
+                    callback,
+                    headers={"Cookie": f"cc_oauth_binding={binding}", "Accept": "application/json"},
+                ) as r:
+                    body = await r.json()
+                    if r.status != 200:
+                        raise RuntimeError(f"connect failed for {user}: {body}")
+                uri = body["connection"]["calendly_user_uri"]
+                self.users[user] = uri.rsplit("/", 1)[1]
+
+        await asyncio.gather(*(one(n) for n in range(self.config.users)))
+
+    # ------------------------------------------------------------------- traffic
+    async def traffic(self, sandbox: Sandbox) -> None:
+        """Rounds of actions, each released shuffled, with duplicates redelivered."""
+        cfg, world, deliverer = self.config, sandbox.world, sandbox.deliverer
+        base_target = int(cfg.webhooks / (1 + cfg.duplicate_share))
+        hosts = list(self.users.values())
+        round_size = max(20, base_target // 25)
+        released: list[asyncio.Task[None]] = []
+        produced = 0
+        t0 = time.time() + 86_400
+        while produced < base_target:
+            world.settings.hold_deliveries = True
+            before = len(deliverer.held)
+            while (
+                len(deliverer.held) - before < round_size
+                and produced + len(deliverer.held) - before < base_target
+            ):
+                notes = self.action(world, self.rng.choice(hosts), t0)
+                if notes:
+                    deliverer.enqueue(notes)
+            batch = deliverer.held[before:]
+            produced += len(batch)
+            world.settings.hold_deliveries = False
+            task = deliverer.release("shuffle", self.rng.randrange(1 << 30))
+            if task is not None:
+                released.append(task)
+            for delivery in self.rng.sample(batch, int(len(batch) * cfg.duplicate_share)):
+                released.append(deliverer.redeliver(delivery))
+            await asyncio.sleep(0.2)  # rounds overlap, as real traffic does
+        self.sent = len(deliverer.log)
+        await asyncio.gather(*released, return_exceptions=True)
+
+    def action(self, world: Any, host_id: str, t0: float) -> list[Any]:
+        host = world.users[host_id]
+        invitees = [
+            i
+            for i in world.invitees.values()
+            if i.status == "active" and world.events[i.event_id].host_id == host_id
+        ]
+        roll = self.rng.random()
+        if roll < 0.45 or not invitees:
+            guests = [
+                (f"Guest {self.rng.randrange(10**6)}", f"g{self.rng.randrange(10**9)}@example.org")
+            ]
+            if self.rng.random() < 0.1:
+                guests.append(
+                    (
+                        f"Guest {self.rng.randrange(10**6)}",
+                        f"g{self.rng.randrange(10**9)}@example.org",
+                    )
+                )
+            _, notes = world.book(
+                host,
+                invitees=guests,
+                start_time=t0 + self.rng.randrange(0, 30 * 86_400),
+                duration_minutes=30,
+                name="Chaos chat",
+                location_type="zoom",
+                invitee_limit=len(guests),
+            )
+            return list(notes)
+        invitee = self.rng.choice(invitees)
+        if roll < 0.60:
+            return [world.cancel_invitee(invitee, self.rng.choice(["host", "invitee"]), "chaos")]
+        if roll < 0.80:
+            canceled, created = world.reschedule(
+                invitee, t0 + self.rng.randrange(0, 30 * 86_400), None
+            )
+            return [canceled, created] if self.rng.random() < 0.5 else [created, canceled]
+        if invitee.no_show is None:
+            return [world.mark_no_show(invitee)]
+        note, removed = world.unmark_no_show(invitee)
+        return [(note, removed)]
+
+    # -------------------------------------------------------------------- faults
+    async def faults(
+        self,
+        pg: Postgres,
+        services: Services,
+        db_url: str,
+        sandbox: Sandbox,
+        http: aiohttp.ClientSession,
+        public: str,
+    ) -> None:
+        cfg = self.config
+        plan: list[tuple[str, Any]] = []
+        for n in range(cfg.pg_restarts):
+            plan.append((f"Postgres stopped hard and restarted ({n + 1})", self.restart_pg(pg)))
+        if cfg.kill_service:
+            plan.insert(1, ("a service process SIGKILLed and restarted", self.kill_one(services)))
+        if cfg.kill_listener:
+            plan.insert(2, ("the listener's connection terminated", self.kill_listener(db_url)))
+        if cfg.api_faults:
+            plan.insert(2, ("Calendly answers a burst of 429 and 5xx", self.api_faults(sandbox)))
+        if cfg.revoke_one:
+            plan.append(("one user removes the app in Calendly", self.revoke(sandbox, db_url)))
+        for name, step in plan:
+            await asyncio.sleep(1.5)
+            self.say(f"  ⚡ {name}")
+            await step
+            self.report.facts.setdefault("faults", []).append(name)
+
+    async def restart_pg(self, pg: Postgres) -> None:
+        await asyncio.to_thread(pg.stop_hard)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(pg.start)
+
+    async def kill_one(self, services: Services) -> None:
+        victim = services.procs[0]
+        victim.send_signal(signal.SIGKILL)
+        await victim.wait()
+        services.procs.remove(victim)
+        await asyncio.sleep(0.5)
+        await services.start_service()
+
+    async def kill_listener(self, db_url: str) -> None:
+        def terminate() -> int:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                rows = conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
+                ).fetchall()
+            return len(rows)
+
+        self.report.facts["listeners_killed"] = await asyncio.to_thread(terminate)
+
+    async def api_faults(self, sandbox: Sandbox) -> None:
+        from calendly_sandbox.limits import Fault
+
+        sandbox.faults.add(Fault(route="*", status=429, count=15, reset_seconds=1))
+        sandbox.faults.add(Fault(route="*", status=503, count=15))
+
+    async def revoke(self, sandbox: Sandbox, db_url: str) -> None:
+        user, host_id = sorted(self.users.items())[0]
+        self.report.facts["revoked_user"] = user
+        sandbox.world.revoke_all(host_id)
+
+        def due_now() -> None:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE calendar_connections SET token_expires_at = now() WHERE user_id = %s",
+                    (user,),
+                )
+
+        await asyncio.to_thread(due_now)
+
+    # ------------------------------------------------------------------- settle
+    async def quiesce(self, sandbox: Sandbox) -> None:
+        deadline = time.monotonic() + self.config.deadline_seconds
+        while time.monotonic() < deadline:
+            pending = [
+                d for d in sandbox.deliverer.log if d.state in ("held", "sending", "retrying")
+            ]
+            if not pending:
+                return
+            await asyncio.sleep(0.25)
+        self.report.check("every delivery settled in time", False, f"{len(pending)} still pending")
+
+    # ------------------------------------------------------------------- verify
+    async def verify(
+        self, sandbox: Sandbox, db_url: str, http: aiohttp.ClientSession, public: str
+    ) -> None:
+        world, log = sandbox.world, sandbox.deliverer.log
+        owner_of = {host: user for user, host in self.users.items()}
+        expected: dict[str, tuple[str, str, str, bool, str | None, str | None, bool]] = {}
+
+        def other(invitee_id: str | None) -> str | None:
+            return world.invitee_uri(world.invitees[invitee_id]) if invitee_id else None
+
+        for invitee in world.invitees.values():
+            event = world.events[invitee.event_id]
+            user = owner_of.get(event.host_id)
+            if user is None:
+                continue
+            expected[world.invitee_uri(invitee)] = (
+                user,
+                world.event_uri(event.id),
+                invitee.status,
+                invitee.rescheduled,
+                other(invitee.old_invitee_id),
+                other(invitee.new_invitee_id),
+                invitee.no_show is not None,
+            )
+        expected_meetings = {
+            world.event_uri(e.id): (owner_of[e.host_id], e.status)
+            for e in world.events.values()
+            if e.host_id in owner_of
+        }
+
+        def read() -> tuple[list[Any], list[Any], list[Any], list[Any], list[Any]]:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                invitees = conn.execute(
+                    "SELECT i.invitee_uri, m.user_id, m.event_uri, i.status, i.rescheduled,"
+                    " i.old_invitee_uri, i.new_invitee_uri, i.no_show"
+                    " FROM meeting_invitees i JOIN meetings m ON m.id = i.meeting_id"
+                ).fetchall()
+                meetings = conn.execute(
+                    "SELECT event_uri, user_id, status FROM meetings"
+                ).fetchall()
+                applied = conn.execute(
+                    "SELECT event_id FROM calendly_webhook_events WHERE outcome = 'applied'"
+                ).fetchall()
+                statuses = conn.execute(
+                    "SELECT user_id, status, webhook_status FROM calendar_connections"
+                ).fetchall()
+                aside = conn.execute(
+                    "SELECT reason, count(*) FROM calendly_webhook_events"
+                    " WHERE outcome <> 'applied' GROUP BY 1"
+                ).fetchall()
+            return invitees, meetings, applied, statuses, aside
+
+        invitees, meetings, applied, statuses, aside = await asyncio.to_thread(read)
+        stored = {row[0]: tuple(row[1:]) for row in invitees}
+        lost = [uri for uri in expected if uri not in stored]
+        wrong_user = [
+            uri for uri, row in stored.items() if uri in expected and row[0] != expected[uri][0]
+        ]
+        stray = [uri for uri in stored if uri not in expected]
+        wrong_state = [
+            uri for uri, row in stored.items() if uri in expected and row != expected[uri]
+        ]
+        wrong_meetings = [
+            uri for uri, user, status in meetings if expected_meetings.get(uri) != (user, status)
+        ]
+        keys = Counter(row[0] for row in applied)
+        delivered_keys = {self.key_of(d) for d in log if d.state == "delivered"}
+        r = self.report
+        r.facts["deliveries_sent"] = len(log)
+        r.facts["duplicates_sent"] = sum(1 for d in log if d.copy > 0)
+        r.facts["invitees_expected"] = len(expected)
+        r.facts["answered_5xx"] = sum(
+            1 for d in log for a in d.attempts if a.status is not None and a.status >= 500
+        )
+        r.facts["connection_errors"] = sum(1 for d in log for a in d.attempts if a.error)
+        r.facts["stored_aside"] = {str(k): v for k, v in aside}
+        r.check("0 meetings lost", not lost, f"{len(lost)} missing")
+        r.check(
+            "0 effects applied twice",
+            max(keys.values(), default=1) == 1 and len(applied) == len(delivered_keys),
+            f"{len(applied)} applied for {len(delivered_keys)} distinct deliveries",
+        )
+        r.check(
+            "0 meetings visible to the wrong user",
+            not wrong_user and not stray,
+            f"{len(wrong_user)} wrong, {len(stray)} stray",
+        )
+        r.check(
+            "every invitee in its final state (status, links, no-show)",
+            not wrong_state,
+            f"{len(wrong_state)} differ"
+            + (
+                f", e.g. {stored[wrong_state[0]]} vs {expected[wrong_state[0]]}"
+                if wrong_state
+                else ""
+            ),
+        )
+        r.check(
+            "every meeting in its final state", not wrong_meetings, f"{len(wrong_meetings)} differ"
+        )
+        revoked = r.facts.get("revoked_user")
+        await self.wait_needs_reauth(db_url, revoked)
+        statuses = await asyncio.to_thread(
+            lambda: (
+                psycopg.connect(db_url, autocommit=True)
+                .execute("SELECT user_id, status, webhook_status FROM calendar_connections")
+                .fetchall()
+            )
+        )
+        bad = [
+            (u, s) for u, s, _ in statuses if s != ("needs_reauth" if u == revoked else "active")
+        ]
+        r.check(
+            "every connection in the right status (the revoked one needs_reauth)",
+            not bad,
+            str(bad[:3]),
+        )
+        subs = [s for s in world.subscriptions.values() if s.user_id in owner_of]
+        r.check(
+            "every subscription active again",
+            len(subs) == len(self.users) and all(s.state == "active" for s in subs),
+            f"{sum(s.state == 'active' for s in subs)}/{len(self.users)} active",
+        )
+        leak = await self.cross_user_read(http, public, expected_meetings)
+        r.check("no user reads another user's meetings through the API", not leak, leak)
+
+    def key_of(self, delivery: Any) -> tuple[str, str, str]:
+        import json
+
+        body = json.loads(delivery.body)
+        payload = body["payload"]
+        marker = payload["uri"]
+        if body["event"].startswith("invitee_no_show") and payload.get("no_show"):
+            marker = payload["no_show"]["uri"]
+        return (delivery.subscription_id, body["event"], marker)
+
+    async def wait_needs_reauth(self, db_url: str, user: str | None) -> None:
+        if user is None:
+            return
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT status FROM calendar_connections WHERE user_id = %s", (user,)
+                ).fetchone()
+            if row and row[0] == "needs_reauth":
+                return
+            await asyncio.sleep(0.25)
+
+    async def cross_user_read(
+        self, http: aiohttp.ClientSession, public: str, expected: Mapping[str, tuple[str, str]]
+    ) -> str:
+        """Every meeting the API shows a user is one of theirs (first pages of a few users)."""
+        for user in sorted(self.users)[:8]:
+            headers = {"Authorization": f"Bearer {self.token(user)}"}
+            for _ in range(20):  # a process whose database came back may answer 503 at first
+                async with http.get(f"{public}/api/meetings?limit=200", headers=headers) as r:
+                    status, text = r.status, await r.text()
+                if status != 503:
+                    break
+                await asyncio.sleep(0.5)
+            if status != 200:
+                return f"{user}: HTTP {status} {text[:300]}"
+            body = json.loads(text)
+            foreign = [
+                m for m in body["meetings"] if expected.get(m["event_uri"], ("",))[0] != user
+            ]
+            if foreign:
+                return f"{user} sees {len(foreign)} meetings that are not theirs"
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make chaos", description=__doc__)
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--webhooks", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    config = ChaosConfig(users=args.users, webhooks=args.webhooks, seed=args.seed)
+    print(f"chaos: {config.users} users, {config.webhooks} webhooks, seed {config.seed}")
+    with tempfile.TemporaryDirectory(prefix="calendly-chaos-") as tmp:
+        report = asyncio.run(Chaos(config, Path(tmp)).run())
+    print()
+    for name, ok, detail in report.checks:
+        print(f"  {'✓' if ok else '✗'} {name}" + (f"  ({detail})" if detail and not ok else ""))
+    print()
+    for name, value in report.facts.items():
+        print(f"  {name}: {value}")
+    passed = sum(ok for _, ok, _ in report.checks)
+    print(f"\n{passed} passed, {len(report.checks) - passed} failed")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,22 @@
+"""`make chaos` in a small configuration: every fault once, and the ground truth must hold."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from chaos.run import Chaos, ChaosConfig
+
+
+@pytest.mark.slow
+async def test_a_small_chaos_run_loses_nothing_and_duplicates_nothing() -> None:
+    config = ChaosConfig(users=5, webhooks=300, pg_restarts=2, seed=11, quiet=True)
+    with tempfile.TemporaryDirectory(prefix="calendly-chaos-test-") as tmp:
+        report = await Chaos(config, Path(tmp)).run()
+    failed = [(name, detail) for name, ok, detail in report.checks if not ok]
+    assert failed == [], (failed, report.facts)
+    assert len(report.checks) >= 8
+    assert report.facts["deliveries_sent"] >= 250
+    assert report.facts["duplicates_sent"] > 0
