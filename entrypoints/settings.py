@@ -95,6 +95,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def secret_values(self) -> list[str]:
         """Every configured secret as text, for the log redactor to scrub wherever it appears."""
         values = [self.calendly_client_secret.reveal(), self.jwt_secret.reveal()]
+        # The client's HTTP Basic credentials (base64 of `id:secret`), as sent to Calendly.
+        secret = self.calendly_client_secret.reveal()
+        values.append(base64.b64encode(f"{self.calendly_client_id}:{secret}".encode()).decode())
         values += [key.reveal() for key in self.calendly_webhook_signing_keys]
         if self.host_webhook_secret is not None:
             values.append(self.host_webhook_secret.reveal())

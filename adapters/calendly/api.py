@@ -88,6 +88,12 @@ def redact(value: object) -> object:
     return value
 
 
+def basic_credentials(client_id: str, client_secret: Secret) -> str:
+    """The token of HTTP Basic client authentication: base64 of `id:secret` (RFC 7617)."""
+    credentials = f"{client_id}:{client_secret.reveal()}".encode()
+    return base64.b64encode(credentials).decode("ascii")
+
+
 def _scrub(value: object, secrets: Iterable[Secret]) -> object:
     """Replace the values of `secrets` wherever they occur in strings inside `value`."""
     known = [s.reveal() for s in secrets if s]
@@ -249,6 +255,9 @@ class AiohttpCalendlyApi(CalendlyApi):
         self._session = session
         self._client_id = client_id
         self._client_secret = client_secret
+        # What the Basic Authorization header carries; scrubbed from error bodies like the
+        # secret itself (a Calendly that echoes the header would otherwise reveal it).
+        self._basic_credentials = Secret(basic_credentials(client_id, client_secret))
         self._auth = auth_base_url.rstrip("/")
         self._api = api_base_url.rstrip("/")
         now = getattr(clock, "now", None)
@@ -601,8 +610,7 @@ class AiohttpCalendlyApi(CalendlyApi):
         if bearer is not None:
             headers["Authorization"] = f"Bearer {bearer.reveal()}"
         elif basic_auth:
-            credentials = f"{self._client_id}:{self._client_secret.reveal()}".encode()
-            headers["Authorization"] = f"Basic {base64.b64encode(credentials).decode('ascii')}"
+            headers["Authorization"] = f"Basic {self._basic_credentials.reveal()}"
         return headers
 
     def _backoff(self, retries: int) -> float:
@@ -617,7 +625,7 @@ class AiohttpCalendlyApi(CalendlyApi):
             decoded: object = msgspec.json.decode(answer.raw)
         except msgspec.DecodeError:
             decoded = answer.raw[:MAX_LOGGED_TEXT].decode("utf-8", "replace")
-        return _scrub(redact(decoded), (*secrets, self._client_secret))
+        return _scrub(redact(decoded), (*secrets, self._client_secret, self._basic_credentials))
 
     def _log_error_answer(
         self,

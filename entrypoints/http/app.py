@@ -13,6 +13,7 @@ from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
@@ -66,6 +67,22 @@ def _openapi() -> OpenAPIConfig:
             }
         ),
     )
+
+
+def _fix_default_options_handlers(app: Litestar) -> None:
+    """Make the automatic OPTIONS answer list every method of its path.
+
+    Litestar 2 builds it when the first handler of a path is registered and keeps it when more
+    handlers join the path, so `OPTIONS /api/calendly/connection` answered `Allow: DELETE,
+    OPTIONS` without GET (litestar-org/litestar#4169, fixed only in Litestar 3). Each default
+    handler gets the function its final route would have made.
+    """
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or "OPTIONS" not in route.route_handler_map:
+            continue
+        handler, _ = route.route_handler_map["OPTIONS"]
+        if handler.handler_name == "options_handler":  # Litestar's own, not one of ours
+            handler._fn = route.create_options_handler(route.path).fn
 
 
 def create_app(
@@ -122,6 +139,7 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+    _fix_default_options_handlers(app)
     # Outermost, around Litestar's router: 404s and 405s get a request id and a log line too.
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
     return app

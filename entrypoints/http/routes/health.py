@@ -7,6 +7,7 @@ import asyncio
 import structlog
 from litestar import Response, get
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 
 from entrypoints.http.config import HttpConfig
 from entrypoints.http.schemas import HealthResponse
@@ -21,7 +22,18 @@ async def live() -> HealthResponse:
     return HealthResponse(status="ok")
 
 
-@get("/health/ready", operation_id="readiness", tags=["health"])
+@get(
+    "/health/ready",
+    operation_id="readiness",
+    tags=["health"],
+    responses={
+        503: ResponseSpec(
+            data_container=HealthResponse,
+            description="The database does not answer",
+            generate_examples=False,
+        )
+    },
+)
 async def ready(
     services: NamedDependency[Services], http_config: NamedDependency[HttpConfig]
 ) -> Response[HealthResponse]:

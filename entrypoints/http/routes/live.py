@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -14,11 +15,14 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from domain.errors import ConnectionNotFound, StorageUnavailable
 from entrypoints.http.errors import invalid_parameter, problem_specs
+from entrypoints.http.openapi import EventStreamOperation
 from entrypoints.http.schemas import ConnectionResponse, MeetingResponse
 from entrypoints.live import RECHECK
 from entrypoints.services import Services
 
 HEARTBEAT_SECONDS = 15.0
+# An event id this stream sent; empty (as absent) starts from now.
+_EVENT_ID = re.compile(r"^[0-9]{0,18}$")
 
 
 def _json(value: object) -> str:
@@ -75,14 +79,20 @@ async def _stream(
     operation_id="liveUpdates",
     tags=["live"],
     responses=problem_specs(400, 401),
+    operation_class=EventStreamOperation,
 )
 async def live_updates(
     services: NamedDependency[Services],
     user_id: NamedDependency[str],
     last_event_id: Annotated[
-        str | None,
-        HeaderParameter(name="Last-Event-ID", description="Resume after this event id"),
-    ] = None,
+        str,
+        HeaderParameter(
+            name="Last-Event-ID",
+            description="Resume after this event id",
+            # Documented only: the handler checks it and names the header when it is wrong.
+            schema_extra={"pattern": _EVENT_ID.pattern},
+        ),
+    ] = "",
 ) -> ServerSentEvent:
     """Changes to the user's meetings and connection as they happen (text/event-stream).
 
@@ -91,8 +101,11 @@ async def live_updates(
     """
     after: int | None = None
     if last_event_id:
-        if not last_event_id.isdigit() or len(last_event_id) > 18:
-            raise invalid_parameter("Last-Event-ID", "must be an event id this stream sent")
+        # Not str.isdigit(): it takes "²" (a Latin-1 header byte), which int() refuses.
+        if not _EVENT_ID.fullmatch(last_event_id):
+            raise invalid_parameter(
+                "Last-Event-ID", "must be an event id this stream sent", source="header"
+            )
         after = int(last_event_id)
     return ServerSentEvent(
         _stream(services, user_id, after),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from domain.ports import MeetingQuery
 from domain.usecases.queries import MAX_PAGE
 from entrypoints.http.errors import invalid_parameter, problem_specs
 from entrypoints.http.schemas import (
+    MAX_CURSOR_LENGTH,
     InvalidCursor,
     Keyset,
     MeetingResponse,
@@ -23,11 +25,24 @@ from entrypoints.http.schemas import (
 )
 from entrypoints.services import Services
 
+# RFC 3339 (the OpenAPI `date-time` format) only: Litestar's own conversion to datetime also
+# took numbers ("0.5" as a Unix time), which the document does not allow.
+_DATE_TIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})?", re.ASCII
+)
 
-def _aware(name: str, value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise invalid_parameter(name, "include a UTC offset, e.g. 2030-01-01T00:00:00Z")
-    return value
+
+def _aware(name: str, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    if not _DATE_TIME.fullmatch(value):
+        raise invalid_parameter(name, "not a date-time, e.g. 2030-01-01T00:00:00Z")
+    if value[-1] in "Zz" or value[-6] in "+-":
+        try:
+            return datetime.fromisoformat(value.upper())
+        except ValueError as exc:
+            raise invalid_parameter(name, "not a date-time, e.g. 2030-01-01T00:00:00Z") from exc
+    raise invalid_parameter(name, "include a UTC offset, e.g. 2030-01-01T00:00:00Z")
 
 
 def _keyset(cursor: str | None) -> Keyset | None:
@@ -50,14 +65,26 @@ async def list_meetings(
     user_id: NamedDependency[str],
     status: FromQuery[MeetingStatus | None] = None,
     starts_after: Annotated[
-        datetime | None,
-        QueryParameter(description="Only meetings starting at or after this instant"),
+        str | None,
+        QueryParameter(
+            description="Only meetings starting at or after this instant",
+            format="date-time",
+        ),
     ] = None,
     starts_before: Annotated[
-        datetime | None, QueryParameter(description="Only meetings starting before this instant")
+        str | None,
+        QueryParameter(
+            description="Only meetings starting before this instant", format="date-time"
+        ),
     ] = None,
     cursor: Annotated[
-        str | None, QueryParameter(description="`next_cursor` of the previous page")
+        str | None,
+        QueryParameter(
+            description="`next_cursor` of the previous page",
+            min_length=1,
+            max_length=MAX_CURSOR_LENGTH,
+            pattern=r"^[A-Za-z0-9_-]+$",
+        ),
     ] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE, description="Page size")] = 50,
 ) -> MeetingsResponse:

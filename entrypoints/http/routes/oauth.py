@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from litestar import MediaType, Request, Response, get
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, QueryParameter
 
 from domain.errors import AuthorizationStateInvalid
@@ -15,6 +16,7 @@ from entrypoints.http.binding import BINDING_COOKIE, cleared_binding_cookie
 from entrypoints.http.config import HttpConfig
 from entrypoints.http.context import annotate_request, request_id_of
 from entrypoints.http.errors import Answer, ErrorTable, problem_response, problem_specs
+from entrypoints.http.openapi import PopupOperation
 from entrypoints.http.popup import render_popup_page
 from entrypoints.http.schemas import ConnectCompleted, ConnectionResponse, PopupMessage
 from entrypoints.services import Services
@@ -27,7 +29,17 @@ _OFFERED = [MediaType.HTML.value, MediaType.JSON.value]
     operation_id="completeConnect",
     tags=["connection"],
     media_type=MediaType.HTML,
-    responses=problem_specs(400, 401, 409, 502, 503),
+    # Every answer is the popup page (text/html) or, when asked for, JSON (see PopupOperation).
+    responses={
+        200: ResponseSpec(
+            data_container=ConnectCompleted,
+            description="Connected",
+            media_type=MediaType.JSON,
+            generate_examples=False,
+        ),
+        **problem_specs(400, 401, 409, 502, 503),
+    },
+    operation_class=PopupOperation,
     dependencies={"caller": Provide(optional_user)},
 )
 async def oauth_callback(
