@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -134,8 +135,14 @@ def start_sandbox(
     if not first.startswith("Calendly sandbox listening on "):
         raise RuntimeError("the sandbox did not start (is the port free? see SANDBOX_PORT)")
     url = first.rsplit(" ", 1)[1].strip()
-    proc.stdout.close()
+    # Keep reading what it prints: closing the pipe would kill it with EPIPE on its next line.
+    threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
     return url
+
+
+def _drain(stream: Any) -> None:
+    for _ in stream:
+        pass
 
 
 def run_migrations(env: dict[str, str]) -> None:
