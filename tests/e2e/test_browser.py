@@ -106,8 +106,9 @@ def run_through(page: Page, url: str, sandbox: str) -> None:
     popup.get_by_label("A new Calendly user").check()
     popup.get_by_label("Name").fill("Ada Host")
     popup.get_by_label("Email").fill("ada@example.com")
-    popup.get_by_role("button", name="Approve").click()
-    popup.wait_for_event("close", timeout=15_000)
+    # Listen before clicking: the popup may close faster than a later wait could start.
+    with popup.expect_event("close", timeout=15_000):
+        popup.get_by_role("button", name="Approve").click()
     expect(page.get_by_text("Calendly connected")).to_be_visible(timeout=10_000)
     expect(page.get_by_text("ada@example.com").first).to_be_visible()
 
