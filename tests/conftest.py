@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -51,14 +54,20 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
 
 
 @pytest.fixture(scope="session")
-def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
-    """The test Postgres: embedded unless TEST_DATABASE_URL names one; migrated once."""
-    cluster = start_cluster(tmp_path_factory.mktemp("pgdata"))
+def pg_cluster() -> Iterator[PgCluster]:
+    """The test Postgres: embedded unless TEST_DATABASE_URL names one; migrated once.
+
+    Its data lives outside pytest's temporary tree: as root, pgserver runs Postgres as its
+    own user, and another pytest session starting meanwhile resets that tree to mode 0700.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="calendly-test-pg-"))
+    cluster = start_cluster(workdir / "data")
     try:
         cluster.create_template()
         yield cluster
     finally:
         stop_cluster(cluster)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,11 +36,12 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def stack() -> Iterator[dict[str, str]]:
     """`make run` with WORKERS=2 in a throwaway data folder on free ports."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CALENDLY_", "DATABASE_"))}
     env["LOG_LEVEL"] = "WARNING"
-    data = tmp_path_factory.mktemp("stack")
+    # Outside pytest's temporary tree (see tests/conftest.py, pg_cluster).
+    data = Path(tempfile.mkdtemp(prefix="calendly-browser-"))
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -76,6 +78,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_connect_in_the_popup_and_see_a_booking_arrive_live(stack: dict[str, str]) -> None:
