@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from http.cookies import SimpleCookie
 from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.support import journeys
 from tests.support.sandbox import SandboxDriver, query_of
 from tests.support.service import RunningService, running_service
 
@@ -36,28 +36,8 @@ async def api(
 async def connect(
     http: aiohttp.ClientSession, service: RunningService, user: str, email: str
 ) -> dict[str, Any]:
-    """What the popup does: start, approve at Calendly, follow the redirect back."""
-    async with http.post(
-        f"{service.url}/api/calendly/connect", headers=service.auth(user)
-    ) as response:
-        assert response.status == 200, await response.text()
-        started = await response.json()
-        cookie = SimpleCookie(response.headers["Set-Cookie"])
-    binding = cookie["cc_oauth_binding"].value
-    assert cookie["cc_oauth_binding"]["httponly"]
-    url = f"{started['authorization_url']}&sandbox_login={email}"
-    async with http.get(url, allow_redirects=False) as response:
-        assert response.status == 302
-        callback = response.headers["Location"]
-    assert callback.startswith(f"{service.url}/oauth/calendly/callback?")
-    async with http.get(
-        callback,
-        headers={"Cookie": f"cc_oauth_binding={binding}", "Accept": "application/json"},
-    ) as response:
-        body = await response.json()
-        assert response.status == 200, body
-    connection: dict[str, Any] = body["connection"]
-    return connection
+    """What the popup does (tests/support/journeys.py): the connection it ends with."""
+    return (await journeys.connect(http, service, user, email)).connection
 
 
 async def sandbox_user_id(sandbox: SandboxDriver, email: str) -> str:

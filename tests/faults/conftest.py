@@ -15,7 +15,6 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any, Final
 
@@ -133,30 +132,6 @@ async def eventually(
     while not await check():
         assert time.monotonic() < deadline, f"gave up after {within} s waiting for {what}"
         await asyncio.sleep(interval)
-
-
-async def connect(
-    http: aiohttp.ClientSession, service_url: str, auth: dict[str, str], email: str
-) -> dict[str, Any]:
-    """What the popup does: start, approve at the sandbox, follow the redirect back."""
-    async with http.post(f"{service_url}/api/calendly/connect", headers=auth) as response:
-        assert response.status == 200, await response.text()
-        started = await response.json()
-        cookie = SimpleCookie(response.headers["Set-Cookie"])
-    binding = cookie["cc_oauth_binding"].value
-    url = f"{started['authorization_url']}&sandbox_login={email}"
-    async with http.get(url, allow_redirects=False) as response:
-        assert response.status == 302
-        callback = response.headers["Location"]
-    assert callback.startswith(f"{service_url}/oauth/calendly/callback?")
-    async with http.get(
-        callback,
-        headers={"Cookie": f"cc_oauth_binding={binding}", "Accept": "application/json"},
-    ) as response:
-        body = await response.json()
-        assert response.status == 200, body
-    connection: dict[str, Any] = body["connection"]
-    return connection
 
 
 def booking(host_uri: str, event_id: str = "e-fault", invitee_id: str = "i-fault") -> bytes:

@@ -25,7 +25,8 @@ import aiohttp
 import pytest
 
 from entrypoints.http.routes.webhooks import EXIT_AFTER_COMMIT, FAULT_ENV
-from tests.faults.conftest import booking, connect, deliver, effects, eventually
+from tests.faults.conftest import booking, deliver, effects, eventually
+from tests.support.journeys import connect
 from tests.support.sandbox import SandboxDriver
 from tests.support.service import RunningService, register_client, service_environment
 
@@ -126,7 +127,7 @@ async def test_a_worker_killed_between_commit_and_answer_loses_nothing_and_appli
     healthy = child_environment(config)
 
     async with service_process(http, service.url, listener, doomed, tmp_path / "a.log") as a:
-        connection = await connect(http, service.url, service.auth("alice"), "ada@example.com")
+        connection = (await connect(http, service, "alice", "ada@example.com")).connection
         body = booking(connection["calendly_user_uri"])
 
         # The delivery is committed, then the worker dies: Calendly gets no status at all.

@@ -17,11 +17,11 @@ import pytest
 from tests.faults.conftest import (
     StoppablePostgres,
     booking,
-    connect,
     deliver,
     effects,
     eventually,
 )
+from tests.support.journeys import connect
 from tests.support.sandbox import SandboxDriver
 from tests.support.service import RunningService, running_service
 
@@ -35,7 +35,7 @@ async def ready(http: aiohttp.ClientSession, service: RunningService) -> bool:
 
 
 async def connected_host(http: aiohttp.ClientSession, service: RunningService) -> str:
-    connection = await connect(http, service.url, service.auth("alice"), "ada@example.com")
+    connection = (await connect(http, service, "alice", "ada@example.com")).connection
     assert connection["status"] == "active"
     host: str = connection["calendly_user_uri"]
     return host
