@@ -81,7 +81,7 @@ def cmd_serve(argv: Sequence[str]) -> int:
     from adapters.postgres.unit_of_work import UnsafeDatabaseRole
     from domain.errors import StorageUnavailable
     from entrypoints.logging import configure_logging, register_secret
-    from entrypoints.server import serve
+    from entrypoints.server import run_server, serve
     from entrypoints.settings import ConfigError, load_settings
 
     try:
@@ -100,7 +100,7 @@ def cmd_serve(argv: Sequence[str]) -> int:
         except OSError as exc:
             return fail(f"--fd {args.fd} is not an open socket: {exc}")
     try:
-        asyncio.run(serve(settings, sockets=sockets))
+        run_server(serve(settings, sockets=sockets))
     except UnsafeDatabaseRole as exc:
         return fail(str(exc), 1)
     except (StorageUnavailable, OSError) as exc:

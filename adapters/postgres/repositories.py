@@ -33,9 +33,9 @@ from domain.ports import (
 from domain.secret import Secret
 
 if TYPE_CHECKING:
+    from .unit_of_work import Session as Conn
     from .unit_of_work import TokenCipher
 
-Conn = psycopg.AsyncConnection[dict[str, Any]]
 ONE_USER_PER_ACCOUNT = "calendar_connections_one_user_per_account"
 
 

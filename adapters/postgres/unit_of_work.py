@@ -9,6 +9,7 @@ from typing import Any, Protocol, Self
 
 import psycopg
 import psycopg_pool
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from domain.errors import StorageUnavailable
@@ -17,6 +18,11 @@ from domain.secret import Secret
 
 from .pool import sweep_broken_connections
 from .repositories import (
+    CHANGED_MEETINGS,
+    LATEST_CHANGE,
+    LIST_MEETINGS,
+    RECORD_EVENT,
+    SELECT_CONNECTION,
     PostgresAuthorizationRepository,
     PostgresConnectionRepository,
     PostgresMeetingRepository,
@@ -52,6 +58,56 @@ class TokenCipher(Protocol):
     def decrypt(self, blob: bytes, *, context: str) -> Secret: ...
 
 
+class Session:
+    """The unit of work's connection as repositories use it: one `execute` per statement.
+
+    Round trips are the webhook path's main cost. A statement that opens the transaction goes
+    out in one round trip with psycopg's `BEGIN` (pipeline mode), and so does the tenant
+    setting `act_as` asked for: it travels just ahead of the next statement, so every statement
+    still runs as that tenant (DR-19). Errors surface from the same `execute` call as before.
+
+    It also notes whether the transaction may have written anything (`wrote`): only the
+    statements below are known to write nothing, everything else counts as a write.
+    """
+
+    # Statements that never write (locks and settings they take end with the transaction).
+    READS: frozenset[str] = frozenset(
+        {
+            SET_TENANT,
+            ROUTE_BY_TOKEN,
+            ROUTE_BY_USER_URI,
+            USERS_WITHOUT_ACCOUNT,
+            SELECT_CONNECTION,
+            LIST_MEETINGS,
+            CHANGED_MEETINGS,
+            LATEST_CHANGE,
+        }
+    )
+    # A plain INSERT ... ON CONFLICT DO NOTHING (no CTE) that inserted no row wrote nothing.
+    NOTHING_WITHOUT_ROWS: frozenset[str] = frozenset({RECORD_EVENT})
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.pending_tenant: str | None = None
+        self.wrote = False
+
+    async def execute(self, query: str, params: Any = None) -> psycopg.AsyncCursor[Any]:
+        conn = self.conn
+        tenant, self.pending_tenant = self.pending_tenant, None
+        if tenant is None and conn.info.transaction_status != TransactionStatus.IDLE:
+            cursor = await conn.execute(query, params)
+        else:
+            async with conn.pipeline():
+                if tenant is not None:
+                    await conn.execute(SET_TENANT, (tenant,))
+                cursor = await conn.execute(query, params)
+        if query not in self.READS and not (
+            query in self.NOTHING_WITHOUT_ROWS and cursor.rowcount == 0
+        ):
+            self.wrote = True
+        return cursor
+
+
 class PostgresUnitOfWork(UnitOfWork):
     """Leaving without `commit()` rolls back; database outages surface as StorageUnavailable."""
 
@@ -66,6 +122,7 @@ class PostgresUnitOfWork(UnitOfWork):
         self._user_id = user_id
         self._lease: AbstractAsyncContextManager[Connection] | None = None
         self._conn: Connection | None = None
+        self._session: Session | None = None
         self._committed = False
 
     async def __aenter__(self) -> Self:
@@ -74,16 +131,17 @@ class PostgresUnitOfWork(UnitOfWork):
             conn = await self._lease.__aenter__()
             self._conn = conn
             conn.row_factory = dict_row
-            if self._user_id is not None:
-                await conn.execute(SET_TENANT, (self._user_id,))
         except UNAVAILABLE as exc:
             await self._release(exc)
             sweep_broken_connections(self._pool)
             raise StorageUnavailable("the database cannot be reached") from exc
-        self.connections = PostgresConnectionRepository(conn, self._cipher)
-        self.authorizations = PostgresAuthorizationRepository(conn, self._cipher)
-        self.meetings = PostgresMeetingRepository(conn)
-        self.webhook_events = PostgresWebhookEventLog(conn)
+        session = self._session = Session(conn)
+        # Set with the first statement (see Session): nothing runs before it as anyone else.
+        session.pending_tenant = self._user_id
+        self.connections = PostgresConnectionRepository(session, self._cipher)
+        self.authorizations = PostgresAuthorizationRepository(session, self._cipher)
+        self.meetings = PostgresMeetingRepository(session)
+        self.webhook_events = PostgresWebhookEventLog(session)
         return self
 
     async def __aexit__(
@@ -93,9 +151,21 @@ class PostgresUnitOfWork(UnitOfWork):
         tb: TracebackType | None,
     ) -> None:
         unavailable = isinstance(exc, UNAVAILABLE)
-        if self._conn is not None and not self._committed and not self._conn.closed:
+        conn, session = self._conn, self._session
+        if conn is not None and not self._committed and not conn.closed:
             try:
-                await self._conn.rollback()
+                if (
+                    session is not None
+                    and not session.wrote
+                    and conn.info.transaction_status == TransactionStatus.INTRANS
+                ):
+                    # Nothing was written, so COMMIT ends it exactly as ROLLBACK would, but
+                    # psycopg forgets its prepared statements on every ROLLBACK (and sends
+                    # DEALLOCATE ALL): reads and duplicate deliveries would never run
+                    # prepared (DR-20).
+                    await conn.commit()
+                else:
+                    await conn.rollback()
             except UNAVAILABLE:
                 unavailable = True
         await self._release(exc)
@@ -104,7 +174,7 @@ class PostgresUnitOfWork(UnitOfWork):
             raise StorageUnavailable("the database connection failed") from exc
 
     async def _release(self, exc: BaseException | None) -> None:
-        lease, self._lease, self._conn = self._lease, None, None
+        lease, self._lease, self._conn, self._session = self._lease, None, None, None
         if lease is not None:
             # The transaction is already settled; the pool checks the connection's state on
             # return and discards a broken one.
@@ -112,13 +182,14 @@ class PostgresUnitOfWork(UnitOfWork):
                 await lease.__aexit__(None, None, None)
 
     @property
-    def conn(self) -> Connection:
-        assert self._conn is not None, "use the unit of work inside `async with`"
-        return self._conn
+    def conn(self) -> Session:
+        assert self._session is not None, "use the unit of work inside `async with`"
+        return self._session
 
     async def act_as(self, user_id: str) -> None:
+        """The tenant for every later statement; sent with the next one (no round trip)."""
         self._user_id = user_id
-        await self.conn.execute(SET_TENANT, (user_id,))
+        self.conn.pending_tenant = user_id
 
     async def route(
         self, *, webhook_token: str | None, calendly_user_uri: str | None
@@ -146,7 +217,11 @@ class PostgresUnitOfWork(UnitOfWork):
         return [row["user_id"] for row in await cursor.fetchall()]
 
     async def commit(self) -> None:
-        await self.conn.commit()
+        session = self.conn
+        if session.pending_tenant is not None:
+            # act_as with nothing after it: nothing to send; the transaction ends here.
+            session.pending_tenant = None
+        await session.conn.commit()
         self._committed = True
 
 

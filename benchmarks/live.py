@@ -1,0 +1,252 @@
+"""Benchmark 2 (booking to browser) and 5 (memory): 1,000 open event streams over 200 users and
+2 service processes; signed deliveries for random users at a steady rate; the time from the
+webhook POST to the meeting arriving on each of that user's streams; every stream must get all
+of its user's meetings and nothing of anyone else's. Peak RSS of each service process is read
+from /proc at the end (VmHWM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from benchmarks.deliveries import BASE, body_for, sign
+from benchmarks.load import median, percentile
+from benchmarks.stack import Stack, User, stack
+
+
+@dataclass
+class Config:
+    streams: int = 1000
+    users: int = 200
+    processes: int = 2
+    rate: float = 50.0  # deliveries per second (each reaches ~5 streams: ~250 events/s)
+    seconds: float = 10.0
+    repeats: int = 3
+
+
+@dataclass
+class Stream:
+    user: User
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    seen: dict[str, float] = field(default_factory=dict)  # event URI -> arrival (perf_counter)
+    foreign: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def arrived(stream: Stream, data: dict[str, Any]) -> None:
+    now = time.perf_counter()
+    own = f"{BASE}/scheduled_events/{stream.user.user_id}-"
+    for meeting in data["meetings"]:
+        uri = meeting["event_uri"]
+        if not uri.startswith(own):
+            stream.foreign.append(uri)
+        stream.seen.setdefault(uri, now)
+
+
+async def follow(http: aiohttp.ClientSession, url: str, stream: Stream) -> None:
+    """Read `GET /api/live` as the page does, until cancelled."""
+    headers = {"Authorization": f"Bearer {stream.user.token}", "Accept": "text/event-stream"}
+    try:
+        async with http.get(f"{url}/api/live", headers=headers) as response:
+            if response.status != 200:
+                stream.errors.append(f"status {response.status}")
+                stream.ready.set()
+                return
+            event = ""
+            buffered = b""
+            # Split lines ourselves: a stream that fell behind gets one long `data:` line with
+            # many meetings, longer than aiohttp's line limit.
+            async for chunk in response.content.iter_any():
+                buffered += chunk
+                *lines, buffered = buffered.split(b"\n")
+                for raw in lines:
+                    line = raw.decode().rstrip("\r")
+                    if not line:
+                        event = ""  # a blank line ends the message (heartbeats have no event)
+                    elif line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        if event == "ready":
+                            stream.ready.set()
+                        elif event == "meetings":
+                            arrived(stream, json.loads(line[5:]))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # reported, never hidden
+        stream.errors.append(repr(exc))
+        stream.ready.set()
+
+
+async def deliver(
+    http: aiohttp.ClientSession, url: str, users: list[User], cfg: Config, tag: str, seed: int
+) -> tuple[dict[str, tuple[User, float]], list[str], list[float]]:
+    """New bookings for random users at `cfg.rate`, each posted at its own start time."""
+    rng = random.Random(seed)
+    sent: dict[str, tuple[User, float]] = {}
+    problems: list[str] = []
+    answered: list[float] = []
+    total = int(cfg.rate * cfg.seconds)
+    stamp = int(time.time())
+    prepared = []
+    for n in range(total):
+        user = rng.choice(users)
+        event_id = f"{user.user_id}-{tag}-{n}"
+        body = body_for(user, event_id, f"{event_id}-i", canceled=False)
+        prepared.append((user, event_id, body, sign(body, user.signing_key, stamp)))
+
+    async def post(user: User, event_id: str, body: bytes, signature: str) -> None:
+        headers = {"Content-Type": "application/json", "Calendly-Webhook-Signature": signature}
+        started = time.perf_counter()
+        sent[f"{BASE}/scheduled_events/{event_id}"] = (user, started)
+        async with http.post(
+            f"{url}/webhooks/calendly/{user.webhook_token}", data=body, headers=headers
+        ) as response:
+            await response.read()
+            answered.append((time.perf_counter() - started) * 1000)
+            if response.status != 200:
+                problems.append(f"delivery answered {response.status}")
+
+    tasks = []
+    begin = time.perf_counter()
+    for n, item in enumerate(prepared):
+        delay = begin + n / cfg.rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(post(*item)))
+    await asyncio.gather(*tasks)
+    return sent, problems, answered
+
+
+def peak_rss_mb(pid: int) -> dict[str, float]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmHWM", "VmRSS"):
+            fields[name] = int(value.split()[0]) / 1024
+    return fields
+
+
+async def measure(s: Stack, users: list[User], cfg: Config, log: Any) -> dict[str, Any]:
+    idle = [peak_rss_mb(pid)["VmRSS"] for pid in s.service_pids]
+    streams = [Stream(users[n % len(users)]) for n in range(cfg.streams)]
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+    runs = []
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        readers = [asyncio.create_task(follow(http, s.url, st)) for st in streams]
+        await asyncio.wait_for(asyncio.gather(*(st.ready.wait() for st in streams)), 120)
+        broken = [e for st in streams for e in st.errors]
+        if broken:
+            raise RuntimeError(f"{len(broken)} streams failed to open, e.g. {broken[0]}")
+        per_process = await open_streams_per_process(s)
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=64), timeout=aiohttp.ClientTimeout(total=30)
+        ) as poster:
+            # A short unmeasured run first: pools fill and statements get prepared.
+            warm = Config(**{**cfg.__dict__, "seconds": 2.0})
+            sent, problems, _ = await deliver(poster, s.url, users, warm, "warm", 99)
+            await collect(streams, sent, problems)
+            for repeat in range(cfg.repeats):
+                sent, problems, answered = await deliver(
+                    poster, s.url, users, cfg, f"r{repeat}", repeat
+                )
+                run = await collect(streams, sent, problems)
+                run["post_p50_ms"] = percentile(answered, 50)
+                run["post_p99_ms"] = percentile(answered, 99)
+                runs.append(run)
+                log(
+                    f"  booking to browser, run {repeat + 1}: p50 {run['p50_ms']:.1f} ms "
+                    f"p99 {run['p99_ms']:.1f} ms over {run['arrivals']} arrivals "
+                    f"{'ok' if run['ok'] else 'WRONG ' + str(run['problems'][:3])}"
+                )
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+    memory = {str(pid): peak_rss_mb(pid) for pid in s.service_pids}
+    return {
+        "p50_ms": median([r["p50_ms"] for r in runs]),
+        "p99_ms": median([r["p99_ms"] for r in runs]),
+        "post_p50_ms": median([r["post_p50_ms"] for r in runs]),
+        "post_p99_ms": median([r["post_p99_ms"] for r in runs]),
+        "ok": all(r["ok"] for r in runs),
+        "problems": [p for r in runs for p in r["problems"]],
+        "streams": cfg.streams,
+        "users": cfg.users,
+        "processes": cfg.processes,
+        "rate": cfg.rate,
+        "streams_per_process": per_process,
+        "runs": runs,
+        "memory_mb": memory,
+        "idle_rss_mb": idle,
+    }
+
+
+async def open_streams_per_process(s: Stack) -> list[int]:
+    """How the kernel spread the streams over the processes (their open sockets)."""
+    import psutil  # type: ignore[import-untyped]
+
+    counts = []
+    port = int(s.url.rsplit(":", 1)[1])
+    for pid in s.service_pids:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+        counts.append(sum(1 for c in conns if c.laddr and c.laddr.port == port and c.raddr))
+    return counts
+
+
+async def collect(
+    streams: list[Stream], sent: dict[str, tuple[User, float]], problems: list[str]
+) -> dict[str, Any]:
+    """Wait (up to 10 s) for every stream to see each of its user's new meetings."""
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for uri, (user, _) in sent.items():
+        wanted[user.user_id].add(uri)
+    deadline = time.perf_counter() + 10
+    while time.perf_counter() < deadline:
+        if all(wanted[st.user.user_id] <= st.seen.keys() for st in streams):
+            break
+        await asyncio.sleep(0.05)
+    latencies = []
+    missing = 0
+    for st in streams:
+        for uri in wanted[st.user.user_id]:
+            if uri in st.seen:
+                latencies.append((st.seen[uri] - sent[uri][1]) * 1000)
+            else:
+                missing += 1
+    foreign = sum(len(st.foreign) for st in streams)
+    errors = [e for st in streams for e in st.errors]
+    all_problems = list(problems)
+    if missing:
+        all_problems.append(f"{missing} meetings never reached their user's stream")
+    if foreign:
+        all_problems.append(f"{foreign} meetings reached another user's stream")
+    if errors:
+        all_problems.append(f"{len(errors)} streams broke, e.g. {errors[0]}")
+    for st in streams:  # the next run counts its own arrivals only
+        for uri in wanted[st.user.user_id]:
+            st.seen.pop(uri, None)
+    return {
+        "p50_ms": percentile(latencies, 50) if latencies else float("nan"),
+        "p99_ms": percentile(latencies, 99) if latencies else float("nan"),
+        "arrivals": len(latencies),
+        "deliveries": len(sent),
+        "ok": not all_problems,
+        "problems": all_problems,
+    }
+
+
+def run(cfg: Config, log: Any = print) -> dict[str, Any]:
+    with stack("live") as s:
+        s.start_services(cfg.processes)
+        user_ids = [f"live{n}" for n in range(cfg.users)]
+        users = asyncio.run(s.connect_users(user_ids))
+        return asyncio.run(measure(s, users, cfg, log))
