@@ -154,7 +154,6 @@ class Chaos:
             webhook_signing_key=secrets.token_urlsafe(24),
         )
         self.users: dict[str, str] = {}  # app user id -> sandbox user id
-        self.sent = 0
 
     def say(self, message: str) -> None:
         if not self.config.quiet:
@@ -300,7 +299,6 @@ class Chaos:
             for delivery in self.rng.sample(batch, int(len(batch) * cfg.duplicate_share)):
                 released.append(deliverer.redeliver(delivery))
             await asyncio.sleep(0.2)  # rounds overlap, as real traffic does
-        self.sent = len(deliverer.log)
         await asyncio.gather(*released, return_exceptions=True)
 
     def action(self, world: Any, host_id: str, t0: float) -> list[Any]:
@@ -460,7 +458,7 @@ class Chaos:
             if e.host_id in owner_of
         }
 
-        def read() -> tuple[list[Any], list[Any], list[Any], list[Any], list[Any]]:
+        def read() -> tuple[list[Any], list[Any], list[Any], list[Any]]:
             with psycopg.connect(db_url, autocommit=True) as conn:
                 invitees = conn.execute(
                     "SELECT i.invitee_uri, m.user_id, m.event_uri, i.status, i.rescheduled,"
@@ -473,16 +471,13 @@ class Chaos:
                 applied = conn.execute(
                     "SELECT event_id FROM calendly_webhook_events WHERE outcome = 'applied'"
                 ).fetchall()
-                statuses = conn.execute(
-                    "SELECT user_id, status, webhook_status FROM calendar_connections"
-                ).fetchall()
                 aside = conn.execute(
                     "SELECT reason, count(*) FROM calendly_webhook_events"
                     " WHERE outcome <> 'applied' GROUP BY 1"
                 ).fetchall()
-            return invitees, meetings, applied, statuses, aside
+            return invitees, meetings, applied, aside
 
-        invitees, meetings, applied, statuses, aside = await asyncio.to_thread(read)
+        invitees, meetings, applied, aside = await asyncio.to_thread(read)
         stored = {row[0]: tuple(row[1:]) for row in invitees}
         lost = [uri for uri in expected if uri not in stored]
         wrong_user = [
@@ -532,13 +527,14 @@ class Chaos:
         )
         revoked = r.facts.get("revoked_user")
         await self.wait_needs_reauth(db_url, revoked)
-        statuses = await asyncio.to_thread(
-            lambda: (
-                psycopg.connect(db_url, autocommit=True)
-                .execute("SELECT user_id, status, webhook_status FROM calendar_connections")
-                .fetchall()
-            )
-        )
+
+        def read_statuses() -> list[Any]:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                return conn.execute(
+                    "SELECT user_id, status, webhook_status FROM calendar_connections"
+                ).fetchall()
+
+        statuses = await asyncio.to_thread(read_statuses)
         bad = [
             (u, s) for u, s, _ in statuses if s != ("needs_reauth" if u == revoked else "active")
         ]

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -81,17 +80,6 @@ class Demo:
     async def host_id(self, email: str) -> str:
         users = (await self.call("GET", "/_sandbox/users"))["users"]
         return str(next(u["id"] for u in users if u["email"] == email))
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[bool]], seconds: float = 5.0, every: float = 0.05
-) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await probe():
-            return True
-        await asyncio.sleep(every)
-    return False
 
 
 async def scenario(demo: Demo) -> None:

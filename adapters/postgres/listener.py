@@ -39,7 +39,6 @@ class PostgresChangeListener:
         self._task: asyncio.Task[None] | None = None
         self._conn: psycopg.AsyncConnection[object] | None = None
         self.connected = asyncio.Event()
-        self.reconnects = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="postgres-change-listener")
@@ -83,7 +82,6 @@ class PostgresChangeListener:
                 log.warning("live.listener_lost", error=type(exc).__name__, retry_in=delay)
             self.connected.clear()
             self._conn = None
-            self.reconnects += 1
             await asyncio.sleep(delay * (1 + random.random() / 2))
             delay = min(delay * 2, self._max_backoff)
 
