@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import signal
 import sys
@@ -262,6 +263,15 @@ def apply_preload(app: web.Application, preload: Preload) -> None:
         world.settings = preload.settings
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 letting the system pick a free one."""
+    if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text) or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port: use a whole number from 0 to 65535 (0 picks a free one)"
+        )
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     parser = argparse.ArgumentParser(
@@ -269,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A stateful Calendly look-alike (OAuth, API, webhooks) for local use.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8765, help="port to listen on")
+    parser.add_argument("--port", type=port_number, default=8765, help="port to listen on")
     parser.add_argument("--base-url", help="base of every URI in responses (default: own URL)")
     parser.add_argument(
         "--client-id",

@@ -19,11 +19,36 @@ COMMANDS = {
     "sandbox": "run the Calendly sandbox (a local Calendly look-alike); see --help",
 }
 ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+WHOLE_NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*")
+HIGHEST_PORT = 65535
 
 
 def fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+def port_number(*, lowest: int = 1) -> Callable[[str], int]:
+    """An argparse type: a TCP port from `lowest` (0 lets the system pick a free one) up."""
+
+    def parse(text: str) -> int:
+        if not WHOLE_NUMBER.fullmatch(text) or not lowest <= int(text) <= HIGHEST_PORT:
+            picks = " (0 picks a free one)" if lowest == 0 else ""
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a port: use a whole number from {lowest} to {HIGHEST_PORT}{picks}"
+            )
+        return int(text)
+
+    return parse
+
+
+def file_descriptor(text: str) -> int:
+    """An argparse type: a file descriptor number (whether it is open is checked on use)."""
+    if not WHOLE_NUMBER.fullmatch(text) or int(text) < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a file descriptor: use a whole number from 0 up"
+        )
+    return int(text)
 
 
 def cmd_migrate(argv: Sequence[str]) -> int:
@@ -37,6 +62,10 @@ def cmd_migrate(argv: Sequence[str]) -> int:
     role = os.environ.get("DATABASE_RUNTIME_ROLE", "calendly_app").strip()
     if not url:
         return fail("DATABASE_URL is not set: give the connection URL of the Postgres database")
+    from entrypoints.settings import database_url_problem
+
+    if (problem := database_url_problem(url)) is not None:
+        return fail(problem)
     if not ROLE.fullmatch(role):
         return fail("DATABASE_RUNTIME_ROLE must be a plain lower-case SQL identifier")
 
@@ -67,9 +96,11 @@ def cmd_serve(argv: Sequence[str]) -> int:
         prog="calendly-connect serve", description="Run the HTTP service."
     )
     parser.add_argument("--host", help="override HOST")
-    parser.add_argument("--port", type=int, help="override PORT")
+    parser.add_argument("--port", type=port_number(), help="override PORT")
     parser.add_argument(
-        "--fd", type=int, help="serve on this inherited, listening socket (used by `dev`)"
+        "--fd",
+        type=file_descriptor,
+        help="serve on this inherited, listening socket (used by `dev`)",
     )
     args = parser.parse_args(argv)
     environ = dict(os.environ)

@@ -38,6 +38,10 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
+def complain(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
 def local_secrets(data_dir: Path) -> dict[str, str]:
     """Secrets for local use only, made once and kept (mode 0600) beside the local database."""
     path = data_dir / "secrets.json"
@@ -168,29 +172,44 @@ def wait_ready(url: str, seconds: float = 60.0) -> None:
     raise RuntimeError(f"the service at {url} did not become ready")
 
 
+def data_folder(text: str) -> Path:
+    """An argparse type: a folder for the local database and secrets, made if missing."""
+    path = Path(text)
+    for folder in (path, *path.parents):
+        if folder.exists() and not folder.is_dir():
+            raise argparse.ArgumentTypeError(
+                f"{text!r} cannot hold the local database: {folder} exists and is not a "
+                "directory; give a folder (it is created if missing)"
+            )
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from entrypoints.cli import port_number
+
+    def env(name: str, default: str) -> str:
+        # Strings, so that argparse checks them as it checks the command line.
+        return os.environ.get(name, "").strip() or default
+
+    any_port = port_number(lowest=0)
     parser = argparse.ArgumentParser(
         prog="calendly-connect dev",
         description="Run everything locally (embedded Postgres, sandbox, service).",
     )
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "1")))
-    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    parser.add_argument(
-        "--sandbox-port", type=int, default=int(os.environ.get("SANDBOX_PORT", "8765"))
-    )
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR", ".data")))
+    parser.add_argument("--workers", type=int, default=env("WORKERS", "1"))
+    parser.add_argument("--host", default=env("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=any_port, default=env("PORT", "8000"))
+    parser.add_argument("--sandbox-port", type=any_port, default=env("SANDBOX_PORT", "8765"))
+    parser.add_argument("--data-dir", type=data_folder, default=env("DATA_DIR", ".data"))
     return parser
 
 
 def main(argv: Any = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except ValueError:
-        say("error: WORKERS, PORT and SANDBOX_PORT must be whole numbers")
-        return 2
+    from entrypoints.settings import ConfigError
+
+    args = build_parser().parse_args(argv)
     if not 1 <= args.workers <= 32:
-        say("error: WORKERS must be between 1 and 32")
+        complain("WORKERS must be between 1 and 32")
         return 2
     stack = Stack()
 
@@ -206,14 +225,19 @@ def main(argv: Any = None) -> int:
     except KeyboardInterrupt:
         say("\n• stopping")
         return 0
-    except RuntimeError as exc:
-        say(f"error: {exc}")
+    except ConfigError as exc:
+        complain(str(exc))
+        return 2
+    except (RuntimeError, OSError) as exc:
+        complain(str(exc))
         return 1
     finally:
         stack.stop()
 
 
 def run(args: argparse.Namespace, stack: Stack) -> int:
+    from entrypoints.settings import load_settings
+
     env = dict(os.environ)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -247,6 +271,10 @@ def run(args: argparse.Namespace, stack: Stack) -> int:
             env["CALENDLY_AUTH_BASE_URL"] = sandbox_url
             env["CALENDLY_API_BASE_URL"] = sandbox_url
         env.setdefault("DEV_LOGIN_ENABLED", "true")
+    # What the service processes will read, checked once here: one clear report, not one per
+    # process, and the settings check sees the address the shared socket really listens on.
+    env["HOST"], env["PORT"] = args.host, str(port)
+    load_settings(env)
     say("• applying migrations")
     run_migrations(env)
     say(f"• starting {args.workers} service process(es) and the maintenance worker")

@@ -66,9 +66,15 @@ def check_signing_key(ctx: Context) -> Finding:
 
 
 def check_database(ctx: Context) -> Finding:
-    url = ctx.environ.get("DOCTOR_DATABASE_URL") or ctx.environ.get("DATABASE_URL")
+    name = "DOCTOR_DATABASE_URL" if ctx.environ.get("DOCTOR_DATABASE_URL") else "DATABASE_URL"
+    url = ctx.environ.get(name)
     if not url:
         return Finding("database reachable", "fail", "DATABASE_URL is not set", "set DATABASE_URL")
+    from entrypoints.settings import database_url_problem
+
+    # libpq's own complaint about a malformed URL quotes it, password and all.
+    if (problem := database_url_problem(url, name)) is not None:
+        return Finding("database reachable", "fail", problem, f"correct {name}")
     try:
         ctx.conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
     except psycopg.Error as exc:
@@ -280,6 +286,50 @@ def check_worker(ctx: Context) -> Finding:
     return Finding("maintenance worker running", "pass", f"{row[0]} worker(s) alive")
 
 
+# What the worker's most common errors mean, and what to do about each.
+MAINTENANCE_FIXES = {
+    "DecryptionFailed": "a key id was dropped from TOKEN_ENCRYPTION_KEY: add it back (keep old "
+    "keys for decryption, change TOKEN_ENCRYPTION_ACTIVE_KEY to rotate)",
+    "CalendlyUnavailable": "Calendly could not be reached or answered 5xx: check the network "
+    "and CALENDLY_API_BASE_URL; the worker keeps retrying",
+    "RateLimited": "Calendly's rate limit: the worker waits for each reset by itself",
+}
+
+
+@needs_db
+def check_maintenance(ctx: Context) -> Finding:
+    """connections whose maintenance keeps failing"""
+    name = "connections whose maintenance keeps failing"
+    assert ctx.conn is not None
+    table = ctx.conn.execute(
+        "SELECT 1 FROM information_schema.columns"
+        " WHERE table_name = 'connection_maintenance' AND column_name = 'retry_at'"
+    ).fetchone()
+    if table is None:
+        return Finding(name, "warn", "not checked: migrations are pending", "run: migrate")
+    # The maintenance rows hold ids, times and errors only; every role may read them.
+    rows = ctx.conn.execute(
+        "SELECT coalesce(last_error, '?'), count(*), max(failures), min(retry_at)"
+        " FROM connection_maintenance WHERE failures > 0 GROUP BY 1 ORDER BY 2 DESC"
+    ).fetchall()
+    if not rows:
+        return Finding(name, "pass", "none")
+    total = sum(n for _, n, _, _ in rows)
+    listed = "; ".join(
+        f"{n} x {error} (up to {most} failures in a row, next try {first:%Y-%m-%d %H:%M} UTC)"
+        for error, n, most, first in rows[:5]
+    )
+    fixes = [fix for key, fix in MAINTENANCE_FIXES.items() if any(key in e for e, *_ in rows)]
+    return Finding(
+        name,
+        "warn",
+        f"{total} connection(s): {listed}",
+        "; ".join(fixes)
+        or "read the worker's log lines `worker.maintenance_failed` (the first failure of each "
+        "connection carries its traceback); each connection is retried with back-off",
+    )
+
+
 @needs_db
 def check_unusable(ctx: Context) -> Finding:
     """deliveries stored aside (24 h)"""
@@ -314,6 +364,7 @@ CHECKS: Sequence[Callable[[Context], Finding]] = (
     check_subscriptions,
     check_reauth,
     check_worker,
+    check_maintenance,
     check_unusable,
 )
 
@@ -328,6 +379,8 @@ def run_checks(environ: Mapping[str, str]) -> list[Finding]:
 
 
 MARKS = {"pass": "✓", "warn": "!", "fail": "✗"}
+# Repair outcomes that leave a row without its URI for a reason a person must look at.
+UNREPAIRED = ("conflict", "failed")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -385,19 +438,23 @@ async def _repair(settings: Any, *, dry_run: bool) -> int:
         for n, user_id in enumerate(users, 1):
             result = await repair(user_id, dry_run=dry_run)
             counts[result.action] = counts.get(result.action, 0) + 1
-            if show_bar:
-                done = int(30 * n / len(users))
-                sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {n}/{len(users)}")
-                sys.stderr.flush()
-            else:
-                print(
-                    f"{result.user_id}: {result.action}"
-                    + (f" ({result.detail})" if result.detail else "")
-                )
+            line = f"{result.user_id}: {result.action}" + (
+                f" ({result.detail})" if result.detail else ""
+            )
+            if not show_bar:
+                print(line)
+                continue
+            if result.action in UNREPAIRED:
+                # Above the bar, so what needs a person is not lost in the progress display.
+                sys.stderr.write("\r\033[K")
+                print(line, flush=True)
+            done = int(30 * n / len(users))
+            sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {n}/{len(users)}")
+            sys.stderr.flush()
         if show_bar:
             sys.stderr.write("\n")
         summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing to repair"
         print(f"{len(users)} connection(s) without a Calendly user URI: {summary}")
-        return 1 if counts.get("failed") else 0
+        return 1 if any(counts.get(action) for action in UNREPAIRED) else 0
     finally:
         await resolve(container.shutdown_resources())

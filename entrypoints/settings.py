@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from typing import Final, Literal, TypeVar, cast
@@ -25,6 +26,8 @@ FALSE_WORDS: Final = frozenset({"false", "0", "no"})
 OAUTH_CALLBACK_PATH: Final = "/oauth/calendly/callback"
 WEBHOOK_CALLBACK_PATH: Final = "/webhooks/calendly"
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# What urllib's "Invalid IPv6 URL" (an unmatched bracket) asks of whoever wrote the URL.
+_BRACKETS: Final = "'[' and ']' may only enclose an IPv6 address, both of them, as in {example}"
 _T = TypeVar("_T")
 
 
@@ -71,6 +74,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_concurrency: int = 4
     worker_poll_seconds: float = 1.0
     worker_lease_seconds: int = 120
+    # The back-off after a failed maintenance: from this, doubling, up to the maximum.
+    worker_retry_base_seconds: float = 5.0
+    worker_retry_max_seconds: float = 1800.0
     sync_interval_seconds: int = 21_600
     plan_poll_seconds: int = 120
     subscription_check_seconds: int = 1_800
@@ -117,12 +123,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     database_url = env.required(
         "DATABASE_URL", "the Postgres URL, e.g. postgresql://user:password@localhost:5432/calendly"
     )
-    if database_url and not database_url.startswith(("postgresql://", "postgres://")):
-        env.problem(
-            "DATABASE_URL",
-            "DATABASE_URL must start with postgresql:// or postgres:// "
-            "(the value is not shown because it may contain a password)",
-        )
+    if database_url and (problem := database_url_problem(database_url)) is not None:
+        env.problem("DATABASE_URL", problem)
     role = env.optional("DATABASE_RUNTIME_ROLE") or "calendly_app"
     if not ROLE_PATTERN.fullmatch(role):
         env.problem(
@@ -199,12 +201,22 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             "DEV_LOGIN_ENABLED=true lets anyone sign in as any user, so it is only allowed when "
             "PUBLIC_BASE_URL is a localhost URL; unset it in this environment",
         )
+    host = env.optional("HOST") or "127.0.0.1"
+    if dev_login and not _is_loopback_host(host):
+        env.problem(
+            "DEV_LOGIN_ENABLED",
+            "DEV_LOGIN_ENABLED=true lets anyone who reaches the service sign in as any user, "
+            f"but HOST is {_shown(host)}, which may accept connections from other machines; set "
+            "HOST=127.0.0.1 (or ::1, localhost) or DEV_LOGIN_ENABLED=false",
+        )
 
     tolerance = env.integer("WEBHOOK_TOLERANCE_SECONDS", 180, 1, 3600)
     refresh_margin = env.integer("TOKEN_REFRESH_MARGIN_SECONDS", 300, 0, 3600)
     worker_concurrency = env.integer("WORKER_CONCURRENCY", 4, 1, 64)
     worker_poll = env.integer("WORKER_POLL_MILLISECONDS", 1000, 50, 60_000)
     worker_lease = env.integer("WORKER_LEASE_SECONDS", 120, 10, 3600)
+    retry_base = env.integer("WORKER_RETRY_BASE_MILLISECONDS", 5000, 10, 3_600_000)
+    retry_max = env.integer("WORKER_RETRY_MAX_SECONDS", 1800, 1, 86_400)
     sync_interval = env.integer("SYNC_INTERVAL_SECONDS", 21_600, 60, 7 * 86_400)
     plan_poll = env.integer("PLAN_POLL_SECONDS", 120, 10, 86_400)
     subscription_check = env.integer("SUBSCRIPTION_CHECK_SECONDS", 1_800, 10, 86_400)
@@ -220,7 +232,6 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         )
     log_format = env.choice("LOG_FORMAT", "auto", LOG_FORMATS, str.lower)
     log_level = env.choice("LOG_LEVEL", "INFO", LOG_LEVELS, str.upper)
-    host = env.optional("HOST") or "127.0.0.1"
     port = env.integer("PORT", 8000, 1, 65535)
 
     # The helpers hand back placeholders for bad values, so nothing is built unless all is well.
@@ -252,6 +263,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         worker_concurrency=worker_concurrency,
         worker_poll_seconds=worker_poll / 1000,
         worker_lease_seconds=worker_lease,
+        worker_retry_base_seconds=retry_base / 1000,
+        worker_retry_max_seconds=float(retry_max),
         sync_interval_seconds=sync_interval,
         plan_poll_seconds=plan_poll,
         subscription_check_seconds=subscription_check,
@@ -367,16 +380,33 @@ class _Environment:
         origins: list[str] = []
         for position, entry in enumerate(_split_list(raw), start=1):
             reason = _url_problem(entry)
-            parts = urlsplit(entry)
-            if reason is None and parts.path not in ("", "/"):
-                reason = "has a path; an origin is scheme://host[:port] only"
             if reason is not None:
                 self.problem(name, f"{name} entry {position} {reason}")
+                continue
+            parts = urlsplit(entry)
+            if parts.path not in ("", "/"):
+                self.problem(
+                    name,
+                    f"{name} entry {position} has a path; an origin is scheme://host[:port] only",
+                )
             elif (origin := _origin(parts)) not in origins:
                 origins.append(origin)
         if not origins and self.all_valid(name):
             self.problem(name, f"{name} holds no origin; list e.g. https://app.example.com")
         return tuple(origins)
+
+
+def database_url_problem(value: str, name: str = "DATABASE_URL") -> str | None:
+    """Why `value` cannot be the database URL `name`, or None; never repeats the value."""
+    hidden = "(the value is not shown because it may contain a password)"
+    if not value.startswith(("postgresql://", "postgres://")):
+        return f"{name} must start with postgresql:// or postgres:// {hidden}"
+    try:
+        urlsplit(value)
+    except ValueError:  # its text may quote the user:password part, so it is not shown
+        example = "postgresql://user:password@[::1]:5432/calendly"
+        return f"{name} cannot be read as a URL: {_BRACKETS.format(example=example)} {hidden}"
+    return None
 
 
 def _url_problem(value: str) -> str | None:
@@ -385,7 +415,11 @@ def _url_problem(value: str) -> str | None:
         return "is '*'; list the exact origins instead"
     if "@" in value:
         return "must not contain user:password@ (the value is not shown)"
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        example = _BRACKETS.format(example="http://[::1]:8000")
+        return f"is {_shown(value)}; it cannot be read as a URL ({exc}): {example}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"is {_shown(value)}; use an http(s) URL such as https://calendly.example.com"
     try:
@@ -404,6 +438,16 @@ def _url_problem(value: str) -> str | None:
 
 def _is_local(parts: SplitResult) -> bool:
     return (parts.hostname or "") in LOCAL_HOSTS
+
+
+def _is_loopback_host(host: str) -> bool:
+    """True when listening on `host` accepts connections from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: it may resolve anywhere
+        return False
 
 
 def _origin(parts: SplitResult) -> str:

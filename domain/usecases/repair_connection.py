@@ -6,13 +6,20 @@ from typing import Literal
 
 import msgspec
 
-from domain.errors import CalendlyError, ReauthorizationRequired
-from domain.model import ConnectionStatus
+from domain.errors import (
+    AccountAlreadyConnected,
+    CalendlyError,
+    ConcurrentUpdate,
+    ReauthorizationRequired,
+)
+from domain.model import CalendlyAccount, ConnectionStatus
 from domain.ports import CalendlyApi, Clock, UnitOfWorkFactory
 from domain.usecases.ensure_subscription import EnsureSubscription
 from domain.usecases.refresh_access_token import RefreshAccessToken
 
-RepairAction = Literal["repaired", "would_repair", "already_fine", "needs_reauth", "failed"]
+RepairAction = Literal[
+    "repaired", "would_repair", "already_fine", "needs_reauth", "conflict", "failed"
+]
 
 
 class RepairResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -26,7 +33,9 @@ class RepairConnection:
 
     Safe to run twice and while the service runs: a connection that has its URI is left
     alone, refreshes are serialised as everywhere else, and a connection whose grant is dead
-    becomes `needs_reauth` (its user sees a Reconnect banner).
+    becomes `needs_reauth` (its user sees a Reconnect banner). A row whose Calendly account
+    another app user has connected meanwhile is left as it is and answered as `conflict`:
+    which of the two keeps the account is for a person to decide.
     """
 
     def __init__(
@@ -77,12 +86,21 @@ class RepairConnection:
             return RepairResult(
                 user_id=user_id, action="failed", detail=f"Calendly answered {exc.status}"
             )
-        async with self._uow(user_id) as uow:
-            latest = await uow.connections.get(user_id, for_update=True)
-            if latest is None:
-                return RepairResult(user_id=user_id, action="already_fine", detail="gone")
-            saved = await uow.connections.save(latest.with_account(account, self._clock.now()))
-            await uow.commit()
+        try:
+            async with self._uow(user_id) as uow:
+                latest = await uow.connections.get(user_id, for_update=True)
+                if latest is None:
+                    return RepairResult(user_id=user_id, action="already_fine", detail="gone")
+                saved = await uow.connections.save(latest.with_account(account, self._clock.now()))
+                await uow.commit()
+        except AccountAlreadyConnected:
+            return await self._conflict(user_id, account)
+        except ConcurrentUpdate:
+            return RepairResult(
+                user_id=user_id,
+                action="failed",
+                detail="the connection changed meanwhile; run repair-connections again",
+            )
         try:
             saved = await self._ensure(saved)
         except CalendlyError as exc:
@@ -93,4 +111,18 @@ class RepairConnection:
             )
         return RepairResult(
             user_id=user_id, action="repaired", detail=f"webhooks {saved.webhook_status.value}"
+        )
+
+    async def _conflict(self, user_id: str, account: CalendlyAccount) -> RepairResult:
+        """The row's grant is for an account that webhooks already route to another user."""
+        async with self._uow() as uow:
+            owner = await uow.route(calendly_user_uris=(account.user_uri,))
+        holder = f"app user {owner.user_id!r}" if owner is not None else "another app user"
+        return RepairResult(
+            user_id=user_id,
+            action="conflict",
+            detail=f"its Calendly account {account.user_uri} is already connected to {holder}, "
+            "and one Calendly account can belong to one app user only; disconnect one of the "
+            "two (its user can then connect another Calendly account) and run "
+            "repair-connections again",
         )

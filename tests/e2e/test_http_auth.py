@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
 import jwt
 import pytest
 from litestar.testing import AsyncTestClient
@@ -101,9 +105,19 @@ async def test_dev_login_is_not_there_unless_enabled(api: Api) -> None:
     assert response.status_code == 404
 
 
-async def test_dev_login_issues_a_working_one_hour_token(api: Api) -> None:
+@asynccontextmanager
+async def dev_login_client(api: Api, peer: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app with dev login enabled whose connection comes from `peer`."""
     app = create_app(services_of(api.core, api.readiness), make_config(dev_login_enabled=True))
-    async with AsyncTestClient(app=app, base_url=BASE_URL) as client:
+    # httpx types the ASGI app loosely; Litestar's narrower signature is the same protocol.
+    transport = httpx.ASGITransport(app=app, client=(peer, 50000))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+        yield client
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "127.8.9.10", "::1"])
+async def test_dev_login_issues_a_working_one_hour_token(api: Api, peer: str) -> None:
+    async with dev_login_client(api, peer) as client:
         login = await client.post("/api/dev/login", json={"user_id": "alice@example.com"})
         token = login.json()["access_token"]
         response = await client.get(PROTECTED, headers={"authorization": f"Bearer {token}"})
@@ -115,6 +129,23 @@ async def test_dev_login_issues_a_working_one_hour_token(api: Api) -> None:
     assert claims["sub"] == "alice@example.com"
     assert claims["exp"] - claims["iat"] == 3600
     assert response.status_code == 404  # authenticated; no connection yet
+
+
+@pytest.mark.parametrize("peer", ["192.0.2.7", "10.0.0.1", "2001:db8::1", "::", "testclient"])
+@pytest.mark.parametrize("body", [{"user_id": "alice"}, {"user_id": ""}])
+async def test_dev_login_refuses_a_client_that_is_not_on_this_machine(
+    api: Api, peer: str, body: dict[str, object]
+) -> None:
+    async with dev_login_client(api, peer) as client:
+        response = await client.post("/api/dev/login", json=body)
+
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == 403
+    assert str(problem["type"]).endswith(":forbidden")
+    assert "loopback" in problem["detail"]
+    assert "access_token" not in response.text
 
 
 @pytest.mark.parametrize(
@@ -130,8 +161,7 @@ async def test_dev_login_issues_a_working_one_hour_token(api: Api) -> None:
     ],
 )
 async def test_dev_login_rejects_bad_user_ids_with_400(api: Api, body: dict[str, object]) -> None:
-    app = create_app(services_of(api.core, api.readiness), make_config(dev_login_enabled=True))
-    async with AsyncTestClient(app=app, base_url=BASE_URL) as client:
+    async with dev_login_client(api, "127.0.0.1") as client:
         response = await client.post("/api/dev/login", json=body)
 
     assert response.status_code == 400

@@ -82,43 +82,75 @@ async def test_a_dead_grant_turns_needs_reauth(real: RealCore) -> None:
     assert owner_sql(real, "SELECT status FROM calendar_connections") == [("needs_reauth",)]
 
 
-async def test_the_command_reports_and_repairs(real: RealCore) -> None:
-    await real.connect("stuck-user", "ada@example.com")
-    strip_account(real)
-    env = {
+def command_env(core: RealCore) -> dict[str, str]:
+    return {
         "PATH": os.environ.get("PATH", ""),
-        "DATABASE_URL": real.database_url,
-        "CALENDLY_OAUTH_CLIENT_ID": real.sandbox.client.client_id,
-        "CALENDLY_OAUTH_CLIENT_SECRET": real.sandbox.client.client_secret,
+        "DATABASE_URL": core.database_url,
+        "CALENDLY_OAUTH_CLIENT_ID": core.sandbox.client.client_id,
+        "CALENDLY_OAUTH_CLIENT_SECRET": core.sandbox.client.client_secret,
         "CALENDLY_WEBHOOK_SIGNING_KEY": "app-key-not-used-here",
-        "CALENDLY_AUTH_BASE_URL": real.sandbox.url,
-        "CALENDLY_API_BASE_URL": real.sandbox.url,
+        "CALENDLY_AUTH_BASE_URL": core.sandbox.url,
+        "CALENDLY_API_BASE_URL": core.sandbox.url,
         "PUBLIC_BASE_URL": "http://127.0.0.1:9",
         "CALENDLY_WEBHOOK_CALLBACK_BASE": CALLBACK_BASE,
-        "TOKEN_ENCRYPTION_KEY": "k1:" + base64.urlsafe_b64encode(real.key).decode(),
+        "TOKEN_ENCRYPTION_KEY": "k1:" + base64.urlsafe_b64encode(core.key).decode(),
         "JWT_SECRET": "j" * 40,
     }
 
-    async def run(*args: str) -> tuple[int, str]:
-        # Asynchronously: the sandbox answers from this test's own event loop.
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "entrypoints.cli",
-            "repair-connections",
-            *args,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-        return proc.returncode or 0, out.decode()
 
-    code, out = await run("--dry-run")
+async def run_repair(core: RealCore, *args: str) -> tuple[int, str]:
+    """`calendly-connect repair-connections` in a child process: exit code and output."""
+    # Asynchronously: the sandbox answers from this test's own event loop.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "entrypoints.cli",
+        "repair-connections",
+        *args,
+        env=command_env(core),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()
+
+
+async def test_the_command_reports_and_repairs(real: RealCore) -> None:
+    await real.connect("stuck-user", "ada@example.com")
+    strip_account(real)
+
+    code, out = await run_repair(real, "--dry-run")
     assert code == 0, out
     assert "stuck-user: would_repair" in out
-    code, out = await run()
+    code, out = await run_repair(real)
     assert code == 0, out
     assert "stuck-user: repaired" in out
-    code, out = await run()
+    code, out = await run_repair(real)
     assert "nothing to repair" in out
+
+
+async def test_an_account_conflict_is_reported_and_later_rows_are_still_repaired(
+    real: RealCore,
+) -> None:
+    # Two legacy rows; then another user connects the first row's Calendly account, so
+    # recording that account on the legacy row would break "one app user per account".
+    await real.connect("a-legacy", "ada@example.com")
+    await real.connect("c-legacy", "carol@example.com")
+    strip_account(real)
+    await real.connect("b-owner", "ada@example.com")
+
+    code, out = await run_repair(real)
+
+    assert code == 1, out
+    assert "Traceback" not in out
+    assert "uncaught exception" not in out
+    [line] = [line for line in out.splitlines() if line.startswith("a-legacy:")]
+    assert line.startswith("a-legacy: conflict (")
+    assert "already connected to app user 'b-owner'" in line
+    assert "disconnect" in line
+    assert "c-legacy: repaired" in out
+    assert "2 connection(s) without a Calendly user URI: conflict 1, repaired 1" in out
+    rows = owner_sql(
+        real, "SELECT user_id, calendly_user_uri IS NOT NULL FROM calendar_connections"
+    )
+    assert sorted(rows) == [("a-legacy", False), ("b-owner", True), ("c-legacy", True)]

@@ -16,6 +16,7 @@ CLIENT_SECRET = "client-secret-canary-91c2"
 SIGNING_KEY = "signing-key-canary-a1b2c3"
 OLD_SIGNING_KEY = "signing-key-canary-old-d4e5"
 JWT_SECRET = "jwt-secret-canary-0123456789abcdefghij"
+EVERY_INTERFACE = "0.0.0.0"  # noqa: S104 - a HOST value under test; nothing binds to it
 
 
 def b64(key: bytes) -> str:
@@ -236,6 +237,8 @@ def test_a_single_problem_reads_in_the_singular() -> None:
         ("LOG_FORMAT", "xml", "json, console, auto"),
         ("LOG_LEVEL", "VERBOSE", "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
         ("PORT", "65536", "from 1 to 65535"),
+        ("WORKER_RETRY_BASE_MILLISECONDS", "0", "from 10 to 3600000"),
+        ("WORKER_RETRY_MAX_SECONDS", "soon", "from 1 to 86400"),
     ],
 )
 def test_malformed_values_name_the_variable(name: str, value: str, expected: str) -> None:
@@ -267,6 +270,63 @@ def test_dev_login_is_refused_on_a_public_host() -> None:
     problem = single_problem(minimal_env(DEV_LOGIN_ENABLED="true"))
     assert problem.startswith("DEV_LOGIN_ENABLED=true")
     assert "localhost" in problem
+
+
+@pytest.mark.parametrize("host", [EVERY_INTERFACE, "::", "192.0.2.10", "calendly.example.com"])
+def test_dev_login_is_refused_unless_the_service_listens_on_loopback_only(host: str) -> None:
+    env = minimal_env(PUBLIC_BASE_URL="http://localhost:8000", DEV_LOGIN_ENABLED="true")
+    problem = single_problem({**env, "HOST": host})
+    assert problem.startswith("DEV_LOGIN_ENABLED=true")
+    assert f"HOST is {host!r}" in problem
+    assert "other machines" in problem
+    assert "HOST=127.0.0.1" in problem
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost", "LocalHost", ""])
+def test_dev_login_is_allowed_on_a_loopback_host(host: str) -> None:
+    env = minimal_env(PUBLIC_BASE_URL="http://localhost:8000", DEV_LOGIN_ENABLED="true")
+    assert load_settings({**env, "HOST": host}).dev_login_enabled is True
+
+
+def test_dev_login_on_a_public_url_and_a_public_host_names_both() -> None:
+    found = problems(minimal_env(DEV_LOGIN_ENABLED="true", HOST=EVERY_INTERFACE))
+    assert len(found) == 2, found
+    assert "PUBLIC_BASE_URL" in found[0]
+    assert "HOST is '0.0.0.0'" in found[1]
+
+
+URL_SETTINGS = (
+    "PUBLIC_BASE_URL",
+    "CALENDLY_AUTH_BASE_URL",
+    "CALENDLY_API_BASE_URL",
+    "CALENDLY_OAUTH_REDIRECT_URI",
+    "CALENDLY_WEBHOOK_CALLBACK_BASE",
+    "APP_ORIGINS",
+    "HOST_WEBHOOK_URL",
+)
+
+
+@pytest.mark.parametrize("name", URL_SETTINGS)
+@pytest.mark.parametrize(
+    "value", ["http://[::1:8000", "https://calendly.example.com]", "http://[x]"]
+)
+def test_a_url_with_unmatched_brackets_is_a_problem_not_a_crash(name: str, value: str) -> None:
+    env = minimal_env(**{name: value, "HOST_WEBHOOK_SECRET": "h" * 40})
+    problem = single_problem(env)
+    assert problem.startswith(name)
+    assert f"is {value!r}; it cannot be read as a URL" in problem
+    assert "'[' and ']' may only enclose an IPv6 address" in problem
+
+
+@pytest.mark.parametrize("host", ["[::1", "[abc]"])
+def test_a_database_url_with_unmatched_brackets_is_a_problem_shown_without_its_value(
+    host: str,
+) -> None:
+    problem = single_problem(minimal_env(DATABASE_URL=f"postgresql://o:{DB_PASSWORD}@{host}/db"))
+    assert problem.startswith("DATABASE_URL cannot be read as a URL")
+    assert "'[' and ']'" in problem
+    assert DB_PASSWORD not in problem
+    assert f"@{host}/db" not in problem
 
 
 def test_redirect_uri_is_kept_exactly() -> None:
