@@ -703,7 +703,7 @@ def _decode_item(method: str, path: str, raw: msgspec.Raw, kind: type[S]) -> S:
 def _decode_raw(method: str, path: str, status: int, raw: bytes, kind: type[S]) -> S:
     try:
         return msgspec.json.decode(raw, type=kind)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: absurdly deep JSON
         log.warning(
             "calendly.unparsable_response",
             method=method,
@@ -726,7 +726,7 @@ def _lenient_item(path: str, raw: msgspec.Raw, kind: type[S]) -> S | None:
     """
     try:
         return msgspec.json.decode(raw, type=kind)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         _skip(path, str(exc))
         return None
 

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from domain.meetings import Cancellation, Invitee, Meeting, MeetingStatus
 
 from . import wire
-
-
-def utc(value: datetime | None) -> datetime | None:
-    """Calendly sends UTC with `Z`; a time without a zone is taken as UTC, never compared naive."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+from .wire import utc
 
 
 def cancellation(source: wire.Cancellation | None) -> Cancellation | None:

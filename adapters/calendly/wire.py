@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -12,6 +12,43 @@ from domain.secret import Secret
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 # Calendly says 7200; anything from nothing to ten years is taken as given.
 Lifetime = Annotated[float, msgspec.Meta(ge=0, le=10 * 366 * 86_400)]
+# Calendly's locations are two levels deep; anything far deeper is not a location but a
+# payload built to exhaust a recursive reader or writer further on (RELIABILITY row 32).
+MAX_LOCATION_DEPTH: Final = 16
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """The time in UTC; a time without a zone is taken as UTC, never compared naive.
+
+    Raises ValueError when UTC cannot hold it (before year 1 or after 9999 once converted, as
+    `0001-01-01T00:00:00+05:00` is): Postgres would store such a time, but it could never be
+    read back as itself. Raised inside a Struct's `__post_init__`, it makes msgspec's decode
+    fail with a ValidationError, so a delivery carrying one is unusable (stored aside) and a
+    listed item is skipped.
+    """
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("a time is outside what a datetime holds in UTC") from None
+
+
+def nests_at_most(value: object, depth: int) -> bool:
+    """Whether dicts and lists nest no deeper than `depth` levels in `value` (no recursion)."""
+    level = [value]
+    for _ in range(depth):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return True
+    return not any(isinstance(item, dict | list) for item in level)
 
 
 # ------------------------------------------------------------------- OAuth
@@ -69,7 +106,7 @@ class WebhookSubscription(msgspec.Struct, kw_only=True):
         if not self.created_at:
             return None
         try:
-            return datetime.fromisoformat(self.created_at)
+            return utc(datetime.fromisoformat(self.created_at))
         except ValueError:
             return None
 
@@ -91,11 +128,15 @@ class RawPage(msgspec.Struct, kw_only=True):
 
 # ---------------------------------------------- scheduled events & invitees
 # Shared by the webhook decoder (an Invitee with its event embedded) and the REST listings.
+# Every time these carry is turned into UTC as it is decoded, or the decode fails (see `utc`).
 class Cancellation(msgspec.Struct, kw_only=True):
     canceled_by: str | None = None
     reason: str | None = None
     canceler_type: str | None = None
     created_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        self.created_at = utc(self.created_at)
 
 
 class Membership(msgspec.Struct, kw_only=True):
@@ -114,10 +155,19 @@ class ScheduledEvent(msgspec.Struct, kw_only=True):
     event_memberships: list[Membership] | None = None
     cancellation: Cancellation | None = None
 
+    def __post_init__(self) -> None:
+        self.start_time = utc(self.start_time)
+        self.end_time = utc(self.end_time)
+        if self.location is not None and not nests_at_most(self.location, MAX_LOCATION_DEPTH):
+            raise ValueError(f"the location nests deeper than {MAX_LOCATION_DEPTH} levels")
+
 
 class NoShow(msgspec.Struct, kw_only=True):
     uri: str | None = None
     created_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        self.created_at = utc(self.created_at)
 
 
 class Invitee(msgspec.Struct, kw_only=True):

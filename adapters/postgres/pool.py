@@ -3,22 +3,110 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import weakref
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Final
 
 import psycopg
 import psycopg_pool
 import structlog
 from psycopg import sql
+from psycopg.abc import AdaptContext, Buffer
+from psycopg.adapt import Loader
+from psycopg.pq import Format
 from psycopg.rows import dict_row
 
 Connection = psycopg.AsyncConnection[dict[str, Any]]
 log = structlog.get_logger(__name__)
 
+# ---------------------------------------------------------------- time bounds
+# Postgres holds times from 4713 BC to 294276 AD and +/-infinity; Python's datetime holds
+# years 1 to 9999. A stored time outside that (written before the decoders checked times, or
+# by hand) must not make every later read of its row fail: it reads as the nearest bound.
+EARLIEST: Final = datetime.min.replace(tzinfo=UTC)
+LATEST: Final = datetime.max.replace(tzinfo=UTC)
+# A year of five or more digits, as Postgres writes times after 9999 (ISO and JSON styles).
+_LARGE_YEAR: Final = re.compile(r"\+?\d{5,}-")
+
+
+def out_of_range(text: str) -> datetime | None:
+    """The bound that a time Postgres wrote as `text` passes, or None if it passes neither.
+
+    `-infinity` and BC times read as EARLIEST; `infinity` and years past 9999 as LATEST.
+    """
+    text = text.strip()
+    if text == "-infinity" or text.endswith("BC"):
+        return EARLIEST
+    if text == "infinity" or _LARGE_YEAR.match(text):
+        return LATEST
+    return None
+
+
+def within_range(moment: datetime) -> datetime:
+    """`moment`, or the bound it passes when UTC cannot hold it (year 1 at +05:00, say)."""
+    if moment.year not in (1, 9999) or moment.tzinfo is None:
+        return moment
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return EARLIEST if moment.year == 1 else LATEST
+    return moment
+
+
+_TIMESTAMPTZ: Final = psycopg.postgres.types["timestamptz"].oid
+
+
+class _ClampedTimestamptz(Loader):
+    """psycopg's own timestamptz loader, with times outside datetime's range clamped.
+
+    Exact for every time the session's zone writes inside years 1-9999. In a zone far from UTC,
+    a time within hours of an edge is written as BC or as year 10000: it reads as that edge.
+    """
+
+    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+        super().__init__(oid, context)
+        # The default loader (the C one when psycopg's binary package is installed) does the
+        # work; it raises DataError for values outside datetime's range.
+        default = psycopg.postgres.adapters.get_loader(oid, self.format)
+        if default is None:
+            raise LookupError(f"psycopg has no loader for timestamptz ({self.format.name})")
+        self._default = default(oid, context)
+
+    def load(self, data: Buffer) -> datetime:
+        try:
+            moment: datetime = self._default.load(data)
+        except psycopg.DataError:
+            bound = self._bound(bytes(data))
+            if bound is None:
+                raise
+            return bound
+        return within_range(moment)
+
+    @staticmethod
+    def _bound(data: bytes) -> datetime | None:
+        return out_of_range(data.decode("utf-8", "replace"))
+
+
+class _ClampedTimestamptzBinary(_ClampedTimestamptz):
+    format = Format.BINARY
+
+    @staticmethod
+    def _bound(data: bytes) -> datetime | None:
+        # Microseconds since 2000-01-01; +/-infinity are the extremes of int64.
+        return EARLIEST if int.from_bytes(data, "big", signed=True) < 0 else LATEST
+
+
+def clamp_times(conn: psycopg.AsyncConnection[Any] | psycopg.Connection[Any]) -> None:
+    """Read timestamptz values outside datetime's range as EARLIEST or LATEST on `conn`."""
+    conn.adapters.register_loader(_TIMESTAMPTZ, _ClampedTimestamptz)
+    conn.adapters.register_loader(_TIMESTAMPTZ, _ClampedTimestamptzBinary)
+
 
 def _configure(role: str | None) -> Any:
     async def configure(conn: Connection) -> None:
+        clamp_times(conn)
         if role:
             await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
         await conn.commit()
