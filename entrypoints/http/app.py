@@ -19,8 +19,9 @@ from litestar.types import ControllerRouterHandler
 
 from entrypoints.services import Services
 
-from .auth import JwtAuthenticator, current_user
+from .auth import JwtAuthenticator, current_principal, current_user
 from .config import HttpConfig
+from .cursors import MeetingCursors
 from .errors import ErrorTable
 from .middleware import RequestContextMiddleware
 from .routes.calendly import CalendlyConnectionController
@@ -100,7 +101,10 @@ def create_app(
         Router(
             path="/",
             route_handlers=[CalendlyConnectionController, list_meetings, live_updates],
-            dependencies={"user_id": Provide(current_user)},
+            dependencies={
+                "principal": Provide(current_principal),
+                "user_id": Provide(current_user),
+            },
             security=[{"bearer": []}],
         ),
         oauth_callback,
@@ -130,6 +134,7 @@ def create_app(
                 JwtAuthenticator(config.jwt_secret, config.jwt_audience, config.jwt_issuer)
             ),
             "errors": _constant(errors),
+            "cursors": _constant(MeetingCursors.derived_from(config.jwt_secret)),
         },
         exception_handlers={Exception: errors.handler()},
         openapi_config=_openapi(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -37,6 +38,24 @@ def bearer_token(authorization: str | None) -> str | None:
     return token
 
 
+@dataclass(frozen=True)
+class Principal:
+    """Who a valid bearer token speaks for, and until when (None: the token names no end)."""
+
+    user_id: str
+    expires_at: datetime | None
+
+
+def _expiry(claims: dict[str, Any]) -> datetime | None:
+    """The `exp` claim as PyJWT checked it (`int(exp)`); None when absent or past year 9999."""
+    if "exp" not in claims:
+        return None
+    try:
+        return datetime.fromtimestamp(int(claims["exp"]), tz=UTC)
+    except (OverflowError, OSError, ValueError, TypeError):
+        return None  # accepted by PyJWT, but beyond any datetime: it never ends in practice
+
+
 class JwtAuthenticator:
     """Checks (and, for dev login, issues) HS256 tokens whose `sub` is the app's user id."""
 
@@ -54,6 +73,10 @@ class JwtAuthenticator:
 
     def verify(self, token: str) -> str:
         """The user id in a valid token; raises NotAuthenticated for anything else."""
+        return self.authenticate(token).user_id
+
+    def authenticate(self, token: str) -> Principal:
+        """The user and expiry of a valid token; raises NotAuthenticated for anything else."""
         required = ["exp", "sub", "aud"] + (["iss"] if self._issuer is not None else [])
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -76,7 +99,7 @@ class JwtAuthenticator:
             or not subject.isprintable()
         ):
             raise NotAuthenticated("the bearer token names no usable user")
-        return subject
+        return Principal(user_id=subject, expires_at=_expiry(claims))
 
     def issue(self, user_id: str, ttl: timedelta = DEV_TOKEN_TTL) -> tuple[str, datetime]:
         """A token for `user_id` and when it expires (only dev login calls this)."""
@@ -93,16 +116,21 @@ class JwtAuthenticator:
         return jwt.encode(claims, self._secret.reveal(), algorithm=ALGORITHM), expires_at
 
 
-async def current_user(
+async def current_principal(
     request: Request[Any, Any, Any], auth: NamedDependency[JwtAuthenticator]
-) -> str:
-    """Dependency: the signed-in user's id, or a 401 problem."""
+) -> Principal:
+    """Dependency: the signed-in user and their token's expiry, or a 401 problem."""
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
         raise NotAuthenticated("sign in first: send 'Authorization: Bearer <token>'")
-    user_id = auth.verify(token)
-    structlog.contextvars.bind_contextvars(user_id=user_id)
-    return user_id
+    principal = auth.authenticate(token)
+    structlog.contextvars.bind_contextvars(user_id=principal.user_id)
+    return principal
+
+
+async def current_user(principal: NamedDependency[Principal]) -> str:
+    """Dependency: the signed-in user's id (from `principal`, resolved once per request)."""
+    return principal.user_id
 
 
 async def optional_user(
@@ -111,4 +139,4 @@ async def optional_user(
     """Dependency: like `current_user`, but None when no Authorization header was sent."""
     if "authorization" not in request.headers:
         return None
-    return await current_user(request, auth)
+    return (await current_principal(request, auth)).user_id

@@ -28,7 +28,9 @@ _TEXT: Final = Schema(type=OpenAPIType.STRING)
 _LIVE_EVENT: Final = Schema(
     type=OpenAPIType.OBJECT,
     properties={
-        "event": Schema(type=OpenAPIType.STRING, enum=["ready", "meetings", "connection"]),
+        "event": Schema(
+            type=OpenAPIType.STRING, enum=["ready", "meetings", "connection", "expired"]
+        ),
         "data": Schema(type=OpenAPIType.STRING, description="The event's JSON document"),
         "id": Schema(type=OpenAPIType.STRING, description="Send as Last-Event-ID to resume"),
     },

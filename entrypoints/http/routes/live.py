@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
@@ -14,6 +16,7 @@ from litestar.params import HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from domain.errors import ConnectionNotFound, StorageUnavailable
+from entrypoints.http.auth import Principal
 from entrypoints.http.errors import invalid_parameter, problem_specs
 from entrypoints.http.openapi import EventStreamOperation
 from entrypoints.http.schemas import ConnectionResponse, MeetingResponse
@@ -38,20 +41,48 @@ async def _connection(services: Services, user_id: str) -> ServerSentEventMessag
     return ServerSentEventMessage(event="connection", data=_json(body))
 
 
+class _TokenExpired(Exception):
+    """The stream's bearer token has expired: nothing more may be sent on it."""
+
+
+class _Deadline:
+    """The end of a stream's bearer token (None: the token names none, the stream has none)."""
+
+    def __init__(self, expires_at: datetime | None) -> None:
+        self._at = expires_at
+
+    def left(self) -> float:
+        """Seconds until the token expires."""
+        if self._at is None:
+            return math.inf
+        return (self._at - datetime.now(tz=UTC)).total_seconds()
+
+    def check(self) -> None:
+        """Raises _TokenExpired once the token has expired (as PyJWT sees it: at `exp`)."""
+        if self.left() <= 0:
+            raise _TokenExpired
+
+
 async def _stream(
-    services: Services, user_id: str, after: int | None
+    services: Services, user_id: str, after: int | None, deadline: _Deadline
 ) -> AsyncIterator[ServerSentEventMessage]:
+    # Every read is followed by deadline.check() before what it found is sent: whatever was
+    # committed after the token expired never leaves on this stream.
     hub = services.live_hub
     queue = hub.subscribe(user_id)  # before the first query: nothing can slip in between
     try:
         start = await services.meeting_changes(user_id, None)
+        deadline.check()
         cursor = start.cursor if after is None else after
         yield ServerSentEventMessage(event="ready", data=_json({"cursor": cursor}))
         pending = after is not None
-        yield await _connection(services, user_id)
+        connection = await _connection(services, user_id)
+        deadline.check()
+        yield connection
         while True:
             while pending:
                 changes = await services.meeting_changes(user_id, cursor)
+                deadline.check()
                 if changes.meetings:
                     cursor = changes.cursor
                     meetings = [MeetingResponse.of(m) for m in changes.meetings]
@@ -60,13 +91,20 @@ async def _stream(
                     )
                 pending = changes.more
             try:
-                kind = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
+                wait = min(HEARTBEAT_SECONDS, deadline.left())
+                kind = await asyncio.wait_for(queue.get(), wait)
             except TimeoutError:
+                deadline.check()
                 yield ServerSentEventMessage(comment="ping")
                 continue
             pending = kind in ("meetings", RECHECK)
             if kind in ("connection", RECHECK):
-                yield await _connection(services, user_id)
+                connection = await _connection(services, user_id)
+                deadline.check()
+                yield connection
+    except _TokenExpired:
+        # The page reconnects with a fresh token and its last id, and misses nothing.
+        yield ServerSentEventMessage(event="expired", data=_json({"reason": "token_expired"}))
     except StorageUnavailable:
         # The page reconnects with its last id and misses nothing.
         yield ServerSentEventMessage(comment="storage unavailable, reconnect later")
@@ -83,7 +121,7 @@ async def _stream(
 )
 async def live_updates(
     services: NamedDependency[Services],
-    user_id: NamedDependency[str],
+    principal: NamedDependency[Principal],
     last_event_id: Annotated[
         str,
         HeaderParameter(
@@ -97,7 +135,9 @@ async def live_updates(
     """Changes to the user's meetings and connection as they happen (text/event-stream).
 
     Events: `ready` {cursor}; `meetings` {meetings: [...]} with an id to resume from;
-    `connection` {connection | null}; comment lines as heartbeats.
+    `connection` {connection | null}; comment lines as heartbeats. The stream ends when the
+    bearer token expires, after an `expired` {reason} event: reconnect with a fresh token and
+    `Last-Event-ID`.
     """
     after: int | None = None
     if last_event_id:
@@ -108,6 +148,6 @@ async def live_updates(
             )
         after = int(last_event_id)
     return ServerSentEvent(
-        _stream(services, user_id, after),
+        _stream(services, principal.user_id, after, _Deadline(principal.expires_at)),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -13,16 +13,9 @@ from litestar.params import FromQuery, QueryParameter
 from domain.meetings import MeetingStatus
 from domain.ports import MeetingQuery
 from domain.usecases.queries import MAX_PAGE
+from entrypoints.http.cursors import MAX_CURSOR_LENGTH, InvalidCursor, Keyset, MeetingCursors
 from entrypoints.http.errors import invalid_parameter, problem_specs
-from entrypoints.http.schemas import (
-    MAX_CURSOR_LENGTH,
-    InvalidCursor,
-    Keyset,
-    MeetingResponse,
-    MeetingsResponse,
-    decode_cursor,
-    encode_cursor,
-)
+from entrypoints.http.schemas import MeetingResponse, MeetingsResponse
 from entrypoints.services import Services
 
 # RFC 3339 (the OpenAPI `date-time` format) only: Litestar's own conversion to datetime also
@@ -45,11 +38,11 @@ def _aware(name: str, value: str | None) -> datetime | None:
     raise invalid_parameter(name, "include a UTC offset, e.g. 2030-01-01T00:00:00Z")
 
 
-def _keyset(cursor: str | None) -> Keyset | None:
+def _keyset(cursors: MeetingCursors, cursor: str | None) -> Keyset | None:
     if cursor is None:
         return None
     try:
-        return decode_cursor(cursor)
+        return cursors.decode(cursor)
     except InvalidCursor as exc:
         raise invalid_parameter("cursor", str(exc)) from exc
 
@@ -63,6 +56,7 @@ def _keyset(cursor: str | None) -> Keyset | None:
 async def list_meetings(
     services: NamedDependency[Services],
     user_id: NamedDependency[str],
+    cursors: NamedDependency[MeetingCursors],
     status: FromQuery[MeetingStatus | None] = None,
     starts_after: Annotated[
         str | None,
@@ -93,11 +87,11 @@ async def list_meetings(
         status=status,
         starts_after=_aware("starts_after", starts_after),
         starts_before=_aware("starts_before", starts_before),
-        after=_keyset(cursor),
+        after=_keyset(cursors, cursor),
         limit=limit,
     )
     page = await services.list_meetings(user_id, query)
     return MeetingsResponse(
         meetings=tuple(MeetingResponse.of(view) for view in page.meetings),
-        next_cursor=encode_cursor(page.next_after) if page.next_after else None,
+        next_cursor=cursors.encode(page.next_after) if page.next_after else None,
     )

@@ -127,6 +127,8 @@ function jittered(base) {
  * - `onEvent(type, payload, {resync})`: parsed JSON of each event; `resync` on a `ready` that
  *   started without a cursor (anything before it may have been missed).
  * - `onState(state)`: "connecting" | "live" | "reconnecting" | "unavailable" | "offline" | "stopped".
+ * The server ends a stream when its token expires (an `expired` event first): the client then
+ * renews the token at once and resumes from its last id, without waiting to be refused.
  */
 export class LiveClient {
   constructor({ token, renew, onEvent, onState, path = "/api/live" }) {
@@ -140,6 +142,7 @@ export class LiveClient {
     this.serverRetry = null;
     this.running = false;
     this.renewed = false;
+    this.expired = false;
     this.controller = null;
     this.wake = null;
     this.state = "stopped";
@@ -189,6 +192,15 @@ export class LiveClient {
       if (!this.running) {
         break;
       }
+      if (outcome === "closed" && this.expired) {
+        // The token ran out: a fresh one now, then straight back (it counts as the renewal).
+        if (await this.renew()) {
+          this.renewed = true;
+          continue;
+        }
+        this.stop();
+        break;
+      }
       if (outcome === "unauthorized") {
         // One fresh token per refusal; refused again before any `ready`: give up.
         if (!this.renewed && (await this.renew())) {
@@ -230,6 +242,7 @@ export class LiveClient {
   }
 
   async connectOnce() {
+    this.expired = false;
     const controller = new AbortController();
     this.controller = controller;
     const headers = { Accept: "text/event-stream" };
@@ -303,6 +316,10 @@ export class LiveClient {
       payload = JSON.parse(event.data);
     } catch {
       return; // not ours to understand; the stream goes on
+    }
+    if (event.type === "expired") {
+      this.expired = true; // the stream ends next; `loop` renews the token
+      return;
     }
     if (event.type === "ready") {
       this.attempt = 0;
