@@ -200,6 +200,9 @@ class Chaos:
                 "LOG_LEVEL": "WARNING",
                 "LOG_FORMAT": "json",
                 "WORKER_POLL_MILLISECONDS": "200",
+                # Time is compressed here as in the sandbox: back-offs of seconds, not minutes.
+                "WORKER_RETRY_BASE_MILLISECONDS": "200",
+                "WORKER_RETRY_MAX_SECONDS": "2",
                 "DB_POOL_MAX_SIZE": "8",
             }
             logs = self.workdir / "logs"
@@ -565,7 +568,9 @@ class Chaos:
     async def wait_needs_reauth(self, db_url: str, user: str | None) -> None:
         if user is None:
             return
-        deadline = time.monotonic() + 30
+        # The worker meets the injected 429/503 bursts first and backs off between tries
+        # (compressed: at most 2 s each), so this can take a while; it ends once seen.
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             with psycopg.connect(db_url, autocommit=True) as conn:
                 row = conn.execute(

@@ -129,6 +129,14 @@ class CalendlyApi(Protocol):
 
 
 # ------------------------------------------------------------------ storage
+class MaintenanceTrouble(msgspec.Struct, frozen=True, kw_only=True):
+    """The worker keeps failing on a connection: how often, why, and when it tries again."""
+
+    failures: int
+    last_error: str | None
+    retry_at: datetime | None
+
+
 class ConnectionRepository(Protocol):
     """The current tenant's Calendly connection (one per app user)."""
 
@@ -146,6 +154,10 @@ class ConnectionRepository(Protocol):
         Returns it with the next version; raises ConcurrentUpdate when the version moved and
         AccountAlreadyConnected when its Calendly account belongs to another user.
         """
+        ...
+
+    async def trouble(self, user_id: str) -> MaintenanceTrouble | None:
+        """What the worker's failures on this connection are, if its last pass failed."""
         ...
 
 
@@ -235,6 +247,8 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str
     connection_id: str
     calendly_user_uri: str
+    # The connection's own webhook signing key, when it has a subscription of ours.
+    signing_key: Secret | None = None
 
 
 class UnitOfWork(Protocol):
@@ -259,9 +273,14 @@ class UnitOfWork(Protocol):
         ...
 
     async def route(
-        self, *, webhook_token: str | None, calendly_user_uri: str | None
+        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
     ) -> Route | None:
-        """Find the connection a delivery belongs to, before any tenant is known."""
+        """Find the connection a delivery belongs to, before any tenant is known.
+
+        By `webhook_token` (a connection's own callback URL), else by the first of
+        `calendly_user_uris` that a connected user holds, in their order. One indexed lookup
+        either way, however many URIs are given (callers cap them).
+        """
         ...
 
     async def lock(self, name: str) -> None:
@@ -316,6 +335,11 @@ class MaintenanceResult(msgspec.Struct, frozen=True, kw_only=True):
     sync_due: datetime | None = None
     synced_at: datetime | None = None
     error: str | None = None
+    # Not to be claimed again before this (a back-off after an error); None: as soon as due.
+    retry_at: datetime | None = None
+    # The error was a rate limit, waited out by `retry_at`: it does not count as a failure in
+    # a row (so it does not lengthen the next back-off).
+    rate_limited: bool = False
 
 
 class MaintenanceQueue(Protocol):

@@ -174,6 +174,12 @@ class Container(containers.DeclarativeContainer):
             sync_without_webhooks=providers.Factory(
                 timedelta, seconds=settings.provided.plan_poll_seconds
             ),
+            retry_base=providers.Factory(
+                timedelta, seconds=settings.provided.worker_retry_base_seconds
+            ),
+            retry_max=providers.Factory(
+                timedelta, seconds=settings.provided.worker_retry_max_seconds
+            ),
         ),
     )
     maintenance_queue = providers.Singleton(PostgresMaintenanceQueue, pool=pool)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 import structlog
 
 from adapters.host_notifications import HostNotifier
-from domain.ports import MaintenanceDue, MaintenanceQueue, MaintenanceResult
+from domain.ports import MaintenanceDue, MaintenanceQueue
 from domain.usecases.maintain_connection import MaintainConnection
 from entrypoints.container import Container, resolve
 from entrypoints.settings import Settings
@@ -28,7 +28,13 @@ def worker_id() -> str:
 
 
 class Worker:
-    """Claims due connections, maintains them concurrently, records the outcome."""
+    """Claims due connections and maintains each in its own task, up to a fixed concurrency.
+
+    A slot is refilled as soon as its connection is done, so one slow connection (a Calendly
+    that times out, a rate-limit wait) holds one slot, never a whole batch. Every failure is
+    recorded with a back-off (`retry_at`): a connection that keeps failing is left alone for
+    longer and longer and cannot crowd out the others.
+    """
 
     def __init__(
         self,
@@ -43,51 +49,90 @@ class Worker:
         self._notifier = notifier
         self._settings = settings
         self.owner = owner or worker_id()
-        self._slots = asyncio.Semaphore(settings.worker_concurrency)
+        self._capacity = settings.worker_concurrency
+        self._running: set[asyncio.Task[None]] = set()
+        self._finished = asyncio.Event()
         self.handled = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("worker.started", worker=self.owner)
         last_beat = 0.0
-        while not stop.is_set():
-            if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
-                await self._safely(self._queue.heartbeat(self.owner))
-                await self._safely(self._notifier.deliver_pending())
-                last_beat = time.monotonic()
-            claimed = await self.run_once()
-            if not claimed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._settings.worker_poll_seconds)
+        try:
+            while not stop.is_set():
+                if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
+                    await self._safely(self._queue.heartbeat(self.owner))
+                    await self._safely(self._notifier.deliver_pending())
+                    last_beat = time.monotonic()
+                free = self._capacity - len(self._running)
+                claimed = await self._start(free) if free > 0 else 0
+                if claimed < free:  # nothing more is due now: wait for time or a free slot
+                    await self._pause(stop, self._settings.worker_poll_seconds)
+                elif free <= 0:  # every slot is busy: wait for one to finish
+                    await self._pause(stop, HEARTBEAT_SECONDS)
+        finally:
+            if self._running:  # finish what was started: its lease would hold it otherwise
+                await asyncio.gather(*self._running, return_exceptions=True)
         log.info("worker.stopped", worker=self.owner, handled=self.handled)
 
     async def run_once(self) -> int:
-        """One claim-and-work round; returns how many connections it handled."""
+        """Claim what is due (up to the free slots), handle it all; returns how many."""
+        before = set(self._running)
+        claimed = await self._start(self._capacity - len(self._running))
+        started = self._running - before
+        if started:
+            await asyncio.gather(*started)
+        return claimed
+
+    async def _start(self, slots: int) -> int:
         try:
             claimed = await self._queue.claim(
                 owner=self.owner,
-                limit=self._settings.worker_concurrency * 2,
+                limit=slots,
                 lease_seconds=self._settings.worker_lease_seconds,
                 refresh_margin_seconds=self._settings.refresh_margin_seconds,
             )
         except Exception as exc:  # the loop outlives a database outage
             log.warning("worker.claim_failed", error=type(exc).__name__)
             return 0
-        await asyncio.gather(*(self._handle(due) for due in claimed))
+        for due in claimed:
+            task = asyncio.create_task(self._handle(due), name=f"maintain:{due.connection_id}")
+            self._running.add(task)
+            task.add_done_callback(self._done)
         return len(claimed)
 
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._finished.set()
+
+    async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
+        """Until `stop`, a slot frees up, or `seconds` pass."""
+        self._finished.clear()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._finished.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
     async def _handle(self, due: MaintenanceDue) -> None:
-        async with self._slots:
-            try:
-                result = await self._maintain(due)
-            except Exception as exc:  # one connection never stops the worker
-                log.exception("worker.maintenance_failed", connection_id=due.connection_id)
-                result = MaintenanceResult(error=f"unexpected {type(exc).__name__}")
-            if result.error:
-                log.warning(
-                    "worker.maintenance_error", connection_id=due.connection_id, error=result.error
+        try:
+            result = await self._maintain(due)
+        except Exception as exc:  # one connection never stops the worker
+            result = self._maintain.failed(due, exc)
+            if due.failures == 0:  # the first time with its traceback, then one line a step
+                log.exception(
+                    "worker.maintenance_failed", connection_id=due.connection_id, failures=1
                 )
-            await self._safely(self._queue.complete(due, self.owner, result))
-            self.handled += 1
+        if result.error:
+            log.warning(
+                "worker.maintenance_error",
+                connection_id=due.connection_id,
+                error=result.error,
+                failures=due.failures if result.rate_limited else due.failures + 1,
+                retry_at=result.retry_at.isoformat() if result.retry_at else None,
+            )
+        await self._safely(self._queue.complete(due, self.owner, result))
+        self.handled += 1
 
     @staticmethod
     async def _safely(work: Awaitable[object]) -> None:
@@ -97,7 +142,13 @@ class Worker:
             log.warning("worker.step_failed", error=type(exc).__name__)
 
 
+# A worker never sleeps long on a token's rate budget: past this it gives the slot back and
+# the connection comes back when the window has reset (RateLimited -> retry_at).
+WORKER_RATE_LIMIT_WAIT = 2.0
+
+
 async def build_worker(container: Container, settings: Settings) -> Worker:
+    container.calendly.add_kwargs(max_rate_limit_wait=WORKER_RATE_LIMIT_WAIT)
     return Worker(
         queue=await resolve(container.maintenance_queue()),
         maintain=await resolve(container.maintain_connection()),

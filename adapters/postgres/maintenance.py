@@ -16,6 +16,7 @@ CLAIM = """
 WITH due AS (
     SELECT connection_id FROM connection_maintenance
     WHERE (lease_until IS NULL OR lease_until < now())
+      AND (retry_at IS NULL OR retry_at <= now())
       AND (refresh_due - %(margin)s <= now() OR subscription_due <= now() OR sync_due <= now())
     ORDER BY least(refresh_due - %(margin)s, subscription_due, sync_due)
     FOR UPDATE SKIP LOCKED
@@ -38,8 +39,11 @@ UPDATE connection_maintenance SET
                         THEN least(sync_due, %(sync_due)s::timestamptz)
                     ELSE %(sync_due)s::timestamptz END,
     synced_at = coalesce(%(synced_at)s, synced_at),
-    failures = CASE WHEN %(error)s::text IS NULL THEN 0 ELSE failures + 1 END,
+    -- Failures in a row; a rate limit waited out is not one.
+    failures = CASE WHEN %(error)s::text IS NULL THEN 0
+                    WHEN %(rate_limited)s THEN failures ELSE failures + 1 END,
     last_error = %(error)s,
+    retry_at = %(retry_at)s,
     lease_owner = NULL, lease_until = NULL
 WHERE connection_id = %(connection_id)s AND lease_owner = %(owner)s
 """
@@ -83,6 +87,8 @@ class PostgresMaintenanceQueue(MaintenanceQueue):
                     "claimed_sync_due": due.sync_due,
                     "synced_at": result.synced_at,
                     "error": result.error,
+                    "retry_at": result.retry_at,
+                    "rate_limited": result.rate_limited,
                 },
             )
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import psycopg
 from psycopg.types.json import Jsonb
 
+from adapters.text import storable, storable_json, storable_or_none
 from domain.errors import AccountAlreadyConnected, ConcurrentUpdate
 from domain.meetings import Cancellation, Invitee, Meeting, MeetingStatus
 from domain.model import (
@@ -23,6 +24,7 @@ from domain.model import (
 from domain.ports import (
     AuthorizationRepository,
     ConnectionRepository,
+    MaintenanceTrouble,
     MeetingChange,
     MeetingQuery,
     MeetingRepository,
@@ -31,6 +33,8 @@ from domain.ports import (
     WebhookOutcome,
 )
 from domain.secret import Secret
+
+from .pool import out_of_range, within_range
 
 if TYPE_CHECKING:
     from .unit_of_work import Session as Conn
@@ -72,6 +76,12 @@ SELECT_CONNECTION = f"""
 SELECT {CONNECTION_COLUMNS} FROM calendar_connections
 WHERE user_id = %(user_id)s AND provider = 'calendly'
 """  # noqa: S608
+# The worker's trouble with the tenant's connection (the maintenance rows are not per tenant:
+# hence the explicit filter).
+SELECT_TROUBLE = """
+SELECT failures, last_error, retry_at FROM connection_maintenance
+WHERE user_id = %(user_id)s AND failures > 0
+"""
 INSERT_CONNECTION = """
 INSERT INTO calendar_connections (
     id, user_id, status, calendly_user_uri, calendly_organization_uri, provider_account_email,
@@ -99,6 +109,11 @@ UPDATE calendar_connections SET
 WHERE id = %(id)s AND version = %(version)s
 RETURNING version
 """
+
+
+def secret_context(connection_id: str, column: str) -> str:
+    """What a sealed secret of a connection is bound to: its row and its column."""
+    return f"calendar_connections:{connection_id}:{column}"
 
 
 class PostgresConnectionRepository(ConnectionRepository):
@@ -131,6 +146,11 @@ class PostgresConnectionRepository(ConnectionRepository):
             raise ConcurrentUpdate(f"connection {connection.id} changed meanwhile")
         return msgspec.structs.replace(connection, version=row["version"])
 
+    async def trouble(self, user_id: str) -> MaintenanceTrouble | None:
+        cursor = await self._conn.execute(SELECT_TROUBLE, {"user_id": user_id})
+        row = await cursor.fetchone()
+        return None if row is None else msgspec.convert(row, MaintenanceTrouble)
+
     @staticmethod
     def _conflict(exc: psycopg.errors.UniqueViolation, connection: Connection) -> Exception:
         if exc.diag.constraint_name == ONE_USER_PER_ACCOUNT and connection.account is not None:
@@ -138,7 +158,7 @@ class PostgresConnectionRepository(ConnectionRepository):
         return ConcurrentUpdate(f"connection {connection.id} conflicts with a stored one")
 
     def _context(self, connection_id: str, column: str) -> str:
-        return f"calendar_connections:{connection_id}:{column}"
+        return secret_context(connection_id, column)
 
     def _seal(self, connection_id: str, column: str, secret: Secret | None) -> bytes | None:
         if secret is None:
@@ -270,6 +290,8 @@ class PostgresAuthorizationRepository(AuthorizationRepository):
 # The advisory lock per user makes one user's changes commit in the order of their change_seq
 # values, so a reader that has seen change N can never later find a committed change below N
 # (live updates resume from such a cursor). Selecting FROM it orders the lock before the insert.
+# change_seq is the user's own counter: a BEFORE INSERT trigger (migrations/0005) sets the
+# proposed row's to the user's highest + 1, and EXCLUDED carries it into the update.
 APPLY_CHANGE = """
 WITH serial AS (
     SELECT pg_advisory_xact_lock(hashtextextended('meetings:' || %(user_id)s, 0))
@@ -290,7 +312,7 @@ meeting AS (
                       THEN 'canceled' ELSE 'active' END,
         location = coalesce(EXCLUDED.location, t.location),
         cancellation = coalesce(t.cancellation, EXCLUDED.cancellation),
-        change_seq = nextval('meeting_change_seq'),
+        change_seq = EXCLUDED.change_seq,
         updated_at = now()
     RETURNING id
 )
@@ -368,18 +390,21 @@ SELECT coalesce(max(change_seq), 0) AS latest FROM meetings WHERE user_id = %(us
 """
 
 
+# Reading never fails on what is stored (RELIABILITY row 34): timestamptz columns come clamped
+# by the pool's loader (pool.clamp_times); times inside JSON (the invitees' no-show time, as
+# json_build_object writes it, and jsonb cancellations) and jsonb shapes are read leniently here.
 class InviteeRow(msgspec.Struct, kw_only=True):
     invitee_uri: str
     email: str | None = None
     name: str | None = None
     timezone: str | None = None
     status: MeetingStatus
-    cancellation: Cancellation | None = None
+    cancellation: Any = None
     rescheduled: bool = False
     old_invitee_uri: str | None = None
     new_invitee_uri: str | None = None
     no_show: bool = False
-    no_show_changed_at: datetime | None = None
+    no_show_changed_at: str | None = None
 
 
 class MeetingRow(msgspec.Struct, kw_only=True):
@@ -389,15 +414,60 @@ class MeetingRow(msgspec.Struct, kw_only=True):
     start_time: datetime | None
     end_time: datetime | None
     status: MeetingStatus
-    location: dict[str, Any] | None
-    cancellation: Cancellation | None
+    location: Any
+    cancellation: Any
     updated_at: datetime
     change_seq: int
     invitees: list[InviteeRow]
 
 
+def _moment(value: object) -> datetime | None:
+    """A time read from JSON: past datetime's range, the nearest bound; not a time, None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return out_of_range(value)
+    return within_range(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+
+
+def _cancellation(value: object) -> Cancellation | None:
+    if not isinstance(value, dict):
+        return None
+
+    def text(key: str) -> str | None:
+        found = value.get(key)
+        return found if isinstance(found, str) else None
+
+    return Cancellation(
+        canceled_by=text("canceled_by"),
+        reason=text("reason"),
+        canceler_type=text("canceler_type"),
+        canceled_at=_moment(value.get("canceled_at")),
+    )
+
+
+def _invitee(row: InviteeRow, event_uri: str) -> Invitee:
+    return Invitee(
+        invitee_uri=row.invitee_uri,
+        event_uri=event_uri,
+        email=row.email,
+        name=row.name,
+        timezone=row.timezone,
+        status=row.status,
+        cancellation=_cancellation(row.cancellation),
+        rescheduled=row.rescheduled,
+        old_invitee_uri=row.old_invitee_uri,
+        new_invitee_uri=row.new_invitee_uri,
+        no_show=row.no_show,
+        no_show_changed_at=_moment(row.no_show_changed_at),
+    )
+
+
 def _json(value: object) -> Jsonb | None:
-    return None if value is None else Jsonb(msgspec.to_builtins(value))
+    """A jsonb parameter Postgres accepts, whatever strings `value` holds (see `storable`)."""
+    return None if value is None else Jsonb(storable_json(msgspec.to_builtins(value)))
 
 
 class PostgresMeetingRepository(MeetingRepository):
@@ -405,28 +475,31 @@ class PostgresMeetingRepository(MeetingRepository):
         self._conn = conn
 
     async def apply(self, connection: Connection, change: MeetingChange) -> None:
+        # Every source's meetings (webhooks, sync) are written here, so this is where their
+        # text is made storable: a NUL or a lone surrogate would fail the statement, and then
+        # every retry of it (RELIABILITY row 31).
         m, i = change.meeting, change.invitee
         await self._conn.execute(
             APPLY_CHANGE,
             {
                 "user_id": connection.user_id,
                 "connection_id": connection.id,
-                "event_uri": m.event_uri,
-                "name": m.name,
+                "event_uri": storable(m.event_uri),
+                "name": storable_or_none(m.name),
                 "start_time": m.start_time,
                 "end_time": m.end_time,
                 "status": m.status.value,
                 "location": _json(m.location),
                 "cancellation": _json(m.cancellation),
-                "invitee_uri": i.invitee_uri if i else None,
-                "email": i.email if i else None,
-                "i_name": i.name if i else None,
-                "timezone": i.timezone if i else None,
+                "invitee_uri": storable(i.invitee_uri) if i else None,
+                "email": storable_or_none(i.email) if i else None,
+                "i_name": storable_or_none(i.name) if i else None,
+                "timezone": storable_or_none(i.timezone) if i else None,
                 "i_status": i.status.value if i else None,
                 "i_cancellation": _json(i.cancellation) if i else None,
                 "rescheduled": i.rescheduled if i else False,
-                "old_invitee_uri": i.old_invitee_uri if i else None,
-                "new_invitee_uri": i.new_invitee_uri if i else None,
+                "old_invitee_uri": storable_or_none(i.old_invitee_uri) if i else None,
+                "new_invitee_uri": storable_or_none(i.new_invitee_uri) if i else None,
                 "no_show": change.no_show,
                 "no_show_at": change.no_show_at,
             },
@@ -470,12 +543,10 @@ class PostgresMeetingRepository(MeetingRepository):
                 start_time=row.start_time,
                 end_time=row.end_time,
                 status=row.status,
-                location=row.location,
-                cancellation=row.cancellation,
+                location=row.location if isinstance(row.location, dict) else None,
+                cancellation=_cancellation(row.cancellation),
             )
-            invitees = tuple(
-                Invitee(event_uri=row.event_uri, **msgspec.structs.asdict(i)) for i in row.invitees
-            )
+            invitees = tuple(_invitee(i, row.event_uri) for i in row.invitees)
             views.append(
                 MeetingView(
                     id=row.id,
@@ -506,7 +577,8 @@ def _jsonb_text(body: bytes) -> str | None:
     try:
         msgspec.json.decode(body)
         return body.decode("utf-8")
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    # RecursionError: nested deeper than msgspec may follow (RELIABILITY row 32).
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -528,14 +600,15 @@ class PostgresWebhookEventLog(WebhookEventLog):
         cursor = await self._conn.execute(
             RECORD_EVENT,
             {
-                "event_id": event_id,
-                "event_type": event_type,
+                # Made of the delivery's own text (its URIs, a decoder's message): storable.
+                "event_id": storable(event_id),
+                "event_type": storable(event_type),
                 "payload": text,
                 "raw": None if text is not None else payload,
                 "user_id": connection.user_id if connection else None,
                 "connection_id": connection.id if connection else None,
                 "outcome": outcome,
-                "reason": reason,
+                "reason": storable_or_none(reason),
             },
         )
         return cursor.rowcount == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -23,22 +24,27 @@ from .repositories import (
     LIST_MEETINGS,
     RECORD_EVENT,
     SELECT_CONNECTION,
+    SELECT_TROUBLE,
     PostgresAuthorizationRepository,
     PostgresConnectionRepository,
     PostgresMeetingRepository,
     PostgresWebhookEventLog,
+    secret_context,
 )
 
 Connection = psycopg.AsyncConnection[dict[str, Any]]
 
 SET_TENANT = "SELECT set_config('app.user_id', %s, true)"
 ROUTE_BY_TOKEN = """
-SELECT user_id, connection_id::text AS connection_id, calendly_user_uri
+SELECT user_id, connection_id::text AS connection_id, calendly_user_uri, signing_key_enc
 FROM calendly_webhook_routes WHERE webhook_token = %s
 """  # noqa: S105 - SQL naming a column called token, not a password
-ROUTE_BY_USER_URI = """
-SELECT user_id, connection_id::text AS connection_id, calendly_user_uri
-FROM calendly_webhook_routes WHERE calendly_user_uri = %s
+# The first of the given URIs (in their order) that a connected user holds: one index probe
+# per URI, one round trip whatever their number.
+ROUTE_BY_USER_URIS = """
+SELECT user_id, connection_id::text AS connection_id, calendly_user_uri, signing_key_enc
+FROM calendly_webhook_routes WHERE calendly_user_uri = ANY(%(uris)s::text[])
+ORDER BY array_position(%(uris)s::text[], calendly_user_uri) LIMIT 1
 """
 ADVISORY_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 # The routes are readable outside any tenant; a connection without a URI has a route without one.
@@ -75,9 +81,10 @@ class Session:
         {
             SET_TENANT,
             ROUTE_BY_TOKEN,
-            ROUTE_BY_USER_URI,
+            ROUTE_BY_USER_URIS,
             USERS_WITHOUT_ACCOUNT,
             SELECT_CONNECTION,
+            SELECT_TROUBLE,
             LIST_MEETINGS,
             CHANGED_MEETINGS,
             LATEST_CHANGE,
@@ -192,21 +199,27 @@ class PostgresUnitOfWork(UnitOfWork):
         self.conn.pending_tenant = user_id
 
     async def route(
-        self, *, webhook_token: str | None, calendly_user_uri: str | None
+        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
     ) -> Route | None:
         if webhook_token is not None:
             cursor = await self.conn.execute(ROUTE_BY_TOKEN, (webhook_token,))
-        elif calendly_user_uri is not None:
-            cursor = await self.conn.execute(ROUTE_BY_USER_URI, (calendly_user_uri,))
+        elif calendly_user_uris:
+            cursor = await self.conn.execute(ROUTE_BY_USER_URIS, {"uris": list(calendly_user_uris)})
         else:
             return None
         row = await cursor.fetchone()
         if row is None:
             return None
+        sealed = row["signing_key_enc"]
         return Route(
             user_id=row["user_id"],
             connection_id=row["connection_id"],
             calendly_user_uri=row["calendly_user_uri"] or "",
+            signing_key=None
+            if sealed is None
+            else self._cipher.decrypt(
+                sealed, context=secret_context(row["connection_id"], "signing_key")
+            ),
         )
 
     async def lock(self, name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Literal
@@ -10,12 +11,29 @@ import msgspec
 
 from domain.errors import InvalidSignature, UnusablePayload
 from domain.model import Connection
-from domain.ports import Clock, UnitOfWork, UnitOfWorkFactory, WebhookOutcome
+from domain.ports import Clock, Route, UnitOfWorkFactory, WebhookOutcome
 from domain.secret import Secret
 from domain.signature import check_timestamp, parse_signature_header, signed_with
 from domain.webhooks import InboundWebhook, WebhookDecoder, digest
 
 DEFAULT_TOLERANCE = timedelta(seconds=180)
+# A delivery on the shared URL is routed by its creator and hosts: at most this many are
+# looked up (in one query). Calendly's own limit on an event's hosts is far below it.
+MAX_ROUTE_CANDIDATES = 100
+# Callback tokens are `secrets.token_urlsafe` strings (24 characters for the 18 bytes the
+# service uses); anything else is refused before the database is asked.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{8,128}")
+
+
+def plausible_token(token: str | None) -> bool:
+    """Whether `token` could name a connection's callback URL (no lookup for junk)."""
+    return token is not None and _TOKEN.fullmatch(token) is not None
+
+
+def route_candidates(inbound: InboundWebhook) -> list[str]:
+    """The Calendly users a shared-URL delivery may belong to: creator first, then hosts."""
+    candidates = (inbound.created_by, *inbound.host_user_uris)
+    return list(dict.fromkeys(c for c in candidates if c))[:MAX_ROUTE_CANDIDATES]
 
 
 class WebhookCommand(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,6 +57,11 @@ class HandleWebhookEvent:
     Raises InvalidSignature (answer 401, nothing stored) when no configured key verifies the
     delivery within the tolerance. Everything signed returns a result (answer 2xx) once its
     effect, or its record when it cannot be used, is committed: duplicates take no effect.
+
+    What an unsigned request may cost is bounded (RELIABILITY promise 9): the header and the
+    app's keys are checked in memory; on the shared URL nothing else is tried, on a
+    connection's own URL one indexed lookup fetches that connection's key. The body is
+    decoded only once a key vouches for it, and routing by URIs is one capped query.
     """
 
     def __init__(
@@ -58,19 +81,28 @@ class HandleWebhookEvent:
     async def __call__(self, command: WebhookCommand) -> WebhookResult:
         header = parse_signature_header(command.signature)
         check_timestamp(header, self._clock.now(), self._tolerance)
+        # The app's keys are checked in memory first. Where they do not vouch for the body,
+        # only a connection's own URL can: one indexed lookup of its key, nothing before it.
         app_signed = signed_with(header, command.body, self._app_keys)
-        inbound: InboundWebhook | None
-        try:
-            inbound, problem = self._decoder.decode(command.body), None
-        except UnusablePayload as exc:
-            inbound, problem = None, exc.reason
+        if not app_signed and not plausible_token(command.webhook_token):
+            raise InvalidSignature("no configured signing key matches")
         async with self._uow() as uow:
-            connection = await self._route(uow, command, inbound)
-            own_key = connection.signing_key if connection is not None else None
-            if not app_signed and not (
-                own_key is not None and signed_with(header, command.body, (own_key,))
-            ):
-                raise InvalidSignature("no configured signing key matches")
+            route: Route | None = None
+            if command.webhook_token is not None:
+                route = await uow.route(webhook_token=command.webhook_token)
+                own_key = route.signing_key if route is not None else None
+                if not app_signed and not (
+                    own_key is not None and signed_with(header, command.body, (own_key,))
+                ):
+                    raise InvalidSignature("no configured signing key matches")
+            # Signed: only now is the body decoded.
+            inbound, problem = self._decode(command.body)
+            if command.webhook_token is None and inbound is not None:
+                route = await uow.route(calendly_user_uris=route_candidates(inbound))
+            connection = None
+            if route is not None:
+                await uow.act_as(route.user_id)
+                connection = await uow.connections.get(route.user_id)
             outcome, reason = self._judge(inbound, problem, connection)
             usable = connection if connection is not None and connection.is_connected else None
             key = inbound.dedup_key() if inbound else f"unparsable:sha256:{digest(command.body)}"
@@ -99,23 +131,11 @@ class HandleWebhookEvent:
             reason=reason,
         )
 
-    @staticmethod
-    async def _route(
-        uow: UnitOfWork, command: WebhookCommand, inbound: InboundWebhook | None
-    ) -> Connection | None:
-        route = None
-        if command.webhook_token is not None:
-            route = await uow.route(webhook_token=command.webhook_token, calendly_user_uri=None)
-        elif inbound is not None:
-            candidates = [inbound.created_by, *inbound.host_user_uris]
-            for uri in dict.fromkeys(c for c in candidates if c):
-                route = await uow.route(webhook_token=None, calendly_user_uri=uri)
-                if route is not None:
-                    break
-        if route is None:
-            return None
-        await uow.act_as(route.user_id)
-        return await uow.connections.get(route.user_id)
+    def _decode(self, body: bytes) -> tuple[InboundWebhook | None, str | None]:
+        try:
+            return self._decoder.decode(body), None
+        except UnusablePayload as exc:
+            return None, exc.reason
 
     @staticmethod
     def _judge(

@@ -27,8 +27,19 @@ class MaintenanceSchedule(msgspec.Struct, frozen=True, kw_only=True):
     sync_without_webhooks: timedelta = timedelta(minutes=2)
     # A connection that needs its user to authorize again is left alone this long.
     dormant: timedelta = timedelta(hours=12)
-    retry_base: timedelta = timedelta(seconds=30)
+    # After a failure: 5 s doubling to 30 min (8 failures in a row reach about 10 min).
+    retry_base: timedelta = timedelta(seconds=5)
     retry_max: timedelta = timedelta(minutes=30)
+
+    def backoff(self, failures: int) -> timedelta:
+        """How long to leave a connection alone after its `failures + 1`-th failure in a row.
+
+        Exponential from `retry_base`, capped at `retry_max`, jittered over the upper half
+        (connections that failed together do not all come back together).
+        """
+        base = self.retry_base.total_seconds() * (2 ** min(max(failures, 0), 16))
+        capped = min(base, self.retry_max.total_seconds())
+        return timedelta(seconds=capped * (0.5 + random.random() / 2))
 
 
 class MaintainConnection:
@@ -57,24 +68,47 @@ class MaintainConnection:
         self._schedule = schedule or MaintenanceSchedule()
 
     async def __call__(self, due: MaintenanceDue) -> MaintenanceResult:
+        """What was done and when each kind of work is due next.
+
+        Calendly's errors and a revoked grant are answered here; anything else raises, and
+        the caller records it with `failed`, which backs off just the same.
+        """
         now = self._clock.now()
         async with self._uow(due.user_id) as uow:
             connection = await uow.connections.get(due.user_id)
         if connection is None or connection.status is not ConnectionStatus.ACTIVE:
             later = now + self._schedule.dormant
-            return MaintenanceResult(subscription_due=later, sync_due=later)
+            return MaintenanceResult(subscription_due=later, sync_due=later, retry_at=later)
         try:
             return await self._maintain(due, connection, now)
         except ReauthorizationRequired as exc:
             later = now + self._schedule.dormant
-            return MaintenanceResult(subscription_due=later, sync_due=later, error=exc.reason)
-        except CalendlyError as exc:
-            wait = self._backoff(due.failures, exc)
             return MaintenanceResult(
-                subscription_due=now + wait if due.subscription_due <= now else None,
-                sync_due=now + wait if due.sync_due <= now else None,
-                error=f"{type(exc).__name__}: Calendly answered {exc.status}",
+                subscription_due=later, sync_due=later, error=exc.reason, retry_at=later
             )
+        except CalendlyError as exc:
+            # A rate limit says when it resets; anything else backs off exponentially.
+            rate_limited = isinstance(exc, RateLimited)
+            wait = (
+                timedelta(seconds=max(exc.retry_after, 1.0))
+                if isinstance(exc, RateLimited)
+                else self._schedule.backoff(due.failures)
+            )
+            retry_at = now + wait
+            return MaintenanceResult(
+                subscription_due=retry_at if due.subscription_due <= now else None,
+                sync_due=retry_at if due.sync_due <= now else None,
+                error=f"{type(exc).__name__}: Calendly answered {exc.status}",
+                retry_at=retry_at,
+                rate_limited=rate_limited,
+            )
+
+    def failed(self, due: MaintenanceDue, exc: BaseException) -> MaintenanceResult:
+        """The outcome of a pass that raised something unexpected: back off like any failure."""
+        return MaintenanceResult(
+            error=f"unexpected {type(exc).__name__}",
+            retry_at=self._clock.now() + self._schedule.backoff(due.failures),
+        )
 
     async def _maintain(
         self, due: MaintenanceDue, connection: Connection, now: datetime
@@ -103,10 +137,3 @@ class MaintainConnection:
         return MaintenanceResult(
             subscription_due=subscription_due, sync_due=started + every, synced_at=started
         )
-
-    def _backoff(self, failures: int, exc: CalendlyError) -> timedelta:
-        if isinstance(exc, RateLimited):
-            return timedelta(seconds=max(exc.retry_after, 1.0))
-        base = self._schedule.retry_base.total_seconds() * (2 ** min(failures, 10))
-        capped = min(base, self._schedule.retry_max.total_seconds())
-        return timedelta(seconds=capped * (0.5 + random.random() / 2))  # jitter

@@ -22,9 +22,10 @@ class GetConnectionStatus:
         """Raises ConnectionNotFound when the user never connected."""
         async with self._uow(user_id) as uow:
             connection = await uow.connections.get(user_id)
+            trouble = await uow.connections.trouble(user_id) if connection else None
         if connection is None:
             raise ConnectionNotFound(user_id)
-        return ConnectionView.of(connection)
+        return ConnectionView.of(connection, trouble)
 
 
 class MeetingsPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,6 +7,7 @@ from datetime import datetime
 import msgspec
 
 from domain.model import Connection, ConnectionStatus, WebhookStatus
+from domain.ports import MaintenanceTrouble
 
 
 class ConnectionView(msgspec.Struct, frozen=True, kw_only=True):
@@ -20,9 +21,13 @@ class ConnectionView(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None
     connected_since: datetime
     updated_at: datetime
+    # The worker's repeated failures on this connection (None: its last pass went well).
+    maintenance: MaintenanceTrouble | None = None
 
     @classmethod
-    def of(cls, connection: Connection) -> ConnectionView:
+    def of(
+        cls, connection: Connection, trouble: MaintenanceTrouble | None = None
+    ) -> ConnectionView:
         account = connection.account
         return cls(
             status=connection.status,
@@ -35,4 +40,5 @@ class ConnectionView(msgspec.Struct, frozen=True, kw_only=True):
             last_error=connection.last_error,
             connected_since=connection.created_at,
             updated_at=connection.updated_at,
+            maintenance=trouble,
         )

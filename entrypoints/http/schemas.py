@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -17,7 +15,6 @@ from domain.usecases.views import ConnectionView
 
 # A dev-login user id: short, and harmless in URLs, logs and SQL settings.
 DevUserId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")]
-MAX_CURSOR_LENGTH = 512
 
 
 # ------------------------------------------------------------------ problems
@@ -56,6 +53,14 @@ class TokenResponse(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # ---------------------------------------------------------------- connection
+class MaintenanceResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """The background worker keeps failing on this connection and backs off."""
+
+    failures: int
+    last_error: str | None
+    retry_at: datetime | None
+
+
 class ConnectionResponse(msgspec.Struct, frozen=True, kw_only=True):
     """A connection's state as the user may see it: no token, code or signing key."""
 
@@ -69,9 +74,12 @@ class ConnectionResponse(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None
     connected_since: datetime
     updated_at: datetime
+    # Null unless the worker's last pass on this connection failed.
+    maintenance: MaintenanceResponse | None = None
 
     @classmethod
     def of(cls, view: ConnectionView) -> ConnectionResponse:
+        trouble = view.maintenance
         return cls(
             status=view.status,
             webhook_status=view.webhook_status,
@@ -83,6 +91,13 @@ class ConnectionResponse(msgspec.Struct, frozen=True, kw_only=True):
             last_error=view.last_error,
             connected_since=view.connected_since,
             updated_at=view.updated_at,
+            maintenance=None
+            if trouble is None
+            else MaintenanceResponse(
+                failures=trouble.failures,
+                last_error=trouble.last_error,
+                retry_at=trouble.retry_at,
+            ),
         )
 
 
@@ -209,33 +224,3 @@ class MeetingsResponse(msgspec.Struct, frozen=True, kw_only=True):
 # ------------------------------------------------------------------ webhooks
 class WebhookAck(msgspec.Struct, frozen=True, kw_only=True):
     outcome: Literal["applied", "ignored", "duplicate", "stored_aside"]
-
-
-# ------------------------------------------------------------------- cursors
-Keyset = tuple[datetime | None, str]
-_WireKeyset = tuple[
-    Annotated[datetime, Meta(tz=True)] | None, Annotated[str, Meta(min_length=1, max_length=200)]
-]
-
-
-class InvalidCursor(ValueError):
-    """The cursor was not issued by this service (or was altered)."""
-
-
-def encode_cursor(keyset: Keyset) -> str:
-    """An opaque URL-safe token for ListMeetings' `next_after` keyset."""
-    raw = msgspec.json.encode(keyset)
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def decode_cursor(cursor: str) -> Keyset:
-    """The keyset inside a cursor; raises InvalidCursor for anything else."""
-    if not cursor or len(cursor) > MAX_CURSOR_LENGTH:
-        raise InvalidCursor("the cursor has an invalid length")
-    try:
-        padded = cursor.encode("ascii") + b"=" * (-len(cursor) % 4)
-        raw = base64.b64decode(padded, altchars=b"-_", validate=True)
-        start, meeting_id = msgspec.json.decode(raw, type=_WireKeyset)
-    except (UnicodeEncodeError, binascii.Error, msgspec.DecodeError) as exc:
-        raise InvalidCursor("the cursor is not one this service issued") from exc
-    return (start, meeting_id)

@@ -299,6 +299,7 @@ async def test_status_is_404_before_connecting_and_shows_no_secrets_after(api: A
         "last_error",
         "connected_since",
         "updated_at",
+        "maintenance",
     }
     for secret in secrets_of(api):
         assert secret not in after.text
@@ -379,3 +380,27 @@ async def test_another_user_reaches_nothing_of_alices(api: Api) -> None:
     assert api.connection("alice") == before
     for response in (status, disconnect, reconnect):
         assert "alice" not in response.text
+
+
+async def test_the_status_shows_when_the_worker_keeps_failing_on_the_connection(
+    api: Api,
+) -> None:
+    from datetime import UTC, datetime
+
+    from domain.ports import MaintenanceTrouble
+
+    await api.connect("alice")
+    healthy = await api.client.get("/api/calendly/connection", headers=bearer("alice"))
+    assert healthy.json()["maintenance"] is None
+    api.core.db.trouble["alice"] = MaintenanceTrouble(
+        failures=3,
+        last_error="CalendlyUnavailable: Calendly answered 503",
+        retry_at=datetime(2030, 1, 1, 12, 0, tzinfo=UTC),
+    )
+    failing = await api.client.get("/api/calendly/connection", headers=bearer("alice"))
+    assert failing.status_code == 200
+    assert failing.json()["maintenance"] == {
+        "failures": 3,
+        "last_error": "CalendlyUnavailable: Calendly answered 503",
+        "retry_at": "2030-01-01T12:00:00Z",
+    }

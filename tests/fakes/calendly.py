@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -95,6 +96,8 @@ class FakeCalendlyApi(CalendlyApi):
     invitees: dict[str, Invitee] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     failures: dict[str, list[CalendlyError]] = field(default_factory=dict)
+    # Run once when the method next answers, just before the answer is returned.
+    on_answer: dict[str, Callable[[], None]] = field(default_factory=dict)
     token_ttl: timedelta = timedelta(hours=2)
     # Subscriptions created or deleted (refused attempts change nothing, so they do not count).
     mutations: int = 0
@@ -306,7 +309,10 @@ class FakeCalendlyApi(CalendlyApi):
                 if grant.refresh_used or grant.revoked:
                     break
                 grant.refresh_used = True
-                return self._grant(grant.user)
+                granted = self._grant(grant.user)
+                if (hook := self.on_answer.pop("refresh", None)) is not None:
+                    hook()
+                return granted
         raise InvalidGrant(400, {"error": "invalid_grant"})
 
     async def revoke(self, token: Secret) -> None:

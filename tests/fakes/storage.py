@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from domain.model import Connection, PendingAuthorization
 from domain.ports import (
     AuthorizationRepository,
     ConnectionRepository,
+    MaintenanceTrouble,
     MeetingChange,
     MeetingQuery,
     MeetingRepository,
@@ -63,6 +65,11 @@ class FakeDatabase:
     writes: int = 0
     seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     unavailable: bool = False
+    # What was asked of the database, for tests of what a request may cost.
+    units_opened: int = 0
+    # The maintenance queue's failures per user (the fake has no queue: tests set them).
+    trouble: dict[str, MaintenanceTrouble] = field(default_factory=dict)
+    route_lookups: list[tuple[str | None, tuple[str, ...]]] = field(default_factory=list)
 
     def lock_for(self, name: str) -> asyncio.Lock:
         return self.locks.setdefault(name, asyncio.Lock())
@@ -126,6 +133,9 @@ class FakeConnectionRepository(ConnectionRepository):
         self._uow.staged.connections[connection.user_id] = stored
         return stored
 
+    async def trouble(self, user_id: str) -> MaintenanceTrouble | None:
+        return self._uow.db.trouble.get(user_id)
+
 
 class FakeAuthorizationRepository(AuthorizationRepository):
     def __init__(self, uow: FakeUnitOfWork) -> None:
@@ -149,17 +159,21 @@ class FakeMeetingRepository(MeetingRepository):
         return self._uow.staged.meetings.get(key) or self._uow.db.meetings.get(key)
 
     async def apply(self, connection: Connection, change: MeetingChange) -> None:
+        # Like Postgres: one user's changes take turns, each numbered after the user's last.
+        await self._uow.hold(f"meetings:{connection.user_id}")
         db, staged = self._uow.db, self._uow.staged
         now = datetime.now(tz=UTC)
         key = (connection.id, change.meeting.event_uri)
         row = self._row(key)
         merged = change.meeting if row is None else row.meeting.merged_with(change.meeting)
+        rows = {**db.meetings, **staged.meetings}.values()
+        last = max((r.change_seq for r in rows if r.user_id == connection.user_id), default=0)
         staged.meetings[key] = MeetingRow(
-            id=row.id if row else f"m{next(db.seq)}",
+            id=row.id if row else str(uuid.UUID(int=next(db.seq))),
             user_id=connection.user_id,
             meeting=merged,
             updated_at=now,
-            change_seq=next(db.seq),
+            change_seq=last + 1,
         )
         if change.invitee is None:
             return
@@ -265,6 +279,7 @@ class FakeUnitOfWork(UnitOfWork):
         self.webhook_events = FakeWebhookEventLog(self)
 
     async def __aenter__(self) -> Self:
+        self.db.units_opened += 1
         if self.db.unavailable:
             raise StorageUnavailable("the fake database is down")
         return self
@@ -300,21 +315,29 @@ class FakeUnitOfWork(UnitOfWork):
         return found[:limit]
 
     async def route(
-        self, *, webhook_token: str | None, calendly_user_uri: str | None
+        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
     ) -> Route | None:
-        for c in self.db.connections.values():
-            if not c.is_connected or c.account is None:
-                continue
-            if (webhook_token is not None and c.webhook_token == webhook_token) or (
-                webhook_token is None and c.account.user_uri == calendly_user_uri
-            ):
-                return Route(
-                    user_id=c.user_id, connection_id=c.id, calendly_user_uri=c.account.user_uri
-                )
-        return None
+        self.db.route_lookups.append((webhook_token, tuple(calendly_user_uris)))
+        connected = [c for c in self.db.connections.values() if c.is_connected and c.account]
+        found = None
+        if webhook_token is not None:
+            found = next((c for c in connected if c.webhook_token == webhook_token), None)
+        else:
+            by_uri = {c.account.user_uri: c for c in connected if c.account is not None}
+            found = next((by_uri[u] for u in calendly_user_uris if u in by_uri), None)
+        if found is None or found.account is None:
+            return None
+        return Route(
+            user_id=found.user_id,
+            connection_id=found.id,
+            calendly_user_uri=found.account.user_uri,
+            signing_key=found.signing_key,
+        )
 
     async def commit(self) -> None:
         db, staged = self.db, self.staged
+        if db.unavailable:  # the database went away during the transaction
+            raise StorageUnavailable("the fake database is down")
         if any(
             (
                 staged.connections,

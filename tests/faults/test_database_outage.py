@@ -83,6 +83,21 @@ async def test_a_delivery_while_postgres_is_down_is_a_fast_503_and_its_retry_app
         await eventually(lambda: ready(http, service), within=FAST, what="readiness")
 
 
+async def test_a_forgery_while_postgres_is_down_is_refused_at_once_without_it(
+    own_postgres: StoppablePostgres,
+    own_database_url: str,
+    sandbox: SandboxDriver,
+    http: aiohttp.ClientSession,
+) -> None:
+    """On the shared URL the app's key decides: 401 with no wait for the database (not 503)."""
+    async with running_service(own_database_url, sandbox.url) as service:
+        host = await connected_host(http, service)
+        await asyncio.to_thread(own_postgres.stop_immediately)
+        forged = await deliver(http, service.url, booking(host), "not-the-signing-key")
+        assert forged.status == 401, forged.body  # it used to wait 5 s for the pool: 503
+        await asyncio.to_thread(own_postgres.start)
+
+
 async def test_postgres_dying_mid_transaction_leaves_nothing_and_the_retry_applies_once(
     own_postgres: StoppablePostgres,
     own_database_url: str,

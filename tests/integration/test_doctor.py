@@ -67,7 +67,7 @@ def test_a_healthy_setup_passes_every_check(healthy: dict[str, str]) -> None:
     connection_row(healthy["DATABASE_URL"], "alice")
     findings = run_checks(healthy)
     assert [f.check for f in findings if f.status != "pass"] == []
-    assert len(findings) == 11
+    assert len(findings) == 12
 
 
 def test_the_command_exits_zero_when_healthy_and_prints_json(healthy: dict[str, str]) -> None:
@@ -195,3 +195,19 @@ def test_deliveries_stored_aside_are_reported(healthy: dict[str, str]) -> None:
     finding = by_name(run_checks(healthy))["deliveries stored aside (24 h)"]
     assert finding.status == "warn"
     assert "no connected user" in finding.detail
+
+
+def test_connections_whose_maintenance_keeps_failing_are_reported_with_a_fix(
+    healthy: dict[str, str],
+) -> None:
+    url = healthy["DATABASE_URL"]
+    connection_row(url, "dora")
+    sql(
+        url,
+        "UPDATE connection_maintenance SET failures = 4,"
+        " last_error = 'unexpected DecryptionFailed', retry_at = now() + interval '4 minutes'",
+    )
+    finding = by_name(run_checks(healthy))["connections whose maintenance keeps failing"]
+    assert finding.status == "warn"
+    assert "1 connection(s): 1 x unexpected DecryptionFailed (up to 4 failures" in finding.detail
+    assert "TOKEN_ENCRYPTION_KEY" in finding.fix

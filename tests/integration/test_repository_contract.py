@@ -17,7 +17,7 @@ from domain.model import (
     TokenSet,
     WebhookStatus,
 )
-from domain.ports import MeetingChange, MeetingQuery, UnitOfWorkFactory
+from domain.ports import MeetingChange, MeetingQuery, Route, UnitOfWorkFactory
 from domain.secret import Secret
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -111,7 +111,7 @@ async def test_a_disconnected_account_can_be_connected_elsewhere(
         await uow.commit()
     await add(any_uow, connection("b", 1, CID_B))
     async with any_uow() as uow:
-        route = await uow.route(webhook_token=None, calendly_user_uri=account(1).user_uri)
+        route = await uow.route(calendly_user_uris=[account(1).user_uri])
     assert route is not None
     assert route.user_id == "b"
 
@@ -119,9 +119,9 @@ async def test_a_disconnected_account_can_be_connected_elsewhere(
 async def test_routes_follow_the_connection(any_uow: UnitOfWorkFactory) -> None:
     stored = await add(any_uow, connection("a", 1, CID_A))
     async with any_uow() as uow:
-        by_token = await uow.route(webhook_token="token-a1", calendly_user_uri=None)
-        by_uri = await uow.route(webhook_token=None, calendly_user_uri=account(1).user_uri)
-        unknown = await uow.route(webhook_token="nope", calendly_user_uri=None)
+        by_token = await uow.route(webhook_token="token-a1")
+        by_uri = await uow.route(calendly_user_uris=[account(1).user_uri])
+        unknown = await uow.route(webhook_token="nope")
     assert by_token is not None
     assert by_uri is not None
     assert (by_token.user_id, by_token.connection_id) == ("a", CID_A)
@@ -131,8 +131,50 @@ async def test_routes_follow_the_connection(any_uow: UnitOfWorkFactory) -> None:
         await uow.connections.save(stored.with_webhook_token("token-new", T0))
         await uow.commit()
     async with any_uow() as uow:
-        assert await uow.route(webhook_token="token-a1", calendly_user_uri=None) is None
-        assert await uow.route(webhook_token="token-new", calendly_user_uri=None) is not None
+        assert await uow.route(webhook_token="token-a1") is None
+        assert await uow.route(webhook_token="token-new") is not None
+
+
+async def test_a_route_carries_the_connections_signing_key(any_uow: UnitOfWorkFactory) -> None:
+    stored = await add(any_uow, connection("a", 1, CID_A))
+    async with any_uow() as uow:
+        assert (await uow.route(webhook_token="token-a1")) == Route(
+            user_id="a",
+            connection_id=CID_A,
+            calendly_user_uri=account(1).user_uri,
+            signing_key=Secret("key-1"),
+        )
+    key = Secret("a-rotated-subscription-key")
+    async with any_uow("a") as uow:
+        await uow.connections.save(stored.with_subscription("https://sub/1", key, T0))
+        await uow.commit()
+    async with any_uow() as uow:
+        by_token = await uow.route(webhook_token="token-a1")
+        by_uri = await uow.route(calendly_user_uris=[account(1).user_uri])
+    assert by_token is not None
+    assert by_token.signing_key == key
+    assert by_uri == by_token
+
+
+async def test_routing_by_uris_takes_the_first_connected_one_in_order(
+    any_uow: UnitOfWorkFactory,
+) -> None:
+    await add(any_uow, connection("a", 1, CID_A))
+    await add(any_uow, connection("b", 2, CID_B))
+    strangers = [f"https://api.calendly.com/users/stranger-{i}" for i in range(50)]
+    async with any_uow() as uow:
+        b_first = await uow.route(
+            calendly_user_uris=[*strangers, account(2).user_uri, account(1).user_uri]
+        )
+        a_first = await uow.route(calendly_user_uris=[account(1).user_uri, account(2).user_uri])
+        nobody = await uow.route(calendly_user_uris=strangers)
+        nothing = await uow.route(calendly_user_uris=[])
+    assert b_first is not None
+    assert b_first.user_id == "b"
+    assert a_first is not None
+    assert a_first.user_id == "a"
+    assert nobody is None
+    assert nothing is None
 
 
 async def test_without_commit_nothing_is_kept(any_uow: UnitOfWorkFactory) -> None:
@@ -308,3 +350,19 @@ async def test_meetings_list_in_start_order_with_filters_and_keyset(
     assert await listed(any_uow, "b") != []
     async with any_uow("b") as uow:
         assert await uow.meetings.list("a", MeetingQuery()) == []
+
+
+async def test_change_seq_counts_each_users_own_changes_only(any_uow: UnitOfWorkFactory) -> None:
+    a = await add(any_uow, connection("a", 1, CID_A))
+    b = await add(any_uow, connection("b", 2, CID_B))
+    for owner, event in [(a, "e1"), (b, "f1"), (a, "e2"), (a, "e1"), (b, "f2"), (a, "e3")]:
+        await apply(any_uow, owner, MeetingChange(meeting=Meeting(event_uri=EV + event)))
+
+    async def changes(user_id: str) -> tuple[int, list[tuple[str, int]]]:
+        async with any_uow(user_id) as uow:
+            latest = await uow.meetings.latest_change(user_id)
+            views = await uow.meetings.changed_since(user_id, 0, 100)
+        return latest, [(v.meeting.event_uri[len(EV) :], v.change_seq) for v in views]
+
+    assert await changes("a") == (4, [("e2", 2), ("e1", 3), ("e3", 4)])
+    assert await changes("b") == (2, [("f1", 1), ("f2", 2)])

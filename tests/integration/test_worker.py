@@ -183,3 +183,86 @@ async def test_two_workers_never_work_on_one_connection_at_once(
     per_user = [c["user"] for c in calls]
     assert len(per_user) == 6
     assert len(set(per_user)) == 6  # each connection synced exactly once
+
+
+async def test_broken_connections_back_off_and_a_new_user_is_served_at_once(
+    real: RealCore, workers: tuple[Worker, Worker]
+) -> None:
+    """Issue 10, finding 2 (RELIABILITY row 30): eight connections whose tokens cannot be
+    decrypted (as after a key was dropped from TOKEN_ENCRYPTION_KEY) are each tried once and
+    then left alone, while a user who connects meanwhile gets a first sync within seconds."""
+    for n in range(8):
+        await real.connect(f"broken{n}", f"broken{n}@example.com")
+    # Each broken row's access token now fails authentication (sealed for another column).
+    owner_sql(real, "UPDATE calendar_connections SET access_token_enc = refresh_token_enc")
+    owner_sql(real, "UPDATE connection_maintenance SET sync_due = now() - interval '1 hour'")
+    await real.connect("newcomer", "newcomer@example.com")
+    worker, _ = workers
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+
+    def newcomer_synced() -> bool:
+        rows = owner_sql(
+            real, "SELECT synced_at FROM connection_maintenance WHERE user_id = 'newcomer'"
+        )
+        return rows == [] or rows[0][0] is not None
+
+    try:
+        for _ in range(200):  # bounded: 20 s at most, normally well under one
+            if newcomer_synced() and worker.handled >= 9:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # more rounds: a broken connection must not come back at once
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+    assert newcomer_synced()
+    broken = owner_sql(
+        real,
+        "SELECT failures, last_error, retry_at > now()"
+        " FROM connection_maintenance WHERE user_id LIKE 'broken%%' ORDER BY user_id",
+    )
+    assert len(broken) == 8
+    # Once each (twice on a slow machine: the first back-off is 2.5-5 s), never in a loop.
+    assert {(error, later) for _, error, later in broken} == {("unexpected DecryptionFailed", True)}
+    assert all(int(str(failures)) <= 2 for failures, _, _ in broken), broken
+
+
+async def test_a_failing_connection_backs_off_further_each_time(
+    real: RealCore, workers: tuple[Worker, Worker]
+) -> None:
+    await real.connect("alice", "ada@example.com")
+    owner_sql(real, "UPDATE calendar_connections SET access_token_enc = refresh_token_enc")
+    worker, _ = workers
+    waits = []
+    for _ in range(4):
+        due_now(real, "sync_due")
+        owner_sql(real, "UPDATE connection_maintenance SET retry_at = NULL")
+        assert await worker.run_once() == 1
+        ((wait,),) = owner_sql(
+            real, "SELECT extract(epoch FROM retry_at - now()) FROM connection_maintenance"
+        )
+        waits.append(float(str(wait)))
+    assert await worker.run_once() == 0  # backing off: not claimed
+    # 5 s doubling, jittered over the upper half: 2.5-5, 5-10, 10-20, 20-40 s.
+    for n, wait in enumerate(waits):
+        assert 2.5 * 2**n - 1 <= wait <= 5 * 2**n, waits
+
+
+async def test_a_connection_the_worker_keeps_failing_on_shows_it_in_its_status(
+    real: RealCore, workers: tuple[Worker, Worker]
+) -> None:
+    from domain.usecases.queries import GetConnectionStatus
+
+    await real.connect("alice", "ada@example.com")
+    status = GetConnectionStatus(real.uow)  # type: ignore[arg-type]
+    assert (await status("alice")).maintenance is None
+    worker, _ = workers
+    await real.sandbox.fault("GET /scheduled_events", status=503, count=20)
+    assert await worker.run_once() == 1
+    trouble = (await status("alice")).maintenance
+    assert trouble is not None
+    assert trouble.failures == 1
+    assert trouble.last_error == "CalendlyUnavailable: Calendly answered 503"
+    assert trouble.retry_at is not None
+    assert trouble.retry_at > datetime.now(tz=UTC)

@@ -346,3 +346,66 @@ async def test_a_401_is_retried_once_after_refreshing(core: Core) -> None:
     with pytest.raises(TokenRejected):
         await core.tokens.call("u", core.calendly.current_user)
     assert core.calendly.count("refresh") == 1
+
+
+# ------------------------------------------- a grant is never dropped (issue 10, row 33)
+def fail_storage_after_the_next_refresh(core: Core) -> None:
+    """The database dies between Calendly's answer to a refresh and the commit."""
+
+    def down() -> None:
+        core.db.unavailable = True
+
+    core.calendly.on_answer["refresh"] = down
+
+
+async def test_a_grant_issued_while_the_database_fails_is_stored_when_it_returns(
+    core: Core,
+) -> None:
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    core.clock.advance(timedelta(hours=2))
+    spent = core.db.connections["u"].tokens
+    fail_storage_after_the_next_refresh(core)
+    refreshing = asyncio.create_task(core.tokens("u"))
+    await asyncio.sleep(0.3)  # the refresh was answered; storing it keeps failing meanwhile
+    assert not refreshing.done()
+    assert core.db.connections["u"].tokens == spent
+    core.db.unavailable = False
+    stored = await asyncio.wait_for(refreshing, 10)
+    assert stored.status is ConnectionStatus.ACTIVE
+    assert stored.tokens is not None
+    assert stored.tokens != spent
+    assert core.db.connections["u"].tokens == stored.tokens
+    # The stored pair is the live one: the next refresh works (no invalid_grant).
+    core.clock.advance(timedelta(hours=2))
+    again = await core.tokens("u")
+    assert again.status is ConnectionStatus.ACTIVE
+    assert core.calendly.count("refresh") == 2
+
+
+async def test_a_long_outage_answers_unavailable_and_the_grant_is_still_stored(
+    core: Core,
+) -> None:
+    from domain.errors import StorageUnavailable
+    from domain.usecases.refresh_access_token import RefreshAccessToken
+
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    tokens = RefreshAccessToken(core.db.factory(), core.calendly, core.clock, store_wait=0.2)
+    core.clock.advance(timedelta(hours=2))
+    fail_storage_after_the_next_refresh(core)
+    with pytest.raises(StorageUnavailable):
+        await tokens("u")
+    # Meanwhile nobody in this process refreshes with the spent token.
+    with pytest.raises(StorageUnavailable):
+        await tokens.access_token("u")
+    assert core.calendly.count("refresh") == 1
+    spent = core.db.connections["u"].tokens
+    core.db.unavailable = False
+    for _ in range(100):  # the keeper retries with back-off; bounded wait for it
+        if core.db.connections["u"].tokens != spent:
+            break
+        await asyncio.sleep(0.1)
+    connection, _ = await tokens.access_token("u")
+    assert connection.status is ConnectionStatus.ACTIVE
+    assert core.calendly.count("refresh") == 1  # the kept grant, not a second refresh

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from domain.errors import RateLimited
+from hypothesis import given
+from hypothesis import strategies as st
+
+from domain.errors import CalendlyUnavailable, RateLimited
 from domain.meetings import MeetingStatus
 from domain.model import ConnectionStatus, WebhookStatus
 from domain.ports import MaintenanceDue
+from domain.usecases.maintain_connection import MaintenanceSchedule
 from tests.fakes.storage import meetings_of
 from tests.support.deliveries import envelope, invitee_payload, sign
 from tests.unit.conftest import APP_KEY, Core
@@ -94,6 +98,8 @@ async def test_a_rate_limit_backs_off_by_its_reset_and_refreshes_nothing(core: C
     assert result.error is not None
     assert result.sync_due is not None
     assert result.sync_due - core.clock.now() == timedelta(seconds=42)
+    assert result.retry_at == result.sync_due  # not claimed again before the reset
+    assert result.rate_limited  # waited out, not a failure in a row
     assert core.calendly.count("refresh") == 0
 
 
@@ -123,3 +129,48 @@ async def test_an_expiring_token_is_refreshed_ahead_of_time(core: Core) -> None:
     assert after is not None
     assert after.access_token != before.access_token
     assert core.calendly.count("refresh") == 1
+
+
+# ------------------------------------------------------------------ back-off (row 30)
+@given(failures=st.integers(min_value=0, max_value=10_000))
+def test_the_back_off_doubles_up_to_its_cap_with_jitter(failures: int) -> None:
+    schedule = MaintenanceSchedule(
+        retry_base=timedelta(seconds=30), retry_max=timedelta(minutes=30)
+    )
+    full = min(30 * 2 ** min(failures, 20), 1800)
+    wait = schedule.backoff(failures).total_seconds()
+    assert full / 2 <= wait <= full
+
+
+def test_jitter_spreads_connections_that_failed_together() -> None:
+    schedule = MaintenanceSchedule()
+    assert len({schedule.backoff(3) for _ in range(20)}) > 1
+
+
+async def test_an_unexpected_error_backs_off_like_any_other(core: Core) -> None:
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    due = due_now(core)
+    first = core.maintain.failed(due, KeyError("boom"))
+    assert first.error == "unexpected KeyError"
+    assert first.retry_at is not None
+    assert timedelta(seconds=2.5) <= first.retry_at - core.clock.now() <= timedelta(seconds=5)
+    later = core.maintain.failed(
+        MaintenanceDue(**{**{f: getattr(due, f) for f in due.__struct_fields__}, "failures": 5}),
+        KeyError("boom"),
+    )
+    assert later.retry_at is not None
+    assert later.retry_at - core.clock.now() >= timedelta(seconds=2.5 * 2**5)
+
+
+async def test_calendly_errors_back_off_and_are_not_claimed_before_the_retry(
+    core: Core,
+) -> None:
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    core.calendly.fail_next("list_scheduled_events", CalendlyUnavailable(503, None, "down"))
+    result = await core.maintain(due_now(core))
+    assert result.error is not None
+    assert result.retry_at is not None
+    assert result.retry_at > core.clock.now()
+    assert result.sync_due == result.retry_at

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapters.calendly.webhook_decoder import MsgspecWebhookDecoder
 from domain.errors import InvalidSignature
 from domain.meetings import MeetingStatus
-from domain.usecases.handle_webhook_event import WebhookCommand, WebhookResult
+from domain.usecases.handle_webhook_event import (
+    MAX_ROUTE_CANDIDATES,
+    HandleWebhookEvent,
+    WebhookCommand,
+    WebhookResult,
+)
+from domain.webhooks import InboundWebhook, WebhookDecoder
 from tests.fakes.calendly import FakeUser
 from tests.fakes.storage import meetings_of
 from tests.support.deliveries import envelope, invitee_payload, sign
@@ -341,3 +349,120 @@ def test_any_order_with_repeats_converges_to_the_same_meetings(order: list[int])
 async def test_every_permutation_of_a_reschedule_pair_converges() -> None:
     states = [await final_state(list(p)) for p in itertools.permutations(range(3))]
     assert all(s == states[0] for s in states)
+
+
+# --------------------------------------------------------------- what a forgery may cost
+# RELIABILITY rows 29 and 8 of issue 10: nothing unsigned is decoded, and it costs the
+# database at most one indexed lookup (a connection's own URL) or nothing (the shared URL).
+FORGED = "t={t},v1=" + "0" * 64
+
+
+class RecordingDecoder(WebhookDecoder):
+    """The real decoder, noting each body it was asked to read."""
+
+    def __init__(self) -> None:
+        self.decoded = 0
+        self._real = MsgspecWebhookDecoder()
+
+    def decode(self, body: bytes) -> InboundWebhook:
+        self.decoded += 1
+        return self._real.decode(body)
+
+
+def crowded(host: FakeUser, hosts: int) -> bytes:
+    """A delivery naming `hosts` strangers as hosts before the real one."""
+    payload = invitee_payload(host_uri=host.uri, event_id="e1", invitee_id="i1")
+    strangers = [{"user": f"https://api.calendly.test/users/x{i}"} for i in range(hosts)]
+    payload["scheduled_event"]["event_memberships"] = [*strangers, {"user": host.uri}]
+    body = json.loads(envelope("invitee.created", payload, "https://api.calendly.test/users/y"))
+    return json.dumps(body).encode()
+
+
+def handler(core: Core, decoder: WebhookDecoder) -> HandleWebhookEvent:
+    return HandleWebhookEvent(core.db.factory(), decoder, core.clock, [APP_KEY])
+
+
+async def test_a_forgery_on_the_shared_url_is_refused_without_the_database(core: Core) -> None:
+    ada = await connected(core)
+    decoder = RecordingDecoder()
+    opened = core.db.units_opened
+    with pytest.raises(InvalidSignature):
+        await handler(core, decoder)(
+            WebhookCommand(body=crowded(ada, 45_000), signature=FORGED.format(t=stamp(core)))
+        )
+    assert core.db.units_opened == opened
+    assert core.db.route_lookups == []
+    assert decoder.decoded == 0
+
+
+async def test_a_forgery_on_a_connections_url_costs_one_lookup_and_no_decoding(
+    core: Core,
+) -> None:
+    ada = await connected(core)
+    token = core.db.connections["u"].webhook_token
+    decoder = RecordingDecoder()
+    with pytest.raises(InvalidSignature):
+        await handler(core, decoder)(
+            WebhookCommand(
+                body=crowded(ada, 1_000),
+                signature=FORGED.format(t=stamp(core)),
+                webhook_token=token,
+            )
+        )
+    assert core.db.route_lookups == [(token, ())]
+    assert decoder.decoded == 0
+    assert meetings_of(core.db, "u") == {}
+
+
+@pytest.mark.parametrize("token", ["", "x", "../../etc", "a" * 129, "tok en", "ü" * 24])
+async def test_a_token_that_cannot_be_ours_is_refused_without_a_lookup(
+    core: Core, token: str
+) -> None:
+    ada = await connected(core)
+    with pytest.raises(InvalidSignature):
+        await handler(core, RecordingDecoder())(
+            WebhookCommand(
+                body=created(ada), signature=FORGED.format(t=stamp(core)), webhook_token=token
+            )
+        )
+    assert core.db.route_lookups == []
+
+
+async def test_a_forgery_is_refused_while_the_database_is_down(core: Core) -> None:
+    ada = await connected(core)
+    core.db.unavailable = True
+    with pytest.raises(InvalidSignature):  # 401, not 503: the app key decides
+        await core.handle_webhook(
+            WebhookCommand(body=created(ada), signature=FORGED.format(t=stamp(core)))
+        )
+
+
+async def test_a_signed_delivery_is_routed_with_one_capped_lookup(core: Core) -> None:
+    ada = await connected(core)
+    near = crowded(ada, MAX_ROUTE_CANDIDATES - 2)  # creator + strangers + ada: within the cap
+    result = await core.handle_webhook(
+        WebhookCommand(body=near, signature=sign(near, APP_KEY.reveal(), stamp(core)))
+    )
+    assert result.outcome == "applied"
+    assert result.user_id == "u"
+    far = crowded(ada, 5_000)  # ada is host number 5,002: past the cap, stored aside
+    aside = await core.handle_webhook(
+        WebhookCommand(body=far, signature=sign(far, APP_KEY.reveal(), stamp(core)))
+    )
+    assert aside.outcome == "stored_aside"
+    assert [len(uris) for _, uris in core.db.route_lookups[-2:]] == [
+        MAX_ROUTE_CANDIDATES,
+        MAX_ROUTE_CANDIDATES,
+    ]
+
+
+async def test_the_shared_url_accepts_only_the_apps_keys(core: Core) -> None:
+    """A connection's own key signs only deliveries to its own URL (it is created there)."""
+    ada = await connected(core)
+    body = created(ada)
+    own = core.db.connections["u"].signing_key
+    assert own is not None
+    with pytest.raises(InvalidSignature):
+        await core.handle_webhook(
+            WebhookCommand(body=body, signature=sign(body, own.reveal(), stamp(core)))
+        )

@@ -121,6 +121,25 @@ function notices(value) {
       ),
     );
   }
+  const trouble = value.maintenance;
+  if (trouble && trouble.failures >= 3) {
+    const reason = text(trouble.last_error);
+    const next = trouble.retry_at ? new Date(trouble.retry_at) : null;
+    items.push(
+      banner(
+        "warning",
+        "Background sync keeps failing",
+        [
+          h("p", {}, `The last ${trouble.failures} attempts to sync this account with Calendly failed. It is retried automatically; reconnecting may fix it sooner.`),
+          reason ? h("p", { class: "banner-detail" }, `Last error: ${reason}`) : null,
+          next && !Number.isNaN(next.getTime())
+            ? h("p", { class: "banner-detail" }, `Next try: ${next.toLocaleString()}`)
+            : null,
+        ],
+        reconnectButton("maintenance-reconnect"),
+      ),
+    );
+  }
   return items;
 }
 
