@@ -85,6 +85,8 @@ def cmd_migrate(argv: Sequence[str]) -> int:
         return fail(str(exc), 1)
     except psycopg.OperationalError as exc:
         return fail(f"cannot reach the database: {exc.args[0] if exc.args else exc}", 1)
+    except psycopg.Error as exc:  # its text may quote DATABASE_URL: name only the kind
+        return fail(f"the database refused: {type(exc).__name__} (DATABASE_URL not shown)", 1)
     for m in applied:
         print(f"applied: {m.version:04d}_{m.name}")
     print(f"database is up to date ({len(applied)} applied now); runtime role: {role}")

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import psycopg_pool
+import structlog
 from dependency_injector import containers, providers
 
 from adapters.calendly import AiohttpCalendlyApi
@@ -37,6 +38,7 @@ from entrypoints.services import Services
 from entrypoints.settings import Settings
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
+log = structlog.get_logger(__name__)
 
 
 async def database_pool(settings: Settings) -> AsyncIterator[Pool]:
@@ -224,3 +226,22 @@ async def build_services(container: Container) -> Services:
     services = await resolve(container.services())
     assert isinstance(services, Services)
     return services
+
+
+# How long a stopping process waits for grants it keeps (DR-23) to reach the database.
+DRAIN_SECONDS = 10.0
+
+
+async def drain_kept_grants(container: Container) -> None:
+    """Store what Calendly issued while the database failed, before the pool closes."""
+    if not container.pool.initialized:  # never started: nothing can have been kept
+        return
+    tokens = await resolve(container.tokens())
+    lost = await tokens.drain(DRAIN_SECONDS)
+    if lost:
+        log.error(
+            "tokens.kept_grants_lost",
+            users=lost,
+            detail="the database did not come back before the process stopped: these users "
+            "must approve the app again (Reconnect)",
+        )

@@ -309,14 +309,16 @@ def check_maintenance(ctx: Context) -> Finding:
         return Finding(name, "warn", "not checked: migrations are pending", "run: migrate")
     # The maintenance rows hold ids, times and errors only; every role may read them.
     rows = ctx.conn.execute(
-        "SELECT coalesce(last_error, '?'), count(*), max(failures), min(retry_at)"
+        "SELECT coalesce(last_error, '?'), count(*), max(failures),"
+        " to_char(min(retry_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')"
         " FROM connection_maintenance WHERE failures > 0 GROUP BY 1 ORDER BY 2 DESC"
     ).fetchall()
     if not rows:
         return Finding(name, "pass", "none")
     total = sum(n for _, n, _, _ in rows)
     listed = "; ".join(
-        f"{n} x {error} (up to {most} failures in a row, next try {first:%Y-%m-%d %H:%M} UTC)"
+        f"{n} x {error} (up to {most} failures in a row"
+        + (f", next try {first} UTC)" if first else ", due now)")
         for error, n, most, first in rows[:5]
     )
     fixes = [fix for key, fix in MAINTENANCE_FIXES.items() if any(key in e for e, *_ in rows)]

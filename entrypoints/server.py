@@ -11,7 +11,12 @@ import psycopg
 import psycopg_pool
 import uvicorn
 
-from entrypoints.container import Container, build_services, resolve
+from entrypoints.container import (
+    Container,
+    build_services,
+    drain_kept_grants,
+    resolve,
+)
 from entrypoints.http.app import create_app
 from entrypoints.http.config import HttpConfig
 from entrypoints.settings import Settings
@@ -78,6 +83,7 @@ async def serve(
             if watcher is not None:
                 watcher.cancel()
     finally:
+        await drain_kept_grants(container)
         await resolve(container.shutdown_resources())
 
 

@@ -10,6 +10,8 @@ from typing import Final, Literal, TypeVar, cast
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import msgspec
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from adapters.crypto import parse_encryption_keys
 from domain.secret import REDACTED, Secret
@@ -406,6 +408,16 @@ def database_url_problem(value: str, name: str = "DATABASE_URL") -> str | None:
     except ValueError:  # its text may quote the user:password part, so it is not shown
         example = "postgresql://user:password@[::1]:5432/calendly"
         return f"{name} cannot be read as a URL: {_BRACKETS.format(example=example)} {hidden}"
+    try:
+        conninfo_to_dict(value)
+    except psycopg.ProgrammingError as exc:
+        # libpq's message quotes the offending part, which may be the password: keep only
+        # what kind of problem it is (the text before its colon).
+        kind = str(exc).split(":", 1)[0].strip() or "it is malformed"
+        return (
+            f"{name} cannot be read by libpq ({kind}; a % in a password must be written %25) "
+            f"{hidden}"
+        )
     return None
 
 

@@ -16,11 +16,13 @@ import structlog
 from adapters.host_notifications import HostNotifier
 from domain.ports import MaintenanceDue, MaintenanceQueue
 from domain.usecases.maintain_connection import MaintainConnection
-from entrypoints.container import Container, resolve
+from entrypoints.container import Container, drain_kept_grants, resolve
 from entrypoints.settings import Settings
 
 log = structlog.get_logger(__name__)
 HEARTBEAT_SECONDS = 15.0
+# On stop, work in progress gets this long to finish (within a container's usual 30 s grace).
+STOP_GRACE_SECONDS = 20.0
 
 
 def worker_id() -> str:
@@ -64,6 +66,7 @@ class Worker:
                     await self._safely(self._notifier.deliver_pending())
                     last_beat = time.monotonic()
                 free = self._capacity - len(self._running)
+                self._finished.clear()  # a task that ends from here on wakes the pause below
                 claimed = await self._start(free) if free > 0 else 0
                 if claimed < free:  # nothing more is due now: wait for time or a free slot
                     await self._pause(stop, self._settings.worker_poll_seconds)
@@ -71,7 +74,12 @@ class Worker:
                     await self._pause(stop, HEARTBEAT_SECONDS)
         finally:
             if self._running:  # finish what was started: its lease would hold it otherwise
-                await asyncio.gather(*self._running, return_exceptions=True)
+                _, late = await asyncio.wait(set(self._running), timeout=STOP_GRACE_SECONDS)
+                for task in late:  # its lease runs out and another worker takes it over
+                    task.cancel()
+                if late:
+                    await asyncio.wait(late)
+                    log.warning("worker.stopped_unfinished", connections=len(late))
         log.info("worker.stopped", worker=self.owner, handled=self.handled)
 
     async def run_once(self) -> int:
@@ -105,8 +113,7 @@ class Worker:
         self._finished.set()
 
     async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
-        """Until `stop`, a slot frees up, or `seconds` pass."""
-        self._finished.clear()
+        """Until `stop`, a slot frees up (since the last claim), or `seconds` pass."""
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._finished.wait())]
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -168,4 +175,5 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         worker = await build_worker(container, settings)
         await worker.run(stop)
     finally:
+        await drain_kept_grants(container)
         await resolve(container.shutdown_resources())

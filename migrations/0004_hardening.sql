@@ -29,12 +29,30 @@ CREATE TRIGGER calendar_connections_route
     ON calendar_connections
     FOR EACH ROW EXECUTE FUNCTION sync_webhook_route();
 
--- Existing routes get their key. Row-level security is forced on the owner too, so it is
--- lifted for this one statement (inside this migration's transaction) and forced again.
+-- Existing routes get their key. Row-level security is forced on the owner too (and the
+-- routes' UPDATE policy needs a tenant), so an owner that is neither superuser nor BYPASSRLS
+-- (as on managed Postgres) would update no row at all: it is lifted on both tables for this
+-- one statement, inside this migration's transaction, and forced again.
 ALTER TABLE calendar_connections NO FORCE ROW LEVEL SECURITY;
+ALTER TABLE calendly_webhook_routes NO FORCE ROW LEVEL SECURITY;
 UPDATE calendly_webhook_routes r SET signing_key_enc = c.webhook_signing_key_enc
 FROM calendar_connections c WHERE c.id = r.connection_id;
+ALTER TABLE calendly_webhook_routes FORCE ROW LEVEL SECURITY;
 ALTER TABLE calendar_connections FORCE ROW LEVEL SECURITY;
+
+-- Meetings stored before times were checked at decoding may lie outside what the service can
+-- read (before year 1 or after 9999 in UTC, or +-infinity). They are read as the nearest
+-- bound; storing that bound makes the stored value and the value read the same, so a page
+-- cursor taken from such a meeting leads to the next page instead of repeating this one.
+ALTER TABLE meetings NO FORCE ROW LEVEL SECURITY;
+UPDATE meetings SET
+    start_time = least(greatest(start_time, '0001-01-01 00:00:00+00'),
+                       '9999-12-31 23:59:59.999999+00'),
+    end_time = least(greatest(end_time, '0001-01-01 00:00:00+00'),
+                     '9999-12-31 23:59:59.999999+00')
+WHERE start_time NOT BETWEEN '0001-01-01 00:00:00+00' AND '9999-12-31 23:59:59.999999+00'
+   OR end_time NOT BETWEEN '0001-01-01 00:00:00+00' AND '9999-12-31 23:59:59.999999+00';
+ALTER TABLE meetings FORCE ROW LEVEL SECURITY;
 
 -- 2. Every failed maintenance backs off: a connection is not claimed again before
 --    `retry_at` (capped exponential back-off with jitter, computed by the worker). A change

@@ -52,6 +52,9 @@ class Disconnect:
 
     async def __call__(self, command: DisconnectCommand) -> DisconnectResult:
         user_id = command.user_id
+        # A grant this process still keeps (issued while the database failed) is stored
+        # first, so the one revoked below is the live one, not the spent one.
+        await self._tokens.settle(user_id)
         async with self._uow(user_id) as uow:
             connection = await uow.connections.get(user_id)
         if connection is None or connection.status is ConnectionStatus.DISCONNECTED:

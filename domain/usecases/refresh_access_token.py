@@ -66,7 +66,7 @@ class RefreshAccessToken:
         only when the token expires within the margin. Raises ReauthorizationRequired when
         Calendly no longer accepts the grant (the connection is then `needs_reauth`).
         """
-        await self._settle_unstored(user_id)
+        await self.settle(user_id)
         spent: Secret | None = None
         granted: TokenSet | None = None
         try:
@@ -148,8 +148,24 @@ class RefreshAccessToken:
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _settle_unstored(self, user_id: str) -> None:
-        """Let a kept grant reach the database before anyone reads the spent token."""
+    async def drain(self, within: float) -> list[str]:
+        """Before the process stops: wait up to `within` s for kept grants to be stored.
+
+        Returns the users whose grant could not be stored (it is lost with the process; they
+        will have to approve the app again): the caller says so in its log.
+        """
+        kept = dict(self._unstored)
+        if not kept:
+            return []
+        _, pending = await asyncio.wait(kept.values(), timeout=within)
+        for task in pending:
+            task.cancel()
+        return sorted(user_id for user_id, task in kept.items() if task in pending)
+
+    async def settle(self, user_id: str) -> None:
+        """Let a kept grant reach the database before anyone reads the spent token.
+
+        Raises StorageUnavailable if it is still not stored after the store wait."""
         task = self._unstored.get(user_id)
         if task is None:
             return
@@ -159,7 +175,7 @@ class RefreshAccessToken:
 
     async def access_token(self, user_id: str) -> tuple[Connection, Secret]:
         """The connection and an access token that is good for at least the margin."""
-        await self._settle_unstored(user_id)
+        await self.settle(user_id)
         async with self._uow(user_id) as uow:
             connection = self._usable(await uow.connections.get(user_id), user_id)
         if connection.needs_refresh(self._clock.now(), self._margin):

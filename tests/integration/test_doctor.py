@@ -211,3 +211,15 @@ def test_connections_whose_maintenance_keeps_failing_are_reported_with_a_fix(
     assert finding.status == "warn"
     assert "1 connection(s): 1 x unexpected DecryptionFailed (up to 4 failures" in finding.detail
     assert "TOKEN_ENCRYPTION_KEY" in finding.fix
+
+
+def test_failing_connections_without_a_retry_time_are_reported_too(
+    healthy: dict[str, str],
+) -> None:
+    """Rows that failed before retry_at existed (or whose user reconnected) have none."""
+    url = healthy["DATABASE_URL"]
+    connection_row(url, "erin")
+    sql(url, "UPDATE connection_maintenance SET failures = 2, last_error = 'unexpected KeyError'")
+    finding = by_name(run_checks(healthy))["connections whose maintenance keeps failing"]
+    assert finding.status == "warn"
+    assert "1 x unexpected KeyError (up to 2 failures in a row, due now)" in finding.detail

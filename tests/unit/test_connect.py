@@ -15,6 +15,7 @@ from domain.errors import (
     AuthorizationStateInvalid,
     CalendlyUnavailable,
     ReauthorizationRequired,
+    StorageUnavailable,
     TokenRejected,
 )
 from domain.model import ConnectionStatus, WebhookStatus
@@ -368,6 +369,8 @@ async def test_a_grant_issued_while_the_database_fails_is_stored_when_it_returns
     fail_storage_after_the_next_refresh(core)
     refreshing = asyncio.create_task(core.tokens("u"))
     await asyncio.sleep(0.3)  # the refresh was answered; storing it keeps failing meanwhile
+    assert core.calendly.count("refresh") == 1
+    assert core.db.unavailable  # the hook ran: the database failed after Calendly's answer
     assert not refreshing.done()
     assert core.db.connections["u"].tokens == spent
     core.db.unavailable = False
@@ -386,7 +389,6 @@ async def test_a_grant_issued_while_the_database_fails_is_stored_when_it_returns
 async def test_a_long_outage_answers_unavailable_and_the_grant_is_still_stored(
     core: Core,
 ) -> None:
-    from domain.errors import StorageUnavailable
     from domain.usecases.refresh_access_token import RefreshAccessToken
 
     ada = core.calendly.add_user("ada@example.com")
@@ -409,3 +411,46 @@ async def test_a_long_outage_answers_unavailable_and_the_grant_is_still_stored(
     connection, _ = await tokens.access_token("u")
     assert connection.status is ConnectionStatus.ACTIVE
     assert core.calendly.count("refresh") == 1  # the kept grant, not a second refresh
+
+
+async def test_a_stopping_process_stores_kept_grants_or_names_the_users_it_loses(
+    core: Core,
+) -> None:
+    from domain.usecases.refresh_access_token import RefreshAccessToken
+
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    tokens = RefreshAccessToken(core.db.factory(), core.calendly, core.clock, store_wait=0.1)
+    core.clock.advance(timedelta(hours=2))
+    fail_storage_after_the_next_refresh(core)
+    with pytest.raises(StorageUnavailable):
+        await tokens("u")
+    assert await tokens.drain(0.2) == ["u"]  # still down: lost, and the caller is told who
+
+    core.clock.advance(timedelta(hours=2))
+    core.db.unavailable = False
+    ben = core.calendly.add_user("ben@example.com")
+    await core.connect("b", ben)
+    core.clock.advance(timedelta(hours=2))
+    fail_storage_after_the_next_refresh(core)
+    with pytest.raises(StorageUnavailable):
+        await tokens("b")
+    core.db.unavailable = False
+    assert await tokens.drain(10) == []  # the database came back: stored before the stop
+    assert core.db.connections["b"].status is ConnectionStatus.ACTIVE
+
+
+async def test_disconnect_revokes_the_kept_grant_not_the_spent_one(core: Core) -> None:
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    core.clock.advance(timedelta(hours=2))
+    fail_storage_after_the_next_refresh(core)
+    refreshing = asyncio.create_task(core.tokens("u"))
+    await asyncio.sleep(0.2)
+    core.db.unavailable = False
+    await core.disconnect(DisconnectCommand(user_id="u"))
+    await refreshing
+    # The live grant (the kept one) is revoked: nothing stays usable after a disconnect.
+    live = [g for g in core.calendly.grants if not g.refresh_used]
+    assert len(live) == 1
+    assert live[0].revoked

@@ -385,3 +385,18 @@ def test_secret_values_lists_what_the_log_redactor_must_scrub() -> None:
         assert secret in values
     assert b64(KEY_NEW) in values
     assert len(values) == len(set(values))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:pa%zzword@db.example.com/calendly",
+        "postgresql://app:password@db.example.com/calendly?nonsense=1",
+    ],
+)
+def test_a_database_url_libpq_cannot_read_is_refused_without_showing_it(url: str) -> None:
+    problem = single_problem(minimal_env(DATABASE_URL=url))
+    assert problem.startswith("DATABASE_URL cannot be read by libpq")
+    assert "pa%zz" not in problem
+    assert "password" not in problem.split("(")[0]
+    assert "nonsense" not in problem
