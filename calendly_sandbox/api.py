@@ -92,7 +92,7 @@ async def get_subscription(request: web.Request) -> web.StreamResponse:
 async def delete_subscription(request: web.Request) -> web.StreamResponse:
     world = world_of(request)
     sub = world.visible_subscription(caller(request), request.match_info["uuid"])
-    del world.subscriptions[sub.id]
+    world.delete_subscription(sub)
     return web.Response(status=204)
 
 

@@ -134,11 +134,7 @@ async def change_user(request: web.Request) -> web.StreamResponse:
     sandbox = sandbox_of(request)
     user = sandbox.world.get_user(request.match_info["uuid"])
     body = await decode(request, UserChange)
-    if body.plan is not None:
-        user.plan = body.plan
-    if body.role is not None:
-        user.role = body.role
-    user.updated_at = sandbox.world.clock.now()
+    sandbox.world.change_user(user, plan=body.plan, role=body.role)
     return json_response(user_summary(sandbox, user.id))
 
 
@@ -422,8 +418,7 @@ async def disable_subscription(request: web.Request) -> web.StreamResponse:
     sub = world.subscriptions.get(request.match_info["uuid"])
     if sub is None:
         raise ApiError(404)
-    sub.state = "disabled"
-    sub.updated_at = world.clock.now()
+    world.disable_subscription(sub)
     return json_response(world.subscription_json(sub))
 
 

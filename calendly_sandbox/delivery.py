@@ -197,8 +197,7 @@ class Deliverer:
         if sub is None or sub.state != "active":
             delivery.state = "abandoned"
             return False
-        if sub.retry_started_at is None:
-            sub.retry_started_at = self.world.clock.now()
+        self.world.subscription_retrying(sub)
         delivery.state = "retrying"
         return True
 
@@ -224,8 +223,7 @@ class Deliverer:
         delivery.state = "failed"
         sub = self.world.subscriptions.get(delivery.subscription_id)
         if sub is not None and sub.state == "active":
-            sub.state = "disabled"
-            sub.updated_at = self.world.clock.now()
+            self.world.disable_subscription(sub)
 
     async def _attempt(self, delivery: Delivery) -> bool:
         assert self._session is not None, "Deliverer.start() was not awaited"
@@ -268,5 +266,5 @@ class Deliverer:
         if ok:
             delivery.state = "delivered"
             if sub is not None:
-                sub.retry_started_at = None
+                self.world.subscription_delivered(sub)
         return ok

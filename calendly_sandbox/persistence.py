@@ -43,14 +43,14 @@ def snapshot(world: World) -> bytes:
 def restore(world: World, data: bytes) -> None:
     """Load a snapshot; raises msgspec.DecodeError / ValidationError for a bad file."""
     snap = msgspec.json.decode(data, type=Snapshot)
-    world.organizations = {o.id: o for o in snap.organizations}
-    world.users = {u.id: u for u in snap.users}
-    world.grants_by_access = {g.access_token: g for g in snap.grants}
-    world.grants_by_refresh = {g.refresh_token: g for g in snap.grants}
-    world.subscriptions = {s.id: s for s in snap.subscriptions}
-    world.events = {e.id: e for e in snap.events}
-    world.invitees = {i.id: i for i in snap.invitees}
-    world.event_type_ids = dict(snap.event_type_ids)
+    world.people.organizations = {o.id: o for o in snap.organizations}
+    world.people.users = {u.id: u for u in snap.users}
+    world.grants.by_access = {g.access_token: g for g in snap.grants}
+    world.grants.by_refresh = {g.refresh_token: g for g in snap.grants}
+    world.webhooks.subscriptions = {s.id: s for s in snap.subscriptions}
+    world.bookings.events = {e.id: e for e in snap.events}
+    world.bookings.invitees = {i.id: i for i in snap.invitees}
+    world.bookings.event_type_ids = dict(snap.event_type_ids)
     world.clock.offset = snap.clock_offset
 
 
