@@ -7,7 +7,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Final, TextIO
 from urllib.parse import quote, quote_plus
@@ -18,53 +18,39 @@ from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from domain.secret import REDACTED, Secret
-
-# Keys whose values are always secret, wherever they appear (compared lower-case, '-' as '_').
-SECRET_KEYS: Final = frozenset(
-    {
-        "access_token",
-        "refresh_token",
-        "id_token",
-        "token",
-        "code",
-        "code_verifier",
-        "client_secret",
-        "signing_key",
-        "webhook_signing_key",
-        "authorization",
-        "proxy_authorization",
-        "password",
-        "passwd",
-        "cookie",
-        "set_cookie",
-        "jwt",
-        "secret",
-        "api_key",
-        "private_key",
-        "encryption_key",
-        "database_url",
-        "dsn",
-    }
+from domain.secret_names import (
+    SECRET_NAMES,
+    SECRET_SUFFIXES,
+    SECRET_URL_PARAMETERS,
+    is_secret_name,
 )
-SECRET_SUFFIXES: Final = ("_token", "_secret", "_password")
+
 # Registered values shorter than this would redact ordinary words; they are ignored.
 MIN_SECRET_LENGTH: Final = 8
 # Nesting deeper than this is rendered with repr() and scrubbed as one string.
 MAX_DEPTH: Final = 20
 
+
+def _name_pattern(names: Iterable[str]) -> str:
+    """A regex for the given names and any name with a secret suffix ('_' matches '-' too)."""
+
+    def spelled(name: str) -> str:
+        return re.escape(name).replace("_", "[-_]")
+
+    exact = "|".join(spelled(name) for name in sorted(names, key=lambda n: (-len(n), n)))
+    suffixes = "|".join(spelled(suffix) for suffix in SECRET_SUFFIXES)
+    return rf"(?:{exact}|[\w.-]*(?:{suffixes}))"
+
+
 # Secrets inside text that nobody registered: OAuth parameters in URLs and form bodies (the
-# callback's `?code=` in an access log line), token fields in JSON bodies, and HTTP credentials.
-# Short values are left alone, so "code=429" in a message survives.
-_URL_PARAMETERS: Final = (
-    "code|state|code_verifier|access_token|refresh_token|id_token|client_secret"
-)
-_JSON_FIELDS: Final = (
-    "code|code_verifier|access_token|refresh_token|id_token|token|client_secret|signing_key"
-    "|password"
-)
+# callback's `?code=` in an access log line), secret-named fields in JSON bodies, and HTTP
+# credentials. The names are the service's one list (domain/secret_names.py). Short values in
+# URLs are left alone, so "code=429" in a message survives.
 _TEXT_PATTERNS: Final = (
-    re.compile(rf"(?i)((?:^|(?<=[?&;\s]))(?:{_URL_PARAMETERS})=)[^&\s#\"'<>]{{8,}}"),
-    re.compile(rf"(?i)(\"(?:{_JSON_FIELDS})\"\s*:\s*\")[^\"]+"),
+    re.compile(
+        rf"(?i)((?:^|(?<=[?&;\s])){_name_pattern(SECRET_URL_PARAMETERS)}=)[^&\s#\"'<>]{{8,}}"
+    ),
+    re.compile(rf"(?i)(\"{_name_pattern(SECRET_NAMES)}\"\s*:\s*\")[^\"]+"),
     re.compile(r"(?i)(\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{16,}"),
 )
 
@@ -116,11 +102,6 @@ def scrub(text: str) -> str:
     return text
 
 
-def is_secret_key(key: str) -> bool:
-    name = key.lower().replace("-", "_")
-    return name in SECRET_KEYS or name.endswith(SECRET_SUFFIXES)
-
-
 def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """Processor: hide secret-named keys, Secret values and registered or recognisable secrets.
 
@@ -135,7 +116,7 @@ def _redact_key(key: object) -> object:
 
 
 def _redact_item(key: object, value: object, depth: int) -> object:
-    if isinstance(key, str) and value is not None and is_secret_key(key):
+    if isinstance(key, str) and value is not None and is_secret_name(key):
         return REDACTED
     return _redact_value(value, depth)
 

@@ -13,6 +13,7 @@ import msgspec
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from adapters.calendly.transport import basic_credentials
 from adapters.crypto import parse_encryption_keys
 from domain.secret import REDACTED, Secret
 
@@ -103,9 +104,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def secret_values(self) -> list[str]:
         """Every configured secret as text, for the log redactor to scrub wherever it appears."""
         values = [self.calendly_client_secret.reveal(), self.jwt_secret.reveal()]
-        # The client's HTTP Basic credentials (base64 of `id:secret`), as sent to Calendly.
-        secret = self.calendly_client_secret.reveal()
-        values.append(base64.b64encode(f"{self.calendly_client_id}:{secret}".encode()).decode())
+        # The client's HTTP Basic credentials, exactly as the adapter sends them to Calendly.
+        values.append(basic_credentials(self.calendly_client_id, self.calendly_client_secret))
         values += [key.reveal() for key in self.calendly_webhook_signing_keys]
         if self.host_webhook_secret is not None:
             values.append(self.host_webhook_secret.reveal())

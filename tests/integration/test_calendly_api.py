@@ -17,7 +17,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from adapters.calendly import AiohttpCalendlyApi
-from adapters.calendly.api import RequestBudget, redact
+from adapters.calendly.redaction import redact
+from adapters.calendly.transport import RequestBudget
 from calendly_sandbox import OAuthClient
 from domain.errors import (
     AlreadyExists,

@@ -15,7 +15,8 @@ import pytest
 import structlog
 from aiohttp import web
 
-from adapters.calendly.api import AiohttpCalendlyApi, basic_credentials
+from adapters.calendly import AiohttpCalendlyApi
+from adapters.calendly.transport import basic_credentials
 from domain.errors import CalendlyError
 from domain.secret import Secret
 from entrypoints.settings import load_settings

@@ -244,7 +244,7 @@ def test_a_listed_item_with_such_a_time_does_not_decode_so_a_sync_skips_it(
 ) -> None:
     raw = json.dumps(item).replace("{t}", moment).encode()
 
-    # The API client skips an item whose decode raises DecodeError (`_lenient_item`).
+    # The API client skips an item whose decode raises DecodeError (`lenient_item`).
     with pytest.raises(msgspec.DecodeError, match="UTC"):
         msgspec.json.decode(raw, type=kind)
 
@@ -353,10 +353,10 @@ def test_any_time_gives_utc_times_inside_the_range_or_unusable(
 def test_an_absurdly_deep_calendly_answer_is_unreadable_not_a_crash() -> None:
     """The API adapter's decoding meets the same bodies: a page item is skipped, a whole
     answer is CalendlyUnavailable (a sync backs off), never a RecursionError."""
-    from adapters.calendly.api import _decode_raw, _lenient_item
+    from adapters.calendly.errors import decode_raw, lenient_item
     from domain.errors import CalendlyUnavailable
 
     deep = b"[" * 5_000 + b"]" * 5_000
-    assert _lenient_item("/scheduled_events", msgspec.Raw(deep), wire.ScheduledEvent) is None
+    assert lenient_item("/scheduled_events", msgspec.Raw(deep), wire.ScheduledEvent) is None
     with pytest.raises(CalendlyUnavailable):
-        _decode_raw("GET", "/users/me", 200, b'{"resource": ' + deep + b"}", wire.UserResource)
+        decode_raw("GET", "/users/me", 200, b'{"resource": ' + deep + b"}", wire.UserResource)
