@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters.postgres.repositories import APPLY_CHANGE, RECORD_EVENT, SELECT_CONNECTION
-from adapters.postgres.unit_of_work import ROUTE_BY_TOKEN, SET_TENANT
+from adapters.postgres.connections import SELECT_CONNECTION
+from adapters.postgres.meetings import APPLY_CHANGE
+from adapters.postgres.session import SET_TENANT
+from adapters.postgres.webhook_events import RECORD_EVENT
+from adapters.postgres.webhook_routes import ROUTE_BY_TOKEN
 from benchmarks.deliveries import BASE, Mix, body_for, make_mix
 from benchmarks.load import WrkResult, median, pgbench, wrk
 from benchmarks.stack import Stack, User, stack

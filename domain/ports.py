@@ -251,6 +251,25 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
     signing_key: Secret | None = None
 
 
+class WebhookRouteRepository(Protocol):
+    """The webhook routes: one per connection, readable by every tenant (and by none)."""
+
+    async def find(
+        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
+    ) -> Route | None:
+        """Find the connection a delivery belongs to, before any tenant is known.
+
+        By `webhook_token` (a connection's own callback URL), else by the first of
+        `calendly_user_uris` that a connected user holds, in their order. One indexed lookup
+        either way, however many URIs are given (callers cap them).
+        """
+        ...
+
+    async def users_without_account(self, limit: int = 10_000) -> list[str]:
+        """App users whose connection lacks its Calendly user URI (rows from older systems)."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction on behalf of one tenant; leaving without `commit()` rolls back."""
 
@@ -258,6 +277,7 @@ class UnitOfWork(Protocol):
     authorizations: AuthorizationRepository
     meetings: MeetingRepository
     webhook_events: WebhookEventLog
+    routes: WebhookRouteRepository
 
     async def __aenter__(self) -> Self: ...
 
@@ -272,23 +292,8 @@ class UnitOfWork(Protocol):
         """Make `user_id` the tenant for the rest of the transaction (row-level security)."""
         ...
 
-    async def route(
-        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
-    ) -> Route | None:
-        """Find the connection a delivery belongs to, before any tenant is known.
-
-        By `webhook_token` (a connection's own callback URL), else by the first of
-        `calendly_user_uris` that a connected user holds, in their order. One indexed lookup
-        either way, however many URIs are given (callers cap them).
-        """
-        ...
-
     async def lock(self, name: str) -> None:
         """Hold a named lock, across processes, until the transaction ends."""
-        ...
-
-    async def users_without_account(self, limit: int = 10_000) -> list[str]:
-        """App users whose connection lacks its Calendly user URI (rows from older systems)."""
         ...
 
     async def commit(self) -> None: ...

@@ -111,7 +111,7 @@ def cmd_serve(argv: Sequence[str]) -> int:
     if args.port is not None:
         environ["PORT"] = str(args.port)
 
-    from adapters.postgres.unit_of_work import UnsafeDatabaseRole
+    from adapters.postgres.roles import UnsafeDatabaseRole
     from domain.errors import StorageUnavailable
     from entrypoints.logging import configure_logging, register_secret
     from entrypoints.server import run_server, serve

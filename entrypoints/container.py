@@ -20,7 +20,8 @@ from adapters.host_notifications import HostNotifier
 from adapters.postgres.listener import PostgresChangeListener
 from adapters.postgres.maintenance import PostgresMaintenanceQueue
 from adapters.postgres.pool import make_pool, ping
-from adapters.postgres.unit_of_work import check_runtime_role, unit_of_work_factory
+from adapters.postgres.roles import check_runtime_role
+from adapters.postgres.unit_of_work import unit_of_work_factory
 from adapters.system import SecretsRandomness, SystemClock
 from domain.usecases.complete_connect import CompleteConnect
 from domain.usecases.disconnect import Disconnect

@@ -1,13 +1,9 @@
 """Postgres adapters: the unit of work, repositories, migrations and pool set-up."""
 
 from .pool import open_pool
-from .unit_of_work import (
-    PostgresUnitOfWork,
-    TokenCipher,
-    UnsafeDatabaseRole,
-    check_runtime_role,
-    unit_of_work_factory,
-)
+from .roles import UnsafeDatabaseRole, check_runtime_role
+from .sealing import TokenCipher
+from .unit_of_work import PostgresUnitOfWork, unit_of_work_factory
 
 __all__ = [
     "PostgresUnitOfWork",

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Self
 
 import psycopg
 import psycopg_pool
@@ -14,105 +13,30 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from domain.errors import StorageUnavailable
-from domain.ports import Route, UnitOfWork, UnitOfWorkFactory
-from domain.secret import Secret
+from domain.ports import UnitOfWork, UnitOfWorkFactory
 
-from .pool import sweep_broken_connections
-from .repositories import (
-    CHANGED_MEETINGS,
-    LATEST_CHANGE,
-    LIST_MEETINGS,
-    RECORD_EVENT,
-    SELECT_CONNECTION,
-    SELECT_TROUBLE,
-    PostgresAuthorizationRepository,
-    PostgresConnectionRepository,
-    PostgresMeetingRepository,
-    PostgresWebhookEventLog,
-    secret_context,
-)
+from .authorizations import PostgresAuthorizationRepository
+from .connections import PostgresConnectionRepository
+from .meetings import PostgresMeetingRepository
+from .pool import Connection, sweep_broken_connections
+from .sealing import TokenCipher
+from .session import ReadOnly, Session
+from .webhook_events import PostgresWebhookEventLog
+from .webhook_routes import PostgresWebhookRouteRepository
 
-Connection = psycopg.AsyncConnection[dict[str, Any]]
-
-SET_TENANT = "SELECT set_config('app.user_id', %s, true)"
-ROUTE_BY_TOKEN = """
-SELECT user_id, connection_id::text AS connection_id, calendly_user_uri, signing_key_enc
-FROM calendly_webhook_routes WHERE webhook_token = %s
-"""  # noqa: S105 - SQL naming a column called token, not a password
-# The first of the given URIs (in their order) that a connected user holds: one index probe
-# per URI, one round trip whatever their number.
-ROUTE_BY_USER_URIS = """
-SELECT user_id, connection_id::text AS connection_id, calendly_user_uri, signing_key_enc
-FROM calendly_webhook_routes WHERE calendly_user_uri = ANY(%(uris)s::text[])
-ORDER BY array_position(%(uris)s::text[], calendly_user_uri) LIMIT 1
-"""
 ADVISORY_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
-# The routes are readable outside any tenant; a connection without a URI has a route without one.
-USERS_WITHOUT_ACCOUNT = """
-SELECT user_id FROM calendly_webhook_routes WHERE calendly_user_uri IS NULL
-ORDER BY user_id LIMIT %s
-"""
 # Infrastructure failures that mean "try again later", never "your request was wrong".
 UNAVAILABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.errors.AdminShutdown)
-
-
-class TokenCipher(Protocol):
-    """Encrypts secrets at rest; `context` binds a blob to its row and column."""
-
-    def encrypt(self, secret: Secret, *, context: str) -> bytes: ...
-
-    def decrypt(self, blob: bytes, *, context: str) -> Secret: ...
-
-
-class Session:
-    """The unit of work's connection as repositories use it: one `execute` per statement.
-
-    Round trips are the webhook path's main cost. A statement that opens the transaction goes
-    out in one round trip with psycopg's `BEGIN` (pipeline mode), and so does the tenant
-    setting `act_as` asked for: it travels just ahead of the next statement, so every statement
-    still runs as that tenant (DR-19). Errors surface from the same `execute` call as before.
-
-    It also notes whether the transaction may have written anything (`wrote`): only the
-    statements below are known to write nothing, everything else counts as a write.
-    """
-
-    # Statements that never write (locks and settings they take end with the transaction).
-    READS: frozenset[str] = frozenset(
-        {
-            SET_TENANT,
-            ROUTE_BY_TOKEN,
-            ROUTE_BY_USER_URIS,
-            USERS_WITHOUT_ACCOUNT,
-            SELECT_CONNECTION,
-            SELECT_TROUBLE,
-            LIST_MEETINGS,
-            CHANGED_MEETINGS,
-            LATEST_CHANGE,
-        }
-    )
-    # A plain INSERT ... ON CONFLICT DO NOTHING (no CTE) that inserted no row wrote nothing.
-    NOTHING_WITHOUT_ROWS: frozenset[str] = frozenset({RECORD_EVENT})
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.pending_tenant: str | None = None
-        self.wrote = False
-
-    async def execute(self, query: str, params: Any = None) -> psycopg.AsyncCursor[Any]:
-        conn = self.conn
-        tenant, self.pending_tenant = self.pending_tenant, None
-        if tenant is None and conn.info.transaction_status != TransactionStatus.IDLE:
-            cursor = await conn.execute(query, params)
-        else:
-            async with conn.pipeline():
-                if tenant is not None:
-                    await conn.execute(SET_TENANT, (tenant,))
-                cursor = await conn.execute(query, params)
-        if query not in self.READS and not (
-            query in self.NOTHING_WITHOUT_ROWS and cursor.rowcount == 0
-        ):
-            self.wrote = True
-        return cursor
+# What the session may count as writing nothing: what each repository declares of its own
+# statements (DR-20). A repository left out here merely has all its statements count as writes.
+READ_ONLY: ReadOnly = (
+    Session.READ_ONLY
+    | PostgresConnectionRepository.READ_ONLY
+    | PostgresAuthorizationRepository.READ_ONLY
+    | PostgresMeetingRepository.READ_ONLY
+    | PostgresWebhookEventLog.READ_ONLY
+    | PostgresWebhookRouteRepository.READ_ONLY
+)
 
 
 class PostgresUnitOfWork(UnitOfWork):
@@ -142,13 +66,14 @@ class PostgresUnitOfWork(UnitOfWork):
             await self._release(exc)
             sweep_broken_connections(self._pool)
             raise StorageUnavailable("the database cannot be reached") from exc
-        session = self._session = Session(conn)
+        session = self._session = Session(conn, READ_ONLY)
         # Set with the first statement (see Session): nothing runs before it as anyone else.
         session.pending_tenant = self._user_id
         self.connections = PostgresConnectionRepository(session, self._cipher)
         self.authorizations = PostgresAuthorizationRepository(session, self._cipher)
         self.meetings = PostgresMeetingRepository(session)
         self.webhook_events = PostgresWebhookEventLog(session)
+        self.routes = PostgresWebhookRouteRepository(session, self._cipher)
         return self
 
     async def __aexit__(
@@ -198,36 +123,8 @@ class PostgresUnitOfWork(UnitOfWork):
         self._user_id = user_id
         self.conn.pending_tenant = user_id
 
-    async def route(
-        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
-    ) -> Route | None:
-        if webhook_token is not None:
-            cursor = await self.conn.execute(ROUTE_BY_TOKEN, (webhook_token,))
-        elif calendly_user_uris:
-            cursor = await self.conn.execute(ROUTE_BY_USER_URIS, {"uris": list(calendly_user_uris)})
-        else:
-            return None
-        row = await cursor.fetchone()
-        if row is None:
-            return None
-        sealed = row["signing_key_enc"]
-        return Route(
-            user_id=row["user_id"],
-            connection_id=row["connection_id"],
-            calendly_user_uri=row["calendly_user_uri"] or "",
-            signing_key=None
-            if sealed is None
-            else self._cipher.decrypt(
-                sealed, context=secret_context(row["connection_id"], "signing_key")
-            ),
-        )
-
     async def lock(self, name: str) -> None:
         await self.conn.execute(ADVISORY_LOCK, (name,))
-
-    async def users_without_account(self, limit: int = 10_000) -> list[str]:
-        cursor = await self.conn.execute(USERS_WITHOUT_ACCOUNT, (limit,))
-        return [row["user_id"] for row in await cursor.fetchall()]
 
     async def commit(self) -> None:
         session = self.conn
@@ -245,39 +142,3 @@ def unit_of_work_factory(
         return PostgresUnitOfWork(pool, cipher, user_id)
 
     return make
-
-
-class UnsafeDatabaseRole(Exception):
-    """The runtime role could bypass row-level security; the service refuses to start."""
-
-
-CHECK_ROLE = """
-SELECT r.rolname, r.rolsuper, r.rolbypassrls,
-       (SELECT count(*) FROM pg_class c
-         WHERE c.relowner = r.oid AND c.relkind IN ('r', 'p')
-           AND c.relnamespace = 'public'::regnamespace) AS owned_tables
-FROM pg_roles r WHERE r.rolname = current_user
-"""
-
-
-async def check_runtime_role(pool: psycopg_pool.AsyncConnectionPool[Connection]) -> str:
-    """Raise UnsafeDatabaseRole unless the pool's role is bound by row-level security."""
-    async with pool.connection() as conn:
-        cursor = await conn.execute(CHECK_ROLE)
-        row = await cursor.fetchone()
-        await conn.rollback()
-    assert row is not None
-    problems = []
-    if row["rolsuper"]:
-        problems.append("is a superuser")
-    if row["rolbypassrls"]:
-        problems.append("has BYPASSRLS")
-    if row["owned_tables"]:
-        problems.append(f"owns {row['owned_tables']} tables")
-    if problems:
-        raise UnsafeDatabaseRole(
-            f"the database role {row['rolname']!r} {' and '.join(problems)}: row-level security "
-            "would not protect tenants. Set DATABASE_RUNTIME_ROLE to a role that owns nothing "
-            "(the migrator creates 'calendly_app')."
-        )
-    return str(row["rolname"])

@@ -89,7 +89,7 @@ class HandleWebhookEvent:
         async with self._uow() as uow:
             route: Route | None = None
             if command.webhook_token is not None:
-                route = await uow.route(webhook_token=command.webhook_token)
+                route = await uow.routes.find(webhook_token=command.webhook_token)
                 own_key = route.signing_key if route is not None else None
                 if not app_signed and not (
                     own_key is not None and signed_with(header, command.body, (own_key,))
@@ -98,7 +98,7 @@ class HandleWebhookEvent:
             # Signed: only now is the body decoded.
             inbound, problem = self._decode(command.body)
             if command.webhook_token is None and inbound is not None:
-                route = await uow.route(calendly_user_uris=route_candidates(inbound))
+                route = await uow.routes.find(calendly_user_uris=route_candidates(inbound))
             connection = None
             if route is not None:
                 await uow.act_as(route.user_id)

@@ -54,7 +54,7 @@ class RepairConnection:
 
     async def candidates(self) -> list[str]:
         async with self._uow() as uow:
-            return await uow.users_without_account()
+            return await uow.routes.users_without_account()
 
     async def __call__(self, user_id: str, *, dry_run: bool = False) -> RepairResult:
         async with self._uow(user_id) as uow:
@@ -116,7 +116,7 @@ class RepairConnection:
     async def _conflict(self, user_id: str, account: CalendlyAccount) -> RepairResult:
         """The row's grant is for an account that webhooks already route to another user."""
         async with self._uow() as uow:
-            owner = await uow.route(calendly_user_uris=(account.user_uri,))
+            owner = await uow.routes.find(calendly_user_uris=(account.user_uri,))
         holder = f"app user {owner.user_id!r}" if owner is not None else "another app user"
         return RepairResult(
             user_id=user_id,

@@ -29,6 +29,7 @@ from domain.ports import (
     UnitOfWorkFactory,
     WebhookEventLog,
     WebhookOutcome,
+    WebhookRouteRepository,
 )
 
 
@@ -267,6 +268,42 @@ class FakeWebhookEventLog(WebhookEventLog):
         return True
 
 
+class FakeWebhookRouteRepository(WebhookRouteRepository):
+    """Routes are read from committed connections, outside any tenant (like Postgres)."""
+
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    async def find(
+        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
+    ) -> Route | None:
+        db = self._uow.db
+        db.route_lookups.append((webhook_token, tuple(calendly_user_uris)))
+        connected = [c for c in db.connections.values() if c.is_connected and c.account]
+        found = None
+        if webhook_token is not None:
+            found = next((c for c in connected if c.webhook_token == webhook_token), None)
+        else:
+            by_uri = {c.account.user_uri: c for c in connected if c.account is not None}
+            found = next((by_uri[u] for u in calendly_user_uris if u in by_uri), None)
+        if found is None or found.account is None:
+            return None
+        return Route(
+            user_id=found.user_id,
+            connection_id=found.id,
+            calendly_user_uri=found.account.user_uri,
+            signing_key=found.signing_key,
+        )
+
+    async def users_without_account(self, limit: int = 10_000) -> list[str]:
+        found = sorted(
+            c.user_id
+            for c in self._uow.db.connections.values()
+            if c.is_connected and c.account is None
+        )
+        return found[:limit]
+
+
 class FakeUnitOfWork(UnitOfWork):
     def __init__(self, db: FakeDatabase, tenant: str | None) -> None:
         self.db = db
@@ -277,6 +314,7 @@ class FakeUnitOfWork(UnitOfWork):
         self.authorizations = FakeAuthorizationRepository(self)
         self.meetings = FakeMeetingRepository(self)
         self.webhook_events = FakeWebhookEventLog(self)
+        self.routes = FakeWebhookRouteRepository(self)
 
     async def __aenter__(self) -> Self:
         self.db.units_opened += 1
@@ -307,32 +345,6 @@ class FakeUnitOfWork(UnitOfWork):
 
     async def lock(self, name: str) -> None:
         await self.hold(f"advisory:{name}")
-
-    async def users_without_account(self, limit: int = 10_000) -> list[str]:
-        found = sorted(
-            c.user_id for c in self.db.connections.values() if c.is_connected and c.account is None
-        )
-        return found[:limit]
-
-    async def route(
-        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
-    ) -> Route | None:
-        self.db.route_lookups.append((webhook_token, tuple(calendly_user_uris)))
-        connected = [c for c in self.db.connections.values() if c.is_connected and c.account]
-        found = None
-        if webhook_token is not None:
-            found = next((c for c in connected if c.webhook_token == webhook_token), None)
-        else:
-            by_uri = {c.account.user_uri: c for c in connected if c.account is not None}
-            found = next((by_uri[u] for u in calendly_user_uris if u in by_uri), None)
-        if found is None or found.account is None:
-            return None
-        return Route(
-            user_id=found.user_id,
-            connection_id=found.id,
-            calendly_user_uri=found.account.user_uri,
-            signing_key=found.signing_key,
-        )
 
     async def commit(self) -> None:
         db, staged = self.db, self.staged

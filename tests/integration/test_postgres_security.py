@@ -13,11 +13,8 @@ import pytest
 from adapters.crypto import AesGcmTokenCipher
 from adapters.postgres.migrations import discover, migrate, pending
 from adapters.postgres.pool import make_pool
-from adapters.postgres.unit_of_work import (
-    UnsafeDatabaseRole,
-    check_runtime_role,
-    unit_of_work_factory,
-)
+from adapters.postgres.roles import UnsafeDatabaseRole, check_runtime_role
+from adapters.postgres.unit_of_work import unit_of_work_factory
 from domain.meetings import Meeting
 from domain.ports import MeetingChange, UnitOfWorkFactory
 from tests.integration.test_repository_contract import CID_A, CID_B, add, connection

@@ -111,7 +111,7 @@ async def test_a_disconnected_account_can_be_connected_elsewhere(
         await uow.commit()
     await add(any_uow, connection("b", 1, CID_B))
     async with any_uow() as uow:
-        route = await uow.route(calendly_user_uris=[account(1).user_uri])
+        route = await uow.routes.find(calendly_user_uris=[account(1).user_uri])
     assert route is not None
     assert route.user_id == "b"
 
@@ -119,9 +119,9 @@ async def test_a_disconnected_account_can_be_connected_elsewhere(
 async def test_routes_follow_the_connection(any_uow: UnitOfWorkFactory) -> None:
     stored = await add(any_uow, connection("a", 1, CID_A))
     async with any_uow() as uow:
-        by_token = await uow.route(webhook_token="token-a1")
-        by_uri = await uow.route(calendly_user_uris=[account(1).user_uri])
-        unknown = await uow.route(webhook_token="nope")
+        by_token = await uow.routes.find(webhook_token="token-a1")
+        by_uri = await uow.routes.find(calendly_user_uris=[account(1).user_uri])
+        unknown = await uow.routes.find(webhook_token="nope")
     assert by_token is not None
     assert by_uri is not None
     assert (by_token.user_id, by_token.connection_id) == ("a", CID_A)
@@ -131,14 +131,14 @@ async def test_routes_follow_the_connection(any_uow: UnitOfWorkFactory) -> None:
         await uow.connections.save(stored.with_webhook_token("token-new", T0))
         await uow.commit()
     async with any_uow() as uow:
-        assert await uow.route(webhook_token="token-a1") is None
-        assert await uow.route(webhook_token="token-new") is not None
+        assert await uow.routes.find(webhook_token="token-a1") is None
+        assert await uow.routes.find(webhook_token="token-new") is not None
 
 
 async def test_a_route_carries_the_connections_signing_key(any_uow: UnitOfWorkFactory) -> None:
     stored = await add(any_uow, connection("a", 1, CID_A))
     async with any_uow() as uow:
-        assert (await uow.route(webhook_token="token-a1")) == Route(
+        assert (await uow.routes.find(webhook_token="token-a1")) == Route(
             user_id="a",
             connection_id=CID_A,
             calendly_user_uri=account(1).user_uri,
@@ -149,8 +149,8 @@ async def test_a_route_carries_the_connections_signing_key(any_uow: UnitOfWorkFa
         await uow.connections.save(stored.with_subscription("https://sub/1", key, T0))
         await uow.commit()
     async with any_uow() as uow:
-        by_token = await uow.route(webhook_token="token-a1")
-        by_uri = await uow.route(calendly_user_uris=[account(1).user_uri])
+        by_token = await uow.routes.find(webhook_token="token-a1")
+        by_uri = await uow.routes.find(calendly_user_uris=[account(1).user_uri])
     assert by_token is not None
     assert by_token.signing_key == key
     assert by_uri == by_token
@@ -163,12 +163,14 @@ async def test_routing_by_uris_takes_the_first_connected_one_in_order(
     await add(any_uow, connection("b", 2, CID_B))
     strangers = [f"https://api.calendly.com/users/stranger-{i}" for i in range(50)]
     async with any_uow() as uow:
-        b_first = await uow.route(
+        b_first = await uow.routes.find(
             calendly_user_uris=[*strangers, account(2).user_uri, account(1).user_uri]
         )
-        a_first = await uow.route(calendly_user_uris=[account(1).user_uri, account(2).user_uri])
-        nobody = await uow.route(calendly_user_uris=strangers)
-        nothing = await uow.route(calendly_user_uris=[])
+        a_first = await uow.routes.find(
+            calendly_user_uris=[account(1).user_uri, account(2).user_uri]
+        )
+        nobody = await uow.routes.find(calendly_user_uris=strangers)
+        nothing = await uow.routes.find(calendly_user_uris=[])
     assert b_first is not None
     assert b_first.user_id == "b"
     assert a_first is not None

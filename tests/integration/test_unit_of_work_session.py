@@ -11,7 +11,7 @@ import psycopg_pool
 from adapters.crypto import AesGcmTokenCipher
 from adapters.postgres.unit_of_work import PostgresUnitOfWork
 from domain.ports import MeetingQuery, UnitOfWorkFactory
-from tests.integration.test_repository_contract import CID_A, add, connection
+from tests.integration.test_repository_contract import CID_A, account, add, connection
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
 
@@ -51,6 +51,17 @@ async def test_reads_and_a_repeated_delivery_count_as_writing_nothing(
         await uow.commit()
     async with PostgresUnitOfWork(pool, cipher, "a") as uow:
         assert not await record(uow)  # the duplicate inserts nothing
+        assert not uow.conn.wrote
+
+
+async def test_route_lookups_count_as_writing_nothing(
+    pool: Pool, cipher: AesGcmTokenCipher, pg_uow: UnitOfWorkFactory
+) -> None:
+    await add(pg_uow, connection("a", 1, CID_A))
+    async with PostgresUnitOfWork(pool, cipher, None) as uow:
+        assert await uow.routes.find(webhook_token="token-a1") is not None
+        assert await uow.routes.find(calendly_user_uris=[account(1).user_uri]) is not None
+        assert await uow.routes.users_without_account() == []
         assert not uow.conn.wrote
 
 

@@ -1,0 +1,69 @@
+"""Deliveries seen over psycopg 3: recorded once each, for deduplication and looking back."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+from adapters.text import storable, storable_or_none
+from domain.model import Connection
+from domain.ports import WebhookEventLog, WebhookOutcome
+
+from .session import ReadOnly, Session
+
+RECORD_EVENT = """
+INSERT INTO calendly_webhook_events
+    (event_id, event_type, payload, raw_payload, user_id, connection_id, outcome, reason)
+VALUES (%(event_id)s, %(event_type)s, %(payload)s::jsonb, %(raw)s, %(user_id)s,
+        %(connection_id)s, %(outcome)s, %(reason)s)
+ON CONFLICT (event_id) DO NOTHING
+"""
+# No RETURNING: a row nobody may read (an unrouted delivery) could not be returned under RLS.
+
+
+def _jsonb_text(body: bytes) -> str | None:
+    """The body as text Postgres' jsonb accepts, or None (then it is kept as raw bytes)."""
+    if b"\\u0000" in body:
+        return None  # valid JSON, but jsonb refuses NUL characters
+    try:
+        msgspec.json.decode(body)
+        return body.decode("utf-8")
+    # RecursionError: nested deeper than msgspec may follow (RELIABILITY row 32).
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+class PostgresWebhookEventLog(WebhookEventLog):
+    # A duplicate delivery inserts no row: it wrote nothing.
+    READ_ONLY: ClassVar[ReadOnly] = ReadOnly(nothing_without_rows=frozenset({RECORD_EVENT}))
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    async def record(
+        self,
+        *,
+        event_id: str,
+        event_type: str,
+        payload: bytes,
+        connection: Connection | None,
+        outcome: WebhookOutcome,
+        reason: str | None = None,
+    ) -> bool:
+        text = _jsonb_text(payload)
+        cursor = await self._session.execute(
+            RECORD_EVENT,
+            {
+                # Made of the delivery's own text (its URIs, a decoder's message): storable.
+                "event_id": storable(event_id),
+                "event_type": storable(event_type),
+                "payload": text,
+                "raw": None if text is not None else payload,
+                "user_id": connection.user_id if connection else None,
+                "connection_id": connection.id if connection else None,
+                "outcome": outcome,
+                "reason": storable_or_none(reason),
+            },
+        )
+        return cursor.rowcount == 1

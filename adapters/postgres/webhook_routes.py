@@ -1,0 +1,70 @@
+"""The webhook routes over psycopg 3: which connection a delivery belongs to, before any tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from domain.ports import Route, WebhookRouteRepository
+
+from .sealing import TokenCipher, secret_context
+from .session import ReadOnly, Session
+
+# The routes, kept in step with the connections by a trigger, are readable outside any tenant;
+# each carries its connection's sealed signing key (migration 0004).
+ROUTE_BY_TOKEN = """
+SELECT user_id, connection_id::text AS connection_id, calendly_user_uri, signing_key_enc
+FROM calendly_webhook_routes WHERE webhook_token = %s
+"""  # noqa: S105 - SQL naming a column called token, not a password
+# The first of the given URIs (in their order) that a connected user holds: one index probe
+# per URI, one round trip whatever their number.
+ROUTE_BY_USER_URIS = """
+SELECT user_id, connection_id::text AS connection_id, calendly_user_uri, signing_key_enc
+FROM calendly_webhook_routes WHERE calendly_user_uri = ANY(%(uris)s::text[])
+ORDER BY array_position(%(uris)s::text[], calendly_user_uri) LIMIT 1
+"""
+# A connection without a URI has a route without one.
+USERS_WITHOUT_ACCOUNT = """
+SELECT user_id FROM calendly_webhook_routes WHERE calendly_user_uri IS NULL
+ORDER BY user_id LIMIT %s
+"""
+
+
+class PostgresWebhookRouteRepository(WebhookRouteRepository):
+    READ_ONLY: ClassVar[ReadOnly] = ReadOnly(
+        reads=frozenset({ROUTE_BY_TOKEN, ROUTE_BY_USER_URIS, USERS_WITHOUT_ACCOUNT})
+    )
+
+    def __init__(self, session: Session, cipher: TokenCipher) -> None:
+        self._session = session
+        self._cipher = cipher
+
+    async def find(
+        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
+    ) -> Route | None:
+        if webhook_token is not None:
+            cursor = await self._session.execute(ROUTE_BY_TOKEN, (webhook_token,))
+        elif calendly_user_uris:
+            cursor = await self._session.execute(
+                ROUTE_BY_USER_URIS, {"uris": list(calendly_user_uris)}
+            )
+        else:
+            return None
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        sealed = row["signing_key_enc"]
+        return Route(
+            user_id=row["user_id"],
+            connection_id=row["connection_id"],
+            calendly_user_uri=row["calendly_user_uri"] or "",
+            signing_key=None
+            if sealed is None
+            else self._cipher.decrypt(
+                sealed, context=secret_context(row["connection_id"], "signing_key")
+            ),
+        )
+
+    async def users_without_account(self, limit: int = 10_000) -> list[str]:
+        cursor = await self._session.execute(USERS_WITHOUT_ACCOUNT, (limit,))
+        return [row["user_id"] for row in await cursor.fetchall()]
