@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 .PHONY: help
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-17s %s\n", $$1, $$2}'
 
 .PHONY: install
 install: $(STAMP) ## Create .venv and install the pinned dependencies
@@ -37,7 +37,7 @@ chaos: $(STAMP) ## Faults under load (Postgres down, kills, 429/5xx), checked ag
 
 .PHONY: demo
 demo: $(STAMP) ## Scripted headless run of the main job; exits non-zero if anything fails
-	$(BIN)/python -m entrypoints.demo
+	$(BIN)/python -m entrypoints.developer.demo
 
 BENCH_ARGS ?=
 
@@ -52,9 +52,26 @@ bench: $(STAMP) ## Benchmarks of issue 6 (about 10 min): table + benchmarks/resu
 sandbox: $(STAMP) ## Run the Calendly sandbox on SANDBOX_PORT (default 8765)
 	$(BIN)/calendly-connect sandbox --port $(SANDBOX_PORT)
 
+# The whole suite in three parts, by what the tests start; a new folder of tests/ joins one.
+UNIT_TESTS        := tests/unit tests/http tests/sandbox
+INTEGRATION_TESTS := tests/integration tests/faults tests/security tests/fuzz
+E2E_TESTS         := tests/e2e
+
 .PHONY: test
-test: $(STAMP) ## Run the whole test suite
+test: $(STAMP) ## Run the whole test suite (the three parts below)
 	$(BIN)/pytest
+
+.PHONY: test-unit
+test-unit: $(STAMP) ## The core and the HTTP app in-process over fakes, the sandbox: no Postgres
+	$(BIN)/pytest $(UNIT_TESTS)
+
+.PHONY: test-integration
+test-integration: $(STAMP) ## Adapters on real Postgres and the sandbox, faults, security, fuzzing
+	$(BIN)/pytest $(INTEGRATION_TESTS)
+
+.PHONY: test-e2e
+test-e2e: $(STAMP) ## The real service end to end (HTTP, Postgres, sandbox), demo, chaos, a browser
+	$(BIN)/pytest $(E2E_TESTS)
 
 .PHONY: lint
 lint: $(STAMP) ## ruff format check, ruff, mypy --strict, import-linter

@@ -1,5 +1,5 @@
 """The reference for benchmark 1: a bare Litestar endpoint that accepts a delivery's body and
-answers as the service does, under the same server and settings (`entrypoints.server`), and
+answers as the service does, under the same server and settings (`entrypoints.service.server`), and
 nothing else: no signature, no database, no logging. Run as `python -m benchmarks.bare_app --fd N`.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 import uvicorn
 from litestar import Litestar, Request, get, post
 
-from entrypoints.server import UVICORN_OPTIONS, run_server
+from entrypoints.service.server import UVICORN_OPTIONS, run_server
 
 
 @post("/webhooks/calendly/{token:str}", status_code=200)

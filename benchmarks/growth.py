@@ -60,11 +60,12 @@ FROM calendar_connections WHERE user_id LIKE 'bulk-%%'
 """,
     f"""
 INSERT INTO meetings (user_id, connection_id, event_uri, name, start_time, end_time, status,
-                      location)
+                      location, change_seq)
 SELECT c.user_id, c.id, 'https://api.calendly.test/scheduled_events/' || c.user_id || '-m' || k,
        '30 Minute Meeting', timestamptz '2030-01-01 09:00Z' + k * interval '1 day',
        timestamptz '2030-01-01 09:30Z' + k * interval '1 day', 'active',
-       '{{"type": "zoom", "join_url": "https://zoom.example/j/1"}}'
+       '{{"type": "zoom", "join_url": "https://zoom.example/j/1"}}',
+       k  -- per user, as the trigger (off here) would number them
 FROM calendar_connections c, generate_series(1, {MEETINGS_PER_CONNECTION}) k
 """,  # noqa: S608 - a constant of this module, no input
     """

@@ -14,6 +14,7 @@ from typing import Any
 
 from adapters.postgres.connections import SELECT_CONNECTION
 from adapters.postgres.meetings import APPLY_CHANGE
+from adapters.postgres.roles import DEFAULT_RUNTIME_ROLE
 from adapters.postgres.session import SET_TENANT
 from adapters.postgres.webhook_events import RECORD_EVENT
 from adapters.postgres.webhook_routes import ROUTE_BY_TOKEN
@@ -21,7 +22,6 @@ from benchmarks.deliveries import BASE, Mix, body_for, make_mix
 from benchmarks.load import WrkResult, median, pgbench, wrk
 from benchmarks.stack import Stack, User, stack
 
-RUNTIME_ROLE = "calendly_app"
 COLON = "chr(58)"
 PER_USER_TABLES = ("meeting_invitees", "meetings", "calendly_webhook_events")
 
@@ -259,7 +259,7 @@ def prepare_pgbench(s: Stack, users: list[User]) -> None:
     s.sql("TRUNCATE bench_routes")
     for n, u in enumerate(users):
         s.sql("INSERT INTO bench_routes VALUES (%s, %s)", (n, u.webhook_token))
-    s.sql(f"GRANT SELECT ON bench_routes TO {RUNTIME_ROLE}")
+    s.sql(f"GRANT SELECT ON bench_routes TO {DEFAULT_RUNTIME_ROLE}")
 
 
 def seed_pgbench_duplicates(s: Stack, users: list[User]) -> None:
@@ -282,7 +282,7 @@ def run_pgbench(s: Stack, users: list[User], cfg: Config) -> dict[str, Any]:
         clients=cfg.connections,
         seconds=cfg.seconds,
         defines={"payload": sample},
-        role=RUNTIME_ROLE,
+        role=DEFAULT_RUNTIME_ROLE,
     )
     return {
         "rate": result.tps,

@@ -1,5 +1,6 @@
 """One benchmark's stack on loopback: embedded Postgres in a temporary folder, the sandbox, and N
-`calendly-connect serve --fd` processes sharing one listening socket (as `make run` does).
+`calendly-connect serve --fd` processes sharing one listening socket (as `make run` does), all
+started by the local stack's launcher (entrypoints/developer/launcher.py).
 
 No maintenance worker runs: it would call the sandbox on its own schedule and blur the call
 counts and the timings; nothing measured here needs it.
@@ -8,20 +9,13 @@ counts and the timings; nothing measured here needs it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -32,7 +26,7 @@ import jwt
 import psycopg
 
 from adapters.crypto import AesGcmTokenCipher, parse_encryption_keys
-from entrypoints.devstack import with_database
+from entrypoints.developer.launcher import LocalStack, service_environment
 
 JWT_AUDIENCE = "authenticated"
 
@@ -53,75 +47,40 @@ class User:
 @dataclass
 class Stack:
     workdir: Path
-    pg_server: Any
+    local: LocalStack  # the processes, the socket and Postgres
     admin_url: str  # superuser, on the service's database
-    env: dict[str, str]
-    listener: socket.socket
     url: str
     sandbox_url: str
-    sandbox: subprocess.Popen[bytes] | None = None
-    services: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    _logs: list[Any] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.local.env
 
     # ------------------------------------------------------------ processes
     def start_services(self, count: int, **overrides: str) -> None:
         """(Re)start `count` service processes with the stack's environment plus `overrides`."""
         self.stop_services()
-        env = {**self.env, **overrides}
-        for n in range(count):
-            log = (self.workdir / f"service-{len(self._logs)}-{n}.log").open("ab")
-            self._logs.append(log)
-            argv = [sys.executable, "-m", "entrypoints.cli", "serve"]
-            argv += ["--fd", str(self.listener.fileno())]
-            self.services.append(
-                subprocess.Popen(  # noqa: S603 - our own CLI, fixed argv
-                    argv,
-                    env=env,
-                    pass_fds=(self.listener.fileno(),),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        wait_ready(self.url, self.services)
+        self.local.start_services(count, **overrides)
+        self._wait_ready()
 
     def start_command(self, argv: list[str], count: int = 1, **overrides: str) -> None:
         """Start `count` other server processes on the stack's socket (`{fd}` in argv)."""
         self.stop_services()
-        env = {**self.env, **overrides}
-        fd = str(self.listener.fileno())
         for _ in range(count):
-            log = (self.workdir / f"other-{len(self._logs)}.log").open("ab")
-            self._logs.append(log)
-            self.services.append(
-                subprocess.Popen(  # noqa: S603 - fixed argv of our own modules
-                    [a.replace("{fd}", fd) for a in argv],
-                    env=env,
-                    pass_fds=(self.listener.fileno(),),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        wait_ready(self.url, self.services)
+            self.local.start_on_socket("other", argv, **overrides)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        # A few answers in a row per process: the slowest of them has had time to start too.
+        self.local.wait_ready(self.url, answers_each=3)
+        time.sleep(0.5)  # give siblings that have not answered yet a moment to settle
 
     def stop_services(self) -> None:
-        stop_processes(self.services)
-        self.services = []
+        self.local.stop_services()
 
     @property
     def service_pids(self) -> list[int]:
-        return [p.pid for p in self.services]
-
-    def close(self) -> None:
-        self.stop_services()
-        if self.sandbox is not None:
-            stop_processes([self.sandbox])
-        self.listener.close()
-        for log in self._logs:
-            log.close()
-        if self.pg_server is not None:
-            with contextlib.suppress(Exception):
-                self.pg_server.cleanup()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        return [p.pid for p in self.local.services]
 
     # --------------------------------------------------------------- database
     def sql(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -150,7 +109,8 @@ class Stack:
 
     def socket_dir(self) -> str:
         """Where the embedded Postgres listens (pgbench and psql take it as -h)."""
-        return str(psycopg.conninfo.conninfo_to_dict(self.admin_url).get("host", ""))
+        assert self.local.postgres is not None
+        return self.local.postgres.socket_dir
 
     def cipher(self) -> AesGcmTokenCipher:
         keys, active = parse_encryption_keys(self.env["TOKEN_ENCRYPTION_KEY"])
@@ -222,140 +182,37 @@ async def sandbox_user_ids(http: aiohttp.ClientSession, sandbox_url: str) -> dic
     return {u["email"]: u["id"] for u in users}
 
 
-def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
-    for proc in processes:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for proc in processes:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_ready(url: str, processes: list[subprocess.Popen[bytes]], seconds: float = 60) -> None:
-    """Until every process answers /health/ready (each accepts on the shared socket in turn)."""
-    import urllib.request
-
-    deadline = time.monotonic() + seconds
-    ready = 0
-    while time.monotonic() < deadline:
-        for proc in processes:
-            if proc.poll() is not None:
-                raise RuntimeError(f"a service process exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health/ready", timeout=2) as response:  # noqa: S310
-                ready = ready + 1 if response.status == 200 else 0
-        except OSError:
-            ready = 0
-        # A few answers in a row: the slowest of the processes has had time to start too.
-        if ready >= 3 * len(processes):
-            time.sleep(0.5)  # give siblings that have not answered yet a moment to settle
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"the service at {url} did not become ready")
-
-
-def _free_listener() -> socket.socket:
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4096)
-    return listener
-
-
-def _start_postgres(workdir: Path) -> tuple[Any, str]:
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    from pgserver import get_server  # type: ignore[attr-defined]
-
-    server = get_server(workdir / "postgres", cleanup_mode="stop")
-    admin = str(server.get_uri())
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE calendly_connect")
-    return server, with_database(admin, "calendly_connect")
-
-
-def _start_sandbox(env: dict[str, str], redirect: str, path: Path) -> tuple[Any, str]:
-    argv = [sys.executable, "-m", "entrypoints.cli", "sandbox", "--port", "0"]
-    argv += ["--client-id", env["CALENDLY_OAUTH_CLIENT_ID"], "--redirect-uri", redirect]
-    with path.open("ab") as log:
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for line in path.read_text(errors="replace").splitlines():
-            if line.startswith("Calendly sandbox listening on "):
-                return proc, line.rsplit(" ", 1)[1].strip()
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    stop_processes([proc])
-    raise RuntimeError(f"the sandbox did not start (see {path})")
-
-
 @contextlib.contextmanager
 def stack(name: str, **overrides: str) -> Iterator[Stack]:
     """A fresh stack (no service process yet: call `start_services`)."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     workdir.chmod(0o755)  # the embedded Postgres runs as its own system user when we are root
-    pg_server = None
-    built: Stack | None = None
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("CALENDLY_", "DB_"))}
+    local = LocalStack(base, logs=workdir)
     try:
-        pg_server, admin_url = _start_postgres(workdir)
-        listener = _free_listener()
-        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("CALENDLY_", "DB_"))},
-            "DATABASE_URL": admin_url,
-            "CALENDLY_OAUTH_CLIENT_ID": f"bench-{name}",
-            "CALENDLY_OAUTH_CLIENT_SECRET": secrets.token_urlsafe(32),
-            "CALENDLY_WEBHOOK_SIGNING_KEY": secrets.token_urlsafe(32),
-            "TOKEN_ENCRYPTION_KEY": "b1:" + base64.urlsafe_b64encode(os.urandom(32)).decode(),
-            "JWT_SECRET": secrets.token_urlsafe(48),
-            "PUBLIC_BASE_URL": url,
-            "HOST": "127.0.0.1",
-            "PORT": str(listener.getsockname()[1]),
-            "DEV_LOGIN_ENABLED": "true",
-            "LOG_FORMAT": "json",
-            **overrides,
-        }
-        run_migrations_quietly(env, workdir)
-        sandbox, sandbox_url = _start_sandbox(
-            env, f"{url}/oauth/calendly/callback", workdir / "sandbox.log"
+        database_url = local.start_postgres(workdir / "postgres", "calendly_connect")
+        url = local.listen(backlog=4096)
+        local.env.update(
+            service_environment(
+                database_url=database_url,
+                public_url=url,
+                client_id=f"bench-{name}",
+                HOST="127.0.0.1",
+                PORT=str(local.port),
+                DEV_LOGIN_ENABLED="true",
+                LOG_FORMAT="json",
+            )
         )
-        env["CALENDLY_AUTH_BASE_URL"] = sandbox_url
-        env["CALENDLY_API_BASE_URL"] = sandbox_url
+        local.env.update(overrides)
+        local.migrate()
+        sandbox_url = local.start_sandbox(redirect_uris=[f"{url}/oauth/calendly/callback"])
         built = Stack(
-            workdir=workdir,
-            pg_server=pg_server,
-            admin_url=admin_url,
-            env=env,
-            listener=listener,
-            url=url,
-            sandbox_url=sandbox_url,
-            sandbox=sandbox,
+            workdir=workdir, local=local, admin_url=database_url, url=url, sandbox_url=sandbox_url
         )
         yield built
     finally:
-        if built is not None:
-            built.close()
-        elif pg_server is not None:
-            pg_server.cleanup()
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
-def run_migrations_quietly(env: dict[str, str], workdir: Path) -> None:
-    with (workdir / "migrate.log").open("wb") as log:
-        result = subprocess.run(
-            [sys.executable, "-m", "entrypoints.cli", "migrate"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    if result.returncode != 0:
-        raise RuntimeError(f"migrations failed: {(workdir / 'migrate.log').read_text()}")
+        local.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def host_of(url: str) -> str:

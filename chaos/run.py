@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import random
-import secrets
 import signal
-import socket
-import sys
 import tempfile
 import time
-import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,12 +30,15 @@ import aiohttp
 import jwt
 import psycopg
 
-from adapters.postgres.migrations import migrate
 from calendly_sandbox import OAuthClient, SandboxConfig, serve
 from calendly_sandbox.config import Settings as SandboxSettings
 from calendly_sandbox.state import Sandbox
-
-RUNTIME_ROLE = "calendly_app"
+from entrypoints.developer.launcher import (
+    EmbeddedPostgres,
+    LocalStack,
+    new_secrets,
+    service_environment,
+)
 
 
 @dataclass
@@ -72,73 +70,6 @@ class Report:
         return bool(self.checks) and all(ok for _, ok, _ in self.checks)
 
 
-# --------------------------------------------------------------------- processes
-class Postgres:
-    """An embedded Postgres this run may stop hard and start again."""
-
-    def __init__(self, data: Path) -> None:
-        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-        from pgserver import get_server  # type: ignore[attr-defined]
-
-        self.server = get_server(data, cleanup_mode="stop")
-        self.data = data
-        self.admin_url = str(self.server.get_uri())
-
-    def stop_hard(self) -> None:
-        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
-
-        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.data, user=self.server.system_user)
-
-    def start(self) -> None:
-        self.server.ensure_postgres_running()
-
-    def close(self) -> None:
-        self.server.cleanup()
-
-
-@dataclass
-class Services:
-    env: dict[str, str]
-    listener: socket.socket
-    logs: Path
-    procs: list[Any] = field(default_factory=list)
-    worker: Any = None
-    started: int = 0
-
-    def _log(self, name: str) -> Any:
-        self.started += 1
-        return (self.logs / f"{self.started:02d}-{name}.log").open("ab")
-
-    async def _spawn(self, name: str, *args: str, **kw: Any) -> Any:
-        log = self._log(name)
-        try:
-            return await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "entrypoints.cli", *args,
-                env=self.env, stdout=log, stderr=log, **kw,
-            )  # fmt: skip
-        finally:
-            log.close()
-
-    async def start_service(self) -> Any:
-        fd = self.listener.fileno()
-        proc = await self._spawn("service", "serve", "--fd", str(fd), pass_fds=(fd,))
-        self.procs.append(proc)
-        return proc
-
-    async def start_worker(self) -> None:
-        self.worker = await self._spawn("worker", "worker")
-
-    async def stop(self) -> None:
-        every = [p for p in [*self.procs, self.worker] if p is not None and p.returncode is None]
-        for proc in every:
-            proc.send_signal(signal.SIGTERM)
-        for proc in every:
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-
-
 # ------------------------------------------------------------------------ driver
 class Chaos:
     def __init__(self, config: ChaosConfig, workdir: Path) -> None:
@@ -146,12 +77,14 @@ class Chaos:
         self.workdir = workdir
         self.rng = random.Random(config.seed)
         self.report = Report()
-        self.jwt_secret = secrets.token_urlsafe(40)
+        # The service's secrets; the in-process sandbox registers its client with the same.
+        self.made = new_secrets()
+        self.jwt_secret = self.made["JWT_SECRET"]
         self.client = OAuthClient(
             client_id="chaos-client",
-            client_secret=secrets.token_urlsafe(24),
+            client_secret=self.made["CALENDLY_OAUTH_CLIENT_SECRET"],
             redirect_uris=[],
-            webhook_signing_key=secrets.token_urlsafe(24),
+            webhook_signing_key=self.made["CALENDLY_WEBHOOK_SIGNING_KEY"],
         )
         self.users: dict[str, str] = {}  # app user id -> sandbox user id
 
@@ -167,86 +100,69 @@ class Chaos:
     async def run(self) -> Report:
         cfg = self.config
         started = time.monotonic()
-        pg = Postgres(self.workdir / "pg")
-        with psycopg.connect(pg.admin_url, autocommit=True) as conn:
-            conn.execute("CREATE DATABASE chaos")
-        db_url = pg.admin_url.replace("/postgres?", "/chaos?")
-        await migrate(db_url, RUNTIME_ROLE)
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1024)
-        public = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        self.client.redirect_uris.append(f"{public}/oauth/calendly/callback")
-        sandbox_settings = SandboxSettings(
-            retry_base=60.0,
-            retry_window=86_400.0,
-            delivery_time_scale=1 / 60,
-            delivery_read_timeout=10.0,
-            rate_limit_paid=100_000,
-        )
-        async with serve(SandboxConfig(clients=[self.client], settings=sandbox_settings)) as sbx:
-            env = {
-                **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")},
-                "DATABASE_URL": db_url,
-                "CALENDLY_OAUTH_CLIENT_ID": self.client.client_id,
-                "CALENDLY_OAUTH_CLIENT_SECRET": self.client.client_secret,
-                "CALENDLY_WEBHOOK_SIGNING_KEY": self.client.webhook_signing_key or "",
-                "CALENDLY_AUTH_BASE_URL": sbx.url,
-                "CALENDLY_API_BASE_URL": sbx.url,
-                "PUBLIC_BASE_URL": public,
-                "TOKEN_ENCRYPTION_KEY": "k1:" + base64.urlsafe_b64encode(os.urandom(32)).decode(),
-                "JWT_SECRET": self.jwt_secret,
-                "LOG_LEVEL": "WARNING",
-                "LOG_FORMAT": "json",
-                "WORKER_POLL_MILLISECONDS": "200",
-                # Time is compressed here as in the sandbox: back-offs of seconds, not minutes.
-                "WORKER_RETRY_BASE_MILLISECONDS": "200",
-                "WORKER_RETRY_MAX_SECONDS": "2",
-                "DB_POOL_MAX_SIZE": "8",
-            }
-            logs = self.workdir / "logs"
-            logs.mkdir()
-            services = Services(env=env, listener=listener, logs=logs)
-            try:
-                for _ in range(cfg.service_processes):
-                    await services.start_service()
-                await services.start_worker()
-                async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
-                    await self.wait_ready(http, public)
-                    await self.connect_all(http, public, sbx.url)
-                    self.say(
-                        f"• {len(self.users)} users connected; sending {cfg.webhooks} webhooks"
+        logs = self.workdir / "logs"
+        logs.mkdir()
+        base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+        stack = LocalStack(base, logs=logs)
+        try:
+            db_url = stack.start_postgres(self.workdir / "pg", "chaos")
+            public = stack.listen()
+            self.client.redirect_uris.append(f"{public}/oauth/calendly/callback")
+            sandbox_settings = SandboxSettings(
+                retry_base=60.0,
+                retry_window=86_400.0,
+                delivery_time_scale=1 / 60,
+                delivery_read_timeout=10.0,
+                rate_limit_paid=100_000,
+            )
+            # In-process: the traffic and the checks below work on the sandbox's own state.
+            config = SandboxConfig(clients=[self.client], settings=sandbox_settings)
+            async with serve(config) as sbx:
+                stack.env.update(
+                    service_environment(
+                        database_url=db_url,
+                        public_url=public,
+                        client_id=self.client.client_id,
+                        sandbox_url=sbx.url,
+                        made=self.made,
+                        LOG_LEVEL="WARNING",
+                        LOG_FORMAT="json",
+                        WORKER_POLL_MILLISECONDS="200",
+                        # Time is compressed here as in the sandbox: back-offs of seconds.
+                        WORKER_RETRY_BASE_MILLISECONDS="200",
+                        WORKER_RETRY_MAX_SECONDS="2",
+                        DB_POOL_MAX_SIZE="8",
                     )
-                    faults = asyncio.create_task(
-                        self.faults(pg, services, db_url, sbx.state, http, public)
-                    )
-                    await self.traffic(sbx.state)
-                    await faults
-                    await self.quiesce(sbx.state)
-                    await self.verify(sbx.state, db_url, http, public)
-            finally:
-                await services.stop()
-                listener.close()
-                pg.close()
-                if not self.report.ok and not cfg.quiet:
-                    for path in sorted(logs.glob("*.log")):
-                        tail = path.read_text(errors="replace").splitlines()[-8:]
-                        self.say(f"--- {path.name}\n" + "\n".join(tail))
+                )
+                try:
+                    await asyncio.to_thread(stack.migrate)
+                    stack.start_services(cfg.service_processes)
+                    stack.start_worker()
+                    await asyncio.to_thread(stack.wait_ready)
+                    await self.drive(stack, db_url, sbx, public)
+                finally:
+                    # Off the event loop: stopping processes may still call the sandbox on it.
+                    await asyncio.to_thread(stack.stop)
+        finally:
+            await asyncio.to_thread(stack.stop)
+            if not self.report.ok and not cfg.quiet:
+                for path in sorted(logs.glob("*.log")):
+                    tail = path.read_text(errors="replace").splitlines()[-8:]
+                    self.say(f"--- {path.name}\n" + "\n".join(tail))
         self.report.facts["seconds"] = round(time.monotonic() - started, 1)
         return self.report
 
-    async def wait_ready(self, http: aiohttp.ClientSession, public: str) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                async with http.get(f"{public}/health/ready") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-        raise RuntimeError("the service did not start")
+    async def drive(self, stack: LocalStack, db_url: str, sbx: Any, public: str) -> None:
+        """Connect every user, send the traffic under the faults, let it settle, verify."""
+        cfg = self.config
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
+            await self.connect_all(http, public, sbx.url)
+            self.say(f"• {len(self.users)} users connected; sending {cfg.webhooks} webhooks")
+            faults = asyncio.create_task(self.faults(stack, db_url, sbx.state))
+            await self.traffic(sbx.state)
+            await faults
+            await self.quiesce(sbx.state)
+            await self.verify(sbx.state, db_url, http, public)
 
     async def connect_all(self, http: aiohttp.ClientSession, public: str, sandbox: str) -> None:
         slots = asyncio.Semaphore(8)
@@ -347,21 +263,15 @@ class Chaos:
         return [(note, removed)]
 
     # -------------------------------------------------------------------- faults
-    async def faults(
-        self,
-        pg: Postgres,
-        services: Services,
-        db_url: str,
-        sandbox: Sandbox,
-        http: aiohttp.ClientSession,
-        public: str,
-    ) -> None:
+    async def faults(self, stack: LocalStack, db_url: str, sandbox: Sandbox) -> None:
         cfg = self.config
+        pg = stack.postgres
+        assert pg is not None
         plan: list[tuple[str, Any]] = []
         for n in range(cfg.pg_restarts):
             plan.append((f"Postgres stopped hard and restarted ({n + 1})", self.restart_pg(pg)))
         if cfg.kill_service:
-            plan.insert(1, ("a service process SIGKILLed and restarted", self.kill_one(services)))
+            plan.insert(1, ("a service process SIGKILLed and restarted", self.kill_one(stack)))
         if cfg.kill_listener:
             plan.insert(2, ("the listener's connection terminated", self.kill_listener(db_url)))
         if cfg.api_faults:
@@ -374,18 +284,18 @@ class Chaos:
             await step
             self.report.facts.setdefault("faults", []).append(name)
 
-    async def restart_pg(self, pg: Postgres) -> None:
+    async def restart_pg(self, pg: EmbeddedPostgres) -> None:
         await asyncio.to_thread(pg.stop_hard)
         await asyncio.sleep(1.0)
         await asyncio.to_thread(pg.start)
 
-    async def kill_one(self, services: Services) -> None:
-        victim = services.procs[0]
+    async def kill_one(self, stack: LocalStack) -> None:
+        victim = stack.services[0]
         victim.send_signal(signal.SIGKILL)
-        await victim.wait()
-        services.procs.remove(victim)
+        await asyncio.to_thread(victim.wait)
+        stack.forget(victim)
         await asyncio.sleep(0.5)
-        await services.start_service()
+        stack.start_service()
 
     async def kill_listener(self, db_url: str) -> None:
         def terminate() -> int:

@@ -1,13 +1,16 @@
-"""`calendly-connect`: the command line of the service."""
+"""`calendly-connect`: the command line of the service, routing each command to its module.
+
+The runtime is in entrypoints/service/ (serve, worker), the operator's tools in
+entrypoints/operator/ (migrate, doctor, repair-connections), the developer's in
+entrypoints/developer/ (dev). Each command is imported only when it runs, so a quick command
+never pays for the web stack.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 COMMANDS = {
     "dev": "run everything locally: embedded Postgres, the sandbox, N service processes",
@@ -18,183 +21,56 @@ COMMANDS = {
     "repair-connections": "fill missing Calendly user URIs and ensure subscriptions (--dry-run)",
     "sandbox": "run the Calendly sandbox (a local Calendly look-alike); see --help",
 }
-ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-WHOLE_NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*")
-HIGHEST_PORT = 65535
+
+# A command: its arguments and the environment it reads its settings from; its exit code.
+Command = Callable[[Sequence[str], Mapping[str, str]], int]
 
 
-def fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
+def cmd_serve(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from entrypoints.service.server import main as serve_main
+
+    return serve_main(argv, environ)
 
 
-def port_number(*, lowest: int = 1) -> Callable[[str], int]:
-    """An argparse type: a TCP port from `lowest` (0 lets the system pick a free one) up."""
+def cmd_worker(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from entrypoints.service.worker import main as worker_main
 
-    def parse(text: str) -> int:
-        if not WHOLE_NUMBER.fullmatch(text) or not lowest <= int(text) <= HIGHEST_PORT:
-            picks = " (0 picks a free one)" if lowest == 0 else ""
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a port: use a whole number from {lowest} to {HIGHEST_PORT}{picks}"
-            )
-        return int(text)
-
-    return parse
+    return worker_main(argv, environ)
 
 
-def file_descriptor(text: str) -> int:
-    """An argparse type: a file descriptor number (whether it is open is checked on use)."""
-    if not WHOLE_NUMBER.fullmatch(text) or int(text) < 0:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a file descriptor: use a whole number from 0 up"
-        )
-    return int(text)
+def cmd_migrate(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from entrypoints.operator.migrate import main as migrate_main
+
+    return migrate_main(argv, environ)
 
 
-def cmd_migrate(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="calendly-connect migrate",
-        description="Apply pending migrations under an advisory lock (safe to run concurrently).",
-    )
-    parser.add_argument("--check", action="store_true", help="only list what is pending")
-    args = parser.parse_args(argv)
-    url = os.environ.get("DATABASE_URL", "").strip()
-    role = os.environ.get("DATABASE_RUNTIME_ROLE", "calendly_app").strip()
-    if not url:
-        return fail("DATABASE_URL is not set: give the connection URL of the Postgres database")
-    from entrypoints.settings import database_url_problem
+def cmd_doctor(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from entrypoints.operator.doctor import main as doctor_main
 
-    if (problem := database_url_problem(url)) is not None:
-        return fail(problem)
-    if not ROLE.fullmatch(role):
-        return fail("DATABASE_RUNTIME_ROLE must be a plain lower-case SQL identifier")
-
-    import psycopg
-
-    from adapters.postgres.migrations import MigrationError, migrate, pending
-
-    try:
-        if args.check:
-            waiting = asyncio.run(pending(url))
-            for m in waiting:
-                print(f"pending: {m.version:04d}_{m.name}")
-            print(f"{len(waiting)} migration(s) pending")
-            return 1 if waiting else 0
-        applied = asyncio.run(migrate(url, role))
-    except MigrationError as exc:
-        return fail(str(exc), 1)
-    except psycopg.OperationalError as exc:
-        return fail(f"cannot reach the database: {exc.args[0] if exc.args else exc}", 1)
-    except psycopg.Error as exc:  # its text may quote DATABASE_URL: name only the kind
-        return fail(f"the database refused: {type(exc).__name__} (DATABASE_URL not shown)", 1)
-    for m in applied:
-        print(f"applied: {m.version:04d}_{m.name}")
-    print(f"database is up to date ({len(applied)} applied now); runtime role: {role}")
-    return 0
+    return doctor_main(argv, environ)
 
 
-def cmd_serve(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="calendly-connect serve", description="Run the HTTP service."
-    )
-    parser.add_argument("--host", help="override HOST")
-    parser.add_argument("--port", type=port_number(), help="override PORT")
-    parser.add_argument(
-        "--fd",
-        type=file_descriptor,
-        help="serve on this inherited, listening socket (used by `dev`)",
-    )
-    args = parser.parse_args(argv)
-    environ = dict(os.environ)
-    if args.host:
-        environ["HOST"] = args.host
-    if args.port is not None:
-        environ["PORT"] = str(args.port)
+def cmd_repair(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from entrypoints.operator.repair import main as repair_main
 
-    from adapters.postgres.roles import UnsafeDatabaseRole
-    from domain.errors import StorageUnavailable
-    from entrypoints.logging import configure_logging, register_secret
-    from entrypoints.server import run_server, serve
-    from entrypoints.settings import ConfigError, load_settings
-
-    try:
-        settings = load_settings(environ)
-    except ConfigError as exc:
-        return fail(str(exc))
-    configure_logging(fmt=settings.log_format, level=settings.log_level)
-    for value in settings.secret_values():
-        register_secret(value)
-    sockets = None
-    if args.fd is not None:
-        import socket
-
-        try:
-            sockets = [socket.socket(fileno=args.fd)]
-        except OSError as exc:
-            return fail(f"--fd {args.fd} is not an open socket: {exc}")
-    try:
-        run_server(serve(settings, sockets=sockets))
-    except UnsafeDatabaseRole as exc:
-        return fail(str(exc), 1)
-    except (StorageUnavailable, OSError) as exc:
-        return fail(f"cannot start: {exc}", 1)
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    return repair_main(argv, environ)
 
 
-def cmd_worker(argv: Sequence[str]) -> int:
-    argparse.ArgumentParser(
-        prog="calendly-connect worker",
-        description="Keep every connection healthy: proactive token refresh, subscription "
-        "repair, reconciliation and polling for free plans. Safe to run many at once.",
-    ).parse_args(argv)
-    from entrypoints.logging import configure_logging, register_secret
-    from entrypoints.settings import ConfigError, load_settings
-    from entrypoints.worker import run_worker
+def cmd_dev(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from entrypoints.developer.devstack import main as dev_main
 
-    try:
-        settings = load_settings(os.environ)
-    except ConfigError as exc:
-        return fail(str(exc))
-    configure_logging(fmt=settings.log_format, level=settings.log_level)
-    for value in settings.secret_values():
-        register_secret(value)
-    try:
-        asyncio.run(run_worker(settings))
-    except KeyboardInterrupt:
-        return 0
-    except OSError as exc:
-        return fail(f"cannot start: {exc}", 1)
-    return 0
+    return dev_main(argv, environ)
 
 
-def cmd_sandbox(argv: Sequence[str]) -> int:
-    # The sandbox is its own package; the CLI is the one place in the core that starts it.
+def cmd_sandbox(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    # The sandbox is its own package (it reads its own options); the CLI is the one place in
+    # the core that starts it.
     from calendly_sandbox import main as sandbox_main
 
     return sandbox_main(list(argv))
 
 
-def cmd_dev(argv: Sequence[str]) -> int:
-    from entrypoints.devstack import main as dev_main
-
-    return dev_main(argv)
-
-
-def cmd_doctor(argv: Sequence[str]) -> int:
-    from entrypoints.doctor import main as doctor_main
-
-    return doctor_main(argv)
-
-
-def cmd_repair(argv: Sequence[str]) -> int:
-    from entrypoints.doctor import repair_main
-
-    return repair_main(argv)
-
-
-HANDLERS: dict[str, Callable[[Sequence[str]], int]] = {
+HANDLERS: dict[str, Command] = {
     "doctor": cmd_doctor,
     "repair-connections": cmd_repair,
     "dev": cmd_dev,
@@ -218,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     args = parser.parse_args(argv[:1])
-    return HANDLERS[args.command](argv[1:])
+    from entrypoints.settings import process_environment
+
+    # The environment is read here, once; each command loads its settings from it.
+    return HANDLERS[args.command](argv[1:], process_environment())
 
 
 if __name__ == "__main__":

@@ -44,11 +44,12 @@ log = structlog.get_logger(__name__)
 
 async def database_pool(settings: Settings) -> AsyncIterator[Pool]:
     """The pool, opened at start-up; refuses to run as a role that could bypass RLS."""
+    database = settings.database
     pool = make_pool(
-        settings.database_url.reveal(),
-        runtime_role=settings.database_runtime_role,
-        min_size=settings.db_pool_min_size,
-        max_size=settings.db_pool_max_size,
+        database.url.reveal(),
+        runtime_role=database.runtime_role,
+        min_size=database.pool_min_size,
+        max_size=database.pool_max_size,
     )
     await pool.open(wait=True, timeout=30.0)
     try:
@@ -62,7 +63,7 @@ async def live_updates(settings: Settings) -> AsyncIterator[LiveHub]:
     """This process's hub of open event streams, rung by a LISTENing database connection."""
     hub = LiveHub()
     listener = PostgresChangeListener(
-        settings.database_url.reveal(), hub.ring, runtime_role=settings.database_runtime_role
+        settings.database.url.reveal(), hub.ring, runtime_role=settings.database.runtime_role
     )
     await listener.start()
     try:
@@ -78,14 +79,25 @@ async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 class Container(containers.DeclarativeContainer):
+    """Every concrete class, built from the settings, in the order they depend on each other.
+
+    How to follow one setting, without running anything: an environment variable is parsed in
+    entrypoints/settings.py by the reader of its group (`_read_calendly` parses
+    CALENDLY_WEBHOOK_SIGNING_KEY into `Settings.calendly.webhook_signing_keys`); here it
+    appears as `settings.provided.<group>.<field>`, in the provider of the one class that
+    receives it (search this file for the field's name: `handle_webhook` passes it to
+    HandleWebhookEvent as `app_signing_keys`). Use cases reach the handlers only through
+    `Services` (services.py), the worker through `maintain_connection` and `maintenance_queue`.
+    """
+
     settings = providers.Dependency(instance_of=Settings)
 
     clock = providers.Singleton(SystemClock)
     random = providers.Singleton(SecretsRandomness)
     cipher = providers.Singleton(
         AesGcmTokenCipher,
-        keys=settings.provided.token_encryption_keys,
-        active_key_id=settings.provided.token_encryption_active_key,
+        keys=settings.provided.encryption.keys,
+        active_key_id=settings.provided.encryption.active_key,
     )
     pool = providers.Resource(database_pool, settings=settings)
     session = providers.Resource(http_session)
@@ -94,12 +106,12 @@ class Container(containers.DeclarativeContainer):
     calendly = providers.Singleton(
         AiohttpCalendlyApi,
         session=session,
-        client_id=settings.provided.calendly_client_id,
-        client_secret=settings.provided.calendly_client_secret,
-        auth_base_url=settings.provided.calendly_auth_base_url,
-        api_base_url=settings.provided.calendly_api_base_url,
+        client_id=settings.provided.calendly.client_id,
+        client_secret=settings.provided.calendly.client_secret,
+        auth_base_url=settings.provided.calendly.auth_base_url,
+        api_base_url=settings.provided.calendly.api_base_url,
         clock=clock,
-        scope=settings.provided.calendly_scope,
+        scope=settings.provided.calendly.scope,
     )
     uow = providers.Singleton(unit_of_work_factory, pool, cipher)
 
@@ -108,7 +120,9 @@ class Container(containers.DeclarativeContainer):
         uow=uow,
         calendly=calendly,
         clock=clock,
-        margin=providers.Factory(timedelta, seconds=settings.provided.refresh_margin_seconds),
+        margin=providers.Factory(
+            timedelta, seconds=settings.provided.calendly.refresh_margin_seconds
+        ),
     )
     ensure_subscription = providers.Singleton(
         EnsureSubscription,
@@ -117,7 +131,7 @@ class Container(containers.DeclarativeContainer):
         tokens=tokens,
         clock=clock,
         random=random,
-        callback_base=settings.provided.webhook_callback_base,
+        callback_base=settings.provided.calendly.webhook_callback_base,
     )
     start_connect = providers.Singleton(
         StartConnect,
@@ -125,7 +139,7 @@ class Container(containers.DeclarativeContainer):
         calendly=calendly,
         clock=clock,
         random=random,
-        redirect_uri=settings.provided.oauth_redirect_uri,
+        redirect_uri=settings.provided.calendly.oauth_redirect_uri,
     )
     complete_connect = providers.Singleton(
         CompleteConnect,
@@ -134,7 +148,7 @@ class Container(containers.DeclarativeContainer):
         clock=clock,
         random=random,
         ensure_subscription=ensure_subscription,
-        redirect_uri=settings.provided.oauth_redirect_uri,
+        redirect_uri=settings.provided.calendly.oauth_redirect_uri,
     )
     reconnect = providers.Singleton(
         Reconnect,
@@ -153,8 +167,11 @@ class Container(containers.DeclarativeContainer):
         uow=uow,
         decoder=providers.Singleton(MsgspecWebhookDecoder),
         clock=clock,
-        app_signing_keys=settings.provided.calendly_webhook_signing_keys,
-        tolerance=providers.Factory(timedelta, seconds=settings.provided.webhook_tolerance_seconds),
+        # CALENDLY_WEBHOOK_SIGNING_KEY: the app's keys, checked in memory first (DR-21).
+        app_signing_keys=settings.provided.calendly.webhook_signing_keys,
+        tolerance=providers.Factory(
+            timedelta, seconds=settings.provided.calendly.webhook_tolerance_seconds
+        ),
     )
     sync_meetings = providers.Singleton(
         SyncMeetings, uow=uow, calendly=calendly, tokens=tokens, clock=clock
@@ -169,19 +186,19 @@ class Container(containers.DeclarativeContainer):
         schedule=providers.Factory(
             MaintenanceSchedule,
             subscription_check=providers.Factory(
-                timedelta, seconds=settings.provided.subscription_check_seconds
+                timedelta, seconds=settings.provided.worker.subscription_check_seconds
             ),
             sync_with_webhooks=providers.Factory(
-                timedelta, seconds=settings.provided.sync_interval_seconds
+                timedelta, seconds=settings.provided.worker.sync_interval_seconds
             ),
             sync_without_webhooks=providers.Factory(
-                timedelta, seconds=settings.provided.plan_poll_seconds
+                timedelta, seconds=settings.provided.worker.plan_poll_seconds
             ),
             retry_base=providers.Factory(
-                timedelta, seconds=settings.provided.worker_retry_base_seconds
+                timedelta, seconds=settings.provided.worker.retry_base_seconds
             ),
             retry_max=providers.Factory(
-                timedelta, seconds=settings.provided.worker_retry_max_seconds
+                timedelta, seconds=settings.provided.worker.retry_max_seconds
             ),
         ),
     )
@@ -198,8 +215,8 @@ class Container(containers.DeclarativeContainer):
         HostNotifier,
         pool=pool,
         session=session,
-        url=settings.provided.host_webhook_url,
-        secret=settings.provided.host_webhook_secret,
+        url=settings.provided.worker.host_webhook_url,
+        secret=settings.provided.worker.host_webhook_secret,
     )
     services = providers.Singleton(
         Services,

@@ -24,6 +24,7 @@ from domain.secret_names import (
     SECRET_URL_PARAMETERS,
     is_secret_name,
 )
+from entrypoints.settings import Settings
 
 # Registered values shorter than this would redact ordinary words; they are ignored.
 MIN_SECRET_LENGTH: Final = 8
@@ -211,6 +212,14 @@ def configure_logging(*, fmt: str, level: str, stream: TextIO | None = None) -> 
         # Not cached: a logger keeps working, and picks up the new level, after reconfiguration.
         cache_logger_on_first_use=False,
     )
+
+
+def configure_service_logging(settings: Settings, *, level: str | None = None) -> None:
+    """How every command that loaded its settings logs: their format and level (or `level`),
+    with every configured secret registered for scrubbing before the first line is written."""
+    configure_logging(fmt=settings.logging.format, level=level or settings.logging.level)
+    for value in settings.secret_values():
+        register_secret(value)
 
 
 def _log_uncaught(

@@ -1,12 +1,17 @@
-"""The service's settings, read once from the environment and checked all at once."""
+"""The service's settings, read once from the environment and checked all at once.
+
+`Settings` is grouped by concern: `database`, `calendly`, `encryption`, `http`, `worker`,
+`logging`. Each group's defaults are written once, on its Struct; the loader reads them there.
+"""
 
 from __future__ import annotations
 
 import base64
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Final, Literal, TypeVar, cast
+from typing import Any, Final, Literal, TypeVar, cast
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import msgspec
@@ -15,6 +20,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from adapters.calendly.transport import basic_credentials
 from adapters.crypto import parse_encryption_keys
+from adapters.postgres.roles import DEFAULT_RUNTIME_ROLE
 from domain.secret import REDACTED, Secret
 
 LogFormat = Literal["json", "console", "auto"]
@@ -28,6 +34,46 @@ TRUE_WORDS: Final = frozenset({"true", "1", "yes"})
 FALSE_WORDS: Final = frozenset({"false", "0", "no"})
 OAUTH_CALLBACK_PATH: Final = "/oauth/calendly/callback"
 WEBHOOK_CALLBACK_PATH: Final = "/webhooks/calendly"
+# Every variable the settings read, in the order their problems are reported (that of the
+# README's Configuration table), whichever group reads them first.
+VARIABLES: Final = (
+    "DATABASE_URL",
+    "DOCTOR_DATABASE_URL",
+    "DATABASE_RUNTIME_ROLE",
+    "DB_POOL_MIN_SIZE",
+    "DB_POOL_MAX_SIZE",
+    "CALENDLY_OAUTH_CLIENT_ID",
+    "CALENDLY_OAUTH_CLIENT_SECRET",
+    "CALENDLY_WEBHOOK_SIGNING_KEY",
+    "CALENDLY_AUTH_BASE_URL",
+    "CALENDLY_API_BASE_URL",
+    "CALENDLY_OAUTH_SCOPE",
+    "PUBLIC_BASE_URL",
+    "CALENDLY_OAUTH_REDIRECT_URI",
+    "CALENDLY_WEBHOOK_CALLBACK_BASE",
+    "APP_ORIGINS",
+    "TOKEN_ENCRYPTION_KEY",
+    "JWT_SECRET",
+    "JWT_AUDIENCE",
+    "JWT_ISSUER",
+    "DEV_LOGIN_ENABLED",
+    "HOST",
+    "WEBHOOK_TOLERANCE_SECONDS",
+    "TOKEN_REFRESH_MARGIN_SECONDS",
+    "WORKER_CONCURRENCY",
+    "WORKER_POLL_MILLISECONDS",
+    "WORKER_LEASE_SECONDS",
+    "WORKER_RETRY_BASE_MILLISECONDS",
+    "WORKER_RETRY_MAX_SECONDS",
+    "SYNC_INTERVAL_SECONDS",
+    "PLAN_POLL_SECONDS",
+    "SUBSCRIPTION_CHECK_SECONDS",
+    "HOST_WEBHOOK_URL",
+    "HOST_WEBHOOK_SECRET",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "PORT",
+)
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 # What urllib's "Invalid IPv6 URL" (an unmatched bracket) asks of whoever wrote the URL.
 _BRACKETS: Final = "'[' and ']' may only enclose an IPv6 address, both of them, as in {example}"
@@ -37,8 +83,10 @@ _T = TypeVar("_T")
 class ConfigError(Exception):
     """The environment does not describe a runnable service; `problems` lists every reason."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], variables: tuple[str, ...] = ()) -> None:
         self.problems = list(problems)
+        # The variables the problems are about, in the same order, each once.
+        self.variables = variables
         count = len(self.problems)
         lines = "\n".join(f"  - {problem}" for problem in self.problems)
         super().__init__(
@@ -46,103 +94,204 @@ class ConfigError(Exception):
         )
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the service reads from its environment; secrets stay wrapped in `Secret`."""
+class DatabaseSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the data lives and as whom the service reaches it."""
 
     # Wrapped because the URL usually carries the database password.
-    database_url: Secret
-    database_runtime_role: str = "calendly_app"
-    db_pool_min_size: int = 1
-    db_pool_max_size: int = 10
-    calendly_client_id: str
-    calendly_client_secret: Secret
-    # All of them are accepted when verifying a delivery, so a key can be rotated without a gap.
-    calendly_webhook_signing_keys: tuple[Secret, ...]
-    calendly_auth_base_url: str = "https://auth.calendly.com"
-    calendly_api_base_url: str = "https://api.calendly.com"
-    calendly_scope: str | None = None
-    public_base_url: str
+    url: Secret
+    # Every pooled connection acts as this role (SET ROLE): row-level security binds it.
+    runtime_role: str = DEFAULT_RUNTIME_ROLE
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+
+
+class CalendlySettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The OAuth app registered at Calendly, where Calendly is, and how it is trusted."""
+
+    client_id: str
+    client_secret: Secret
+    # CALENDLY_WEBHOOK_SIGNING_KEY (comma-separated), parsed in _read_calendly. All of them are
+    # accepted when verifying a delivery, so a key can be rotated without a gap; the container
+    # hands them to HandleWebhookEvent as `app_signing_keys`.
+    webhook_signing_keys: tuple[Secret, ...]
+    auth_base_url: str = "https://auth.calendly.com"
+    api_base_url: str = "https://api.calendly.com"
+    scope: str | None = None
+    # Both default to PUBLIC_BASE_URL + OAUTH_CALLBACK_PATH / WEBHOOK_CALLBACK_PATH.
     oauth_redirect_uri: str
     webhook_callback_base: str
+    webhook_tolerance_seconds: int = 180
+    refresh_margin_seconds: int = 300
+
+
+class EncryptionSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The keys that seal tokens and signing keys at rest: the active one seals, all open."""
+
+    keys: dict[str, bytes]
+    active_key: str
+
+    def __repr__(self) -> str:
+        # msgspec's repr would print the raw keys; show only their ids.
+        masked = ", ".join(f"{key_id!r}: {REDACTED!r}" for key_id in self.keys)
+        return f"EncryptionSettings(keys={{{masked}}}, active_key={self.active_key!r})"
+
+    __str__ = __repr__
+
+
+class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the HTTP service listens and is reached, and whose bearer tokens it accepts."""
+
+    public_base_url: str
     app_origins: tuple[str, ...]
-    token_encryption_keys: dict[str, bytes]
-    token_encryption_active_key: str
     jwt_secret: Secret
     jwt_audience: str = "authenticated"
     jwt_issuer: str | None = None
     dev_login_enabled: bool = False
-    webhook_tolerance_seconds: int = 180
-    refresh_margin_seconds: int = 300
-    # The maintenance worker (calendly-connect worker).
-    worker_concurrency: int = 4
-    worker_poll_seconds: float = 1.0
-    worker_lease_seconds: int = 120
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The maintenance worker (calendly-connect worker): its pace and what it owes the host."""
+
+    concurrency: int = 4
+    poll_seconds: float = 1.0
+    lease_seconds: int = 120
     # The back-off after a failed maintenance: from this, doubling, up to the maximum.
-    worker_retry_base_seconds: float = 5.0
-    worker_retry_max_seconds: float = 1800.0
+    retry_base_seconds: float = 5.0
+    retry_max_seconds: float = 1800.0
     sync_interval_seconds: int = 21_600
     plan_poll_seconds: int = 120
     subscription_check_seconds: int = 1_800
     # Optional outbound webhook to the host app (connection.needs_reauth, .recovered, ...).
     host_webhook_url: str | None = None
     host_webhook_secret: Secret | None = None
-    log_format: LogFormat = "auto"
-    log_level: str = "INFO"
-    host: str = "127.0.0.1"
-    port: int = 8000
 
-    def __repr__(self) -> str:
-        # msgspec's repr would print the raw encryption keys; show only their ids.
-        fields = ", ".join(
-            f"{name}={_masked_keys(value) if name == 'token_encryption_keys' else repr(value)}"
-            for name, value in msgspec.structs.asdict(self).items()
-        )
-        return f"Settings({fields})"
 
-    __str__ = __repr__
+class LoggingSettings(msgspec.Struct, frozen=True, kw_only=True):
+    format: LogFormat = "auto"
+    level: str = "INFO"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the service reads from its environment; secrets stay wrapped in `Secret`."""
+
+    database: DatabaseSettings
+    calendly: CalendlySettings
+    encryption: EncryptionSettings
+    http: HttpSettings
+    worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     def secret_values(self) -> list[str]:
         """Every configured secret as text, for the log redactor to scrub wherever it appears."""
-        values = [self.calendly_client_secret.reveal(), self.jwt_secret.reveal()]
+        calendly = self.calendly
+        values = [calendly.client_secret.reveal(), self.http.jwt_secret.reveal()]
         # The client's HTTP Basic credentials, exactly as the adapter sends them to Calendly.
-        values.append(basic_credentials(self.calendly_client_id, self.calendly_client_secret))
-        values += [key.reveal() for key in self.calendly_webhook_signing_keys]
-        if self.host_webhook_secret is not None:
-            values.append(self.host_webhook_secret.reveal())
-        password = urlsplit(self.database_url.reveal()).password
+        values.append(basic_credentials(calendly.client_id, calendly.client_secret))
+        values += [key.reveal() for key in calendly.webhook_signing_keys]
+        if self.worker.host_webhook_secret is not None:
+            values.append(self.worker.host_webhook_secret.reveal())
+        password = urlsplit(self.database.url.reveal()).password
         if password:
             values += [password, unquote(password)]
-        for key in self.token_encryption_keys.values():
+        for key in self.encryption.keys.values():
             encoded = base64.urlsafe_b64encode(key).decode()
             values += [encoded, encoded.rstrip("="), base64.b64encode(key).decode()]
         return list(dict.fromkeys(values))
 
 
+def process_environment() -> dict[str, str]:
+    """This process's environment: the one place the entrypoints read `os.environ` (but for
+    the test-only fault hook of DR-17, which reads its own variable at import).
+
+    The command line reads it once and hands it to the command, which loads its settings from
+    it; a developer tool passes it on, amended, to the processes it starts.
+    """
+    return dict(os.environ)
+
+
+def environment_value(environ: Mapping[str, str], name: str) -> str | None:
+    """One variable without surrounding whitespace; None when unset or blank.
+
+    Settings read every variable through this. The doctor uses it too, for the few things it
+    must look at in a configuration that does not load (and for DOCTOR_DATABASE_URL, which is
+    its own); everything else reads `Settings`.
+    """
+    value = environ.get(name, "").strip()
+    return value or None
+
+
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Read and check every variable; raises ConfigError listing all problems found."""
     env = _Environment(environ)
-
-    database_url = env.required(
-        "DATABASE_URL", "the Postgres URL, e.g. postgresql://user:password@localhost:5432/calendly"
+    http = _read_http(env)
+    settings = Settings(
+        database=_read_database(env, "DATABASE_URL"),
+        calendly=_read_calendly(env, http.public_base_url),
+        encryption=_read_encryption(env),
+        http=http,
+        worker=_read_worker(env),
+        logging=_read_logging(env),
     )
-    if database_url and (problem := database_url_problem(database_url)) is not None:
-        env.problem("DATABASE_URL", problem)
-    role = env.optional("DATABASE_RUNTIME_ROLE") or "calendly_app"
+    # The readers hand back placeholders for bad values: nothing is used unless all is well.
+    env.raise_problems()
+    return settings
+
+
+def load_database_settings(
+    environ: Mapping[str, str], url_variable: str = "DATABASE_URL"
+) -> DatabaseSettings:
+    """Only the database's variables (for `migrate`, and the doctor's own login URL).
+
+    Raises ConfigError listing every problem with them.
+    """
+    env = _Environment(environ)
+    database = _read_database(env, url_variable)
+    env.raise_problems()
+    return database
+
+
+def _default(group: type[msgspec.Struct], field: str) -> Any:
+    """A field's default, as its Struct declares it: defaults are written there, and only there."""
+    for info in msgspec.structs.fields(group):
+        if info.name == field and info.default is not msgspec.NODEFAULT:
+            return info.default
+    raise LookupError(f"{group.__name__}.{field} has no default")
+
+
+def _milliseconds(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _read_database(env: _Environment, url_variable: str) -> DatabaseSettings:
+    url = env.required(
+        url_variable,
+        "the Postgres URL, e.g. postgresql://user:password@localhost:5432/calendly",
+    )
+    if url and (problem := database_url_problem(url, url_variable)) is not None:
+        env.problem(url_variable, problem)
+    role = env.optional("DATABASE_RUNTIME_ROLE") or _default(DatabaseSettings, "runtime_role")
     if not ROLE_PATTERN.fullmatch(role):
         env.problem(
             "DATABASE_RUNTIME_ROLE",
             f"DATABASE_RUNTIME_ROLE is {_shown(role)}; use a plain SQL identifier: lowercase "
             "letters, digits and '_', not starting with a digit, at most 63 characters",
         )
-    pool_min = env.integer("DB_POOL_MIN_SIZE", 1, 1, 100)
-    pool_max = env.integer("DB_POOL_MAX_SIZE", 10, 1, 100)
+    pool_min = env.integer("DB_POOL_MIN_SIZE", _default(DatabaseSettings, "pool_min_size"), 1, 100)
+    pool_max = env.integer("DB_POOL_MAX_SIZE", _default(DatabaseSettings, "pool_max_size"), 1, 100)
     if env.all_valid("DB_POOL_MIN_SIZE", "DB_POOL_MAX_SIZE") and pool_min > pool_max:
         env.problem(
             "DB_POOL_MIN_SIZE",
             f"DB_POOL_MIN_SIZE ({pool_min}) is larger than DB_POOL_MAX_SIZE ({pool_max}); "
             "lower the minimum or raise the maximum",
         )
+    return DatabaseSettings(
+        url=Secret(url), runtime_role=role, pool_min_size=pool_min, pool_max_size=pool_max
+    )
 
+
+def _read_calendly(env: _Environment, public_base_url: str) -> CalendlySettings:
     client_id = env.required("CALENDLY_OAUTH_CLIENT_ID", "the client id of your Calendly OAuth app")
     client_secret = env.required(
         "CALENDLY_OAUTH_CLIENT_SECRET", "the client secret of your Calendly OAuth app"
@@ -159,24 +308,34 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             "CALENDLY_WEBHOOK_SIGNING_KEY",
             "CALENDLY_WEBHOOK_SIGNING_KEY holds only commas; give at least one key",
         )
-    auth_base = env.url("CALENDLY_AUTH_BASE_URL", default="https://auth.calendly.com")
-    api_base = env.url("CALENDLY_API_BASE_URL", default="https://api.calendly.com")
-    scope = env.optional("CALENDLY_OAUTH_SCOPE")
+    defaults = CalendlySettings
+    return CalendlySettings(
+        client_id=client_id,
+        client_secret=Secret(client_secret),
+        webhook_signing_keys=tuple(Secret(key) for key in signing_keys),
+        auth_base_url=env.url(
+            "CALENDLY_AUTH_BASE_URL", default=_default(defaults, "auth_base_url")
+        ),
+        api_base_url=env.url("CALENDLY_API_BASE_URL", default=_default(defaults, "api_base_url")),
+        scope=env.optional("CALENDLY_OAUTH_SCOPE"),
+        oauth_redirect_uri=env.url(
+            "CALENDLY_OAUTH_REDIRECT_URI",
+            default=public_base_url + OAUTH_CALLBACK_PATH,
+            strip_slash=False,
+        ),
+        webhook_callback_base=env.url(
+            "CALENDLY_WEBHOOK_CALLBACK_BASE", default=public_base_url + WEBHOOK_CALLBACK_PATH
+        ),
+        webhook_tolerance_seconds=env.integer(
+            "WEBHOOK_TOLERANCE_SECONDS", _default(defaults, "webhook_tolerance_seconds"), 1, 3600
+        ),
+        refresh_margin_seconds=env.integer(
+            "TOKEN_REFRESH_MARGIN_SECONDS", _default(defaults, "refresh_margin_seconds"), 0, 3600
+        ),
+    )
 
-    public_base_url = env.url(
-        "PUBLIC_BASE_URL",
-        required="where browsers and Calendly reach this service, e.g. https://calendly.example.com",
-    )
-    redirect_uri = env.url(
-        "CALENDLY_OAUTH_REDIRECT_URI",
-        default=public_base_url + OAUTH_CALLBACK_PATH,
-        strip_slash=False,
-    )
-    callback_base = env.url(
-        "CALENDLY_WEBHOOK_CALLBACK_BASE", default=public_base_url + WEBHOOK_CALLBACK_PATH
-    )
-    app_origins = env.origins("APP_ORIGINS", default_from=public_base_url)
 
+def _read_encryption(env: _Environment) -> EncryptionSettings:
     no_keys: tuple[dict[str, bytes], str] = ({}, "")
     keys, active_key = env.parsed(
         "TOKEN_ENCRYPTION_KEY",
@@ -184,7 +343,15 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         "one or more AES-256 keys as 'kid:<base64url of 32 random bytes>', newest first",
         fallback=no_keys,
     )
+    return EncryptionSettings(keys=keys, active_key=active_key)
 
+
+def _read_http(env: _Environment) -> HttpSettings:
+    public_base_url = env.url(
+        "PUBLIC_BASE_URL",
+        required="where browsers and Calendly reach this service, e.g. https://calendly.example.com",
+    )
+    app_origins = env.origins("APP_ORIGINS", default_from=public_base_url)
     jwt_secret = env.required(
         "JWT_SECRET", "the secret that signs the app's user tokens (HS256), 32+ characters"
     )
@@ -194,16 +361,16 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             f"JWT_SECRET is too short; use at least {JWT_SECRET_MIN_LENGTH} random characters "
             "(the value is not shown)",
         )
-    jwt_audience = env.optional("JWT_AUDIENCE") or "authenticated"
-    jwt_issuer = env.optional("JWT_ISSUER")
-    dev_login = env.boolean("DEV_LOGIN_ENABLED", default=False)
+    dev_login = env.boolean(
+        "DEV_LOGIN_ENABLED", default=_default(HttpSettings, "dev_login_enabled")
+    )
     if dev_login and public_base_url and not _is_local(urlsplit(public_base_url)):
         env.problem(
             "DEV_LOGIN_ENABLED",
             "DEV_LOGIN_ENABLED=true lets anyone sign in as any user, so it is only allowed when "
             "PUBLIC_BASE_URL is a localhost URL; unset it in this environment",
         )
-    host = env.optional("HOST") or "127.0.0.1"
+    host = env.optional("HOST") or _default(HttpSettings, "host")
     if dev_login and not _is_loopback_host(host):
         env.problem(
             "DEV_LOGIN_ENABLED",
@@ -211,17 +378,20 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             f"but HOST is {_shown(host)}, which may accept connections from other machines; set "
             "HOST=127.0.0.1 (or ::1, localhost) or DEV_LOGIN_ENABLED=false",
         )
+    return HttpSettings(
+        public_base_url=public_base_url,
+        app_origins=app_origins,
+        jwt_secret=Secret(jwt_secret),
+        jwt_audience=env.optional("JWT_AUDIENCE") or _default(HttpSettings, "jwt_audience"),
+        jwt_issuer=env.optional("JWT_ISSUER"),
+        dev_login_enabled=dev_login,
+        host=host,
+        port=env.integer("PORT", _default(HttpSettings, "port"), 1, 65535),
+    )
 
-    tolerance = env.integer("WEBHOOK_TOLERANCE_SECONDS", 180, 1, 3600)
-    refresh_margin = env.integer("TOKEN_REFRESH_MARGIN_SECONDS", 300, 0, 3600)
-    worker_concurrency = env.integer("WORKER_CONCURRENCY", 4, 1, 64)
-    worker_poll = env.integer("WORKER_POLL_MILLISECONDS", 1000, 50, 60_000)
-    worker_lease = env.integer("WORKER_LEASE_SECONDS", 120, 10, 3600)
-    retry_base = env.integer("WORKER_RETRY_BASE_MILLISECONDS", 5000, 10, 3_600_000)
-    retry_max = env.integer("WORKER_RETRY_MAX_SECONDS", 1800, 1, 86_400)
-    sync_interval = env.integer("SYNC_INTERVAL_SECONDS", 21_600, 60, 7 * 86_400)
-    plan_poll = env.integer("PLAN_POLL_SECONDS", 120, 10, 86_400)
-    subscription_check = env.integer("SUBSCRIPTION_CHECK_SECONDS", 1_800, 10, 86_400)
+
+def _read_worker(env: _Environment) -> WorkerSettings:
+    defaults = WorkerSettings
     host_webhook_url = env.optional("HOST_WEBHOOK_URL")
     if host_webhook_url is not None:
         host_webhook_url = env.url("HOST_WEBHOOK_URL", default=host_webhook_url)
@@ -232,50 +402,50 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             "HOST_WEBHOOK_URL is set but HOST_WEBHOOK_SECRET is not: notifications to the host "
             "app are signed with it; set 32+ random characters",
         )
-    log_format = env.choice("LOG_FORMAT", "auto", LOG_FORMATS, str.lower)
-    log_level = env.choice("LOG_LEVEL", "INFO", LOG_LEVELS, str.upper)
-    port = env.integer("PORT", 8000, 1, 65535)
-
-    # The helpers hand back placeholders for bad values, so nothing is built unless all is well.
-    if env.problems:
-        raise ConfigError(env.problems)
-    return Settings(
-        database_url=Secret(database_url),
-        database_runtime_role=role,
-        db_pool_min_size=pool_min,
-        db_pool_max_size=pool_max,
-        calendly_client_id=client_id,
-        calendly_client_secret=Secret(client_secret),
-        calendly_webhook_signing_keys=tuple(Secret(key) for key in signing_keys),
-        calendly_auth_base_url=auth_base,
-        calendly_api_base_url=api_base,
-        calendly_scope=scope,
-        public_base_url=public_base_url,
-        oauth_redirect_uri=redirect_uri,
-        webhook_callback_base=callback_base,
-        app_origins=app_origins,
-        token_encryption_keys=keys,
-        token_encryption_active_key=active_key,
-        jwt_secret=Secret(jwt_secret),
-        jwt_audience=jwt_audience,
-        jwt_issuer=jwt_issuer,
-        dev_login_enabled=dev_login,
-        webhook_tolerance_seconds=tolerance,
-        refresh_margin_seconds=refresh_margin,
-        worker_concurrency=worker_concurrency,
-        worker_poll_seconds=worker_poll / 1000,
-        worker_lease_seconds=worker_lease,
-        worker_retry_base_seconds=retry_base / 1000,
-        worker_retry_max_seconds=float(retry_max),
-        sync_interval_seconds=sync_interval,
-        plan_poll_seconds=plan_poll,
-        subscription_check_seconds=subscription_check,
+    poll = env.integer(
+        "WORKER_POLL_MILLISECONDS", _milliseconds(_default(defaults, "poll_seconds")), 50, 60_000
+    )
+    retry_base = env.integer(
+        "WORKER_RETRY_BASE_MILLISECONDS",
+        _milliseconds(_default(defaults, "retry_base_seconds")),
+        10,
+        3_600_000,
+    )
+    retry_max = env.integer(
+        "WORKER_RETRY_MAX_SECONDS", round(_default(defaults, "retry_max_seconds")), 1, 86_400
+    )
+    return WorkerSettings(
+        concurrency=env.integer("WORKER_CONCURRENCY", _default(defaults, "concurrency"), 1, 64),
+        poll_seconds=poll / 1000,
+        lease_seconds=env.integer(
+            "WORKER_LEASE_SECONDS", _default(defaults, "lease_seconds"), 10, 3600
+        ),
+        retry_base_seconds=retry_base / 1000,
+        retry_max_seconds=float(retry_max),
+        sync_interval_seconds=env.integer(
+            "SYNC_INTERVAL_SECONDS", _default(defaults, "sync_interval_seconds"), 60, 7 * 86_400
+        ),
+        plan_poll_seconds=env.integer(
+            "PLAN_POLL_SECONDS", _default(defaults, "plan_poll_seconds"), 10, 86_400
+        ),
+        subscription_check_seconds=env.integer(
+            "SUBSCRIPTION_CHECK_SECONDS",
+            _default(defaults, "subscription_check_seconds"),
+            10,
+            86_400,
+        ),
         host_webhook_url=host_webhook_url,
         host_webhook_secret=Secret(host_webhook_secret) if host_webhook_secret else None,
-        log_format=cast(LogFormat, log_format),
-        log_level=log_level,
-        host=host,
-        port=port,
+    )
+
+
+def _read_logging(env: _Environment) -> LoggingSettings:
+    log_format = env.choice(
+        "LOG_FORMAT", _default(LoggingSettings, "format"), LOG_FORMATS, str.lower
+    )
+    return LoggingSettings(
+        format=cast(LogFormat, log_format),
+        level=env.choice("LOG_LEVEL", _default(LoggingSettings, "level"), LOG_LEVELS, str.upper),
     )
 
 
@@ -288,20 +458,27 @@ class _Environment:
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
-        self.problems: list[str] = []
+        self._problems: list[tuple[str, str]] = []
         self._failed: set[str] = set()
 
     def problem(self, name: str, text: str) -> None:
-        self.problems.append(text)
+        self._problems.append((name, text))
         self._failed.add(name)
+
+    def raise_problems(self) -> None:
+        """Raise ConfigError with every problem, in the order of VARIABLES, if there are any."""
+        if self._problems:
+            order = {name: position for position, name in enumerate(VARIABLES)}
+            ordered = sorted(self._problems, key=lambda found: order.get(found[0], len(order)))
+            names = tuple(dict.fromkeys(name for name, _ in ordered))
+            raise ConfigError([text for _, text in ordered], names)
 
     def all_valid(self, *names: str) -> bool:
         return self._failed.isdisjoint(names)
 
     def optional(self, name: str) -> str | None:
         """The value without surrounding whitespace; None when unset or blank."""
-        value = self._environ.get(name, "").strip()
-        return value or None
+        return environment_value(self._environ, name)
 
     def required(self, name: str, what: str) -> str:
         value = self.optional(name)
@@ -484,9 +661,3 @@ def _split_list(value: str) -> list[str]:
 def _shown(value: str, limit: int = 80) -> str:
     """A non-secret value quoted for a message, cut short so a pasted blob stays readable."""
     return repr(value if len(value) <= limit else value[:limit] + "...")
-
-
-def _masked_keys(keys: object) -> str:
-    if isinstance(keys, dict):
-        return "{" + ", ".join(f"{key_id!r}: {REDACTED!r}" for key_id in keys) + "}"
-    return REDACTED

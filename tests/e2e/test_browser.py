@@ -16,23 +16,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from tests.support.browser import CHROMIUM_FLAGS, chromium
+
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium() -> str:
-    found = os.environ.get("CHROMIUM") or shutil.which("chromium")
-    # Not a skip: CI installs chromium (.ci/run); without it this test must fail loudly.
-    assert found, "Debian's chromium is needed: apt-get install chromium (see .ci/run)"
-    return found
 
 
 @pytest.fixture(scope="module")

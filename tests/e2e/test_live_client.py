@@ -9,10 +9,10 @@ from pathlib import Path
 
 from playwright.sync_api import Route, sync_playwright
 
-from tests.e2e.test_browser import CHROMIUM_FLAGS, chromium
+from tests.support.browser import CHROMIUM_FLAGS, chromium
 
 ORIGIN = "https://app.test"
-STATIC = Path(__file__).resolve().parents[2] / "entrypoints" / "http" / "static" / "app"
+STATIC = Path(__file__).resolve().parents[2] / "entrypoints" / "service" / "http" / "static" / "app"
 PAGE = """<!doctype html><meta charset="utf-8"><script type="module">
 import { LiveClient } from "/static/app/live.js";
 window.seen = [];

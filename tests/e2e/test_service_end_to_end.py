@@ -154,7 +154,7 @@ async def test_the_callback_from_another_browser_is_refused_before_calendly(
 def owner_rows(service: RunningService, query: str) -> list[tuple[Any, ...]]:
     import psycopg
 
-    with psycopg.connect(service.settings.database_url.reveal()) as conn:
+    with psycopg.connect(service.settings.database.url.reveal()) as conn:
         return conn.execute(query.encode()).fetchall()
 
 
@@ -240,7 +240,7 @@ async def test_live_updates_arrive_resume_and_survive_a_lost_listener(
 
         # The listener's database connection dies; changes meanwhile are not lost.
         with __import__("psycopg").connect(
-            service.settings.database_url.reveal(), autocommit=True
+            service.settings.database.url.reveal(), autocommit=True
         ) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"

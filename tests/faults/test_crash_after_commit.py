@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from entrypoints.http.routes.webhooks import EXIT_AFTER_COMMIT, FAULT_ENV
+from entrypoints.service.http.routes.webhooks import EXIT_AFTER_COMMIT, FAULT_ENV
 from tests.faults.conftest import booking, deliver, effects, eventually
 from tests.support.journeys import connect
 from tests.support.sandbox import SandboxDriver

@@ -1,4 +1,4 @@
-"""Postgres-backed units of work for integration tests, and the fake for contract tests."""
+"""Postgres units of work, the fake for contract tests, the core and workers on real adapters."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from adapters.crypto import AesGcmTokenCipher
 from adapters.postgres.pool import make_pool
 from adapters.postgres.unit_of_work import unit_of_work_factory
 from domain.ports import UnitOfWorkFactory
+from entrypoints.service.worker import Worker
 from tests.fakes.storage import FakeDatabase
 from tests.support.postgres import RUNTIME_ROLE
+from tests.support.real_core import RealCore, real_core, two_workers
+from tests.support.sandbox import SandboxDriver
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
 
@@ -47,3 +50,15 @@ def any_uow(request: pytest.FixtureRequest) -> UnitOfWorkFactory:
         return FakeDatabase().factory()
     make: Callable[[], UnitOfWorkFactory] = lambda: request.getfixturevalue("pg_uow")  # noqa: E731
     return make()
+
+
+@pytest.fixture
+async def real(sandbox: SandboxDriver, pool: Pool, database_url: str) -> AsyncIterator[RealCore]:
+    async with real_core(sandbox, pool, database_url) as core:
+        yield core
+
+
+@pytest.fixture
+async def workers(real: RealCore) -> AsyncIterator[tuple[Worker, Worker]]:
+    async with two_workers(real) as pair:
+        yield pair

@@ -18,7 +18,7 @@ from adapters.postgres.unit_of_work import unit_of_work_factory
 from domain.meetings import Meeting
 from domain.model import Connection
 from domain.ports import MeetingChange, UnitOfWorkFactory
-from tests.integration.test_repository_contract import CID_A, CID_B, EV, add, connection
+from tests.support.connections import CID_A, CID_B, EV, add, connection
 from tests.support.postgres import RUNTIME_ROLE, PgCluster
 
 PER_USER = "0005_per_user_change_seq.sql"

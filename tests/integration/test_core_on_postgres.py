@@ -4,104 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import aiohttp
-import psycopg
-import pytest
-
-from adapters.calendly import AiohttpCalendlyApi
-from adapters.crypto import AesGcmTokenCipher
-from adapters.postgres.unit_of_work import unit_of_work_factory
-from adapters.system import SecretsRandomness, SystemClock
 from domain.errors import AuthorizationStateInvalid
 from domain.model import ConnectionStatus, WebhookStatus
-from domain.secret import Secret
-from domain.usecases.complete_connect import CompleteConnect, CompleteConnectCommand
-from domain.usecases.disconnect import Disconnect, DisconnectCommand
-from domain.usecases.ensure_subscription import EnsureSubscription
-from domain.usecases.reconnect import Reconnect, ReconnectCommand
-from domain.usecases.refresh_access_token import RefreshAccessToken
-from domain.usecases.start_connect import StartConnect, StartConnectCommand
-from tests.integration.conftest import Pool
-from tests.support.sandbox import SandboxDriver, query_of
-
-CALLBACK_BASE = "http://127.0.0.1:9/webhooks/calendly"
-
-
-@dataclass
-class RealCore:
-    sandbox: SandboxDriver
-    uow: object
-    key: bytes
-    database_url: str
-    start: StartConnect
-    complete: CompleteConnect
-    reconnect: Reconnect
-    disconnect: Disconnect
-    tokens: RefreshAccessToken
-
-    async def connect(self, user_id: str, email: str) -> CompleteConnectCommand:
-        started = await self.start(StartConnectCommand(user_id=user_id))
-        params = query_of(started.authorization_url)
-        response = await self.sandbox.authorize(
-            state=params["state"],
-            code_challenge=params["code_challenge"],
-            code_challenge_method="S256",
-            sandbox_login=email,
-        )
-        code = query_of(response.headers["Location"])["code"]
-        command = CompleteConnectCommand(state=started.state, code=code, user_id=user_id)
-        await self.complete(command)
-        return command
-
-
-@pytest.fixture
-async def real(sandbox: SandboxDriver, pool: Pool, database_url: str) -> AsyncIterator[RealCore]:
-    key = os.urandom(32)
-    cipher = AesGcmTokenCipher({"k1": key}, "k1")
-    uow = unit_of_work_factory(pool, cipher)
-    clock, random = SystemClock(), SecretsRandomness()
-    async with aiohttp.ClientSession() as session:
-        calendly = AiohttpCalendlyApi(
-            session,
-            client_id=sandbox.client.client_id,
-            client_secret=Secret(sandbox.client.client_secret),
-            auth_base_url=sandbox.url,
-            api_base_url=sandbox.url,
-            retry_base_delay=0.01,
-        )
-        redirect = sandbox.client.redirect_uris[0]
-        tokens = RefreshAccessToken(uow, calendly, clock)
-        ensure = EnsureSubscription(uow, calendly, tokens, clock, random, CALLBACK_BASE)
-        start = StartConnect(uow, calendly, clock, random, redirect)
-        yield RealCore(
-            sandbox=sandbox,
-            uow=uow,
-            key=key,
-            database_url=database_url,
-            start=start,
-            complete=CompleteConnect(uow, calendly, clock, random, ensure, redirect),
-            reconnect=Reconnect(uow, calendly, tokens, ensure, start, clock),
-            disconnect=Disconnect(uow, calendly, tokens, clock),
-            tokens=tokens,
-        )
-
-
-def owner_sql(core: RealCore, query: str, *params: object) -> list[tuple[object, ...]]:
-    with psycopg.connect(core.database_url, autocommit=True) as conn:
-        cursor = conn.execute(query.encode(), params)
-        return cursor.fetchall() if cursor.description else []
-
-
-async def subscriptions(core: RealCore) -> list[dict[str, object]]:
-    data = await core.sandbox.control("GET", "/_sandbox/subscriptions", expect=200)
-    subs: list[dict[str, object]] = data["subscriptions"]
-    return subs
+from domain.usecases.complete_connect import CompleteConnectCommand
+from domain.usecases.disconnect import DisconnectCommand
+from domain.usecases.reconnect import ReconnectCommand
+from domain.usecases.start_connect import StartConnectCommand
+from tests.support.real_core import RealCore, owner_sql, subscriptions
+from tests.support.sandbox import query_of
 
 
 async def test_connect_stores_the_user_uri_and_one_subscription(real: RealCore) -> None:

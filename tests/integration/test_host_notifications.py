@@ -13,7 +13,7 @@ from adapters.host_notifications import HostNotifier
 from domain.ports import UnitOfWorkFactory
 from domain.secret import Secret
 from tests.integration.conftest import Pool
-from tests.integration.test_repository_contract import T0, add, connection
+from tests.support.connections import T0, add, connection
 from tests.support.sandbox import WebhookReceiver
 
 

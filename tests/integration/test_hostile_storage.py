@@ -16,13 +16,10 @@ import pytest
 from adapters.postgres import pool as postgres_pool
 from domain.meetings import Cancellation, Invitee, Meeting, MeetingStatus
 from domain.ports import MeetingChange, MeetingQuery, MeetingView, UnitOfWorkFactory
-from entrypoints.worker import Worker
+from entrypoints.service.worker import Worker
 from tests.integration.conftest import Pool
-from tests.integration.test_core_on_postgres import RealCore, owner_sql
-from tests.integration.test_repository_contract import CID_A, add, connection
-from tests.integration.test_worker import connect_free, real, user_id_of, workers
-
-__all__ = ["real", "workers"]
+from tests.support.connections import CID_A, add, connection
+from tests.support.real_core import RealCore, connect_free, owner_sql, user_id_of
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 EARLIEST = datetime.min.replace(tzinfo=UTC)

@@ -11,7 +11,7 @@ import psycopg
 from adapters.postgres.maintenance import PostgresMaintenanceQueue
 from domain.ports import MaintenanceResult, UnitOfWorkFactory
 from tests.integration.conftest import Pool
-from tests.integration.test_repository_contract import add, connection
+from tests.support.connections import add, connection
 
 NOW = datetime.now(tz=UTC)
 

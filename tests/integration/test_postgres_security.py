@@ -17,7 +17,7 @@ from adapters.postgres.roles import UnsafeDatabaseRole, check_runtime_role
 from adapters.postgres.unit_of_work import unit_of_work_factory
 from domain.meetings import Meeting
 from domain.ports import MeetingChange, UnitOfWorkFactory
-from tests.integration.test_repository_contract import CID_A, CID_B, add, connection
+from tests.support.connections import CID_A, CID_B, add, connection
 from tests.support.postgres import RUNTIME_ROLE, PgCluster
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]

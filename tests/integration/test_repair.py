@@ -14,15 +14,7 @@ from adapters.system import SecretsRandomness, SystemClock
 from domain.secret import Secret
 from domain.usecases.ensure_subscription import EnsureSubscription
 from domain.usecases.repair_connection import RepairConnection
-from tests.integration.test_core_on_postgres import (
-    CALLBACK_BASE,
-    RealCore,
-    owner_sql,
-    real,
-    subscriptions,
-)
-
-__all__ = ["real"]  # the fixture, used by name
+from tests.support.real_core import CALLBACK_BASE, RealCore, owner_sql, subscriptions
 
 
 def strip_account(core: RealCore) -> None:

@@ -2,64 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from msgspec.structs import replace
 
 from domain.errors import AccountAlreadyConnected, ConcurrentUpdate
 from domain.meetings import Cancellation, Invitee, Meeting, MeetingStatus
-from domain.model import (
-    CalendlyAccount,
-    Connection,
-    ConnectionStatus,
-    PendingAuthorization,
-    TokenSet,
-    WebhookStatus,
-)
+from domain.model import Connection, PendingAuthorization
 from domain.ports import MeetingChange, MeetingQuery, Route, UnitOfWorkFactory
 from domain.secret import Secret
-
-T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-EV = "https://api.calendly.test/scheduled_events/"
-
-
-def account(n: int) -> CalendlyAccount:
-    return CalendlyAccount(
-        user_uri=f"https://api.calendly.test/users/u{n}",
-        organization_uri=f"https://api.calendly.test/organizations/o{n}",
-        email=f"u{n}@example.com",
-        name=f"User {n}",
-    )
-
-
-def connection(user_id: str, n: int, cid: str) -> Connection:
-    return Connection(
-        id=cid,
-        user_id=user_id,
-        status=ConnectionStatus.ACTIVE,
-        account=account(n),
-        tokens=TokenSet(
-            access_token=Secret(f"at-{n}"), refresh_token=Secret(f"rt-{n}"), expires_at=T0
-        ),
-        signing_key=Secret(f"key-{n}"),
-        subscription_uri=f"https://api.calendly.test/webhook_subscriptions/s{n}",
-        webhook_status=WebhookStatus.ACTIVE,
-        webhook_token=f"token-{user_id}{n}",
-        created_at=T0,
-        updated_at=T0,
-    )
-
-
-CID_A = "00000000-0000-0000-0000-00000000000a"
-CID_B = "00000000-0000-0000-0000-00000000000b"
-
-
-async def add(uow_factory: UnitOfWorkFactory, c: Connection) -> Connection:
-    async with uow_factory(c.user_id) as uow:
-        stored = await uow.connections.add(c)
-        await uow.commit()
-    return stored
+from tests.support.connections import CID_A, CID_B, EV, T0, account, add, connection
 
 
 async def test_a_connection_round_trips_with_its_secrets(any_uow: UnitOfWorkFactory) -> None:

@@ -11,7 +11,7 @@ import psycopg_pool
 from adapters.crypto import AesGcmTokenCipher
 from adapters.postgres.unit_of_work import PostgresUnitOfWork
 from domain.ports import MeetingQuery, UnitOfWorkFactory
-from tests.integration.test_repository_contract import CID_A, account, add, connection
+from tests.support.connections import CID_A, account, add, connection
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
 

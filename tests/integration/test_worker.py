@@ -3,63 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from domain.model import WebhookStatus
-from domain.usecases.start_connect import StartConnectCommand
 from entrypoints.container import Container, resolve
-from entrypoints.settings import Settings, load_settings
-from entrypoints.worker import Worker, build_worker
-from tests.integration.test_core_on_postgres import (
-    CALLBACK_BASE,
+from entrypoints.service.worker import Worker, build_worker
+from tests.support.real_core import (
     RealCore,
+    connect_free,
     owner_sql,
-    real,
+    settings_for,
     subscriptions,
+    user_id_of,
 )
-from tests.support.sandbox import query_of
-
-__all__ = ["real"]
-
-
-def settings_for(core: RealCore, **extra: str) -> Settings:
-    return load_settings(
-        {
-            "DATABASE_URL": core.database_url,
-            "CALENDLY_OAUTH_CLIENT_ID": core.sandbox.client.client_id,
-            "CALENDLY_OAUTH_CLIENT_SECRET": core.sandbox.client.client_secret,
-            "CALENDLY_WEBHOOK_SIGNING_KEY": "app-key-not-used-here",
-            "CALENDLY_AUTH_BASE_URL": core.sandbox.url,
-            "CALENDLY_API_BASE_URL": core.sandbox.url,
-            "PUBLIC_BASE_URL": "http://127.0.0.1:9",
-            "CALENDLY_WEBHOOK_CALLBACK_BASE": CALLBACK_BASE,
-            "TOKEN_ENCRYPTION_KEY": "k1:" + base64.urlsafe_b64encode(core.key).decode(),
-            "JWT_SECRET": "j" * 40,
-            **extra,
-        }
-    )
-
-
-@pytest.fixture
-async def workers(real: RealCore) -> AsyncIterator[tuple[Worker, Worker]]:
-    settings = settings_for(real)
-    containers = [Container(settings=settings), Container(settings=settings)]
-    try:
-        first = await build_worker(containers[0], settings)
-        second = await build_worker(containers[1], settings)
-        yield first, second
-    finally:
-        for container in containers:
-            await resolve(container.shutdown_resources())
-
-
-async def user_id_of(core: RealCore, email: str) -> str:
-    users = (await core.sandbox.control("GET", "/_sandbox/users", expect=200))["users"]
-    return str(next(u["id"] for u in users if u["email"] == email))
 
 
 def meetings_in_db(core: RealCore) -> list[tuple[object, ...]]:
@@ -100,22 +56,6 @@ async def test_a_subscription_disabled_by_failed_deliveries_is_repaired_and_back
     assert subs[0]["uri"] != old["uri"]
     assert meetings_in_db(real) == [(booked["event"]["uri"], "active")]
     assert owner_sql(real, "SELECT webhook_status FROM calendar_connections") == [("active",)]
-
-
-async def connect_free(core: RealCore, user: str, email: str) -> None:
-    started = await core.start(StartConnectCommand(user_id=user))
-    params = query_of(started.authorization_url)
-    response = await core.sandbox.authorize(
-        state=params["state"],
-        code_challenge=params["code_challenge"],
-        code_challenge_method="S256",
-        sandbox_login=email,
-        sandbox_plan="free",
-    )
-    from domain.usecases.complete_connect import CompleteConnectCommand
-
-    code = query_of(response.headers["Location"])["code"]
-    await core.complete(CompleteConnectCommand(state=started.state, code=code, user_id=user))
 
 
 async def test_free_plan_bookings_arrive_by_polling_until_an_upgrade(

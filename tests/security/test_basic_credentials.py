@@ -20,7 +20,7 @@ from adapters.calendly.transport import basic_credentials
 from domain.errors import CalendlyError
 from domain.secret import Secret
 from entrypoints.settings import load_settings
-from tests.unit.test_settings import full_env
+from tests.support.environment import full_env
 
 CLIENT_ID = "client-id"
 SECRET = "client/secret+with=odd&characters"

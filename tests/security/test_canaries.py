@@ -53,8 +53,8 @@ from calendly_sandbox import SANDBOX, OAuthClient, Sandbox, SandboxConfig, Setti
 from domain.secret import Secret
 from entrypoints.container import Container, resolve
 from entrypoints.logging import configure_logging, register_secret
+from entrypoints.service.worker import build_worker
 from entrypoints.settings import load_settings
-from entrypoints.worker import build_worker
 from tests.support.deliveries import envelope, invitee_payload, sign
 from tests.support.journeys import call, connect, sandbox_user_id
 from tests.support.sandbox import SandboxDriver
@@ -378,7 +378,12 @@ class Driver:
         The worker runs with the service's settings but a margin wider than the sandbox's
         token lifetime, so every connection it claims is refreshed.
         """
-        settings = msgspec.structs.replace(self.service.settings, refresh_margin_seconds=3600)
+        settings = msgspec.structs.replace(
+            self.service.settings,
+            calendly=msgspec.structs.replace(
+                self.service.settings.calendly, refresh_margin_seconds=3600
+            ),
+        )
         container = Container(settings=settings)
         try:
             worker = await build_worker(container, settings)

@@ -37,7 +37,7 @@ async def service(sandbox: SandboxDriver, database_url: str) -> AsyncIterator[Ru
 
 
 def owner_rows(service: RunningService, query: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(service.settings.database_url.reveal()) as conn:
+    with psycopg.connect(service.settings.database.url.reveal()) as conn:
         return conn.execute(query.encode()).fetchall()
 
 

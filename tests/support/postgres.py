@@ -19,8 +19,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from adapters.postgres.migrations import migrate
+from adapters.postgres.roles import DEFAULT_RUNTIME_ROLE
 
-RUNTIME_ROLE = "calendly_app"
+RUNTIME_ROLE = DEFAULT_RUNTIME_ROLE
 
 
 @dataclass

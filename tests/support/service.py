@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import secrets
 import socket
 import time
@@ -15,7 +13,8 @@ from dataclasses import dataclass
 import aiohttp
 import jwt
 
-from entrypoints.server import serve
+from entrypoints.developer import launcher
+from entrypoints.service.server import serve
 from entrypoints.settings import Settings, load_settings
 
 JWT_SECRET = secrets.token_urlsafe(40)
@@ -32,7 +31,7 @@ class RunningService:
     def token_for(self, user_id: str, *, ttl: int = 3600) -> str:
         now = int(time.time())
         claims = {"sub": user_id, "aud": "authenticated", "iat": now, "exp": now + ttl}
-        return jwt.encode(claims, self.settings.jwt_secret.reveal(), algorithm="HS256")
+        return jwt.encode(claims, self.settings.http.jwt_secret.reveal(), algorithm="HS256")
 
     def auth(self, user_id: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token_for(user_id)}"}
@@ -47,20 +46,16 @@ def service_environment(
     call; several processes given the same dict act as one deployment. Register the client in
     the sandbox with `register_client` before connecting anyone.
     """
-    return {
-        "DATABASE_URL": database_url,
-        "CALENDLY_OAUTH_CLIENT_ID": f"svc-{port}",
-        "CALENDLY_OAUTH_CLIENT_SECRET": secrets.token_urlsafe(24),
-        "CALENDLY_WEBHOOK_SIGNING_KEY": secrets.token_urlsafe(24),
-        "CALENDLY_AUTH_BASE_URL": sandbox_url,
-        "CALENDLY_API_BASE_URL": sandbox_url,
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "TOKEN_ENCRYPTION_KEY": "k1:" + base64.urlsafe_b64encode(os.urandom(32)).decode(),
-        "JWT_SECRET": JWT_SECRET,
-        "PORT": str(port),
-        "LOG_FORMAT": "json",
-        **overrides,
-    }
+    environ = launcher.service_environment(
+        database_url=database_url,
+        public_url=f"http://127.0.0.1:{port}",
+        client_id=f"svc-{port}",
+        sandbox_url=sandbox_url,
+        made={**launcher.new_secrets(), "JWT_SECRET": JWT_SECRET},
+        PORT=str(port),
+        LOG_FORMAT="json",
+    )
+    return {**environ, **overrides}
 
 
 async def register_client(
@@ -73,13 +68,13 @@ async def register_client(
         json={
             "client_id": environ["CALENDLY_OAUTH_CLIENT_ID"],
             "client_secret": environ["CALENDLY_OAUTH_CLIENT_SECRET"],
-            "redirect_uris": [settings.oauth_redirect_uri],
+            "redirect_uris": [settings.calendly.oauth_redirect_uri],
             "webhook_signing_key": environ["CALENDLY_WEBHOOK_SIGNING_KEY"],
         },
     ) as response:
         assert response.status == 201, await response.text()
     return RunningService(
-        url=settings.public_base_url,
+        url=settings.http.public_base_url,
         settings=settings,
         client_id=environ["CALENDLY_OAUTH_CLIENT_ID"],
         client_secret=environ["CALENDLY_OAUTH_CLIENT_SECRET"],

@@ -23,7 +23,7 @@ from domain.usecases.complete_connect import CompleteConnectCommand
 from domain.usecases.disconnect import DisconnectCommand
 from domain.usecases.reconnect import ReconnectCommand
 from domain.usecases.start_connect import StartConnectCommand
-from tests.unit.conftest import CALLBACK_BASE, Core
+from tests.support.core import CALLBACK_BASE, Core
 
 
 async def test_connect_records_the_account_and_one_subscription(core: Core) -> None:

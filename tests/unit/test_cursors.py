@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from domain.secret import Secret
-from entrypoints.http.cursors import InvalidCursor, Keyset, MeetingCursors
+from entrypoints.service.http.cursors import InvalidCursor, Keyset, MeetingCursors
 
 KEY = bytes(range(32))
 MEETING = "2f1c8f4e-5a3b-4c1d-9e8f-0a1b2c3d4e5f"

@@ -13,8 +13,8 @@ from domain.model import ConnectionStatus, WebhookStatus
 from domain.ports import MaintenanceDue
 from domain.usecases.maintain_connection import MaintenanceSchedule
 from tests.fakes.storage import meetings_of
+from tests.support.core import APP_KEY, Core
 from tests.support.deliveries import envelope, invitee_payload, sign
-from tests.unit.conftest import APP_KEY, Core
 
 
 def due_now(core: Core, user_id: str = "u", synced: bool = True) -> MaintenanceDue:

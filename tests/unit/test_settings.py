@@ -2,64 +2,33 @@
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 
 from domain.secret import Secret
-from entrypoints.settings import ConfigError, Settings, load_settings
+from entrypoints.settings import (
+    CalendlySettings,
+    ConfigError,
+    DatabaseSettings,
+    EncryptionSettings,
+    HttpSettings,
+    LoggingSettings,
+    Settings,
+    load_settings,
+)
+from tests.support.environment import (
+    CLIENT_SECRET,
+    DB_PASSWORD,
+    JWT_SECRET,
+    KEY_NEW,
+    KEY_OLD,
+    OLD_SIGNING_KEY,
+    SIGNING_KEY,
+    b64,
+    full_env,
+    minimal_env,
+)
 
-KEY_NEW = bytes(range(32))
-KEY_OLD = bytes(range(50, 82))
-DB_PASSWORD = "db-password-canary-7f3a"
-CLIENT_SECRET = "client-secret-canary-91c2"
-SIGNING_KEY = "signing-key-canary-a1b2c3"
-OLD_SIGNING_KEY = "signing-key-canary-old-d4e5"
-JWT_SECRET = "jwt-secret-canary-0123456789abcdefghij"
 EVERY_INTERFACE = "0.0.0.0"  # noqa: S104 - a HOST value under test; nothing binds to it
-
-
-def b64(key: bytes) -> str:
-    return base64.urlsafe_b64encode(key).decode()
-
-
-def minimal_env(**overrides: str) -> dict[str, str]:
-    env = {
-        "DATABASE_URL": f"postgresql://owner:{DB_PASSWORD}@localhost:5432/calendly",
-        "CALENDLY_OAUTH_CLIENT_ID": "client-id",
-        "CALENDLY_OAUTH_CLIENT_SECRET": CLIENT_SECRET,
-        "CALENDLY_WEBHOOK_SIGNING_KEY": SIGNING_KEY,
-        "PUBLIC_BASE_URL": "https://calendly.example.com",
-        "TOKEN_ENCRYPTION_KEY": f"k2:{b64(KEY_NEW)}",
-        "JWT_SECRET": JWT_SECRET,
-    }
-    env.update(overrides)
-    return env
-
-
-def full_env() -> dict[str, str]:
-    return minimal_env(
-        DATABASE_RUNTIME_ROLE="app_runtime",
-        DB_POOL_MIN_SIZE="2",
-        DB_POOL_MAX_SIZE="20",
-        CALENDLY_WEBHOOK_SIGNING_KEY=f"{SIGNING_KEY}, {OLD_SIGNING_KEY}",
-        CALENDLY_AUTH_BASE_URL="http://127.0.0.1:8765",
-        CALENDLY_API_BASE_URL="http://localhost:8765/",
-        CALENDLY_OAUTH_SCOPE="default",
-        CALENDLY_OAUTH_REDIRECT_URI="https://calendly.example.com/custom/callback",
-        CALENDLY_WEBHOOK_CALLBACK_BASE="https://hooks.example.com/in/",
-        APP_ORIGINS="https://app.example.com, http://localhost:3000,https://APP.example.com:443",
-        TOKEN_ENCRYPTION_KEY=f"k2:{b64(KEY_NEW)},k1:{b64(KEY_OLD)}",
-        JWT_AUDIENCE="my-app",
-        JWT_ISSUER="https://auth.example.com",
-        DEV_LOGIN_ENABLED="no",
-        WEBHOOK_TOLERANCE_SECONDS="300",
-        TOKEN_REFRESH_MARGIN_SECONDS="600",
-        LOG_FORMAT="JSON",
-        LOG_LEVEL="debug",
-        HOST="192.0.2.10",
-        PORT="9000",
-    )
 
 
 def problems(env: dict[str, str]) -> list[str]:
@@ -77,75 +46,83 @@ def single_problem(env: dict[str, str]) -> str:
 def test_full_environment_loads() -> None:
     settings = load_settings(full_env())
     assert settings == Settings(
-        database_url=Secret(f"postgresql://owner:{DB_PASSWORD}@localhost:5432/calendly"),
-        database_runtime_role="app_runtime",
-        db_pool_min_size=2,
-        db_pool_max_size=20,
-        calendly_client_id="client-id",
-        calendly_client_secret=Secret(CLIENT_SECRET),
-        calendly_webhook_signing_keys=(Secret(SIGNING_KEY), Secret(OLD_SIGNING_KEY)),
-        calendly_auth_base_url="http://127.0.0.1:8765",
-        calendly_api_base_url="http://localhost:8765",
-        calendly_scope="default",
-        public_base_url="https://calendly.example.com",
-        oauth_redirect_uri="https://calendly.example.com/custom/callback",
-        webhook_callback_base="https://hooks.example.com/in",
-        app_origins=("https://app.example.com", "http://localhost:3000"),
-        token_encryption_keys={"k2": KEY_NEW, "k1": KEY_OLD},
-        token_encryption_active_key="k2",
-        jwt_secret=Secret(JWT_SECRET),
-        jwt_audience="my-app",
-        jwt_issuer="https://auth.example.com",
-        dev_login_enabled=False,
-        webhook_tolerance_seconds=300,
-        refresh_margin_seconds=600,
-        log_format="json",
-        log_level="DEBUG",
-        host="192.0.2.10",
-        port=9000,
+        database=DatabaseSettings(
+            url=Secret(f"postgresql://owner:{DB_PASSWORD}@localhost:5432/calendly"),
+            runtime_role="app_runtime",
+            pool_min_size=2,
+            pool_max_size=20,
+        ),
+        calendly=CalendlySettings(
+            client_id="client-id",
+            client_secret=Secret(CLIENT_SECRET),
+            webhook_signing_keys=(Secret(SIGNING_KEY), Secret(OLD_SIGNING_KEY)),
+            auth_base_url="http://127.0.0.1:8765",
+            api_base_url="http://localhost:8765",
+            scope="default",
+            oauth_redirect_uri="https://calendly.example.com/custom/callback",
+            webhook_callback_base="https://hooks.example.com/in",
+            webhook_tolerance_seconds=300,
+            refresh_margin_seconds=600,
+        ),
+        encryption=EncryptionSettings(keys={"k2": KEY_NEW, "k1": KEY_OLD}, active_key="k2"),
+        http=HttpSettings(
+            public_base_url="https://calendly.example.com",
+            app_origins=("https://app.example.com", "http://localhost:3000"),
+            jwt_secret=Secret(JWT_SECRET),
+            jwt_audience="my-app",
+            jwt_issuer="https://auth.example.com",
+            dev_login_enabled=False,
+            host="192.0.2.10",
+            port=9000,
+        ),
+        logging=LoggingSettings(format="json", level="DEBUG"),
     )
 
 
 def test_defaults_are_derived() -> None:
     settings = load_settings(minimal_env(PUBLIC_BASE_URL="https://calendly.example.com/base/"))
-    assert settings.public_base_url == "https://calendly.example.com/base"
+    assert settings.http.public_base_url == "https://calendly.example.com/base"
     assert (
-        settings.oauth_redirect_uri == "https://calendly.example.com/base/oauth/calendly/callback"
+        settings.calendly.oauth_redirect_uri
+        == "https://calendly.example.com/base/oauth/calendly/callback"
     )
-    assert settings.webhook_callback_base == "https://calendly.example.com/base/webhooks/calendly"
-    assert settings.app_origins == ("https://calendly.example.com",)
-    assert settings.database_runtime_role == "calendly_app"
-    assert (settings.db_pool_min_size, settings.db_pool_max_size) == (1, 10)
-    assert settings.calendly_auth_base_url == "https://auth.calendly.com"
-    assert settings.calendly_api_base_url == "https://api.calendly.com"
-    assert settings.calendly_scope is None
-    assert settings.calendly_webhook_signing_keys == (Secret(SIGNING_KEY),)
-    assert settings.token_encryption_keys == {"k2": KEY_NEW}
-    assert settings.token_encryption_active_key == "k2"
-    assert settings.jwt_audience == "authenticated"
-    assert settings.jwt_issuer is None
-    assert settings.dev_login_enabled is False
-    assert settings.webhook_tolerance_seconds == 180
-    assert settings.refresh_margin_seconds == 300
-    assert settings.log_format == "auto"
-    assert settings.log_level == "INFO"
-    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert (
+        settings.calendly.webhook_callback_base
+        == "https://calendly.example.com/base/webhooks/calendly"
+    )
+    assert settings.http.app_origins == ("https://calendly.example.com",)
+    assert settings.database.runtime_role == "calendly_app"
+    assert (settings.database.pool_min_size, settings.database.pool_max_size) == (1, 10)
+    assert settings.calendly.auth_base_url == "https://auth.calendly.com"
+    assert settings.calendly.api_base_url == "https://api.calendly.com"
+    assert settings.calendly.scope is None
+    assert settings.calendly.webhook_signing_keys == (Secret(SIGNING_KEY),)
+    assert settings.encryption.keys == {"k2": KEY_NEW}
+    assert settings.encryption.active_key == "k2"
+    assert settings.http.jwt_audience == "authenticated"
+    assert settings.http.jwt_issuer is None
+    assert settings.http.dev_login_enabled is False
+    assert settings.calendly.webhook_tolerance_seconds == 180
+    assert settings.calendly.refresh_margin_seconds == 300
+    assert settings.logging.format == "auto"
+    assert settings.logging.level == "INFO"
+    assert (settings.http.host, settings.http.port) == ("127.0.0.1", 8000)
 
 
 def test_origin_of_a_local_public_url_keeps_its_port() -> None:
     settings = load_settings(minimal_env(PUBLIC_BASE_URL="http://localhost:8000"))
-    assert settings.app_origins == ("http://localhost:8000",)
-    assert settings.oauth_redirect_uri == "http://localhost:8000/oauth/calendly/callback"
+    assert settings.http.app_origins == ("http://localhost:8000",)
+    assert settings.calendly.oauth_redirect_uri == "http://localhost:8000/oauth/calendly/callback"
 
 
 def test_ipv6_loopback_is_local() -> None:
     settings = load_settings(minimal_env(PUBLIC_BASE_URL="http://[::1]:8000"))
-    assert settings.app_origins == ("http://[::1]:8000",)
+    assert settings.http.app_origins == ("http://[::1]:8000",)
 
 
 def test_blank_values_count_as_unset() -> None:
     settings = load_settings(minimal_env(LOG_LEVEL="  ", PORT=""))
-    assert (settings.log_level, settings.port) == ("INFO", 8000)
+    assert (settings.logging.level, settings.http.port) == ("INFO", 8000)
 
 
 @pytest.mark.parametrize(
@@ -263,7 +240,7 @@ def test_an_invalid_pool_size_does_not_add_a_comparison_problem() -> None:
 )
 def test_booleans(value: str, expected: bool) -> None:
     env = minimal_env(PUBLIC_BASE_URL="http://localhost:8000", DEV_LOGIN_ENABLED=value)
-    assert load_settings(env).dev_login_enabled is expected
+    assert load_settings(env).http.dev_login_enabled is expected
 
 
 def test_dev_login_is_refused_on_a_public_host() -> None:
@@ -285,7 +262,7 @@ def test_dev_login_is_refused_unless_the_service_listens_on_loopback_only(host: 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost", "LocalHost", ""])
 def test_dev_login_is_allowed_on_a_loopback_host(host: str) -> None:
     env = minimal_env(PUBLIC_BASE_URL="http://localhost:8000", DEV_LOGIN_ENABLED="true")
-    assert load_settings({**env, "HOST": host}).dev_login_enabled is True
+    assert load_settings({**env, "HOST": host}).http.dev_login_enabled is True
 
 
 def test_dev_login_on_a_public_url_and_a_public_host_names_both() -> None:
@@ -331,7 +308,10 @@ def test_a_database_url_with_unmatched_brackets_is_a_problem_shown_without_its_v
 
 def test_redirect_uri_is_kept_exactly() -> None:
     uri = "https://calendly.example.com/oauth/calendly/callback/"
-    assert load_settings(minimal_env(CALENDLY_OAUTH_REDIRECT_URI=uri)).oauth_redirect_uri == uri
+    assert (
+        load_settings(minimal_env(CALENDLY_OAUTH_REDIRECT_URI=uri)).calendly.oauth_redirect_uri
+        == uri
+    )
 
 
 def test_credentials_in_urls_are_never_echoed() -> None:

@@ -18,8 +18,8 @@ from domain.usecases.handle_webhook_event import WebhookCommand
 from domain.usecases.reconnect import ReconnectCommand
 from tests.fakes.calendly import FakeUser
 from tests.fakes.storage import meetings_of
+from tests.support.core import APP_KEY, build_core
 from tests.support.deliveries import envelope, invitee_payload, sign
-from tests.unit.conftest import APP_KEY, build_core
 
 USERS = ("u1", "u2", "u3")
 ACCOUNTS = (0, 1, 2)

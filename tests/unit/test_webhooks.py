@@ -23,8 +23,8 @@ from domain.usecases.handle_webhook_event import (
 from domain.webhooks import InboundWebhook, WebhookDecoder
 from tests.fakes.calendly import FakeUser
 from tests.fakes.storage import meetings_of
+from tests.support.core import APP_KEY, Core, build_core
 from tests.support.deliveries import envelope, invitee_payload, sign
-from tests.unit.conftest import APP_KEY, Core, build_core
 
 EVENT = "https://api.calendly.test/scheduled_events/"
 

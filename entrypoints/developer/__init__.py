@@ -1,0 +1,1 @@
+"""Tools for working on the service: the local stack (`dev`), its launcher, and `make demo`."""

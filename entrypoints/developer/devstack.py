@@ -1,0 +1,144 @@
+"""`make run`: the whole product on one machine, from nothing, in one command.
+
+Without configuration: an embedded Postgres (data in `.data/`, reused across runs), migrations,
+the Calendly sandbox, and N service processes sharing one listening socket, with local-only
+secrets generated once into `.data/secrets.json`. With `DATABASE_URL` and the Calendly
+credentials in the environment: migrations and the service processes only, against those.
+Ctrl-C (or SIGTERM) stops every child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+from entrypoints.arguments import data_folder, fail, port_number
+from entrypoints.developer.launcher import LocalStack, new_secrets, wait_ready
+from entrypoints.settings import ConfigError, environment_value, load_settings
+
+REAL_CALENDLY: Final = (
+    "CALENDLY_OAUTH_CLIENT_ID",
+    "CALENDLY_OAUTH_CLIENT_SECRET",
+    "CALENDLY_WEBHOOK_SIGNING_KEY",
+)
+SANDBOX_CLIENT_ID: Final = "calendly-connect-local"
+DATABASE: Final = "calendly_connect"
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def local_secrets(data_dir: Path) -> dict[str, str]:
+    """Secrets for local use only, made once and kept (mode 0600) beside the local database."""
+    path = data_dir / "secrets.json"
+    if path.exists():
+        stored: dict[str, str] = json.loads(path.read_text())
+        return stored
+    made = new_secrets()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(made, handle, indent=2)
+    return made
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    def env(name: str, default: str) -> str:
+        # Strings, so that argparse checks them as it checks the command line.
+        return environment_value(environ, name) or default
+
+    any_port = port_number(lowest=0)
+    parser = argparse.ArgumentParser(
+        prog="calendly-connect dev",
+        description="Run everything locally (embedded Postgres, sandbox, service).",
+    )
+    parser.add_argument("--workers", type=int, default=env("WORKERS", "1"))
+    parser.add_argument("--host", default=env("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=any_port, default=env("PORT", "8000"))
+    parser.add_argument("--sandbox-port", type=any_port, default=env("SANDBOX_PORT", "8765"))
+    parser.add_argument("--data-dir", type=data_folder, default=env("DATA_DIR", ".data"))
+    return parser
+
+
+def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    args = build_parser(environ).parse_args(argv)
+    if not 1 <= args.workers <= 32:
+        return fail("WORKERS must be between 1 and 32")
+    stack = LocalStack(environ)
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Explicit handlers: a shell that starts us in the background would otherwise leave
+    # SIGINT ignored, and Ctrl-C must always stop every child.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        return run(args, stack)
+    except KeyboardInterrupt:
+        say("\n• stopping")
+        return 0
+    except ConfigError as exc:
+        return fail(str(exc))
+    except (RuntimeError, OSError) as exc:
+        return fail(str(exc), 1)
+    finally:
+        stack.stop()
+
+
+def run(args: argparse.Namespace, stack: LocalStack) -> int:
+    env = stack.env
+    try:
+        local = stack.listen(args.host, args.port)
+    except OSError as exc:
+        raise RuntimeError(f"cannot listen on {args.host}:{args.port} ({exc}); set PORT") from exc
+    public = env.get("PUBLIC_BASE_URL") or local
+    env.setdefault("PUBLIC_BASE_URL", public)
+    env.setdefault("LOG_FORMAT", "console")
+    sandbox_url = None
+    if all(env.get(name) for name in REAL_CALENDLY) and env.get("DATABASE_URL"):
+        say("• using DATABASE_URL and the Calendly credentials from the environment")
+    else:
+        made = local_secrets(args.data_dir)
+        for name in ("TOKEN_ENCRYPTION_KEY", "JWT_SECRET"):
+            env.setdefault(name, made[name])
+        if not env.get("DATABASE_URL"):
+            say(f"• starting the embedded Postgres (data in {args.data_dir / 'postgres'})")
+            env["DATABASE_URL"] = stack.start_postgres(args.data_dir / "postgres", DATABASE)
+        if not all(env.get(name) for name in REAL_CALENDLY):
+            env["CALENDLY_OAUTH_CLIENT_ID"] = SANDBOX_CLIENT_ID
+            env["CALENDLY_OAUTH_CLIENT_SECRET"] = made["CALENDLY_OAUTH_CLIENT_SECRET"]
+            env["CALENDLY_WEBHOOK_SIGNING_KEY"] = made["CALENDLY_WEBHOOK_SIGNING_KEY"]
+            say("• starting the Calendly sandbox")
+            sandbox_url = stack.start_sandbox(
+                port=args.sandbox_port,
+                redirect_uris=[f"{public}/oauth/calendly/callback"],
+                state_file=args.data_dir / "sandbox.json",
+            )
+        env.setdefault("DEV_LOGIN_ENABLED", "true")
+    # What the service processes will read, checked once here: one clear report, not one per
+    # process, and the settings check sees the address the shared socket really listens on.
+    env["HOST"], env["PORT"] = args.host, str(stack.port)
+    load_settings(env)
+    say("• applying migrations")
+    stack.migrate()
+    say(f"• starting {args.workers} service process(es) and the maintenance worker")
+    stack.start_services(args.workers)
+    stack.start_worker()
+    wait_ready(public, stack.services)
+    say("")
+    say(f"  Open {public}  — sign in as a demo user, then Settings → Calendar → Connect.")
+    if sandbox_url:
+        say(f"  Calendly sandbox: {sandbox_url}/_sandbox/  (book meetings for a connected user)")
+    say("  Ctrl-C stops everything.")
+    say(f"READY url={public} sandbox={sandbox_url or '-'} workers={args.workers}")
+    while True:
+        stack.check_running()
+        time.sleep(0.5)

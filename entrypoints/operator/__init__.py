@@ -1,0 +1,1 @@
+"""Tools for whoever runs a deployment: `migrate`, `doctor`, `repair-connections`."""

@@ -1,0 +1,1 @@
+"""The running service: the HTTP app on uvicorn (`serve`) and the maintenance worker (`worker`)."""

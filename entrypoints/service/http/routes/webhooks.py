@@ -1,0 +1,122 @@
+"""Calendly's webhook deliveries: raw bytes in, verified and applied by the core, 200 out."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Final
+
+import structlog
+from litestar import Request, post
+from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath
+from litestar.status_codes import (
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+)
+
+from domain.usecases.handle_webhook_event import WebhookCommand
+from entrypoints.service.http.context import annotate_request
+from entrypoints.service.http.errors import problem_specs
+from entrypoints.service.http.openapi import WebhookOperation
+from entrypoints.service.http.schemas import WebhookAck
+from entrypoints.services import Services
+
+SIGNATURE_HEADER: Final = "calendly-webhook-signature"
+_RESPONSES: Final = problem_specs(400, 401, 413, 415, 503)
+
+# Test-only fault hook (RELIABILITY.md row 13, tests/faults/test_crash_after_commit.py): with
+# CALENDLY_CONNECT_FAULT=exit-after-webhook-commit in the environment when the process starts,
+# the process dies right after a delivery's transaction committed and before it is answered, as
+# a worker killed at the worst moment would. Read once at import; inert when unset.
+FAULT_ENV: Final = "CALENDLY_CONNECT_FAULT"
+EXIT_AFTER_COMMIT: Final = "exit-after-webhook-commit"
+_EXIT_AFTER_COMMIT: Final = os.environ.get(FAULT_ENV) == EXIT_AFTER_COMMIT
+
+
+def _too_large(limit: int) -> HTTPException:
+    return HTTPException(
+        status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        detail=f"The body is larger than {limit} bytes.",
+    )
+
+
+def _is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json"
+
+
+async def read_delivery(request: Request[Any, Any, Any]) -> bytes:
+    """The raw body, exactly as sent, or a 413/415 before it is read any further than needed.
+
+    The size limit is the router's `request_max_body_size`: a declared Content-Length over it
+    is refused before reading, and a chunked body is abandoned as soon as it passes it.
+    """
+    limit = request.route_handler.resolve_request_max_body_size()
+    declared = request.content_length
+    if limit is not None and declared is not None and declared > limit:
+        raise _too_large(limit)
+    if not _is_json(request.headers.get("content-type")):
+        raise HTTPException(
+            status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            detail="Webhook deliveries must be sent as application/json.",
+        )
+    try:
+        return await request.body()
+    except HTTPException as exc:
+        if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE and limit is not None:
+            raise _too_large(limit) from exc
+        raise
+
+
+async def _handle(
+    request: Request[Any, Any, Any], services: Services, token: str | None
+) -> WebhookAck:
+    body = await read_delivery(request)
+    result = await services.handle_webhook(
+        WebhookCommand(
+            body=body, signature=request.headers.get(SIGNATURE_HEADER), webhook_token=token
+        )
+    )
+    if _EXIT_AFTER_COMMIT and result.outcome != "duplicate":  # a duplicate commits nothing
+        os._exit(137)  # as if SIGKILLed: no answer, no clean-up (see FAULT_ENV)
+    if result.user_id is not None:
+        structlog.contextvars.bind_contextvars(user_id=result.user_id)
+    annotate_request(request.scope, outcome=result.outcome, webhook_event=result.event)
+    return WebhookAck(outcome=result.outcome)
+
+
+@post(
+    "/",
+    operation_id="receiveWebhook",
+    status_code=200,
+    responses=_RESPONSES,
+    operation_class=WebhookOperation,
+)
+async def receive_webhook(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> WebhookAck:
+    """Receive a Calendly delivery on the shared URL (routed by its Calendly user).
+
+    The `Calendly-Webhook-Signature` is checked over the raw body: 401 when it does not
+    verify, 200 once the delivery's effect (or, when it cannot be used, its record) is
+    committed; a repeat answers `duplicate` and changes nothing.
+    """
+    return await _handle(request, services, token=None)
+
+
+@post(
+    "/{token:str}",
+    operation_id="receiveConnectionWebhook",
+    status_code=200,
+    responses=_RESPONSES,
+    operation_class=WebhookOperation,
+)
+async def receive_connection_webhook(
+    request: Request[Any, Any, Any], services: NamedDependency[Services], token: FromPath[str]
+) -> WebhookAck:
+    """Receive a Calendly delivery on a connection's own URL (routed by `token`).
+
+    Same contract as the shared URL.
+    """
+    return await _handle(request, services, token=token)

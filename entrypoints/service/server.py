@@ -1,0 +1,138 @@
+"""`calendly-connect serve`: resources up, the Litestar app on uvicorn, resources down."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, Final
+
+import psycopg
+import psycopg_pool
+import uvicorn
+
+from adapters.postgres.roles import UnsafeDatabaseRole
+from domain.errors import StorageUnavailable
+from entrypoints.arguments import fail, file_descriptor, port_number
+from entrypoints.container import (
+    Container,
+    build_services,
+    drain_kept_grants,
+    resolve,
+)
+from entrypoints.logging import configure_service_logging
+from entrypoints.service.http.app import create_app
+from entrypoints.service.http.config import HttpConfig
+from entrypoints.settings import ConfigError, Settings, load_settings
+
+# How uvicorn runs the app (the benchmarks' bare reference endpoint runs under the same).
+UVICORN_OPTIONS: Final[dict[str, Any]] = {
+    "log_config": None,  # our structlog set-up handles uvicorn's records
+    "access_log": False,  # the app logs one line per request itself
+    "server_header": False,
+    "lifespan": "on",
+    # The C parser (httptools) rather than the pure-Python h11: part of DR-18.
+    "http": "httptools",
+    # Open event streams would otherwise hold a stop for as long as pages stay open;
+    # pages reconnect to a sibling process and resume from their last event id.
+    "timeout_graceful_shutdown": 3,
+}
+
+
+def run_server(main: Coroutine[Any, Any, None]) -> None:
+    """Run the server's coroutine on uvloop where it exists, else on asyncio's own loop.
+
+    With httptools, uvloop takes about a fifth off the CPU time of a webhook delivery
+    (ARCHITECTURE.md, DR-18); everything else is unchanged.
+    """
+    try:
+        import uvloop
+    except ImportError:  # a platform uvloop does not support (Windows)
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
+def http_config(settings: Settings) -> HttpConfig:
+    http = settings.http
+    return HttpConfig(
+        jwt_secret=http.jwt_secret,
+        jwt_audience=http.jwt_audience,
+        jwt_issuer=http.jwt_issuer,
+        dev_login_enabled=http.dev_login_enabled,
+        app_origins=http.app_origins,
+        public_base_url=http.public_base_url,
+        secure_cookies=http.public_base_url.startswith("https://"),
+        infrastructure_errors=(psycopg.OperationalError, psycopg_pool.PoolTimeout),
+    )
+
+
+async def serve(
+    settings: Settings,
+    *,
+    sockets: list[socket.socket] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM or until `stop` is set; tests pass bound `sockets`."""
+    container = Container(settings=settings)
+    services = await build_services(container)
+    try:
+        app = create_app(services, http_config(settings))
+        config = uvicorn.Config(
+            app, host=settings.http.host, port=settings.http.port, **UVICORN_OPTIONS
+        )
+        server = uvicorn.Server(config)
+        watcher = asyncio.create_task(_stop_when(stop, server)) if stop is not None else None
+        try:
+            await server.serve(sockets=sockets)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+    finally:
+        await drain_kept_grants(container)
+        await resolve(container.shutdown_resources())
+
+
+async def _stop_when(stop: asyncio.Event, server: uvicorn.Server) -> None:
+    await stop.wait()
+    server.should_exit = True
+
+
+def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    """`calendly-connect serve`: configuration from `environ`, HOST and PORT from the flags."""
+    parser = argparse.ArgumentParser(
+        prog="calendly-connect serve", description="Run the HTTP service."
+    )
+    parser.add_argument("--host", help="override HOST")
+    parser.add_argument("--port", type=port_number(), help="override PORT")
+    parser.add_argument(
+        "--fd",
+        type=file_descriptor,
+        help="serve on this inherited, listening socket (used by `dev`)",
+    )
+    args = parser.parse_args(argv)
+    overrides = {"HOST": args.host} if args.host else {}
+    if args.port is not None:
+        overrides["PORT"] = str(args.port)
+    try:
+        settings = load_settings({**environ, **overrides})
+    except ConfigError as exc:
+        return fail(str(exc))
+    configure_service_logging(settings)
+    sockets = None
+    if args.fd is not None:
+        try:
+            sockets = [socket.socket(fileno=args.fd)]
+        except OSError as exc:
+            return fail(f"--fd {args.fd} is not an open socket: {exc}")
+    try:
+        run_server(serve(settings, sockets=sockets))
+    except UnsafeDatabaseRole as exc:
+        return fail(str(exc), 1)
+    except (StorageUnavailable, OSError) as exc:
+        return fail(f"cannot start: {exc}", 1)
+    except KeyboardInterrupt:
+        return 0
+    return 0

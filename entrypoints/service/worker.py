@@ -1,0 +1,203 @@
+"""`calendly-connect worker`: keeps every connection healthy, safely from many processes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Mapping, Sequence
+
+import structlog
+
+from adapters.host_notifications import HostNotifier
+from domain.ports import MaintenanceDue, MaintenanceQueue
+from domain.usecases.maintain_connection import MaintainConnection
+from entrypoints.arguments import fail
+from entrypoints.container import Container, drain_kept_grants, resolve
+from entrypoints.logging import configure_service_logging
+from entrypoints.settings import ConfigError, Settings, load_settings
+
+log = structlog.get_logger(__name__)
+HEARTBEAT_SECONDS = 15.0
+# On stop, work in progress gets this long to finish (within a container's usual 30 s grace).
+STOP_GRACE_SECONDS = 20.0
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Worker:
+    """Claims due connections and maintains each in its own task, up to a fixed concurrency.
+
+    A slot is refilled as soon as its connection is done, so one slow connection (a Calendly
+    that times out, a rate-limit wait) holds one slot, never a whole batch. Every failure is
+    recorded with a back-off (`retry_at`): a connection that keeps failing is left alone for
+    longer and longer and cannot crowd out the others.
+    """
+
+    def __init__(
+        self,
+        queue: MaintenanceQueue,
+        maintain: MaintainConnection,
+        notifier: HostNotifier,
+        settings: Settings,
+        owner: str | None = None,
+    ) -> None:
+        self._queue = queue
+        self._maintain = maintain
+        self._notifier = notifier
+        self._settings = settings
+        self.owner = owner or worker_id()
+        self._capacity = settings.worker.concurrency
+        self._running: set[asyncio.Task[None]] = set()
+        self._finished = asyncio.Event()
+        self.handled = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("worker.started", worker=self.owner)
+        last_beat = 0.0
+        try:
+            while not stop.is_set():
+                if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
+                    await self._safely(self._queue.heartbeat(self.owner))
+                    await self._safely(self._notifier.deliver_pending())
+                    last_beat = time.monotonic()
+                free = self._capacity - len(self._running)
+                self._finished.clear()  # a task that ends from here on wakes the pause below
+                claimed = await self._start(free) if free > 0 else 0
+                if claimed < free:  # nothing more is due now: wait for time or a free slot
+                    await self._pause(stop, self._settings.worker.poll_seconds)
+                elif free <= 0:  # every slot is busy: wait for one to finish
+                    await self._pause(stop, HEARTBEAT_SECONDS)
+        finally:
+            if self._running:  # finish what was started: its lease would hold it otherwise
+                _, late = await asyncio.wait(set(self._running), timeout=STOP_GRACE_SECONDS)
+                for task in late:  # its lease runs out and another worker takes it over
+                    task.cancel()
+                if late:
+                    await asyncio.wait(late)
+                    log.warning("worker.stopped_unfinished", connections=len(late))
+        log.info("worker.stopped", worker=self.owner, handled=self.handled)
+
+    async def run_once(self) -> int:
+        """Claim what is due (up to the free slots), handle it all; returns how many."""
+        before = set(self._running)
+        claimed = await self._start(self._capacity - len(self._running))
+        started = self._running - before
+        if started:
+            await asyncio.gather(*started)
+        return claimed
+
+    async def _start(self, slots: int) -> int:
+        try:
+            claimed = await self._queue.claim(
+                owner=self.owner,
+                limit=slots,
+                lease_seconds=self._settings.worker.lease_seconds,
+                refresh_margin_seconds=self._settings.calendly.refresh_margin_seconds,
+            )
+        except Exception as exc:  # the loop outlives a database outage
+            log.warning("worker.claim_failed", error=type(exc).__name__)
+            return 0
+        for due in claimed:
+            task = asyncio.create_task(self._handle(due), name=f"maintain:{due.connection_id}")
+            self._running.add(task)
+            task.add_done_callback(self._done)
+        return len(claimed)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._finished.set()
+
+    async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
+        """Until `stop`, a slot frees up (since the last claim), or `seconds` pass."""
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._finished.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
+    async def _handle(self, due: MaintenanceDue) -> None:
+        try:
+            result = await self._maintain(due)
+        except Exception as exc:  # one connection never stops the worker
+            result = self._maintain.failed(due, exc)
+            if due.failures == 0:  # the first time with its traceback, then one line a step
+                log.exception(
+                    "worker.maintenance_failed", connection_id=due.connection_id, failures=1
+                )
+        if result.error:
+            log.warning(
+                "worker.maintenance_error",
+                connection_id=due.connection_id,
+                error=result.error,
+                failures=due.failures if result.rate_limited else due.failures + 1,
+                retry_at=result.retry_at.isoformat() if result.retry_at else None,
+            )
+        await self._safely(self._queue.complete(due, self.owner, result))
+        self.handled += 1
+
+    @staticmethod
+    async def _safely(work: Awaitable[object]) -> None:
+        try:
+            await work
+        except Exception as exc:  # retried on the next round
+            log.warning("worker.step_failed", error=type(exc).__name__)
+
+
+# A worker never sleeps long on a token's rate budget: past this it gives the slot back and
+# the connection comes back when the window has reset (RateLimited -> retry_at).
+WORKER_RATE_LIMIT_WAIT = 2.0
+
+
+async def build_worker(container: Container, settings: Settings) -> Worker:
+    container.calendly.add_kwargs(max_rate_limit_wait=WORKER_RATE_LIMIT_WAIT)
+    return Worker(
+        queue=await resolve(container.maintenance_queue()),
+        maintain=await resolve(container.maintain_connection()),
+        notifier=await resolve(container.host_notifier()),
+        settings=settings,
+    )
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    container = Container(settings=settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        worker = await build_worker(container, settings)
+        await worker.run(stop)
+    finally:
+        await drain_kept_grants(container)
+        await resolve(container.shutdown_resources())
+
+
+def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    """`calendly-connect worker`, configured from `environ`."""
+    argparse.ArgumentParser(
+        prog="calendly-connect worker",
+        description="Keep every connection healthy: proactive token refresh, subscription "
+        "repair, reconciliation and polling for free plans. Safe to run many at once.",
+    ).parse_args(argv)
+    try:
+        settings = load_settings(environ)
+    except ConfigError as exc:
+        return fail(str(exc))
+    configure_service_logging(settings)
+    try:
+        asyncio.run(run_worker(settings))
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        return fail(f"cannot start: {exc}", 1)
+    return 0

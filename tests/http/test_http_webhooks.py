@@ -1,0 +1,259 @@
+"""Webhook deliveries over HTTP: raw bytes, signatures, limits, and never a 5xx for junk."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from litestar import Litestar
+
+from entrypoints.service.http.config import MIB
+from tests.support.core import APP_KEY
+from tests.support.deliveries import sign
+from tests.support.http_app import Api, RawResponse, booking, raw_request
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def rows(api: Api) -> tuple[int, int]:
+    """Everything a delivery could have written: event records and meetings."""
+    return len(api.core.db.events), len(api.core.db.meetings)
+
+
+async def test_a_signed_delivery_takes_effect_once_however_often_it_comes(api: Api) -> None:
+    host = await api.connect("alice")
+    body = booking(host)
+
+    first = await api.deliver(body, user_id="alice")
+    second = await api.deliver(body, user_id="alice")
+
+    assert first.status_code == 200
+    assert first.json() == {"outcome": "applied"}
+    assert second.status_code == 200
+    assert second.json() == {"outcome": "duplicate"}
+    assert rows(api) == (1, 1)
+
+
+async def test_the_shared_url_routes_an_app_signed_delivery_by_its_user(api: Api) -> None:
+    host = await api.connect("alice")
+
+    response = await api.deliver(booking(host), key=APP_KEY.reveal(), path="/webhooks/calendly")
+
+    assert response.status_code == 200
+    assert response.json() == {"outcome": "applied"}
+    [(_, row)] = api.core.db.meetings.items()
+    assert row.user_id == "alice"
+
+
+async def test_a_signed_delivery_for_an_unknown_url_is_acknowledged_and_kept_aside(
+    api: Api,
+) -> None:
+    host = api.core.calendly.add_user("nobody@example.com")
+
+    response = await api.deliver(
+        booking(host), key=APP_KEY.reveal(), path="/webhooks/calendly/no-such-token"
+    )
+
+    assert response.status_code == 200
+    assert response.json() == {"outcome": "stored_aside"}
+    assert rows(api) == (1, 0)
+
+
+@pytest.mark.parametrize("tamper", ["wrong-key", "body-byte", "timestamp", "stale", "missing"])
+async def test_a_forged_delivery_is_401_and_writes_nothing(api: Api, tamper: str) -> None:
+    host = await api.connect("alice")
+    connection = api.connection("alice")
+    assert connection.signing_key is not None
+    key, body, now = connection.signing_key.reveal(), booking(host), api.stamp()
+    signature = {
+        "wrong-key": sign(body, "not-the-key", now),
+        "body-byte": sign(body.replace(b"Guest", b"Guesu"), key, now),
+        "timestamp": sign(body, key, now).replace(f"t={now}", f"t={now + 1}"),
+        "stale": sign(body, key, now - 181),
+        "missing": "",
+    }[tamper]
+
+    response = await api.client.post(
+        f"/webhooks/calendly/{connection.webhook_token}",
+        content=body,
+        headers={"content-type": "application/json", "calendly-webhook-signature": signature},
+    )
+
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"].endswith("invalid-signature")
+    assert rows(api) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx", "json"],
+)
+async def test_anything_but_json_is_415(api: Api, content_type: str | None) -> None:
+    host = await api.connect("alice")
+    body = booking(host)
+    headers = [] if content_type is None else [(b"content-type", content_type.encode())]
+    connection = api.connection("alice")
+    assert connection.signing_key is not None
+    headers.append(
+        (
+            b"calendly-webhook-signature",
+            sign(body, connection.signing_key.reveal(), api.stamp()).encode(),
+        )
+    )
+
+    response = await raw_request(
+        api.client.app, "POST", f"/webhooks/calendly/{connection.webhook_token}", headers, [body]
+    )
+
+    assert response.status == 415
+    assert rows(api) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "Application/JSON", "application/json;"]
+)
+async def test_json_with_parameters_is_accepted(api: Api, content_type: str) -> None:
+    host = await api.connect("alice")
+
+    response = await api.deliver(booking(host), user_id="alice", content_type=content_type)
+
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"event": "\xff\xfe\xc3\x28"}\x80',
+        b'{"event": "invitee.created", "payload": {"uri": "\xed\xa0\x80"}}',
+        b"\xff\xfe{}",
+    ],
+)
+async def test_a_non_utf8_body_with_a_bad_signature_is_401(api: Api, body: bytes) -> None:
+    stale = await api.deliver(body, signature="t=1,v1=" + "0" * 64)
+    # A well-formed, current header with a wrong MAC gets as far as decoding the body.
+    wrong_key = await api.deliver(body, key="not-a-configured-key")
+    unsigned = await api.deliver(body)
+
+    assert [r.status_code for r in (stale, wrong_key, unsigned)] == [401, 401, 401]
+    assert rows(api) == (0, 0)
+
+
+async def test_a_signed_non_utf8_body_is_acknowledged_and_kept_aside(api: Api) -> None:
+    body = b'{"event": "\xff\xfe"}'
+
+    response = await api.deliver(body, key=APP_KEY.reveal())
+
+    assert response.status_code == 200
+    assert response.json() == {"outcome": "stored_aside"}
+    [record] = api.core.db.events.values()
+    assert record.payload == body  # the raw bytes, never re-serialised
+
+
+async def test_a_body_over_the_limit_with_content_length_is_413(api: Api) -> None:
+    response = await api.deliver(b" " * (MIB + 1), key=APP_KEY.reveal())
+
+    assert response.status_code == 413
+    assert response.json()["status"] == 413
+    assert rows(api) == (0, 0)
+
+
+async def test_a_body_at_the_limit_is_read(api: Api) -> None:
+    body = b"{}" + b" " * (MIB - 2)
+
+    response = await api.deliver(body, key=APP_KEY.reveal())
+
+    assert response.status_code == 200
+    assert response.json() == {"outcome": "stored_aside"}
+
+
+async def test_a_declared_length_over_the_limit_is_refused_before_reading(app: Litestar) -> None:
+    headers = [*JSON_HEADERS, (b"content-length", str(MIB + 1).encode())]
+
+    response = await raw_request(app, "POST", "/webhooks/calendly", headers, [b"{}"])
+
+    assert response.status == 413
+    assert response.chunks_read == 0
+
+
+async def test_a_chunked_body_over_the_limit_is_abandoned_early(api: Api, app: Litestar) -> None:
+    chunk = b" " * (64 * 1024)
+    chunks = [chunk] * 40  # 2.5 MiB, no Content-Length
+
+    response = await raw_request(app, "POST", "/webhooks/calendly", JSON_HEADERS, chunks)
+
+    assert response.status == 413
+    assert response.chunks_read <= MIB // len(chunk) + 1
+    assert rows(api) == (0, 0)
+
+
+async def test_a_database_outage_is_a_fast_503_and_the_retry_takes_effect_once(api: Api) -> None:
+    host = await api.connect("alice")
+    body = booking(host)
+    api.core.db.unavailable = True
+
+    down = await api.deliver(body, user_id="alice")
+    api.core.db.unavailable = False
+    retried = await api.deliver(body, user_id="alice")
+    again = await api.deliver(body, user_id="alice")
+
+    assert down.status_code == 503
+    assert int(down.headers["retry-after"]) > 0
+    assert down.json()["type"].endswith("storage-unavailable")
+    assert retried.json() == {"outcome": "applied"}
+    assert again.json() == {"outcome": "duplicate"}
+    assert rows(api) == (1, 1)
+
+
+header_values = st.one_of(
+    st.none(),
+    st.binary(max_size=120),
+    st.text(alphabet="tv01=,abcdef ", max_size=120).map(str.encode),
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    signature=header_values,
+    content_type=st.one_of(st.sampled_from([b"application/json"]), header_values),
+    content_length=st.one_of(
+        st.none(), st.binary(max_size=12), st.integers(-5, 3 * MIB).map(lambda n: str(n).encode())
+    ),
+    body=st.binary(max_size=512),
+    sign_it=st.booleans(),
+    per_connection=st.booleans(),
+)
+async def test_no_delivery_whatever_its_headers_and_body_gets_a_5xx(
+    api: Api,
+    signature: bytes | None,
+    content_type: bytes | None,
+    content_length: bytes | None,
+    body: bytes,
+    sign_it: bool,
+    per_connection: bool,
+) -> None:
+    headers: list[tuple[bytes, bytes]] = []
+    if sign_it:
+        signature = sign(body, APP_KEY.reveal(), api.stamp()).encode()
+    if signature is not None:
+        headers.append((b"calendly-webhook-signature", signature))
+    if content_type is not None:
+        headers.append((b"content-type", content_type))
+    if content_length is not None:
+        headers.append((b"content-length", content_length))
+    path = "/webhooks/calendly/some-token" if per_connection else "/webhooks/calendly"
+    before = rows(api)
+
+    response: RawResponse = await raw_request(api.client.app, "POST", path, headers, [body])
+
+    assert response.status < 500, response.body
+    assert response.status in (200, 400, 401, 413, 415), response.status
+    assert response.headers["content-type"].startswith(
+        "application/json" if response.status == 200 else "application/problem+json"
+    )
+    if response.status != 200:
+        assert rows(api) == before
