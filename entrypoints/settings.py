@@ -242,12 +242,14 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 def load_database_settings(
     environ: Mapping[str, str], url_variable: str = "DATABASE_URL"
 ) -> DatabaseSettings:
-    """Only the database's variables (for `migrate`, and the doctor's own login URL).
+    """Only where the database is and as whom (for `migrate`, and the doctor's own login).
 
-    Raises ConfigError listing every problem with them.
+    The pool's sizes are not read: these one-connection tools use none, so a bad DB_POOL_*
+    (which the service itself refuses) does not stop them. Raises ConfigError listing every
+    problem with the URL and the runtime role.
     """
     env = _Environment(environ)
-    database = _read_database(env, url_variable)
+    database = _read_database(env, url_variable, pool=False)
     env.raise_problems()
     return database
 
@@ -264,7 +266,7 @@ def _milliseconds(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def _read_database(env: _Environment, url_variable: str) -> DatabaseSettings:
+def _read_database(env: _Environment, url_variable: str, *, pool: bool = True) -> DatabaseSettings:
     url = env.required(
         url_variable,
         "the Postgres URL, e.g. postgresql://user:password@localhost:5432/calendly",
@@ -278,8 +280,12 @@ def _read_database(env: _Environment, url_variable: str) -> DatabaseSettings:
             f"DATABASE_RUNTIME_ROLE is {_shown(role)}; use a plain SQL identifier: lowercase "
             "letters, digits and '_', not starting with a digit, at most 63 characters",
         )
-    pool_min = env.integer("DB_POOL_MIN_SIZE", _default(DatabaseSettings, "pool_min_size"), 1, 100)
-    pool_max = env.integer("DB_POOL_MAX_SIZE", _default(DatabaseSettings, "pool_max_size"), 1, 100)
+    pool_min = _default(DatabaseSettings, "pool_min_size")
+    pool_max = _default(DatabaseSettings, "pool_max_size")
+    if not pool:
+        return DatabaseSettings(url=Secret(url), runtime_role=role)
+    pool_min = env.integer("DB_POOL_MIN_SIZE", pool_min, 1, 100)
+    pool_max = env.integer("DB_POOL_MAX_SIZE", pool_max, 1, 100)
     if env.all_valid("DB_POOL_MIN_SIZE", "DB_POOL_MAX_SIZE") and pool_min > pool_max:
         env.problem(
             "DB_POOL_MIN_SIZE",

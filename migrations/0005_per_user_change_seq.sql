@@ -4,7 +4,7 @@
 -- Existing values stay as they are, so every cursor a page holds still resumes correctly.
 --
 -- A BEFORE INSERT trigger numbers the row. The meetings upsert (adapters/postgres/
--- repositories.py, APPLY_CHANGE) sets `change_seq = EXCLUDED.change_seq` on conflict: EXCLUDED
+-- meetings.py, APPLY_CHANGE) sets `change_seq = EXCLUDED.change_seq` on conflict: EXCLUDED
 -- carries what BEFORE INSERT triggers made of the proposed row, so an upsert costs one lookup
 -- of the user's newest change (an index's last entry, meetings_by_change) whichever way it
 -- goes. The trigger takes the per-user advisory lock that the upsert already holds (taking it

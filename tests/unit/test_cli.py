@@ -188,3 +188,16 @@ def test_doctor_never_shows_a_malformed_database_url(
     assert code == 1, printed
     assert "database reachable: DATABASE_URL cannot be read as a URL" in printed
     assert "db-password-canary" not in printed
+
+
+def test_migrate_does_not_read_the_pool_sizes_it_does_not_use(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As before the settings were nested: a bad DB_POOL_* stops the service, not migrate."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:9/none?connect_timeout=2")
+    monkeypatch.setenv("DB_POOL_MIN_SIZE", "0")
+    code, printed = run(capfd, "migrate")
+    assert code == 1, printed  # it went on to the database, which is not there
+    assert "cannot reach the database" in printed
+    assert "DB_POOL_MIN_SIZE" not in printed
+    assert "Traceback" not in printed
