@@ -56,6 +56,9 @@ VARIABLES: Final = (
     "JWT_SECRET",
     "JWT_AUDIENCE",
     "JWT_ISSUER",
+    "JWT_JWKS_URL",
+    "JWT_LEEWAY_SECONDS",
+    "JWT_USER_CLAIM",
     "DEV_LOGIN_ENABLED",
     "HOST",
     "WEBHOOK_TOLERANCE_SECONDS",
@@ -143,9 +146,13 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     public_base_url: str
     app_origins: tuple[str, ...]
-    jwt_secret: Secret
+    # HS256 secrets, newest first (the first signs dev-login tokens); empty: JWKS only.
+    jwt_secrets: tuple[Secret, ...] = ()
+    jwt_jwks_urls: tuple[str, ...] = ()
     jwt_audience: str = "authenticated"
     jwt_issuer: str | None = None
+    jwt_leeway_seconds: int = 30
+    jwt_user_claim: str = "sub"
     dev_login_enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
@@ -186,7 +193,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def secret_values(self) -> list[str]:
         """Every configured secret as text, for the log redactor to scrub wherever it appears."""
         calendly = self.calendly
-        values = [calendly.client_secret.reveal(), self.http.jwt_secret.reveal()]
+        values = [calendly.client_secret.reveal()]
+        values += [secret.reveal() for secret in self.http.jwt_secrets]
         # The client's HTTP Basic credentials, exactly as the adapter sends them to Calendly.
         values.append(basic_credentials(calendly.client_id, calendly.client_secret))
         values += [key.reveal() for key in calendly.webhook_signing_keys]
@@ -358,14 +366,14 @@ def _read_http(env: _Environment) -> HttpSettings:
         required="where browsers and Calendly reach this service, e.g. https://calendly.example.com",
     )
     app_origins = env.origins("APP_ORIGINS", default_from=public_base_url)
-    jwt_secret = env.required(
-        "JWT_SECRET", "the secret that signs the app's user tokens (HS256), 32+ characters"
-    )
-    if jwt_secret and len(jwt_secret) < JWT_SECRET_MIN_LENGTH:
+    jwt_secrets = _read_jwt_secrets(env)
+    jwks_urls = env.url_list("JWT_JWKS_URL")
+    if not jwt_secrets and not jwks_urls and env.all_valid("JWT_SECRET", "JWT_JWKS_URL"):
         env.problem(
             "JWT_SECRET",
-            f"JWT_SECRET is too short; use at least {JWT_SECRET_MIN_LENGTH} random characters "
-            "(the value is not shown)",
+            "JWT_SECRET is not set; set it to the secret(s) that sign the app's user tokens "
+            "(HS256, comma-separated, 32+ characters each), or set JWT_JWKS_URL to your sign-in's "
+            "JWKS URL (RS256/ES256/EdDSA tokens), or both",
         )
     dev_login = env.boolean(
         "DEV_LOGIN_ENABLED", default=_default(HttpSettings, "dev_login_enabled")
@@ -375,6 +383,12 @@ def _read_http(env: _Environment) -> HttpSettings:
             "DEV_LOGIN_ENABLED",
             "DEV_LOGIN_ENABLED=true lets anyone sign in as any user, so it is only allowed when "
             "PUBLIC_BASE_URL is a localhost URL; unset it in this environment",
+        )
+    if dev_login and jwks_urls and not jwt_secrets:
+        env.problem(
+            "DEV_LOGIN_ENABLED",
+            "DEV_LOGIN_ENABLED=true signs tokens with an HS256 secret, but JWT_SECRET is not "
+            "set; add a JWT_SECRET or set DEV_LOGIN_ENABLED=false",
         )
     host = env.optional("HOST") or _default(HttpSettings, "host")
     if dev_login and not _is_loopback_host(host):
@@ -387,13 +401,38 @@ def _read_http(env: _Environment) -> HttpSettings:
     return HttpSettings(
         public_base_url=public_base_url,
         app_origins=app_origins,
-        jwt_secret=Secret(jwt_secret),
+        jwt_secrets=jwt_secrets,
+        jwt_jwks_urls=jwks_urls,
         jwt_audience=env.optional("JWT_AUDIENCE") or _default(HttpSettings, "jwt_audience"),
         jwt_issuer=env.optional("JWT_ISSUER"),
+        jwt_leeway_seconds=env.integer(
+            "JWT_LEEWAY_SECONDS", _default(HttpSettings, "jwt_leeway_seconds"), 0, 300
+        ),
+        jwt_user_claim=env.optional("JWT_USER_CLAIM") or _default(HttpSettings, "jwt_user_claim"),
         dev_login_enabled=dev_login,
         host=host,
         port=env.integer("PORT", _default(HttpSettings, "port"), 1, 65535),
     )
+
+
+def _read_jwt_secrets(env: _Environment) -> tuple[Secret, ...]:
+    raw = env.optional("JWT_SECRET")
+    if raw is None:
+        return ()
+    secrets = _split_list(raw)
+    if not secrets:
+        env.problem("JWT_SECRET", "JWT_SECRET is empty; unset it or give 32+ random characters")
+        return ()
+    for position, secret in enumerate(secrets, start=1):
+        if len(secret) < JWT_SECRET_MIN_LENGTH:
+            which = "JWT_SECRET" if len(secrets) == 1 else f"JWT_SECRET entry {position}"
+            env.problem(
+                "JWT_SECRET",
+                f"{which} is too short; use at least {JWT_SECRET_MIN_LENGTH} random characters "
+                "(the value is not shown)",
+            )
+            return ()
+    return tuple(Secret(secret) for secret in secrets)
 
 
 def _read_worker(env: _Environment) -> WorkerSettings:
@@ -557,6 +596,22 @@ class _Environment:
             self.problem(name, f"{name} {reason}")
             return ""
         return raw.rstrip("/") if strip_slash else raw
+
+    def url_list(self, name: str) -> tuple[str, ...]:
+        """Comma-separated http(s) URLs, https unless loopback; () when unset."""
+        raw = self.optional(name)
+        if raw is None:
+            return ()
+        urls: list[str] = []
+        for position, entry in enumerate(_split_list(raw), start=1):
+            reason = _url_problem(entry)
+            if reason is not None:
+                self.problem(name, f"{name} entry {position} {reason}")
+            else:
+                urls.append(entry)
+        if not urls and self.all_valid(name):
+            self.problem(name, f"{name} holds no URL; give e.g. https://auth.example.com/jwks.json")
+        return tuple(urls)
 
     def origins(self, name: str, *, default_from: str) -> tuple[str, ...]:
         raw = self.optional(name)

@@ -24,6 +24,7 @@ from entrypoints.container import (
 from entrypoints.logging import configure_service_logging
 from entrypoints.service.http.app import create_app
 from entrypoints.service.http.config import HttpConfig
+from entrypoints.service.http.cursors import MeetingCursors
 from entrypoints.settings import ConfigError, Settings, load_settings
 
 # How uvicorn runs the app (the benchmarks' bare reference endpoint runs under the same).
@@ -57,10 +58,18 @@ def run_server(main: Coroutine[Any, Any, None]) -> None:
 
 def http_config(settings: Settings) -> HttpConfig:
     http = settings.http
+    cursor_key = None
+    if not http.jwt_secrets:  # JWKS only: key the cursors from the active encryption key
+        encryption = settings.encryption
+        cursor_key = MeetingCursors.key_from_encryption_key(encryption.keys[encryption.active_key])
     return HttpConfig(
-        jwt_secret=http.jwt_secret,
+        jwt_secrets=http.jwt_secrets,
+        jwt_jwks_urls=http.jwt_jwks_urls,
         jwt_audience=http.jwt_audience,
         jwt_issuer=http.jwt_issuer,
+        jwt_leeway_seconds=http.jwt_leeway_seconds,
+        jwt_user_claim=http.jwt_user_claim,
+        cursor_key=cursor_key,
         dev_login_enabled=http.dev_login_enabled,
         app_origins=http.app_origins,
         public_base_url=http.public_base_url,

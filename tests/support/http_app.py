@@ -56,7 +56,7 @@ def bearer(user_id: str) -> dict[str, str]:
 
 def make_config(**overrides: Any) -> HttpConfig:
     settings: dict[str, Any] = {
-        "jwt_secret": Secret(JWT_SECRET),
+        "jwt_secrets": (Secret(JWT_SECRET),),
         "jwt_audience": AUDIENCE,
         "jwt_issuer": ISSUER,
         "dev_login_enabled": False,

@@ -31,7 +31,7 @@ class RunningService:
     def token_for(self, user_id: str, *, ttl: int = 3600) -> str:
         now = int(time.time())
         claims = {"sub": user_id, "aud": "authenticated", "iat": now, "exp": now + ttl}
-        return jwt.encode(claims, self.settings.http.jwt_secret.reveal(), algorithm="HS256")
+        return jwt.encode(claims, self.settings.http.jwt_secrets[0].reveal(), algorithm="HS256")
 
     def auth(self, user_id: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token_for(user_id)}"}

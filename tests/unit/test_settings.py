@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from domain.secret import Secret
+from entrypoints.service.http.cursors import MeetingCursors
+from entrypoints.service.server import http_config
 from entrypoints.settings import (
     CalendlySettings,
     ConfigError,
@@ -68,7 +70,7 @@ def test_full_environment_loads() -> None:
         http=HttpSettings(
             public_base_url="https://calendly.example.com",
             app_origins=("https://app.example.com", "http://localhost:3000"),
-            jwt_secret=Secret(JWT_SECRET),
+            jwt_secrets=(Secret(JWT_SECRET),),
             jwt_audience="my-app",
             jwt_issuer="https://auth.example.com",
             dev_login_enabled=False,
@@ -380,3 +382,93 @@ def test_a_database_url_libpq_cannot_read_is_refused_without_showing_it(url: str
     assert "pa%zz" not in problem
     assert "password" not in problem.split("(")[0]
     assert "nonsense" not in problem
+
+
+NEWER_JWT_SECRET = "a-newer-jwt-secret-of-at-least-32-characters"
+JWKS = "https://auth.example.com/.well-known/jwks.json"
+
+
+def jwks_only(**values: str) -> dict[str, str]:
+    env = minimal_env(**values)
+    del env["JWT_SECRET"]
+    return env
+
+
+def test_jwt_settings_default_to_a_30_second_leeway_and_the_sub_claim() -> None:
+    http = load_settings(minimal_env()).http
+    assert http.jwt_secrets == (Secret(JWT_SECRET),)
+    assert http.jwt_jwks_urls == ()
+    assert (http.jwt_leeway_seconds, http.jwt_user_claim) == (30, "sub")
+
+
+def test_jwt_secret_takes_several_secrets_newest_first() -> None:
+    http = load_settings(minimal_env(JWT_SECRET=f" {NEWER_JWT_SECRET} , {JWT_SECRET}")).http
+    assert http.jwt_secrets == (Secret(NEWER_JWT_SECRET), Secret(JWT_SECRET))
+
+
+def test_a_short_secret_in_the_list_is_named_by_position_without_its_value() -> None:
+    problem = single_problem(minimal_env(JWT_SECRET=f"{JWT_SECRET},short-one"))
+    assert problem.startswith("JWT_SECRET entry 2 is too short")
+    assert "short-one" not in problem
+
+
+def test_jwks_urls_alone_are_enough() -> None:
+    local = "http://127.0.0.1:9999/jwks.json"
+    env = jwks_only(
+        JWT_JWKS_URL=f"{JWKS}, {local}", JWT_LEEWAY_SECONDS="0", JWT_USER_CLAIM="user_id"
+    )
+    http = load_settings(env).http
+    assert http.jwt_secrets == ()
+    assert http.jwt_jwks_urls == (JWKS, local)
+    assert (http.jwt_leeway_seconds, http.jwt_user_claim) == (0, "user_id")
+
+
+def test_neither_a_secret_nor_a_jwks_url_is_one_clear_problem() -> None:
+    problem = single_problem(jwks_only())
+    assert problem.startswith("JWT_SECRET is not set")
+    assert "JWT_JWKS_URL" in problem
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("http://auth.example.com/jwks.json", "JWT_JWKS_URL entry 1 is 'http://auth"),
+        (f"{JWKS},ftp://x", "JWT_JWKS_URL entry 2 is 'ftp://x'"),
+    ],
+)
+def test_a_jwks_url_must_be_https_unless_loopback(value: str, expected: str) -> None:
+    assert single_problem(jwks_only(JWT_JWKS_URL=value)).startswith(expected)
+
+
+@pytest.mark.parametrize("value", ["-1", "301", "soon"])
+def test_the_leeway_is_0_to_300_seconds(value: str) -> None:
+    assert single_problem(minimal_env(JWT_LEEWAY_SECONDS=value)).startswith("JWT_LEEWAY_SECONDS")
+
+
+def test_dev_login_needs_an_hs256_secret() -> None:
+    env = jwks_only(
+        JWT_JWKS_URL=JWKS, PUBLIC_BASE_URL="http://localhost:8000", DEV_LOGIN_ENABLED="true"
+    )
+    problem = single_problem(env)
+    assert problem.startswith("DEV_LOGIN_ENABLED=true signs tokens with an HS256 secret")
+    assert "JWT_SECRET" in problem
+
+
+def test_every_jwt_secret_is_scrubbed_from_logs() -> None:
+    settings = load_settings(minimal_env(JWT_SECRET=f"{NEWER_JWT_SECRET},{JWT_SECRET}"))
+    values = settings.secret_values()
+    assert NEWER_JWT_SECRET in values
+    assert JWT_SECRET in values
+
+
+def test_without_a_jwt_secret_cursors_are_keyed_from_the_token_encryption_key() -> None:
+    with_secret = http_config(load_settings(minimal_env(JWT_JWKS_URL=JWKS)))
+    jwks = http_config(load_settings(jwks_only(JWT_JWKS_URL=JWKS)))
+    assert with_secret.cursor_key is None  # derived from the first JWT secret, as before
+    assert jwks.cursor_key is not None
+    assert jwks.cursor_key == MeetingCursors.key_from_encryption_key(KEY_NEW)
+    assert jwks.cursor_key != KEY_NEW
+    rotated = http_config(
+        load_settings(jwks_only(JWT_JWKS_URL=JWKS, TOKEN_ENCRYPTION_KEY=f"k1:{b64(KEY_OLD)}"))
+    )
+    assert rotated.cursor_key != jwks.cursor_key

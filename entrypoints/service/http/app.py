@@ -23,6 +23,7 @@ from .auth import JwtAuthenticator, current_principal, current_user
 from .config import HttpConfig
 from .cursors import MeetingCursors
 from .errors import ErrorTable
+from .jwks import JwksKeys
 from .middleware import RequestContextMiddleware
 from .routes.calendly import CalendlyConnectionController
 from .routes.dev import dev_login
@@ -44,6 +45,24 @@ def _constant(value: object) -> Provide:
         return value
 
     return Provide(provide, use_cache=True)
+
+
+def _authenticator(config: HttpConfig) -> JwtAuthenticator:
+    jwks = JwksKeys(config.jwt_jwks_urls) if config.jwt_jwks_urls else None
+    return JwtAuthenticator(
+        config.jwt_secrets,
+        config.jwt_audience,
+        config.jwt_issuer,
+        jwks=jwks,
+        leeway_seconds=config.jwt_leeway_seconds,
+        user_claim=config.jwt_user_claim,
+    )
+
+
+def _cursors(config: HttpConfig) -> MeetingCursors:
+    if config.cursor_key is not None:
+        return MeetingCursors(config.cursor_key)
+    return MeetingCursors.derived_from(config.jwt_secrets[0])
 
 
 def _openapi() -> OpenAPIConfig:
@@ -130,11 +149,9 @@ def create_app(
         dependencies={
             "services": _constant(services),
             "http_config": _constant(config),
-            "auth": _constant(
-                JwtAuthenticator(config.jwt_secret, config.jwt_audience, config.jwt_issuer)
-            ),
+            "auth": _constant(_authenticator(config)),
             "errors": _constant(errors),
-            "cursors": _constant(MeetingCursors.derived_from(config.jwt_secret)),
+            "cursors": _constant(_cursors(config)),
         },
         exception_handlers={Exception: errors.handler()},
         openapi_config=_openapi(),

@@ -1,21 +1,28 @@
-"""Who is calling: app users send `Authorization: Bearer <JWT>` signed with the shared secret."""
+"""Who is calling: app users send `Authorization: Bearer <JWT>` from the host's own sign-in."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import jwt
 import structlog
+from jwt import PyJWK
 from litestar import Request
 from litestar.di import NamedDependency
 
 from domain.errors import NotAuthenticated
 from domain.secret import Secret
 
+from .jwks import JwksKeys
+
 ALGORITHM: Final = "HS256"
+# What a JWKS key may sign with; HS* never comes from a JWKS (it would be a public secret).
+ASYMMETRIC: Final = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
 DEV_TOKEN_TTL: Final = timedelta(hours=1)
 MAX_TOKEN_LENGTH: Final = 8192
 MAX_USER_ID_LENGTH: Final = 255
@@ -57,42 +64,57 @@ def _expiry(claims: dict[str, Any]) -> datetime | None:
 
 
 class JwtAuthenticator:
-    """Checks (and, for dev login, issues) HS256 tokens whose `sub` is the app's user id."""
+    """Checks the host's bearer tokens: HS256 under `secrets`, or signed by a key in its JWKS.
+
+    The token's `alg` only routes it: HS256 goes to the secrets, anything else to the JWKS key
+    its `kid` names, and that key's own algorithm is the only one it verifies (so a public key
+    is never used as an HMAC secret). Dev login issues tokens under the first secret.
+    """
 
     def __init__(
         self,
-        secret: Secret,
+        secrets: Sequence[Secret],
         audience: str,
         issuer: str | None = None,
+        *,
+        jwks: JwksKeys | None = None,
+        leeway_seconds: int = 30,
+        user_claim: str = "sub",
         now: Callable[[], datetime] = _utc_now,
     ) -> None:
-        self._secret = secret
+        if not secrets and jwks is None:
+            raise ValueError("an authenticator needs HS256 secrets, a JWKS, or both")
+        self._secrets = tuple(secrets)
         self._audience = audience
         self._issuer = issuer
+        self._jwks = jwks
+        self._leeway = leeway_seconds
+        self._user_claim = user_claim
         self._now = now
 
-    def verify(self, token: str) -> str:
+    async def verify(self, token: str) -> str:
         """The user id in a valid token; raises NotAuthenticated for anything else."""
-        return self.authenticate(token).user_id
+        return (await self.authenticate(token)).user_id
 
-    def authenticate(self, token: str) -> Principal:
+    async def authenticate(self, token: str) -> Principal:
         """The user and expiry of a valid token; raises NotAuthenticated for anything else."""
-        required = ["exp", "sub", "aud"] + (["iss"] if self._issuer is not None else [])
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                self._secret.reveal(),
-                algorithms=[ALGORITHM],
-                audience=self._audience,
-                issuer=self._issuer,
-                options={"require": required},
-            )
-        except jwt.ExpiredSignatureError as exc:
-            raise NotAuthenticated("the bearer token has expired") from exc
+            header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
-            # Which check failed helps an attacker more than a user: say no more than this.
             raise NotAuthenticated("the bearer token is not valid") from exc
-        subject = claims.get("sub")
+        algorithm = header.get("alg")
+        if algorithm == ALGORITHM:
+            keys: list[str | PyJWK] = [secret.reveal() for secret in self._secrets]
+        elif isinstance(algorithm, str) and algorithm in ASYMMETRIC and self._jwks is not None:
+            kid = header.get("kid")
+            key = await self._jwks.key(kid) if isinstance(kid, str) and kid else None
+            keys = [key] if key is not None else []
+        else:
+            keys = []
+        if not keys:
+            raise NotAuthenticated("the bearer token is not valid")
+        claims = self._claims(token, keys)
+        subject = claims.get(self._user_claim)
         if (
             not isinstance(subject, str)
             or not 1 <= len(subject) <= MAX_USER_ID_LENGTH
@@ -101,19 +123,54 @@ class JwtAuthenticator:
             raise NotAuthenticated("the bearer token names no usable user")
         return Principal(user_id=subject, expires_at=_expiry(claims))
 
+    def _claims(self, token: str, keys: Sequence[str | PyJWK]) -> dict[str, Any]:
+        required = ["exp", self._user_claim, "aud"] + (["iss"] if self._issuer else [])
+        failure: jwt.InvalidTokenError | None = None
+        for key in keys:
+            # A PyJWK verifies with its own algorithm only; a secret with HS256 only.
+            algorithms = [key.algorithm_name] if isinstance(key, PyJWK) else [ALGORITHM]
+            try:
+                claims: dict[str, Any] = jwt.decode(
+                    token,
+                    key,
+                    algorithms=algorithms,
+                    audience=self._audience,
+                    issuer=self._issuer,
+                    leeway=self._leeway,
+                    options={"require": required},
+                )
+            except jwt.InvalidSignatureError as exc:
+                failure = exc  # perhaps the next secret (rotation) signed it
+                continue
+            except jwt.ExpiredSignatureError as exc:
+                raise NotAuthenticated("the bearer token has expired") from exc
+            except jwt.InvalidTokenError as exc:
+                # Which check failed helps an attacker more than a user: say no more than this.
+                raise NotAuthenticated("the bearer token is not valid") from exc
+            return claims
+        raise NotAuthenticated("the bearer token is not valid") from failure
+
+    @property
+    def can_issue(self) -> bool:
+        """True when there is an HS256 secret to sign dev-login tokens with."""
+        return bool(self._secrets)
+
     def issue(self, user_id: str, ttl: timedelta = DEV_TOKEN_TTL) -> tuple[str, datetime]:
         """A token for `user_id` and when it expires (only dev login calls this)."""
+        if not self._secrets:
+            raise RuntimeError("dev login needs an HS256 secret (JWT_SECRET)")
         now = self._now().replace(microsecond=0)
         expires_at = now + ttl
         claims: dict[str, Any] = {
-            "sub": user_id,
+            self._user_claim: user_id,
             "aud": self._audience,
             "iat": now,
             "exp": expires_at,
         }
         if self._issuer is not None:
             claims["iss"] = self._issuer
-        return jwt.encode(claims, self._secret.reveal(), algorithm=ALGORITHM), expires_at
+        token = jwt.encode(claims, self._secrets[0].reveal(), algorithm=ALGORITHM)
+        return token, expires_at
 
 
 async def current_principal(
@@ -123,7 +180,7 @@ async def current_principal(
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
         raise NotAuthenticated("sign in first: send 'Authorization: Bearer <token>'")
-    principal = auth.authenticate(token)
+    principal = await auth.authenticate(token)
     structlog.contextvars.bind_contextvars(user_id=principal.user_id)
     return principal
 

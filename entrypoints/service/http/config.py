@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from domain.secret import Secret
@@ -28,9 +28,14 @@ def _is_origin(value: str) -> bool:
 class HttpConfig:
     """Settings of the HTTP entrypoint, passed in by the composition root."""
 
-    # Shared HS256 secret of the app that signs users' bearer tokens.
-    jwt_secret: Secret
+    # HS256 secrets of the host's sign-in, newest first: all verify, the first signs dev login.
+    jwt_secrets: tuple[Secret, ...] = ()
+    # JWKS URLs of the host's sign-in (RS*/PS*/ES*/EdDSA keys, selected by `kid`).
+    jwt_jwks_urls: tuple[str, ...] = ()
     jwt_audience: str
+    jwt_leeway_seconds: int = 30
+    # The claim that holds the user id.
+    jwt_user_claim: str = "sub"
     # Checked only when set.
     jwt_issuer: str | None = None
     # `POST /api/dev/login` hands out tokens for any user id: never enable in production.
@@ -50,10 +55,20 @@ class HttpConfig:
     # adapter untranslated (e.g. `(psycopg.OperationalError, psycopg_pool.PoolTimeout)`).
     # They are answered like StorageUnavailable: 503 with Retry-After, never a 500.
     infrastructure_errors: tuple[type[Exception], ...] = ()
+    # Keys the meetings cursors; None: derived from the first JWT secret (there must be one).
+    cursor_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if len(self.jwt_secret.reveal()) < MIN_JWT_SECRET_LENGTH:
-            raise ValueError(f"jwt_secret must be at least {MIN_JWT_SECRET_LENGTH} characters")
+        if not self.jwt_secrets and not self.jwt_jwks_urls:
+            raise ValueError("jwt_secrets, jwt_jwks_urls or both must be given")
+        if any(len(secret.reveal()) < MIN_JWT_SECRET_LENGTH for secret in self.jwt_secrets):
+            raise ValueError(f"jwt secrets must be at least {MIN_JWT_SECRET_LENGTH} characters")
+        if not self.jwt_secrets and (self.dev_login_enabled or self.cursor_key is None):
+            raise ValueError("dev login and a derived cursor key need an HS256 jwt secret")
+        if not 0 <= self.jwt_leeway_seconds <= 300:
+            raise ValueError("jwt_leeway_seconds must be from 0 to 300")
+        if not self.jwt_user_claim:
+            raise ValueError("jwt_user_claim must not be empty")
         if not self.jwt_audience:
             raise ValueError("jwt_audience must not be empty")
         for origin in self.app_origins:

@@ -23,6 +23,9 @@ MAX_CURSOR_LENGTH: Final = 512
 _ALPHABET: Final = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
 _MAC_SIZE: Final = 16  # HMAC-SHA256 cut to 128 bits: forging one is a 2^128 guess per request
 _KEY_CONTEXT: Final = b"calendly-connect/meetings-cursor/v1"
+# Another context for a key derived from the token encryption key (when there is no JWT
+# secret): the derived key says nothing about that key, and never equals any other use of it.
+_ENCRYPTION_KEY_CONTEXT: Final = b"calendly-connect/meetings-cursor/from-token-encryption-key/v1"
 _UUID_TEXT_LENGTH: Final = 36
 _WireKeyset = tuple[
     Annotated[datetime, Meta(tz=True)] | None,
@@ -80,6 +83,14 @@ class MeetingCursors:
         """
         key = hmac.new(secret.reveal().encode("utf-8"), _KEY_CONTEXT, hashlib.sha256).digest()
         return cls(key)
+
+    @staticmethod
+    def key_from_encryption_key(key: bytes) -> bytes:
+        """A cursor key derived from the active token encryption key (JWKS-only set-ups).
+
+        Every service process holds that key; a new active key makes old cursors answer 400.
+        """
+        return hmac.new(key, _ENCRYPTION_KEY_CONTEXT, hashlib.sha256).digest()
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_SIZE]
