@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Final
 
 from litestar import Litestar, Router
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import CacheControlHeader
 from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
@@ -105,6 +106,27 @@ def _fix_default_options_handlers(app: Litestar) -> None:
             handler._fn = route.create_options_handler(route.path).fn
 
 
+# How long a browser may reuse a preflight's answer (the most Chromium honours is 2 hours).
+PREFLIGHT_MAX_AGE: Final = 7200
+
+
+def cors(config: HttpConfig) -> CORSConfig:
+    """A front end on another origin may call the API and open the live stream.
+
+    Only the exact origins of APP_ORIGINS (never a wildcard); the API authenticates with the
+    bearer token, not cookies, so no credentials mode. Calendly's deliveries send no Origin
+    and are unaffected.
+    """
+    return CORSConfig(
+        allow_origins=list(config.app_origins),
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        allow_credentials=False,
+        expose_headers=["X-Request-Id", "Retry-After"],
+        max_age=PREFLIGHT_MAX_AGE,
+    )
+
+
 def create_app(
     services: Services,
     config: HttpConfig,
@@ -157,6 +179,7 @@ def create_app(
         openapi_config=_openapi(),
         request_max_body_size=config.max_api_body,
         lifespan=list(lifespan),
+        cors_config=cors(config),
         # Our own logging (structlog, one line per request) replaces Litestar's.
         logging_config=None,
         debug=False,
