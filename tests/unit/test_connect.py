@@ -441,8 +441,11 @@ async def test_a_stopping_process_stores_kept_grants_or_names_the_users_it_loses
 
 
 async def test_disconnect_revokes_the_kept_grant_not_the_spent_one(core: Core) -> None:
-    ada = core.calendly.add_user("ada@example.com")
+    # A free plan has no subscription to delete: nothing but the disconnect itself waits for
+    # the kept grant before revoking.
+    ada = core.calendly.add_user("ada@example.com", paid=False)
     await core.connect("u", ada)
+    assert core.db.connections["u"].subscription_uri is None
     core.clock.advance(timedelta(hours=2))
     fail_storage_after_the_next_refresh(core)
     refreshing = asyncio.create_task(core.tokens("u"))
