@@ -38,7 +38,10 @@ class AccountAlreadyConnected(DomainError):
     """The Calendly account is connected to another app user; webhooks route to exactly one."""
 
     def __init__(self, calendly_user_uri: str) -> None:
-        super().__init__("this Calendly account is already connected to another user")
+        super().__init__(
+            "This Calendly account is already connected to another user of this app. Sign in to "
+            "Calendly with a different account, or disconnect it from the other user first."
+        )
         self.calendly_user_uri = calendly_user_uri
 
 

@@ -69,6 +69,9 @@ class Connection(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None = None
     created_at: datetime
     updated_at: datetime
+    # When the user last connected afresh: the first connect, or one after a disconnect or with
+    # another Calendly account (None for rows from before this was kept: `created_at` then).
+    connected_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.status is ConnectionStatus.ACTIVE and self.tokens is None:
@@ -92,6 +95,9 @@ class Connection(msgspec.Struct, frozen=True, kw_only=True):
 
     def with_account(self, account: CalendlyAccount, now: datetime) -> Connection:
         return replace(self, account=account, updated_at=now)
+
+    def connected_since(self, at: datetime | None) -> Connection:
+        return replace(self, connected_at=at)
 
     def needing_reauth(self, reason: str, now: datetime) -> Connection:
         return replace(
@@ -137,6 +143,9 @@ class PendingAuthorization(msgspec.Struct, frozen=True, kw_only=True):
     code_verifier: Secret
     # SHA-256 of the browser-binding cookie set when the round trip started (None for API use).
     browser_binding: str | None
+    # base64url(SHA-256(verifier)) from the page that started it: with that verifier and the
+    # user's token, the page may complete the round trip itself (a hand-off, DR-28).
+    completion_challenge: str | None = None
     created_at: datetime
     expires_at: datetime
 

@@ -166,6 +166,10 @@ class AuthorizationRepository(Protocol):
 
     async def add(self, pending: PendingAuthorization) -> None: ...
 
+    async def peek(self, state: str) -> PendingAuthorization | None:
+        """The pending authorization for `state`, left in place."""
+        ...
+
     async def take(self, state: str) -> PendingAuthorization | None:
         """Remove and return the pending authorization for `state` (each state works once)."""
         ...

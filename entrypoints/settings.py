@@ -49,6 +49,7 @@ VARIABLES: Final = (
     "CALENDLY_API_BASE_URL",
     "CALENDLY_OAUTH_SCOPE",
     "PUBLIC_BASE_URL",
+    "ROOT_PATH",
     "CALENDLY_OAUTH_REDIRECT_URI",
     "CALENDLY_WEBHOOK_CALLBACK_BASE",
     "APP_ORIGINS",
@@ -144,8 +145,11 @@ class EncryptionSettings(msgspec.Struct, frozen=True, kw_only=True):
 class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Where the HTTP service listens and is reached, and whose bearer tokens it accepts."""
 
+    # Where browsers and Calendly reach the service, with ROOT_PATH (`https://app.example/cal`).
     public_base_url: str
     app_origins: tuple[str, ...]
+    # The path prefix the service is mounted under behind a proxy ("" when at the root).
+    root_path: str = ""
     # HS256 secrets, newest first (the first signs dev-login tokens); empty: JWKS only.
     jwt_secrets: tuple[Secret, ...] = ()
     jwt_jwks_urls: tuple[str, ...] = ()
@@ -365,6 +369,7 @@ def _read_http(env: _Environment) -> HttpSettings:
         "PUBLIC_BASE_URL",
         required="where browsers and Calendly reach this service, e.g. https://calendly.example.com",
     )
+    public_base_url, root_path = _read_root_path(env, public_base_url)
     app_origins = env.origins("APP_ORIGINS", default_from=public_base_url)
     jwt_secrets = _read_jwt_secrets(env)
     jwks_urls = env.url_list("JWT_JWKS_URL")
@@ -400,6 +405,7 @@ def _read_http(env: _Environment) -> HttpSettings:
         )
     return HttpSettings(
         public_base_url=public_base_url,
+        root_path=root_path,
         app_origins=app_origins,
         jwt_secrets=jwt_secrets,
         jwt_jwks_urls=jwks_urls,
@@ -413,6 +419,45 @@ def _read_http(env: _Environment) -> HttpSettings:
         host=host,
         port=env.integer("PORT", _default(HttpSettings, "port"), 1, 65535),
     )
+
+
+# A path prefix as a proxy mounts it: segments of URL-safe characters, no dot segments.
+_ROOT_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+
+
+def _read_root_path(env: _Environment, public_base_url: str) -> tuple[str, str]:
+    """(PUBLIC_BASE_URL with the prefix, the prefix) from PUBLIC_BASE_URL and ROOT_PATH.
+
+    The prefix may be given either way: as ROOT_PATH, or as the path of PUBLIC_BASE_URL
+    (`https://app.example.com/calendly`); given both ways, they must agree.
+    """
+    base_path = urlsplit(public_base_url).path.rstrip("/") if public_base_url else ""
+    raw = env.optional("ROOT_PATH")
+    if raw is None:
+        root = base_path
+        problem_name = "PUBLIC_BASE_URL"
+    else:
+        root = raw.rstrip("/")
+        problem_name = "ROOT_PATH"
+    if root and (
+        not _ROOT_PATH.fullmatch(root) or any(part in (".", "..") for part in root.split("/"))
+    ):
+        env.problem(
+            problem_name,
+            f"{problem_name} path {_shown(root)} is not a path prefix; give one like /calendly "
+            "(starting with /, letters, digits and - . _ ~ between the slashes)",
+        )
+        return public_base_url, ""
+    if raw is not None and base_path and base_path != root:
+        env.problem(
+            "ROOT_PATH",
+            f"ROOT_PATH is {_shown(root or '/')} but PUBLIC_BASE_URL ends in the path "
+            f"{_shown(base_path)}; give the prefix once (either way) or make them agree",
+        )
+        return public_base_url, ""
+    if public_base_url and not base_path:
+        public_base_url += root
+    return public_base_url, root
 
 
 def _read_jwt_secrets(env: _Environment) -> tuple[Secret, ...]:

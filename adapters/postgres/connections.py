@@ -38,13 +38,14 @@ class ConnectionRow(msgspec.Struct, kw_only=True):
     version: int
     created_at: datetime
     updated_at: datetime
+    connected_at: datetime | None
 
 
 CONNECTION_COLUMNS = """
     id::text AS id, user_id, status, calendly_user_uri, calendly_organization_uri,
     provider_account_email, calendly_user_name, access_token_enc, refresh_token_enc,
     token_expires_at, webhook_status, webhook_subscription_uri, webhook_signing_key_enc,
-    webhook_token, last_error, version, created_at, updated_at
+    webhook_token, last_error, version, created_at, updated_at, connected_at
 """
 # A constant column list is formatted in; no input ever is.
 SELECT_CONNECTION = f"""
@@ -62,13 +63,13 @@ INSERT INTO calendar_connections (
     id, user_id, status, calendly_user_uri, calendly_organization_uri, provider_account_email,
     calendly_user_name, access_token_enc, refresh_token_enc, token_expires_at, webhook_status,
     webhook_subscription_uri, webhook_signing_key_enc, webhook_token, last_error, version,
-    created_at, updated_at
+    created_at, updated_at, connected_at
 ) VALUES (
     %(id)s, %(user_id)s, %(status)s, %(calendly_user_uri)s, %(calendly_organization_uri)s,
     %(provider_account_email)s, %(calendly_user_name)s, %(access_token_enc)s,
     %(refresh_token_enc)s, %(token_expires_at)s, %(webhook_status)s,
     %(webhook_subscription_uri)s, %(webhook_signing_key_enc)s, %(webhook_token)s,
-    %(last_error)s, 1, %(created_at)s, %(updated_at)s
+    %(last_error)s, 1, %(created_at)s, %(updated_at)s, %(connected_at)s
 )
 """
 UPDATE_CONNECTION = """
@@ -80,7 +81,8 @@ UPDATE calendar_connections SET
     refresh_token_enc = %(refresh_token_enc)s, token_expires_at = %(token_expires_at)s,
     webhook_status = %(webhook_status)s, webhook_subscription_uri = %(webhook_subscription_uri)s,
     webhook_signing_key_enc = %(webhook_signing_key_enc)s, webhook_token = %(webhook_token)s,
-    last_error = %(last_error)s, updated_at = %(updated_at)s, version = version + 1
+    last_error = %(last_error)s, updated_at = %(updated_at)s,
+    connected_at = %(connected_at)s, version = version + 1
 WHERE id = %(id)s AND version = %(version)s
 RETURNING version
 """
@@ -167,6 +169,7 @@ class PostgresConnectionRepository(ConnectionRepository):
             "last_error": c.last_error,
             "created_at": c.created_at,
             "updated_at": c.updated_at,
+            "connected_at": c.connected_at,
         }
 
     def _to_domain(self, row: ConnectionRow) -> Connection:
@@ -201,4 +204,5 @@ class PostgresConnectionRepository(ConnectionRepository):
             last_error=row.last_error,
             created_at=row.created_at,
             updated_at=row.updated_at,
+            connected_at=row.connected_at,
         )

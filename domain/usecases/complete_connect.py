@@ -23,7 +23,7 @@ from domain.model import (
 from domain.ports import CalendlyApi, Clock, GrantedTokens, Randomness, UnitOfWorkFactory
 
 from .ensure_subscription import EnsureSubscription
-from .start_connect import binding_digest
+from .start_connect import binding_digest, verifier_matches
 from .views import ConnectionView
 
 
@@ -36,11 +36,20 @@ class CompleteConnectCommand(msgspec.Struct, frozen=True, kw_only=True):
     # Who is finishing: the signed-in user (API clients) and/or the browser-binding cookie.
     user_id: str | None = None
     browser_binding: str | None = None
+    # The page that started the round trip, completing it after a hand-off: with `user_id`.
+    completion_verifier: str | None = None
 
 
 class CompleteConnectResult(msgspec.Struct, frozen=True, kw_only=True):
     connection: ConnectionView
     switched_account: bool = False
+
+
+class HandOff(msgspec.Struct, frozen=True, kw_only=True):
+    """Calendly's answer is for the page that started the round trip to complete (DR-28)."""
+
+    state: str
+    code: str
 
 
 class CompleteConnect:
@@ -59,6 +68,27 @@ class CompleteConnect:
         self._random = random
         self._ensure_subscription = ensure_subscription
         self._redirect_uri = redirect_uri
+
+    async def at_callback(self, command: CompleteConnectCommand) -> CompleteConnectResult | HandOff:
+        """Where Calendly sends the browser back: complete here, or hand the code to the page.
+
+        The round trip is completed here when this browser proves it started it (the binding
+        cookie, first-party on this service's origin) or the caller is signed in. Otherwise,
+        if the starting page sent a completion challenge, the code is handed to that page,
+        which completes it with its verifier and the user's token; the state stays pending
+        until then. Anything else is refused: the state was issued to another browser.
+        """
+        if command.user_id is None and command.completion_verifier is None:
+            pending = await self._peek_state(command.state)
+            if not self._same_browser(pending, command) and pending.completion_challenge:
+                if pending.expired(self._clock.now()):
+                    await self._discard(pending.state)
+                    raise AuthorizationStateInvalid("the authorization request expired")
+                if command.error is not None or not command.code:
+                    await self._discard(pending.state)
+                    raise AuthorizationDenied(command.error or "no_code", command.error_description)
+                return HandOff(state=pending.state, code=command.code)
+        return await self(command)
 
     async def __call__(self, command: CompleteConnectCommand) -> CompleteConnectResult:
         pending = await self._take_state(command)
@@ -92,7 +122,23 @@ class CompleteConnect:
             connection=ConnectionView.of(connection), switched_account=switched
         )
 
+    async def _peek_state(self, state: str) -> PendingAuthorization:
+        async with self._uow() as uow:
+            pending = await uow.authorizations.peek(state)
+        if pending is None:
+            raise AuthorizationStateInvalid("unknown or already used state")
+        return pending
+
+    async def _discard(self, state: str) -> None:
+        async with self._uow() as uow:
+            await uow.authorizations.take(state)
+            await uow.commit()
+
     async def _take_state(self, command: CompleteConnectCommand) -> PendingAuthorization:
+        if command.completion_verifier is not None:
+            # A hand-off: only the page holding the verifier, signed in as the user, completes.
+            # Checked before the state is taken, so a wrong guess cannot spend it.
+            self._check_hand_off(await self._peek_state(command.state), command)
         async with self._uow() as uow:
             pending = await uow.authorizations.take(command.state)
             await uow.commit()
@@ -102,14 +148,33 @@ class CompleteConnect:
             raise AuthorizationStateInvalid("the authorization request expired")
         if command.user_id is not None and command.user_id != pending.user_id:
             raise AuthorizationStateInvalid("the state belongs to another user")
-        same_browser = (
+        if command.completion_verifier is not None:
+            self._check_hand_off(pending, command)
+        elif command.user_id is None and not self._same_browser(pending, command):
+            raise AuthorizationStateInvalid("the state was issued to another browser")
+        return pending
+
+    @staticmethod
+    def _check_hand_off(pending: PendingAuthorization, command: CompleteConnectCommand) -> None:
+        if command.user_id is None or command.user_id != pending.user_id:
+            raise AuthorizationStateInvalid("the state belongs to another user")
+        verifier = command.completion_verifier
+        if (
+            verifier is None
+            or pending.completion_challenge is None
+            or not verifier_matches(verifier, pending.completion_challenge)
+        ):
+            raise AuthorizationStateInvalid(
+                "the completion verifier does not match the one the connect started with"
+            )
+
+    @staticmethod
+    def _same_browser(pending: PendingAuthorization, command: CompleteConnectCommand) -> bool:
+        return (
             pending.browser_binding is not None
             and command.browser_binding is not None
             and binding_digest(command.browser_binding) == pending.browser_binding
         )
-        if command.user_id is None and not same_browser:
-            raise AuthorizationStateInvalid("the state was issued to another browser")
-        return pending
 
     async def _account(self, granted: GrantedTokens) -> CalendlyAccount:
         """Read the user; without a user URI nothing is stored (webhooks could not route)."""
@@ -140,6 +205,7 @@ class CompleteConnect:
                         webhook_token=self._random.token(18),
                         created_at=now,
                         updated_at=now,
+                        connected_at=now,
                     )
                 )
             else:
@@ -153,8 +219,11 @@ class CompleteConnect:
                         WebhookStatus.MISSING, now
                     ).with_webhook_token(self._random.token(18), now)
                 )
+                anew = not same_account or not previous.is_connected
                 connection = await uow.connections.save(
-                    base.with_account(account, now).with_tokens(granted.tokens, now)
+                    base.with_account(account, now)
+                    .with_tokens(granted.tokens, now)
+                    .connected_since(now if anew else previous.connected_at)
                 )
             await uow.commit()
         stale = previous if previous is not None and previous.is_connected else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 import msgspec
@@ -18,6 +19,7 @@ from domain.usecases.views import ConnectionView
 class ReconnectCommand(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str
     browser_binding: str | None = None
+    completion_challenge: str | None = None
 
 
 class ReconnectResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,6 +29,7 @@ class ReconnectResult(msgspec.Struct, frozen=True, kw_only=True):
     connection: ConnectionView | None = None
     authorization_url: str | None = None
     state: str | None = None
+    expires_at: datetime | None = None
     switched_account: bool = False
 
 
@@ -86,10 +89,15 @@ class Reconnect:
 
     async def _authorize(self, command: ReconnectCommand) -> ReconnectResult:
         started = await self._start_connect(
-            StartConnectCommand(user_id=command.user_id, browser_binding=command.browser_binding)
+            StartConnectCommand(
+                user_id=command.user_id,
+                browser_binding=command.browser_binding,
+                completion_challenge=command.completion_challenge,
+            )
         )
         return ReconnectResult(
             outcome="authorization_required",
             authorization_url=started.authorization_url,
             state=started.state,
+            expires_at=started.expires_at,
         )

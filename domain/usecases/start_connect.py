@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
+import re
 from datetime import datetime, timedelta
+from typing import Final
 
 import msgspec
 
@@ -13,12 +16,27 @@ from domain.ports import CalendlyApi, Clock, Randomness, UnitOfWorkFactory
 from domain.secret import Secret
 
 STATE_TTL = timedelta(minutes=10)
+# RFC 7636's S256 challenge: 43 base64url characters (a SHA-256 digest, no padding).
+CHALLENGE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+# RFC 7636's verifier: 43 to 128 unreserved characters.
+VERIFIER: Final = re.compile(r"[A-Za-z0-9._~-]{43,128}")
+
+
+def s256(value: str) -> str:
+    """RFC 7636 S256: base64url(SHA-256(value)) without padding."""
+    digest = hashlib.sha256(value.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def pkce_challenge(verifier: Secret) -> str:
-    """RFC 7636 S256: base64url(SHA-256(verifier)) without padding."""
-    digest = hashlib.sha256(verifier.reveal().encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return s256(verifier.reveal())
+
+
+def verifier_matches(verifier: str, challenge: str) -> bool:
+    """Whether `verifier` is the one whose S256 challenge is `challenge` (constant time)."""
+    if not VERIFIER.fullmatch(verifier):
+        return False
+    return hmac.compare_digest(s256(verifier), challenge)
 
 
 def binding_digest(browser_binding: str) -> str:
@@ -31,6 +49,15 @@ class StartConnectCommand(msgspec.Struct, frozen=True, kw_only=True):
     # A random value the HTTP layer also sets as an HttpOnly cookie, so only the browser that
     # started the round trip can finish it (RFC 9700, CSRF protection of the callback).
     browser_binding: str | None = None
+    # S256 challenge of a verifier the starting page keeps (RFC 7636's format): lets that page
+    # complete the round trip when no cookie can bind it to the browser (another origin).
+    completion_challenge: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.completion_challenge is not None and not CHALLENGE.fullmatch(
+            self.completion_challenge
+        ):
+            raise ValueError("completion_challenge must be 43 base64url characters (S256)")
 
 
 class StartConnectResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,6 +93,7 @@ class StartConnect:
             browser_binding=(
                 binding_digest(command.browser_binding) if command.browser_binding else None
             ),
+            completion_challenge=command.completion_challenge,
             created_at=now,
             expires_at=now + self._state_ttl,
         )

@@ -38,7 +38,7 @@ class ConnectionView(msgspec.Struct, frozen=True, kw_only=True):
             name=account.name if account else None,
             token_expires_at=connection.tokens.expires_at if connection.tokens else None,
             last_error=connection.last_error,
-            connected_since=connection.created_at,
+            connected_since=connection.connected_at or connection.created_at,
             updated_at=connection.updated_at,
             maintenance=trouble,
         )

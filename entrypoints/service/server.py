@@ -73,6 +73,7 @@ def http_config(settings: Settings) -> HttpConfig:
         dev_login_enabled=http.dev_login_enabled,
         app_origins=http.app_origins,
         public_base_url=http.public_base_url,
+        root_path=http.root_path,
         secure_cookies=http.public_base_url.startswith("https://"),
         infrastructure_errors=(psycopg.OperationalError, psycopg_pool.PoolTimeout),
     )

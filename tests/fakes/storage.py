@@ -145,6 +145,10 @@ class FakeAuthorizationRepository(AuthorizationRepository):
     async def add(self, pending: PendingAuthorization) -> None:
         self._uow.staged.authorizations[pending.state] = pending
 
+    async def peek(self, state: str) -> PendingAuthorization | None:
+        staged = self._uow.staged.authorizations
+        return staged[state] if state in staged else self._uow.db.authorizations.get(state)
+
     async def take(self, state: str) -> PendingAuthorization | None:
         staged = self._uow.staged.authorizations
         found = staged[state] if state in staged else self._uow.db.authorizations.get(state)

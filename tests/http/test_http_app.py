@@ -217,6 +217,7 @@ EXPECTED_OPERATIONS = {
     ("/health/live", "get"): "liveness",
     ("/health/ready", "get"): "readiness",
     ("/api/calendly/connect", "post"): "startConnect",
+    ("/api/calendly/connect/complete", "post"): "completeConnectHandOff",
     ("/api/calendly/reconnect", "post"): "reconnect",
     ("/api/calendly/connection", "get"): "getConnection",
     ("/api/calendly/connection", "delete"): "disconnect",
@@ -225,6 +226,7 @@ EXPECTED_OPERATIONS = {
     ("/oauth/calendly/callback", "get"): "completeConnect",
     ("/webhooks/calendly", "post"): "receiveWebhook",
     ("/webhooks/calendly/{token}", "post"): "receiveConnectionWebhook",
+    ("/client/v1/integrity", "get"): "jsClientIntegrity",
 }
 
 

@@ -263,7 +263,11 @@ async def test_an_account_connected_to_another_user_is_409(api: Api) -> None:
     )
 
     assert page.status_code == 409
-    assert Page(page.text).blocks["outcome"]["error"]["type"].endswith("account-already-connected")
+    error = Page(page.text).blocks["outcome"]["error"]
+    assert error["type"].endswith("account-already-connected")
+    # A sentence for people, with the next step.
+    assert error["detail"].startswith("This Calendly account is already connected")
+    assert "different account" in error["detail"]
     assert "bob" not in api.core.db.connections
     assert api.connection("alice").status is ConnectionStatus.ACTIVE
 

@@ -145,6 +145,7 @@ async def test_a_pending_authorization_is_taken_once(any_uow: UnitOfWorkFactory)
         user_id="a",
         code_verifier=Secret("v" * 64),
         browser_binding="digest",
+        completion_challenge="c" * 43,
         created_at=T0,
         expires_at=T0 + timedelta(minutes=10),
     )
@@ -152,12 +153,31 @@ async def test_a_pending_authorization_is_taken_once(any_uow: UnitOfWorkFactory)
         await uow.authorizations.add(pending)
         await uow.commit()
     async with any_uow() as uow:
+        peeked = [await uow.authorizations.peek(pending.state) for _ in range(2)]
+    async with any_uow() as uow:
         first = await uow.authorizations.take(pending.state)
         await uow.commit()
     async with any_uow() as uow:
         second = await uow.authorizations.take(pending.state)
+        gone = await uow.authorizations.peek(pending.state)
+    assert peeked == [pending, pending]
     assert first == pending
     assert second is None
+    assert gone is None
+
+
+async def test_connected_at_is_kept(any_uow: UnitOfWorkFactory) -> None:
+    stored = await add(any_uow, connection("a", 1, CID_A))
+    assert stored.connected_at is None
+    async with any_uow("a") as uow:
+        latest = await uow.connections.get("a", for_update=True)
+        assert latest is not None
+        await uow.connections.save(latest.connected_since(T0 + timedelta(days=1)))
+        await uow.commit()
+    async with any_uow("a") as uow:
+        found = await uow.connections.get("a")
+    assert found is not None
+    assert found.connected_at == T0 + timedelta(days=1)
 
 
 async def test_a_delivery_is_recorded_once(any_uow: UnitOfWorkFactory) -> None:

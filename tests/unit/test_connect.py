@@ -457,3 +457,21 @@ async def test_disconnect_revokes_the_kept_grant_not_the_spent_one(core: Core) -
     live = [g for g in core.calendly.grants if not g.refresh_used]
     assert len(live) == 1
     assert live[0].revoked
+
+
+async def test_connected_since_is_reset_by_a_new_connect_after_a_disconnect(core: Core) -> None:
+    ada = core.calendly.add_user("ada@example.com")
+    first = await core.connect("user-a", ada)
+    core.clock.advance(timedelta(days=3))
+    again_while_connected = await core.connect("user-a", ada)
+    core.clock.advance(timedelta(days=3))
+    await core.disconnect(DisconnectCommand(user_id="user-a"))
+    core.clock.advance(timedelta(days=3))
+    after_disconnect = await core.connect("user-a", ada)
+    core.clock.advance(timedelta(days=3))
+    other_account = await core.connect("user-a", core.calendly.add_user("bo@example.com"))
+
+    started = first.connection.connected_since
+    assert again_while_connected.connection.connected_since == started
+    assert after_disconnect.connection.connected_since == started + timedelta(days=9)
+    assert other_account.connection.connected_since == started + timedelta(days=12)

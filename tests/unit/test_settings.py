@@ -472,3 +472,55 @@ def test_without_a_jwt_secret_cursors_are_keyed_from_the_token_encryption_key() 
         load_settings(jwks_only(JWT_JWKS_URL=JWKS, TOKEN_ENCRYPTION_KEY=f"k1:{b64(KEY_OLD)}"))
     )
     assert rotated.cursor_key != jwks.cursor_key
+
+
+def test_root_path_is_the_path_of_public_base_url_or_root_path() -> None:
+    from_base = load_settings(minimal_env(PUBLIC_BASE_URL="https://app.example.com/calendly"))
+    assert from_base.http.root_path == "/calendly"
+    assert from_base.http.public_base_url == "https://app.example.com/calendly"
+
+    from_setting = load_settings(
+        minimal_env(PUBLIC_BASE_URL="https://app.example.com", ROOT_PATH="/calendly/")
+    )
+    assert from_setting.http.root_path == "/calendly"
+    assert from_setting.http.public_base_url == "https://app.example.com/calendly"
+    assert (
+        from_setting.calendly.oauth_redirect_uri
+        == "https://app.example.com/calendly/oauth/calendly/callback"
+    )
+    assert (
+        from_setting.calendly.webhook_callback_base
+        == "https://app.example.com/calendly/webhooks/calendly"
+    )
+    assert from_setting.http.app_origins == ("https://app.example.com",)
+    assert http_config(from_setting).root_path == "/calendly"
+
+    both = load_settings(
+        minimal_env(PUBLIC_BASE_URL="https://app.example.com/cal", ROOT_PATH="/cal")
+    )
+    assert both.http.root_path == "/cal"
+    assert both.http.public_base_url == "https://app.example.com/cal"
+
+
+def test_no_root_path_by_default() -> None:
+    settings = load_settings(minimal_env(PUBLIC_BASE_URL="https://calendly.example.com"))
+    assert settings.http.root_path == ""
+
+
+@pytest.mark.parametrize(
+    "value", ["calendly", "/a//b", "/a/../b", "/with space", "/<script>", '/"x"', "/a?b"]
+)
+def test_a_root_path_that_is_not_a_prefix_is_refused(value: str) -> None:
+    problem = single_problem(
+        minimal_env(PUBLIC_BASE_URL="https://app.example.com", ROOT_PATH=value)
+    )
+    assert problem.startswith("ROOT_PATH ")
+    assert "like /calendly" in problem
+
+
+def test_root_path_and_the_path_of_public_base_url_must_agree() -> None:
+    problem = single_problem(
+        minimal_env(PUBLIC_BASE_URL="https://app.example.com/one", ROOT_PATH="/two")
+    )
+    for named in ("ROOT_PATH", "/one", "/two"):
+        assert named in problem

@@ -13,7 +13,7 @@ from litestar.datastructures import CacheControlHeader
 from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, SecurityScheme, Server
 from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
@@ -25,8 +25,9 @@ from .config import HttpConfig
 from .cursors import MeetingCursors
 from .errors import ErrorTable
 from .jwks import JwksKeys
-from .middleware import RequestContextMiddleware
+from .middleware import MountedUnder, RequestContextMiddleware
 from .routes.calendly import CalendlyConnectionController
+from .routes.client import js_client, js_client_integrity
 from .routes.dev import dev_login
 from .routes.health import live, ready
 from .routes.live import live_updates
@@ -66,7 +67,7 @@ def _cursors(config: HttpConfig) -> MeetingCursors:
     return MeetingCursors.derived_from(config.jwt_secrets[0])
 
 
-def _openapi() -> OpenAPIConfig:
+def _openapi(config: HttpConfig) -> OpenAPIConfig:
     return OpenAPIConfig(
         title="Calendly Connect",
         version=API_VERSION,
@@ -77,13 +78,17 @@ def _openapi() -> OpenAPIConfig:
         # JSON only: the HTML viewers need inline and third-party scripts, which our
         # Content-Security-Policy forbids.
         render_plugins=[JsonRenderPlugin()],
+        # The paths below are relative to the prefix the service is mounted under.
+        servers=[Server(url=config.root_path or "/")],
         components=Components(
             security_schemes={
                 "bearer": SecurityScheme(
                     type="http",
                     scheme="bearer",
                     bearer_format="JWT",
-                    description="HS256 token of the app; `sub` is the user id.",
+                    description="The host app's token for its user: HS256 under JWT_SECRET or "
+                    "signed by a key in JWT_JWKS_URL; JWT_USER_CLAIM (default `sub`) names "
+                    "the user.",
                 )
             }
         ),
@@ -149,6 +154,8 @@ def create_app(
             security=[{"bearer": []}],
         ),
         oauth_callback,
+        js_client,
+        js_client_integrity,
         Router(
             path="/webhooks/calendly",
             route_handlers=[receive_webhook, receive_connection_webhook],
@@ -176,7 +183,7 @@ def create_app(
             "cursors": _constant(_cursors(config)),
         },
         exception_handlers={Exception: errors.handler()},
-        openapi_config=_openapi(),
+        openapi_config=_openapi(config),
         request_max_body_size=config.max_api_body,
         lifespan=list(lifespan),
         cors_config=cors(config),
@@ -185,6 +192,7 @@ def create_app(
         debug=False,
     )
     _fix_default_options_handlers(app)
-    # Outermost, around Litestar's router: 404s and 405s get a request id and a log line too.
-    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
+    # Outermost, around Litestar's router: 404s and 405s get a request id and a log line too;
+    # outside that, the prefix comes off, so all of it sees the service's own paths.
+    app.asgi_handler = MountedUnder(RequestContextMiddleware(app.asgi_handler), config.root_path)
     return app

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from domain.secret import Secret
 
 MIB = 1024 * 1024
+# A path prefix: segments of URL-safe characters (nothing that needs escaping in HTML or a URL).
+_ROOT_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 # HS256 with a shorter key is guessable offline from any issued token (RFC 7518, 3.2).
 MIN_JWT_SECRET_LENGTH = 32
 
@@ -42,8 +45,12 @@ class HttpConfig:
     dev_login_enabled: bool = False
     # Origins (`https://app.example`) the OAuth popup page may post its outcome to.
     app_origins: tuple[str, ...] = ()
-    # Where this service is reachable, without a trailing slash (`https://api.example`).
+    # Where this service is reachable, without a trailing slash, with `root_path` if any
+    # (`https://api.example`, `https://app.example/calendly`).
     public_base_url: str
+    # The prefix a proxy mounts the service under ("" or e.g. "/calendly"): the links, assets
+    # and cookies the service hands out carry it; requests are accepted with or without it.
+    root_path: str = ""
     max_webhook_body: int = MIB
     # Should be `public_base_url.startswith("https://")`; browsers also accept Secure cookies
     # from http://localhost, so True is right for local development too.
@@ -77,8 +84,14 @@ class HttpConfig:
         base = urlsplit(self.public_base_url)
         if base.scheme not in ("http", "https") or not base.netloc:
             raise ValueError("public_base_url must be an absolute http(s) URL")
+        if self.root_path and not _ROOT_PATH.fullmatch(self.root_path):
+            raise ValueError("root_path must be empty or like /calendly (no trailing slash)")
         if self.max_webhook_body <= 0 or self.max_api_body <= 0:
             raise ValueError("body limits must be positive")
+
+    def path(self, internal: str) -> str:
+        """The path a browser uses for one of the service's own paths (`/static/x.js`)."""
+        return self.root_path + internal
 
     @property
     def return_url(self) -> str:

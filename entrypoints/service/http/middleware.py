@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Final
+from typing import Any, Final, cast
 
 import msgspec
 import structlog
@@ -147,3 +147,29 @@ class RequestContextMiddleware:
         }
         await send(start)
         await send(end)
+
+
+class MountedUnder:
+    """Serve under ROOT_PATH whether or not the proxy in front strips it.
+
+    A request for `<root>/api/x` and one for `/api/x` reach the same route: everything inside
+    (routes, the request log, the no-store rules) sees paths without the prefix. The scope's
+    own `root_path` is cleared, because Litestar would cut the prefix out a second time.
+    """
+
+    def __init__(self, app: ASGIApp, root_path: str) -> None:
+        self.app = app
+        self._root = root_path
+        self._raw_root = root_path.encode("ascii")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in (ScopeType.HTTP, ScopeType.WEBSOCKET):
+            path = scope["path"]
+            changes: dict[str, Any] = {"root_path": ""}
+            if self._root and (path == self._root or path.startswith(self._root + "/")):
+                changes["path"] = path[len(self._root) :] or "/"
+                raw = scope.get("raw_path")
+                if isinstance(raw, bytes) and raw.startswith(self._raw_root):
+                    changes["raw_path"] = raw[len(self._raw_root) :] or b"/"
+            scope = cast("Scope", {**scope, **changes})
+        await self.app(scope, receive, send)

@@ -41,9 +41,16 @@ def json_for_script(value: object) -> str:
 
 
 def render_popup_page(
-    message: PopupMessage, *, target_origins: tuple[str, ...], return_url: str
+    message: PopupMessage,
+    *,
+    target_origins: tuple[str, ...],
+    return_url: str,
+    script: str = POPUP_SCRIPT,
 ) -> str:
-    if message.ok:
+    if message.ok and message.stage == "authorized":
+        title = "Finishing in the app"
+        text = "Calendly approved. The app finishes connecting; this window closes itself."
+    elif message.ok:
         title = "Calendly connected"
         who = message.connection.email if message.connection else None
         text = (
@@ -59,6 +66,6 @@ def render_popup_page(
         message=escape(text),
         outcome=json_for_script(message),
         settings=json_for_script(PopupSettings(target_origins=target_origins)),
-        script=escape(POPUP_SCRIPT),
+        script=escape(script),
         return_url=escape(return_url),
     )

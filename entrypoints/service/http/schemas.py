@@ -101,6 +101,40 @@ class ConnectionResponse(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+# RFC 7636's S256 challenge and verifier formats, for the connect hand-off (DR-28).
+CompletionChallenge = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z0-9_-]{43}$",
+        description="base64url(SHA-256(verifier)) without padding, as PKCE's S256",
+    ),
+]
+CompletionVerifier = Annotated[
+    str, Meta(pattern=r"^[A-Za-z0-9._~-]{43,128}$", description="The verifier kept by the page")
+]
+OAuthState = Annotated[str, Meta(min_length=1, max_length=256)]
+OAuthCode = Annotated[str, Meta(min_length=1, max_length=2048)]
+
+
+class ConnectRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Optional body of connect and reconnect.
+
+    With `completion_challenge`, the page that keeps its verifier can complete the round trip
+    itself (`POST /api/calendly/connect/complete`) when the popup hands it Calendly's code:
+    the way a page on another origin connects, where no cookie can bind the round trip.
+    """
+
+    completion_challenge: CompletionChallenge | None = None
+
+
+class CompleteConnectRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the popup handed the page (`state`, `code`) and the page's own verifier."""
+
+    state: OAuthState
+    code: OAuthCode
+    completion_verifier: CompletionVerifier
+
+
 class ConnectStarted(msgspec.Struct, frozen=True, kw_only=True):
     authorization_url: str
     state: str
@@ -113,11 +147,19 @@ class ConnectCompleted(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PopupMessage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """What the OAuth popup posts to the app window: `connection` on success, else `error`."""
+    """What the OAuth popup posts to the app window that opened it.
+
+    `ok` with `connection`: connected. `ok` with `stage: "authorized"` and `code`: the page
+    that started the round trip completes it (a hand-off). Otherwise `error`. `state` names
+    the round trip, so a page ignores answers to any round trip it did not start.
+    """
 
     type: Literal["calendly-connect"]
     ok: bool
+    state: str | None = None
     connection: ConnectionResponse | None = None
+    stage: Literal["authorized"] | None = None
+    code: str | None = None
     error: Problem | None = None
 
 
@@ -133,6 +175,8 @@ class ReconnectResponse(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     outcome: Literal["reconnected", "authorization_required"]
     connection: ConnectionResponse | None = None
     authorization_url: str | None = None
+    state: str | None = None
+    expires_at: datetime | None = None
 
 
 class DisconnectResponse(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,14 +10,18 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, QueryParameter
 
 from domain.errors import AuthorizationStateInvalid
-from domain.usecases.complete_connect import CompleteConnectCommand, CompleteConnectResult
+from domain.usecases.complete_connect import (
+    CompleteConnectCommand,
+    CompleteConnectResult,
+    HandOff,
+)
 from entrypoints.service.http.auth import optional_user
 from entrypoints.service.http.binding import BINDING_COOKIE, cleared_binding_cookie
 from entrypoints.service.http.config import HttpConfig
 from entrypoints.service.http.context import annotate_request, request_id_of
 from entrypoints.service.http.errors import Answer, ErrorTable, problem_response, problem_specs
 from entrypoints.service.http.openapi import PopupOperation
-from entrypoints.service.http.popup import render_popup_page
+from entrypoints.service.http.popup import POPUP_SCRIPT, render_popup_page
 from entrypoints.service.http.schemas import ConnectCompleted, ConnectionResponse, PopupMessage
 from entrypoints.services import Services
 
@@ -57,17 +61,20 @@ async def oauth_callback(
     """Finish connecting Calendly (Calendly's redirect target; no bearer token needed).
 
     The browser that started connecting is recognised by its `cc_oauth_binding` cookie (or
-    the caller by a bearer token). Answers an HTML page that posts
-    `{type: "calendly-connect", ok, connection | error}` to the opener and closes, or JSON
-    when the request prefers `application/json`. An unknown, used, expired or foreign
-    `state`, a denied consent or a replayed code answer 400; an account connected to another
-    user answers 409.
+    the caller by a bearer token): the round trip is completed here. Without either, a round
+    trip started with a `completion_challenge` is handed to the page that started it: the
+    answer carries `stage: "authorized"` and `code`, and that page completes it with
+    `POST /api/calendly/connect/complete`. Answers an HTML page that posts
+    `{type: "calendly-connect", state, ok, connection | stage+code | error}` to the opener
+    and closes, or JSON when the request prefers `application/json`. An unknown, used,
+    expired or foreign `state`, a denied consent or a replayed code answer 400; an account
+    connected to another user answers 409.
     """
-    result: CompleteConnectResult | Answer
+    result: CompleteConnectResult | HandOff | Answer
     try:
         if not oauth_state:
             raise AuthorizationStateInvalid("the state parameter is missing")
-        result = await services.complete_connect(
+        result = await services.complete_connect.at_callback(
             CompleteConnectCommand(
                 state=oauth_state,
                 code=code or None,
@@ -84,16 +91,26 @@ async def oauth_callback(
         annotate_request(request.scope, problem=answer.kind.slug)
         result = answer
     else:
-        annotate_request(request.scope, outcome="connected")
+        outcome = "handed_off" if isinstance(result, HandOff) else "connected"
+        annotate_request(request.scope, outcome=outcome)
     wants_json = request.accept.best_match(_OFFERED, default=MediaType.HTML.value)
-    response = _json(result) if wants_json == MediaType.JSON.value else _page(result, http_config)
-    response.set_cookie(cleared_binding_cookie(secure=http_config.secure_cookies))
+    if wants_json == MediaType.JSON.value:
+        response = _json(result, oauth_state)
+    else:
+        response = _page(result, oauth_state, http_config)
+    # Never cache a page that carries a code; never send the code on as a Referer.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    if not isinstance(result, HandOff):
+        response.set_cookie(cleared_binding_cookie(http_config))
     return response
 
 
-def _json(result: CompleteConnectResult | Answer) -> Response[Any]:
+def _json(result: CompleteConnectResult | HandOff | Answer, state: str | None) -> Response[Any]:
     if isinstance(result, Answer):
         return problem_response(result)
+    if isinstance(result, HandOff):
+        return Response(_message(result, state), media_type=MediaType.JSON)
     return Response(
         ConnectCompleted(
             connection=ConnectionResponse.of(result.connection),
@@ -103,15 +120,27 @@ def _json(result: CompleteConnectResult | Answer) -> Response[Any]:
     )
 
 
-def _page(result: CompleteConnectResult | Answer, config: HttpConfig) -> Response[Any]:
+def _message(result: CompleteConnectResult | HandOff | Answer, state: str | None) -> PopupMessage:
     if isinstance(result, Answer):
-        message = PopupMessage(type="calendly-connect", ok=False, error=result.problem)
-        status, headers = result.problem.status, result.headers
-    else:
-        connection = ConnectionResponse.of(result.connection)
-        message = PopupMessage(type="calendly-connect", ok=True, connection=connection)
-        status, headers = 200, {}
+        return PopupMessage(type="calendly-connect", ok=False, state=state, error=result.problem)
+    if isinstance(result, HandOff):
+        return PopupMessage(
+            type="calendly-connect", ok=True, state=state, stage="authorized", code=result.code
+        )
+    connection = ConnectionResponse.of(result.connection)
+    return PopupMessage(type="calendly-connect", ok=True, state=state, connection=connection)
+
+
+def _page(
+    result: CompleteConnectResult | HandOff | Answer, state: str | None, config: HttpConfig
+) -> Response[Any]:
+    status, headers = (
+        (result.problem.status, dict(result.headers)) if isinstance(result, Answer) else (200, {})
+    )
     page = render_popup_page(
-        message, target_origins=config.app_origins, return_url=config.return_url
+        _message(result, state),
+        target_origins=config.app_origins,
+        return_url=config.return_url,
+        script=config.path(POPUP_SCRIPT),
     )
     return Response(page, status_code=status, media_type=MediaType.HTML, headers=headers)

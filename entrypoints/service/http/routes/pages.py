@@ -21,17 +21,29 @@ def _shell() -> str:
     return INDEX_HTML.read_text(encoding="utf-8")
 
 
-def render_index(*, dev_login_enabled: bool) -> str:
-    """The page, telling its script whether `POST /api/dev/login` is there."""
+# The shell names its files from the root; under ROOT_PATH they carry the prefix.
+_ROOTED: Final = ('href="/static/', 'src="/static/')
+BASE_PATH_META: Final = '<meta name="cc-base-path" content="">'
+
+
+def render_index(*, dev_login_enabled: bool, root_path: str = "") -> str:
+    """The page, telling its script whether `POST /api/dev/login` is there and its prefix."""
     state = "enabled" if dev_login_enabled else "disabled"
-    return _shell().replace(DEV_LOGIN_META, f'<meta name="cc-dev-login" content="{state}">', 1)
+    page = _shell().replace(DEV_LOGIN_META, f'<meta name="cc-dev-login" content="{state}">', 1)
+    # root_path is checked at startup (HttpConfig: slashes and URL-safe characters only).
+    page = page.replace(BASE_PATH_META, f'<meta name="cc-base-path" content="{root_path}">', 1)
+    for attribute in _ROOTED:
+        page = page.replace(attribute, attribute.replace("/static/", root_path + "/static/"))
+    return page
 
 
 @get("/", operation_id="productPage", media_type=MediaType.HTML, include_in_schema=False)
 async def index_page(http_config: NamedDependency[HttpConfig]) -> Response[str]:
     """The app: sign-in, Settings → Calendar and Meetings, all in one page with hash routes."""
     return Response(
-        render_index(dev_login_enabled=http_config.dev_login_enabled),
+        render_index(
+            dev_login_enabled=http_config.dev_login_enabled, root_path=http_config.root_path
+        ),
         media_type=MediaType.HTML,
         # Always the current shell: it names the scripts of this deployment.
         headers={"Cache-Control": "no-store"},
