@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -213,8 +214,11 @@ class Clock:
 
 
 def authenticator_of(url: str, clock: Clock) -> JwtAuthenticator:
-    jwks = JwksKeys([url], lifespan=300, min_interval=10, monotonic=clock)
-    return JwtAuthenticator((), AUDIENCE, ISSUER, jwks=jwks)
+    return JwtAuthenticator((), AUDIENCE, ISSUER, jwks=keys_of(url, clock))
+
+
+def keys_of(url: str, clock: Clock) -> JwksKeys:
+    return JwksKeys([url], lifespan=300, min_interval=10, monotonic=clock)
 
 
 async def accepted(auth: JwtAuthenticator, key: SigningKey) -> bool:
@@ -244,9 +248,39 @@ async def test_rotation_accepts_the_new_kid_and_the_old_until_it_is_removed() ->
         host.keys = [new]  # the old key is retired
         assert await accepted(auth, old)  # still cached until the keys' lifespan ends
         clock.advance(301)
+        # Stale: answered from the cache at once, refreshed in the background.
+        assert await accepted(auth, old)
+        await wait_for_fetches(host, 3)
         assert not await accepted(auth, old)
         assert await accepted(auth, new)
         assert host.fetches == 3
+
+
+async def wait_for_fetches(host: Any, count: int) -> None:
+    for _ in range(200):
+        if host.fetches >= count:
+            await asyncio.sleep(0.05)  # and for the refresh to store what it got
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the JWKS was fetched {host.fetches} times, not {count}")
+
+
+async def test_a_stale_cache_never_makes_a_request_wait_for_the_jwks_host() -> None:
+    key = signing_key("ES256", kid="k")
+    clock = Clock()
+    async with serve_jwks(key) as host:
+        jwks = keys_of(host.url, clock)
+        auth = JwtAuthenticator((), AUDIENCE, ISSUER, jwks=jwks)
+        assert await accepted(auth, key)
+        host.delay = 3.0  # a slow JWKS host
+        clock.advance(301)
+
+        started = asyncio.get_running_loop().time()
+        assert await accepted(auth, key)
+        waited = asyncio.get_running_loop().time() - started
+        assert waited < 1.0, waited  # not the 3 s of the refetch
+        await jwks.close()
+        assert host.fetches == 2
 
 
 async def test_a_jwks_host_that_is_down_keeps_the_cached_keys_working() -> None:
@@ -258,13 +292,25 @@ async def test_a_jwks_host_that_is_down_keeps_the_cached_keys_working() -> None:
         host.down = True
         clock.advance(301)  # the cache is stale: the refresh fails, the keys stay
         assert await accepted(auth, key)
+        await wait_for_fetches(host, 2)
+        assert await accepted(auth, key)
         assert not await accepted(auth, signing_key("RS256", kid="unknown"))
         assert host.fetches == 2  # and the failed host is not asked again within 10 s
 
         host.down = False
         clock.advance(11)
         assert await accepted(auth, key)
-        assert host.fetches == 3
+        await wait_for_fetches(host, 3)
+
+
+async def test_a_jwks_url_that_redirects_is_not_followed() -> None:
+    key = signing_key("ES256", kid="k")
+    async with serve_jwks(key) as real, serve_jwks() as moved:
+        moved.moved_to = real.url
+        auth = authenticator_of(moved.url, Clock())
+        assert not await accepted(auth, key)
+        assert real.fetches == 0
+        assert moved.fetches == 1
 
 
 async def test_an_unreachable_jwks_refuses_cleanly() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -83,9 +84,17 @@ class JwksHost:
     down: bool = False
     fetches: int = 0
     url: str = ""
+    # Seconds each answer takes (a slow host).
+    delay: float = 0.0
+    # Where the host sends its JWKS instead (a 302), when set.
+    moved_to: str | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         self.fetches += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.moved_to is not None:
+            raise web.HTTPFound(self.moved_to)
         if self.down:
             return web.Response(status=503)
         return web.json_response({"keys": [key.jwk() for key in self.keys]})

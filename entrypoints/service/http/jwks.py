@@ -37,10 +37,15 @@ async def fetch_with_aiohttp(url: str) -> bytes:
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(url, headers={"accept": "application/json"}) as response,
+            # No redirects: the operator names the JWKS URL itself, and a key source that
+            # moves should be noticed, not followed wherever it points.
+            session.get(
+                url, headers={"accept": "application/json"}, allow_redirects=False
+            ) as response,
         ):
             if response.status != 200:
-                raise JwksUnavailable(f"the JWKS answered {response.status}")
+                moved = " (a redirect: give the final URL)" if 300 <= response.status < 400 else ""
+                raise JwksUnavailable(f"the JWKS answered {response.status}{moved}")
             body = await response.content.read(MAX_JWKS_BYTES + 1)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise JwksUnavailable(f"the JWKS could not be fetched ({type(exc).__name__})") from exc
@@ -76,15 +81,19 @@ class _Source:
     fetched_at: float | None = None  # last successful fetch (monotonic)
     attempted_at: float = -math.inf  # last fetch tried, successful or not
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # A refresh of stale keys running in the background (kept so it is not collected).
+    refreshing: asyncio.Task[None] | None = None
 
 
 class JwksKeys:
     """The keys of one or more JWKS URLs, by `kid`.
 
-    Keys are kept for `lifespan` seconds, then refetched on the next use; an unknown `kid`
-    refetches at once, but each URL is fetched at most once per `min_interval` seconds, so a
-    flood of made-up `kid`s costs the JWKS host one request per interval. A failed fetch keeps
-    the last good keys: tokens whose key is cached keep working while the host is down.
+    Keys are kept for `lifespan` seconds; after that, a request whose key is cached is
+    answered with it at once while the keys are refetched in the background (no request waits
+    on the JWKS host for a key it has). An unknown `kid` refetches at once, but each URL is
+    fetched at most once per `min_interval` seconds, so a flood of made-up `kid`s costs the
+    JWKS host one request per interval. A failed fetch keeps the last good keys: tokens whose
+    key is cached keep working while the host is down.
     """
 
     def __init__(
@@ -105,12 +114,12 @@ class JwksKeys:
         self._monotonic = monotonic
 
     async def key(self, kid: str) -> PyJWK | None:
-        """The key named `kid`, fetching when stale or unknown (rate-limited); None if none."""
-        for source in self._sources:
-            if self._is_stale(source):
-                await self._refresh(source)
+        """The key named `kid`, fetching when unknown (rate-limited); None if none."""
         found = self._cached(kid)
         if found is not None:
+            for source in self._sources:
+                if self._is_stale(source):
+                    self._refresh_soon(source)
             return found
         for source in self._sources:
             await self._refresh(source)
@@ -128,6 +137,16 @@ class JwksKeys:
         return source.fetched_at is None or (
             self._monotonic() - source.fetched_at >= self._lifespan
         )
+
+    def _refresh_soon(self, source: _Source) -> None:
+        if source.refreshing is None or source.refreshing.done():
+            source.refreshing = asyncio.get_running_loop().create_task(self._refresh(source))
+
+    async def close(self) -> None:
+        """Wait for background refreshes (tests; the process's end otherwise drops them)."""
+        for source in self._sources:
+            if source.refreshing is not None:
+                await source.refreshing
 
     async def _refresh(self, source: _Source) -> None:
         """Fetch `source` unless fetched (or tried) within the last `min_interval` seconds."""
