@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import time
 import uuid
@@ -17,6 +18,8 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 
 from domain.errors import NotAuthenticated
@@ -327,3 +330,43 @@ async def test_dev_login_tokens_are_signed_with_the_first_secret() -> None:
     claims = jwt.decode(token, NEW_SECRET, algorithms=["HS256"], audience=AUDIENCE)
     assert claims["sub"] == "alice"
     assert (await auth.authenticate(token)).user_id == "alice"
+
+
+KNOWN_KIDS = ("a", "b")
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=400, allow_nan=False),
+            st.one_of(st.sampled_from(KNOWN_KIDS), st.text(min_size=1, max_size=8)),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_whatever_kids_arrive_fetches_are_spaced_and_known_keys_always_found(
+    steps: list[tuple[float, str]],
+) -> None:
+    """Any flood of `kid`s, at any pace: fetches at least 10 s apart, known keys never refused."""
+    document = json.dumps(
+        {"keys": [signing_key("ES256", kid=kid).jwk() for kid in KNOWN_KIDS]}
+    ).encode()
+    clock = Clock()
+    fetched_at: list[float] = []
+
+    async def fetch(url: str) -> bytes:
+        fetched_at.append(clock())
+        return document
+
+    async def run() -> None:
+        jwks = JwksKeys(["https://id.example/jwks"], fetch=fetch, monotonic=clock)
+        for pause, kid in steps:
+            clock.advance(pause)
+            found = await jwks.key(kid)
+            await jwks.close()
+            assert (found is not None) == (kid in KNOWN_KIDS), kid
+
+    asyncio.run(run())
+    assert all(later - earlier >= 10 for earlier, later in itertools.pairwise(fetched_at))
