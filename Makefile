@@ -31,6 +31,10 @@ PORT ?= 8000
 run: $(STAMP) ## Run everything locally: Postgres, the sandbox, WORKERS service processes
 	$(BIN)/calendly-connect dev --workers $(WORKERS) --port $(PORT) --sandbox-port $(SANDBOX_PORT)
 
+.PHONY: example
+example: $(STAMP) ## As run, plus the example host app (examples/host-app) on EXAMPLE_PORT
+	$(BIN)/calendly-connect dev --example --workers $(WORKERS) --port $(PORT) --sandbox-port $(SANDBOX_PORT)
+
 .PHONY: chaos
 chaos: $(STAMP) ## Faults under load (Postgres down, kills, 429/5xx), checked against ground truth
 	$(BIN)/python -m chaos.run --users 50 --webhooks 10000

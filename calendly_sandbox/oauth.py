@@ -129,6 +129,7 @@ async def authorize_decision(request: web.Request) -> web.StreamResponse:
                 req.hidden_fields(),
                 sandbox.world,
                 problem="A new user needs a name and a valid email address.",
+                new_user={k: params.get(k, "") for k in ("new_name", "new_email", "new_plan")},
             )
         existing = sandbox.world.user_by_email(email)
         user = existing or sandbox.world.create_user(

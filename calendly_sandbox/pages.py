@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from html import escape
 
 from aiohttp import web
 
 from .world import World
+
+# Shows the new user's fields only while "A new Calendly user" is picked (and requires them).
+CONSENT_SCRIPT = "/_sandbox/static/consent.js"
 
 STYLE = """
 :root { color-scheme: light; --ink:#1a1a2e; --muted:#5b6170; --line:#d9dde5; --brand:#006bff; }
@@ -32,14 +36,19 @@ button.primary { background:var(--brand); border-color:var(--brand); color:#fff;
 button:focus-visible, input:focus-visible { outline: 3px solid #99c2ff; outline-offset: 2px; }
 .problem { background:#fde8e8; color:#8a1c1c; padding:.6rem .8rem; border-radius:6px; }
 small { color: var(--muted); }
+fieldset.new-user { margin: .5rem 0 0; }
+/* Without the script too: the new user's fields only while that choice is picked. */
+form:has(input[name=user_id][value=new]:not(:checked)) fieldset.new-user {
+  display: none; }
 """
 
 
-def _page(title: str, body: str) -> str:
+def _page(title: str, body: str, script: str | None = None) -> str:
+    tag = f"<script src='{escape(script)}' defer></script>" if script else ""
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head>"
+        f"<title>{escape(title)}</title><style>{STYLE}</style>{tag}</head>"
         f"<body><main>{body}</main></body></html>"
     )
 
@@ -55,9 +64,18 @@ def error_page(status: int, title: str, message: str) -> web.HTTPException:
 
 
 def consent_page(
-    client_id: str, hidden: dict[str, str], world: World, problem: str | None = None
+    client_id: str,
+    hidden: dict[str, str],
+    world: World,
+    problem: str | None = None,
+    *,
+    new_user: Mapping[str, str] | None = None,
 ) -> web.Response:
+    """The consent form. `new_user`: what was typed for a new user that was refused; the form
+    comes back with "A new Calendly user" picked and those values kept."""
     users = sorted(world.users.values(), key=lambda u: u.created_at)
+    picked = "new" if new_user is not None or not users else users[0].id
+    typed = new_user or {}
     hidden_html = "".join(
         f"<input type='hidden' name='{escape(k)}' value='{escape(v)}'>" for k, v in hidden.items()
     )
@@ -65,12 +83,17 @@ def consent_page(
         "<label><input type='radio' name='user_id' value='{id}'{checked}> {name} "
         "<small>&lt;{email}&gt; · {plan}</small></label>".format(
             id=escape(u.id),
-            checked=" checked" if i == 0 else "",
+            checked=" checked" if u.id == picked else "",
             name=escape(u.name),
             email=escape(u.email),
             plan=escape(u.plan),
         )
-        for i, u in enumerate(users)
+        for u in users
+    )
+    plans = "".join(
+        f"<option value='{value}'{' selected' if typed.get('new_plan') == value else ''}>"
+        f"{label}</option>"
+        for value, label in (("standard", "Standard (webhooks)"), ("free", "Free (no webhooks)"))
     )
     problem_html = f"<p class='problem' role='alert'>{escape(problem)}</p>" if problem else ""
     body = f"""
@@ -84,18 +107,19 @@ profile and scheduled events and manage webhook subscriptions.</p>
 <fieldset>
 <legend>Sign in as</legend>
 {choices}
-<label><input type="radio" name="user_id" value="new"{"" if users else " checked"}>
- A new Calendly user</label>
+<label><input type="radio" name="user_id" value="new" aria-controls="new-user-fields"
+{" checked" if picked == "new" else ""}> A new Calendly user</label>
+<fieldset class="new-user" id="new-user-fields">
+<legend>The new user</legend>
 <label for="new_name">Name</label>
-<input type="text" id="new_name" name="new_name" autocomplete="name" placeholder="Ada Host">
+<input type="text" id="new_name" name="new_name" autocomplete="name" placeholder="Ada Host"
+ value="{escape(typed.get("new_name", ""))}">
 <label for="new_email">Email</label>
 <input type="email" id="new_email" name="new_email" autocomplete="email"
- placeholder="ada@example.com">
+ placeholder="ada@example.com" value="{escape(typed.get("new_email", ""))}">
 <label for="new_plan">Plan</label>
-<select id="new_plan" name="new_plan">
-<option value="standard">Standard (webhooks)</option>
-<option value="free">Free (no webhooks)</option>
-</select>
+<select id="new_plan" name="new_plan">{plans}</select>
+</fieldset>
 </fieldset>
 <div class="actions">
 <button type="submit" name="decision" value="deny">Deny</button>
@@ -103,7 +127,7 @@ profile and scheduled events and manage webhook subscriptions.</p>
 </div>
 </form>"""
     return web.Response(
-        text=_page("Authorize application · Calendly sandbox", body),
+        text=_page("Authorize application · Calendly sandbox", body, CONSENT_SCRIPT),
         content_type="text/html",
         headers={"Cache-Control": "no-store"},
     )

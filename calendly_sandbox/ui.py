@@ -11,6 +11,7 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 from aiohttp import web
@@ -24,7 +25,7 @@ from .world import LOCATION_TYPES, World
 routes = web.RouteTableDef()
 
 STATIC_DIR = Path(__file__).parent / "static"
-STATIC_FILES = {"sandbox.js": "text/javascript"}
+STATIC_FILES = {"sandbox.js": "text/javascript", "consent.js": "text/javascript"}
 CSP = (
     "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
     "img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -475,6 +476,17 @@ event.</span></div>
         "events": host_events(world, user),
     }
     return page(f"{user.name} · Calendly sandbox", body, page_name="book", data=data)
+
+
+@routes.get("/_sandbox/users/{uuid}/book")
+async def booking_page_of(request: web.Request) -> web.StreamResponse:
+    """The booking page of the user a Calendly user URI names (`.../users/{uuid}`): a redirect,
+    so an app that knows only the URI can link a user's booking page."""
+    world = sandbox_of(request).world
+    user = world.users.get(request.match_info["uuid"])
+    if user is None:
+        raise error_page(404, "Page not found", "No sandbox user has this id.")
+    raise web.HTTPFound(f"/_sandbox/book/{quote(user.slug, safe='')}")
 
 
 # ------------------------------------------------------------- JSON reads

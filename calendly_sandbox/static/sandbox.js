@@ -243,10 +243,41 @@ function initBooking() {
         invitee_limit: Number(field("seats").value),
         wait: true,
       });
-      report(`Booked ${name} on ${when(result.event.start_time)}`, result.deliveries);
-      await refresh();
+      const booked = result.event;
+      report(`Booked “${booked.name}” with ${name} on ${when(booked.start_time)}`,
+        result.deliveries);
+      // Ready for the next booking, not the same one again: another invitee, a free time.
+      field("name").value = "";
+      field("email").value = "";
+      field("name").focus();
+      try {
+        await refresh();
+      } finally {
+        const minutes = Number(field("duration").value) || 30;
+        const next = nextFreeStart(Date.parse(booked.end_time), minutes,
+          [...events.events, booked]);
+        field("start").value = localInputValue(next);
+      }
     });
   });
+
+  /** The first start at or after `from` where `minutes` overlap none of the host's meetings. */
+  function nextFreeStart(from, minutes, list) {
+    const busy = list
+      .filter((e) => e.status !== "canceled")
+      .map((e) => [Date.parse(e.start_time), Date.parse(e.end_time)]);
+    let start = from;
+    for (let moved = true; moved;) {
+      moved = false;
+      for (const [busyStart, busyEnd] of busy) {
+        if (busyStart < start + minutes * 60000 && start < busyEnd) {
+          start = busyEnd;
+          moved = true;
+        }
+      }
+    }
+    return new Date(start);
+  }
 
   // --- the events list
   function button(text, data, tone = "") {

@@ -17,8 +17,10 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 from entrypoints.arguments import data_folder, fail, port_number
+from entrypoints.developer.example import Example, start_example
 from entrypoints.developer.launcher import LocalStack, new_secrets, wait_ready
 from entrypoints.settings import ConfigError, environment_value, load_settings
 
@@ -64,6 +66,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=any_port, default=env("PORT", "8000"))
     parser.add_argument("--sandbox-port", type=any_port, default=env("SANDBOX_PORT", "8765"))
     parser.add_argument("--data-dir", type=data_folder, default=env("DATA_DIR", ".data"))
+    # `make example`: the example host app (examples/host-app/) beside the stack, trusted by it.
+    parser.add_argument("--example", action="store_true", help="also run the example host app")
+    parser.add_argument("--example-port", type=any_port, default=env("EXAMPLE_PORT", "8090"))
     return parser
 
 
@@ -101,6 +106,7 @@ def run(args: argparse.Namespace, stack: LocalStack) -> int:
         raise RuntimeError(f"cannot listen on {args.host}:{args.port} ({exc}); set PORT") from exc
     public = env.get("PUBLIC_BASE_URL") or local
     env.setdefault("PUBLIC_BASE_URL", public)
+    public = _with_root_path(public, env)
     env.setdefault("LOG_FORMAT", "console")
     sandbox_url = None
     if all(env.get(name) for name in REAL_CALENDLY) and env.get("DATABASE_URL"):
@@ -123,6 +129,12 @@ def run(args: argparse.Namespace, stack: LocalStack) -> int:
                 state_file=args.data_dir / "sandbox.json",
             )
         env.setdefault("DEV_LOGIN_ENABLED", "true")
+    example: Example | None = None
+    if args.example:
+        say("• starting the example host app (examples/host-app)")
+        example = start_example(
+            stack, host="127.0.0.1", port=args.example_port, data_dir=args.data_dir / "host-app"
+        )
     # What the service processes will read, checked once here: one clear report, not one per
     # process, and the settings check sees the address the shared socket really listens on.
     env["HOST"], env["PORT"] = args.host, str(stack.port)
@@ -132,13 +144,28 @@ def run(args: argparse.Namespace, stack: LocalStack) -> int:
     say(f"• starting {args.workers} service process(es) and the maintenance worker")
     stack.start_services(args.workers)
     stack.start_worker()
-    wait_ready(public, stack.services)
+    # Asked where it listens: PUBLIC_BASE_URL may be a proxy or tunnel not routed yet.
+    wait_ready(local, stack.services)
     say("")
     say(f"  Open {public}  — sign in as a demo user, then Settings → Calendar → Connect.")
     if sandbox_url:
         say(f"  Calendly sandbox: {sandbox_url}/_sandbox/  (book meetings for a connected user)")
+    if example:
+        say(f"  Example host app: {example.url}  — its own sign-in, Calendly through the service.")
     say("  Ctrl-C stops everything.")
-    say(f"READY url={public} sandbox={sandbox_url or '-'} workers={args.workers}")
+    ready = f"READY url={public} local={local} sandbox={sandbox_url or '-'} workers={args.workers}"
+    say(ready + (f" example={example.url}" if example else ""))
     while True:
         stack.check_running()
         time.sleep(0.5)
+
+
+def _with_root_path(public: str, env: Mapping[str, str]) -> str:
+    """PUBLIC_BASE_URL as the settings complete it: with ROOT_PATH unless it has a path."""
+    try:
+        has_path = bool(urlsplit(public).path.strip("/"))
+    except ValueError:  # not a URL: the settings refuse it, saying why
+        return public
+    if has_path:
+        return public.rstrip("/")
+    return public.rstrip("/") + (env.get("ROOT_PATH") or "").rstrip("/")

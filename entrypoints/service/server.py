@@ -7,6 +7,7 @@ import asyncio
 import socket
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import psycopg
 import psycopg_pool
@@ -56,6 +57,16 @@ def run_server(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
+def _sandbox_url(settings: Settings) -> str | None:
+    """The Calendly sandbox, when this is a local stack talking to one: dev login on and
+    Calendly's API on this machine (what `make run` sets up); None anywhere else."""
+    api = urlsplit(settings.calendly.api_base_url)
+    local = api.hostname in ("127.0.0.1", "localhost", "::1")
+    if not (settings.http.dev_login_enabled and local and not api.path.strip("/")):
+        return None
+    return f"{api.scheme}://{api.netloc}"
+
+
 def http_config(settings: Settings) -> HttpConfig:
     http = settings.http
     cursor_key = None
@@ -71,6 +82,7 @@ def http_config(settings: Settings) -> HttpConfig:
         jwt_user_claim=http.jwt_user_claim,
         cursor_key=cursor_key,
         dev_login_enabled=http.dev_login_enabled,
+        sandbox_url=_sandbox_url(settings),
         app_origins=http.app_origins,
         public_base_url=http.public_base_url,
         root_path=http.root_path,

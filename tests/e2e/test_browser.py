@@ -120,3 +120,38 @@ def run_through(page: Page, url: str, sandbox: str) -> None:
     page.goto(f"{url}/#/settings/calendar")
     expect(page.get_by_text("Connected", exact=True).first).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "settings-calendar.png"), full_page=True)
+
+
+def test_a_new_users_page_loads_without_a_single_console_error(stack: dict[str, str]) -> None:
+    """Chrome logs every failed request: a page that asks for a connection the user never
+    made (404) shows an error to every new user who opens the console."""
+    url = stack["url"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium(), headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+
+            page.goto(url)
+            page.get_by_label("Sign in as someone else").fill("erin-never-connected")
+            page.get_by_role("button", name="Sign in", exact=True).last.click()
+            expect(page.get_by_role("button", name="Connect with Calendly")).to_be_visible()
+            expect(page.get_by_text("Live", exact=True)).to_be_visible(timeout=10_000)
+
+            page.goto(f"{url}/#/meetings")
+            expect(page.get_by_text("Connect Calendly to see your meetings")).to_be_visible()
+            # A page load with the session already there (a reload), on each route.
+            page.reload()
+            expect(page.get_by_text("Connect Calendly to see your meetings")).to_be_visible()
+            page.goto(f"{url}/#/settings/calendar")
+            page.reload()
+            expect(page.get_by_role("button", name="Connect with Calendly")).to_be_visible()
+            expect(page.get_by_text("Live", exact=True)).to_be_visible(timeout=10_000)
+        finally:
+            browser.close()
+
+    assert errors == []

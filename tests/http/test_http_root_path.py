@@ -74,3 +74,16 @@ async def test_the_openapi_document_names_the_prefix_as_its_server(
 ) -> None:
     document = (await client.get(ROOT + "/schema/openapi.json")).json()
     assert document["servers"] == [{"url": ROOT}]
+
+
+async def test_the_page_links_the_local_sandbox_only_when_there_is_one(
+    core: Core, readiness: Readiness
+) -> None:
+    with_sandbox = make_config(dev_login_enabled=True, sandbox_url="http://127.0.0.1:8765")
+    for config, expected in (
+        (with_sandbox, '<meta name="cc-sandbox-url" content="http://127.0.0.1:8765">'),
+        (make_config(), '<meta name="cc-sandbox-url" content="">'),
+    ):
+        app = create_app(services_of(core, readiness), config)
+        async with AsyncTestClient(app=app, base_url=BASE_URL) as test_client:
+            assert expected in (await test_client.get("/")).text

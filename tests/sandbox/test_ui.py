@@ -231,6 +231,28 @@ async def test_unknown_booking_page_is_the_sandbox_404(sandbox: SandboxDriver) -
     assert "Calendly sandbox" in html
 
 
+async def test_a_users_booking_page_is_found_by_the_id_in_their_user_uri(
+    sandbox: SandboxDriver,
+) -> None:
+    user = await sandbox.create_user("Ada Host", "ada@example.com")
+    uuid = user["uri"].rstrip("/").rsplit("/", 1)[-1]
+
+    async with sandbox.http.get(
+        f"{sandbox.url}/_sandbox/users/{uuid}/book", allow_redirects=False
+    ) as response:
+        assert response.status == 302
+        assert f"{sandbox.url}{response.headers['Location']}" == user["scheduling_url"]
+    status, _, _ = await get_html(sandbox, "/_sandbox/users/no-such-user/book")
+    assert status == 404
+
+
+async def test_the_consent_script_is_served_as_javascript(sandbox: SandboxDriver) -> None:
+    async with sandbox.http.get(f"{sandbox.url}/_sandbox/static/consent.js") as response:
+        assert response.status == 200
+        assert response.content_type == "text/javascript"
+        assert "new_name" in await response.text()
+
+
 # ------------------------------------------------------------- JSON reads
 def last_segment(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]

@@ -50,6 +50,8 @@ class ReverseProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        # "METHOD /path" of every request forwarded, in order (a list: appends are atomic).
+        self.seen: list[str] = []
 
     def set_routes(self, routes: list[Route]) -> None:
         """Routes may be set once the upstreams are known (after the proxy's port was)."""
@@ -71,9 +73,9 @@ class ReverseProxy:
         )
         app = web.Application(client_max_size=4 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
-        await web.SockSite(self._runner, self._socket, shutdown_timeout=1).start()
+        await web.SockSite(self._runner, self._socket).start()
 
     async def _stop(self) -> None:
         if self._runner is not None:
@@ -91,6 +93,7 @@ class ReverseProxy:
         route = self._route(request.path)
         if route is None:
             return web.Response(status=404, text="no route in the test proxy")
+        self.seen.append(f"{request.method} {request.path}")
         path = request.raw_path
         if route.strip and route.prefix:
             path = path[len(route.prefix) :] or "/"

@@ -524,3 +524,16 @@ def test_root_path_and_the_path_of_public_base_url_must_agree() -> None:
     )
     for named in ("ROOT_PATH", "/one", "/two"):
         assert named in problem
+
+
+def test_the_page_knows_the_sandbox_only_on_a_local_stack() -> None:
+    local = minimal_env(
+        PUBLIC_BASE_URL="http://127.0.0.1:8000",
+        DEV_LOGIN_ENABLED="true",
+        CALENDLY_API_BASE_URL="http://127.0.0.1:8765",
+        CALENDLY_AUTH_BASE_URL="http://127.0.0.1:8765",
+    )
+    assert http_config(load_settings(local)).sandbox_url == "http://127.0.0.1:8765"
+    without_dev_login = {**local, "DEV_LOGIN_ENABLED": "false"}
+    assert http_config(load_settings(without_dev_login)).sandbox_url is None
+    assert http_config(load_settings(minimal_env())).sandbox_url is None

@@ -43,6 +43,8 @@ class HttpConfig:
     jwt_issuer: str | None = None
     # `POST /api/dev/login` hands out tokens for any user id: never enable in production.
     dev_login_enabled: bool = False
+    # The Calendly sandbox the local stack runs, which the page links to book in (None: none).
+    sandbox_url: str | None = None
     # Origins (`https://app.example`) the OAuth popup page may post its outcome to.
     app_origins: tuple[str, ...] = ()
     # Where this service is reachable, without a trailing slash, with `root_path` if any
@@ -86,6 +88,8 @@ class HttpConfig:
             raise ValueError("public_base_url must be an absolute http(s) URL")
         if self.root_path and not _ROOT_PATH.fullmatch(self.root_path):
             raise ValueError("root_path must be empty or like /calendly (no trailing slash)")
+        if self.sandbox_url is not None and not _is_origin(self.sandbox_url):
+            raise ValueError("sandbox_url must be scheme://host[:port]")
         if self.max_webhook_body <= 0 or self.max_api_body <= 0:
             raise ValueError("body limits must be positive")
 

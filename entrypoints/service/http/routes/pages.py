@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from html import escape
 from pathlib import Path
 from typing import Final
 
@@ -24,14 +25,21 @@ def _shell() -> str:
 # The shell names its files from the root; under ROOT_PATH they carry the prefix.
 _ROOTED: Final = ('href="/static/', 'src="/static/')
 BASE_PATH_META: Final = '<meta name="cc-base-path" content="">'
+SANDBOX_META: Final = '<meta name="cc-sandbox-url" content="">'
 
 
-def render_index(*, dev_login_enabled: bool, root_path: str = "") -> str:
-    """The page, telling its script whether `POST /api/dev/login` is there and its prefix."""
+def render_index(
+    *, dev_login_enabled: bool, root_path: str = "", sandbox_url: str | None = None
+) -> str:
+    """The page, telling its script whether `POST /api/dev/login` is there, its prefix, and
+    the local Calendly sandbox (to link its booking page), if any."""
     state = "enabled" if dev_login_enabled else "disabled"
     page = _shell().replace(DEV_LOGIN_META, f'<meta name="cc-dev-login" content="{state}">', 1)
     # root_path is checked at startup (HttpConfig: slashes and URL-safe characters only).
     page = page.replace(BASE_PATH_META, f'<meta name="cc-base-path" content="{root_path}">', 1)
+    if sandbox_url:
+        shown = escape(sandbox_url, quote=True)
+        page = page.replace(SANDBOX_META, f'<meta name="cc-sandbox-url" content="{shown}">', 1)
     for attribute in _ROOTED:
         page = page.replace(attribute, attribute.replace("/static/", root_path + "/static/"))
     return page
@@ -42,7 +50,9 @@ async def index_page(http_config: NamedDependency[HttpConfig]) -> Response[str]:
     """The app: sign-in, Settings → Calendar and Meetings, all in one page with hash routes."""
     return Response(
         render_index(
-            dev_login_enabled=http_config.dev_login_enabled, root_path=http_config.root_path
+            dev_login_enabled=http_config.dev_login_enabled,
+            root_path=http_config.root_path,
+            sandbox_url=http_config.sandbox_url,
         ),
         media_type=MediaType.HTML,
         # Always the current shell: it names the scripts of this deployment.

@@ -3,14 +3,19 @@
 import { configureApi } from "./api.js";
 import { renderCalendar } from "./calendar.js";
 import { flow } from "./connect-flow.js";
+import { h } from "./dom.js";
 import { formatDay, formatTime, parseDate } from "./format.js";
 import { LiveClient } from "./live.js";
 import { renderMeetings } from "./meetings.js";
 import { clearSession, loadSession, saveSession } from "./session.js";
 import { devLogin, devLoginAvailable, renderSignIn } from "./signin.js";
 import { connection, meetings } from "./state.js";
+import { spinner } from "./ui.js";
 
 const DEFAULT_HASH = "#/settings/calendar";
+const MEETINGS_HASH = "#/meetings";
+// How long the live stream may take to say the connection before the page asks for it.
+const LIVE_CONNECTION_WAIT_MS = 5000;
 const APP_NAME = "Calendly Connect";
 const TITLES = { calendar: "Calendar settings", meetings: "Meetings", signin: "Sign in" };
 
@@ -37,6 +42,8 @@ const app = {
   live: null,
   renewing: null,
   rendered: false,
+  connectionFallback: null, // timer: ask for the connection if the live stream does not say it
+  landingFocus: false,
 };
 
 // ------------------------------------------------------------------ session
@@ -86,20 +93,22 @@ function signIn(session) {
   saveSession(session);
   showAccount();
   startLive();
-  connection.load({ quiet: true }).catch(() => {});
-  if (!routeOf(location.hash)) {
-    history.replaceState(null, "", DEFAULT_HASH);
-  }
+  // With no route in the URL, render() lands by the connection: Meetings or Settings.
   render({ focus: true });
 }
 
-function signOut(notice = null) {
+/** `forgetRoute`: the user signed out, so the next sign-in lands by its own connection
+ * (an ended session keeps the route, to continue there after signing in again). */
+function signOut(notice = null, { forgetRoute = false } = {}) {
   stopLive();
   flow.reset();
   connection.reset();
   meetings.reset();
   clearSession();
   app.session = null;
+  if (forgetRoute && location.hash) {
+    history.replaceState(null, "", location.pathname + location.search);
+  }
   showAccount();
   render({ focus: true, notice });
 }
@@ -116,7 +125,7 @@ function showAccount() {
   }
 }
 
-els.signOut.addEventListener("click", () => signOut());
+els.signOut.addEventListener("click", () => signOut(null, { forgetRoute: true }));
 
 // ------------------------------------------------------------------- routes
 function routeOf(hash) {
@@ -179,13 +188,10 @@ async function render({ focus = false, notice = null } = {}) {
   }
   const route = routeOf(location.hash);
   if (!route) {
-    if (location.hash === "" || location.hash === "#") {
-      history.replaceState(null, "", DEFAULT_HASH);
-      render({ focus });
-    } else if (!app.view || app.view.name === "signin") {
-      // An in-page anchor with no view yet: show the default view.
-      history.replaceState(null, "", DEFAULT_HASH);
-      render({ focus });
+    // No route named (or an in-page anchor with no view yet): land somewhere useful.
+    const noView = !app.view || app.view.name === "signin" || app.view.name === "landing";
+    if (location.hash === "" || location.hash === "#" || noView) {
+      land({ focus });
     }
     return;
   }
@@ -215,6 +221,38 @@ async function render({ focus = false, notice = null } = {}) {
   }
 }
 
+/** Meetings when Calendly is connected, Settings → Calendar otherwise (also when the
+ * connection can't be read: that page says why and offers to try again). */
+function land({ focus }) {
+  if (!connection.loaded && !connection.error) {
+    app.landingFocus = app.landingFocus || focus;
+    if (!app.view || app.view.name !== "landing") {
+      if (app.view) {
+        app.view.cleanup();
+      }
+      markNav(null);
+      document.title = APP_NAME;
+      els.main.replaceChildren(h("p", { class: "loading" }, spinner(), "Loading…"));
+      app.view = { name: "landing", cleanup() {} };
+      if (focus) {
+        els.main.focus();
+      }
+    }
+    connection.ensure();
+    return; // rendered again when the connection is known
+  }
+  const landingFocus = app.landingFocus;
+  app.landingFocus = false;
+  history.replaceState(null, "", connection.connected ? MEETINGS_HASH : DEFAULT_HASH);
+  render({ focus: focus || landingFocus });
+}
+
+connection.subscribe(() => {
+  if (app.session && app.view && app.view.name === "landing") {
+    render({ focus: app.landingFocus });
+  }
+});
+
 window.addEventListener("hashchange", () => render({ focus: true }));
 
 els.skip.addEventListener("click", (event) => {
@@ -232,6 +270,9 @@ const LIVE_TEXT = {
 };
 
 function showLiveState(state) {
+  if (state === "unavailable" || state === "reconnecting" || state === "offline") {
+    readConnectionInstead(); // the stream did not say the connection: ask for it
+  }
   const label = LIVE_TEXT[state];
   els.live.hidden = !label;
   els.live.dataset.state = state;
@@ -283,8 +324,30 @@ function onLiveEvent(type, payload, { resync }) {
   }
 }
 
+/**
+ * The live stream's first events say the connection (`{connection: null}` when never
+ * connected): the page takes it from there rather than asking GET /api/calendly/connection,
+ * whose 404 for a user who never connected every browser logs as an error.
+ */
+function awaitConnection() {
+  connection.expect();
+  clearTimeout(app.connectionFallback);
+  app.connectionFallback = connection.awaiting
+    ? setTimeout(readConnectionInstead, LIVE_CONNECTION_WAIT_MS)
+    : null;
+}
+
+function readConnectionInstead() {
+  clearTimeout(app.connectionFallback);
+  app.connectionFallback = null;
+  if (app.session && connection.awaiting) {
+    connection.load().catch(() => {});
+  }
+}
+
 function startLive() {
   stopLive();
+  awaitConnection();
   app.live = new LiveClient({
     token: () => (app.session ? app.session.token : null),
     renew: () => renewSession(undefined),
@@ -295,6 +358,8 @@ function startLive() {
 }
 
 function stopLive() {
+  clearTimeout(app.connectionFallback);
+  app.connectionFallback = null;
   if (app.live) {
     app.live.stop();
     app.live = null;
@@ -305,7 +370,9 @@ function stopLive() {
 // Back from the Calendly window (or another tab): the connection may have changed.
 let lastVisibleRefresh = 0;
 document.addEventListener("visibilitychange", () => {
-  if (document.visibilityState === "visible" && app.session && connection.loaded) {
+  // A live stream says every change itself.
+  const live = app.live && app.live.state === "live";
+  if (document.visibilityState === "visible" && app.session && connection.loaded && !live) {
     const now = Date.now();
     if (now - lastVisibleRefresh > 5000) {
       lastVisibleRefresh = now;
@@ -331,6 +398,5 @@ connection.subscribe(() => {
 showAccount();
 if (app.session) {
   startLive();
-  connection.load({ quiet: true }).catch(() => {});
 }
 render({ focus: false });

@@ -383,14 +383,16 @@ export function renderCalendar(main) {
   const offConnection = connection.subscribe(render);
   const offFlow = flow.subscribe(render);
   render();
-  if (!connection.loaded && !connection.loading) {
-    connection.load().catch(() => {});
-  }
+  connection.ensure();
   return () => {
     offConnection();
     offFlow();
     if (dialog.open) {
       dialog.close();
+    }
+    // Messages belong to the visit: coming back later shows the card, not old news.
+    if (flow.message) {
+      flow.setMessage(null);
     }
   };
 }

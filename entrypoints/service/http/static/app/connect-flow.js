@@ -5,8 +5,9 @@
 // callback page; polling the connection every 2 s covers a lost message (or an opener link the
 // browser severed), and the connection is read again when the popup closes.
 
-import { api, describe, problemError } from "./api.js";
+import { api, problemError } from "./api.js";
 import { safeExternalUrl, text } from "./dom.js";
+import { explain } from "./messages.js";
 import { connection } from "./state.js";
 
 const POPUP_NAME = "calendly-connect";
@@ -116,7 +117,7 @@ class ConnectFlow {
       .catch((error) => {
         if (this.pending && this.pending.popup === popup) {
           this.stopWaiting({ close: true });
-          this.setMessage({ tone: "error", ...describe(error) });
+          this.setMessage({ tone: "error", ...explain(error) });
         }
       });
   }
@@ -130,11 +131,12 @@ class ConnectFlow {
     this.continueUrl = null;
     this.message = null;
     this.emit();
+    const before = connection.value;
     try {
       const result = await api("/api/calendly/reconnect", { method: "POST" });
       if (result && result.outcome === "reconnected") {
         connection.set(result.connection || null);
-        this.setMessage(reconnectedMessage(result.connection));
+        this.setMessage(reconnectedMessage(result.connection, before));
         return;
       }
       const url = safeExternalUrl(result && result.authorization_url);
@@ -157,7 +159,7 @@ class ConnectFlow {
         });
       }
     } catch (error) {
-      this.setMessage({ tone: "error", ...describe(error) });
+      this.setMessage({ tone: "error", ...explain(error) });
     } finally {
       this.busy = null;
       this.emit();
@@ -198,7 +200,7 @@ class ConnectFlow {
       }
       this.setMessage({ tone: "success", title: "Calendly disconnected", detail: details.join(" ") });
     } catch (error) {
-      this.setMessage({ tone: "error", ...describe(error) });
+      this.setMessage({ tone: "error", ...explain(error) });
     } finally {
       this.busy = null;
       this.emit();
@@ -315,7 +317,7 @@ class ConnectFlow {
         data.error && typeof data.error.status === "number" ? data.error.status : 400,
         data.error,
       );
-      this.setMessage({ tone: "error", ...describe(error) });
+      this.setMessage({ tone: "error", ...explain(error) });
       connection.load({ quiet: true }).catch(() => {});
     }
   }
@@ -337,12 +339,24 @@ class ConnectFlow {
   }
 }
 
-function reconnectedMessage(value) {
+/** Was anything wrong with the connection (what the Calendar card warns about)? */
+function wasHealthy(value) {
+  return Boolean(
+    value &&
+      value.status === "active" &&
+      (value.webhook_status === "active" || value.webhook_status === "unavailable_plan") &&
+      !(value.maintenance && value.maintenance.failures > 0),
+  );
+}
+
+/** After a Reconnect that needed no approval; `before`: the connection before it. */
+function reconnectedMessage(value, before) {
   const webhook = value && value.webhook_status;
+  const healthyBefore = wasHealthy(before);
   if (webhook === "unavailable_plan") {
     return {
       tone: "success",
-      title: "Calendly reconnected",
+      title: healthyBefore ? "Calendly connection checked" : "Calendly reconnected",
       detail: "This Calendly plan has no webhooks, so meetings will be kept in sync periodically.",
     };
   }
@@ -353,10 +367,24 @@ function reconnectedMessage(value) {
       detail: "Calendly did not accept the webhook. Try reconnecting again in a moment.",
     };
   }
+  if (!healthyBefore) {
+    return {
+      tone: "success",
+      title: "Calendly reconnected",
+      detail: "Everything is working again.",
+    };
+  }
+  if (before.webhook_status === "unavailable_plan") {
+    return {
+      tone: "success",
+      title: "Calendly reconnected",
+      detail: "Meeting updates are instant now: Calendly sends every change as it happens.",
+    };
+  }
   return {
     tone: "success",
-    title: "Calendly reconnected",
-    detail: "Everything is working again.",
+    title: "Calendly connection checked",
+    detail: "Everything is working.",
   };
 }
 

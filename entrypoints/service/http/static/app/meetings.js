@@ -271,8 +271,39 @@ function emptyState() {
     h(
       "p",
       { class: "muted" },
-      "Trying this out with the Calendly sandbox? Book a meeting for the connected sandbox user there (on the sandbox's booking page or through its control API); it arrives here the same way as a real booking.",
+      "Trying this out with the Calendly sandbox? Book a meeting for the connected sandbox user there (on ",
+      sandboxBookingLink(connection.value),
+      " or through its control API); it arrives here the same way as a real booking.",
     ),
+  );
+}
+
+/** The Calendly sandbox's address, when the service runs against it and the page shell says. */
+function sandboxUrl() {
+  const meta = document.querySelector('meta[name="cc-sandbox-url"]');
+  const url = meta ? safeExternalUrl(meta.getAttribute("content")) : null;
+  return url ? url.replace(/\/+$/, "") : null;
+}
+
+/** A link to the sandbox's booking page of the connected user (its users when the account is
+ * not one of the sandbox's); plain words when the page does not know the sandbox. */
+function sandboxBookingLink(value) {
+  const label = "the sandbox's booking page";
+  const base = sandboxUrl();
+  if (!base) {
+    return label;
+  }
+  let href = `${base}/_sandbox/`;
+  const uri = value && typeof value.calendly_user_uri === "string" ? value.calendly_user_uri : "";
+  const id = uri.startsWith(`${base}/users/`) ? uri.slice(`${base}/users/`.length) : "";
+  if (/^[A-Za-z0-9_-]+$/.test(id)) {
+    href = `${base}/_sandbox/users/${id}/book`;
+  }
+  return h(
+    "a",
+    { href, target: "_blank", rel: "noopener noreferrer" },
+    label,
+    h("span", { class: "visually-hidden" }, " (opens in a new tab)"),
   );
 }
 
@@ -345,10 +376,11 @@ export function renderMeetings(main, { focusMeeting = null } = {}) {
     const empty = h("p", { class: "muted group-empty" });
     return {
       element,
-      update(lis, emptyText, more) {
+      /** `counted`: the number shown by the title (all the items unless said). */
+      update(lis, emptyText, more, counted = lis.length) {
         reconcile(list, lis);
-        count.textContent = String(lis.length);
-        count.setAttribute("aria-label", `${lis.length} ${lis.length === 1 ? "meeting" : "meetings"}`);
+        count.textContent = String(counted);
+        count.setAttribute("aria-label", `${counted} ${counted === 1 ? "meeting" : "meetings"}`);
         const wanted = lis.length > 0 ? list : empty;
         empty.textContent = emptyText;
         if (body.firstChild !== wanted) {
@@ -410,6 +442,8 @@ export function renderMeetings(main, { focusMeeting = null } = {}) {
         upcoming,
         ready ? "Nothing scheduled. New bookings will show up here." : "Loading…",
         meetings.upcoming.cursor ? loadMoreButton("Load more", "more-upcoming", meetings.upcoming, () => meetings.loadMoreUpcoming().then(() => keepFocusIn(upcomingList))) : null,
+        // Canceled ones stay listed (marked canceled) but are not coming up: not counted.
+        groups.upcoming.filter((m) => m.status !== "canceled").length,
       );
       sections.past.update(
         past,
@@ -475,9 +509,7 @@ export function renderMeetings(main, { focusMeeting = null } = {}) {
   if (meetings.status === "idle" || meetings.status === "error") {
     meetings.load();
   }
-  if (!connection.loaded && !connection.loading) {
-    connection.load().catch(() => {});
-  }
+  connection.ensure();
   return {
     cleanup() {
       off();

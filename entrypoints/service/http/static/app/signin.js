@@ -148,14 +148,9 @@ export function renderSignIn(main, { devLogin: devEnabled, notice, onSignedIn })
     }
     setBusy(button, "Checking…");
     try {
-      try {
-        await api("/api/calendly/connection", { token, retry: false });
-      } catch (error) {
-        // 404: a valid token of a user who never connected Calendly.
-        if (!(error instanceof ApiError && error.status === 404)) {
-          throw error;
-        }
-      }
+      // Any user may list meetings (none yet is an empty list): only a bad token is refused.
+      // Not the connection: its 404 for a user who never connected is logged by browsers.
+      await api("/api/meetings?limit=1", { token, retry: false });
       onSignedIn({ token, userId: tokenSubject(token) || "token user", source: "token" });
     } catch (error) {
       clearBusy();

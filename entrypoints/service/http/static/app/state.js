@@ -27,7 +27,10 @@ class Emitter {
   }
 }
 
-/** GET /api/calendly/connection: `value` is the connection, or null when never connected. */
+/**
+ * The user's Calendly connection: `value` is the connection, or null when never connected.
+ * It comes from the live stream (its first event says it) or GET /api/calendly/connection.
+ */
 export class ConnectionModel extends Emitter {
   constructor() {
     super();
@@ -37,6 +40,9 @@ export class ConnectionModel extends Emitter {
   reset() {
     this.loaded = false;
     this.loading = false;
+    // The live stream is about to say it: no request meanwhile (for a user who never
+    // connected, GET /api/calendly/connection answers 404, which browsers log as an error).
+    this.awaiting = false;
     this.value = null;
     this.error = null;
     this.generation = (this.generation || 0) + 1;
@@ -49,14 +55,30 @@ export class ConnectionModel extends Emitter {
   set(value) {
     this.value = value && typeof value === "object" ? value : null;
     this.loaded = true;
+    this.awaiting = false;
     this.error = null;
     this.emit({});
+  }
+
+  /** The live stream will tell: views wait for it instead of asking. */
+  expect() {
+    if (!this.loaded) {
+      this.awaiting = true;
+    }
+  }
+
+  /** Ask for it, unless it is known, being asked for, or on its way on the live stream. */
+  ensure() {
+    if (!this.loaded && !this.loading && !this.awaiting) {
+      this.load().catch(() => {});
+    }
   }
 
   /** Fetch it; answers the connection (or null). Errors are kept in `error` unless `quiet`. */
   async load({ quiet = false } = {}) {
     const generation = this.generation;
     this.loading = true;
+    this.awaiting = false;
     if (!quiet) {
       this.emit({});
     }

@@ -1,0 +1,250 @@
+"""The product page in a real browser (Debian's chromium) against a scripted API: what it says
+and where it goes must be true to the state the API reports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from tests.support.browser import CHROMIUM_FLAGS, chromium
+from tests.support.page_server import (
+    ORIGIN,
+    ScriptedApi,
+    connection,
+    meeting,
+    problem,
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium(), headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def api() -> ScriptedApi:
+    return ScriptedApi()
+
+
+@pytest.fixture
+def context(browser: Browser, api: ScriptedApi) -> Iterator[BrowserContext]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    # On the context, not the page: the Calendly popup is answered too.
+    context.route(f"{ORIGIN}/**", api.serve)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Page:
+    return context.new_page()
+
+
+def sign_in(page: Page, user: str = "dora", hash_: str = "") -> None:
+    page.goto(f"{ORIGIN}/{hash_}")
+    page.get_by_label("Sign in as someone else").fill(user)
+    page.get_by_role("button", name="Sign in", exact=True).last.click()
+    expect(page.get_by_text("Signed in as")).to_be_visible()
+
+
+# ------------------------------------------------------------------ meetings
+def test_the_upcoming_count_leaves_out_canceled_meetings(page: Page, api: ScriptedApi) -> None:
+    now = datetime.now(UTC)
+    api.connection = connection()
+    api.meetings = [
+        meeting("soon", now + timedelta(hours=2)),
+        meeting("called-off", now + timedelta(hours=3), status="canceled"),
+        meeting("now", now - timedelta(minutes=10), minutes=60),
+        meeting("called-off-now", now - timedelta(minutes=10), minutes=60, status="canceled"),
+        meeting("done", now - timedelta(days=2)),
+    ]
+    sign_in(page, hash_="#/meetings")
+
+    expect(page.get_by_text("Meeting soon")).to_be_visible()
+    # The canceled upcoming meeting is still listed (marked canceled), but not counted.
+    expect(page.get_by_text("Meeting called-off", exact=True)).to_be_visible()
+    upcoming = page.locator("#upcoming-title .count")
+    expect(upcoming).to_have_text("2")
+    expect(upcoming).to_have_attribute("aria-label", "2 meetings")
+
+
+def test_the_empty_meetings_page_links_the_sandbox_booking_page_when_the_page_knows_it(
+    page: Page, api: ScriptedApi
+) -> None:
+    api.sandbox_url = "http://127.0.0.1:8765"
+    api.connection = connection(calendly_user_uri="http://127.0.0.1:8765/users/u-42")
+    sign_in(page, hash_="#/meetings")
+
+    link = page.get_by_role("link", name="the sandbox's booking page")
+    expect(link).to_be_visible()
+    expect(link).to_have_attribute("href", "http://127.0.0.1:8765/_sandbox/users/u-42/book")
+
+
+def test_the_sandbox_link_goes_to_its_users_when_the_account_is_not_one_of_its_users(
+    page: Page, api: ScriptedApi
+) -> None:
+    api.sandbox_url = "http://127.0.0.1:8765"
+    api.connection = connection()  # an account elsewhere
+    sign_in(page, hash_="#/meetings")
+
+    link = page.get_by_role("link", name="the sandbox's booking page")
+    expect(link).to_have_attribute("href", "http://127.0.0.1:8765/_sandbox/")
+
+
+def test_without_a_known_sandbox_the_empty_meetings_page_links_nothing(
+    page: Page, api: ScriptedApi
+) -> None:
+    api.connection = connection()
+    sign_in(page, hash_="#/meetings")
+
+    expect(page.get_by_text("No meetings yet")).to_be_visible()
+    expect(page.get_by_text("sandbox's booking page")).to_be_visible()
+    expect(page.locator(".empty a")).to_have_count(0)
+
+
+# ------------------------------------------------------------------ sign-in
+def test_sign_in_lands_on_meetings_when_calendly_is_connected(page: Page, api: ScriptedApi) -> None:
+    api.connection = connection()
+    sign_in(page)
+
+    expect(page).to_have_url(f"{ORIGIN}/#/meetings")
+    expect(page.get_by_role("heading", name="Meetings", level=1)).to_be_visible()
+
+
+@pytest.mark.parametrize(
+    "state",
+    [None, connection(status="disconnected", webhook_status="missing")],
+    ids=["never-connected", "disconnected"],
+)
+def test_sign_in_lands_on_calendar_settings_when_calendly_is_not_connected(
+    page: Page, api: ScriptedApi, state: dict[str, object] | None
+) -> None:
+    api.connection = state
+    sign_in(page)
+
+    expect(page).to_have_url(f"{ORIGIN}/#/settings/calendar")
+    expect(page.get_by_role("button", name="Connect with Calendly")).to_be_visible()
+
+
+def test_sign_in_keeps_the_route_the_url_named(page: Page, api: ScriptedApi) -> None:
+    api.connection = connection()
+    sign_in(page, hash_="#/settings/calendar")
+
+    expect(page.get_by_role("button", name="Disconnect")).to_be_visible()
+    expect(page).to_have_url(f"{ORIGIN}/#/settings/calendar")
+
+
+def test_after_signing_out_the_next_sign_in_lands_by_its_own_connection(
+    page: Page, api: ScriptedApi
+) -> None:
+    sign_in(page, "nobody")
+    expect(page).to_have_url(f"{ORIGIN}/#/settings/calendar")
+    page.get_by_role("button", name="Sign out").click()
+
+    api.connection = connection()
+    page.get_by_label("Sign in as someone else").fill("ada")
+    page.get_by_role("button", name="Sign in", exact=True).last.click()
+
+    expect(page).to_have_url(f"{ORIGIN}/#/meetings")
+
+
+# -------------------------------------------------------------- calendar card
+def test_a_reconnect_when_nothing_was_broken_does_not_say_working_again(
+    page: Page, api: ScriptedApi
+) -> None:
+    api.connection = connection()
+    sign_in(page, hash_="#/settings/calendar")
+    page.get_by_role("button", name="Reconnect", exact=True).click()
+
+    expect(page.get_by_text("Calendly connection checked")).to_be_visible()
+    expect(page.get_by_text("Everything is working.", exact=True)).to_be_visible()
+    expect(page.get_by_text("working again")).to_have_count(0)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"webhook_status": "disabled"},
+        {"webhook_status": "missing"},
+        {"maintenance": {"failures": 4, "last_error": "timeout", "retry_at": None}},
+    ],
+    ids=["webhook-disabled", "webhook-missing", "maintenance-failing"],
+)
+def test_a_reconnect_that_mended_something_says_it_is_working_again(
+    page: Page, api: ScriptedApi, broken: dict[str, object]
+) -> None:
+    api.connection = connection(**broken)
+    api.reconnect = {"outcome": "reconnected", "connection": connection()}
+    sign_in(page, hash_="#/settings/calendar")
+    page.get_by_role("button", name="Reconnect", exact=True).first.click()
+
+    expect(page.get_by_text("Calendly reconnected")).to_be_visible()
+    expect(page.get_by_text("Everything is working again.")).to_be_visible()
+
+
+def test_an_account_connected_to_another_user_says_so_and_what_to_do_next(
+    page: Page, api: ScriptedApi
+) -> None:
+    api.popup_outcome = {
+        "ok": False,
+        "error": problem(
+            409,
+            "account-already-connected",
+            "Calendly account already connected",
+            "this Calendly account is already connected to another user",
+        ),
+    }
+    sign_in(page, hash_="#/settings/calendar")
+    with page.expect_popup():
+        page.get_by_role("button", name="Connect with Calendly").click()
+
+    alert = page.get_by_role("alert").filter(has_text="This Calendly account is in use")
+    expect(alert).to_be_visible()
+    expect(alert).to_contain_text(
+        "It is connected to another user of this app. Sign in to Calendly with a different "
+        "account, or disconnect it from the other user first."
+    )
+
+
+def test_a_success_message_goes_when_the_user_leaves_the_page(page: Page, api: ScriptedApi) -> None:
+    api.popup_outcome = {"ok": True, "connection": connection()}
+    sign_in(page, hash_="#/settings/calendar")
+    with page.expect_popup():
+        page.get_by_role("button", name="Connect with Calendly").click()
+    expect(page.get_by_text("Calendly connected")).to_be_visible()
+
+    page.get_by_role("link", name="Meetings").click()
+    expect(page.get_by_role("heading", name="Meetings", level=1)).to_be_visible()
+    page.get_by_role("link", name="Calendar").click()
+
+    expect(page.get_by_role("button", name="Disconnect")).to_be_visible()
+    expect(page.get_by_text("Calendly connected")).to_have_count(0)
+
+
+def test_signing_in_with_a_token_of_a_user_who_never_connected_logs_no_error(
+    page: Page, api: ScriptedApi
+) -> None:
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(f"{ORIGIN}/")
+    page.get_by_text("Sign in with a bearer token instead").click()
+    # Only the subject is read (for display); the service checks the signature.
+    page.get_by_label("Bearer token").fill("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ0aW5hIn0.c2ln")
+    page.get_by_role("button", name="Sign in", exact=True).last.click()
+
+    expect(page.get_by_role("button", name="Connect with Calendly")).to_be_visible()
+    expect(page.locator("#account-name")).to_have_text("tina")
+    assert "GET /api/calendly/connection" not in api.requests
+    assert errors == []
