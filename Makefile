@@ -27,6 +27,14 @@ install: $(STAMP) ## Create .venv and install the pinned dependencies
 WORKERS ?= 1
 PORT ?= 8000
 
+# $(call apt_need,<command>,<package>): install a Debian package when its command is missing
+# (the tests drive Debian's chromium, wrk and node; nothing else is installed behind your back).
+define apt_need
+	@command -v $(1) >/dev/null 2>&1 || { echo "installing $(2) with apt (the tests need $(1))"; \
+		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(2) >/dev/null; }
+endef
+
 .PHONY: run
 run: $(STAMP) ## Run everything locally: Postgres, the sandbox, WORKERS service processes
 	$(BIN)/calendly-connect dev --workers $(WORKERS) --port $(PORT) --sandbox-port $(SANDBOX_PORT)
@@ -47,9 +55,7 @@ BENCH_ARGS ?=
 
 .PHONY: bench
 bench: $(STAMP) ## Benchmarks of issue 6 (about 10 min): table + benchmarks/results/latest.json
-	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk with apt"; \
-		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
+	$(call apt_need,wrk,wrk)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 .PHONY: sandbox
@@ -62,8 +68,15 @@ INTEGRATION_TESTS := tests/integration tests/faults tests/security tests/fuzz
 E2E_TESTS         := tests/e2e
 
 .PHONY: test
-test: $(STAMP) ## Run the whole test suite (the three parts below)
+test: $(STAMP) test-js ## Run the whole test suite (the JS client's, then the three parts below)
+	$(call apt_need,chromium,chromium)
+	$(call apt_need,wrk,wrk)
 	$(BIN)/pytest
+
+.PHONY: test-js
+test-js: ## The JS client's tests (clients/js, Node's own test runner: no npm install)
+	$(call apt_need,node,nodejs)
+	node --test clients/js/test/
 
 .PHONY: test-unit
 test-unit: $(STAMP) ## The core and the HTTP app in-process over fakes, the sandbox: no Postgres
@@ -75,6 +88,8 @@ test-integration: $(STAMP) ## Adapters on real Postgres and the sandbox, faults,
 
 .PHONY: test-e2e
 test-e2e: $(STAMP) ## The real service end to end (HTTP, Postgres, sandbox), demo, chaos, a browser
+	$(call apt_need,chromium,chromium)
+	$(call apt_need,wrk,wrk)
 	$(BIN)/pytest $(E2E_TESTS)
 
 .PHONY: lint
