@@ -48,8 +48,9 @@ PEERS = ("alice", "bob")
 
 # `positive_data_acceptance` expects schema-valid requests to succeed. Two parameters are
 # capabilities no schema can describe: the OAuth `state` (single use, issued by the service to
-# one browser) and the meetings `cursor` (opaque, issued by the service). Any value Schemathesis
-# invents is refused with 400 by design, so 400 is an expected answer there, and only there.
+# one browser or page, in the callback and in the hand-off's completion) and the meetings
+# `cursor` (opaque, issued by the service). Any value Schemathesis invents is refused with 400
+# by design, so 400 is an expected answer there, and only there.
 CONFIG = """
 max-stream-events = {max_stream_events}
 request-timeout = {request_timeout}
@@ -59,7 +60,7 @@ path = "{auth_path}"
 peers = {peers}
 
 [[operations]]
-include-operation-id = ["completeConnect", "listMeetings"]
+include-operation-id = ["completeConnect", "completeConnectHandOff", "listMeetings"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409"]
 """
 

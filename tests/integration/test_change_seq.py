@@ -92,7 +92,8 @@ async def test_the_migration_keeps_existing_cursors_and_continues_per_user(
                 (user_id, cid, EV + event, seq),
             )
 
-    assert [m.path.name for m in await migrate(url, RUNTIME_ROLE)] == [PER_USER]
+    applied = [m.path.name for m in await migrate(url, RUNTIME_ROLE)]
+    assert applied[0] == PER_USER  # and any later migration after it
 
     pool = make_pool(url, runtime_role=RUNTIME_ROLE, min_size=1, max_size=2)
     await pool.open(wait=True)

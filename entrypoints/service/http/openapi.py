@@ -80,3 +80,12 @@ class EventStreamOperation(Operation):
         success = (self.responses or {}).get("200")
         if isinstance(success, OpenAPIResponse):
             success.content = {EVENT_STREAM: OpenAPIMediaType(schema=_LIVE_EVENT)}
+
+
+@dataclass
+class OptionalBodyOperation(Operation):
+    """A JSON body that may be left out (connect, reconnect); Litestar marks every body required."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.request_body, RequestBody):
+            self.request_body.required = False

@@ -14,6 +14,7 @@ from domain.usecases.start_connect import StartConnectCommand
 from entrypoints.service.http.binding import binding_cookie, new_binding
 from entrypoints.service.http.config import HttpConfig
 from entrypoints.service.http.errors import problem_specs
+from entrypoints.service.http.openapi import OptionalBodyOperation
 from entrypoints.service.http.schemas import (
     CompleteConnectRequest,
     ConnectCompleted,
@@ -33,7 +34,11 @@ class CalendlyConnectionController(Controller):
     tags = ("connection",)
 
     @post(
-        "/connect", operation_id="startConnect", status_code=200, responses=problem_specs(401, 503)
+        "/connect",
+        operation_id="startConnect",
+        status_code=200,
+        responses=problem_specs(400, 401, 503),
+        operation_class=OptionalBodyOperation,
     )
     async def connect(
         self,
@@ -101,7 +106,8 @@ class CalendlyConnectionController(Controller):
         "/reconnect",
         operation_id="reconnect",
         status_code=200,
-        responses=problem_specs(401, 409, 502, 503),
+        responses=problem_specs(400, 401, 409, 502, 503),
+        operation_class=OptionalBodyOperation,
     )
     async def reconnect(
         self,
