@@ -104,7 +104,10 @@ export interface CalendlyConnectOptions {
   url: string;
   /** The host's bearer token for the signed-in user, or null when signed out. */
   getToken: (context: TokenContext) => string | null | Promise<string | null>;
-  /** Defaults to globalThis.fetch (bound). */
+  /**
+   * Defaults to globalThis.fetch (bound). Every request is sent with the bearer token and
+   * `credentials: "same-origin"`: cookies go to the service only from a page on its own origin.
+   */
   fetch?: typeof fetch;
   /** For the popup and its message events; defaults to globalThis.window. */
   window?: Window;

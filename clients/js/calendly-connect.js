@@ -562,8 +562,11 @@ class Transport {
         method,
         headers,
         body: body === undefined ? undefined : JSON.stringify(body),
-        // Bearer tokens only: no cookies go to the service from the host's page.
-        credentials: "omit",
+        // The bearer token authenticates. "same-origin": a page on the service's own origin
+        // keeps and sends the service's HttpOnly OAuth binding cookie (set by connect and
+        // reconnect), so the popup can finish the round trip by itself even when the browser
+        // severs window.opener; a page on another origin sends and stores no cookies at all.
+        credentials: "same-origin",
         cache: "no-store",
         signal,
       });
@@ -936,6 +939,9 @@ class LiveStream {
     this.controller = null;
     this.wake = null;
     this.onOnline = () => this.wake && this.wake();
+    // {connection} once the stream that is open now has said the connection (the service
+    // says it after every `ready`, and again on every change); null otherwise.
+    this.connectionSeen = null;
   }
 
   start() {
@@ -958,6 +964,7 @@ class LiveStream {
 
   stop() {
     this.done = true;
+    this.connectionSeen = null;
     if (this.window && typeof this.window.removeEventListener === "function") {
       this.window.removeEventListener("online", this.onOnline);
     }
@@ -1000,6 +1007,7 @@ class LiveStream {
       } catch (error) {
         outcome = { kind: "failed", error };
       }
+      this.connectionSeen = null; // that stream ended: what it said may be out of date
       if (this.done) {
         return;
       }
@@ -1095,7 +1103,7 @@ class LiveStream {
       try {
         response = await this.transport.fetch(this.transport.base + "/api/live", {
           headers,
-          credentials: "omit",
+          credentials: "same-origin", // as every request: cookies on the service's own origin only
           cache: "no-store",
           signal: controller.signal,
         });
@@ -1191,6 +1199,7 @@ class LiveStream {
         // A healthy stream: the back-off starts over, and so does the right to one refresh.
         this.attempt = 0;
         this.refreshedSinceReady = false;
+        this.connectionSeen = null;
         const cursor = isObject(payload) ? payload.cursor : null;
         if (this.lastId === null && Number.isSafeInteger(cursor) && cursor >= 0) {
           this.lastId = String(cursor);
@@ -1200,7 +1209,9 @@ class LiveStream {
       }
       case "connection":
         if (isObject(payload)) {
-          this.call("onConnection", isObject(payload.connection) ? payload.connection : null);
+          const connection = isObject(payload.connection) ? payload.connection : null;
+          this.connectionSeen = { connection };
+          this.call("onConnection", connection);
         }
         return null;
       case "meetings":
@@ -1274,6 +1285,20 @@ export function createCalendlyConnect(options) {
 
   // The one connect/reconnect in progress: {popup, promise}. A second call gets its promise.
   let pending = null;
+  // The live() streams not closed yet.
+  const streams = new Set();
+
+  /** {connection} as an open live stream said it last, or null when none has. */
+  function liveConnection() {
+    for (const stream of streams) {
+      if (stream.done) {
+        streams.delete(stream); // given up
+      } else if (stream.connectionSeen) {
+        return stream.connectionSeen;
+      }
+    }
+    return null;
+  }
 
   function track(entry) {
     pending = entry;
@@ -1344,11 +1369,18 @@ export function createCalendlyConnect(options) {
       popup,
       outcome: "connected",
       signal,
-      before: (internal) =>
-        getConnection(transport, internal).then(
+      before: (internal) => {
+        // An open live stream of this client has said it: no request (for a user who never
+        // connected, the read answers 404, which browsers log as an error).
+        const seen = liveConnection();
+        if (seen) {
+          return Promise.resolve({ known: true, connection: seen.connection });
+        }
+        return getConnection(transport, internal).then(
           (connection) => ({ known: true, connection }),
           () => ({ known: false, connection: null }),
-        ),
+        );
+      },
       begin: async (internal) => {
         const { verifier, challenge } = await completionPair();
         const started = await transport.json("POST", "/api/calendly/connect", {
@@ -1482,9 +1514,13 @@ export function createCalendlyConnect(options) {
 
   function live(handlers = {}) {
     const stream = new LiveStream({ transport, window: hostWindow, handlers });
+    streams.add(stream);
     stream.start();
     return Object.freeze({
-      close: () => stream.close(),
+      close: () => {
+        streams.delete(stream);
+        stream.close();
+      },
       get state() {
         return stream.state;
       },

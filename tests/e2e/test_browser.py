@@ -1,5 +1,6 @@
 """A real browser (Debian's chromium, driven by Playwright) through the main job with 2
-service processes: sign in, connect in the popup, book in the sandbox, see it live."""
+service processes: sign in, connect in the popup, book in the sandbox, see it live, disconnect.
+The product page does all of it through the JS client the service serves (/client/v1/)."""
 
 from __future__ import annotations
 
@@ -75,9 +76,25 @@ def test_connect_in_the_popup_and_see_a_booking_arrive_live(stack: dict[str, str
         )
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 900})
-            run_through(context.new_page(), stack["url"], stack["sandbox"])
+            page = context.new_page()
+            # Chrome logs every failed request and every uncaught error: a new user's whole
+            # journey (connect, book, disconnect) must not leave one in the console.
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
+            run_through(page, stack["url"], stack["sandbox"])
         finally:
             browser.close()
+
+    assert errors == []
+    # The page loads the client the service serves, and its calls go through it.
+    assert f"{stack['url']}/client/v1/calendly-connect.js" in requests
+    # On the service's own site the client keeps the OAuth binding cookie (credentials
+    # "same-origin"): the popup's callback finished connecting by itself, no hand-off.
+    assert f"{stack['url']}/api/calendly/connect" in requests
+    assert f"{stack['url']}/api/calendly/connect/complete" not in requests
 
 
 def run_through(page: Page, url: str, sandbox: str) -> None:
@@ -120,6 +137,14 @@ def run_through(page: Page, url: str, sandbox: str) -> None:
     page.goto(f"{url}/#/settings/calendar")
     expect(page.get_by_text("Connected", exact=True).first).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "settings-calendar.png"), full_page=True)
+
+    page.get_by_role("button", name="Disconnect").click()
+    page.get_by_role("dialog").get_by_role("button", name="Disconnect").click()
+    expect(page.get_by_text("Calendly disconnected")).to_be_visible(timeout=10_000)
+    expect(page.get_by_role("button", name="Connect with Calendly")).to_be_visible()
+    # Meeting history stays.
+    page.get_by_role("link", name="Meetings").click()
+    expect(page.get_by_text("Roadmap chat").first).to_be_visible()
 
 
 def test_a_new_users_page_loads_without_a_single_console_error(stack: dict[str, str]) -> None:

@@ -1,8 +1,11 @@
 """The product page in a real browser (Debian's chromium) against a scripted API: what it says
-and where it goes must be true to the state the API reports."""
+and where it goes must be true to the state the API reports. The page makes its API calls
+through the JS client (/client/v1/calendly-connect.js, answered from clients/js/)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +15,9 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 from tests.support.browser import CHROMIUM_FLAGS, chromium
 from tests.support.page_server import (
     ORIGIN,
+    STATE,
     ScriptedApi,
+    authorization_required,
     connection,
     meeting,
     problem,
@@ -78,6 +83,28 @@ def test_the_upcoming_count_leaves_out_canceled_meetings(page: Page, api: Script
     upcoming = page.locator("#upcoming-title .count")
     expect(upcoming).to_have_text("2")
     expect(upcoming).to_have_attribute("aria-label", "2 meetings")
+
+
+def test_load_more_reads_the_next_upcoming_page_also_after_a_failed_try(
+    page: Page, api: ScriptedApi
+) -> None:
+    now = datetime.now(UTC)
+    api.connection = connection()
+    api.meetings = [meeting(f"u{n:02}", now + timedelta(hours=1 + n)) for n in range(55)]
+    api.failing_next_pages = 1
+    sign_in(page, hash_="#/meetings")
+    upcoming = page.locator("#upcoming-title .count")
+    expect(upcoming).to_have_text("50")  # the page reads 50 at a time
+
+    more = page.get_by_role("button", name="Load more")
+    more.click()
+    expect(page.get_by_role("alert")).to_contain_text("Service temporarily unavailable")
+    expect(upcoming).to_have_text("50")
+    more.click()  # the client's paging ended with the failure: read again up to there
+
+    expect(upcoming).to_have_text("55")
+    expect(page.get_by_text("Meeting u54")).to_be_visible()
+    expect(page.get_by_role("button", name="Load more")).to_have_count(0)
 
 
 def test_the_empty_meetings_page_links_the_sandbox_booking_page_when_the_page_knows_it(
@@ -248,3 +275,116 @@ def test_signing_in_with_a_token_of_a_user_who_never_connected_logs_no_error(
     expect(page.locator("#account-name")).to_have_text("tina")
     assert "GET /api/calendly/connection" not in api.requests
     assert errors == []
+
+
+def test_a_handed_off_authorization_is_completed_by_the_page(page: Page, api: ScriptedApi) -> None:
+    """The popup hands Calendly's code to the page (no binding cookie reached the callback):
+    the page completes it with the verifier whose challenge went with the start."""
+    api.popup_outcome = {"ok": True, "stage": "authorized", "code": "code-1"}
+    api.completed_connection = connection(email="grace@example.org")
+    sign_in(page, hash_="#/settings/calendar")
+    with page.expect_popup():
+        page.get_by_role("button", name="Connect with Calendly").click()
+
+    expect(page.get_by_text("Calendly connected")).to_be_visible()
+    expect(page.get_by_text("Connected as grace@example.org.")).to_be_visible()
+    expect(page.get_by_role("button", name="Disconnect")).to_be_visible()
+    [start] = api.bodies["POST /api/calendly/connect"]
+    [complete] = api.bodies["POST /api/calendly/connect/complete"]
+    assert complete["state"] == STATE
+    assert complete["code"] == "code-1"
+    digest = hashlib.sha256(complete["completion_verifier"].encode()).digest()
+    assert base64.urlsafe_b64encode(digest).rstrip(b"=").decode() == start["completion_challenge"]
+
+
+def test_an_account_in_use_refused_at_completion_is_worded_by_the_page(
+    page: Page, api: ScriptedApi
+) -> None:
+    api.popup_outcome = {"ok": True, "stage": "authorized", "code": "code-1"}
+    api.complete = (
+        409,
+        problem(409, "account-already-connected", "Calendly account already connected", "No."),
+    )
+    sign_in(page, hash_="#/settings/calendar")
+    with page.expect_popup():
+        page.get_by_role("button", name="Connect with Calendly").click()
+
+    alert = page.get_by_role("alert").filter(has_text="This Calendly account is in use")
+    expect(alert).to_contain_text("It is connected to another user of this app.")
+    expect(page.get_by_role("button", name="Connect with Calendly")).to_be_visible()
+
+
+def test_a_blocked_reconnect_popup_continues_from_the_next_click(
+    page: Page, api: ScriptedApi
+) -> None:
+    """The reconnect's popup opens after the service answered, so a browser may block it:
+    "Continue to Calendly" (PopupBlockedError.continue()) opens it from a new click."""
+    needs_approval = connection(status="needs_reauth", last_error="invalid_grant")
+    api.connection = needs_approval
+    api.reconnect = authorization_required(needs_approval)
+    api.popup_outcome = {"ok": True, "connection": connection()}
+    sign_in(page, hash_="#/settings/calendar")
+    # The browser blocks the next popup.
+    page.evaluate(
+        """() => {
+          const open = window.open.bind(window);
+          let block = 1;
+          window.open = (...args) => (block-- > 0 ? null : open(...args));
+        }"""
+    )
+    page.get_by_role("button", name="Reconnect").click()
+
+    status = page.get_by_role("status").filter(has_text="Continue to Calendly to approve access")
+    expect(status).to_be_visible()
+    continue_button = page.get_by_role("button", name="Continue to Calendly")
+    with page.expect_popup():
+        continue_button.click()
+
+    expect(page.get_by_text("Calendly reconnected")).to_be_visible()
+    expect(page.get_by_text("Connected as ada@example.com.")).to_be_visible()
+    expect(page.get_by_role("button", name="Continue to Calendly")).to_have_count(0)
+    assert api.requests.count("POST /api/calendly/reconnect") == 1
+
+
+def test_disconnecting_says_what_happened_and_offers_to_connect_again(
+    page: Page, api: ScriptedApi
+) -> None:
+    api.connection = connection()
+    sign_in(page, hash_="#/settings/calendar")
+    page.get_by_role("button", name="Disconnect").click()
+    page.get_by_role("dialog").get_by_role("button", name="Disconnect").click()
+
+    expect(page.get_by_text("Calendly disconnected")).to_be_visible()
+    expect(page.locator(".message")).to_contain_text(
+        "Meetings you already received stay in your list."
+    )
+    expect(page.get_by_role("button", name="Connect with Calendly")).to_be_visible()
+    assert "DELETE /api/calendly/connection" in api.requests
+
+
+def test_under_a_path_prefix_the_page_loads_the_client_and_calls_the_api_under_it(
+    page: Page, api: ScriptedApi
+) -> None:
+    """The service mounted under ROOT_PATH fills the page's `cc-base-path` meta: the client
+    is imported from <prefix>/client/v1/ and every call (dev login too) goes under the prefix."""
+    api.base_path = "/calendly"
+    api.popup_outcome = {"ok": True, "connection": connection()}
+    page.goto(f"{ORIGIN}/calendly/")
+    page.get_by_label("Sign in as someone else").fill("dora")
+    page.get_by_role("button", name="Sign in", exact=True).last.click()
+    with page.expect_popup():
+        page.get_by_role("button", name="Connect with Calendly").click()
+    expect(page.get_by_text("Calendly connected")).to_be_visible()
+    page.get_by_role("link", name="Meetings").click()
+    expect(page.get_by_text("No meetings yet")).to_be_visible()
+
+    for call in (
+        "GET /calendly/client/v1/calendly-connect.js",
+        "POST /calendly/api/dev/login",
+        "GET /calendly/api/live",
+        "POST /calendly/api/calendly/connect",
+        "GET /calendly/api/meetings",
+    ):
+        assert call in api.requests
+    outside = [r for r in api.requests if not r.split(" ")[1].startswith(("/calendly/", "/fake-"))]
+    assert outside == []

@@ -15,6 +15,10 @@ from entrypoints.service.http.middleware import CONTENT_SECURITY_POLICY
 from tests.support.http_app import BASE_URL, Api, make_config, services_of
 
 APP_DIR: Final = STATIC_DIR / "app"
+# The one import from outside static/app: the JS client the service serves at /client/v1/
+# (relative, so that it resolves under any ROOT_PATH).
+CLIENT_IMPORT: Final = "../../client/v1/calendly-connect.js"
+CLIENT_URL: Final = "/client/v1/calendly-connect.js"
 JAVASCRIPT_TYPES: Final = ("text/javascript", "application/javascript")
 # `import ... from "./x.js"`, `import "./x.js"`, `export ... from "./x.js"`, `import("./x.js")`.
 _IMPORT = re.compile(
@@ -72,9 +76,11 @@ def local_resources(page: PageParser) -> list[str]:
     return [path for path in found if path is not None]
 
 
-def module_graph(entry: Path) -> set[Path]:
-    """Every JS module reachable from `entry` through relative imports."""
+def module_graph(entry: Path) -> tuple[set[Path], set[str]]:
+    """Every JS module of static/app reachable from `entry` through relative imports, and the
+    modules imported from outside it (only the served client may be)."""
     seen: set[Path] = set()
+    outside: set[str] = set()
     pending = [entry]
     while pending:
         module = pending.pop()
@@ -83,9 +89,12 @@ def module_graph(entry: Path) -> set[Path]:
         assert module.is_file(), f"{module.name} is imported but does not exist"
         seen.add(module)
         for specifier in _IMPORT.findall(module.read_text(encoding="utf-8")):
+            if specifier == CLIENT_IMPORT and module.parent == APP_DIR.resolve():
+                outside.add(specifier)
+                continue
             assert specifier.startswith("./"), f"{module.name} imports {specifier!r}"
             pending.append((module.parent / specifier).resolve())
-    return seen
+    return seen, outside
 
 
 async def test_the_page_is_served_at_the_root_with_the_csp_and_no_cache(api: Api) -> None:
@@ -168,9 +177,14 @@ async def test_every_module_the_page_imports_exists_and_is_served_as_javascript(
     page = parse((await api.client.get("/")).text)
     [entry] = [path for path in local_resources(page) if path.endswith(".js")]
 
-    modules = module_graph((STATIC_DIR / entry.removeprefix("/static/")).resolve())
+    modules, outside = module_graph((STATIC_DIR / entry.removeprefix("/static/")).resolve())
 
     assert len(modules) > 1, "the entry module imports the others"
+    # The page uses the client the service serves to host apps (static/app/ + ../../ = the root).
+    assert outside == {CLIENT_IMPORT}
+    response = await api.client.get(CLIENT_URL)
+    assert response.status_code == 200
+    assert response.headers["content-type"].split(";")[0].strip() in JAVASCRIPT_TYPES
     for module in sorted(modules):
         assert module.is_relative_to(APP_DIR.resolve())
         url = "/static/" + module.relative_to(STATIC_DIR.resolve()).as_posix()

@@ -3,6 +3,7 @@ answer every request, so no service runs and each test sets exactly what the API
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -12,8 +13,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from playwright.sync_api import Route
 
+from entrypoints.service.http.routes.pages import render_index
+
 ORIGIN = "https://app.test"
-STATIC = Path(__file__).resolve().parents[2] / "entrypoints" / "service" / "http" / "static"
+REPOSITORY = Path(__file__).resolve().parents[2]
+STATIC = REPOSITORY / "entrypoints" / "service" / "http" / "static"
+# The JS client, as the service serves it at /client/v1/ (the page imports it from there).
+CLIENT = REPOSITORY / "clients" / "js"
 CONTENT_TYPES = {
     ".js": "text/javascript",
     ".css": "text/css",
@@ -22,6 +28,8 @@ CONTENT_TYPES = {
 }
 PROBLEM = "urn:calendly-connect:problem:"
 FAKE_CALENDLY = f"{ORIGIN}/fake-calendly/authorize"
+# The `state` of every authorization this API starts.
+STATE = "state-1"
 
 
 def iso(moment: datetime) -> str:
@@ -75,6 +83,17 @@ def sse(*events: tuple[str, object]) -> str:
     )
 
 
+def authorization_required(connection: dict[str, Any] | None) -> dict[str, Any]:
+    """POST /api/calendly/reconnect's answer when Calendly needs the user's approval again."""
+    return {
+        "outcome": "authorization_required",
+        "authorization_url": FAKE_CALENDLY,
+        "state": STATE,
+        "expires_at": iso(datetime.now(UTC) + timedelta(minutes=10)),
+        "connection": connection,
+    }
+
+
 @dataclass
 class ScriptedApi:
     """What the API answers. `connection` None: the user never connected (404)."""
@@ -83,28 +102,49 @@ class ScriptedApi:
     meetings: list[dict[str, Any]] = field(default_factory=list)
     # POST /api/calendly/reconnect's answer; its connection becomes the current one.
     reconnect: dict[str, Any] | None = None
-    # What the fake Calendly window posts back to the page (the OAuth popup's outcome).
+    # What the fake Calendly window posts back to the page (the OAuth popup's outcome):
+    # {ok, connection} (the service completed it), {ok, stage: "authorized", code} (a hand-off
+    # the page completes) or {ok: false, error}. `type` and `state` are added.
     popup_outcome: dict[str, Any] | None = None
+    # POST /api/calendly/connect/complete's answer (status, body); None: connected as
+    # `completed_connection`.
+    complete: tuple[int, dict[str, Any]] | None = None
+    completed_connection: dict[str, Any] = field(default_factory=lambda: connection())
     # The page shell's `cc-sandbox-url` meta ("" as the service fills it when there is none).
     sandbox_url: str = ""
+    # The service's ROOT_PATH: everything it serves is under it ("" at the root).
+    base_path: str = ""
+    # "METHOD /path" of every request, the path as the browser asked for it.
     requests: list[str] = field(default_factory=list)
+    # How many of the next GET /api/meetings with a cursor (a "Load more") answer 503.
+    failing_next_pages: int = 0
+    # The JSON bodies the page sent, by "METHOD /path".
+    bodies: dict[str, list[Any]] = field(default_factory=dict)
 
     def shell(self) -> str:
-        html = (STATIC / "app" / "index.html").read_text(encoding="utf-8")
-        html = html.replace(
-            '<meta name="cc-dev-login" content="auto">',
-            '<meta name="cc-dev-login" content="enabled">',
-        )
-        return html.replace(
-            '<meta name="cc-sandbox-url" content="">',
-            f'<meta name="cc-sandbox-url" content="{self.sandbox_url}">',
+        """The page as the service renders it (dev login on, its prefix, the sandbox)."""
+        return render_index(
+            dev_login_enabled=True,
+            root_path=self.base_path,
+            sandbox_url=self.sandbox_url or None,
         )
 
     def serve(self, route: Route) -> None:
         request = route.request
         parts = urlsplit(request.url)
+        self.requests.append(f"{request.method} {parts.path}")
         path = parts.path
-        self.requests.append(f"{request.method} {path}")
+        if path.startswith("/fake-calendly/"):
+            pass  # Calendly: not under the service's prefix
+        elif self.base_path:
+            if path != self.base_path and not path.startswith(self.base_path + "/"):
+                route.fulfill(status=404, body="")
+                return
+            path = path.removeprefix(self.base_path) or "/"
+        key = f"{request.method} {path}"
+        if request.post_data:
+            with contextlib.suppress(ValueError):
+                self.bodies.setdefault(key, []).append(json.loads(request.post_data))
         if path == "/":
             route.fulfill(status=200, content_type="text/html", body=self.shell())
         elif path.startswith("/static/"):
@@ -117,6 +157,12 @@ class ScriptedApi:
                 content_type=CONTENT_TYPES.get(file.suffix, "application/octet-stream"),
                 body=file.read_bytes(),
             )
+        elif path.startswith("/client/v1/"):
+            file = CLIENT / path.removeprefix("/client/v1/")
+            if file.name not in ("calendly-connect.js", "calendly-connect.d.ts"):
+                route.fulfill(status=404, body="")
+                return
+            route.fulfill(status=200, content_type="text/javascript", body=file.read_bytes())
         elif path == "/api/dev/login":
             user = json.loads(request.post_data or "{}").get("user_id", "")
             self.json(route, 200, {"access_token": f"token-of-{user}", "token_type": "Bearer"})
@@ -136,17 +182,46 @@ class ScriptedApi:
             self.json(route, 200, answer)
         elif path == "/api/calendly/connect":
             expires = iso(datetime.now(UTC) + timedelta(minutes=10))
-            started = {"authorization_url": FAKE_CALENDLY, "state": "s", "expires_at": expires}
-            self.json(route, 201, started)
+            started = {"authorization_url": FAKE_CALENDLY, "state": STATE, "expires_at": expires}
+            self.json(route, 200, started)
+        elif path == "/api/calendly/connect/complete":
+            status, completed = self.complete or (
+                200,
+                {"connection": self.completed_connection, "switched_account": False},
+            )
+            if status == 200:
+                self.connection = completed["connection"]
+            self.json(route, status, completed)
+        elif path == "/api/calendly/connection" and request.method == "DELETE":
+            was = self.connection
+            self.connection = (
+                None
+                if was is None
+                else {**was, "status": "disconnected", "webhook_status": "missing"}
+            )
+            result = {
+                "connection": self.connection,
+                "subscription_deleted": True,
+                "revoke_failed": False,
+                "already_disconnected": was is None or was["status"] == "disconnected",
+            }
+            self.json(route, 200, result)
         elif path == "/fake-calendly/authorize":
             route.fulfill(status=200, content_type="text/html", body=self.fake_calendly())
         elif path == "/api/meetings":
-            self.json(route, 200, {"meetings": self.page_of(parts.query), "next_cursor": None})
+            params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+            if "cursor" in params and self.failing_next_pages > 0:
+                self.failing_next_pages -= 1
+                down = problem(503, "storage-unavailable", "Service temporarily unavailable", "")
+                self.json(route, 503, down)
+                return
+            found, next_cursor = self.page_of(params)
+            self.json(route, 200, {"meetings": found, "next_cursor": next_cursor})
         else:
             route.fulfill(status=404, body="")
 
-    def page_of(self, query: str) -> list[dict[str, Any]]:
-        params = {k: v[0] for k, v in parse_qs(query).items()}
+    def page_of(self, params: dict[str, str]) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of GET /api/meetings (the cursor is an offset here) and the next cursor."""
 
         def at(value: str) -> datetime:
             return datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -156,11 +231,15 @@ class ScriptedApi:
             found = [m for m in found if at(m["start_time"]) >= at(params["starts_after"])]
         if "starts_before" in params:
             found = [m for m in found if at(m["start_time"]) < at(params["starts_before"])]
-        return found
+        offset = int(params.get("cursor", "0"))
+        limit = int(params.get("limit", "100"))
+        page = found[offset : offset + limit]
+        more = offset + limit < len(found)
+        return page, str(offset + limit) if more else None
 
     def fake_calendly(self) -> str:
         """The OAuth popup's last page: posts its outcome to the opener, then closes."""
-        outcome = {"type": "calendly-connect", **(self.popup_outcome or {})}
+        outcome = {"type": "calendly-connect", "state": STATE, **(self.popup_outcome or {})}
         if outcome.get("ok") and outcome.get("connection"):
             self.connection = outcome["connection"]
         return (

@@ -13,12 +13,14 @@ import {
 } from "../calendly-connect.js";
 import {
   connection,
+  eventStream,
   FakePopup,
   FakeWindow,
   inMs,
   json,
   problem,
   sha256Base64url,
+  sse,
   startService,
   stillPending,
   until,
@@ -128,6 +130,41 @@ describe("connect and reconnect", () => {
     assert.deepEqual(await promise, { outcome: "connected", connection: conn, switchedAccount: true });
     assert.equal(service.calls("POST /api/calendly/connect/complete").length, 0);
     assert.equal(popup.closed, true);
+  });
+
+  test("with an open live() stream that said the connection, connect() reads none before", async () => {
+    // For a user who never connected that read answers 404, which browsers log as an error.
+    const old = connection({ calendly_user_uri: "https://api.calendly.com/users/OLD" });
+    let said = null; // what the live stream says
+    script["GET /api/live"] = (req, res) => {
+      const write = eventStream(res);
+      write(sse("ready", { cursor: 1 }));
+      write(sse("connection", { connection: said }));
+    };
+    for (const [before, switched] of [[null, false], [old, true]]) {
+      said = before;
+      win.opened.length = 0;
+      service.requests.length = 0;
+      const seen = [];
+      const live = client.live({ onConnection: (c) => seen.push(c) });
+      try {
+        await until(() => seen.length === 1, { what: "the stream's connection event" });
+        const { promise, popup } = await connectAndWait();
+        const conn = connection();
+        post(popup, { state: "state-1", ok: true, connection: conn });
+        assert.deepEqual(await promise, { outcome: "connected", connection: conn, switchedAccount: switched });
+        assert.equal(service.calls("GET /api/calendly/connection").length, 0);
+      } finally {
+        live.close();
+      }
+    }
+    // Closed: connect() asks again.
+    service.requests.length = 0;
+    win.opened.length = 0;
+    const { promise, popup } = await connectAndWait();
+    post(popup, { state: "state-1", ok: true, connection: connection() });
+    await promise;
+    assert.equal(service.calls("GET /api/calendly/connection").length, 1);
   });
 
   test("messages from another origin, another window, another state or type are ignored", async () => {

@@ -16,6 +16,7 @@ import {
   problem,
   startService,
   tokenSource,
+  until,
 } from "../test-support/service.js";
 
 describe("HTTP calls", () => {
@@ -53,6 +54,47 @@ describe("HTTP calls", () => {
     assert.equal(request.headers.authorization, "Bearer tok-1");
     assert.equal(request.headers.accept, "application/json");
     assert.equal(request.headers.cookie, undefined);
+  });
+
+  test("every request, the live stream's too, is sent with credentials \"same-origin\"", async () => {
+    // Cookies only on the service's own origin (its OAuth binding cookie), none cross-origin.
+    script = {
+      "GET /api/calendly/connection": (req, res) => json(res, 200, connection()),
+      "DELETE /api/calendly/connection": (req, res) => json(res, 200, { connection: null }),
+      "GET /api/meetings": (req, res) => json(res, 200, { meetings: [], next_cursor: null }),
+      "GET /api/live": (req, res) => {
+        res.writeHead(200, { "content-type": "text/event-stream" });
+        res.end('event: ready\ndata: {"cursor": 1}\n\n');
+      },
+    };
+    service.requests.length = 0;
+    const sent = [];
+    const c = createCalendlyConnect({
+      url: service.url,
+      getToken: () => "tok-1",
+      fetch: (url, init) => {
+        sent.push([new URL(url).pathname, init.method ?? "GET", init.credentials]);
+        return fetch(url, init);
+      },
+    });
+    await c.status();
+    await c.disconnect();
+    for await (const page of c.meetings()) {
+      assert.deepEqual(page.meetings, []);
+    }
+    const states = [];
+    const live = c.live({ onStateChange: (state) => states.push(state) });
+    try {
+      await until(() => states.includes("open"), { what: "the live stream" });
+    } finally {
+      live.close();
+    }
+    assert.deepEqual(sent, [
+      ["/calendly/api/calendly/connection", "GET", "same-origin"],
+      ["/calendly/api/calendly/connection", "DELETE", "same-origin"],
+      ["/calendly/api/meetings", "GET", "same-origin"],
+      ["/calendly/api/live", "GET", "same-origin"],
+    ]);
   });
 
   test("status() answers null for 404 connection-not-found", async () => {

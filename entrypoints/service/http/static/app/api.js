@@ -1,156 +1,148 @@
-// The service's JSON API: bearer token in, problem details (RFC 9457) out as readable errors.
+// The page's way to the service. Every API call goes through the calendly-connect client
+// (the one the service serves to host apps); only the development sign-in, which runs before
+// there is a token, is a plain request here.
+
+import {
+  CalendlyConnectError,
+  createCalendlyConnect,
+  NetworkError,
+  ServiceError,
+} from "../../client/v1/calendly-connect.js";
+
+/** The prefix the service is mounted under (its ROOT_PATH; "" at the root). */
+function basePath() {
+  const meta = document.querySelector('meta[name="cc-base-path"]');
+  const path = meta ? (meta.getAttribute("content") || "").trim() : "";
+  return path.replace(/\/+$/, "");
+}
+
+export const BASE_PATH = basePath();
+export const SERVICE_URL = location.origin + BASE_PATH;
 
 let currentToken = () => null;
-let renewToken = async () => false;
+let renewToken = async () => null;
+let popupListener = () => {};
 
 /**
- * `token()` answers the bearer token; `renew(refusedToken)` is called once on a 401 and answers
- * whether a fresh token is now available (the request is then retried once).
+ * `token()` answers the session's bearer token; `renew()` (after the service refused it)
+ * answers a fresh one, or null when the session is over.
  */
 export function configureApi({ token, renew }) {
   currentToken = token;
   renewToken = renew;
 }
 
-/** An error worth showing: a short title and a sentence saying what to do. */
-export class ApiError extends Error {
-  constructor(status, title, detail, problem = null) {
-    super(detail ? `${title}: ${detail}` : title);
-    this.name = "ApiError";
-    this.status = status;
-    this.title = title;
-    this.detail = detail;
-    this.problem = problem;
-  }
+/** `listener(popup)` is called whenever the client opens the Calendly window. */
+export function onPopupOpened(listener) {
+  popupListener = listener;
 }
 
-const FALLBACK = {
-  400: ["The request was not accepted", "Check what you entered and try again."],
-  401: ["Not signed in", "Your session has ended. Sign in again."],
-  403: ["Not allowed", "You are not allowed to do this."],
-  404: ["Not found", "This is not available here."],
-  409: ["Changed meanwhile", "Something changed in the meantime. Reload and try again."],
-  429: ["Too many requests", "Wait a moment and try again."],
-  500: ["Something went wrong", "The service had a problem. Try again in a moment."],
-  502: ["Calendly did not answer properly", "Try again in a moment."],
-  503: ["Service temporarily unavailable", "Try again in a moment."],
+// The client opens its popup through this window: the page learns when one is open.
+const popupWindow = {
+  open(...args) {
+    const popup = window.open(...args);
+    if (popup) {
+      popupListener(popup);
+    }
+    return popup;
+  },
+  addEventListener: (...args) => window.addEventListener(...args),
+  removeEventListener: (...args) => window.removeEventListener(...args),
 };
 
-function fallbackFor(status) {
-  if (FALLBACK[status]) {
-    return FALLBACK[status];
+/** The page's client: connect, reconnect, disconnect, status, meetings, live. */
+export const calendly = createCalendlyConnect({
+  url: SERVICE_URL,
+  getToken: ({ refresh }) => (refresh ? renewToken() : currentToken()),
+  window: popupWindow,
+});
+
+/**
+ * Is `token` accepted? Answers nothing, or throws the client's error (NotAuthenticatedError
+ * for a refused token). Any user may list meetings, none yet is an empty list: only a bad
+ * token is refused. (Not the connection: its 404 for a user who never connected is logged
+ * by browsers.)
+ */
+export async function checkToken(token) {
+  const probe = createCalendlyConnect({
+    url: SERVICE_URL,
+    getToken: ({ refresh }) => (refresh ? null : token),
+  });
+  const pages = probe.meetings({ limit: 1 });
+  try {
+    await pages.next();
+  } finally {
+    await pages.return();
   }
-  return status >= 500 ? FALLBACK[500] : ["The request failed", `The service answered ${status}.`];
 }
 
-function plain(value, limit = 400) {
-  if (typeof value !== "string") {
-    return null;
-  }
-  const trimmed = value.trim();
-  if (trimmed === "") {
-    return null;
-  }
-  return trimmed.length > limit ? `${trimmed.slice(0, limit - 1)}…` : trimmed;
+function problemText(value, limit) {
+  return typeof value === "string" && value.trim() !== "" ? value.trim().slice(0, limit) : null;
 }
 
-/** An ApiError from a problem object (from a response body or the OAuth popup's message). */
-export function problemError(status, body) {
-  const [fallbackTitle, fallbackDetail] = fallbackFor(status);
-  const problem = body && typeof body === "object" ? body : {};
-  let detail = plain(problem.detail);
-  if (Array.isArray(problem.errors)) {
-    const messages = problem.errors
-      .map((item) => (item && typeof item === "object" ? plain(item.message, 160) : null))
-      .filter(Boolean);
-    if (messages.length > 0) {
-      detail = [detail, ...messages].filter(Boolean).join(" ");
-    }
+/**
+ * POST /api/dev/login (no token: it issues one). Answers `{status, body}` for a success and
+ * for 404/405 (this deployment has no dev login); throws the client's NetworkError, or a
+ * ServiceError with the service's problem details for any other answer.
+ */
+export async function devLoginRequest(userId) {
+  let response;
+  try {
+    response = await fetch(`${BASE_PATH}/api/dev/login`, {
+      method: "POST",
+      headers: { Accept: "application/json", "Content-Type": "application/json" },
+      body: JSON.stringify({ user_id: userId }),
+      credentials: "same-origin",
+      cache: "no-store",
+    });
+  } catch (cause) {
+    throw new NetworkError(undefined, {
+      title: "Can't reach the service",
+      detail: "Check your network connection, then try again.",
+      cause,
+    });
   }
-  const requestId = plain(problem.request_id, 128);
-  const error = new ApiError(
-    typeof problem.status === "number" ? problem.status : status,
-    plain(problem.title, 160) || fallbackTitle,
-    detail || fallbackDetail,
-    problem,
-  );
-  error.requestId = requestId;
-  return error;
-}
-
-async function errorFrom(response) {
-  const type = response.headers.get("content-type") || "";
   let body = null;
-  if (type.includes("json")) {
-    try {
-      body = await response.json();
-    } catch {
-      body = null;
-    }
+  try {
+    body = await response.json();
+  } catch {
+    body = null;
   }
-  return problemError(response.status, body);
+  if (response.ok) {
+    return { status: response.status, body };
+  }
+  const problem = body && typeof body === "object" ? body : null;
+  if (response.status === 404 || response.status === 405) {
+    return { status: response.status, body: problem };
+  }
+  const server = response.status >= 500;
+  throw new ServiceError(undefined, {
+    status: response.status,
+    problem,
+    requestId: problemText(problem && problem.request_id, 128),
+    title:
+      problemText(problem && problem.title, 160) ||
+      (server ? "Something went wrong" : "The request failed"),
+    detail:
+      problemText(problem && problem.detail, 400) ||
+      (server
+        ? "The service had a problem. Try again in a moment."
+        : `The service answered ${response.status}.`),
+  });
 }
 
 export function isAbort(error) {
   return error instanceof DOMException && error.name === "AbortError";
 }
 
-/**
- * Call the API. Answers the parsed JSON body; throws ApiError (status 0: no answer at all).
- * `auth: false` sends no token (the dev login itself); `token` overrides the session's.
- */
-export async function api(path, options = {}) {
-  const { method = "GET", body, auth = true, signal, token: explicitToken } = options;
-  const retry = options.retry !== false && explicitToken === undefined;
-  const headers = { Accept: "application/json" };
-  if (body !== undefined) {
-    headers["Content-Type"] = "application/json";
-  }
-  const token = auth ? (explicitToken ?? currentToken()) : null;
-  if (token) {
-    headers.Authorization = `Bearer ${token}`;
-  }
-  let response;
-  try {
-    response = await fetch(path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      // The connect calls set the cookie that binds the OAuth round trip to this browser.
-      credentials: "same-origin",
-      cache: "no-store",
-      signal,
-    });
-  } catch (error) {
-    if (isAbort(error)) {
-      throw error;
-    }
-    throw new ApiError(
-      0,
-      "Can't reach the service",
-      "Check your network connection, then try again.",
-    );
-  }
-  if (response.status === 401 && auth && retry && (await renewToken(token))) {
-    return api(path, { ...options, retry: false });
-  }
-  if (!response.ok) {
-    throw await errorFrom(response);
-  }
-  if (response.status === 204) {
-    return null;
-  }
-  try {
-    return await response.json();
-  } catch {
-    throw new ApiError(response.status, "Unexpected answer", "The service sent something unreadable.");
-  }
-}
-
-/** `{title, detail}` for any error, worded for people. */
+/** `{title, detail, requestId}` for any error, worded for people. */
 export function describe(error) {
-  if (error instanceof ApiError) {
+  if (error instanceof CalendlyConnectError) {
     return { title: error.title, detail: error.detail, requestId: error.requestId || null };
+  }
+  if (error && typeof error === "object" && typeof error.title === "string") {
+    // A message of the page's own ({title, detail}).
+    return { title: error.title, detail: error.detail || null, requestId: null };
   }
   return {
     title: "Something went wrong",

@@ -4,8 +4,7 @@ import { configureApi } from "./api.js";
 import { renderCalendar } from "./calendar.js";
 import { flow } from "./connect-flow.js";
 import { h } from "./dom.js";
-import { formatDay, formatTime, parseDate } from "./format.js";
-import { LiveClient } from "./live.js";
+import { liveIsOpen, startLive, stopLive } from "./live.js";
 import { renderMeetings } from "./meetings.js";
 import { clearSession, loadSession, saveSession } from "./session.js";
 import { devLogin, devLoginAvailable, renderSignIn } from "./signin.js";
@@ -14,8 +13,6 @@ import { spinner } from "./ui.js";
 
 const DEFAULT_HASH = "#/settings/calendar";
 const MEETINGS_HASH = "#/meetings";
-// How long the live stream may take to say the connection before the page asks for it.
-const LIVE_CONNECTION_WAIT_MS = 5000;
 const APP_NAME = "Calendly Connect";
 const TITLES = { calendar: "Calendar settings", meetings: "Meetings", signin: "Sign in" };
 
@@ -28,9 +25,6 @@ const els = {
   accountAvatar: $("account-avatar"),
   accountDemo: $("account-demo"),
   signOut: $("sign-out"),
-  live: $("live-indicator"),
-  liveText: $("live-text"),
-  announcer: $("announcer"),
   calendarAlert: $("nav-calendar-alert"),
   skip: $("skip-link"),
 };
@@ -39,24 +33,23 @@ const app = {
   session: loadSession(),
   devLogin: null, // true | false once known
   view: null, // {name, cleanup, focus?}
-  live: null,
   renewing: null,
-  rendered: false,
-  connectionFallback: null, // timer: ask for the connection if the live stream does not say it
   landingFocus: false,
 };
 
 // ------------------------------------------------------------------ session
+// The client asks for the token with every request, and for a fresh one (`renew`) after the
+// service refused it or the live stream said it expired.
 configureApi({ token: () => (app.session ? app.session.token : null), renew: renewSession });
 
-/** A 401: a dev session gets a fresh token for the same user; a pasted token ends the session. */
-function renewSession(refusedToken) {
+/**
+ * The token was refused or expired: a dev session gets a fresh token for the same user (the
+ * answer); a pasted token ends the session (null).
+ */
+function renewSession() {
   const session = app.session;
   if (!session) {
-    return Promise.resolve(false);
-  }
-  if (refusedToken !== undefined && refusedToken !== null && session.token !== refusedToken) {
-    return Promise.resolve(true); // renewed meanwhile: retry with the current token
+    return Promise.resolve(null);
   }
   if (app.renewing) {
     return app.renewing;
@@ -68,7 +61,7 @@ function renewSession(refusedToken) {
         if (fresh && app.session === session) {
           app.session = fresh;
           saveSession(fresh);
-          return true;
+          return fresh.token;
         }
       } catch {
         // fall through: sign out
@@ -81,7 +74,7 @@ function renewSession(refusedToken) {
         detail: "Sign in again to continue where you left off.",
       });
     }
-    return false;
+    return null;
   })().finally(() => {
     app.renewing = null;
   });
@@ -260,119 +253,11 @@ els.skip.addEventListener("click", (event) => {
   focusHeading();
 });
 
-// --------------------------------------------------------------------- live
-const LIVE_TEXT = {
-  connecting: "Connecting…",
-  live: "Live",
-  reconnecting: "Reconnecting…",
-  unavailable: "Live updates unavailable",
-  offline: "Offline",
-};
-
-function showLiveState(state) {
-  if (state === "unavailable" || state === "reconnecting" || state === "offline") {
-    readConnectionInstead(); // the stream did not say the connection: ask for it
-  }
-  const label = LIVE_TEXT[state];
-  els.live.hidden = !label;
-  els.live.dataset.state = state;
-  els.liveText.textContent = label || "";
-  els.live.title =
-    state === "live"
-      ? "New and changed meetings appear here as they happen."
-      : state === "unavailable"
-        ? "This deployment does not stream live updates; reload to see changes."
-        : "Live updates paused; trying again shortly.";
-}
-
-function announce(message) {
-  els.announcer.textContent = "";
-  requestAnimationFrame(() => {
-    els.announcer.textContent = message;
-  });
-}
-
-function describeChange(meeting, added) {
-  const name = typeof meeting.name === "string" && meeting.name ? meeting.name : "Meeting";
-  const start = parseDate(meeting.start_time);
-  const when = start ? ` on ${formatDay(start)} at ${formatTime(start)}` : "";
-  if (meeting.status === "canceled") {
-    return `Canceled: ${name}${when}.`;
-  }
-  return `${added ? "New meeting" : "Meeting updated"}: ${name}${when}.`;
-}
-
-function onLiveEvent(type, payload, { resync }) {
-  if (type === "ready") {
-    if (resync && meetings.status !== "idle") {
-      meetings.resync(); // it may have loaded before the stream began
-    }
-    return;
-  }
-  if (type === "meetings" && payload && Array.isArray(payload.meetings)) {
-    const known = new Set(meetings.byId.keys());
-    const changed = meetings.upsert(payload.meetings, { fresh: true });
-    if (changed.length > 0 && changed.length <= 3) {
-      announce(changed.map((m) => describeChange(m, !known.has(m.id))).join(" "));
-    } else if (changed.length > 3) {
-      announce(`${changed.length} meetings changed.`);
-    }
-    return;
-  }
-  if (type === "connection" && payload && "connection" in payload) {
-    connection.set(payload.connection);
-  }
-}
-
-/**
- * The live stream's first events say the connection (`{connection: null}` when never
- * connected): the page takes it from there rather than asking GET /api/calendly/connection,
- * whose 404 for a user who never connected every browser logs as an error.
- */
-function awaitConnection() {
-  connection.expect();
-  clearTimeout(app.connectionFallback);
-  app.connectionFallback = connection.awaiting
-    ? setTimeout(readConnectionInstead, LIVE_CONNECTION_WAIT_MS)
-    : null;
-}
-
-function readConnectionInstead() {
-  clearTimeout(app.connectionFallback);
-  app.connectionFallback = null;
-  if (app.session && connection.awaiting) {
-    connection.load().catch(() => {});
-  }
-}
-
-function startLive() {
-  stopLive();
-  awaitConnection();
-  app.live = new LiveClient({
-    token: () => (app.session ? app.session.token : null),
-    renew: () => renewSession(undefined),
-    onEvent: onLiveEvent,
-    onState: showLiveState,
-  });
-  app.live.start();
-}
-
-function stopLive() {
-  clearTimeout(app.connectionFallback);
-  app.connectionFallback = null;
-  if (app.live) {
-    app.live.stop();
-    app.live = null;
-  }
-  showLiveState("stopped");
-}
-
 // Back from the Calendly window (or another tab): the connection may have changed.
 let lastVisibleRefresh = 0;
 document.addEventListener("visibilitychange", () => {
   // A live stream says every change itself.
-  const live = app.live && app.live.state === "live";
-  if (document.visibilityState === "visible" && app.session && connection.loaded && !live) {
+  if (document.visibilityState === "visible" && app.session && connection.loaded && !liveIsOpen()) {
     const now = Date.now();
     if (now - lastVisibleRefresh > 5000) {
       lastVisibleRefresh = now;

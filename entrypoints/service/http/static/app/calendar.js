@@ -53,6 +53,16 @@ function button(label, { key, fallback, variant = "secondary", onClick, disabled
 }
 
 function reconnectButton(key, variant = "secondary") {
+  if (flow.blocked && !flow.pending) {
+    // The browser blocked the reconnect's popup: this click opens it (error.continue()).
+    // Same focus key as the Reconnect it replaces: focus stays on it.
+    return button("Continue to Calendly", {
+      key,
+      variant: "primary",
+      disabled: flow.busy === "disconnect",
+      onClick: () => flow.continueInPopup(),
+    });
+  }
   const busy = flow.busy === "reconnect";
   return button(busy ? "Reconnecting…" : "Reconnect", {
     key,
@@ -201,7 +211,7 @@ function connectBody(value) {
       ? h("p", { class: "muted" }, `Previously connected as ${previously}. Your meeting history is kept.`)
       : null,
   ];
-  if (flow.continueUrl && !pending) {
+  if (flow.blocked && !pending) {
     content.push(
       h(
         "div",
@@ -216,7 +226,7 @@ function connectBody(value) {
       h(
         "div",
         { class: "card-actions" },
-        button(pending.phase === "starting" ? "Opening Calendly…" : "Waiting for Calendly…", {
+        button("Waiting for Calendly…", {
           key: "connect",
           variant: "primary",
           busy: true,

@@ -1,19 +1,16 @@
-// Connecting Calendly in a popup: the page never navigates away.
+// Connecting Calendly in a popup, through the client (calendly.connect / reconnect /
+// disconnect): the page never navigates away. The client opens the popup inside the click,
+// checks its message, completes a hand-off and notices a closed popup; this file keeps what
+// the Calendar card shows (pending, busy, the message) and words the outcome.
 //
-// The popup is opened synchronously inside the click handler (popup blockers allow that), then
-// pointed at Calendly once the service answered. The outcome arrives as a postMessage from the
-// callback page; polling the connection every 2 s covers a lost message (or an opener link the
-// browser severed), and the connection is read again when the popup closes.
+// While a popup is open the live stream may say first that the connection is made (the
+// service finished the round trip by itself, and the popup's message is lost or slower): the
+// flow then ends as a success, and the client's wait is canceled (its popup closes).
 
-import { api, problemError } from "./api.js";
-import { safeExternalUrl, text } from "./dom.js";
+import { calendly, isAbort, onPopupOpened } from "./api.js";
+import { text } from "./dom.js";
 import { explain } from "./messages.js";
 import { connection } from "./state.js";
-
-const POPUP_NAME = "calendly-connect";
-const POPUP_FEATURES = "popup,width=560,height=760";
-const POLL_MS = 2000;
-const MESSAGE_TYPE = "calendly-connect";
 
 function snapshot(value) {
   return value
@@ -25,6 +22,7 @@ function snapshot(value) {
     : null;
 }
 
+/** Does the connection `after` show a connect finished since `before` (a snapshot)? */
 function succeeded(before, after) {
   if (!after || after.status !== "active") {
     return false;
@@ -37,25 +35,19 @@ function succeeded(before, after) {
   );
 }
 
-function blockedMessage() {
-  return {
-    tone: "error",
-    title: "The Calendly window was blocked",
-    detail: "Your browser blocked the pop-up. Allow pop-ups for this site, then try again.",
-  };
-}
-
 class ConnectFlow {
   constructor() {
     this.listeners = new Set();
-    this.pending = null; // {popup, before, phase: "starting" | "waiting"}
-    this.busy = null; // "reconnect" | "disconnect" while such a request runs
-    this.continueUrl = null; // an authorization URL waiting for a click (popup was blocked)
+    // The connect or reconnect in progress: {kind, controller, before, popup, snapshot}.
+    this.pending = null;
+    this.busy = null; // "reconnect" (until its popup opens) | "disconnect" while such a request runs
+    // A reconnect whose popup the browser blocked: {error: PopupBlockedError, before}, until a
+    // click on "Continue to Calendly" calls error.continue().
+    this.blocked = null;
     this.message = null; // {id, tone, title, detail}
-    this.timer = null;
-    this.polling = false;
+    this.generation = 0; // a signed-out session's answers are not shown to the next one
     this.nextId = 1;
-    window.addEventListener("message", (event) => this.onMessage(event));
+    onPopupOpened((popup) => this.popupOpened(popup));
     connection.subscribe(() => this.onConnection());
   }
 
@@ -75,268 +67,224 @@ class ConnectFlow {
     this.emit();
   }
 
+  /** Signed out: whatever is in progress is dropped (its popup closes). */
   reset() {
-    this.stopWaiting();
+    this.generation += 1;
+    const pending = this.pending;
+    this.pending = null;
+    if (pending) {
+      pending.controller.abort();
+    }
     this.busy = null;
-    this.continueUrl = null;
+    this.blocked = null;
     this.message = null;
     this.emit();
   }
 
   // ------------------------------------------------------------------ starting
-  /** Connect: call from the click handler itself. */
+  /** Connect: call from the click handler itself (the client opens the popup at once). */
   connect() {
     if (this.focusPending()) {
       return;
     }
-    const popup = window.open("", POPUP_NAME, POPUP_FEATURES);
-    if (!popup) {
-      this.setMessage(blockedMessage());
-      return;
-    }
-    this.prepare(popup);
-    this.begin(popup, "starting");
+    const pending = this.begin("connect", connection.value);
     this.message = null;
+    this.follow(pending, calendly.connect({ signal: pending.controller.signal }));
     this.emit();
-    api("/api/calendly/connect", { method: "POST" })
-      .then((started) => {
-        const url = safeExternalUrl(started && started.authorization_url);
-        if (!url) {
-          throw problemError(502, {
-            title: "Connecting could not start",
-            detail: "The service answered without a Calendly address. Try again.",
-          });
-        }
-        if (!this.pending || this.pending.popup !== popup) {
-          return; // canceled meanwhile
-        }
-        popup.location.href = url;
-        this.pending.phase = "waiting";
-        this.emit();
-      })
-      .catch((error) => {
-        if (this.pending && this.pending.popup === popup) {
-          this.stopWaiting({ close: true });
-          this.setMessage({ tone: "error", ...explain(error) });
-        }
-      });
   }
 
   /** Reconnect with the stored grant; only when Calendly refuses it, approve in a popup. */
-  async reconnect() {
+  reconnect() {
     if (this.focusPending() || this.busy) {
       return;
     }
+    const pending = this.begin("reconnect", connection.value);
     this.busy = "reconnect";
-    this.continueUrl = null;
     this.message = null;
+    this.follow(pending, calendly.reconnect({ signal: pending.controller.signal }));
     this.emit();
-    const before = connection.value;
-    try {
-      const result = await api("/api/calendly/reconnect", { method: "POST" });
-      if (result && result.outcome === "reconnected") {
-        connection.set(result.connection || null);
-        this.setMessage(reconnectedMessage(result.connection, before));
-        return;
-      }
-      const url = safeExternalUrl(result && result.authorization_url);
-      if (!url) {
-        throw problemError(502, {
-          title: "Reconnecting could not start",
-          detail: "The service answered without a Calendly address. Try again.",
-        });
-      }
-      // Browsers usually still count this as part of the click; if not, ask for one more.
-      const popup = window.open(url, POPUP_NAME, POPUP_FEATURES);
-      if (popup) {
-        this.begin(popup, "waiting");
-      } else {
-        this.continueUrl = url;
-        this.setMessage({
-          tone: "info",
-          title: "Calendly needs your approval again",
-          detail: "Continue to Calendly to approve access; a Calendly window opens.",
-        });
-      }
-    } catch (error) {
-      this.setMessage({ tone: "error", ...explain(error) });
-    } finally {
-      this.busy = null;
-      this.emit();
-    }
   }
 
   /** After a blocked popup: the click on "Continue to Calendly" opens it. */
   continueInPopup() {
-    const url = this.continueUrl;
-    if (!url || this.focusPending()) {
+    const blocked = this.blocked;
+    if (!blocked || this.focusPending()) {
       return;
     }
-    const popup = window.open(url, POPUP_NAME, POPUP_FEATURES);
-    if (!popup) {
-      this.setMessage(blockedMessage());
-      return;
-    }
-    this.continueUrl = null;
+    this.blocked = null;
     this.message = null;
-    this.begin(popup, "waiting");
+    const pending = this.begin("reconnect", blocked.before);
+    this.busy = "reconnect";
+    this.follow(pending, blocked.error.continue({ signal: pending.controller.signal }), {
+      continued: true,
+    });
+    this.emit();
   }
 
   async disconnect() {
-    if (this.busy) {
+    if (this.busy || this.pending) {
       return;
     }
+    const generation = this.generation;
     this.busy = "disconnect";
     this.message = null;
     this.emit();
     try {
-      const result = await api("/api/calendly/connection", { method: "DELETE" });
-      connection.set((result && result.connection) || null);
+      const result = await calendly.disconnect();
+      if (generation !== this.generation) {
+        return;
+      }
+      connection.set(result.connection || null);
       const details = ["Meetings you already received stay in your list."];
-      if (result && result.revoke_failed) {
+      if (result.revoke_failed) {
         details.push(
           "Calendly could not be told to revoke access, but this app no longer keeps any key to your Calendly account.",
         );
       }
       this.setMessage({ tone: "success", title: "Calendly disconnected", detail: details.join(" ") });
     } catch (error) {
-      this.setMessage({ tone: "error", ...explain(error) });
+      if (generation === this.generation) {
+        this.setMessage(explain(error));
+      }
     } finally {
-      this.busy = null;
-      this.emit();
+      if (generation === this.generation) {
+        this.busy = null;
+        this.emit();
+      }
     }
   }
 
   cancel() {
-    this.stopWaiting({ close: true });
+    const pending = this.pending;
+    if (!pending) {
+      return;
+    }
+    this.finish(pending);
+    pending.controller.abort(); // the client closes its popup
     this.setMessage({ tone: "info", title: "Connecting canceled", detail: "Nothing was changed." });
   }
 
+  /** A popup is waiting: bring it to the front (answers true), else false. */
   focusPending() {
-    if (!this.pending) {
+    const pending = this.pending;
+    if (!pending) {
       return false;
     }
-    if (this.pending.popup.closed) {
-      this.stopWaiting();
-      return false;
-    }
-    try {
-      this.pending.popup.focus();
-    } catch {
-      // nothing to do: the window is still there
+    if (pending.popup) {
+      try {
+        if (pending.popup.closed) {
+          return true; // the client notices it within a moment and ends the flow
+        }
+        pending.popup.focus();
+      } catch {
+        // nothing to do: the window is still there
+      }
     }
     return true;
   }
 
-  // ----------------------------------------------------------------- waiting
-  prepare(popup) {
-    try {
-      // Still about:blank, and ours: say what is happening while the service answers.
-      popup.document.title = "Connecting to Calendly…";
-      popup.document.body.textContent = "Opening Calendly…";
-    } catch {
-      // A window of that name already showing another page: it is navigated in a moment.
-    }
+  // ------------------------------------------------------------------ waiting
+  begin(kind, before) {
+    const pending = {
+      kind,
+      controller: new AbortController(),
+      before, // the connection as it was: what a reconnect's outcome is worded against
+      popup: null, // the Calendly window, once the client opened it
+      snapshot: null, // the connection when it opened (what a success must differ from)
+    };
+    this.pending = pending;
+    this.blocked = null;
+    return pending;
   }
 
-  begin(popup, phase) {
-    this.stopWaiting();
-    this.pending = { popup, phase, before: snapshot(connection.value) };
-    this.timer = setInterval(() => this.tick(), POLL_MS);
-    this.emit();
-  }
-
-  stopWaiting({ close = false } = {}) {
-    if (this.timer !== null) {
-      clearInterval(this.timer);
-      this.timer = null;
-    }
-    if (this.pending && close) {
-      try {
-        this.pending.popup.close();
-      } catch {
-        // already gone
+  /** The client opened the Calendly window for the flow in progress. */
+  popupOpened(popup) {
+    if (this.pending && !this.pending.popup) {
+      this.pending.popup = popup;
+      // Not at the click: a reconnect's own request may have changed the connection since.
+      this.pending.snapshot = snapshot(connection.value);
+      if (this.busy === "reconnect") {
+        this.busy = null; // from here the card shows the pending popup, as for connect
       }
-    }
-    const had = this.pending !== null;
-    this.pending = null;
-    if (had) {
       this.emit();
     }
   }
 
-  async tick() {
-    const pending = this.pending;
-    if (!pending || this.polling) {
-      return;
+  finish(pending) {
+    if (this.pending === pending) {
+      this.pending = null;
     }
-    const closed = pending.popup.closed;
-    this.polling = true;
-    try {
-      await connection.load({ quiet: true }); // success is noticed in onConnection
-    } catch {
-      // A failed poll is retried on the next tick.
-    } finally {
-      this.polling = false;
+    if (this.busy === "reconnect") {
+      this.busy = null;
     }
-    if (closed && this.pending === pending) {
-      // Closed, and neither the message nor the connection says it worked.
-      this.stopWaiting();
-      this.setMessage({
-        tone: "info",
-        title: "Calendly was not connected",
-        detail: "The Calendly window was closed before connecting finished.",
-      });
-    }
+    this.emit();
   }
 
+  follow(pending, promise, { continued = false } = {}) {
+    promise.then(
+      (result) => {
+        if (this.pending !== pending) {
+          return; // canceled, signed out, or already ended by the live stream
+        }
+        this.finish(pending);
+        connection.set(result.connection);
+        this.setMessage(
+          pending.popup
+            ? connectedMessage(result.connection, pending.before)
+            : reconnectedMessage(result.connection, pending.before),
+        );
+      },
+      (error) => {
+        if (this.pending !== pending) {
+          return;
+        }
+        this.finish(pending);
+        if (isAbort(error)) {
+          return;
+        }
+        if (error && error.code === "popup_blocked" && pending.kind === "reconnect") {
+          // The popup opened after the service's answer, so the browser may no longer count
+          // the click: one more click ("Continue to Calendly") opens it.
+          this.blocked = { error, before: pending.before };
+          this.setMessage(
+            continued
+              ? { tone: "error", ...blockedWording }
+              : { tone: "info", title: error.title, detail: error.detail },
+          );
+          return;
+        }
+        this.setMessage(explain(error));
+      },
+    );
+  }
+
+  /** The live stream (or a status read) says the connection: a waiting popup may be done. */
   onConnection() {
-    if (this.pending && succeeded(this.pending.before, connection.value)) {
-      this.succeed(connection.value);
+    const pending = this.pending;
+    if (pending && pending.popup && succeeded(pending.snapshot, connection.value)) {
+      this.finish(pending);
+      pending.controller.abort(); // its window may still show Calendly's last page
+      this.setMessage(connectedMessage(connection.value, pending.before));
     }
   }
+}
 
-  onMessage(event) {
-    if (event.origin !== window.location.origin) {
-      return;
-    }
-    const data = event.data;
-    if (!data || typeof data !== "object" || data.type !== MESSAGE_TYPE) {
-      return;
-    }
-    if (data.ok === true && data.connection && typeof data.connection === "object") {
-      connection.set(data.connection); // may already finish the flow through onConnection
-      if (this.pending) {
-        this.succeed(data.connection);
-      }
-      return;
-    }
-    if (data.ok === false) {
-      this.stopWaiting();
-      const error = problemError(
-        data.error && typeof data.error.status === "number" ? data.error.status : 400,
-        data.error,
-      );
-      this.setMessage({ tone: "error", ...explain(error) });
-      connection.load({ quiet: true }).catch(() => {});
-    }
-  }
+const blockedWording = {
+  title: "The Calendly window was blocked",
+  detail: "Your browser blocked the pop-up. Allow pop-ups for this site, then try again.",
+};
 
-  succeed(value) {
-    const before = this.pending ? this.pending.before : null;
-    const again = Boolean(before && before.status !== "disconnected");
-    // Noticed by polling: the window may still show Calendly's last page. Its job is done.
-    this.stopWaiting({ close: true });
-    this.continueUrl = null;
-    const who = text(value && value.email) || text(value && value.name);
-    this.setMessage({
-      tone: "success",
-      title: again ? "Calendly reconnected" : "Calendly connected",
-      detail: who
-        ? `Connected as ${who}. New meetings will appear under Meetings.`
-        : "New meetings will appear under Meetings.",
-    });
-  }
+/** After approving in the Calendly window. */
+function connectedMessage(value, before) {
+  const again = Boolean(before && before.status !== "disconnected");
+  const who = text(value && value.email) || text(value && value.name);
+  return {
+    tone: "success",
+    title: again ? "Calendly reconnected" : "Calendly connected",
+    detail: who
+      ? `Connected as ${who}. New meetings will appear under Meetings.`
+      : "New meetings will appear under Meetings.",
+  };
 }
 
 /** Was anything wrong with the connection (what the Calendar card warns about)? */

@@ -441,7 +441,7 @@ export function renderMeetings(main, { focusMeeting = null } = {}) {
       sections.upcoming.update(
         upcoming,
         ready ? "Nothing scheduled. New bookings will show up here." : "Loading…",
-        meetings.upcoming.cursor ? loadMoreButton("Load more", "more-upcoming", meetings.upcoming, () => meetings.loadMoreUpcoming().then(() => keepFocusIn(upcomingList))) : null,
+        meetings.upcoming.more ? loadMoreButton("Load more", "more-upcoming", meetings.upcoming, () => meetings.loadMoreUpcoming().then(() => keepFocusIn(upcomingList))) : null,
         // Canceled ones stay listed (marked canceled) but are not coming up: not counted.
         groups.upcoming.filter((m) => m.status !== "canceled").length,
       );

@@ -1,25 +1,26 @@
 // Signing in: demo users through the dev login when the deployment has it, else a bearer token.
 
-import { api, ApiError, describe } from "./api.js";
+import { ServiceError } from "../../client/v1/calendly-connect.js";
+import { checkToken, describe, devLoginRequest } from "./api.js";
 import { h, icon, ICONS, replaceChildren } from "./dom.js";
 import { forgetUser, recentUsers, rememberUser, tokenSubject, USER_ID_PATTERN } from "./session.js";
 import { messageBox, setMessage, spinner } from "./ui.js";
 
 /** POST /api/dev/login; answers the session, or null when the deployment has no dev login. */
 export async function devLogin(userId) {
-  try {
-    const body = await api("/api/dev/login", { method: "POST", body: { user_id: userId }, auth: false });
-    const token = body && (body.access_token || body.token);
-    if (typeof token !== "string" || token === "") {
-      throw new ApiError(502, "Unexpected answer", "The sign-in answer had no token.");
-    }
-    return { token, userId, source: "dev" };
-  } catch (error) {
-    if (error instanceof ApiError && (error.status === 404 || error.status === 405)) {
-      return null;
-    }
-    throw error;
+  const { status, body } = await devLoginRequest(userId);
+  if (status === 404 || status === 405) {
+    return null;
   }
+  const token = body && (body.access_token || body.token);
+  if (typeof token !== "string" || token === "") {
+    throw new ServiceError(undefined, {
+      status,
+      title: "Unexpected answer",
+      detail: "The sign-in answer had no token.",
+    });
+  }
+  return { token, userId, source: "dev" };
 }
 
 /** Is the dev login there? The page says so when it was served by the service. */
@@ -31,10 +32,10 @@ export async function devLoginAvailable() {
   }
   try {
     // An invalid id: 400 when the route exists, 404 when it does not; no token is issued.
-    await api("/api/dev/login", { method: "POST", body: { user_id: "" }, auth: false });
-    return true;
-  } catch (error) {
-    return !(error instanceof ApiError && (error.status === 404 || error.status === 405));
+    const { status } = await devLoginRequest("");
+    return !(status === 404 || status === 405);
+  } catch {
+    return true; // refused (400) or unanswered: the route is there, or may be
   }
 }
 
@@ -143,20 +144,21 @@ export function renderSignIn(main, { devLogin: devEnabled, notice, onSignedIn })
     clearMessages();
     const token = normalizeToken(raw);
     if (!token) {
-      showError(new ApiError(400, "Paste a token first", "The token field is empty."));
+      showError({ title: "Paste a token first", detail: "The token field is empty." });
       return;
     }
     setBusy(button, "Checking…");
     try {
-      // Any user may list meetings (none yet is an empty list): only a bad token is refused.
-      // Not the connection: its 404 for a user who never connected is logged by browsers.
-      await api("/api/meetings?limit=1", { token, retry: false });
+      await checkToken(token);
       onSignedIn({ token, userId: tokenSubject(token) || "token user", source: "token" });
     } catch (error) {
       clearBusy();
       button.replaceChildren("Sign in");
-      if (error instanceof ApiError && error.status === 401) {
-        showError(new ApiError(401, "This token was not accepted", "It may have expired, or it was issued for another app. Get a fresh token and try again."));
+      if (error && error.code === "not_authenticated") {
+        showError({
+          title: "This token was not accepted",
+          detail: "It may have expired, or it was issued for another app. Get a fresh token and try again.",
+        });
       } else {
         showError(error);
       }

@@ -1,6 +1,6 @@
 // What the page knows: the user's Calendly connection and meetings, shared by the views.
 
-import { api, ApiError, isAbort } from "./api.js";
+import { calendly, isAbort } from "./api.js";
 import { parseDate } from "./format.js";
 
 const DAY = 24 * 3600 * 1000;
@@ -29,7 +29,7 @@ class Emitter {
 
 /**
  * The user's Calendly connection: `value` is the connection, or null when never connected.
- * It comes from the live stream (its first event says it) or GET /api/calendly/connection.
+ * It comes from the live stream (its first event says it) or the client's status().
  */
 export class ConnectionModel extends Emitter {
   constructor() {
@@ -83,7 +83,7 @@ export class ConnectionModel extends Emitter {
       this.emit({});
     }
     try {
-      const value = await api("/api/calendly/connection");
+      const value = await calendly.status(); // null: never connected
       if (generation === this.generation) {
         this.loading = false;
         this.set(value);
@@ -94,10 +94,6 @@ export class ConnectionModel extends Emitter {
         return null;
       }
       this.loading = false;
-      if (error instanceof ApiError && error.status === 404) {
-        this.set(null);
-        return null;
-      }
       if (!quiet) {
         this.error = error;
         this.emit({});
@@ -116,9 +112,28 @@ function isMeeting(value) {
   return Boolean(value && typeof value === "object" && typeof value.id === "string" && value.id);
 }
 
+/** The first page of the client's meetings(filters): `{meetings, more}`. */
+async function firstPage(filters) {
+  const pages = calendly.meetings(filters);
+  try {
+    const { value } = await pages.next();
+    return { meetings: value ? value.meetings : [], more: Boolean(value && value.nextCursor) };
+  } finally {
+    pages.return().catch(() => {});
+  }
+}
+
+/** Ends a meetings() iteration that is not read to its end. */
+function close(pages) {
+  if (pages) {
+    pages.return().catch(() => {});
+  }
+}
+
 /**
- * The meetings loaded so far, by id. Upcoming ones page forward from `anchor` with
- * `next_cursor`; past ones are read in windows going back in time, so the newest come first.
+ * The meetings loaded so far, by id. Upcoming ones page forward from `anchor` (the client's
+ * meetings() iteration, one page per "Load more"); past ones are read in windows going back
+ * in time, so the newest come first.
  */
 export class MeetingsModel extends Emitter {
   constructor() {
@@ -127,12 +142,14 @@ export class MeetingsModel extends Emitter {
   }
 
   reset() {
+    close(this.upcoming && this.upcoming.pages);
     this.byId = new Map();
     this.fresh = new Map();
     this.status = "idle"; // idle | loading | ready | error
     this.error = null;
     this.anchor = null;
-    this.upcoming = { cursor: null, loading: false, error: null };
+    // `pages`: the upcoming iteration, `read` pages into it; `more`: a next page exists.
+    this.upcoming = { pages: null, read: 0, more: false, loading: false, error: null };
     this.past = { from: null, earliest: null, hasEarlier: false, loading: false, error: null };
     this.pendingResync = false;
     this.generation = (this.generation || 0) + 1;
@@ -177,12 +194,9 @@ export class MeetingsModel extends Emitter {
     return true;
   }
 
-  async page(params) {
-    const query = new URLSearchParams(params);
-    const body = await api(`/api/meetings?${query}`);
-    const meetings = body && Array.isArray(body.meetings) ? body.meetings : [];
-    const next = body && typeof body.next_cursor === "string" ? body.next_cursor : null;
-    return { meetings, next };
+  /** The upcoming meetings from `anchor`, page by page. */
+  upcomingPages(anchor) {
+    return calendly.meetings({ startsAfter: anchor, limit: UPCOMING_PAGE });
   }
 
   async load() {
@@ -190,19 +204,29 @@ export class MeetingsModel extends Emitter {
     this.status = "loading";
     this.error = null;
     this.emit({});
+    let pages = null;
     try {
       const anchor = new Date();
       const from = new Date(anchor.getTime() - FIRST_PAST_WINDOW);
-      const [upcoming] = await Promise.all([
-        this.page({ starts_after: anchor.toISOString(), limit: String(UPCOMING_PAGE) }),
+      pages = this.upcomingPages(anchor);
+      const [first] = await Promise.all([
+        pages.next(),
         this.readPastWindow(from, anchor, generation),
       ]);
       if (generation !== this.generation) {
+        close(pages);
         return;
       }
       this.anchor = anchor;
-      this.upsert(upcoming.meetings);
-      this.upcoming.cursor = upcoming.next;
+      this.upsert(first.value ? first.value.meetings : []);
+      const more = Boolean(first.value && first.value.nextCursor);
+      close(this.upcoming.pages);
+      this.upcoming.pages = more ? pages : null;
+      this.upcoming.read = 1;
+      this.upcoming.more = more;
+      if (!more) {
+        close(pages);
+      }
       this.past.from = from;
       await this.probeEarlier(generation);
       this.status = "ready";
@@ -212,6 +236,7 @@ export class MeetingsModel extends Emitter {
         await this.resync();
       }
     } catch (error) {
+      close(pages);
       if (generation !== this.generation || isAbort(error)) {
         return;
       }
@@ -231,10 +256,7 @@ export class MeetingsModel extends Emitter {
     }
     const generation = this.generation;
     try {
-      const upcoming = await this.page({
-        starts_after: this.anchor.toISOString(),
-        limit: String(UPCOMING_PAGE),
-      });
+      const upcoming = await firstPage({ startsAfter: this.anchor, limit: UPCOMING_PAGE });
       if (generation !== this.generation) {
         return;
       }
@@ -245,39 +267,28 @@ export class MeetingsModel extends Emitter {
     }
   }
 
-  /** Every meeting in [from, to); answers how many there were. */
+  /** Every meeting in [from, to) (at most MAX_PAGES_PER_WINDOW pages); answers how many. */
   async readPastWindow(from, to, generation) {
-    let cursor = null;
     let count = 0;
-    for (let pages = 0; pages < MAX_PAGES_PER_WINDOW; pages += 1) {
-      const params = {
-        starts_after: from.toISOString(),
-        starts_before: to.toISOString(),
-        limit: String(PAST_PAGE),
-      };
-      if (cursor) {
-        params.cursor = cursor;
-      }
-      const { meetings, next } = await this.page(params);
+    let read = 0;
+    // Leaving the loop early (return, break, an error) ends the client's iteration.
+    for await (const page of calendly.meetings({ startsAfter: from, startsBefore: to, limit: PAST_PAGE })) {
       if (generation !== this.generation) {
         return 0;
       }
-      this.upsert(meetings);
-      count += meetings.length;
-      if (!next) {
-        return count;
+      this.upsert(page.meetings);
+      count += page.meetings.length;
+      read += 1;
+      if (read >= MAX_PAGES_PER_WINDOW) {
+        break;
       }
-      cursor = next;
     }
     return count;
   }
 
   /** Is anything older than the loaded past window? Remembers the oldest start if so. */
   async probeEarlier(generation) {
-    const { meetings } = await this.page({
-      starts_before: this.past.from.toISOString(),
-      limit: "1",
-    });
+    const { meetings } = await firstPage({ startsBefore: this.past.from, limit: 1 });
     if (generation !== this.generation) {
       return;
     }
@@ -287,27 +298,48 @@ export class MeetingsModel extends Emitter {
   }
 
   async loadMoreUpcoming() {
-    if (!this.upcoming.cursor || this.upcoming.loading) {
+    const upcoming = this.upcoming;
+    if (!upcoming.more || upcoming.loading) {
       return;
     }
     const generation = this.generation;
-    this.upcoming.loading = true;
-    this.upcoming.error = null;
+    upcoming.loading = true;
+    upcoming.error = null;
     this.emit({});
     try {
-      const { meetings, next } = await this.page({
-        starts_after: this.anchor.toISOString(),
-        limit: String(UPCOMING_PAGE),
-        cursor: this.upcoming.cursor,
-      });
+      if (!upcoming.pages) {
+        // A failed page ended the iteration: read again from the start up to where it was.
+        upcoming.pages = this.upcomingPages(this.anchor);
+        for (let page = 0; page < upcoming.read; page += 1) {
+          const { value, done } = await upcoming.pages.next();
+          if (generation !== this.generation) {
+            return;
+          }
+          if (done) {
+            upcoming.pages = null;
+            upcoming.more = false;
+            return;
+          }
+          this.upsert(value.meetings);
+        }
+      }
+      const { value, done } = await upcoming.pages.next();
       if (generation !== this.generation) {
         return;
       }
-      this.upcoming.cursor = next;
-      this.upsert(meetings);
+      upcoming.read += done ? 0 : 1;
+      upcoming.more = Boolean(!done && value.nextCursor);
+      if (!upcoming.more) {
+        close(upcoming.pages);
+        upcoming.pages = null;
+      }
+      if (!done) {
+        this.upsert(value.meetings);
+      }
     } catch (error) {
       if (generation === this.generation) {
-        this.upcoming.error = error;
+        upcoming.pages = null; // the iteration ended with its error
+        upcoming.error = error;
       }
     } finally {
       if (generation === this.generation) {
