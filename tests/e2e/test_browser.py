@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-from tests.support.browser import CHROMIUM_FLAGS, chromium
+from tests.support.browser import approve_as_a_new_calendly_user, book_in_the_sandbox
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
@@ -68,25 +68,23 @@ def stack() -> Iterator[dict[str, str]]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def test_connect_in_the_popup_and_see_a_booking_arrive_live(stack: dict[str, str]) -> None:
+def test_connect_in_the_popup_and_see_a_booking_arrive_live(
+    stack: dict[str, str], browser: Browser
+) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium(), headless=True, args=CHROMIUM_FLAGS
-        )
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            page = context.new_page()
-            # Chrome logs every failed request and every uncaught error: a new user's whole
-            # journey (connect, book, disconnect) must not leave one in the console.
-            errors: list[str] = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            requests: list[str] = []
-            page.on("request", lambda request: requests.append(request.url))
-            run_through(page, stack["url"], stack["sandbox"])
-        finally:
-            browser.close()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    # Chrome logs every failed request and every uncaught error: a new user's whole
+    # journey (connect, book, disconnect) must not leave one in the console.
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    try:
+        run_through(page, stack["url"], stack["sandbox"])
+    finally:
+        context.close()
 
     assert errors == []
     # The page loads the client the service serves, and its calls go through it.
@@ -106,29 +104,20 @@ def run_through(page: Page, url: str, sandbox: str) -> None:
     page.goto(f"{url}/#/settings/calendar")
     with page.expect_popup() as popup_info:
         page.get_by_role("button", name="Connect with Calendly").click()
-    popup = popup_info.value
-    popup.wait_for_load_state()
-    expect(popup.get_by_text("Allow access to your Calendly account?")).to_be_visible()
-    popup.get_by_label("A new Calendly user").check()
-    popup.get_by_label("Name").fill("Ada Host")
-    popup.get_by_label("Email").fill("ada@example.com")
-    # Listen before clicking: the popup may close faster than a later wait could start.
-    with popup.expect_event("close", timeout=15_000):
-        popup.get_by_role("button", name="Approve").click()
+    approve_as_a_new_calendly_user(popup_info.value, name="Ada Host", email="ada@example.com")
     expect(page.get_by_text("Calendly connected")).to_be_visible(timeout=10_000)
     expect(page.get_by_text("ada@example.com").first).to_be_visible()
 
     page.goto(f"{url}/#/meetings")
     expect(page.get_by_text("Live", exact=True)).to_be_visible(timeout=10_000)
-    booking = page.context.new_page()
-    booking.goto(f"{sandbox}/_sandbox/")
-    booking.get_by_role("link", name="Ada Host").first.click()
-    booking.get_by_label("Invitee name").fill("Grace Guest")
-    booking.get_by_label("Invitee email").fill("grace@example.org")
-    booking.get_by_label("Event name").fill("Roadmap chat")
-    booking.get_by_role("button", name="Schedule event").click()
-    expect(booking.get_by_role("status").first).to_contain_text("delivered", timeout=10_000)
-    booking.close()
+    book_in_the_sandbox(
+        page.context,
+        sandbox,
+        host="Ada Host",
+        invitee="Grace Guest",
+        email="grace@example.org",
+        event="Roadmap chat",
+    )
 
     # No reload: the meeting appears on the open page through the live stream.
     expect(page.get_by_text("Roadmap chat").first).to_be_visible(timeout=5_000)
@@ -147,36 +136,35 @@ def run_through(page: Page, url: str, sandbox: str) -> None:
     expect(page.get_by_text("Roadmap chat").first).to_be_visible()
 
 
-def test_a_new_users_page_loads_without_a_single_console_error(stack: dict[str, str]) -> None:
+def test_a_new_users_page_loads_without_a_single_console_error(
+    stack: dict[str, str], browser: Browser
+) -> None:
     """Chrome logs every failed request: a page that asks for a connection the user never
     made (404) shows an error to every new user who opens the console."""
     url = stack["url"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium(), headless=True, args=CHROMIUM_FLAGS
-        )
-        try:
-            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-            errors: list[str] = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda error: errors.append(str(error)))
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
 
-            page.goto(url)
-            page.get_by_label("Sign in as someone else").fill("erin-never-connected")
-            page.get_by_role("button", name="Sign in", exact=True).last.click()
-            expect(page.get_by_role("button", name="Connect with Calendly")).to_be_visible()
-            expect(page.get_by_text("Live", exact=True)).to_be_visible(timeout=10_000)
+        page.goto(url)
+        page.get_by_label("Sign in as someone else").fill("erin-never-connected")
+        page.get_by_role("button", name="Sign in", exact=True).last.click()
+        expect(page.get_by_role("button", name="Connect with Calendly")).to_be_visible()
+        expect(page.get_by_text("Live", exact=True)).to_be_visible(timeout=10_000)
 
-            page.goto(f"{url}/#/meetings")
-            expect(page.get_by_text("Connect Calendly to see your meetings")).to_be_visible()
-            # A page load with the session already there (a reload), on each route.
-            page.reload()
-            expect(page.get_by_text("Connect Calendly to see your meetings")).to_be_visible()
-            page.goto(f"{url}/#/settings/calendar")
-            page.reload()
-            expect(page.get_by_role("button", name="Connect with Calendly")).to_be_visible()
-            expect(page.get_by_text("Live", exact=True)).to_be_visible(timeout=10_000)
-        finally:
-            browser.close()
+        page.goto(f"{url}/#/meetings")
+        expect(page.get_by_text("Connect Calendly to see your meetings")).to_be_visible()
+        # A page load with the session already there (a reload), on each route.
+        page.reload()
+        expect(page.get_by_text("Connect Calendly to see your meetings")).to_be_visible()
+        page.goto(f"{url}/#/settings/calendar")
+        page.reload()
+        expect(page.get_by_role("button", name="Connect with Calendly")).to_be_visible()
+        expect(page.get_by_text("Live", exact=True)).to_be_visible(timeout=10_000)
+    finally:
+        context.close()
 
     assert errors == []

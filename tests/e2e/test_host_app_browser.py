@@ -16,9 +16,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-from tests.support.browser import CHROMIUM_FLAGS, chromium
+from tests.support.browser import approve_as_a_new_calendly_user, book_in_the_sandbox
 from tests.support.host_app import ExampleStack, example_stack
 from tests.support.reverse_proxy import ReverseProxy, Route
 
@@ -45,27 +45,19 @@ def journey(page: Page, stack: ExampleStack, *, user: str, email: str, shot: str
 
     with page.expect_popup() as popup_info:
         page.get_by_test_id("connect-button").click()
-    popup = popup_info.value
-    popup.wait_for_load_state()
-    expect(popup.get_by_text("Allow access to your Calendly account?")).to_be_visible()
-    popup.get_by_label("A new Calendly user").check()
-    popup.get_by_label("Name").fill("Ada Host")
-    popup.get_by_label("Email").fill(email)
-    with popup.expect_event("close", timeout=15_000):
-        popup.get_by_role("button", name="Approve").click()
+    approve_as_a_new_calendly_user(popup_info.value, name="Ada Host", email=email)
     expect(page.get_by_test_id("connection-status")).to_have_text("Connected", timeout=10_000)
     expect(page.get_by_test_id("connection-email")).to_contain_text(email)
     expect(page.get_by_test_id("live-state")).to_have_text("live", timeout=10_000)
 
-    booking = page.context.new_page()
-    booking.goto(f"{stack.sandbox}/_sandbox/")
-    booking.get_by_role("link", name="Ada Host").first.click()
-    booking.get_by_label("Invitee name").fill("Grace Guest")
-    booking.get_by_label("Invitee email").fill("grace@example.org")
-    booking.get_by_label("Event name").fill("Roadmap chat")
-    booking.get_by_role("button", name="Schedule event").click()
-    expect(booking.get_by_role("status").first).to_contain_text("delivered", timeout=10_000)
-    booking.close()
+    book_in_the_sandbox(
+        page.context,
+        stack.sandbox,
+        host="Ada Host",
+        invitee="Grace Guest",
+        email="grace@example.org",
+        event="Roadmap chat",
+    )
 
     # No reload: the meeting reaches the host page through the client's live stream.
     meetings = page.get_by_test_id("meeting-list")
@@ -79,18 +71,17 @@ def journey(page: Page, stack: ExampleStack, *, user: str, email: str, shot: str
     return requests
 
 
-def browse(run: Callable[[Page], None]) -> None:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium(), headless=True, args=CHROMIUM_FLAGS
-        )
-        try:
-            run(browser.new_context(viewport={"width": 1280, "height": 900}).new_page())
-        finally:
-            browser.close()
+def browse(browser: Browser, run: Callable[[Page], None]) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        run(context.new_page())
+    finally:
+        context.close()
 
 
-def test_a_host_on_another_origin_connects_sees_a_booking_live_and_disconnects() -> None:
+def test_a_host_on_another_origin_connects_sees_a_booking_live_and_disconnects(
+    browser: Browser,
+) -> None:
     with example_stack() as stack:
         assert origin(stack.example) != origin(stack.service)
         errors: list[str] = []
@@ -104,7 +95,7 @@ def test_a_host_on_another_origin_connects_sees_a_booking_live_and_disconnects()
             assert f"{stack.service}/client/v1/calendly-connect.js" in requests
             assert f"{stack.service}/api/calendly/connect/complete" in requests
 
-        browse(run)
+        browse(browser, run)
         assert errors == []
 
 
@@ -118,7 +109,7 @@ def proxy() -> Iterator[ReverseProxy]:
 
 
 def test_the_same_journey_with_the_service_under_a_prefix_behind_a_proxy(
-    proxy: ReverseProxy,
+    proxy: ReverseProxy, browser: Browser
 ) -> None:
     public = proxy.url + PREFIX
     with example_stack(env={"PUBLIC_BASE_URL": public}) as stack:
@@ -134,7 +125,7 @@ def test_the_same_journey_with_the_service_under_a_prefix_behind_a_proxy(
             assert f"{public}/client/v1/calendly-connect.js" in requests
             assert any(url.startswith(f"{public}/oauth/calendly/callback?") for url in requests)
 
-        browse(run)
+        browse(browser, run)
         # And neither did Calendly's deliveries, nor the live stream.
         through = set(proxy.seen)
         assert "GET /calendly/api/live" in through

@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from playwright.sync_api import Browser, Route, sync_playwright
-
-from tests.support.browser import CHROMIUM_FLAGS, chromium
+from playwright.sync_api import Browser, Route
 
 ORIGIN = "https://app.test"
 OTHER = "https://service.other"
@@ -71,18 +67,6 @@ def serve_client(route: Route) -> bool:
         route.fulfill(status=200, content_type="text/javascript", body=CLIENT.read_bytes())
         return True
     return False
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=chromium(), headless=True, args=CHROMIUM_FLAGS
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def test_a_stream_ended_by_its_tokens_expiry_resumes_at_once_with_a_fresh_token(

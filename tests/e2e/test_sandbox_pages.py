@@ -15,9 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
-
-from tests.support.browser import CHROMIUM_FLAGS, chromium
+from playwright.sync_api import Browser, Page, Route, expect
 
 CLI = [sys.executable, "-m", "entrypoints.cli", "sandbox", "--port", "0"]
 CALLBACK = "http://callback.test/oauth/calendly/callback"
@@ -45,18 +43,6 @@ def sandbox() -> Iterator[str]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=chromium(), headless=True, args=CHROMIUM_FLAGS
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture
