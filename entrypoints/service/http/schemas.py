@@ -10,8 +10,7 @@ from msgspec import Meta
 
 from domain.meetings import Cancellation, Invitee, MeetingStatus
 from domain.model import ConnectionStatus, WebhookStatus
-from domain.ports import ErasedData, MeetingView
-from domain.usecases.erase_user import EraseUserResult
+from domain.ports import MeetingView
 from domain.usecases.views import ConnectionView
 
 # A dev-login user id: short, and harmless in URLs, logs and SQL settings.
@@ -265,80 +264,6 @@ class MeetingsResponse(msgspec.Struct, frozen=True, kw_only=True):
     meetings: tuple[MeetingResponse, ...]
     # Pass as `cursor` for the next page; null on the last page.
     next_cursor: str | None
-
-
-# ---------------------------------------------------- the host's server API (/v1)
-class UserConnectionResponse(ConnectionResponse, frozen=True, kw_only=True):
-    """A connection as the host's back end sees it: the user's view, and whose it is."""
-
-    user_id: str
-
-    @classmethod
-    def of_user(cls, user_id: str, view: ConnectionView) -> UserConnectionResponse:
-        return cls(user_id=user_id, **msgspec.structs.asdict(ConnectionResponse.of(view)))
-
-
-class ConnectionsResponse(msgspec.Struct, frozen=True, kw_only=True):
-    connections: tuple[UserConnectionResponse, ...]
-    # Pass as `cursor` for the next page; null on the last page.
-    next_cursor: str | None
-
-
-SessionSeconds = Annotated[
-    int, Meta(ge=60, le=3600, description="How long the session lasts, in seconds")
-]
-
-
-class SessionRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    ttl_seconds: SessionSeconds = 900
-
-
-class SessionResponse(msgspec.Struct, frozen=True, kw_only=True):
-    """A user session: send it as `Authorization: Bearer` to `/api/...` and the live stream."""
-
-    user_id: str
-    access_token: str
-    expires_at: datetime
-    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a token type, not a password
-
-
-class RemovedResponse(msgspec.Struct, frozen=True, kw_only=True):
-    """How many rows of the user each kind of data lost."""
-
-    connections: int
-    meetings: int
-    invitees: int
-    webhook_deliveries: int
-    oauth_states: int
-    host_notifications: int
-    maintenance: int
-
-    @classmethod
-    def of(cls, erased: ErasedData) -> RemovedResponse:
-        return cls(**msgspec.structs.asdict(erased))
-
-
-class ErasureResponse(msgspec.Struct, frozen=True, kw_only=True):
-    """What an erasure did: at Calendly first (the disconnect), then here (`removed`).
-
-    An unknown user, or one erased before, answers `already_disconnected` and zero counts.
-    """
-
-    user_id: str
-    subscription_deleted: bool
-    revoke_failed: bool
-    already_disconnected: bool
-    removed: RemovedResponse
-
-    @classmethod
-    def of(cls, user_id: str, result: EraseUserResult) -> ErasureResponse:
-        return cls(
-            user_id=user_id,
-            subscription_deleted=result.disconnect.subscription_deleted,
-            revoke_failed=result.disconnect.revoke_failed,
-            already_disconnected=result.disconnect.already_disconnected,
-            removed=RemovedResponse.of(result.erased),
-        )
 
 
 # ------------------------------------------------------------------ webhooks
