@@ -11,6 +11,25 @@ class NotAuthenticated(DomainError):
     """The caller is not a signed-in app user."""
 
 
+class InsufficientScope(DomainError):
+    """The API key is valid but its scope does not allow this call (a `read` key writing)."""
+
+    def __init__(self, needed: str) -> None:
+        super().__init__(
+            f"this API key may not do this: it needs the '{needed}' scope; create a key with "
+            f"`calendly-connect api-keys create --scope {needed}`"
+        )
+        self.needed = needed
+
+
+class ApiKeyNotFound(DomainError):
+    """No API key has that id or prefix."""
+
+    def __init__(self, reference: str) -> None:
+        super().__init__(f"no API key has the id or prefix {reference!r}")
+        self.reference = reference
+
+
 class ConnectionNotFound(DomainError):
     def __init__(self, user_id: str) -> None:
         super().__init__(f"no Calendly connection for this user ({user_id})")

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Final, TypeGuard
 
 import msgspec
 from msgspec.structs import replace
 
 from .secret import Secret
+
+# An app user's id, as the host's sign-in names it (a JWT claim) and the server API addresses
+# it: 1 to 255 characters, none of them a control or other unprintable character. The one rule,
+# applied wherever an id comes in (bearer tokens, `/v1/users/{user_id}`, user sessions).
+MAX_USER_ID_LENGTH: Final = 255
+
+
+def is_user_id(value: object) -> TypeGuard[str]:
+    """Whether `value` is an app user's id the service accepts."""
+    return isinstance(value, str) and 1 <= len(value) <= MAX_USER_ID_LENGTH and value.isprintable()
 
 
 class ConnectionStatus(StrEnum):

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Literal, Protocol, Self
 
 import msgspec
 
+from .api_keys import ApiKey
 from .meetings import Invitee, Meeting, MeetingStatus
-from .model import CalendlyAccount, Connection, PendingAuthorization, TokenSet
+from .model import (
+    CalendlyAccount,
+    Connection,
+    ConnectionStatus,
+    PendingAuthorization,
+    TokenSet,
+    WebhookStatus,
+)
 from .secret import Secret
 
 
@@ -274,6 +282,31 @@ class WebhookRouteRepository(Protocol):
         ...
 
 
+class ErasedData(msgspec.Struct, frozen=True, kw_only=True):
+    """How many rows of one user an erasure removed, table by table."""
+
+    connections: int = 0
+    meetings: int = 0
+    invitees: int = 0
+    webhook_deliveries: int = 0
+    oauth_states: int = 0
+    host_notifications: int = 0
+    maintenance: int = 0
+    # Entries of the change feed (the host was told of them, or erased them unread).
+    changes: int = 0
+
+
+class UserDataEraser(Protocol):
+    """Everything stored about the tenant, removed at once (an erasure on the host's behalf)."""
+
+    async def erase(self, user_id: str) -> ErasedData:
+        """Delete the tenant's connection, meetings, invitees, deliveries and every other row
+        keyed by the user, in this transaction. The caller holds the user's meetings lock and
+        has made sure the connection is disconnected (no grant is dropped unrevoked).
+        """
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction on behalf of one tenant; leaving without `commit()` rolls back."""
 
@@ -282,6 +315,7 @@ class UnitOfWork(Protocol):
     meetings: MeetingRepository
     webhook_events: WebhookEventLog
     routes: WebhookRouteRepository
+    erasure: UserDataEraser
 
     async def __aenter__(self) -> Self: ...
 
@@ -306,6 +340,70 @@ class UnitOfWork(Protocol):
 class UnitOfWorkFactory(Protocol):
     def __call__(self, user_id: str | None = None) -> UnitOfWork:
         """A unit of work acting as `user_id` (None: no tenant yet, as for a webhook)."""
+        ...
+
+
+# ------------------------------------------------------- the host's server API
+class ListedConnection(msgspec.Struct, frozen=True, kw_only=True):
+    """One user's connection as the host's list shows it: its state, never a secret."""
+
+    id: str
+    user_id: str
+    status: ConnectionStatus
+    account: CalendlyAccount | None
+    webhook_status: WebhookStatus
+    token_expires_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    connected_at: datetime | None
+    trouble: MaintenanceTrouble | None = None
+
+
+class ConnectionListQuery(msgspec.Struct, frozen=True, kw_only=True):
+    status: ConnectionStatus | None = None
+    # Keyset cursor: the (created_at, id) of the last connection on the previous page.
+    after: tuple[datetime, str] | None = None
+    limit: int = 50
+
+
+class ConnectionDirectory(Protocol):
+    """Every user's connection, read across tenants for the host's back end (DR-30).
+
+    The one deliberate exception to row-level security: read-only, and only these columns.
+    """
+
+    async def list(self, query: ConnectionListQuery) -> Sequence[ListedConnection]:
+        """Connections by (created_at, id), after `query.after`, at most `query.limit`."""
+        ...
+
+
+class ApiKeyStore(Protocol):
+    """The server API's keys (not per tenant); a key is kept only as its SHA-256 digest."""
+
+    async def add(self, key: ApiKey, digest: bytes) -> bool:
+        """Store a new key; False (nothing stored) when its prefix is taken already."""
+        ...
+
+    async def all(self) -> list[ApiKey]:
+        """Every key, revoked ones too, oldest first."""
+        ...
+
+    async def find(self, digest: bytes) -> ApiKey | None:
+        """The key with this digest (revoked or not), by one indexed lookup."""
+        ...
+
+    async def get(self, *, key_id: str | None = None, prefix: str | None = None) -> ApiKey | None:
+        """The key with this id, or with this prefix."""
+        ...
+
+    async def revoke(self, key_id: str, at: datetime) -> ApiKey | None:
+        """Revoke the key at `at` unless it is revoked already; the key as it is now."""
+        ...
+
+    async def record_use(self, used: Mapping[str, datetime]) -> None:
+        """Note when keys (by id) were last used; a time less than a minute after the one
+        stored already is not written (at most one write per key and minute)."""
         ...
 
 

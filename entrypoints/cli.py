@@ -1,7 +1,7 @@
 """`calendly-connect`: the command line of the service, routing each command to its module.
 
 The runtime is in entrypoints/service/ (serve, worker), the operator's tools in
-entrypoints/operator/ (migrate, doctor, repair-connections), the developer's in
+entrypoints/operator/ (migrate, doctor, repair-connections, api-keys), the developer's in
 entrypoints/developer/ (dev). Each command is imported only when it runs, so a quick command
 never pays for the web stack.
 """
@@ -19,6 +19,7 @@ COMMANDS = {
     "migrate": "apply pending database migrations (DATABASE_URL, DATABASE_RUNTIME_ROLE)",
     "doctor": "check the deployment and say how to fix what is wrong (--json, --strict)",
     "repair-connections": "fill missing Calendly user URIs and ensure subscriptions (--dry-run)",
+    "api-keys": "create, list and revoke keys of the server API (/v1) for the host's back end",
     "sandbox": "run the Calendly sandbox (a local Calendly look-alike); see --help",
 }
 
@@ -56,6 +57,12 @@ def cmd_repair(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     return repair_main(argv, environ)
 
 
+def cmd_api_keys(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from entrypoints.operator.api_keys import main as api_keys_main
+
+    return api_keys_main(argv, environ)
+
+
 def cmd_dev(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     from entrypoints.developer.devstack import main as dev_main
 
@@ -73,6 +80,7 @@ def cmd_sandbox(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 HANDLERS: dict[str, Command] = {
     "doctor": cmd_doctor,
     "repair-connections": cmd_repair,
+    "api-keys": cmd_api_keys,
     "dev": cmd_dev,
     "serve": cmd_serve,
     "worker": cmd_worker,

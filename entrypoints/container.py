@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -17,18 +19,30 @@ from adapters.calendly import AiohttpCalendlyApi
 from adapters.calendly.webhook_decoder import MsgspecWebhookDecoder
 from adapters.crypto import AesGcmTokenCipher
 from adapters.host_notifications import HostNotifier
+from adapters.postgres.api_keys import PostgresApiKeyStore
+from adapters.postgres.changes import PostgresChangeFeed
+from adapters.postgres.directory import PostgresConnectionDirectory
 from adapters.postgres.listener import PostgresChangeListener
 from adapters.postgres.maintenance import PostgresMaintenanceQueue
 from adapters.postgres.pool import make_pool, ping
 from adapters.postgres.roles import check_runtime_role
 from adapters.postgres.unit_of_work import unit_of_work_factory
 from adapters.system import SecretsRandomness, SystemClock
+from domain.ports import Clock
+from domain.usecases.api_keys import AuthenticateApiKey
 from domain.usecases.complete_connect import CompleteConnect
 from domain.usecases.disconnect import Disconnect
 from domain.usecases.ensure_subscription import EnsureSubscription
+from domain.usecases.erase_user import EraseUser
 from domain.usecases.handle_webhook_event import HandleWebhookEvent
 from domain.usecases.maintain_connection import MaintainConnection, MaintenanceSchedule
-from domain.usecases.queries import GetConnectionStatus, ListMeetings, MeetingChanges
+from domain.usecases.queries import (
+    GetConnectionStatus,
+    ListConnections,
+    ListMeetings,
+    MeetingChanges,
+    ReadChanges,
+)
 from domain.usecases.reconnect import Reconnect
 from domain.usecases.refresh_access_token import RefreshAccessToken
 from domain.usecases.repair_connection import RepairConnection
@@ -70,6 +84,40 @@ async def live_updates(settings: Settings) -> AsyncIterator[LiveHub]:
         yield hub
     finally:
         await listener.stop()
+
+
+# How often a service process writes when its API keys were last used (DR-30).
+API_KEY_USAGE_SECONDS = 60.0
+
+
+async def _record_api_key_usage(authenticate: AuthenticateApiKey) -> None:
+    while True:
+        await asyncio.sleep(API_KEY_USAGE_SECONDS)
+        try:
+            await authenticate.flush_usage()
+        except Exception as exc:  # kept for the next round
+            log.warning("api_keys.usage_not_recorded", error=type(exc).__name__)
+
+
+async def api_key_authenticator(pool: Pool, clock: Clock) -> AsyncIterator[AuthenticateApiKey]:
+    """The server API's key check, and the task that writes the keys' last use each minute
+    (never the request: it only notes the use in memory); a last write at stop.
+
+    It takes the pool itself, not a store built on it, so that the container stops it before
+    the pool (resources are stopped after the resources that name them directly).
+    """
+    authenticate = AuthenticateApiKey(PostgresApiKeyStore(pool), clock)
+    recorder = asyncio.create_task(_record_api_key_usage(authenticate), name="api-key-usage")
+    try:
+        yield authenticate
+    finally:
+        recorder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await recorder
+        try:
+            await authenticate.flush_usage()
+        except Exception as exc:
+            log.warning("api_keys.usage_not_recorded", error=type(exc).__name__)
 
 
 async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
@@ -218,6 +266,11 @@ class Container(containers.DeclarativeContainer):
         url=settings.provided.worker.host_webhook_url,
         secret=settings.provided.worker.host_webhook_secret,
     )
+    # The server API (/v1): its keys, the host's list across tenants, erasure.
+    api_keys = providers.Resource(api_key_authenticator, pool=pool, clock=clock)
+    connection_directory = providers.Singleton(PostgresConnectionDirectory, pool=pool)
+    change_feed = providers.Singleton(PostgresChangeFeed, pool=pool)
+    erase_user = providers.Singleton(EraseUser, uow=uow, disconnect=disconnect)
     services = providers.Singleton(
         Services,
         start_connect=start_connect,
@@ -228,6 +281,10 @@ class Container(containers.DeclarativeContainer):
         connection_status=providers.Singleton(GetConnectionStatus, uow=uow),
         list_meetings=providers.Singleton(ListMeetings, uow=uow),
         meeting_changes=providers.Singleton(MeetingChanges, uow=uow),
+        authenticate_api_key=api_keys,
+        list_connections=providers.Singleton(ListConnections, directory=connection_directory),
+        read_changes=providers.Singleton(ReadChanges, feed=change_feed),
+        erase_user=erase_user,
         live_hub=live,
         database_ready=providers.Callable(partial, ping, pool),
     )

@@ -53,6 +53,8 @@ _TEXT_PATTERNS: Final = (
     ),
     re.compile(rf"(?i)(\"{_name_pattern(SECRET_NAMES)}\"\s*:\s*\")[^\"]+"),
     re.compile(r"(?i)(\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{16,}"),
+    # A server API key anywhere: its shown prefix (`ccsk_` and 8 characters) stays readable.
+    re.compile(r"((?<![A-Za-z0-9_-])ccsk_[A-Za-z0-9_-]{8})[A-Za-z0-9_-]{8,}"),
 )
 
 _registered: set[str] = set()

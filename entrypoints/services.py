@@ -5,10 +5,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from domain.usecases.api_keys import AuthenticateApiKey
 from domain.usecases.complete_connect import CompleteConnect
 from domain.usecases.disconnect import Disconnect
+from domain.usecases.erase_user import EraseUser
 from domain.usecases.handle_webhook_event import HandleWebhookEvent
-from domain.usecases.queries import GetConnectionStatus, ListMeetings, MeetingChanges
+from domain.usecases.queries import (
+    GetConnectionStatus,
+    ListConnections,
+    ListMeetings,
+    MeetingChanges,
+    ReadChanges,
+)
 from domain.usecases.reconnect import Reconnect
 from domain.usecases.start_connect import StartConnect
 from entrypoints.live import LiveHub
@@ -26,6 +34,11 @@ class Services:
     connection_status: GetConnectionStatus
     list_meetings: ListMeetings
     meeting_changes: MeetingChanges
+    # The server API (/v1): its keys, every user's connection, erasure on the host's behalf.
+    authenticate_api_key: AuthenticateApiKey
+    list_connections: ListConnections
+    read_changes: ReadChanges
+    erase_user: EraseUser
     # Doorbells of this process's open event streams (rung by the database listener).
     live_hub: LiveHub
     # True when the database answers; used by the readiness probe.

@@ -257,13 +257,13 @@ class PostgresMeetingRepository(MeetingRepository):
                 "limit": query.limit,
             },
         )
-        return self._views(await cursor.fetchall())
+        return self.views(await cursor.fetchall())
 
     async def changed_since(self, user_id: str, after: int, limit: int) -> Sequence[MeetingView]:
         cursor = await self._session.execute(
             CHANGED_MEETINGS, {"user_id": user_id, "after": after, "limit": limit}
         )
-        return self._views(await cursor.fetchall())
+        return self.views(await cursor.fetchall())
 
     async def latest_change(self, user_id: str) -> int:
         cursor = await self._session.execute(LATEST_CHANGE, {"user_id": user_id})
@@ -271,7 +271,7 @@ class PostgresMeetingRepository(MeetingRepository):
         return int(row["latest"]) if row else 0
 
     @staticmethod
-    def _views(rows: Sequence[dict[str, Any]]) -> Sequence[MeetingView]:
+    def views(rows: Sequence[dict[str, Any]]) -> Sequence[MeetingView]:
         views = []
         for raw in rows:
             row = msgspec.convert(raw, MeetingRow, strict=False)

@@ -17,6 +17,7 @@ from domain.ports import UnitOfWork, UnitOfWorkFactory
 
 from .authorizations import PostgresAuthorizationRepository
 from .connections import PostgresConnectionRepository
+from .erasure import PostgresUserDataEraser
 from .meetings import PostgresMeetingRepository
 from .pool import Connection, sweep_broken_connections
 from .sealing import TokenCipher
@@ -36,6 +37,7 @@ READ_ONLY: ReadOnly = (
     | PostgresMeetingRepository.READ_ONLY
     | PostgresWebhookEventLog.READ_ONLY
     | PostgresWebhookRouteRepository.READ_ONLY
+    | PostgresUserDataEraser.READ_ONLY
 )
 
 
@@ -74,6 +76,7 @@ class PostgresUnitOfWork(UnitOfWork):
         self.meetings = PostgresMeetingRepository(session)
         self.webhook_events = PostgresWebhookEventLog(session)
         self.routes = PostgresWebhookRouteRepository(session, self._cipher)
+        self.erasure = PostgresUserDataEraser(session)
         return self
 
     async def __aexit__(

@@ -1,4 +1,4 @@
-"""Read-only questions a signed-in user asks: my connection, my meetings."""
+"""Read-only questions: a signed-in user's (my connection, my meetings), the host's (everyone's)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,15 @@ from datetime import datetime
 
 import msgspec
 
+from domain.changes import Change, ChangeFeed, ChangePosition
 from domain.errors import ConnectionNotFound
-from domain.ports import MeetingQuery, MeetingView, UnitOfWorkFactory
+from domain.ports import (
+    ConnectionDirectory,
+    ConnectionListQuery,
+    MeetingQuery,
+    MeetingView,
+    UnitOfWorkFactory,
+)
 from domain.usecases.views import ConnectionView
 
 MAX_PAGE = 200
@@ -51,6 +58,39 @@ class ListMeetings:
         return MeetingsPage(meetings=page, next_after=next_after)
 
 
+class UserConnection(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    connection: ConnectionView
+
+
+class ConnectionsPage(msgspec.Struct, frozen=True, kw_only=True):
+    connections: Sequence[UserConnection]
+    # Pass as `after` for the next page; None on the last page.
+    next_after: tuple[datetime, str] | None
+
+
+class ListConnections:
+    """Every user's connection, for the host's back end (the server API): across tenants."""
+
+    def __init__(self, directory: ConnectionDirectory) -> None:
+        self._directory = directory
+
+    async def __call__(self, query: ConnectionListQuery) -> ConnectionsPage:
+        limit = max(1, min(query.limit, MAX_PAGE))
+        rows = await self._directory.list(msgspec.structs.replace(query, limit=limit + 1))
+        page = rows[:limit]
+        next_after = None
+        if len(rows) > limit and page:
+            next_after = (page[-1].created_at, page[-1].id)
+        return ConnectionsPage(
+            connections=[
+                UserConnection(user_id=row.user_id, connection=ConnectionView.listed(row))
+                for row in page
+            ],
+            next_after=next_after,
+        )
+
+
 class Changes(msgspec.Struct, frozen=True, kw_only=True):
     meetings: Sequence[MeetingView]
     # Resume from here next time (the highest change seen).
@@ -77,3 +117,20 @@ class MeetingChanges:
         page = rows[: self._batch]
         cursor = max((m.change_seq for m in page), default=after)
         return Changes(meetings=page, cursor=cursor, more=len(rows) > self._batch)
+
+
+class ChangesPage(msgspec.Struct, frozen=True, kw_only=True):
+    changes: Sequence[Change]
+    # Where to read on from: the last change's position, or `after` when there was none.
+    next_after: ChangePosition | None
+
+
+class ReadChanges:
+    """The change feed, page by page, for the host's back end (across tenants; DR-31)."""
+
+    def __init__(self, feed: ChangeFeed) -> None:
+        self._feed = feed
+
+    async def __call__(self, after: ChangePosition | None, limit: int) -> ChangesPage:
+        changes = await self._feed.read(after, max(1, min(limit, MAX_PAGE)))
+        return ChangesPage(changes=changes, next_after=changes[-1].position if changes else after)

@@ -7,7 +7,7 @@ from datetime import datetime
 import msgspec
 
 from domain.model import Connection, ConnectionStatus, WebhookStatus
-from domain.ports import MaintenanceTrouble
+from domain.ports import ListedConnection, MaintenanceTrouble
 
 
 class ConnectionView(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,4 +41,22 @@ class ConnectionView(msgspec.Struct, frozen=True, kw_only=True):
             connected_since=connection.connected_at or connection.created_at,
             updated_at=connection.updated_at,
             maintenance=trouble,
+        )
+
+    @classmethod
+    def listed(cls, row: ListedConnection) -> ConnectionView:
+        """The same view of a connection read by the host's list (DR-30)."""
+        account = row.account
+        return cls(
+            status=row.status,
+            webhook_status=row.webhook_status,
+            calendly_user_uri=account.user_uri if account else None,
+            organization_uri=account.organization_uri if account else None,
+            email=account.email if account else None,
+            name=account.name if account else None,
+            token_expires_at=row.token_expires_at,
+            last_error=row.last_error,
+            connected_since=row.connected_at or row.created_at,
+            updated_at=row.updated_at,
+            maintenance=row.trouble,
         )

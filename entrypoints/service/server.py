@@ -26,6 +26,7 @@ from entrypoints.logging import configure_service_logging
 from entrypoints.service.http.app import create_app
 from entrypoints.service.http.config import HttpConfig
 from entrypoints.service.http.cursors import MeetingCursors
+from entrypoints.service.http.sessions import UserSessions
 from entrypoints.settings import ConfigError, Settings, load_settings
 
 # How uvicorn runs the app (the benchmarks' bare reference endpoint runs under the same).
@@ -68,10 +69,15 @@ def _sandbox_url(settings: Settings) -> str | None:
 
 
 def http_config(settings: Settings) -> HttpConfig:
-    http = settings.http
+    http, encryption = settings.http, settings.encryption
+    # User sessions are keyed by every encryption key (the active one signs): DR-30.
+    ordered = [encryption.active_key, *(k for k in encryption.keys if k != encryption.active_key)]
+    session_keys = tuple(
+        (key_id, UserSessions.key_from_encryption_key(encryption.keys[key_id]))
+        for key_id in ordered
+    )
     cursor_key = None
     if not http.jwt_secrets:  # JWKS only: key the cursors from the active encryption key
-        encryption = settings.encryption
         cursor_key = MeetingCursors.key_from_encryption_key(encryption.keys[encryption.active_key])
     return HttpConfig(
         jwt_secrets=http.jwt_secrets,
@@ -81,6 +87,7 @@ def http_config(settings: Settings) -> HttpConfig:
         jwt_leeway_seconds=http.jwt_leeway_seconds,
         jwt_user_claim=http.jwt_user_claim,
         cursor_key=cursor_key,
+        session_keys=session_keys,
         dev_login_enabled=http.dev_login_enabled,
         sandbox_url=_sandbox_url(settings),
         app_origins=http.app_origins,

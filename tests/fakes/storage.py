@@ -5,20 +5,27 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 
 from msgspec.structs import replace
 
+from domain.api_keys import ApiKey
+from domain.changes import Change, ChangeFeed, ChangePosition
 from domain.errors import AccountAlreadyConnected, ConcurrentUpdate, StorageUnavailable
 from domain.meetings import Invitee, Meeting
 from domain.model import Connection, PendingAuthorization
 from domain.ports import (
+    ApiKeyStore,
     AuthorizationRepository,
+    ConnectionDirectory,
+    ConnectionListQuery,
     ConnectionRepository,
+    ErasedData,
+    ListedConnection,
     MaintenanceTrouble,
     MeetingChange,
     MeetingQuery,
@@ -27,6 +34,7 @@ from domain.ports import (
     Route,
     UnitOfWork,
     UnitOfWorkFactory,
+    UserDataEraser,
     WebhookEventLog,
     WebhookOutcome,
     WebhookRouteRepository,
@@ -89,6 +97,8 @@ class _Staged:
         self.meetings: dict[tuple[str, str], MeetingRow] = {}
         self.invitees: dict[tuple[str, str], Invitee] = {}
         self.events: dict[str, EventRecord] = {}
+        # Users whose every row goes at commit (an erasure).
+        self.erased: set[str] = set()
 
 
 class FakeConnectionRepository(ConnectionRepository):
@@ -308,6 +318,44 @@ class FakeWebhookRouteRepository(WebhookRouteRepository):
         return found[:limit]
 
 
+class FakeUserDataEraser(UserDataEraser):
+    """Counts what the tenant has, and has it all removed when the unit of work commits."""
+
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    async def erase(self, user_id: str) -> ErasedData:
+        assert self._uow.tenant == user_id, "erases only as the tenant"
+        db, staged = self._uow.db, self._uow.staged
+        connection = staged.connections.get(user_id) or db.connections.get(user_id)
+        meetings = {**db.meetings, **staged.meetings}
+        invitees = {**db.invitees, **staged.invitees}
+        mine = {cid for (cid, _), row in meetings.items() if row.user_id == user_id}
+        staged.erased.add(user_id)
+        return ErasedData(
+            connections=int(connection is not None),
+            meetings=sum(row.user_id == user_id for row in meetings.values()),
+            invitees=sum(cid in mine for (cid, _) in invitees),
+            webhook_deliveries=sum(
+                e.user_id == user_id for e in {**db.events, **staged.events}.values()
+            ),
+            oauth_states=sum(a.user_id == user_id for a in db.authorizations.values()),
+        )
+
+
+def forget_user(db: FakeDatabase, user_id: str) -> None:
+    """Remove every row of `user_id` (what a committed erasure does)."""
+    connection = db.connections.pop(user_id, None)
+    ids = {row_key[0] for row_key, row in db.meetings.items() if row.user_id == user_id}
+    if connection is not None:
+        ids.add(connection.id)
+    db.meetings = {k: r for k, r in db.meetings.items() if r.user_id != user_id}
+    db.invitees = {k: i for k, i in db.invitees.items() if k[0] not in ids}
+    db.events = {k: e for k, e in db.events.items() if e.user_id != user_id}
+    db.authorizations = {k: a for k, a in db.authorizations.items() if a.user_id != user_id}
+    db.trouble.pop(user_id, None)
+
+
 class FakeUnitOfWork(UnitOfWork):
     def __init__(self, db: FakeDatabase, tenant: str | None) -> None:
         self.db = db
@@ -319,6 +367,7 @@ class FakeUnitOfWork(UnitOfWork):
         self.meetings = FakeMeetingRepository(self)
         self.webhook_events = FakeWebhookEventLog(self)
         self.routes = FakeWebhookRouteRepository(self)
+        self.erasure = FakeUserDataEraser(self)
 
     async def __aenter__(self) -> Self:
         self.db.units_opened += 1
@@ -361,6 +410,7 @@ class FakeUnitOfWork(UnitOfWork):
                 staged.meetings,
                 staged.invitees,
                 staged.events,
+                staged.erased,
             )
         ):
             db.writes += 1
@@ -373,7 +423,103 @@ class FakeUnitOfWork(UnitOfWork):
         db.meetings.update(staged.meetings)
         db.invitees.update(staged.invitees)
         db.events.update(staged.events)
+        for user_id in staged.erased:
+            forget_user(db, user_id)
         self.staged = _Staged()
+
+
+class FakeConnectionDirectory(ConnectionDirectory):
+    """Every committed connection, across tenants, as the host's list reads them."""
+
+    def __init__(self, db: FakeDatabase) -> None:
+        self._db = db
+
+    async def list(self, query: ConnectionListQuery) -> Sequence[ListedConnection]:
+        if self._db.unavailable:
+            raise StorageUnavailable("the fake database is down")
+        listed = sorted(
+            (
+                ListedConnection(
+                    id=c.id,
+                    user_id=c.user_id,
+                    status=c.status,
+                    account=c.account,
+                    webhook_status=c.webhook_status,
+                    token_expires_at=c.tokens.expires_at if c.tokens else None,
+                    last_error=c.last_error,
+                    created_at=c.created_at,
+                    updated_at=c.updated_at,
+                    connected_at=c.connected_at,
+                    trouble=self._db.trouble.get(c.user_id),
+                )
+                for c in self._db.connections.values()
+                if query.status is None or c.status is query.status
+            ),
+            key=lambda c: (c.created_at, c.id),
+        )
+        if query.after is not None:
+            after = query.after
+            listed = [c for c in listed if (c.created_at, c.id) > after]
+        return listed[: query.limit]
+
+
+@dataclass
+class FakeApiKeyStore(ApiKeyStore):
+    """Keys in memory, by digest; counts its lookups (what the cache must spare)."""
+
+    keys: dict[bytes, ApiKey] = field(default_factory=dict)
+    lookups: int = 0
+    unavailable: bool = False
+    # Every record_use call, as it came.
+    uses: list[dict[str, datetime]] = field(default_factory=list)
+
+    def _check(self) -> None:
+        if self.unavailable:
+            raise StorageUnavailable("the fake database is down")
+
+    async def add(self, key: ApiKey, digest: bytes) -> bool:
+        self._check()
+        if any(k.prefix == key.prefix for k in self.keys.values()):
+            return False
+        self.keys[digest] = key
+        return True
+
+    async def all(self) -> list[ApiKey]:
+        self._check()
+        return sorted(self.keys.values(), key=lambda k: (k.created_at, k.id))
+
+    async def find(self, digest: bytes) -> ApiKey | None:
+        self._check()
+        self.lookups += 1
+        return self.keys.get(digest)
+
+    async def get(self, *, key_id: str | None = None, prefix: str | None = None) -> ApiKey | None:
+        self._check()
+        for key in self.keys.values():
+            if (key_id is not None and key.id == key_id) or (
+                prefix is not None and key.prefix == prefix
+            ):
+                return key
+        return None
+
+    async def revoke(self, key_id: str, at: datetime) -> ApiKey | None:
+        self._check()
+        for digest, key in self.keys.items():
+            if key.id == key_id:
+                if key.revoked_at is None:
+                    self.keys[digest] = key = replace(key, revoked_at=at)
+                return key
+        return None
+
+    async def record_use(self, used: Mapping[str, datetime]) -> None:
+        self._check()
+        self.uses.append(dict(used))
+        for digest, key in self.keys.items():
+            at = used.get(key.id)
+            if at is not None and (
+                key.last_used_at is None or key.last_used_at <= at - timedelta(minutes=1)
+            ):
+                self.keys[digest] = replace(key, last_used_at=at)
 
 
 def meetings_of(db: FakeDatabase, user_id: str) -> dict[str, Any]:
@@ -389,3 +535,20 @@ def meetings_of(db: FakeDatabase, user_id: str) -> dict[str, Any]:
         }
         result[event_uri] = (row.meeting, invitees)
     return result
+
+
+class ScriptedChangeFeed(ChangeFeed):
+    """The change feed as a list a test fills in: Postgres writes the real one with triggers
+    (migrations/0008), tested in tests/integration/test_change_feed.py; this one lets the HTTP
+    tests check how pages are asked for and answered."""
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+        self.unavailable = False
+
+    async def read(self, after: ChangePosition | None, limit: int) -> Sequence[Change]:
+        if self.unavailable:
+            raise StorageUnavailable("the fake database is down")
+        ordered = sorted(self.changes, key=lambda change: change.position)
+        later = [c for c in ordered if after is None or c.position > after]
+        return later[:limit]

@@ -18,6 +18,7 @@ from domain.errors import (
     CalendlyUnavailable,
     ConcurrentUpdate,
     ConnectionNotFound,
+    InsufficientScope,
     InvalidGrant,
     InvalidSignature,
     NotAuthenticated,
@@ -70,6 +71,7 @@ def client_raising(api: Api, error: Exception) -> AsyncTestClient[Any]:
     ("error", "status", "slug", "retry_after"),
     [
         (NotAuthenticated("no"), 401, "not-authenticated", None),
+        (InsufficientScope("write"), 403, "insufficient-scope", None),
         (ConnectionNotFound("alice"), 404, "connection-not-found", None),
         (AuthorizationStateInvalid("used"), 400, "authorization-state-invalid", None),
         (AuthorizationDenied("access_denied", None), 400, "authorization-denied", None),
@@ -103,7 +105,7 @@ async def test_the_error_table(
 
 
 def test_every_domain_error_in_the_table_is_covered_above() -> None:
-    assert len(ERROR_TABLE) == 13
+    assert len(ERROR_TABLE) == 14
 
 
 async def test_an_unexpected_exception_is_a_500_problem_without_details(api: Api) -> None:
@@ -227,6 +229,13 @@ EXPECTED_OPERATIONS = {
     ("/webhooks/calendly", "post"): "receiveWebhook",
     ("/webhooks/calendly/{token}", "post"): "receiveConnectionWebhook",
     ("/client/v1/integrity", "get"): "jsClientIntegrity",
+    ("/v1/changes", "get"): "serverListChanges",
+    ("/v1/connections", "get"): "serverListConnections",
+    ("/v1/users/{user_id}/connection", "get"): "serverGetConnection",
+    ("/v1/users/{user_id}/connection", "delete"): "serverDisconnect",
+    ("/v1/users/{user_id}/meetings", "get"): "serverListMeetings",
+    ("/v1/users/{user_id}/sessions", "post"): "serverCreateSession",
+    ("/v1/users/{user_id}", "delete"): "serverEraseUser",
 }
 
 

@@ -62,3 +62,14 @@ async def test_the_integrity_hash_is_the_sha384_of_the_file(api: Api) -> None:
 async def test_nothing_else_is_served_from_there(api: Api, name: str) -> None:
     response = await api.client.get(f"/client/v1/{name}")
     assert response.status_code == 404
+
+
+async def test_head_answers_the_headers_of_get(api: Api) -> None:
+    got = await api.client.get("/client/v1/calendly-connect.js")
+    headed = await api.client.head("/client/v1/calendly-connect.js")
+
+    assert headed.status_code == 200
+    assert headed.content == b""
+    for name in ("etag", "content-type", "cache-control", "access-control-allow-origin"):
+        assert headed.headers[name] == got.headers[name]
+    assert headed.headers["content-length"] == str(len(got.content))

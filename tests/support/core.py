@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from adapters.calendly.webhook_decoder import MsgspecWebhookDecoder
+from adapters.system import SecretsRandomness
 from domain.secret import Secret
+from domain.usecases.api_keys import AuthenticateApiKey, CreateApiKey, RevokeApiKey
 from domain.usecases.complete_connect import (
     CompleteConnect,
     CompleteConnectCommand,
@@ -14,16 +16,27 @@ from domain.usecases.complete_connect import (
 )
 from domain.usecases.disconnect import Disconnect
 from domain.usecases.ensure_subscription import EnsureSubscription
+from domain.usecases.erase_user import EraseUser
 from domain.usecases.handle_webhook_event import HandleWebhookEvent
 from domain.usecases.maintain_connection import MaintainConnection
-from domain.usecases.queries import GetConnectionStatus, ListMeetings
+from domain.usecases.queries import (
+    GetConnectionStatus,
+    ListConnections,
+    ListMeetings,
+    ReadChanges,
+)
 from domain.usecases.reconnect import Reconnect
 from domain.usecases.refresh_access_token import RefreshAccessToken
 from domain.usecases.start_connect import StartConnect, StartConnectCommand
 from domain.usecases.sync_meetings import SyncMeetings
 from tests.fakes.calendly import FakeCalendlyApi, FakeUser
 from tests.fakes.clock import CountingRandomness, FixedClock
-from tests.fakes.storage import FakeDatabase
+from tests.fakes.storage import (
+    FakeApiKeyStore,
+    FakeConnectionDirectory,
+    FakeDatabase,
+    ScriptedChangeFeed,
+)
 
 REDIRECT_URI = "https://app.example/oauth/calendly/callback"
 CALLBACK_BASE = "https://app.example/webhooks/calendly"
@@ -47,6 +60,15 @@ class Core:
     meetings: ListMeetings
     sync: SyncMeetings
     maintain: MaintainConnection
+    # The server API: keys (real randomness: keys must look like keys), the host's list, erasure.
+    api_keys: FakeApiKeyStore
+    create_api_key: CreateApiKey
+    revoke_api_key: RevokeApiKey
+    authenticate_api_key: AuthenticateApiKey
+    list_connections: ListConnections
+    erase_user: EraseUser
+    changes: ScriptedChangeFeed
+    read_changes: ReadChanges
 
     async def connect(
         self, user_id: str, calendly_user: FakeUser, binding: str = "cookie"
@@ -73,6 +95,9 @@ def build_core() -> Core:
     tokens = RefreshAccessToken(uow, calendly, clock)
     ensure = EnsureSubscription(uow, calendly, tokens, clock, random, CALLBACK_BASE)
     start = StartConnect(uow, calendly, clock, random, REDIRECT_URI)
+    disconnect = Disconnect(uow, calendly, tokens, clock)
+    api_keys = FakeApiKeyStore()
+    changes = ScriptedChangeFeed()
     return Core(
         clock=clock,
         random=random,
@@ -81,7 +106,7 @@ def build_core() -> Core:
         start_connect=start,
         complete_connect=CompleteConnect(uow, calendly, clock, random, ensure, REDIRECT_URI),
         reconnect=Reconnect(uow, calendly, tokens, ensure, start, clock),
-        disconnect=Disconnect(uow, calendly, tokens, clock),
+        disconnect=disconnect,
         tokens=tokens,
         ensure_subscription=ensure,
         handle_webhook=HandleWebhookEvent(uow, MsgspecWebhookDecoder(), clock, [APP_KEY]),
@@ -89,4 +114,12 @@ def build_core() -> Core:
         meetings=ListMeetings(uow),
         sync=(sync := SyncMeetings(uow, calendly, tokens, clock)),
         maintain=MaintainConnection(uow, tokens, ensure, sync, clock),
+        api_keys=api_keys,
+        create_api_key=CreateApiKey(api_keys, clock, SecretsRandomness()),
+        revoke_api_key=RevokeApiKey(api_keys, clock),
+        authenticate_api_key=AuthenticateApiKey(api_keys, clock),
+        list_connections=ListConnections(FakeConnectionDirectory(db)),
+        changes=changes,
+        read_changes=ReadChanges(changes),
+        erase_user=EraseUser(uow, disconnect),
     )

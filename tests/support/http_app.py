@@ -13,6 +13,7 @@ import jwt
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from domain.api_keys import ApiKeyScope
 from domain.model import Connection
 from domain.secret import Secret
 from domain.usecases.queries import MeetingChanges
@@ -29,6 +30,7 @@ JWT_SECRET = "e2e-shared-secret-for-hs256-tokens-0123456789"
 AUDIENCE = "calendly-connect-e2e"
 ISSUER = "https://app.example/auth"
 JSON = {"accept": "application/json"}
+SESSION_KEY = b"s" * 32
 
 
 def make_token(
@@ -54,6 +56,16 @@ def bearer(user_id: str) -> dict[str, str]:
     return {"authorization": f"Bearer {make_token(user_id)}"}
 
 
+async def new_api_key(core: Core, scope: str = "read", name: str = "the host's back end") -> str:
+    """A server API key of `scope`, made as `calendly-connect api-keys create` makes one."""
+    created = await core.create_api_key(name, ApiKeyScope(scope))
+    return created.secret.reveal()
+
+
+def key_auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
 def make_config(**overrides: Any) -> HttpConfig:
     settings: dict[str, Any] = {
         "jwt_secrets": (Secret(JWT_SECRET),),
@@ -63,6 +75,7 @@ def make_config(**overrides: Any) -> HttpConfig:
         "app_origins": (APP_ORIGIN,),
         "public_base_url": BASE_URL,
         "secure_cookies": True,
+        "session_keys": (("k1", SESSION_KEY),),
     }
     settings.update(overrides)
     return HttpConfig(**settings)
@@ -90,6 +103,10 @@ def services_of(core: Core, database_ready: Callable[[], Awaitable[bool]]) -> Se
         connection_status=core.status,
         list_meetings=core.meetings,
         meeting_changes=MeetingChanges(core.db.factory()),
+        authenticate_api_key=core.authenticate_api_key,
+        list_connections=core.list_connections,
+        read_changes=core.read_changes,
+        erase_user=core.erase_user,
         live_hub=LiveHub(),
         database_ready=database_ready,
     )

@@ -201,3 +201,30 @@ def test_migrate_does_not_read_the_pool_sizes_it_does_not_use(
     assert "cannot reach the database" in printed
     assert "DB_POOL_MIN_SIZE" not in printed
     assert "Traceback" not in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["create", "--name", "billing", "--scope", "admin"], ["--scope", "'admin'", "read"]),
+        (["create", "--name", ""], ["--name", "must not be empty"]),
+        (["create", "--name", "n" * 101], ["--name", "at most 100"]),
+        (["create", "--name", "a\tb"], ["--name", "control characters"]),
+        (["create"], ["--name"]),
+        (["rotate"], ["'rotate'"]),
+        (["revoke"], ["ID-OR-PREFIX"]),
+    ],
+)
+def test_api_keys_refuses_bad_arguments_before_the_database(
+    capfd: pytest.CaptureFixture[str], argv: list[str], fragments: list[str]
+) -> None:
+    code, printed = run(capfd, "api-keys", *argv)
+    assert_one_clear_error(code, printed, 2, *fragments)
+
+
+def test_api_keys_says_when_the_database_cannot_be_reached(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    code, printed = run(capfd, "api-keys", "list")
+    assert_one_clear_error(code, printed, 1, "cannot reach the database")
+    assert "db-password-canary" not in printed

@@ -6,6 +6,7 @@ import pytest
 
 from domain.secret import Secret
 from entrypoints.service.http.cursors import MeetingCursors
+from entrypoints.service.http.sessions import UserSessions
 from entrypoints.service.server import http_config
 from entrypoints.settings import (
     CalendlySettings,
@@ -537,3 +538,20 @@ def test_the_page_knows_the_sandbox_only_on_a_local_stack() -> None:
     without_dev_login = {**local, "DEV_LOGIN_ENABLED": "false"}
     assert http_config(load_settings(without_dev_login)).sandbox_url is None
     assert http_config(load_settings(minimal_env())).sandbox_url is None
+
+
+@pytest.mark.parametrize("sign_in", ["JWT_SECRET", "JWKS only"])
+def test_user_sessions_are_keyed_from_every_encryption_key_the_active_one_first(
+    sign_in: str,
+) -> None:
+    env = full_env() if sign_in == "JWT_SECRET" else jwks_only(JWT_JWKS_URL=JWKS)
+    env["TOKEN_ENCRYPTION_KEY"] = f"k2:{b64(KEY_NEW)},k1:{b64(KEY_OLD)}"
+    config = http_config(load_settings(env))
+    assert config.session_keys == (
+        ("k2", UserSessions.key_from_encryption_key(KEY_NEW)),
+        ("k1", UserSessions.key_from_encryption_key(KEY_OLD)),
+    )
+    assert UserSessions.key_from_encryption_key(KEY_NEW) not in (
+        KEY_NEW,
+        MeetingCursors.key_from_encryption_key(KEY_NEW),
+    )

@@ -20,21 +20,31 @@ from litestar.types import ControllerRouterHandler
 
 from entrypoints.services import Services
 
-from .auth import JwtAuthenticator, current_principal, current_user
+from .auth import JwtAuthenticator, current_principal, current_user, require_api_key
 from .config import HttpConfig
 from .cursors import MeetingCursors
 from .errors import ErrorTable
 from .jwks import JwksKeys
 from .middleware import MountedUnder, RequestContextMiddleware
 from .routes.calendly import CalendlyConnectionController
-from .routes.client import js_client, js_client_integrity
+from .routes.client import js_client, js_client_head, js_client_integrity
 from .routes.dev import dev_login
 from .routes.health import live, ready
 from .routes.live import live_updates
 from .routes.meetings import list_meetings
 from .routes.oauth import oauth_callback
 from .routes.pages import index_page
+from .routes.server_api import (
+    create_session,
+    disconnect,
+    erase_user,
+    get_connection,
+    list_changes,
+    list_connections,
+)
+from .routes.server_api import list_meetings as list_user_meetings
 from .routes.webhooks import receive_connection_webhook, receive_webhook
+from .sessions import UserSessions
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 API_VERSION: Final = "0.1.0"
@@ -49,13 +59,14 @@ def _constant(value: object) -> Provide:
     return Provide(provide, use_cache=True)
 
 
-def _authenticator(config: HttpConfig) -> JwtAuthenticator:
+def _authenticator(config: HttpConfig, sessions: UserSessions) -> JwtAuthenticator:
     jwks = JwksKeys(config.jwt_jwks_urls) if config.jwt_jwks_urls else None
     return JwtAuthenticator(
         config.jwt_secrets,
         config.jwt_audience,
         config.jwt_issuer,
         jwks=jwks,
+        sessions=sessions,
         leeway_seconds=config.jwt_leeway_seconds,
         user_claim=config.jwt_user_claim,
     )
@@ -88,8 +99,18 @@ def _openapi(config: HttpConfig) -> OpenAPIConfig:
                     bearer_format="JWT",
                     description="The host app's token for its user: HS256 under JWT_SECRET or "
                     "signed by a key in JWT_JWKS_URL; JWT_USER_CLAIM (default `sub`) names "
-                    "the user.",
-                )
+                    "the user. A user session from `POST /v1/users/{user_id}/sessions` works "
+                    "the same. API keys are refused here.",
+                ),
+                "apiKey": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    bearer_format="ccsk_<base64url>",
+                    description="The server API's key, for the host's back end only: "
+                    "`Authorization: Bearer ccsk_...` from `calendly-connect api-keys create`. "
+                    "`read` keys list and read; `write` keys also disconnect, erase and "
+                    "open user sessions (403 otherwise). User tokens are refused here.",
+                ),
             }
         ),
     )
@@ -140,6 +161,8 @@ def create_app(
 ) -> Litestar:
     """The HTTP app over `services`; `lifespan` lets the composition root start its resources."""
     errors = ErrorTable(infrastructure=config.infrastructure_errors)
+    sessions = UserSessions(config.session_keys)
+    cursors = _cursors(config)
     handlers: list[ControllerRouterHandler] = [
         live,
         ready,
@@ -155,7 +178,24 @@ def create_app(
         ),
         oauth_callback,
         js_client,
+        js_client_head,
         js_client_integrity,
+        # The server API, for the host's back end: API keys only (DR-30), with the change
+        # feed (DR-31).
+        Router(
+            path="/v1",
+            route_handlers=[
+                list_connections,
+                get_connection,
+                disconnect,
+                list_user_meetings,
+                create_session,
+                erase_user,
+                list_changes,
+            ],
+            guards=[require_api_key(services.authenticate_api_key)],
+            security=[{"apiKey": []}],
+        ),
         Router(
             path="/webhooks/calendly",
             route_handlers=[receive_webhook, receive_connection_webhook],
@@ -178,9 +218,11 @@ def create_app(
         dependencies={
             "services": _constant(services),
             "http_config": _constant(config),
-            "auth": _constant(_authenticator(config)),
+            "auth": _constant(_authenticator(config, sessions)),
             "errors": _constant(errors),
-            "cursors": _constant(_cursors(config)),
+            "cursors": _constant(cursors),
+            "connection_cursors": _constant(cursors.derived("connections")),
+            "sessions": _constant(sessions),
         },
         exception_handlers={Exception: errors.handler()},
         openapi_config=_openapi(config),

@@ -1,4 +1,10 @@
-"""Who is calling: app users send `Authorization: Bearer <JWT>` from the host's own sign-in."""
+"""Who is calling: app users and the host's back end, each on its own side of the API.
+
+`/api/...` (and the live stream) take an app user's `Authorization: Bearer <JWT>`: from the
+host's own sign-in, or a user session this service issued (sessions.py). `/v1/...` takes an API
+key (`Bearer ccsk_...`) only. Each side refuses the other's credentials with a 401 that says
+which one it takes (DR-30).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,18 @@ import jwt
 import structlog
 from jwt import PyJWK
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
+from litestar.handlers import BaseRouteHandler
 
-from domain.errors import NotAuthenticated
+from domain.api_keys import KEY_PREFIX, ApiKeyScope
+from domain.errors import InsufficientScope, NotAuthenticated
+from domain.model import is_user_id
 from domain.secret import Secret
+from domain.usecases.api_keys import AuthenticateApiKey
 
 from .jwks import JwksKeys
+from .sessions import UserSessions
 
 ALGORITHM: Final = "HS256"
 # What a JWKS key may sign with; HS* never comes from a JWKS (it would be a public secret).
@@ -25,7 +37,9 @@ ASYMMETRIC: Final = frozenset(
 )
 DEV_TOKEN_TTL: Final = timedelta(hours=1)
 MAX_TOKEN_LENGTH: Final = 8192
-MAX_USER_ID_LENGTH: Final = 255
+# A server API route's `opt` names the scope its key needs; a route that names none needs
+# `write` (a route added without thinking about it is closed to read keys).
+API_KEY_SCOPE: Final = "api_key_scope"
 
 
 def _utc_now() -> datetime:
@@ -68,7 +82,8 @@ class JwtAuthenticator:
 
     The token's `alg` only routes it: HS256 goes to the secrets, anything else to the JWKS key
     its `kid` names, and that key's own algorithm is the only one it verifies (so a public key
-    is never used as an HMAC secret). Dev login issues tokens under the first secret.
+    is never used as an HMAC secret). Dev login issues tokens under the first secret. A token
+    whose `kid` names a user session of this service goes to `sessions` alone.
     """
 
     def __init__(
@@ -78,6 +93,7 @@ class JwtAuthenticator:
         issuer: str | None = None,
         *,
         jwks: JwksKeys | None = None,
+        sessions: UserSessions | None = None,
         leeway_seconds: int = 30,
         user_claim: str = "sub",
         now: Callable[[], datetime] = _utc_now,
@@ -88,6 +104,7 @@ class JwtAuthenticator:
         self._audience = audience
         self._issuer = issuer
         self._jwks = jwks
+        self._sessions = sessions
         self._leeway = leeway_seconds
         self._user_claim = user_claim
         self._now = now
@@ -102,6 +119,9 @@ class JwtAuthenticator:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
             raise NotAuthenticated("the bearer token is not valid") from exc
+        if self._sessions is not None and UserSessions.names(header):
+            user_id, expires_at = self._sessions.verify(token, header)
+            return Principal(user_id=user_id, expires_at=expires_at)
         algorithm = header.get("alg")
         if algorithm == ALGORITHM:
             keys: list[str | PyJWK] = [secret.reveal() for secret in self._secrets]
@@ -115,11 +135,7 @@ class JwtAuthenticator:
             raise NotAuthenticated("the bearer token is not valid")
         claims = self._claims(token, keys)
         subject = claims.get(self._user_claim)
-        if (
-            not isinstance(subject, str)
-            or not 1 <= len(subject) <= MAX_USER_ID_LENGTH
-            or not subject.isprintable()
-        ):
+        if not is_user_id(subject):
             raise NotAuthenticated("the bearer token names no usable user")
         return Principal(user_id=subject, expires_at=_expiry(claims))
 
@@ -180,6 +196,11 @@ async def current_principal(
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
         raise NotAuthenticated("sign in first: send 'Authorization: Bearer <token>'")
+    if token.startswith(KEY_PREFIX):
+        raise NotAuthenticated(
+            "/api takes a user's token (a JWT from your sign-in, or a session from "
+            "POST /v1/users/{user_id}/sessions); API keys are for the server API, /v1"
+        )
     principal = await auth.authenticate(token)
     structlog.contextvars.bind_contextvars(user_id=principal.user_id)
     return principal
@@ -197,3 +218,36 @@ async def optional_user(
     if "authorization" not in request.headers:
         return None
     return (await current_principal(request, auth)).user_id
+
+
+def require_api_key(
+    authenticate: AuthenticateApiKey,
+) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Any]:
+    """A guard for the server API: a valid, unrevoked API key whose scope allows the route.
+
+    Runs before anything of the request is read (401 or 403 problems); the key's prefix goes
+    into every log line of the request.
+    """
+
+    async def guard(
+        connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+    ) -> None:
+        token = bearer_token(connection.headers.get("authorization"))
+        if token is None:
+            raise NotAuthenticated(
+                "send an API key: 'Authorization: Bearer ccsk_...' (calendly-connect api-keys "
+                "create)"
+            )
+        if not token.startswith(KEY_PREFIX):
+            raise NotAuthenticated(
+                "/v1 takes an API key ('Authorization: Bearer ccsk_...'), not a user's token: "
+                "use an API key (calendly-connect api-keys create); user tokens and sessions "
+                "are for /api"
+            )
+        key = await authenticate(token)
+        structlog.contextvars.bind_contextvars(api_key_prefix=key.shown)
+        needed = ApiKeyScope(handler.opt.get(API_KEY_SCOPE, ApiKeyScope.WRITE))
+        if not key.scope.allows(needed):
+            raise InsufficientScope(needed.value)
+
+    return guard

@@ -66,6 +66,9 @@ class HttpConfig:
     infrastructure_errors: tuple[type[Exception], ...] = ()
     # Keys the meetings cursors; None: derived from the first JWT secret (there must be one).
     cursor_key: bytes | None = field(default=None, repr=False)
+    # Keys of user sessions (`POST /v1/users/{id}/sessions`) as (key id, key), the active one
+    # first: it signs, all verify. Derived from the token encryption keys (server.http_config).
+    session_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not self.jwt_secrets and not self.jwt_jwks_urls:
@@ -92,6 +95,8 @@ class HttpConfig:
             raise ValueError("sandbox_url must be scheme://host[:port]")
         if self.max_webhook_body <= 0 or self.max_api_body <= 0:
             raise ValueError("body limits must be positive")
+        if not self.session_keys:
+            raise ValueError("session_keys must hold at least one (key id, key)")
 
     def path(self, internal: str) -> str:
         """The path a browser uses for one of the service's own paths (`/static/x.js`)."""

@@ -26,6 +26,8 @@ _KEY_CONTEXT: Final = b"calendly-connect/meetings-cursor/v1"
 # Another context for a key derived from the token encryption key (when there is no JWT
 # secret): the derived key says nothing about that key, and never equals any other use of it.
 _ENCRYPTION_KEY_CONTEXT: Final = b"calendly-connect/meetings-cursor/from-token-encryption-key/v1"
+# Keys of other lists' cursors (`derived`) are derived from this one under this context.
+_PURPOSE_CONTEXT: Final = b"calendly-connect/cursor-purpose/v1:"
 _UUID_TEXT_LENGTH: Final = 36
 _WireKeyset = tuple[
     Annotated[datetime, Meta(tz=True)] | None,
@@ -91,6 +93,12 @@ class MeetingCursors:
         Every service process holds that key; a new active key makes old cursors answer 400.
         """
         return hmac.new(key, _ENCRYPTION_KEY_CONTEXT, hashlib.sha256).digest()
+
+    def derived(self, purpose: str) -> MeetingCursors:
+        """Cursors of the same shape (a time and a UUID) for another list, under a key of its
+        own: a cursor of one list is refused by the other (`purpose` names the list)."""
+        context = _PURPOSE_CONTEXT + purpose.encode("utf-8")
+        return MeetingCursors(hmac.new(self._key, context, hashlib.sha256).digest())
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_SIZE]

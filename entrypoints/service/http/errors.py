@@ -22,6 +22,7 @@ from domain.errors import (
     CalendlyUnavailable,
     ConcurrentUpdate,
     ConnectionNotFound,
+    InsufficientScope,
     InvalidSignature,
     NotAuthenticated,
     RateLimited,
@@ -96,6 +97,7 @@ ERROR_TABLE: Final[tuple[tuple[type[Exception], ProblemKind], ...]] = (
             headers={"WWW-Authenticate": 'Bearer realm="calendly-connect"'},
         ),
     ),
+    (InsufficientScope, ProblemKind(403, "insufficient-scope", "API key scope too narrow")),
     (
         ConnectionNotFound,
         ProblemKind(

@@ -34,7 +34,7 @@ CONTENT_SECURITY_POLICY: Final = (
 # Sent with every response; the policy above only with HTML.
 _ALWAYS: Final = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
 # Answers that must never be stored by a browser or proxy (tokens, personal data, one-off pages).
-_NO_STORE_PREFIXES: Final = ("/api/", "/oauth/")
+_NO_STORE_PREFIXES: Final = ("/api/", "/v1/", "/oauth/")
 # Path segments after these prefixes are capabilities (a connection's webhook token).
 _SECRET_PATH_PREFIXES: Final = ("/webhooks/calendly/",)
 
@@ -76,8 +76,9 @@ class RequestContextMiddleware:
     """Outermost ASGI layer, so unknown routes (404/405) get a request id and a log line too.
 
     Binds `request_id` with structlog.contextvars for everything logged during the request;
-    the `current_user` dependency adds `user_id`. The request line carries method, path
-    (redacted), status, duration and whatever the handlers annotated (outcome, problem).
+    the `current_user` dependency adds `user_id`, the server API's guard `api_key_prefix`. The
+    request line carries method, path (redacted), status, duration and whatever the handlers
+    annotated (outcome, problem).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -126,7 +127,7 @@ class RequestContextMiddleware:
                 duration_ms=duration_ms,
                 **log_fields_of(scope),
             )
-            structlog.contextvars.unbind_contextvars("user_id")
+            structlog.contextvars.unbind_contextvars("user_id", "api_key_prefix")
             structlog.contextvars.reset_contextvars(**tokens)
 
     @staticmethod

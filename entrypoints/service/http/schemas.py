@@ -10,7 +10,9 @@ from msgspec import Meta
 
 from domain.meetings import Cancellation, Invitee, MeetingStatus
 from domain.model import ConnectionStatus, WebhookStatus
-from domain.ports import MeetingView
+from domain.ports import ErasedData, MeetingView
+from domain.usecases.disconnect import DisconnectResult
+from domain.usecases.erase_user import EraseUserResult
 from domain.usecases.views import ConnectionView
 
 # A dev-login user id: short, and harmless in URLs, logs and SQL settings.
@@ -186,6 +188,15 @@ class DisconnectResponse(msgspec.Struct, frozen=True, kw_only=True):
     revoke_failed: bool
     already_disconnected: bool
 
+    @classmethod
+    def of(cls, result: DisconnectResult) -> DisconnectResponse:
+        return cls(
+            connection=ConnectionResponse.of(result.connection) if result.connection else None,
+            subscription_deleted=result.subscription_deleted,
+            revoke_failed=result.revoke_failed,
+            already_disconnected=result.already_disconnected,
+        )
+
 
 # ------------------------------------------------------------------ meetings
 class CancellationResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -266,6 +277,105 @@ class MeetingsResponse(msgspec.Struct, frozen=True, kw_only=True):
     next_cursor: str | None
 
 
+# ---------------------------------------------------- the host's server API (/v1)
+class UserConnectionResponse(ConnectionResponse, frozen=True, kw_only=True):
+    """A connection as the host's back end sees it: the user's view, and whose it is."""
+
+    user_id: str
+
+    @classmethod
+    def of_user(cls, user_id: str, view: ConnectionView) -> UserConnectionResponse:
+        return cls(user_id=user_id, **msgspec.structs.asdict(ConnectionResponse.of(view)))
+
+
+class ConnectionsResponse(msgspec.Struct, frozen=True, kw_only=True):
+    connections: tuple[UserConnectionResponse, ...]
+    # Pass as `cursor` for the next page; null on the last page.
+    next_cursor: str | None
+
+
+SessionSeconds = Annotated[
+    int, Meta(ge=60, le=3600, description="How long the session lasts, in seconds")
+]
+
+
+class SessionRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    ttl_seconds: SessionSeconds = 900
+
+
+class SessionResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """A user session: send it as `Authorization: Bearer` to `/api/...` and the live stream."""
+
+    user_id: str
+    access_token: str
+    expires_at: datetime
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a token type, not a password
+
+
+class RemovedResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """How many rows of the user each kind of data lost."""
+
+    connections: int
+    meetings: int
+    invitees: int
+    webhook_deliveries: int
+    oauth_states: int
+    host_notifications: int
+    maintenance: int
+    changes: int
+
+    @classmethod
+    def of(cls, erased: ErasedData) -> RemovedResponse:
+        return cls(**msgspec.structs.asdict(erased))
+
+
+class ErasureResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """What an erasure did: at Calendly first (the disconnect), then here (`removed`).
+
+    An unknown user, or one erased before, answers `already_disconnected` and zero counts.
+    """
+
+    user_id: str
+    subscription_deleted: bool
+    revoke_failed: bool
+    already_disconnected: bool
+    removed: RemovedResponse
+
+    @classmethod
+    def of(cls, user_id: str, result: EraseUserResult) -> ErasureResponse:
+        return cls(
+            user_id=user_id,
+            subscription_deleted=result.disconnect.subscription_deleted,
+            revoke_failed=result.disconnect.revoke_failed,
+            already_disconnected=result.disconnect.already_disconnected,
+            removed=RemovedResponse.of(result.erased),
+        )
+
+
 # ------------------------------------------------------------------ webhooks
 class WebhookAck(msgspec.Struct, frozen=True, kw_only=True):
     outcome: Literal["applied", "ignored", "duplicate", "stored_aside"]
+
+
+# ------------------------------------------------------------- the change feed
+class ChangeResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """One change: what happened to whose connection or meeting, and the subject as it is now
+    (null when it has been erased since). Upsert the subject by its id."""
+
+    cursor: str
+    user_id: str
+    # 1, 2, 3, ... for each user, in the order that user's changes committed.
+    user_seq: int
+    kind: Literal["connection", "meeting"]
+    event: str
+    subject_id: str
+    created_at: datetime
+    connection: UserConnectionResponse | None = None
+    meeting: MeetingResponse | None = None
+
+
+class ChangesResponse(msgspec.Struct, frozen=True, kw_only=True):
+    changes: tuple[ChangeResponse, ...]
+    # Read on with `after=<next_cursor>`: it is always set (the one you sent, or where the
+    # feed starts, when nothing is new); keep it to resume after a restart.
+    next_cursor: str

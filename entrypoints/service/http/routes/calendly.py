@@ -162,12 +162,7 @@ class CalendlyConnectionController(Controller):
         result = await services.disconnect(DisconnectCommand(user_id=user_id))
         if result.revoke_failed:
             log.warning("calendly.revoke_failed", detail="local tokens were wiped anyway")
-        return DisconnectResponse(
-            connection=ConnectionResponse.of(result.connection) if result.connection else None,
-            subscription_deleted=result.subscription_deleted,
-            revoke_failed=result.revoke_failed,
-            already_disconnected=result.already_disconnected,
-        )
+        return DisconnectResponse.of(result)
 
     @get("/connection", operation_id="getConnection", responses=problem_specs(401, 404, 503))
     async def status(

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Final
 
 import msgspec
-from litestar import MediaType, Response, get
+from litestar import MediaType, Response, get, head
 from litestar.datastructures import CacheControlHeader
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, HeaderParameter
@@ -54,6 +54,25 @@ async def js_client(
     if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match")] = None,
 ) -> Response[bytes]:
     """`calendly-connect.js` (an ES module) and `calendly-connect.d.ts`, for any origin."""
+    return _answer(name, if_none_match, head=False)
+
+
+@head("/client/v1/{name:str}", operation_id="jsClientHead", include_in_schema=False)
+async def js_client_head(
+    name: FromPath[str],
+    if_none_match: Annotated[str | None, HeaderParameter(name="If-None-Match")] = None,
+) -> Response[None]:
+    """The headers of GET (CDNs and `curl -I` ask this way)."""
+    answer = _answer(name, if_none_match, head=True)
+    return Response(
+        None,
+        status_code=answer.status_code,
+        media_type=answer.media_type,
+        headers=dict(answer.headers),
+    )
+
+
+def _answer(name: str, if_none_match: str | None, *, head: bool) -> Response[bytes]:
     media_type = CLIENT_FILES.get(name)
     if media_type is None:
         raise NotFoundException(
@@ -71,8 +90,10 @@ async def js_client(
     fresh = if_none_match is not None and found.etag in (
         tag.strip() for tag in if_none_match.split(",")
     )
+    if head:
+        headers["Content-Length"] = str(len(found.body))
     return Response(
-        b"" if fresh else found.body,
+        b"" if fresh or head else found.body,
         status_code=304 if fresh else 200,
         media_type=media_type,
         headers=headers,

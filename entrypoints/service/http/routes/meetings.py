@@ -12,7 +12,7 @@ from litestar.params import FromQuery, QueryParameter
 
 from domain.meetings import MeetingStatus
 from domain.ports import MeetingQuery
-from domain.usecases.queries import MAX_PAGE
+from domain.usecases.queries import MAX_PAGE, MeetingsPage
 from entrypoints.service.http.cursors import (
     MAX_CURSOR_LENGTH,
     InvalidCursor,
@@ -52,6 +52,56 @@ def _keyset(cursors: MeetingCursors, cursor: str | None) -> Keyset | None:
         raise invalid_parameter("cursor", str(exc)) from exc
 
 
+# The filters and paging of a meetings list, shared with the server API's
+# `GET /v1/users/{user_id}/meetings` (routes/server_api.py).
+StartsAfter = Annotated[
+    str | None,
+    QueryParameter(
+        description="Only meetings starting at or after this instant", format="date-time"
+    ),
+]
+StartsBefore = Annotated[
+    str | None,
+    QueryParameter(description="Only meetings starting before this instant", format="date-time"),
+]
+Cursor = Annotated[
+    str | None,
+    QueryParameter(
+        description="`next_cursor` of the previous page",
+        min_length=1,
+        max_length=MAX_CURSOR_LENGTH,
+        pattern=r"^[A-Za-z0-9_-]+$",
+    ),
+]
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE, description="Page size")]
+
+
+def meeting_query(
+    cursors: MeetingCursors,
+    *,
+    status: MeetingStatus | None,
+    starts_after: str | None,
+    starts_before: str | None,
+    cursor: str | None,
+    limit: int,
+) -> MeetingQuery:
+    """The query the parameters ask for; a 400 naming the parameter that is wrong."""
+    return MeetingQuery(
+        status=status,
+        starts_after=_aware("starts_after", starts_after),
+        starts_before=_aware("starts_before", starts_before),
+        after=_keyset(cursors, cursor),
+        limit=limit,
+    )
+
+
+def meetings_response(cursors: MeetingCursors, page: MeetingsPage) -> MeetingsResponse:
+    return MeetingsResponse(
+        meetings=tuple(MeetingResponse.of(view) for view in page.meetings),
+        next_cursor=cursors.encode(page.next_after) if page.next_after else None,
+    )
+
+
 @get(
     "/api/meetings",
     operation_id="listMeetings",
@@ -63,40 +113,18 @@ async def list_meetings(
     user_id: NamedDependency[str],
     cursors: NamedDependency[MeetingCursors],
     status: FromQuery[MeetingStatus | None] = None,
-    starts_after: Annotated[
-        str | None,
-        QueryParameter(
-            description="Only meetings starting at or after this instant",
-            format="date-time",
-        ),
-    ] = None,
-    starts_before: Annotated[
-        str | None,
-        QueryParameter(
-            description="Only meetings starting before this instant", format="date-time"
-        ),
-    ] = None,
-    cursor: Annotated[
-        str | None,
-        QueryParameter(
-            description="`next_cursor` of the previous page",
-            min_length=1,
-            max_length=MAX_CURSOR_LENGTH,
-            pattern=r"^[A-Za-z0-9_-]+$",
-        ),
-    ] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE, description="Page size")] = 50,
+    starts_after: StartsAfter = None,
+    starts_before: StartsBefore = None,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> MeetingsResponse:
     """The user's meetings by start time, with their invitees; page on with `next_cursor`."""
-    query = MeetingQuery(
+    query = meeting_query(
+        cursors,
         status=status,
-        starts_after=_aware("starts_after", starts_after),
-        starts_before=_aware("starts_before", starts_before),
-        after=_keyset(cursors, cursor),
+        starts_after=starts_after,
+        starts_before=starts_before,
+        cursor=cursor,
         limit=limit,
     )
-    page = await services.list_meetings(user_id, query)
-    return MeetingsResponse(
-        meetings=tuple(MeetingResponse.of(view) for view in page.meetings),
-        next_cursor=cursors.encode(page.next_after) if page.next_after else None,
-    )
+    return meetings_response(cursors, await services.list_meetings(user_id, query))
