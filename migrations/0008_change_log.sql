@@ -11,8 +11,8 @@
 -- never makes it skip. xid8 never wraps around.
 --
 -- Per user, `user_seq` numbers the changes 1, 2, 3, ... under the user's advisory lock (the one
--- the meetings upsert already holds, 0005: one lock per user, so no two orders of taking locks
--- can deadlock), so one user's changes are also numbered in the order they commit.
+-- the meetings upsert holds, 0005), which the service takes before a transaction's first write
+-- (DR-33): one user's changes are numbered, and placed in the feed, in the order they commit.
 CREATE TABLE change_log (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     xid         xid8 NOT NULL DEFAULT pg_current_xact_id(),
@@ -94,11 +94,11 @@ BEGIN
         event := 'connection.connected';
     ELSIF NEW.status = 'needs_reauth' AND OLD.status <> 'needs_reauth' THEN
         event := 'connection.needs_reauth';
-    ELSIF OLD.status = 'needs_reauth' AND NEW.status = 'active' THEN
-        event := 'connection.recovered';
     ELSIF NEW.calendly_user_uri IS DISTINCT FROM OLD.calendly_user_uri
           OR NEW.connected_at IS DISTINCT FROM OLD.connected_at THEN
-        event := 'connection.reconnected';
+        event := 'connection.reconnected';  -- another Calendly account (also after needs_reauth)
+    ELSIF OLD.status = 'needs_reauth' AND NEW.status = 'active' THEN
+        event := 'connection.recovered';
     ELSIF NEW.webhook_status = 'disabled' AND OLD.webhook_status <> 'disabled' THEN
         event := 'connection.webhooks_disabled';
     ELSIF NEW.webhook_status = 'unavailable_plan' AND OLD.webhook_status <> 'unavailable_plan' THEN

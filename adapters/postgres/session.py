@@ -11,6 +11,9 @@ from psycopg.pq import TransactionStatus
 from .pool import Connection
 
 SET_TENANT = "SELECT set_config('app.user_id', %s, true)"
+# The tenant's lock (the one the meetings upsert and the change log take, 0005 and 0008),
+# taken before the transaction's first write: DR-33.
+LOCK_TENANT = "SELECT pg_advisory_xact_lock(hashtextextended('meetings:' || %s, 0))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +48,14 @@ class Session:
     It also notes whether the transaction may have written anything (`wrote`): only the
     statements in `read_only` (what the repositories declared) are known to write nothing,
     everything else counts as a write.
+
+    A tenant's transaction takes the tenant's advisory lock just before its first write
+    statement (row locks included), in the same round trip (DR-33): every writer of a user then
+    takes that lock before any row lock, so no two orders can deadlock, and one user's
+    transactions get their transaction ids in the order they commit.
     """
 
-    # The session's own statement.
+    # The session's own statements.
     READ_ONLY: ClassVar[ReadOnly] = ReadOnly(reads=frozenset({SET_TENANT}))
 
     def __init__(self, conn: Connection, read_only: ReadOnly) -> None:
@@ -56,19 +64,26 @@ class Session:
         self.wrote = False
         self._reads = read_only.reads
         self._nothing_without_rows = read_only.nothing_without_rows
+        self._tenant: str | None = None
+        self._locked = False
 
     async def execute(self, query: str, params: Any = None) -> psycopg.AsyncCursor[Any]:
         conn = self.conn
         tenant, self.pending_tenant = self.pending_tenant, None
-        if tenant is None and conn.info.transaction_status != TransactionStatus.IDLE:
+        if tenant is not None and tenant != self._tenant:
+            self._tenant, self._locked = tenant, False
+        writes = query not in self._reads
+        lock = writes and not self._locked and self._tenant is not None
+        if tenant is None and not lock and conn.info.transaction_status != TransactionStatus.IDLE:
             cursor = await conn.execute(query, params)
         else:
             async with conn.pipeline():
                 if tenant is not None:
                     await conn.execute(SET_TENANT, (tenant,))
+                if lock:
+                    await conn.execute(LOCK_TENANT, (self._tenant,))
+                    self._locked = True
                 cursor = await conn.execute(query, params)
-        if query not in self._reads and not (
-            query in self._nothing_without_rows and cursor.rowcount == 0
-        ):
+        if writes and not (query in self._nothing_without_rows and cursor.rowcount == 0):
             self.wrote = True
         return cursor

@@ -32,6 +32,9 @@ UNAVAILABLE = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.error
 # statements (DR-20). A repository left out here merely has all its statements count as writes.
 READ_ONLY: ReadOnly = (
     Session.READ_ONLY
+    # A lock writes nothing; nor does it count as the first write that takes the tenant's
+    # lock (a subscription's lock is held across Calendly calls: DR-11, DR-33).
+    | ReadOnly(reads=frozenset({ADVISORY_LOCK}))
     | PostgresConnectionRepository.READ_ONLY
     | PostgresAuthorizationRepository.READ_ONLY
     | PostgresMeetingRepository.READ_ONLY

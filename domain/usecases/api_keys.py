@@ -138,6 +138,9 @@ class AuthenticateApiKey:
         self._cache_for = timedelta(seconds=cache_seconds)
         self._max_cached = max_cached
         self._cache: dict[bytes, _Cached] = {}
+        # Digests no key has, apart: a flood of made-up keys evicts only its own kind (oldest
+        # first, in constant time), never a known key (each new one still costs a lookup).
+        self._unknown: dict[bytes, datetime] = {}
         self._used: dict[str, datetime] = {}
 
     async def __call__(self, presented: str) -> ApiKey:
@@ -147,17 +150,31 @@ class AuthenticateApiKey:
         found = digest(presented)
         now = self._clock.now()
         cached = self._cache.get(found)
+        unknown_until = self._unknown.get(found)
         if cached is not None and now < cached.until:
             key = cached.key
+        elif unknown_until is not None and now < unknown_until:
+            key = None
         else:
             key = await self._store.find(found)
-            self._remember(found, key, now)
+            if key is None:
+                self._remember_unknown(found, now)
+            else:
+                self._unknown.pop(found, None)
+                self._remember(found, key, now)
         if key is None:
             raise NotAuthenticated("this API key is not known to this service")
         if not key.active:
             raise NotAuthenticated("this API key has been revoked")
         self._used[key.id] = now
         return key
+
+    def _remember_unknown(self, found: bytes, now: datetime) -> None:
+        unknown = self._unknown
+        unknown.pop(found, None)
+        while len(unknown) >= self._max_cached:
+            del unknown[next(iter(unknown))]
+        unknown[found] = now + self._cache_for
 
     def _remember(self, found: bytes, key: ApiKey | None, now: datetime) -> None:
         cache = self._cache
