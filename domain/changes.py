@@ -68,3 +68,23 @@ class ChangeFeed(Protocol):
         last position returned finds every change committed since, and none twice.
         """
         ...
+
+
+# The events a host webhook endpoint may ask for (HOST_WEBHOOK_EVENTS): exact names, or a
+# family with `.*` ('meeting.*', 'invitee.*', 'connection.*'), or '*'.
+EVENT_FAMILIES = ("connection", "meeting", "invitee")
+
+
+def is_event_pattern(pattern: str) -> bool:
+    if pattern == "*" or pattern in CONNECTION_EVENTS or pattern in MEETING_EVENTS:
+        return True
+    family, dot, star = pattern.partition(".")
+    return bool(dot) and star == "*" and family in EVENT_FAMILIES
+
+
+def event_matches(event: str, patterns: Sequence[str]) -> bool:
+    """Whether an endpoint that asked for `patterns` wants `event` (none asked: every event)."""
+    if not patterns:
+        return True
+    family = event.partition(".")[0]
+    return any(p in ("*", event, f"{family}.*") for p in patterns)

@@ -1,9 +1,9 @@
 """`calendly-connect`: the command line of the service, routing each command to its module.
 
-The runtime is in entrypoints/service/ (serve, worker), the operator's tools in
-entrypoints/operator/ (migrate, doctor, repair-connections, api-keys), the developer's in
-entrypoints/developer/ (dev). Each command is imported only when it runs, so a quick command
-never pays for the web stack.
+The runtime is in entrypoints/service/ (serve, worker, host-webhooks run), the operator's
+tools in entrypoints/operator/ (migrate, doctor, repair-connections, api-keys, host-webhooks
+status | replay | retry | enable), the developer's in entrypoints/developer/ (dev). Each
+command is imported only when it runs, so a quick command never pays for the web stack.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ COMMANDS = {
     "doctor": "check the deployment and say how to fix what is wrong (--json, --strict)",
     "repair-connections": "fill missing Calendly user URIs and ensure subscriptions (--dry-run)",
     "api-keys": "create, list and revoke keys of the server API (/v1) for the host's back end",
+    "host-webhooks": "deliver host webhooks (run), and status | replay | retry | enable",
     "sandbox": "run the Calendly sandbox (a local Calendly look-alike); see --help",
 }
 
@@ -63,6 +64,17 @@ def cmd_api_keys(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     return api_keys_main(argv, environ)
 
 
+def cmd_host_webhooks(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    # `run` is the runtime's (the dispatcher); the rest are the operator's.
+    if argv and argv[0] == "run":
+        from entrypoints.service.host_webhooks import main as run_main
+
+        return run_main(argv[1:], environ)
+    from entrypoints.operator.host_webhooks import main as host_webhooks_main
+
+    return host_webhooks_main(argv, environ)
+
+
 def cmd_dev(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     from entrypoints.developer.devstack import main as dev_main
 
@@ -81,6 +93,7 @@ HANDLERS: dict[str, Command] = {
     "doctor": cmd_doctor,
     "repair-connections": cmd_repair,
     "api-keys": cmd_api_keys,
+    "host-webhooks": cmd_host_webhooks,
     "dev": cmd_dev,
     "serve": cmd_serve,
     "worker": cmd_worker,

@@ -18,7 +18,6 @@ from dependency_injector import containers, providers
 from adapters.calendly import AiohttpCalendlyApi
 from adapters.calendly.webhook_decoder import MsgspecWebhookDecoder
 from adapters.crypto import AesGcmTokenCipher
-from adapters.host_notifications import HostNotifier
 from adapters.postgres.api_keys import PostgresApiKeyStore
 from adapters.postgres.changes import PostgresChangeFeed
 from adapters.postgres.directory import PostgresConnectionDirectory
@@ -258,13 +257,6 @@ class Container(containers.DeclarativeContainer):
         tokens=tokens,
         ensure_subscription=ensure_subscription,
         clock=clock,
-    )
-    host_notifier = providers.Singleton(
-        HostNotifier,
-        pool=pool,
-        session=session,
-        url=settings.provided.worker.host_webhook_url,
-        secret=settings.provided.worker.host_webhook_secret,
     )
     # The server API (/v1): its keys, the host's list across tenants, erasure.
     api_keys = providers.Resource(api_key_authenticator, pool=pool, clock=clock)

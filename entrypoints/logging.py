@@ -24,7 +24,7 @@ from domain.secret_names import (
     SECRET_URL_PARAMETERS,
     is_secret_name,
 )
-from entrypoints.settings import Settings
+from entrypoints.settings import DispatcherSettings, Settings
 
 # Registered values shorter than this would redact ordinary words; they are ignored.
 MIN_SECRET_LENGTH: Final = 8
@@ -216,7 +216,9 @@ def configure_logging(*, fmt: str, level: str, stream: TextIO | None = None) -> 
     )
 
 
-def configure_service_logging(settings: Settings, *, level: str | None = None) -> None:
+def configure_service_logging(
+    settings: Settings | DispatcherSettings, *, level: str | None = None
+) -> None:
     """How every command that loaded its settings logs: their format and level (or `level`),
     with every configured secret registered for scrubbing before the first line is written."""
     configure_logging(fmt=settings.logging.format, level=level or settings.logging.level)

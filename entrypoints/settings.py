@@ -21,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 from adapters.calendly.transport import basic_credentials
 from adapters.crypto import parse_encryption_keys
 from adapters.postgres.roles import DEFAULT_RUNTIME_ROLE
+from domain.changes import is_event_pattern
 from domain.secret import REDACTED, Secret
 
 LogFormat = Literal["json", "console", "auto"]
@@ -74,6 +75,7 @@ VARIABLES: Final = (
     "SUBSCRIPTION_CHECK_SECONDS",
     "HOST_WEBHOOK_URL",
     "HOST_WEBHOOK_SECRET",
+    "HOST_WEBHOOK_EVENTS",
     "LOG_FORMAT",
     "LOG_LEVEL",
     "PORT",
@@ -163,7 +165,7 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """The maintenance worker (calendly-connect worker): its pace and what it owes the host."""
+    """The maintenance worker (calendly-connect worker): its pace and its back-off."""
 
     concurrency: int = 4
     poll_seconds: float = 1.0
@@ -174,9 +176,27 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     sync_interval_seconds: int = 21_600
     plan_poll_seconds: int = 120
     subscription_check_seconds: int = 1_800
-    # Optional outbound webhook to the host app (connection.needs_reauth, .recovered, ...).
-    host_webhook_url: str | None = None
-    host_webhook_secret: Secret | None = None
+
+
+class HostWebhookEndpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """One endpoint of the host's (HOST_WEBHOOK_URL), its secrets and the events it wants."""
+
+    name: str
+    url: str
+    # `whsec_...`: every one signs each message (several while the host rotates).
+    secrets: tuple[Secret, ...]
+    # Patterns ('meeting.*') or exact names; empty: every event.
+    event_types: tuple[str, ...] = ()
+
+
+class HostWebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The host webhooks' dispatcher (calendly-connect host-webhooks run; DR-34)."""
+
+    endpoints: tuple[HostWebhookEndpoint, ...] = ()
+    # Streams (users) delivered at once, per endpoint: a slow endpoint fills only its own.
+    concurrency: int = 8
+    poll_seconds: float = 1.0
+    timeout_seconds: float = 10.0
 
 
 class LoggingSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -192,6 +212,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     encryption: EncryptionSettings
     http: HttpSettings
     worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
+    host_webhooks: HostWebhookSettings = msgspec.field(default_factory=HostWebhookSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     def secret_values(self) -> list[str]:
@@ -202,8 +223,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         # The client's HTTP Basic credentials, exactly as the adapter sends them to Calendly.
         values.append(basic_credentials(calendly.client_id, calendly.client_secret))
         values += [key.reveal() for key in calendly.webhook_signing_keys]
-        if self.worker.host_webhook_secret is not None:
-            values.append(self.worker.host_webhook_secret.reveal())
+        for endpoint in self.host_webhooks.endpoints:
+            values += [secret.reveal() for secret in endpoint.secrets]
         password = urlsplit(self.database.url.reveal()).password
         if password:
             values += [password, unquote(password)]
@@ -244,6 +265,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         encryption=_read_encryption(env),
         http=http,
         worker=_read_worker(env),
+        host_webhooks=_read_host_webhooks(env),
         logging=_read_logging(env),
     )
     # The readers hand back placeholders for bad values: nothing is used unless all is well.
@@ -264,6 +286,33 @@ def load_database_settings(
     database = _read_database(env, url_variable, pool=False)
     env.raise_problems()
     return database
+
+
+class DispatcherSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What `calendly-connect host-webhooks run` reads: no Calendly or HTTP settings."""
+
+    database: DatabaseSettings
+    host_webhooks: HostWebhookSettings
+    logging: LoggingSettings
+
+    def secret_values(self) -> list[str]:
+        values = [s.reveal() for e in self.host_webhooks.endpoints for s in e.secrets]
+        password = urlsplit(self.database.url.reveal()).password
+        if password:
+            values += [password, unquote(password)]
+        return list(dict.fromkeys(values))
+
+
+def load_dispatcher_settings(environ: Mapping[str, str]) -> DispatcherSettings:
+    """The database (with its pool), the host webhooks and logging; raises ConfigError."""
+    env = _Environment(environ)
+    settings = DispatcherSettings(
+        database=_read_database(env, "DATABASE_URL"),
+        host_webhooks=_read_host_webhooks(env),
+        logging=_read_logging(env),
+    )
+    env.raise_problems()
+    return settings
 
 
 def _default(group: type[msgspec.Struct], field: str) -> Any:
@@ -482,16 +531,6 @@ def _read_jwt_secrets(env: _Environment) -> tuple[Secret, ...]:
 
 def _read_worker(env: _Environment) -> WorkerSettings:
     defaults = WorkerSettings
-    host_webhook_url = env.optional("HOST_WEBHOOK_URL")
-    if host_webhook_url is not None:
-        host_webhook_url = env.url("HOST_WEBHOOK_URL", default=host_webhook_url)
-    host_webhook_secret = env.optional("HOST_WEBHOOK_SECRET")
-    if host_webhook_url and not host_webhook_secret:
-        env.problem(
-            "HOST_WEBHOOK_SECRET",
-            "HOST_WEBHOOK_URL is set but HOST_WEBHOOK_SECRET is not: notifications to the host "
-            "app are signed with it; set 32+ random characters",
-        )
     poll = env.integer(
         "WORKER_POLL_MILLISECONDS", _milliseconds(_default(defaults, "poll_seconds")), 50, 60_000
     )
@@ -524,9 +563,143 @@ def _read_worker(env: _Environment) -> WorkerSettings:
             10,
             86_400,
         ),
-        host_webhook_url=host_webhook_url,
-        host_webhook_secret=Secret(host_webhook_secret) if host_webhook_secret else None,
     )
+
+
+# An endpoint's name in HOST_WEBHOOK_URL (`crm=https://...`), _SECRET and _EVENTS; unnamed: this.
+DEFAULT_ENDPOINT: Final = "default"
+_ENDPOINT_NAME: Final = re.compile(r"([A-Za-z0-9_-]{1,64})=(.*)", re.DOTALL)
+# Standard Webhooks' secrets: `whsec_` and the base64 of 24 to 64 random bytes.
+_WHSEC: Final = re.compile(r"whsec_([A-Za-z0-9+/]+={0,2})")
+WHSEC_MIN_BYTES: Final = 24
+
+
+def _named_entries(raw: str, *, looks_named: Callable[[str], bool]) -> list[tuple[str, str]]:
+    """`name=value,name=value` or one unnamed value (named DEFAULT_ENDPOINT)."""
+    entries: list[tuple[str, str]] = []
+    for entry in _split_list(raw):
+        found = _ENDPOINT_NAME.fullmatch(entry)
+        if found and looks_named(found[2]):
+            entries.append((found[1], found[2].strip()))
+        else:
+            entries.append((DEFAULT_ENDPOINT, entry))
+    return entries
+
+
+def whsec_problem(secret: str) -> str | None:
+    """Why `secret` is no Standard Webhooks secret, or None (never repeats it)."""
+    found = _WHSEC.fullmatch(secret)
+    if found is None:
+        return "must be whsec_ followed by base64 (e.g. whsec_ + 32 random bytes in base64)"
+    try:
+        size = len(base64.b64decode(found[1] + "=" * (-len(found[1]) % 4), validate=True))
+    except ValueError:
+        return "is not whsec_ followed by base64"
+    if size < WHSEC_MIN_BYTES:
+        return f"is too short: whsec_ and the base64 of at least {WHSEC_MIN_BYTES} random bytes"
+    return None
+
+
+def _read_host_webhooks(env: _Environment) -> HostWebhookSettings:
+    """HOST_WEBHOOK_URL, _SECRET, _EVENTS: one endpoint or several named ones (DR-34)."""
+    raw_urls = env.optional("HOST_WEBHOOK_URL")
+    raw_secrets = env.optional("HOST_WEBHOOK_SECRET")
+    raw_events = env.optional("HOST_WEBHOOK_EVENTS")
+    if raw_urls is None:
+        for name, raw in (
+            ("HOST_WEBHOOK_SECRET", raw_secrets),
+            ("HOST_WEBHOOK_EVENTS", raw_events),
+        ):
+            if raw is not None:
+                env.problem(name, f"{name} is set but HOST_WEBHOOK_URL is not; set both or neither")
+        return HostWebhookSettings()
+    urls: dict[str, str] = {}
+    entries = _named_entries(raw_urls, looks_named=lambda value: "://" in value)
+    for position, (name, url) in enumerate(entries, start=1):
+        which = "HOST_WEBHOOK_URL" if len(entries) == 1 else f"HOST_WEBHOOK_URL entry {position}"
+        if name in urls:
+            env.problem("HOST_WEBHOOK_URL", f"{which} names {name!r} a second time")
+            continue
+        reason = _url_problem(url)
+        if reason is not None:
+            env.problem("HOST_WEBHOOK_URL", f"{which} {reason}")
+        urls[name] = url
+    if not urls and env.all_valid("HOST_WEBHOOK_URL"):
+        env.problem("HOST_WEBHOOK_URL", "HOST_WEBHOOK_URL holds no URL; give e.g. https://app/hook")
+    secrets = _read_webhook_secrets(env, raw_secrets, urls)
+    events = _read_webhook_events(env, raw_events, urls)
+    return HostWebhookSettings(
+        endpoints=tuple(
+            HostWebhookEndpoint(
+                name=name,
+                url=url,
+                secrets=tuple(Secret(s) for s in secrets.get(name, ())),
+                event_types=events.get(name, ()),
+            )
+            for name, url in urls.items()
+        )
+    )
+
+
+def _read_webhook_secrets(
+    env: _Environment, raw: str | None, urls: Mapping[str, str]
+) -> dict[str, list[str]]:
+    """Each endpoint's secrets: `name=whsec_a|whsec_b`; unnamed ones serve every other."""
+    named: dict[str, list[str]] = {}
+    shared: list[str] = []
+    entries = _named_entries(raw or "", looks_named=lambda value: value.startswith("whsec_"))
+    for position, (name, value) in enumerate(entries, start=1):
+        keys = [k.strip() for k in value.split("|") if k.strip()]
+        for key in keys:
+            reason = whsec_problem(key)
+            if reason is not None:
+                env.problem(
+                    "HOST_WEBHOOK_SECRET",
+                    f"HOST_WEBHOOK_SECRET entry {position} {reason} (the value is not shown)",
+                )
+        if name == DEFAULT_ENDPOINT and DEFAULT_ENDPOINT not in urls:
+            shared += keys
+        elif name not in urls:
+            env.problem(
+                "HOST_WEBHOOK_SECRET",
+                f"HOST_WEBHOOK_SECRET names {name!r}, which HOST_WEBHOOK_URL does not",
+            )
+        else:
+            named.setdefault(name, []).extend(keys)
+    for name in urls:
+        if not named.get(name):
+            named[name] = shared
+        if not named[name]:
+            env.problem(
+                "HOST_WEBHOOK_SECRET",
+                f"HOST_WEBHOOK_SECRET has no secret for {name!r} (HOST_WEBHOOK_URL names it): "
+                "every webhook is signed; set whsec_ + the base64 of 32 random bytes "
+                "(`name=whsec_...` for a named endpoint)",
+            )
+    return named
+
+
+def _read_webhook_events(
+    env: _Environment, raw: str | None, urls: Mapping[str, str]
+) -> dict[str, tuple[str, ...]]:
+    events: dict[str, tuple[str, ...]] = {}
+    entries = _named_entries(raw or "", looks_named=lambda value: True)
+    for name, value in entries:
+        patterns = tuple(p.strip() for p in value.split("|") if p.strip())
+        bad = [p for p in patterns if not is_event_pattern(p)]
+        if bad:
+            env.problem(
+                "HOST_WEBHOOK_EVENTS",
+                f"HOST_WEBHOOK_EVENTS has {', '.join(map(repr, bad))}: not an event; use names "
+                "such as meeting.created or families such as meeting.*, invitee.*, connection.*",
+            )
+        if name not in urls:
+            env.problem(
+                "HOST_WEBHOOK_EVENTS",
+                f"HOST_WEBHOOK_EVENTS names {name!r}, which HOST_WEBHOOK_URL does not",
+            )
+        events[name] = patterns
+    return events
 
 
 def _read_logging(env: _Environment) -> LoggingSettings:

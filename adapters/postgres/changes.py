@@ -21,7 +21,7 @@ from .unit_of_work import UNAVAILABLE
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
 
-_CHANGE_COLUMNS: Final = """
+CHANGE_COLUMNS: Final = """
 SELECT id, xid::text AS xid, user_id, user_seq, kind, subject_id::text AS subject_id, event,
        created_at
 FROM change_log
@@ -29,9 +29,9 @@ FROM change_log
 # Only transactions below the statement's snapshot xmin have all ended: what they wrote is all
 # visible now or never will be, so nothing can later appear before the last position read.
 _HORIZON: Final = "xid < pg_snapshot_xmin(pg_current_snapshot())"
-FIRST_CHANGES: Final = _CHANGE_COLUMNS + f"WHERE {_HORIZON} ORDER BY xid, id LIMIT %(limit)s"
+FIRST_CHANGES: Final = CHANGE_COLUMNS + f"WHERE {_HORIZON} ORDER BY xid, id LIMIT %(limit)s"
 NEXT_CHANGES: Final = (
-    _CHANGE_COLUMNS
+    CHANGE_COLUMNS
     + "WHERE (xid, id) > (%(xid)s::xid8, %(id)s::bigint) AND "
     + f"{_HORIZON} ORDER BY xid, id LIMIT %(limit)s"
 )
@@ -39,7 +39,9 @@ CONNECTION_SNAPSHOTS: Final = CONNECTION_SNAPSHOT_COLUMNS + "WHERE c.id = ANY(%(
 MEETING_SNAPSHOTS: Final = MEETING_COLUMNS + "WHERE m.id = ANY(%(ids)s::uuid[])"
 
 
-class _ChangeRow(msgspec.Struct, kw_only=True):
+class ChangeRow(msgspec.Struct, kw_only=True):
+    """A row of the change log's columns (the queries above; host_webhooks.py reads them too)."""
+
     id: int
     xid: str
     user_id: str
@@ -48,6 +50,27 @@ class _ChangeRow(msgspec.Struct, kw_only=True):
     subject_id: str
     event: str
     created_at: datetime
+
+
+async def with_snapshots(conn: Any, rows: Sequence[ChangeRow]) -> list[Change]:
+    """The changes of `rows`, each with its subject as it is now (two queries at most), read on
+    `conn` in the caller's transaction (the host scope: every user's subjects are visible)."""
+    connections = await _connections(conn, rows)
+    meetings = await _meetings(conn, rows)
+    return [
+        Change(
+            position=ChangePosition(int(row.xid), row.id),
+            user_id=row.user_id,
+            user_seq=row.user_seq,
+            kind=row.kind,
+            subject_id=row.subject_id,
+            event=row.event,
+            created_at=row.created_at,
+            connection=connections.get(row.subject_id) if row.kind == "connection" else None,
+            meeting=meetings.get(row.subject_id) if row.kind == "meeting" else None,
+        )
+        for row in rows
+    ]
 
 
 class PostgresChangeFeed(ChangeFeed):
@@ -66,40 +89,25 @@ class PostgresChangeFeed(ChangeFeed):
                     await conn.execute(READ_ONLY)
                     await conn.execute(HOST_SCOPE)
                     cursor = await conn.execute(query, params)
-                rows = [msgspec.convert(r, _ChangeRow) for r in await cursor.fetchall()]
-                connections = await self._connections(conn, rows)
-                meetings = await self._meetings(conn, rows)
+                rows = [msgspec.convert(r, ChangeRow) for r in await cursor.fetchall()]
+                return await with_snapshots(conn, rows)
         except UNAVAILABLE as exc:
             raise StorageUnavailable("the database is unavailable") from exc
-        return [
-            Change(
-                position=ChangePosition(int(row.xid), row.id),
-                user_id=row.user_id,
-                user_seq=row.user_seq,
-                kind=row.kind,
-                subject_id=row.subject_id,
-                event=row.event,
-                created_at=row.created_at,
-                connection=connections.get(row.subject_id) if row.kind == "connection" else None,
-                meeting=meetings.get(row.subject_id) if row.kind == "meeting" else None,
-            )
-            for row in rows
-        ]
 
-    @staticmethod
-    async def _connections(conn: Any, rows: Sequence[_ChangeRow]) -> dict[str, ListedConnection]:
-        ids = sorted({row.subject_id for row in rows if row.kind == "connection"})
-        if not ids:
-            return {}
-        cursor = await conn.execute(CONNECTION_SNAPSHOTS, {"ids": ids})
-        found = [msgspec.convert(r, ConnectionRow).listed() for r in await cursor.fetchall()]
-        return {c.id: c for c in found}
 
-    @staticmethod
-    async def _meetings(conn: Any, rows: Sequence[_ChangeRow]) -> dict[str, MeetingView]:
-        ids = sorted({row.subject_id for row in rows if row.kind == "meeting"})
-        if not ids:
-            return {}
-        cursor = await conn.execute(MEETING_SNAPSHOTS, {"ids": ids})
-        views = PostgresMeetingRepository.views(await cursor.fetchall())
-        return {view.id: view for view in views}
+async def _connections(conn: Any, rows: Sequence[ChangeRow]) -> dict[str, ListedConnection]:
+    ids = sorted({row.subject_id for row in rows if row.kind == "connection"})
+    if not ids:
+        return {}
+    cursor = await conn.execute(CONNECTION_SNAPSHOTS, {"ids": ids})
+    found = [msgspec.convert(r, ConnectionRow).listed() for r in await cursor.fetchall()]
+    return {c.id: c for c in found}
+
+
+async def _meetings(conn: Any, rows: Sequence[ChangeRow]) -> dict[str, MeetingView]:
+    ids = sorted({row.subject_id for row in rows if row.kind == "meeting"})
+    if not ids:
+        return {}
+    cursor = await conn.execute(MEETING_SNAPSHOTS, {"ids": ids})
+    views = PostgresMeetingRepository.views(await cursor.fetchall())
+    return {view.id: view for view in views}

@@ -16,6 +16,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from .directory import HOST_SCOPE
+from .host_webhooks import STATUS as HOST_WEBHOOK_STATUS
 from .migrations import Migration, discover
 from .roles import RoleFlags, role_flags_now
 
@@ -37,8 +39,13 @@ NEEDING_REAUTH = """
 SELECT user_id FROM calendar_connections WHERE status = 'needs_reauth' ORDER BY updated_at DESC
 """
 LIVE_WORKERS = """
-SELECT count(*) AS n FROM worker_heartbeats
-WHERE seen_at > now() - make_interval(secs => %(within)s)
+SELECT count(*) AS n FROM worker_heartbeats WHERE worker_id NOT LIKE 'host-webhooks:%%'
+  AND seen_at > now() - make_interval(secs => %(within)s)
+"""
+# The host webhooks' dispatchers beat in the same table, under their own prefix.
+LIVE_DISPATCHERS = """
+SELECT count(*) AS n FROM worker_heartbeats WHERE worker_id LIKE 'host-webhooks:%%'
+  AND seen_at > now() - make_interval(secs => %(within)s)
 """
 HAS_RETRY_AT = """
 SELECT 1 FROM information_schema.columns
@@ -173,6 +180,22 @@ class PostgresDiagnostics:
         if not self.has_table("worker_heartbeats"):
             return 0
         return int(self._rows(LIVE_WORKERS, {"within": within_seconds})[0]["n"])
+
+    def live_dispatchers(self, within_seconds: float) -> int:
+        """Host webhook dispatchers whose heartbeat is younger than `within_seconds`."""
+        if not self.has_table("worker_heartbeats"):
+            return 0
+        return int(self._rows(LIVE_DISPATCHERS, {"within": within_seconds})[0]["n"])
+
+    def host_webhook_endpoints(self) -> list[dict[str, Any]] | None:
+        """Each endpoint's state as `host-webhooks status` shows it (read with the host scope,
+        as the dispatcher does); None before migration 0009."""
+        if not self.has_table("host_webhook_endpoints"):
+            return None
+        with _answering(), self._conn.transaction():
+            self._conn.execute("SET TRANSACTION READ ONLY")
+            self._conn.execute(HOST_SCOPE)
+            return self._conn.execute(HOST_WEBHOOK_STATUS).fetchall()
 
     def failing_maintenance(self) -> list[FailingMaintenance] | None:
         """Failing connections grouped by error, most common first; None before migration 0004."""

@@ -27,6 +27,7 @@ ERASED_TABLES: Final = (
     "calendly_webhook_routes",
     "calendar_connections",
     "change_log",
+    "host_webhook_streams",
 )
 ERASE_USER = """
 WITH invitees AS (
@@ -41,7 +42,8 @@ notifications AS (DELETE FROM host_notifications WHERE user_id = %(user_id)s RET
 maintenance AS (DELETE FROM connection_maintenance WHERE user_id = %(user_id)s RETURNING 1),
 routes AS (DELETE FROM calendly_webhook_routes WHERE user_id = %(user_id)s RETURNING 1),
 connections AS (DELETE FROM calendar_connections WHERE user_id = %(user_id)s RETURNING 1),
-changes AS (DELETE FROM change_log WHERE user_id = %(user_id)s RETURNING 1)
+changes AS (DELETE FROM change_log WHERE user_id = %(user_id)s RETURNING 1),
+webhook_streams AS (DELETE FROM host_webhook_streams WHERE user_id = %(user_id)s RETURNING 1)
 SELECT (SELECT count(*) FROM connections) AS connections,
        (SELECT count(*) FROM meetings) AS meetings,
        (SELECT count(*) FROM invitees) AS invitees,

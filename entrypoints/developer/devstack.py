@@ -138,12 +138,16 @@ def run(args: argparse.Namespace, stack: LocalStack) -> int:
     # What the service processes will read, checked once here: one clear report, not one per
     # process, and the settings check sees the address the shared socket really listens on.
     env["HOST"], env["PORT"] = args.host, str(stack.port)
-    load_settings(env)
+    settings = load_settings(env)
     say("• applying migrations")
     stack.migrate()
     say(f"• starting {args.workers} service process(es) and the maintenance worker")
     stack.start_services(args.workers)
     stack.start_worker()
+    if settings.host_webhooks.endpoints:
+        names = ", ".join(e.name for e in settings.host_webhooks.endpoints)
+        say(f"• starting the host webhooks' dispatcher ({names})")
+        stack.start_host_webhooks()
     # Asked where it listens: PUBLIC_BASE_URL may be a proxy or tunnel not routed yet.
     wait_ready(local, stack.services)
     say("")

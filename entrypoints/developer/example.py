@@ -16,6 +16,7 @@ fetches the JWKS when it verifies its first token, which must find the keys ther
 
 from __future__ import annotations
 
+import base64
 import secrets
 import subprocess
 import sys
@@ -80,8 +81,8 @@ def start_example(stack: LocalStack, *, host: str, port: int, data_dir: Path) ->
         example = Example(url=f"http://localhost:{bound}", local_url=f"http://{host}:{bound}")
         env.setdefault("JWT_AUDIENCE", AUDIENCE)
         env.setdefault("JWT_ISSUER", example.url)
-        # Fresh for every run: both sides get it from here, and the outbox signs at send time.
-        secret = secrets.token_urlsafe(32)
+        # Fresh for every run (a Standard Webhooks secret): both sides get it from here.
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
         child_env: dict[str, str] = {name: env[name] for name in PASSED_THROUGH if name in env}
         child_env.update(
             PYTHONPATH=str(EXAMPLE_DIR),

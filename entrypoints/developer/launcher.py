@@ -272,6 +272,10 @@ class LocalStack:
         """`calendly-connect worker`."""
         return self._start("worker", [*CLI, "worker"], overrides)
 
+    def start_host_webhooks(self, **overrides: str) -> Process:
+        """`calendly-connect host-webhooks run`: the host webhooks' dispatcher (DR-34)."""
+        return self._start("host-webhooks", [*CLI, "host-webhooks", "run"], overrides)
+
     # ------------------------------------------------------------------ watching
     def wait_ready(self, url: str | None = None, *, answers_each: int = 1) -> None:
         """Until the services answer ready, `answers_each` times per process in a row."""

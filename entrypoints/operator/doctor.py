@@ -10,6 +10,7 @@ import argparse
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Final, Literal
 
 from adapters.postgres.diagnostics import DiagnosticsFailed, PostgresDiagnostics
@@ -18,12 +19,15 @@ from entrypoints.settings import (
     DatabaseSettings,
     environment_value,
     load_database_settings,
+    load_dispatcher_settings,
     load_settings,
 )
 
 Status = Literal["pass", "warn", "fail"]
 # A worker beats every 15 s (entrypoints/service/worker.py); none for this long means none runs.
 WORKER_SILENCE_SECONDS: Final = 120.0
+# A host webhook undelivered for longer than this means its endpoint is stuck (DR-34).
+HOST_WEBHOOK_STUCK_SECONDS: Final = 300.0
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,67 @@ def check_worker(ctx: Context, db: PostgresDiagnostics) -> Finding:
     return Finding("maintenance worker running", "pass", f"{alive} worker(s) alive")
 
 
+def _configured_endpoints(environ: Mapping[str, str]) -> set[str] | None:
+    """The endpoint names HOST_WEBHOOK_URL gives (None when it cannot be read)."""
+    try:
+        settings = load_dispatcher_settings(environ)
+    except ConfigError:
+        return None
+    return {endpoint.name for endpoint in settings.host_webhooks.endpoints}
+
+
+@needs_db
+def check_host_webhooks(ctx: Context, db: PostgresDiagnostics) -> Finding:
+    """host webhooks delivered"""
+    name = "host webhooks delivered"
+    found = db.host_webhook_endpoints()
+    configured = _configured_endpoints(ctx.environ)
+    if found is None:
+        return Finding(name, "warn", "not checked: migrations are pending", "run: migrate")
+    if configured is not None:
+        found = [row for row in found if row["name"] in configured]
+    if not found:
+        if configured:
+            return Finding(
+                name,
+                "fail",
+                "HOST_WEBHOOK_URL is set but no dispatcher has started yet",
+                "start: calendly-connect host-webhooks run (beside the worker)",
+            )
+        return Finding(name, "pass", "no host webhook endpoint is configured")
+    now = datetime.now(UTC)
+    problems: list[str] = []
+    fixes: list[str] = []
+    status: Status = "pass"
+    for row in found:
+        oldest = row["oldest_undelivered"]
+        if row["disabled_at"] is not None:
+            status = "fail"
+            problems.append(f"{row['name']} is disabled ({row['disabled_reason']})")
+            fixes.append(f"calendly-connect host-webhooks enable {row['name']}")
+        elif row["parked"] or (
+            oldest is not None and (now - oldest).total_seconds() > HOST_WEBHOOK_STUCK_SECONDS
+        ):
+            status = "fail" if status == "fail" else "warn"
+            age = f"{int((now - oldest).total_seconds() // 60)} min" if oldest else "-"
+            problems.append(
+                f"{row['name']} is stuck: oldest undelivered {age} ago, {row['parked']} parked "
+                f"stream(s), last error {row['last_error'] or row['streams_error'] or '-'}"
+            )
+            fixes.append(
+                f"fix the endpoint, then: calendly-connect host-webhooks retry --endpoint "
+                f"{row['name']} (see host-webhooks status)"
+            )
+    alive = db.live_dispatchers(within_seconds=WORKER_SILENCE_SECONDS)
+    if not alive:
+        status = "fail"
+        problems.append("no host webhooks dispatcher was seen in the last 2 minutes")
+        fixes.append("start: calendly-connect host-webhooks run (any number of them)")
+    if problems:
+        return Finding(name, status, "; ".join(problems), "; ".join(fixes))
+    return Finding(name, "pass", f"{len(found)} endpoint(s) up to date, {alive} dispatcher(s)")
+
+
 # What the worker's most common errors mean, and what to do about each.
 MAINTENANCE_FIXES = {
     "DecryptionFailed": "a key id was dropped from TOKEN_ENCRYPTION_KEY: add it back (keep old "
@@ -334,6 +399,7 @@ CHECKS: Sequence[Callable[[Context], Finding]] = (
     check_subscriptions,
     check_reauth,
     check_worker,
+    check_host_webhooks,
     check_maintenance,
     check_unusable,
 )

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Mapping, Sequence
 
 import structlog
 
-from adapters.host_notifications import HostNotifier
 from domain.ports import MaintenanceDue, MaintenanceQueue
 from domain.usecases.maintain_connection import MaintainConnection
 from entrypoints.arguments import fail
@@ -45,13 +44,11 @@ class Worker:
         self,
         queue: MaintenanceQueue,
         maintain: MaintainConnection,
-        notifier: HostNotifier,
         settings: Settings,
         owner: str | None = None,
     ) -> None:
         self._queue = queue
         self._maintain = maintain
-        self._notifier = notifier
         self._settings = settings
         self.owner = owner or worker_id()
         self._capacity = settings.worker.concurrency
@@ -66,7 +63,6 @@ class Worker:
             while not stop.is_set():
                 if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
                     await self._safely(self._queue.heartbeat(self.owner))
-                    await self._safely(self._notifier.deliver_pending())
                     last_beat = time.monotonic()
                 free = self._capacity - len(self._running)
                 self._finished.clear()  # a task that ends from here on wakes the pause below
@@ -162,7 +158,6 @@ async def build_worker(container: Container, settings: Settings) -> Worker:
     return Worker(
         queue=await resolve(container.maintenance_queue()),
         maintain=await resolve(container.maintain_connection()),
-        notifier=await resolve(container.host_notifier()),
         settings=settings,
     )
 

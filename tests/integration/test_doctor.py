@@ -71,6 +71,7 @@ EVERY_CHECK = [
     "subscriptions active",
     "connections needing re-authorization",
     "maintenance worker running",
+    "host webhooks delivered",
     "connections whose maintenance keeps failing",
     "deliveries stored aside (24 h)",
 ]
@@ -240,3 +241,57 @@ def test_failing_connections_without_a_retry_time_are_reported_too(
     finding = by_name(run_checks(healthy))["connections whose maintenance keeps failing"]
     assert finding.status == "warn"
     assert "1 x unexpected KeyError (up to 2 failures in a row, due now)" in finding.detail
+
+
+WHSEC = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+
+
+def endpoint_row(url: str, name: str = "crm", **columns: object) -> None:
+    values: dict[str, object] = {"name": name, "url": "https://crm.test/hook", **columns}
+    names = ", ".join([*values, "fan_xid"])
+    marks = ", ".join(["%s"] * len(values))
+    sql(
+        url,
+        f"INSERT INTO host_webhook_endpoints ({names}) "  # noqa: S608 - test-only, fixed names
+        f"VALUES ({marks}, pg_snapshot_xmin(pg_current_snapshot()))",
+        *values.values(),
+    )
+
+
+def with_host_webhooks(env: dict[str, str]) -> dict[str, str]:
+    return {**env, "HOST_WEBHOOK_URL": "crm=https://crm.test/hook", "HOST_WEBHOOK_SECRET": WHSEC}
+
+
+def test_host_webhooks_need_a_running_dispatcher(healthy: dict[str, str]) -> None:
+    env = with_host_webhooks(healthy)
+    finding = by_name(run_checks(env))["host webhooks delivered"]
+    assert finding.status == "fail"
+    assert "no dispatcher has started" in finding.detail
+    endpoint_row(env["DATABASE_URL"])
+    finding = by_name(run_checks(env))["host webhooks delivered"]
+    assert finding.status == "fail"
+    assert "host-webhooks run" in finding.fix
+    sql(env["DATABASE_URL"], "INSERT INTO worker_heartbeats VALUES ('host-webhooks:d1')")
+    finding = by_name(run_checks(env))["host webhooks delivered"]
+    assert finding.status == "pass"
+    assert "1 dispatcher(s)" in finding.detail
+    # A dispatcher is no maintenance worker.
+    assert by_name(run_checks(env))["maintenance worker running"].detail == "1 worker(s) alive"
+
+
+def test_a_disabled_or_stuck_endpoint_is_reported(healthy: dict[str, str]) -> None:
+    env = with_host_webhooks(healthy)
+    url = env["DATABASE_URL"]
+    sql(url, "INSERT INTO worker_heartbeats VALUES ('host-webhooks:d1')")
+    endpoint_row(url, disabled_at="2026-01-01T00:00:00Z", disabled_reason="410 Gone")
+    finding = by_name(run_checks(env))["host webhooks delivered"]
+    assert finding.status == "fail"
+    assert "crm is disabled (410 Gone)" in finding.detail
+    assert "host-webhooks enable crm" in finding.fix
+    sql(url, "UPDATE host_webhook_endpoints SET disabled_at = NULL")
+    connection_row(url, "alice")
+    sql(url, "UPDATE change_log SET created_at = now() - interval '1 hour'")
+    finding = by_name(run_checks(env))["host webhooks delivered"]
+    assert finding.status == "warn"
+    assert "crm is stuck: oldest undelivered 60 min ago" in finding.detail
+    assert "host-webhooks retry --endpoint crm" in finding.fix

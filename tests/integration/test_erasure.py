@@ -61,6 +61,16 @@ async def fill(core: RealCore, user: str, email: str) -> None:
         user,
     )
     owner_sql(core, "UPDATE connection_maintenance SET failures = 2 WHERE user_id = %s", user)
+    owner_sql(
+        core,
+        "INSERT INTO host_webhook_endpoints (name, url, fan_xid) VALUES ('crm', 'https://a.test/',"
+        " '0') ON CONFLICT DO NOTHING",
+    )
+    owner_sql(
+        core,
+        "INSERT INTO host_webhook_streams (endpoint, user_id, head_seq) VALUES ('crm', %s, 3)",
+        user,
+    )
 
 
 async def test_erasure_covers_every_table_that_keeps_a_user(real: RealCore) -> None:

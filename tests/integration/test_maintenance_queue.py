@@ -131,8 +131,10 @@ async def test_token_expiry_reconnects_and_disconnects_reach_the_schedule(
         await uow.commit()
     ((sync_due,),) = owner_sql(database_url, "SELECT sync_due FROM connection_maintenance")
     assert sync_due <= datetime.now(tz=UTC)
-    kinds = owner_sql(database_url, "SELECT kind FROM host_notifications")
-    assert kinds == [("connection.needs_reauth",)]
+    # The host hears of it through the change log (host webhooks, DR-34), not the old outbox.
+    assert owner_sql(database_url, "SELECT count(*) FROM host_notifications") == [(0,)]
+    events = owner_sql(database_url, "SELECT event FROM change_log ORDER BY user_seq DESC LIMIT 1")
+    assert events == [("connection.needs_reauth",)]
     async with pg_uow("a") as uow:
         await uow.connections.save(saved.disconnected(NOW))
         await uow.commit()

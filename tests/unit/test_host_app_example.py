@@ -1,13 +1,15 @@
 """The example host app (examples/host-app): its ES256 tokens and JWKS are what the service's
 authenticator accepts, its session and token endpoints, and its check of the service's signed
-notifications (the same scheme as adapters/host_notifications.py signs with)."""
+host webhooks (Standard Webhooks, as adapters/host_webhooks.py signs them)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from adapters.host_notifications import signature as service_signature
+from adapters.host_webhooks import signature_header
 from domain.errors import NotAuthenticated
 from domain.secret import Secret
 from entrypoints.service.http.auth import JwtAuthenticator
@@ -31,7 +33,8 @@ web_module = host_app_module("web")
 AUDIENCE = "calendly-connect"
 ISSUER = "http://localhost:8090"
 SERVICE = "http://127.0.0.1:8000"
-SECRET = "host-webhook-secret-0123456789abcdef"
+SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+OLD_SECRET = "whsec_" + base64.b64encode(bytes(range(32, 64))).decode()
 
 
 def authenticator(jwks: dict[str, Any]) -> JwtAuthenticator:
@@ -132,51 +135,71 @@ async def test_after_a_rotation_both_keys_are_published_and_the_new_one_signs(
     assert (await check.authenticate(new_token)).user_id == "bob"
 
 
-# ------------------------------------------------------------------ notification signatures
+# ------------------------------------------------------------------ webhook signatures
 BODY = (
-    b'{"id":7,"type":"connection.needs_reauth","user_id":"alice",'
-    b'"created_at":"2030-01-01T00:00:00Z"}'
+    b'{"type":"connection.needs_reauth","timestamp":"2030-01-01T00:00:00Z",'
+    b'"data":{"user_id":"alice","sequence":3,"cursor":"9.7","connection":null}}'
 )
 
 
-def test_a_notification_the_service_signed_verifies() -> None:
-    now = int(time.time())
-    header = service_signature(Secret(SECRET), now, BODY)
-    notifications.verify_signature(header, BODY, [SECRET], now=now)
-    # The example's own signer (for tools and tests) agrees with the service's.
-    assert notifications.sign(SECRET, now, BODY) == header
+def service_headers(
+    body: bytes = BODY, secrets: tuple[str, ...] = (SECRET,), at: datetime | None = None
+) -> dict[str, str]:
+    """What the service sends with `body` (adapters/host_webhooks.py signs)."""
+    when = at or datetime.now(UTC)
+    return {
+        "webhook-id": "msg_7",
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": signature_header([Secret(s) for s in secrets], "msg_7", when, body),
+    }
+
+
+def test_a_webhook_the_service_signed_verifies() -> None:
+    notifications.verify_signature(BODY, service_headers(), [SECRET])
 
 
 def test_the_old_secret_still_verifies_while_rotating() -> None:
-    now = int(time.time())
-    header = service_signature(Secret("old-secret"), now, BODY)
-    notifications.verify_signature(header, BODY, [SECRET, "old-secret"], now=now)
+    notifications.verify_signature(
+        BODY, service_headers(secrets=(OLD_SECRET,)), [SECRET, OLD_SECRET]
+    )
+    # and the service, holding both, signs with both: either side may rotate first
+    notifications.verify_signature(
+        BODY, service_headers(secrets=(SECRET, OLD_SECRET)), [OLD_SECRET]
+    )
 
 
-@pytest.mark.parametrize(
-    ("header", "body", "reason"),
-    [
-        (None, BODY, "no Calendly-Connect-Signature"),
-        ("", BODY, "no Calendly-Connect-Signature"),
-        ("v1=abc", BODY, "malformed"),
-        ("t=1900000000", BODY, "malformed"),
-        ("t=abc,v1=00", BODY, "malformed"),
-        ("signed", BODY, "malformed"),
-        (notifications.sign("another-secret", 1_900_000_000, BODY), BODY, "does not match"),
-        (notifications.sign(SECRET, 1_900_000_000, BODY), BODY[:-1] + b" }", "does not match"),
-        (notifications.sign(SECRET, 1_900_000_000 - 301, BODY), BODY, "too old"),
-        (notifications.sign(SECRET, 1_900_000_000 + 301, BODY), BODY, "too old"),
-    ],
-)
-def test_a_bad_signature_is_refused(header: str | None, body: bytes, reason: str) -> None:
+def _without(name: str) -> dict[str, str]:
+    headers = service_headers()
+    del headers[name]
+    return headers
+
+
+# Built when the test runs, not when it is collected: a signature made at collection can be more
+# than 5 minutes old by the time a long suite reaches it.
+BAD_SIGNATURES: list[tuple[Callable[[], dict[str, str]], bytes, str]] = [
+    (dict, BODY, "Missing required headers"),
+    (lambda: _without("webhook-signature"), BODY, "Missing required headers"),
+    (lambda: _without("webhook-id"), BODY, "Missing required headers"),
+    (lambda: {**service_headers(), "webhook-signature": "v1,abc"}, BODY, "No matching signature"),
+    (lambda: service_headers(secrets=(OLD_SECRET,)), BODY, "No matching signature"),
+    (service_headers, BODY[:-1] + b" }", "No matching signature"),
+    (lambda: {**service_headers(), "webhook-id": "msg_8"}, BODY, "No matching signature"),
+    (lambda: service_headers(at=datetime.now(UTC) - timedelta(seconds=400)), BODY, "too old"),
+    (lambda: service_headers(at=datetime.now(UTC) + timedelta(seconds=400)), BODY, "too new"),
+]
+
+
+@pytest.mark.parametrize(("headers", "body", "reason"), BAD_SIGNATURES)
+def test_a_bad_signature_is_refused(
+    headers: Callable[[], dict[str, str]], body: bytes, reason: str
+) -> None:
     with pytest.raises(notifications.SignatureInvalid, match=reason):
-        notifications.verify_signature(header, body, [SECRET], now=1_900_000_000)
+        notifications.verify_signature(body, headers(), [SECRET])
 
 
-def test_without_a_secret_every_notification_is_refused() -> None:
-    header = notifications.sign(SECRET, 1_900_000_000, BODY)
+def test_without_a_secret_every_webhook_is_refused() -> None:
     with pytest.raises(notifications.SignatureInvalid, match="no HOST_WEBHOOK_SECRET"):
-        notifications.verify_signature(header, BODY, [], now=1_900_000_000)
+        notifications.verify_signature(BODY, service_headers(), [])
 
 
 # ------------------------------------------------------------------ the app over HTTP
@@ -199,10 +222,17 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
         yield test_client
 
 
-def signed(body: dict[str, Any], secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
+def signed(
+    body: dict[str, Any], secret: str = SECRET, msg_id: str = "msg_7"
+) -> tuple[bytes, dict[str, str]]:
     raw = json.dumps(body).encode()
-    header = service_signature(Secret(secret), int(time.time()), raw)
-    return raw, {"Calendly-Connect-Signature": header, "Content-Type": "application/json"}
+    now = datetime.now(UTC)
+    return raw, {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signature_header([Secret(secret)], msg_id, now, raw),
+        "Content-Type": "application/json",
+    }
 
 
 async def test_the_page_allows_the_services_origin_and_no_inline_script(
@@ -278,12 +308,11 @@ async def test_a_signed_notification_is_kept_for_its_user_once(
     client: TestClient[Any, Any],
 ) -> None:
     note = {
-        "id": 3,
         "type": "connection.needs_reauth",
-        "user_id": "alice",
-        "created_at": "2030-01-01T00:00:00Z",
+        "timestamp": "2030-01-01T00:00:00Z",
+        "data": {"user_id": "alice", "sequence": 3, "cursor": "9.3", "connection": None},
     }
-    raw, headers = signed(note)
+    raw, headers = signed(note, msg_id="msg_3")
     first = await client.post("/webhooks/calendly-connect", data=raw, headers=headers)
     assert (first.status, await first.json()) == (200, {"received": True, "duplicate": False})
     # A retried delivery of the same id: acknowledged (so the service stops), kept once.
@@ -291,7 +320,9 @@ async def test_a_signed_notification_is_kept_for_its_user_once(
     assert (again.status, await again.json()) == (200, {"received": True, "duplicate": True})
     await client.post("/api/session", json={"user": "alice"})
     seen = (await (await client.get("/api/notifications")).json())["notifications"]
-    assert [(n["id"], n["type"]) for n in seen] == [(3, "connection.needs_reauth")]
+    assert [(n["id"], n["type"], n["sequence"]) for n in seen] == [
+        ("msg_3", "connection.needs_reauth", 3)
+    ]
     await client.post("/api/session", json={"user": "bob"})
     assert (await (await client.get("/api/notifications")).json())["notifications"] == []
 
@@ -300,8 +331,8 @@ async def test_a_signed_notification_is_kept_for_its_user_once(
     "headers",
     [
         {},
-        {"Calendly-Connect-Signature": "t=1,v1=00"},
-        {"Calendly-Connect-Signature": "junk"},
+        {"webhook-id": "msg_1", "webhook-timestamp": "1", "webhook-signature": "v1,AA=="},
+        {"webhook-id": "msg_1", "webhook-timestamp": "junk", "webhook-signature": "junk"},
     ],
 )
 async def test_an_unsigned_or_badly_signed_notification_gets_401(
@@ -314,7 +345,7 @@ async def test_an_unsigned_or_badly_signed_notification_gets_401(
 async def test_a_notification_signed_with_another_secret_gets_401(
     client: TestClient[Any, Any],
 ) -> None:
-    raw, headers = signed({"id": 1}, secret="not-the-secret")
+    raw, headers = signed({"id": 1}, secret=OLD_SECRET)
     response = await client.post("/webhooks/calendly-connect", data=raw, headers=headers)
     assert response.status == 401
 

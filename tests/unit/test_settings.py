@@ -13,9 +13,11 @@ from entrypoints.settings import (
     ConfigError,
     DatabaseSettings,
     EncryptionSettings,
+    HostWebhookEndpoint,
     HttpSettings,
     LoggingSettings,
     Settings,
+    load_dispatcher_settings,
     load_settings,
 )
 from tests.support.environment import (
@@ -31,6 +33,8 @@ from tests.support.environment import (
     minimal_env,
 )
 
+WHSEC = "whsec_" + b64(bytes(range(32)))
+WHSEC_OLD = "whsec_" + b64(bytes(range(32, 64)))
 EVERY_INTERFACE = "0.0.0.0"  # noqa: S104 - a HOST value under test; nothing binds to it
 
 
@@ -291,7 +295,9 @@ URL_SETTINGS = (
     "value", ["http://[::1:8000", "https://calendly.example.com]", "http://[x]"]
 )
 def test_a_url_with_unmatched_brackets_is_a_problem_not_a_crash(name: str, value: str) -> None:
-    env = minimal_env(**{name: value, "HOST_WEBHOOK_SECRET": "h" * 40})
+    env = minimal_env(**{name: value})
+    if name == "HOST_WEBHOOK_URL":
+        env["HOST_WEBHOOK_SECRET"] = WHSEC
     problem = single_problem(env)
     assert problem.startswith(name)
     assert f"is {value!r}; it cannot be read as a URL" in problem
@@ -555,3 +561,114 @@ def test_user_sessions_are_keyed_from_every_encryption_key_the_active_one_first(
         KEY_NEW,
         MeetingCursors.key_from_encryption_key(KEY_NEW),
     )
+
+
+# ------------------------------------------------------------------ host webhooks (DR-34)
+def test_no_host_webhook_url_means_no_endpoint() -> None:
+    assert load_settings(minimal_env()).host_webhooks.endpoints == ()
+
+
+def test_one_host_webhook_url_is_the_default_endpoint() -> None:
+    settings = load_settings(
+        minimal_env(HOST_WEBHOOK_URL="https://a.example/hooks/calendly", HOST_WEBHOOK_SECRET=WHSEC)
+    )
+    assert settings.host_webhooks.endpoints == (
+        HostWebhookEndpoint(
+            name="default", url="https://a.example/hooks/calendly", secrets=(Secret(WHSEC),)
+        ),
+    )
+    assert WHSEC in settings.secret_values()
+
+
+def test_named_endpoints_with_rotating_secrets_and_event_filters() -> None:
+    env = minimal_env(
+        HOST_WEBHOOK_URL="crm=https://crm.example/hook, ops=http://127.0.0.1:9000/hook",
+        HOST_WEBHOOK_SECRET=f"crm={WHSEC}|{WHSEC_OLD},ops={WHSEC_OLD}",
+        HOST_WEBHOOK_EVENTS="ops=connection.*,crm=meeting.*|invitee.no_show_set",
+    )
+    crm, ops = load_settings(env).host_webhooks.endpoints
+    assert crm == HostWebhookEndpoint(
+        name="crm",
+        url="https://crm.example/hook",
+        secrets=(Secret(WHSEC), Secret(WHSEC_OLD)),
+        event_types=("meeting.*", "invitee.no_show_set"),
+    )
+    assert ops == HostWebhookEndpoint(
+        name="ops",
+        url="http://127.0.0.1:9000/hook",
+        secrets=(Secret(WHSEC_OLD),),
+        event_types=("connection.*",),
+    )
+
+
+def test_an_unnamed_secret_signs_for_every_endpoint_without_its_own() -> None:
+    env = minimal_env(
+        HOST_WEBHOOK_URL="crm=https://crm.example/h,ops=https://ops.example/h",
+        HOST_WEBHOOK_SECRET=f"{WHSEC},ops={WHSEC_OLD}",
+    )
+    crm, ops = load_settings(env).host_webhooks.endpoints
+    assert (crm.secrets, ops.secrets) == ((Secret(WHSEC),), (Secret(WHSEC_OLD),))
+
+
+def test_a_plain_http_host_webhook_url_outside_loopback_is_refused() -> None:
+    problem = single_problem(
+        minimal_env(HOST_WEBHOOK_URL="http://crm.example/hook", HOST_WEBHOOK_SECRET=WHSEC)
+    )
+    assert problem.startswith("HOST_WEBHOOK_URL")
+    assert "https" in problem
+
+
+@pytest.mark.parametrize(
+    ("secret", "expected"),
+    [
+        (None, "has no secret for 'default'"),
+        ("h" * 40, "must be whsec_"),
+        ("whsec_" + b64(b"short"), "too short"),
+        ("whsec_not base64!", "must be whsec_"),
+    ],
+)
+def test_host_webhook_secrets_must_be_standard_webhooks_secrets(
+    secret: str | None, expected: str
+) -> None:
+    env = minimal_env(HOST_WEBHOOK_URL="https://a.example/hook")
+    if secret is not None:
+        env["HOST_WEBHOOK_SECRET"] = secret
+    problem = single_problem(env)
+    assert problem.startswith("HOST_WEBHOOK_SECRET")
+    assert expected in problem
+    if secret:
+        assert secret not in problem
+
+
+def test_every_endpoint_needs_a_secret_and_names_must_match() -> None:
+    found = problems(
+        minimal_env(
+            HOST_WEBHOOK_URL="crm=https://crm.example/h,ops=https://ops.example/h",
+            HOST_WEBHOOK_SECRET=f"crm={WHSEC},billing={WHSEC}",
+            HOST_WEBHOOK_EVENTS="sales=meeting.*,crm=meeting.booked",
+        )
+    )
+    text = "\n".join(found)
+    assert "names 'billing', which HOST_WEBHOOK_URL does not" in text
+    assert "has no secret for 'ops'" in text
+    assert "names 'sales', which HOST_WEBHOOK_URL does not" in text
+    assert "'meeting.booked': not an event" in text
+
+
+def test_a_secret_or_events_without_a_url_is_a_problem() -> None:
+    problem = single_problem(minimal_env(HOST_WEBHOOK_SECRET=WHSEC))
+    assert "HOST_WEBHOOK_URL is not" in problem
+    assert WHSEC not in problem
+
+
+def test_the_dispatcher_needs_only_the_database_and_its_endpoints() -> None:
+    settings = load_dispatcher_settings(
+        {
+            "DATABASE_URL": f"postgresql://owner:{DB_PASSWORD}@localhost:5432/calendly",
+            "HOST_WEBHOOK_URL": "https://a.example/hook",
+            "HOST_WEBHOOK_SECRET": WHSEC,
+        }
+    )
+    assert [e.name for e in settings.host_webhooks.endpoints] == ["default"]
+    assert DB_PASSWORD in settings.secret_values()
+    assert WHSEC in settings.secret_values()

@@ -1,32 +1,30 @@
-"""The service's notifications to the host app: check the signature, keep the last ones.
+"""The service's host webhooks to the host app: verify them, keep the last ones.
 
-calendly-connect POSTs one JSON object per change to HOST_WEBHOOK_URL:
+calendly-connect POSTs one JSON object per change to HOST_WEBHOOK_URL, the Standard Webhooks
+way (https://www.standardwebhooks.com):
 
-    {"id": 17, "type": "connection.needs_reauth", "user_id": "alice",
-     "created_at": "2025-01-01T12:00:00.000000Z"}
+    webhook-id: msg_17                 the same on every retry: handle each id once
+    webhook-timestamp: 1767225600      when this attempt was signed
+    webhook-signature: v1,<base64>     HMAC-SHA256 of "<id>.<timestamp>.<body>" (one per secret)
 
-with `Calendly-Connect-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>` where the HMAC, keyed
-with HOST_WEBHOOK_SECRET, is over `<t>.` followed by the raw body bytes. Types today:
-connection.needs_reauth, connection.recovered, connection.webhooks_disabled,
-connection.webhooks_unavailable_plan. A delivery that is not answered with 2xx is retried with
-back-off, so the same `id` can arrive more than once: handle each id once.
+    {"type": "connection.needs_reauth", "timestamp": "2026-01-01T12:00:00Z",
+     "data": {"user_id": "alice", "sequence": 4, "cursor": "812.17", "subject_id": "...",
+              "connection": {...}}}
+
+verified here with the `standardwebhooks` package and HOST_WEBHOOK_SECRET (`whsec_...`). A
+delivery not answered with 2xx is retried with back-off, so the same id can arrive again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-SIGNATURE_HEADER: Final = "Calendly-Connect-Signature"
-# A signature older (or further in the future) than this is refused: a captured delivery cannot
-# be replayed later.
-TOLERANCE_SECONDS: Final = 300
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
 KEEP: Final = 50
 
 
@@ -34,47 +32,27 @@ class SignatureInvalid(Exception):
     """The delivery is not from the service (or is too old); the message says which check."""
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The header value the service sends for `body` at `timestamp` (for tests and tools)."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
-
-
-def verify_signature(
-    header: str | None,
-    body: bytes,
-    secrets: Sequence[str],
-    *,
-    now: float | None = None,
-    tolerance: int = TOLERANCE_SECONDS,
-) -> None:
-    """Raises SignatureInvalid unless `header` signs `body` under one of `secrets`, recently.
+def verify_signature(body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> None:
+    """Raises SignatureInvalid unless `headers` sign `body` under one of `secrets`, recently
+    (Standard Webhooks: 5 minutes either way).
 
     Several secrets let the host rotate HOST_WEBHOOK_SECRET without refusing deliveries signed
-    with the old one meanwhile; several `v1` values are accepted for the same reason.
+    with the old one meanwhile (the service sends one signature per secret it has).
     """
     if not secrets:
         raise SignatureInvalid("no HOST_WEBHOOK_SECRET is configured")
-    if not header:
-        raise SignatureInvalid(f"no {SIGNATURE_HEADER} header")
-    timestamp: int | None = None
-    candidates: list[str] = []
-    for part in header.split(","):
-        name, _, value = part.strip().partition("=")
-        if name == "t" and value.isascii() and value.isdigit():
-            timestamp = int(value)
-        elif name == "v1" and value:
-            candidates.append(value)
-    if timestamp is None or not candidates:
-        raise SignatureInvalid("the signature header is malformed")
-    current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance:
-        raise SignatureInvalid("the signature is too old (or its clock is off)")
+    wanted = {k.lower(): v for k, v in headers.items() if k.lower().startswith("webhook-")}
+    reason = "no secret"
     for secret in secrets:
-        expected = sign(secret, timestamp, body).rpartition("v1=")[2]
-        if any(hmac.compare_digest(expected, candidate) for candidate in candidates):
+        try:
+            Webhook(secret).verify(body, wanted, json_parse=False)
+        except WebhookVerificationError as exc:
+            reason = str(exc)
+        except Exception as exc:  # a secret that is not whsec_ base64
+            reason = f"the secret cannot be used ({type(exc).__name__})"
+        else:
             return
-    raise SignatureInvalid("the signature does not match")
+    raise SignatureInvalid(reason)
 
 
 class NotificationInvalid(ValueError):
@@ -83,29 +61,37 @@ class NotificationInvalid(ValueError):
 
 @dataclass(frozen=True)
 class Notification:
-    id: int
+    id: str
     type: str
     user_id: str
+    sequence: int
     created_at: str
     received_at: float
 
     @classmethod
-    def parse(cls, body: bytes, *, received_at: float) -> Notification:
+    def parse(cls, msg_id: str, body: bytes, *, received_at: float) -> Notification:
         try:
             data: Any = json.loads(body)
         except ValueError as exc:
             raise NotificationInvalid("the body is not JSON") from exc
-        if not isinstance(data, dict):
-            raise NotificationInvalid("the body is not a JSON object")
-        kinds = {"id": int, "type": str, "user_id": str, "created_at": str}
-        for name, kind in kinds.items():
-            if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool):
+        if not isinstance(data, dict) or not isinstance(data.get("data"), dict):
+            raise NotificationInvalid("the body is not a webhook: no 'data' object")
+        inner = data["data"]
+        checks = [
+            ("type", data.get("type"), str),
+            ("timestamp", data.get("timestamp"), str),
+            ("data.user_id", inner.get("user_id"), str),
+            ("data.sequence", inner.get("sequence"), int),
+        ]
+        for name, value, kind in checks:
+            if not isinstance(value, kind) or isinstance(value, bool):
                 raise NotificationInvalid(f"'{name}' is missing or not a {kind.__name__}")
         return cls(
-            id=data["id"],
+            id=msg_id,
             type=data["type"],
-            user_id=data["user_id"],
-            created_at=data["created_at"],
+            user_id=inner["user_id"],
+            sequence=inner["sequence"],
+            created_at=data["timestamp"],
             received_at=received_at,
         )
 

@@ -25,7 +25,6 @@ from aiohttp import web
 from .config import HERE, Config
 from .keys import SigningKeys
 from .notifications import (
-    SIGNATURE_HEADER,
     Inbox,
     Notification,
     NotificationInvalid,
@@ -205,17 +204,17 @@ async def list_notifications(request: web.Request) -> web.Response:
 
 
 async def receive_notification(request: web.Request) -> web.Response:
-    """A notification from calendly-connect: 401 unless its signature verifies."""
+    """A host webhook from calendly-connect: 401 unless it verifies (Standard Webhooks)."""
     body = await request.read()
     try:
-        verify_signature(
-            request.headers.get(SIGNATURE_HEADER), body, request.app[CONFIG].webhook_secrets
-        )
+        verify_signature(body, request.headers, request.app[CONFIG].webhook_secrets)
     except SignatureInvalid as exc:
         log.warning("notification refused: %s", exc)
         return _problem(401, "the signature is missing or invalid")
     try:
-        notification = Notification.parse(body, received_at=time.time())
+        notification = Notification.parse(
+            request.headers.get("webhook-id", ""), body, received_at=time.time()
+        )
     except NotificationInvalid as exc:
         return _problem(400, str(exc))
     fresh = request.app[INBOX].add(notification)

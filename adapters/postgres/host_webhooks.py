@@ -1,0 +1,396 @@
+"""Host webhooks' storage (migrations/0009; DR-32, DR-34): the endpoints, their per-user streams
+over the change log, and what the dispatcher and `calendly-connect host-webhooks` ask of them.
+
+Every statement runs with the host scope and no tenant (the streams' `host_dispatches` policy,
+the change log's `host_reads`), in its own short transaction: nothing here is held open while a
+webhook is POSTed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+import psycopg_pool
+
+from domain.changes import Change
+from domain.errors import StorageUnavailable
+
+from .changes import CHANGE_COLUMNS, NEXT_CHANGES, ChangeRow, with_snapshots
+from .directory import HOST_SCOPE, READ_ONLY
+from .unit_of_work import UNAVAILABLE
+
+Pool = psycopg_pool.AsyncConnectionPool[Any]
+
+# A new endpoint starts at the current end of the feed: every transaction below the snapshot's
+# xmin has ended, so whatever it wrote is history; anything later is this endpoint's to send.
+UPSERT_ENDPOINT: Final = """
+INSERT INTO host_webhook_endpoints (name, url, event_types, fan_xid, fan_id)
+VALUES (%(name)s, %(url)s, %(event_types)s, pg_snapshot_xmin(pg_current_snapshot()), 0)
+ON CONFLICT (name) DO UPDATE SET url = excluded.url, event_types = excluded.event_types
+"""
+LOCK_ENDPOINT: Final = """
+SELECT fan_xid::text AS fan_xid, fan_id FROM host_webhook_endpoints
+WHERE name = %(name)s FOR UPDATE SKIP LOCKED
+"""
+RAISE_HEADS: Final = """
+INSERT INTO host_webhook_streams (endpoint, user_id, head_seq, sent_seq)
+SELECT %(endpoint)s, u.user_id, u.head_seq, 0
+FROM unnest(%(users)s::text[], %(heads)s::bigint[]) AS u (user_id, head_seq)
+ON CONFLICT (endpoint, user_id) DO UPDATE
+SET head_seq = greatest(host_webhook_streams.head_seq, excluded.head_seq)
+"""
+MOVE_FAN: Final = """
+UPDATE host_webhook_endpoints SET fan_xid = %(xid)s::xid8, fan_id = %(id)s WHERE name = %(name)s
+"""
+# Due streams of one endpoint, leased: claimable when something is pending, its back-off is
+# over, it is not parked, no live lease holds it, and the endpoint is neither disabled nor
+# throttled.
+CLAIM: Final = """
+UPDATE host_webhook_streams s
+SET lease_owner = %(owner)s, lease_until = now() + make_interval(secs => %(lease)s)
+FROM (
+    SELECT s.endpoint, s.user_id FROM host_webhook_streams s
+    JOIN host_webhook_endpoints e ON e.name = s.endpoint
+    WHERE s.endpoint = %(endpoint)s
+      AND s.sent_seq < s.head_seq AND s.next_attempt_at <= now() AND s.parked_at IS NULL
+      AND (s.lease_until IS NULL OR s.lease_until < now())
+      AND e.disabled_at IS NULL AND (e.throttled_until IS NULL OR e.throttled_until <= now())
+    ORDER BY s.next_attempt_at
+    FOR UPDATE OF s SKIP LOCKED
+    LIMIT %(limit)s
+) due
+WHERE s.endpoint = due.endpoint AND s.user_id = due.user_id
+RETURNING s.endpoint, s.user_id, s.sent_seq, s.head_seq, s.attempts
+"""
+PENDING: Final = (
+    CHANGE_COLUMNS
+    + """WHERE user_id = %(user_id)s AND user_seq > %(after)s AND user_seq <= %(up_to)s
+ORDER BY user_seq LIMIT %(limit)s
+"""
+)
+ADVANCE: Final = """
+UPDATE host_webhook_streams
+SET sent_seq = greatest(sent_seq, %(seq)s), attempts = 0, failing_since = NULL, last_error = NULL,
+    lease_until = now() + make_interval(secs => %(lease)s)
+WHERE endpoint = %(endpoint)s AND user_id = %(user_id)s AND lease_owner = %(owner)s
+  AND lease_until > now()
+"""
+SUCCEEDED: Final = """
+UPDATE host_webhook_endpoints SET last_success_at = now(), last_error = NULL
+WHERE name = %(endpoint)s
+"""
+RELEASE: Final = """
+UPDATE host_webhook_streams SET lease_owner = NULL, lease_until = NULL
+WHERE endpoint = %(endpoint)s AND user_id = %(user_id)s AND lease_owner = %(owner)s
+  AND lease_until > now()
+"""
+# 5 s * 3^n, capped, jittered over the upper half (DR-22); never sooner than Retry-After. A
+# stream failing for longer than `park_after` is parked: kept, never skipped, until `retry`.
+BACK_OFF: Final = """
+UPDATE host_webhook_streams
+SET attempts = attempts + 1,
+    last_error = %(error)s,
+    failing_since = coalesce(failing_since, now()),
+    next_attempt_at = now() + make_interval(secs => greatest(
+        %(retry_after)s::float8,
+        least(%(cap)s::float8, %(base)s::float8 * power(3, least(attempts, 30)))
+        * (0.5 + 0.5 * %(jitter)s::float8))),
+    parked_at = CASE WHEN coalesce(failing_since, now())
+                          < now() - make_interval(secs => %(park_after)s) THEN now() END,
+    lease_owner = NULL, lease_until = NULL
+WHERE endpoint = %(endpoint)s AND user_id = %(user_id)s AND lease_owner = %(owner)s
+  AND lease_until > now()
+RETURNING attempts, next_attempt_at, parked_at IS NOT NULL AS parked
+"""
+ENDPOINT_FAILED: Final = """
+UPDATE host_webhook_endpoints
+SET last_error = %(error)s,
+    throttled_until = CASE WHEN %(throttle)s::float8 > 0
+                           THEN now() + make_interval(secs => %(throttle)s::float8)
+                           ELSE throttled_until END
+WHERE name = %(endpoint)s
+"""
+DISABLE: Final = """
+UPDATE host_webhook_endpoints SET disabled_at = now(), disabled_reason = %(reason)s,
+    last_error = %(reason)s
+WHERE name = %(endpoint)s AND disabled_at IS NULL
+"""
+ENABLE: Final = """
+UPDATE host_webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL,
+    throttled_until = NULL
+WHERE name = %(endpoint)s
+"""
+RETRY_STREAMS: Final = """
+UPDATE host_webhook_streams
+SET next_attempt_at = now(), parked_at = NULL, failing_since = NULL, attempts = 0
+WHERE (%(endpoint)s::text IS NULL OR endpoint = %(endpoint)s)
+  AND (sent_seq < head_seq OR parked_at IS NOT NULL)
+"""
+RETRY_ENDPOINTS: Final = """
+UPDATE host_webhook_endpoints SET throttled_until = NULL
+WHERE %(endpoint)s::text IS NULL OR name = %(endpoint)s
+"""
+# Back to the last change before `since`: for each user with a change since then (in the fanned-
+# out part of the feed), its stream is moved back, or created.
+REPLAY: Final = """
+INSERT INTO host_webhook_streams (endpoint, user_id, head_seq, sent_seq, next_attempt_at)
+SELECT e.name, c.user_id, max(c.user_seq),
+       coalesce(max(c.user_seq) FILTER (WHERE c.created_at < %(since)s), 0), now()
+FROM host_webhook_endpoints e
+JOIN change_log c ON (c.xid, c.id) <= (e.fan_xid, e.fan_id)
+WHERE (%(endpoint)s::text IS NULL OR e.name = %(endpoint)s)
+  AND (%(user_id)s::text IS NULL OR c.user_id = %(user_id)s)
+  AND c.user_id IN (SELECT user_id FROM change_log WHERE created_at >= %(since)s)
+GROUP BY e.name, c.user_id
+HAVING max(c.created_at) >= %(since)s
+ON CONFLICT (endpoint, user_id) DO UPDATE
+SET sent_seq = least(host_webhook_streams.sent_seq, excluded.sent_seq),
+    head_seq = greatest(host_webhook_streams.head_seq, excluded.head_seq),
+    next_attempt_at = now(), parked_at = NULL, failing_since = NULL, attempts = 0
+RETURNING endpoint
+"""
+# The dispatchers say they are alive where the workers do (the doctor tells them apart).
+HEARTBEAT: Final = """
+INSERT INTO worker_heartbeats (worker_id) VALUES (%(id)s)
+ON CONFLICT (worker_id) DO UPDATE SET seen_at = now()
+"""
+DISPATCHER_PREFIX: Final = "host-webhooks:"
+STATUS: Final = """
+SELECT e.name, e.url, e.event_types, e.disabled_at, e.disabled_reason, e.throttled_until,
+       e.last_error, e.last_success_at,
+       coalesce(s.backlog, 0) AS backlog, coalesce(s.failing, 0) AS failing,
+       coalesce(s.parked, 0) AS parked, s.streams_error,
+       (SELECT count(*) FROM change_log c WHERE (c.xid, c.id) > (e.fan_xid, e.fan_id)) AS fan_lag,
+       least(
+           (SELECT min(c.created_at) FROM host_webhook_streams w
+            JOIN change_log c ON c.user_id = w.user_id AND c.user_seq = w.sent_seq + 1
+            WHERE w.endpoint = e.name AND w.sent_seq < w.head_seq),
+           (SELECT min(c.created_at) FROM change_log c WHERE (c.xid, c.id) > (e.fan_xid, e.fan_id))
+       ) AS oldest_undelivered
+FROM host_webhook_endpoints e
+LEFT JOIN (
+    SELECT endpoint, sum(head_seq - sent_seq)::bigint AS backlog,
+           count(*) FILTER (WHERE attempts > 0 AND parked_at IS NULL) AS failing,
+           count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked,
+           max(last_error) AS streams_error
+    FROM host_webhook_streams GROUP BY endpoint
+) s ON s.endpoint = e.name
+ORDER BY e.name
+"""
+
+
+class EndpointConfig(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    url: str
+    event_types: tuple[str, ...] = ()
+
+
+class ClaimedStream(msgspec.Struct, frozen=True, kw_only=True):
+    endpoint: str
+    user_id: str
+    sent_seq: int
+    head_seq: int
+    attempts: int
+
+
+class BackedOff(msgspec.Struct, frozen=True, kw_only=True):
+    attempts: int
+    next_attempt_at: datetime
+    parked: bool
+
+
+class EndpointStatus(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    url: str
+    event_types: list[str]
+    disabled_at: datetime | None
+    disabled_reason: str | None
+    throttled_until: datetime | None
+    last_error: str | None
+    last_success_at: datetime | None
+    # Changes known but not delivered (sum over streams of head_seq - sent_seq) ...
+    backlog: int
+    # ... and changes in the feed not fanned out yet.
+    fan_lag: int
+    oldest_undelivered: datetime | None
+    failing: int
+    parked: int
+    streams_error: str | None
+
+    @property
+    def state(self) -> str:
+        if self.disabled_at is not None:
+            return "disabled"
+        if self.parked:
+            return "parked"
+        if self.failing:
+            return "failing"
+        return "ok"
+
+
+class PostgresHostWebhooks:
+    """What the dispatcher and the CLI do to the endpoints and streams, one transaction each."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    async def _run(self, query: str, params: dict[str, Any], read_only: bool = False) -> Any:
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                async with conn.pipeline():
+                    if read_only:
+                        await conn.execute(READ_ONLY)
+                    await conn.execute(HOST_SCOPE)
+                    cursor = await conn.execute(query, params)
+                return await cursor.fetchall() if cursor.description else cursor.rowcount
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
+
+    async def upsert_endpoints(self, endpoints: Sequence[EndpointConfig]) -> None:
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute(HOST_SCOPE)
+                for endpoint in endpoints:
+                    await conn.execute(
+                        UPSERT_ENDPOINT,
+                        {
+                            "name": endpoint.name,
+                            "url": endpoint.url,
+                            "event_types": list(endpoint.event_types),
+                        },
+                    )
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
+
+    async def fan_out(self, endpoint: str, limit: int = 1000) -> int:
+        """Raise the streams' heads for the changes after the endpoint's position (below the
+        horizon), then move the position; 0 also when another dispatcher holds the endpoint."""
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute(HOST_SCOPE)
+                cursor = await conn.execute(LOCK_ENDPOINT, {"name": endpoint})
+                position = await cursor.fetchone()
+                if position is None:
+                    return 0
+                cursor = await conn.execute(
+                    NEXT_CHANGES,
+                    {"xid": position["fan_xid"], "id": position["fan_id"], "limit": limit},
+                )
+                rows = [msgspec.convert(r, ChangeRow) for r in await cursor.fetchall()]
+                if not rows:
+                    return 0
+                heads: dict[str, int] = {}
+                for row in rows:
+                    heads[row.user_id] = max(heads.get(row.user_id, 0), row.user_seq)
+                await conn.execute(
+                    RAISE_HEADS,
+                    {"endpoint": endpoint, "users": list(heads), "heads": list(heads.values())},
+                )
+                last = rows[-1]
+                await conn.execute(MOVE_FAN, {"xid": last.xid, "id": last.id, "name": endpoint})
+                return len(rows)
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
+
+    async def claim(
+        self, endpoint: str, owner: str, limit: int, lease_seconds: float = 60.0
+    ) -> list[ClaimedStream]:
+        if limit <= 0:
+            return []
+        rows = await self._run(
+            CLAIM,
+            {"endpoint": endpoint, "owner": owner, "limit": limit, "lease": lease_seconds},
+        )
+        return [msgspec.convert(r, ClaimedStream) for r in rows]
+
+    async def pending(self, stream: ClaimedStream, limit: int = 100) -> list[Change]:
+        """The stream's undelivered changes in user_seq order, each with its subject now."""
+        params = {
+            "user_id": stream.user_id,
+            "after": stream.sent_seq,
+            "up_to": stream.head_seq,
+            "limit": limit,
+        }
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                async with conn.pipeline():
+                    await conn.execute(READ_ONLY)
+                    await conn.execute(HOST_SCOPE)
+                    cursor = await conn.execute(PENDING, params)
+                rows = [msgspec.convert(r, ChangeRow) for r in await cursor.fetchall()]
+                return await with_snapshots(conn, rows)
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
+
+    def _ours(self, stream: ClaimedStream, owner: str) -> dict[str, Any]:
+        return {"endpoint": stream.endpoint, "user_id": stream.user_id, "owner": owner}
+
+    async def advance(
+        self, stream: ClaimedStream, owner: str, seq: int, lease_seconds: float = 60.0
+    ) -> bool:
+        """Delivered (or not asked for) up to `seq`, the lease renewed; False when the lease is
+        no longer ours (nothing changes then)."""
+        params = {**self._ours(stream, owner), "seq": seq, "lease": lease_seconds}
+        moved = await self._run(ADVANCE, params)
+        return bool(moved)
+
+    async def succeeded(self, endpoint: str) -> None:
+        await self._run(SUCCEEDED, {"endpoint": endpoint})
+
+    async def release(self, stream: ClaimedStream, owner: str) -> None:
+        await self._run(RELEASE, self._ours(stream, owner))
+
+    async def back_off(
+        self,
+        stream: ClaimedStream,
+        owner: str,
+        error: str,
+        *,
+        jitter: float,
+        retry_after: float = 0.0,
+        base: float = 5.0,
+        cap: float = 12 * 3600.0,
+        park_after: float = 72 * 3600.0,
+    ) -> BackedOff | None:
+        params = {
+            **self._ours(stream, owner),
+            "error": error[:500],
+            "jitter": jitter,
+            "retry_after": retry_after,
+            "base": base,
+            "cap": cap,
+            "park_after": park_after,
+        }
+        rows = await self._run(BACK_OFF, params)
+        await self._run(
+            ENDPOINT_FAILED,
+            {"endpoint": stream.endpoint, "error": error[:500], "throttle": retry_after},
+        )
+        return msgspec.convert(rows[0], BackedOff) if rows else None
+
+    async def disable(self, endpoint: str, reason: str) -> None:
+        await self._run(DISABLE, {"endpoint": endpoint, "reason": reason[:500]})
+
+    async def enable(self, endpoint: str) -> bool:
+        return bool(await self._run(ENABLE, {"endpoint": endpoint}))
+
+    async def retry(self, endpoint: str | None = None) -> int:
+        await self._run(RETRY_ENDPOINTS, {"endpoint": endpoint})
+        return int(await self._run(RETRY_STREAMS, {"endpoint": endpoint}))
+
+    async def replay(
+        self, since: datetime, endpoint: str | None = None, user_id: str | None = None
+    ) -> int:
+        """Streams moved back (or created) to resend every change from `since` on."""
+        rows = await self._run(REPLAY, {"since": since, "endpoint": endpoint, "user_id": user_id})
+        return len(rows)
+
+    async def heartbeat(self, owner: str) -> None:
+        await self._run(HEARTBEAT, {"id": DISPATCHER_PREFIX + owner})
+
+    async def status(self) -> list[EndpointStatus]:
+        rows = await self._run(STATUS, {}, read_only=True)
+        return [msgspec.convert(r, EndpointStatus) for r in rows]

@@ -1,0 +1,146 @@
+"""`calendly-connect host-webhooks status | replay | retry | enable` (DR-34).
+
+Needs only the database's settings (DATABASE_URL, DATABASE_RUNTIME_ROLE). `run`, the
+dispatcher itself, is the runtime's (entrypoints/service/host_webhooks.py); the command line
+sends it there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+import psycopg_pool
+
+from adapters.postgres.host_webhooks import EndpointStatus, PostgresHostWebhooks
+from adapters.postgres.pool import make_pool
+from domain.errors import StorageUnavailable
+from entrypoints.arguments import fail
+from entrypoints.settings import ConfigError, DatabaseSettings, load_database_settings
+
+CONNECT_SECONDS: Final = 10
+
+
+def _moment(text: str) -> datetime:
+    """An argparse type: an RFC 3339 time with its offset (2026-12-01T09:00:00Z)."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an RFC 3339 time, e.g. 2026-12-01T09:00:00Z"
+        ) from exc
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no offset; add Z or +01:00")
+    return when
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="calendly-connect host-webhooks",
+        description="Host webhooks (HOST_WEBHOOK_URL): run the dispatcher, see and steer it.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("run", help="deliver host webhooks (its own process; many may run)")
+    status = actions.add_parser(
+        "status", help="per endpoint: state, backlog, oldest undelivered, failures, last error"
+    )
+    status.add_argument("--json", action="store_true", help="one JSON document")
+    replay = actions.add_parser(
+        "replay", help="send again every change from a time on (to an endpoint, of a user)"
+    )
+    replay.add_argument("--since", required=True, type=_moment, help="RFC 3339, with offset")
+    replay.add_argument("--endpoint", help="only this endpoint (default: every one)")
+    replay.add_argument("--user", help="only this user's changes")
+    retry = actions.add_parser(
+        "retry", help="try failing and parked streams now, and lift a Retry-After throttle"
+    )
+    retry.add_argument("--endpoint", help="only this endpoint (default: every one)")
+    enable = actions.add_parser("enable", help="enable an endpoint that was disabled (410)")
+    enable.add_argument("name", help="the endpoint's name (`default` for an unnamed URL)")
+    return parser
+
+
+def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    args = parser().parse_args(argv)
+    try:
+        database = load_database_settings(environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            fail(problem)
+        return 2
+    try:
+        return asyncio.run(_run(args, database))
+    except StorageUnavailable as exc:
+        return fail(str(exc), 1)
+
+
+async def _run(args: argparse.Namespace, database: DatabaseSettings) -> int:
+    pool = make_pool(
+        database.url.reveal(), runtime_role=database.runtime_role, min_size=1, max_size=1
+    )
+    try:
+        await pool.open(wait=True, timeout=CONNECT_SECONDS)
+    except psycopg_pool.PoolTimeout:
+        return fail(
+            f"cannot reach the database as the runtime role {database.runtime_role!r}: check "
+            "DATABASE_URL, DATABASE_RUNTIME_ROLE and that `calendly-connect migrate` has run",
+            1,
+        )
+    try:
+        store = PostgresHostWebhooks(pool)
+        if args.action == "status":
+            found = await store.status()
+            print(_as_json(found) if args.json else _as_table(found))
+        elif args.action == "replay":
+            moved = await store.replay(args.since, endpoint=args.endpoint, user_id=args.user)
+            print(f"{moved} stream(s) will send again every change since {args.since.isoformat()}")
+        elif args.action == "retry":
+            due = await store.retry(args.endpoint)
+            print(f"{due} stream(s) are due now")
+        elif not await store.enable(args.name):
+            return fail(
+                f"no endpoint named {args.name!r}; `calendly-connect host-webhooks status` "
+                "lists them",
+                1,
+            )
+        else:
+            print(f"endpoint {args.name!r} is enabled; what it missed is delivered next")
+    finally:
+        await pool.close()
+    return 0
+
+
+def _as_json(found: Sequence[EndpointStatus]) -> str:
+    rows: list[dict[str, Any]] = []
+    for status in found:
+        row = msgspec.to_builtins(status)
+        row["state"] = status.state
+        rows.append(row)
+    return json.dumps({"endpoints": rows}, indent=2)
+
+
+def _time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def _as_table(found: Sequence[EndpointStatus]) -> str:
+    if not found:
+        return "no host webhook endpoint yet (set HOST_WEBHOOK_URL and run the dispatcher)"
+    lines = []
+    for s in found:
+        lines.append(
+            f"{s.name}: {s.state}  {s.url}\n"
+            f"  backlog {s.backlog + s.fan_lag} (streams {s.backlog}, not fanned out "
+            f"{s.fan_lag}), oldest undelivered {_time(s.oldest_undelivered)}\n"
+            f"  failing streams {s.failing}, parked {s.parked}, last success "
+            f"{_time(s.last_success_at)}, events {', '.join(s.event_types) or 'all'}"
+        )
+        error = s.disabled_reason or s.last_error or s.streams_error
+        if error:
+            lines.append(f"  last error: {error}")
+    return "\n".join(lines)

@@ -1,0 +1,292 @@
+"""Host webhooks end to end over real HTTP (DR-32, DR-34): the use cases on Postgres and the
+sandbox write changes, the dispatcher (entrypoints/service/host_webhooks.py) POSTs them, and a
+receiver in this test VERIFIES every delivery with the `standardwebhooks` package.
+
+Covered: a booking -> `meeting.created` once, with the snapshot and the per-user sequence; a
+no-show and a cancel; connect and disconnect; a receiver answering 503 for a while, then back ->
+everything delivered once, each user's order kept; 410 disables the endpoint (and `enable`
+resumes it); an endpoint's event filter drops what it did not ask for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import aiohttp
+import psycopg_pool
+import pytest
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from adapters.host_webhooks import HostWebhookSender
+from adapters.postgres.host_webhooks import PostgresHostWebhooks
+from domain.meetings import Invitee, Meeting, MeetingStatus
+from domain.ports import MeetingChange, UnitOfWorkFactory
+from domain.secret import Secret
+from domain.usecases.disconnect import DisconnectCommand
+from entrypoints.service.host_webhooks import Dispatcher
+from entrypoints.settings import HostWebhookEndpoint
+from tests.support.real_core import RealCore
+
+Pool = psycopg_pool.AsyncConnectionPool[Any]
+SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+OLD_SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+EV = "https://api.calendly.test/scheduled_events/"
+INV = "https://api.calendly.test/invitees/"
+
+
+@dataclass
+class Receiver:
+    """The host's endpoint: verifies with standardwebhooks, answers `status(n)` to attempt n."""
+
+    url: str = ""
+    status: Callable[[int], int] = lambda attempt: 200
+    attempts: int = 0
+    refused: list[str] = field(default_factory=list)
+    signatures: list[str] = field(default_factory=list)
+    # (webhook-id, payload) of every delivery answered 2xx, in arrival order.
+    accepted: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.signatures.append(request.headers.get("webhook-signature", ""))
+        try:
+            payload = Webhook(SECRET).verify(body, dict(request.headers))
+        except WebhookVerificationError as exc:
+            self.refused.append(str(exc))
+            return web.Response(status=401)
+        self.attempts += 1
+        status = self.status(self.attempts)
+        if 200 <= status < 300:
+            self.accepted.append((request.headers["webhook-id"], payload))
+        return web.Response(status=status)
+
+    def types(self, user_id: str | None = None) -> list[str]:
+        return [p["type"] for _, p in self.accepted if user_id in (None, p["data"]["user_id"])]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", found.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = cast(Any, site._server).sockets[0].getsockname()[1]
+    found.url = f"http://127.0.0.1:{port}/hook"
+    try:
+        yield found
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def dispatcher(
+    pool: Pool,
+    http: aiohttp.ClientSession,
+    receiver: Receiver,
+    *,
+    name: str = "default",
+    events: tuple[str, ...] = (),
+    **options: Any,
+) -> Dispatcher:
+    endpoint = HostWebhookEndpoint(
+        name=name,
+        url=receiver.url,
+        secrets=(Secret(SECRET), Secret(OLD_SECRET)),  # both sign: the receiver knows one
+        event_types=events,
+    )
+    return Dispatcher(
+        PostgresHostWebhooks(pool),
+        HostWebhookSender(http, timeout=5.0),
+        [endpoint],
+        backoff_base=0.01,
+        jitter=lambda: 0.0,
+        **options,
+    )
+
+
+async def book(real: RealCore, user: str, n: int, **invitee: Any) -> None:
+    """What the webhook handler stores for an `invitee.created` (or later news of it)."""
+    uow = cast(UnitOfWorkFactory, real.uow)
+    async with uow(user) as tx:
+        connection = await tx.connections.get(user)
+        assert connection is not None
+        status = invitee.pop("status", MeetingStatus.ACTIVE)
+        no_show = invitee.pop("no_show", None)
+        meeting = Meeting(event_uri=f"{EV}{user}-{n}", name=f"Chat {n}", status=status)
+        guest = Invitee(
+            invitee_uri=f"{INV}{user}-{n}", event_uri=meeting.event_uri, status=status, **invitee
+        )
+        change = MeetingChange(
+            meeting=meeting,
+            invitee=guest,
+            no_show=no_show,
+            no_show_at=datetime.now(UTC) if no_show is not None else None,
+        )
+        await tx.meetings.apply(connection, change)
+        await tx.commit()
+
+
+async def until(check: Callable[[], bool], run: Callable[[], Any], seconds: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "not delivered in time"
+        await run()
+        await asyncio.sleep(0.02)
+
+
+async def test_connect_book_no_show_cancel_disconnect_are_each_delivered_once_in_order(
+    real: RealCore, pool: Pool, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    sending = dispatcher(pool, http, receiver)
+    await sending.prepare()  # a new endpoint starts at the end of the feed
+    await real.connect("alice", "alice@example.com")
+    await book(real, "alice", 1, email="guest@example.com")
+    await book(real, "alice", 1, email="guest@example.com", no_show=True)
+    await book(real, "alice", 1, status=MeetingStatus.CANCELED)
+    await real.disconnect(DisconnectCommand(user_id="alice"))
+
+    await until(lambda: "connection.disconnected" in receiver.types(), sending.run_once)
+    await sending.run_once()  # nothing more, nothing twice
+    interesting = [t for t in receiver.types() if t != "connection.updated"]
+    assert interesting == [
+        "connection.connected",
+        "meeting.created",
+        "invitee.no_show_set",
+        "meeting.canceled",
+        "connection.disconnected",
+    ]
+    ids = [msg_id for msg_id, _ in receiver.accepted]
+    assert len(ids) == len(set(ids))
+    assert all(i.startswith("msg_") for i in ids)
+    sequences = [p["data"]["sequence"] for _, p in receiver.accepted]
+    assert sequences == list(range(1, len(sequences) + 1))  # every change of alice's, in order
+    assert receiver.refused == []
+    assert all(len(s.split(" ")) == 2 for s in receiver.signatures)  # one per secret
+
+    created = next(p for _, p in receiver.accepted if p["type"] == "meeting.created")
+    assert created["data"]["user_id"] == "alice"
+    assert created["data"]["meeting"]["event_uri"] == f"{EV}alice-1"
+    assert created["data"]["meeting"]["invitees"][0]["email"] == "guest@example.com"
+    xid, _, change_id = created["data"]["cursor"].partition(".")
+    assert xid.isdigit()
+    assert change_id.isdigit()
+    datetime.fromisoformat(created["timestamp"])
+    connected = next(p for _, p in receiver.accepted if p["type"] == "connection.connected")
+    assert connected["data"]["connection"]["user_id"] == "alice"
+    assert connected["data"]["connection"]["email"] == "alice@example.com"
+    [status] = await PostgresHostWebhooks(pool).status()
+    assert (status.state, status.backlog, status.fan_lag) == ("ok", 0, 0)
+    assert status.last_success_at is not None
+
+
+async def test_a_receiver_down_for_a_while_gets_everything_once_in_each_users_order(
+    real: RealCore, pool: Pool, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    receiver.status = lambda attempt: 503 if attempt <= 12 else 200
+    sending = dispatcher(pool, http, receiver, poll_seconds=0.05, concurrency=2)
+    await sending.prepare()
+    users = ("ann", "ben", "cat")
+    for user in users:
+        await real.connect(user, f"{user}@example.com")
+    stop = asyncio.Event()
+    running = asyncio.create_task(sending.run(stop))
+    try:
+        for n in range(4):
+            for user in users:
+                await book(real, user, n)
+        store = PostgresHostWebhooks(pool)
+
+        async def drained() -> bool:
+            [status] = await store.status()
+            return status.backlog == 0 and status.fan_lag == 0
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while not await drained():
+            assert asyncio.get_running_loop().time() < deadline, await store.status()
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await running
+    assert receiver.attempts > len(receiver.accepted)  # it was down, and was retried
+    ids = [msg_id for msg_id, _ in receiver.accepted]
+    assert len(ids) == len(set(ids)), "a change was delivered twice"
+    for user in users:
+        sequences = [
+            p["data"]["sequence"] for _, p in receiver.accepted if p["data"]["user_id"] == user
+        ]
+        assert sequences == list(range(1, len(sequences) + 1)), (user, sequences)
+        assert receiver.types(user).count("meeting.created") == 4
+
+
+async def test_410_disables_the_endpoint_until_it_is_enabled(
+    real: RealCore, pool: Pool, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    receiver.status = lambda attempt: 410
+    sending = dispatcher(pool, http, receiver)
+    await sending.prepare()
+    await real.connect("alice", "alice@example.com")
+    await sending.run_once()
+    store = PostgresHostWebhooks(pool)
+    [status] = await store.status()
+    assert status.state == "disabled"
+    assert "410" in (status.disabled_reason or "")
+    tried = receiver.attempts
+    await book(real, "alice", 1)
+    await sending.run_once()
+    assert receiver.attempts == tried == 1  # nothing is sent to a disabled endpoint
+    receiver.status = lambda attempt: 200
+    assert await store.enable("default")
+    await until(lambda: "meeting.created" in receiver.types(), sending.run_once)
+    assert receiver.types()[0] == "connection.connected"  # what 410 refused comes first
+
+
+async def test_an_endpoint_gets_only_the_events_it_asked_for(
+    real: RealCore, pool: Pool, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    sending = dispatcher(pool, http, receiver, name="crm", events=("meeting.*",))
+    await sending.prepare()
+    await real.connect("alice", "alice@example.com")
+    await book(real, "alice", 1)
+    await book(real, "alice", 2)
+    await real.disconnect(DisconnectCommand(user_id="alice"))
+    await until(lambda: len(receiver.accepted) >= 2, sending.run_once)
+    await sending.run_once()
+    assert receiver.types() == ["meeting.created", "meeting.created"]
+    [status] = await PostgresHostWebhooks(pool).status()
+    assert status.backlog == 0  # the connection events were passed over, not left pending
+
+
+async def test_a_transaction_that_rolls_back_sends_nothing(
+    real: RealCore, pool: Pool, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    sending = dispatcher(pool, http, receiver)
+    await sending.prepare()
+    await real.connect("alice", "alice@example.com")
+    uow = cast(UnitOfWorkFactory, real.uow)
+    async with uow("alice") as tx:  # written, then left without commit: rolled back
+        connection = await tx.connections.get("alice")
+        assert connection is not None
+        meeting = Meeting(event_uri=f"{EV}rolled-back", name="Never")
+        await tx.meetings.apply(connection, MeetingChange(meeting=meeting))
+    await book(real, "alice", 2)
+    await until(lambda: "meeting.created" in receiver.types(), sending.run_once)
+    await sending.run_once()
+    uris = [
+        p["data"]["meeting"]["event_uri"] for _, p in receiver.accepted if "meeting" in p["data"]
+    ]
+    assert uris == [f"{EV}alice-2"]
