@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 
+from tests.support.cli import run_cli
 from tests.support.sandbox import SandboxDriver
 from tests.support.service import RunningService, running_service
 from tests.support.sse import EventReader
@@ -21,21 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 async def api_keys(database_url: str, *argv: str) -> tuple[int, str, str]:
     """Run `calendly-connect api-keys argv...` as an operator would: exit code, stdout, stderr."""
     environ = {"PATH": os.environ.get("PATH", ""), "DATABASE_URL": database_url}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "entrypoints.cli",
-        "api-keys",
-        *argv,
-        cwd=ROOT,
-        env=environ,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_cli(environ, "api-keys", *argv)
 
 
 async def status_of(http: aiohttp.ClientSession, service: RunningService, key: str) -> int:

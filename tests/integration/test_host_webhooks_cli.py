@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
+from tests.support.cli import run_cli
 from tests.support.real_core import RealCore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,21 +25,7 @@ SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
 
 async def cli(environ: dict[str, str], *argv: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "entrypoints.cli",
-        "host-webhooks",
-        *argv,
-        cwd=ROOT,
-        env=environ,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_cli(environ, "host-webhooks", *argv)
 
 
 @pytest.fixture
