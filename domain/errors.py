@@ -36,6 +36,17 @@ class ConnectionNotFound(DomainError):
         self.user_id = user_id
 
 
+class CursorExpired(DomainError):
+    """A change-feed cursor from before the position the change log was pruned up to."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This cursor is older than the change log keeps (CHANGE_LOG_RETENTION_DAYS): changes "
+            "after it were pruned. Resync: list /v1/connections and each user's "
+            "/v1/users/{user_id}/meetings, then follow the feed from the start (no `after`)."
+        )
+
+
 class AuthorizationStateInvalid(DomainError):
     """The OAuth `state` is unknown, used, expired, or belongs to another user or browser."""
 

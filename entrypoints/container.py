@@ -19,7 +19,7 @@ from adapters.calendly import AiohttpCalendlyApi
 from adapters.calendly.webhook_decoder import MsgspecWebhookDecoder
 from adapters.crypto import AesGcmTokenCipher
 from adapters.postgres.api_keys import PostgresApiKeyStore
-from adapters.postgres.changes import PostgresChangeFeed
+from adapters.postgres.changes import PostgresChangeFeed, PostgresChangeLogRetention
 from adapters.postgres.directory import PostgresConnectionDirectory
 from adapters.postgres.listener import PostgresChangeListener
 from adapters.postgres.maintenance import PostgresMaintenanceQueue
@@ -262,6 +262,11 @@ class Container(containers.DeclarativeContainer):
     api_keys = providers.Resource(api_key_authenticator, pool=pool, clock=clock)
     connection_directory = providers.Singleton(PostgresConnectionDirectory, pool=pool)
     change_feed = providers.Singleton(PostgresChangeFeed, pool=pool)
+    change_log_retention = providers.Singleton(
+        PostgresChangeLogRetention,
+        pool=pool,
+        days=settings.provided.worker.change_log_retention_days,
+    )
     erase_user = providers.Singleton(EraseUser, uow=uow, disconnect=disconnect)
     services = providers.Singleton(
         Services,

@@ -73,6 +73,7 @@ VARIABLES: Final = (
     "SYNC_INTERVAL_SECONDS",
     "PLAN_POLL_SECONDS",
     "SUBSCRIPTION_CHECK_SECONDS",
+    "CHANGE_LOG_RETENTION_DAYS",
     "HOST_WEBHOOK_URL",
     "HOST_WEBHOOK_SECRET",
     "HOST_WEBHOOK_EVENTS",
@@ -176,6 +177,8 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     sync_interval_seconds: int = 21_600
     plan_poll_seconds: int = 120
     subscription_check_seconds: int = 1_800
+    # The change log keeps this many days (the worker prunes older rows no host webhook needs).
+    change_log_retention_days: int = 14
 
 
 class HostWebhookEndpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -562,6 +565,9 @@ def _read_worker(env: _Environment) -> WorkerSettings:
             _default(defaults, "subscription_check_seconds"),
             10,
             86_400,
+        ),
+        change_log_retention_days=env.integer(
+            "CHANGE_LOG_RETENTION_DAYS", _default(defaults, "change_log_retention_days"), 1, 365
         ),
     )
 

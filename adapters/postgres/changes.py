@@ -12,7 +12,7 @@ import msgspec
 import psycopg_pool
 
 from domain.changes import Change, ChangeFeed, ChangeKind, ChangePosition
-from domain.errors import StorageUnavailable
+from domain.errors import CursorExpired, StorageUnavailable
 from domain.ports import ListedConnection, MeetingView
 
 from .directory import CONNECTION_SNAPSHOT_COLUMNS, HOST_SCOPE, READ_ONLY, ConnectionRow
@@ -34,6 +34,44 @@ NEXT_CHANGES: Final = (
     CHANGE_COLUMNS
     + "WHERE (xid, id) > (%(xid)s::xid8, %(id)s::bigint) AND "
     + f"{_HORIZON} ORDER BY xid, id LIMIT %(limit)s"
+)
+# How far the log was pruned (migrations/0010): a cursor before it lost changes (DR-35).
+PRUNED_UP_TO: Final = "SELECT xid::text AS xid, id FROM change_log_pruned"
+RETENTION_SCOPE: Final = "SELECT set_config('app.scope', 'retention', true)"
+# One batch of the log's oldest rows, in feed order, below the horizon; each marked prunable when
+# it is older than the cutoff and no host webhook still needs it: no endpoint has yet to fan it
+# out, and no stream of its user has yet to deliver it. Only the leading run of prunable rows
+# goes (a prefix of the feed), and the position pruned up to moves in the same statement.
+PRUNE: Final = """
+WITH batch AS (
+    SELECT c.id, c.xid, c.user_id, c.user_seq, c.created_at
+    FROM change_log c, change_log_pruned p
+    WHERE (c.xid, c.id) > (p.xid, p.id) AND c.xid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY c.xid, c.id LIMIT %(limit)s
+), marked AS (
+    SELECT b.id, b.xid, row_number() OVER (ORDER BY b.xid, b.id) AS n,
+           b.created_at < now() - make_interval(days => %(days)s)
+           AND NOT EXISTS (SELECT 1 FROM host_webhook_endpoints e
+                           WHERE (b.xid, b.id) > (e.fan_xid, e.fan_id))
+           AND NOT EXISTS (SELECT 1 FROM host_webhook_streams s
+                           WHERE s.user_id = b.user_id AND s.sent_seq < b.user_seq) AS prunable
+    FROM batch b
+), cut AS (
+    SELECT coalesce(min(n) FILTER (WHERE NOT prunable), %(limit)s + 1) AS first_kept FROM marked
+), gone AS (
+    DELETE FROM change_log c USING marked m, cut
+    WHERE c.id = m.id AND m.n < cut.first_kept
+    RETURNING c.xid, c.id
+), moved AS (
+    UPDATE change_log_pruned p SET xid = last.xid, id = last.id, pruned_at = now()
+    FROM (SELECT xid, id FROM gone ORDER BY xid DESC, id DESC LIMIT 1) last
+    RETURNING p.id
+)
+SELECT (SELECT count(*) FROM gone) AS pruned, (SELECT count(*) FROM moved) AS moved
+"""
+# One pruner at a time (a transaction-level try-lock: another pruner just skips its turn).
+PRUNE_LOCK: Final = (
+    "SELECT pg_try_advisory_xact_lock(hashtextextended('change_log:prune', 0)) AS ok"
 )
 CONNECTION_SNAPSHOTS: Final = CONNECTION_SNAPSHOT_COLUMNS + "WHERE c.id = ANY(%(ids)s::uuid[])"
 MEETING_SNAPSHOTS: Final = MEETING_COLUMNS + "WHERE m.id = ANY(%(ids)s::uuid[])"
@@ -89,10 +127,65 @@ class PostgresChangeFeed(ChangeFeed):
                     await conn.execute(READ_ONLY)
                     await conn.execute(HOST_SCOPE)
                     cursor = await conn.execute(query, params)
+                    # After the rows, in a later snapshot: a prune that committed before the
+                    # rows were read is seen here, so no page can silently miss its rows.
+                    pruned = await conn.execute(PRUNED_UP_TO)
                 rows = [msgspec.convert(r, ChangeRow) for r in await cursor.fetchall()]
+                up_to = await pruned.fetchone()
+                if after is not None and up_to is not None and after < _position(up_to):
+                    raise CursorExpired
                 return await with_snapshots(conn, rows)
         except UNAVAILABLE as exc:
             raise StorageUnavailable("the database is unavailable") from exc
+
+
+class PostgresChangeLogRetention:
+    """Deletes the change log's old rows (CHANGE_LOG_RETENTION_DAYS; DR-35), in feed order and in
+    bounded batches, never one a host webhook stream still needs; one transaction a batch."""
+
+    def __init__(self, pool: Pool, days: int, batch: int = 1000) -> None:
+        self._pool = pool
+        self._days = days
+        self._batch = batch
+
+    async def prune_batch(self) -> int:
+        """One batch: how many rows went (0 also when another pruner holds the turn)."""
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute(RETENTION_SCOPE)
+                cursor = await conn.execute(PRUNE_LOCK)
+                row = await cursor.fetchone()
+                if row is None or not row["ok"]:
+                    return 0
+                cursor = await conn.execute(PRUNE, {"days": self._days, "limit": self._batch})
+                result = await cursor.fetchone()
+                return int(result["pruned"]) if result else 0
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
+
+    async def prune(self, max_batches: int = 100) -> int:
+        """Batches until one comes back short (or `max_batches`): the rows pruned."""
+        total = 0
+        for _ in range(max_batches):
+            pruned = await self.prune_batch()
+            total += pruned
+            if pruned < self._batch:
+                break
+        return total
+
+    async def pruned_up_to(self) -> ChangePosition:
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute(RETENTION_SCOPE)
+                cursor = await conn.execute(PRUNED_UP_TO)
+                row = await cursor.fetchone()
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
+        return _position(row) if row else ChangePosition(0, 0)
+
+
+def _position(row: Any) -> ChangePosition:
+    return ChangePosition(int(row["xid"]), int(row["id"]))
 
 
 async def _connections(conn: Any, rows: Sequence[ChangeRow]) -> dict[str, ListedConnection]:

@@ -35,10 +35,13 @@ LOCK_ENDPOINT: Final = """
 SELECT fan_xid::text AS fan_xid, fan_id FROM host_webhook_endpoints
 WHERE name = %(name)s FOR UPDATE SKIP LOCKED
 """
+# A user's stream begins just before the first of their changes fanned out to this endpoint:
+# the history the log still holds from before the endpoint existed is not sent (`replay` does).
 RAISE_HEADS: Final = """
 INSERT INTO host_webhook_streams (endpoint, user_id, head_seq, sent_seq)
-SELECT %(endpoint)s, u.user_id, u.head_seq, 0
-FROM unnest(%(users)s::text[], %(heads)s::bigint[]) AS u (user_id, head_seq)
+SELECT %(endpoint)s, u.user_id, u.head_seq, u.first_seq - 1
+FROM unnest(%(users)s::text[], %(heads)s::bigint[], %(firsts)s::bigint[])
+     AS u (user_id, head_seq, first_seq)
 ON CONFLICT (endpoint, user_id) DO UPDATE
 SET head_seq = greatest(host_webhook_streams.head_seq, excluded.head_seq)
 """
@@ -283,11 +286,19 @@ class PostgresHostWebhooks:
                 if not rows:
                     return 0
                 heads: dict[str, int] = {}
+                firsts: dict[str, int] = {}
                 for row in rows:
                     heads[row.user_id] = max(heads.get(row.user_id, 0), row.user_seq)
+                    firsts[row.user_id] = min(firsts.get(row.user_id, row.user_seq), row.user_seq)
+                users = list(heads)
                 await conn.execute(
                     RAISE_HEADS,
-                    {"endpoint": endpoint, "users": list(heads), "heads": list(heads.values())},
+                    {
+                        "endpoint": endpoint,
+                        "users": users,
+                        "heads": [heads[u] for u in users],
+                        "firsts": [firsts[u] for u in users],
+                    },
                 )
                 last = rows[-1]
                 await conn.execute(MOVE_FAN, {"xid": last.xid, "id": last.id, "name": endpoint})

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 
 import structlog
 
+from adapters.postgres.changes import PostgresChangeLogRetention
 from domain.ports import MaintenanceDue, MaintenanceQueue
 from domain.usecases.maintain_connection import MaintainConnection
 from entrypoints.arguments import fail
@@ -25,6 +26,10 @@ log = structlog.get_logger(__name__)
 HEARTBEAT_SECONDS = 15.0
 # On stop, work in progress gets this long to finish (within a container's usual 30 s grace).
 STOP_GRACE_SECONDS = 20.0
+# The change log's retention (DR-35): pruned at start and then this often, by every worker (one
+# at a time: the others skip their turn). The worker, not the host webhooks' dispatcher: every
+# deployment runs a worker, while the dispatcher runs only where HOST_WEBHOOK_URL is set.
+PRUNE_SECONDS = 600.0
 
 
 def worker_id() -> str:
@@ -46,8 +51,10 @@ class Worker:
         maintain: MaintainConnection,
         settings: Settings,
         owner: str | None = None,
+        retention: PostgresChangeLogRetention | None = None,
     ) -> None:
         self._queue = queue
+        self._retention = retention
         self._maintain = maintain
         self._settings = settings
         self.owner = owner or worker_id()
@@ -59,11 +66,15 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("worker.started", worker=self.owner)
         last_beat = 0.0
+        last_prune: float | None = None
         try:
             while not stop.is_set():
                 if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
                     await self._safely(self._queue.heartbeat(self.owner))
                     last_beat = time.monotonic()
+                if last_prune is None or time.monotonic() - last_prune > PRUNE_SECONDS:
+                    await self._safely(self.prune())
+                    last_prune = time.monotonic()
                 free = self._capacity - len(self._running)
                 self._finished.clear()  # a task that ends from here on wakes the pause below
                 claimed = await self._start(free) if free > 0 else 0
@@ -80,6 +91,15 @@ class Worker:
                     await asyncio.wait(late)
                     log.warning("worker.stopped_unfinished", connections=len(late))
         log.info("worker.stopped", worker=self.owner, handled=self.handled)
+
+    async def prune(self) -> int:
+        """The change log's old rows no host webhook needs (DR-35): how many went."""
+        if self._retention is None:
+            return 0
+        pruned = await self._retention.prune()
+        if pruned:
+            log.info("worker.change_log_pruned", rows=pruned)
+        return pruned
 
     async def run_once(self) -> int:
         """Claim what is due (up to the free slots), handle it all; returns how many."""
@@ -159,6 +179,7 @@ async def build_worker(container: Container, settings: Settings) -> Worker:
         queue=await resolve(container.maintenance_queue()),
         maintain=await resolve(container.maintain_connection()),
         settings=settings,
+        retention=await resolve(container.change_log_retention()),
     )
 
 

@@ -15,7 +15,12 @@ from msgspec.structs import replace
 
 from domain.api_keys import ApiKey
 from domain.changes import Change, ChangeFeed, ChangePosition
-from domain.errors import AccountAlreadyConnected, ConcurrentUpdate, StorageUnavailable
+from domain.errors import (
+    AccountAlreadyConnected,
+    ConcurrentUpdate,
+    CursorExpired,
+    StorageUnavailable,
+)
 from domain.meetings import Invitee, Meeting
 from domain.model import Connection, PendingAuthorization
 from domain.ports import (
@@ -545,10 +550,14 @@ class ScriptedChangeFeed(ChangeFeed):
     def __init__(self) -> None:
         self.changes: list[Change] = []
         self.unavailable = False
+        # Where the log was pruned up to (migrations/0010): a cursor before it has expired.
+        self.pruned_up_to = ChangePosition(0, 0)
 
     async def read(self, after: ChangePosition | None, limit: int) -> Sequence[Change]:
         if self.unavailable:
             raise StorageUnavailable("the fake database is down")
+        if after is not None and after < self.pruned_up_to:
+            raise CursorExpired
         ordered = sorted(self.changes, key=lambda change: change.position)
         later = [c for c in ordered if after is None or c.position > after]
         return later[:limit]

@@ -18,6 +18,7 @@ from domain.errors import (
     CalendlyUnavailable,
     ConcurrentUpdate,
     ConnectionNotFound,
+    CursorExpired,
     InsufficientScope,
     InvalidGrant,
     InvalidSignature,
@@ -73,6 +74,7 @@ def client_raising(api: Api, error: Exception) -> AsyncTestClient[Any]:
         (NotAuthenticated("no"), 401, "not-authenticated", None),
         (InsufficientScope("write"), 403, "insufficient-scope", None),
         (ConnectionNotFound("alice"), 404, "connection-not-found", None),
+        (CursorExpired(), 410, "cursor-expired", None),
         (AuthorizationStateInvalid("used"), 400, "authorization-state-invalid", None),
         (AuthorizationDenied("access_denied", None), 400, "authorization-denied", None),
         (AccountAlreadyConnected("uri"), 409, "account-already-connected", None),
@@ -105,7 +107,7 @@ async def test_the_error_table(
 
 
 def test_every_domain_error_in_the_table_is_covered_above() -> None:
-    assert len(ERROR_TABLE) == 14
+    assert len(ERROR_TABLE) == 15
 
 
 async def test_an_unexpected_exception_is_a_500_problem_without_details(api: Api) -> None:

@@ -113,3 +113,23 @@ async def test_the_feed_down_is_503(api: Api) -> None:
     key = key_auth(await new_api_key(api.core))
     response = await api.client.get("/v1/changes", headers=key)
     assert response.status_code == 503
+
+
+async def test_a_cursor_older_than_the_log_keeps_is_410_cursor_expired(api: Api) -> None:
+    api.core.changes.changes += [connection_change(710, 9, "alice", 5)]
+    api.core.changes.pruned_up_to = ChangePosition(705, 8)
+    key = key_auth(await new_api_key(api.core))
+
+    expired = await api.client.get("/v1/changes", params={"after": "700.3"}, headers=key)
+    assert expired.status_code == 410, expired.text
+    assert expired.headers["content-type"].startswith("application/problem+json")
+    problem = expired.json()
+    assert problem["type"].endswith(":cursor-expired")
+    assert "/v1/connections" in problem["detail"]
+    assert "meetings" in problem["detail"]
+
+    # At the pruned position or after it, the feed goes on.
+    for after in ("705.8", "706.1"):
+        page = await api.client.get("/v1/changes", params={"after": after}, headers=key)
+        assert page.status_code == 200, page.text
+        assert [c["user_seq"] for c in page.json()["changes"]] == [5]

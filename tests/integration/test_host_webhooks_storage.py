@@ -81,6 +81,23 @@ async def test_a_new_endpoint_starts_at_the_end_of_the_feed(database_url: str, p
     assert streams(database_url) == {("late", "after"): (1, 0)}
 
 
+async def test_a_user_known_before_a_new_endpoint_gets_only_what_came_after(
+    database_url: str, pool: Pool
+) -> None:
+    """The endpoint starts at the end of the feed, and so does each user's stream in it: the
+    older history of a user still in the log is not sent (`replay` is for that)."""
+    cid = connect_user(database_url, "old-timer")
+    add_meeting(database_url, "old-timer", cid)  # user_seq 2, before the endpoint existed
+    store = PostgresHostWebhooks(pool)
+    await store.upsert_endpoints([EndpointConfig(name="late", url="http://127.0.0.1:9/")])
+    add_meeting(database_url, "old-timer", cid)  # user_seq 3
+
+    assert await store.fan_out("late") == 1
+    assert streams(database_url) == {("late", "old-timer"): (3, 2)}
+    [claimed] = await store.claim("late", "w1", limit=10)
+    assert [c.user_seq for c in await store.pending(claimed)] == [3]
+
+
 async def test_fan_out_raises_head_seq_per_user_for_every_endpoint(
     database_url: str, store: PostgresHostWebhooks
 ) -> None:

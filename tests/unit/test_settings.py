@@ -452,6 +452,24 @@ def test_the_leeway_is_0_to_300_seconds(value: str) -> None:
     assert single_problem(minimal_env(JWT_LEEWAY_SECONDS=value)).startswith("JWT_LEEWAY_SECONDS")
 
 
+def test_the_change_log_keeps_14_days_by_default_and_1_to_365() -> None:
+    assert load_settings(minimal_env()).worker.change_log_retention_days == 14
+    settings = load_settings(minimal_env(CHANGE_LOG_RETENTION_DAYS="30"))
+    assert settings.worker.change_log_retention_days == 30
+    assert (
+        load_settings(minimal_env(CHANGE_LOG_RETENTION_DAYS="1")).worker.change_log_retention_days
+        == 1
+    )
+    assert (
+        load_settings(minimal_env(CHANGE_LOG_RETENTION_DAYS="365")).worker.change_log_retention_days
+        == 365
+    )
+    for value in ("0", "366", "two weeks"):
+        problem = single_problem(minimal_env(CHANGE_LOG_RETENTION_DAYS=value))
+        assert problem.startswith("CHANGE_LOG_RETENTION_DAYS")
+        assert "from 1 to 365" in problem
+
+
 def test_dev_login_needs_an_hs256_secret() -> None:
     env = jwks_only(
         JWT_JWKS_URL=JWKS, PUBLIC_BASE_URL="http://localhost:8000", DEV_LOGIN_ENABLED="true"

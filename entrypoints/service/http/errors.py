@@ -22,6 +22,7 @@ from domain.errors import (
     CalendlyUnavailable,
     ConcurrentUpdate,
     ConnectionNotFound,
+    CursorExpired,
     InsufficientScope,
     InvalidSignature,
     NotAuthenticated,
@@ -107,6 +108,7 @@ ERROR_TABLE: Final[tuple[tuple[type[Exception], ProblemKind], ...]] = (
             _fixed("This user has not connected a Calendly account."),
         ),
     ),
+    (CursorExpired, ProblemKind(410, "cursor-expired", "Cursor expired")),
     (
         AuthorizationStateInvalid,
         ProblemKind(400, "authorization-state-invalid", "Invalid authorization request"),

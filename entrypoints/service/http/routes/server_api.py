@@ -272,7 +272,7 @@ def _position(after: str | None) -> ChangePosition | None:
     operation_id="serverListChanges",
     tags=TAGS,
     opt=READS,
-    responses=problem_specs(400, 401, 503),
+    responses=problem_specs(400, 401, 410, 503),
 )
 async def list_changes(
     services: NamedDependency[Services],
@@ -288,6 +288,8 @@ async def list_changes(
     `.webhooks_unavailable_plan`, `.updated`; `meeting.created`, `.updated`, `.canceled`,
     `.rescheduled`; `invitee.no_show_set`, `.no_show_cleared`) and the connection or meeting
     as it is now. An empty page means nothing new yet: ask again later with `next_cursor`.
+    A cursor older than the log keeps (CHANGE_LOG_RETENTION_DAYS) answers 410 `cursor-expired`:
+    resync from /v1/connections and the users' meetings, then follow the feed from the start.
     """
     page = await services.read_changes(_position(after), limit)
     return ChangesResponse(
