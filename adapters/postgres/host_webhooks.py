@@ -126,6 +126,10 @@ UPDATE host_webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL,
     throttled_until = NULL
 WHERE name = %(endpoint)s
 """
+# Its streams go with it (ON DELETE CASCADE).
+REMOVE: Final = """
+DELETE FROM host_webhook_endpoints WHERE name = %(endpoint)s
+"""
 RETRY_STREAMS: Final = """
 UPDATE host_webhook_streams
 SET next_attempt_at = now(), parked_at = NULL, failing_since = NULL, attempts = 0
@@ -387,6 +391,12 @@ class PostgresHostWebhooks:
 
     async def enable(self, endpoint: str) -> bool:
         return bool(await self._run(ENABLE, {"endpoint": endpoint}))
+
+    async def remove(self, endpoint: str) -> bool:
+        """Forget an endpoint and its streams (one no longer configured holds the change log's
+        pruning back, DR-35); a dispatcher still configured with it adds it back, at the end of
+        the feed."""
+        return bool(await self._run(REMOVE, {"endpoint": endpoint}))
 
     async def retry(self, endpoint: str | None = None) -> int:
         await self._run(RETRY_ENDPOINTS, {"endpoint": endpoint})

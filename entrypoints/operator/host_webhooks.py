@@ -1,4 +1,4 @@
-"""`calendly-connect host-webhooks status | replay | retry | enable` (DR-34).
+"""`calendly-connect host-webhooks status | replay | retry | enable | remove` (DR-34).
 
 Needs only the database's settings (DATABASE_URL, DATABASE_RUNTIME_ROLE). `run`, the
 dispatcher itself, is the runtime's (entrypoints/service/host_webhooks.py); the command line
@@ -62,6 +62,12 @@ def parser() -> argparse.ArgumentParser:
     retry.add_argument("--endpoint", help="only this endpoint (default: every one)")
     enable = actions.add_parser("enable", help="enable an endpoint that was disabled (410)")
     enable.add_argument("name", help="the endpoint's name (`default` for an unnamed URL)")
+    remove = actions.add_parser(
+        "remove",
+        help="forget an endpoint no longer configured, and its streams (it holds the change "
+        "log's pruning back)",
+    )
+    remove.add_argument("name", help="the endpoint's name")
     return parser
 
 
@@ -102,6 +108,17 @@ async def _run(args: argparse.Namespace, database: DatabaseSettings) -> int:
         elif args.action == "retry":
             due = await store.retry(args.endpoint)
             print(f"{due} stream(s) are due now")
+        elif args.action == "remove":
+            if not await store.remove(args.name):
+                return fail(
+                    f"no endpoint named {args.name!r}; `calendly-connect host-webhooks status` "
+                    "lists them",
+                    1,
+                )
+            print(
+                f"endpoint {args.name!r} is forgotten with its streams; a dispatcher still "
+                "configured with it adds it back, from the end of the feed"
+            )
         elif not await store.enable(args.name):
             return fail(
                 f"no endpoint named {args.name!r}; `calendly-connect host-webhooks status` "

@@ -1,4 +1,5 @@
-"""`calendly-connect host-webhooks run | status | replay | retry | enable` as real processes,
+"""`calendly-connect host-webhooks run | status | replay | retry | enable | remove` as real
+processes,
 against real Postgres, delivering to a receiver in this test that verifies with
 `standardwebhooks`."""
 
@@ -113,10 +114,19 @@ async def test_the_dispatcher_process_delivers_and_the_operator_steers_it(
         assert code == 1
         assert "no endpoint named 'nobody'" in err
         assert (await cli(environ, "replay", "--since", "yesterday"))[0] == 2
+        code, _, err = await cli(environ, "remove", "nobody")
+        assert code == 1
+        assert "no endpoint named 'nobody'" in err
     finally:
         dispatcher.terminate()
         _, errors = await asyncio.wait_for(dispatcher.communicate(), 30)
     assert dispatcher.returncode == 0, errors.decode()[-2000:]
+    # The dispatcher gone, the endpoint it was configured with can be forgotten.
+    code, out, err = await cli(environ, "remove", "crm")
+    assert code == 0, err
+    assert "forgotten" in out
+    code, out, _ = await cli(environ, "status")
+    assert "crm" not in out
 
 
 async def test_run_without_an_endpoint_refuses_to_start(database_url: str) -> None:
