@@ -54,7 +54,7 @@ demo: $(STAMP) ## Scripted headless run of the main job; exits non-zero if anyth
 BENCH_ARGS ?=
 
 .PHONY: bench
-bench: $(STAMP) ## Benchmarks of issue 6 (about 10 min): table + benchmarks/results/latest.json
+bench: $(STAMP) ## The benchmarks (about 12 min): table + benchmarks/results/latest.json
 	$(call apt_need,wrk,wrk)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 

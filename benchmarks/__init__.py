@@ -1,4 +1,5 @@
-"""`make bench`: the five benchmarks of issue 6, each beside its reference measured in the same run.
+"""`make bench`: the benchmarks of issue 6 (1-5) and of issue 13 (6, host webhooks), each beside its
+reference measured in the same run.
 
 Every benchmark starts its own stack on loopback (an embedded Postgres in a temporary folder,
 the Calendly sandbox, N `calendly-connect serve --fd` processes sharing one listening socket),

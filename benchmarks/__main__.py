@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import calls, growth, ingest, live, report
+from benchmarks import calls, growth, host_webhooks, ingest, live, report
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "latest.json"
 
@@ -56,7 +56,9 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument(
-        "--only", default="1,2,3,4", help="benchmarks to run, e.g. 1,3 (5 is measured in 2)"
+        "--only",
+        default="1,2,3,4,6",
+        help="benchmarks to run, e.g. 1,3 (5 is measured in 2)",
     )
     parser.add_argument("--seconds", type=int, default=10, help="duration of one measured run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
@@ -90,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         results["growth"] = growth.run(
             growth.Config(seconds=args.seconds, repeats=args.repeats, large_connections=args.large),
             log=say,
+        )
+    if "6" in only:
+        say("6. booking to host webhook delivered (50 bookings/s, 50 users; ingest with/without)")
+        results["host_webhooks"] = host_webhooks.run(
+            host_webhooks.Config(seconds=args.seconds, repeats=args.repeats), log=say
         )
     results["meta"]["elapsed_seconds"] = round(time.monotonic() - started)
     say("")

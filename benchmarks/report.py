@@ -16,6 +16,8 @@ TARGET_RECONNECT_CALLS = 3
 TARGET_CONNECT_CALLS = 4
 TARGET_GROWTH_RATIO = 1.2
 TARGET_RSS_MB = 150.0
+TARGET_HOST_WEBHOOK_P99_MS = 1000.0
+TARGET_HOST_WEBHOOK_INGEST_RATIO = 0.9  # ingest with the endpoint >= 90 % of without
 
 
 def _ms(value: float | None) -> str:
@@ -57,6 +59,11 @@ def targets(results: dict[str, Any]) -> dict[str, bool]:
     if growth:
         met["growth_webhook"] = growth["webhook_ratio"] <= TARGET_GROWTH_RATIO
         met["growth_list"] = growth["list_ratio"] <= TARGET_GROWTH_RATIO
+    hooks = results.get("host_webhooks")
+    if hooks:
+        met["host_webhook_p99"] = (hooks["p99_ms"] or 1e9) <= TARGET_HOST_WEBHOOK_P99_MS
+        if hooks.get("ingest_ratio") is not None:
+            met["host_webhook_ingest"] = hooks["ingest_ratio"] >= TARGET_HOST_WEBHOOK_INGEST_RATIO
     return met
 
 
@@ -167,6 +174,44 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 v("memory"),
             )
         )
+    hooks = results.get("host_webhooks")
+    if hooks:
+        correct = "" if hooks.get("latency_ok", hooks["ok"]) else " WRONG RESULT"
+        out.append(
+            (
+                f"6. booking to host webhook delivered, {hooks['rate']:.0f}/s, "
+                f"{hooks['users']} users",
+                f"p50 {_ms(hooks['p50_ms'])}, p99 {_ms(hooks['p99_ms'])}; "
+                f"{hooks['delivered']}/{hooks['sent']} delivered once{correct}",
+                "-",
+                "p99 ≤ 1 s, each exactly once",
+                v("host_webhook_p99"),
+            )
+        )
+        if "ingest_ratio" in hooks:
+            ratio = hooks["ingest_ratio"]
+            wrong = "" if hooks.get("ingest_ok", hooks["ok"]) else " WRONG RESULT"
+            with_, without = hooks["ingest_with"], hooks["ingest_without"]
+            out.append(
+                (
+                    f"6. ingest with the host webhook endpoint, {hooks['processes']} processes, "
+                    "32 conns",
+                    f"{_rate(with_['rate'])}"
+                    + ("" if ratio is None else f" ({ratio:.0%} of without)")
+                    + f", p99 {_ms(with_.get('p99_ms'))}; dispatcher delivered "
+                    f"{_rate(with_.get('host_webhooks_delivered_per_second'))} meanwhile "
+                    f"(dispatcher {with_.get('dispatcher_cpu', 0):.2f} CPU, receiver "
+                    f"{with_.get('receiver_cpu', 0):.2f} CPU; Postgres "
+                    f"{with_.get('postgres_cpu', 0):.2f} CPU, "
+                    f"{with_.get('postgres_cpu_ms_per_delivery', 0):.2f} ms per delivery){wrong}",
+                    f"without (no endpoint, no dispatcher), interleaved: "
+                    f"{_rate(without['rate'])}, p99 {_ms(without.get('p99_ms'))} (Postgres "
+                    f"{without.get('postgres_cpu', 0):.2f} CPU, "
+                    f"{without.get('postgres_cpu_ms_per_delivery', 0):.2f} ms per delivery)",
+                    "≥ 90 % of without",
+                    v("host_webhook_ingest"),
+                )
+            )
     return out
 
 

@@ -50,6 +50,8 @@ from entrypoints.settings import (
 
 log = structlog.get_logger(__name__)
 HEARTBEAT_SECONDS: Final = 15.0
+# How often an endpoint's last success is written at most (it is for `status` and the doctor).
+SUCCESS_NOTE_SECONDS: Final = 1.0
 STOP_GRACE_SECONDS: Final = 20.0
 LEASE_SECONDS: Final = 60.0
 FAN_OUT_PAGE: Final = 1000
@@ -121,6 +123,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._ready = False
         self.delivered = 0
+        # When each endpoint's last success was written: at most once a second, so concurrent
+        # deliveries to one endpoint do not queue on its row.
+        self._success_noted: dict[str, float] = {}
 
     def ring(self, kind: str | None = None, user_id: str | None = None) -> None:
         """The doorbell: something changed (or the listener reconnected)."""
@@ -245,7 +250,7 @@ class Dispatcher:
                         stream, self.owner, change.user_seq, self._lease
                     ):
                         return False
-                    await self._store.succeeded(endpoint.name)
+                    await self._note_success(endpoint.name)
                     self.delivered += 1
                     continue
                 if sent.status == 410:
@@ -278,6 +283,12 @@ class Dispatcher:
                 return False
             sent_seq = batch[-1].user_seq
         return True
+
+    async def _note_success(self, name: str) -> None:
+        now = time.monotonic()
+        if now - self._success_noted.get(name, -SUCCESS_NOTE_SECONDS) >= SUCCESS_NOTE_SECONDS:
+            self._success_noted[name] = now
+            await self._store.succeeded(name)
 
     @staticmethod
     async def _safely(work: Any) -> None:

@@ -3,7 +3,8 @@
 `make bench` measures speed; here only what makes a benchmark's result trustworthy is checked:
 after a burst of signed deliveries (new bookings, exact duplicates, cancels) the database holds
 exactly what was delivered, and the Calendly call counts per operation come out of the sandbox's
-log the same way every time.
+log the same way every time, and every booking reaches the host webhook receiver exactly once,
+verified with standardwebhooks.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import shutil
 
 import pytest
 
-from benchmarks import calls, ingest
+from benchmarks import calls, host_webhooks, ingest
 
 pytestmark = pytest.mark.slow
 
@@ -48,3 +49,14 @@ def test_the_calls_benchmark_counts_each_operation_the_same_way_every_time() -> 
         assert result[operation]["same_every_time"], result[operation]
         assert result[operation]["calls"] > 0
     assert result["connect"]["write_transactions"] > 0  # the write probe sees writes at all
+
+
+def test_the_host_webhooks_benchmark_sees_every_booking_delivered_once_and_verified() -> None:
+    config = host_webhooks.Config(
+        seconds=2, repeats=1, users=5, rate=20, warmup_seconds=0, processes=1, ingest=False
+    )
+    result = host_webhooks.run(config, log=quiet)
+    assert result["ok"], result["problems"]
+    assert result["sent"] == 40
+    assert result["delivered"] == result["sent"]
+    assert result["runs"][0]["events"].get("meeting.created") == 40
