@@ -13,7 +13,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,6 +23,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from entrypoints.service.host_webhooks import run_dispatcher
 from entrypoints.settings import DispatcherSettings
 from tests.support.journeys import connect, meetings, sandbox_user_id
+from tests.support.receiver import serving
 from tests.support.sandbox import SandboxDriver
 from tests.support.service import RunningService, running_service
 
@@ -66,18 +67,9 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     found = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", found.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = cast(Any, site._server).sockets[0].getsockname()[1]
-    found.url = f"http://127.0.0.1:{port}/hook"
-    try:
+    async with serving(found.handle) as url:
+        found.url = url
         yield found
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from domain.usecases.disconnect import DisconnectCommand
 from entrypoints.service.host_webhooks import Dispatcher
 from entrypoints.settings import HostWebhookEndpoint
 from tests.support.real_core import RealCore
+from tests.support.receiver import serving
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
@@ -74,18 +75,9 @@ class Receiver:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     found = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", found.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = cast(Any, site._server).sockets[0].getsockname()[1]
-    found.url = f"http://127.0.0.1:{port}/hook"
-    try:
+    async with serving(found.handle) as url:
+        found.url = url
         yield found
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

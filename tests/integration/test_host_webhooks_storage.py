@@ -14,29 +14,18 @@ import psycopg_pool
 import pytest
 
 from adapters.postgres.host_webhooks import EndpointConfig, PostgresHostWebhooks
-from tests.support.postgres import RUNTIME_ROLE
+from tests.support.postgres import add_bare_connection, runtime_connection
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
 SET_TENANT = "SELECT set_config('app.user_id', %s, true)"
 
 
-def runtime(url: str) -> psycopg.Connection[Any]:
-    conn = psycopg.connect(url, autocommit=True)
-    conn.execute(f"SET ROLE {RUNTIME_ROLE}")
-    return conn
+runtime = runtime_connection
 
 
 def connect_user(url: str, user: str) -> str:
     """A connection row for `user` (one change: connection.updated)."""
-    cid = str(uuid.uuid4())
-    with runtime(url) as conn, conn.transaction():
-        conn.execute(SET_TENANT, (user,))
-        conn.execute(
-            "INSERT INTO calendar_connections (id, user_id, status, webhook_token)"
-            " VALUES (%s, %s, 'disconnected', %s)",
-            (cid, user, f"token-{uuid.uuid4()}"),
-        )
-    return cid
+    return add_bare_connection(url, user)
 
 
 def add_meeting(url: str, user: str, cid: str, *, commit: bool = True) -> None:

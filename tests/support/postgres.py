@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -78,3 +80,23 @@ def start_cluster(workdir: Path) -> PgCluster:
 def stop_cluster(cluster: PgCluster) -> None:
     if cluster.server is not None:
         cluster.server.cleanup()  # type: ignore[attr-defined]
+
+
+def runtime_connection(url: str) -> psycopg.Connection[Any]:
+    """An autocommit connection acting as the runtime role, as the service's pool does."""
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute(f"SET ROLE {RUNTIME_ROLE}")
+    return conn
+
+
+def add_bare_connection(url: str, user: str) -> str:
+    """A disconnected connection row for `user` (one change in the log); its id."""
+    cid = str(uuid.uuid4())
+    with runtime_connection(url) as conn, conn.transaction():
+        conn.execute("SELECT set_config('app.user_id', %s, true)", (user,))
+        conn.execute(
+            "INSERT INTO calendar_connections (id, user_id, status, webhook_token)"
+            " VALUES (%s, %s, 'disconnected', %s)",
+            (cid, user, f"token-{uuid.uuid4()}"),
+        )
+    return cid
