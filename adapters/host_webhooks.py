@@ -53,6 +53,9 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float:
     return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
 
 
+RESPONSE_READ_LIMIT: Final = 64 * 1024
+
+
 class HostWebhookSender:
     """POSTs one message; never raises for what the endpoint or the network did."""
 
@@ -73,7 +76,9 @@ class HostWebhookSender:
             async with self._session.post(
                 url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as response:
-                await response.read()
+                # What the endpoint says is not used: read a little (so the connection can be
+                # reused) and never an unbounded body.
+                await response.content.read(RESPONSE_READ_LIMIT)
                 if 200 <= response.status < 300:
                     return Sent(status=response.status)
                 return Sent(

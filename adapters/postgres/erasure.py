@@ -17,6 +17,9 @@ from .session import ReadOnly, Session
 # no route left; one is deleted here all the same (a data-modifying CTE runs unreferenced).
 # Recorded deliveries have no index by user (one would cost every delivery on the ingest path):
 # erasing scans them.
+# Kept on purpose: the last change number given to the user (a user id and a number, nothing
+# of their Calendly), so numbers are never reused after an erasure (migrations/0011, DR-36).
+KEPT_TABLES: Final = ("change_log_users",)
 ERASED_TABLES: Final = (
     "meeting_invitees",
     "meetings",

@@ -156,7 +156,9 @@ HAVING max(c.created_at) >= %(since)s
 ON CONFLICT (endpoint, user_id) DO UPDATE
 SET sent_seq = least(host_webhook_streams.sent_seq, excluded.sent_seq),
     head_seq = greatest(host_webhook_streams.head_seq, excluded.head_seq),
-    next_attempt_at = now(), parked_at = NULL, failing_since = NULL, attempts = 0
+    next_attempt_at = now(), parked_at = NULL, failing_since = NULL, attempts = 0,
+    -- A delivery under way would move the stream past the replay point: its lease ends here.
+    lease_owner = NULL, lease_until = NULL
 RETURNING endpoint
 """
 # The dispatchers say they are alive where the workers do (the doctor tells them apart).

@@ -314,7 +314,9 @@ async def run_dispatcher(settings: DispatcherSettings, stop: asyncio.Event | Non
     await pool.open(wait=False)
     config = settings.host_webhooks
     try:
-        async with aiohttp.ClientSession() as session:
+        # No shared connection limit: each endpoint's own slots bound its connections, so a
+        # slow endpoint never makes another wait for a connection.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             dispatcher = Dispatcher(
                 PostgresHostWebhooks(pool),
                 HostWebhookSender(session, timeout=config.timeout_seconds),

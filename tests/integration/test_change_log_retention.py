@@ -210,3 +210,28 @@ async def test_the_worker_prunes_when_it_starts_with_the_configured_retention(
             await asyncio.wait_for(running, 30)
             await resolve(container.shutdown_resources())
         assert len(log(real.database_url)) == left
+
+
+async def test_a_user_pruned_away_goes_on_from_their_last_number_and_is_still_sent(
+    database_url: str, pool: Pool
+) -> None:
+    """Review finding: numbering came from the rows left, so pruning a quiet user's every row
+    restarted it at 1 while their stream stood at the old head: nothing more was sent."""
+    store = PostgresHostWebhooks(pool)
+    await store.upsert_endpoints([EndpointConfig(name="crm", url="http://127.0.0.1:9/")])
+    cid = connect_user(database_url, "quiet")
+    add_meeting(database_url, "quiet", cid)
+    assert await store.fan_out("crm") == 2
+    [claimed] = await store.claim("crm", "w1", limit=10)
+    assert await store.advance(claimed, "w1", 2)
+    await store.release(claimed, "w1")
+    age(database_url, "quiet", [1, 2])
+    assert await prune_until(PostgresChangeLogRetention(pool, days=14), 2) == 2
+    assert log(database_url) == []
+
+    add_meeting(database_url, "quiet", cid)
+
+    assert [(u, s) for _, u, s in log(database_url)] == [("quiet", 3)]
+    assert await store.fan_out("crm") == 1
+    [again] = await store.claim("crm", "w1", limit=10)
+    assert [c.user_seq for c in await store.pending(again)] == [3]
