@@ -17,19 +17,16 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import psycopg
-import psycopg_pool
 
 from adapters.postgres.api_keys import PostgresApiKeyStore
-from adapters.postgres.pool import make_pool
 from adapters.system import SecretsRandomness, SystemClock
 from domain.api_keys import ApiKey, ApiKeyScope, name_problem
 from domain.errors import ApiKeyNotFound, ConcurrentUpdate, StorageUnavailable
 from domain.usecases.api_keys import CACHE_SECONDS, CreateApiKey, ListApiKeys, RevokeApiKey
 from entrypoints.arguments import fail
-from entrypoints.settings import ConfigError, DatabaseSettings, load_database_settings
+from entrypoints.operator.runtime_db import CONNECT_SECONDS, database_settings, runtime_pool
+from entrypoints.settings import DatabaseSettings
 
-# How long the command waits for the database before it says it cannot reach it.
-CONNECT_SECONDS: Final = 10
 COLUMNS: Final = ("ID", "NAME", "PREFIX", "SCOPE", "CREATED", "LAST USED", "REVOKED")
 
 
@@ -74,11 +71,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     args = _parser().parse_args(argv)
-    try:
-        database = load_database_settings(environ)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            fail(problem)
+    database = database_settings(environ)
+    if database is None:
         return 2
     try:
         return asyncio.run(_run(args, database))
@@ -91,17 +85,8 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
 
 async def _run(args: argparse.Namespace, database: DatabaseSettings) -> int:
-    url = database.url.reveal()
-    await _check_database(url)
-    pool = make_pool(url, runtime_role=database.runtime_role, min_size=1, max_size=1)
-    try:
-        await pool.open(wait=True, timeout=CONNECT_SECONDS)
-    except psycopg_pool.PoolTimeout as exc:
-        raise Unavailable(
-            f"cannot act as the runtime role {database.runtime_role!r}: check "
-            "DATABASE_RUNTIME_ROLE and that `calendly-connect migrate` has run"
-        ) from exc
-    try:
+    await _check_database(database.url.reveal())
+    async with runtime_pool(database) as pool:
         store, clock = PostgresApiKeyStore(pool), SystemClock()
         if args.action == "create":
             created = await CreateApiKey(store, clock, SecretsRandomness())(
@@ -129,8 +114,6 @@ async def _run(args: argparse.Namespace, database: DatabaseSettings) -> int:
                     f"revoked {key.shown} ({key.name!r}, id {key.id}) at {when}; every service "
                     f"process refuses it within {CACHE_SECONDS:g} seconds"
                 )
-    finally:
-        await pool.close()
     return 0
 
 

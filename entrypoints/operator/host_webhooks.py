@@ -12,18 +12,15 @@ import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 import msgspec
-import psycopg_pool
 
 from adapters.postgres.host_webhooks import EndpointStatus, PostgresHostWebhooks
-from adapters.postgres.pool import make_pool
 from domain.errors import StorageUnavailable
 from entrypoints.arguments import fail
-from entrypoints.settings import ConfigError, DatabaseSettings, load_database_settings
-
-CONNECT_SECONDS: Final = 10
+from entrypoints.operator.runtime_db import database_settings, runtime_pool
+from entrypoints.settings import DatabaseSettings
 
 
 def _moment(text: str) -> datetime:
@@ -73,11 +70,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     args = parser().parse_args(argv)
-    try:
-        database = load_database_settings(environ)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            fail(problem)
+    database = database_settings(environ)
+    if database is None:
         return 2
     try:
         return asyncio.run(_run(args, database))
@@ -86,18 +80,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
 
 async def _run(args: argparse.Namespace, database: DatabaseSettings) -> int:
-    pool = make_pool(
-        database.url.reveal(), runtime_role=database.runtime_role, min_size=1, max_size=1
-    )
-    try:
-        await pool.open(wait=True, timeout=CONNECT_SECONDS)
-    except psycopg_pool.PoolTimeout:
-        return fail(
-            f"cannot reach the database as the runtime role {database.runtime_role!r}: check "
-            "DATABASE_URL, DATABASE_RUNTIME_ROLE and that `calendly-connect migrate` has run",
-            1,
-        )
-    try:
+    async with runtime_pool(database) as pool:
         store = PostgresHostWebhooks(pool)
         if args.action == "status":
             found = await store.status()
@@ -127,8 +110,6 @@ async def _run(args: argparse.Namespace, database: DatabaseSettings) -> int:
             )
         else:
             print(f"endpoint {args.name!r} is enabled; what it missed is delivered next")
-    finally:
-        await pool.close()
     return 0
 
 
