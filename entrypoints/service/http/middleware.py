@@ -156,6 +156,7 @@ class MountedUnder:
     A request for `<root>/api/x` and one for `/api/x` reach the same route: everything inside
     (routes, the request log, the no-store rules) sees paths without the prefix. The scope's
     own `root_path` is cleared, because Litestar would cut the prefix out a second time.
+    Without a prefix every request passes untouched (the webhook path pays nothing for it).
     """
 
     def __init__(self, app: ASGIApp, root_path: str) -> None:
@@ -164,7 +165,7 @@ class MountedUnder:
         self._raw_root = root_path.encode("ascii")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in (ScopeType.HTTP, ScopeType.WEBSOCKET):
+        if self._root and scope["type"] in (ScopeType.HTTP, ScopeType.WEBSOCKET):
             path = scope["path"]
             changes: dict[str, Any] = {"root_path": ""}
             if self._root and (path == self._root or path.startswith(self._root + "/")):
