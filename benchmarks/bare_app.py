@@ -12,7 +12,8 @@ from typing import Any
 import uvicorn
 from litestar import Litestar, Request, get, post
 
-from entrypoints.service.server import UVICORN_OPTIONS, run_server
+from entrypoints.service.event_loop import run_fast
+from entrypoints.service.server import UVICORN_OPTIONS
 
 
 @post("/webhooks/calendly/{token:str}", status_code=200)
@@ -32,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     app = Litestar(route_handlers=[receive, ready], logging_config=None, openapi_config=None)
     server = uvicorn.Server(uvicorn.Config(app, **UVICORN_OPTIONS))
-    run_server(server.serve(sockets=[socket.socket(fileno=args.fd)]))
+    run_fast(server.serve(sockets=[socket.socket(fileno=args.fd)]))
 
 
 if __name__ == "__main__":

@@ -168,6 +168,24 @@ class Dispatcher:
                 raise RuntimeError("the host webhooks' dispatcher did not start (see its log)")
             time.sleep(0.05)
 
+    def backlog(self) -> int:
+        """Changes not delivered yet: fanned out but not sent, and not fanned out yet."""
+        rows = self.s.sql(
+            "SELECT coalesce((SELECT sum(head_seq - sent_seq) FROM host_webhook_streams), 0)"
+            " + (SELECT count(*) FROM change_log c, host_webhook_endpoints e"
+            "    WHERE (c.xid, c.id) > (e.fan_xid, e.fan_id))"
+        )
+        return int(rows[0][0])
+
+    def drain(self, seconds: float) -> float | None:
+        """Seconds until the backlog is delivered (None: not within `seconds`)."""
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            if self.backlog() == 0:
+                return time.monotonic() - started
+            time.sleep(0.1)
+        return None
+
     def cpu_seconds(self) -> float:
         assert self.proc is not None
         times = psutil.Process(self.proc.pid).cpu_times()
@@ -289,24 +307,42 @@ def ingest_run(
     hook_cpu = dispatcher.cpu_seconds() if dispatcher is not None else 0.0
     pg_before = postgres_cpu(s)
     result = wrk(s.url, path, connections=cfg.connections, seconds=int(cfg.seconds), record=True)
+    ended = time.monotonic()
     pg_cpu = cpu_used(pg_before, postgres_cpu(s))
     own_cpu = time.process_time() - own_cpu
     hook_cpu = dispatcher.cpu_seconds() - hook_cpu if dispatcher is not None else 0.0
     delivered = dispatcher.receiver.delivered() if dispatcher is not None else 0
-    rejected = len(dispatcher.receiver.rejected) if dispatcher is not None else 0
+    drained: float | None = None
+    repeated = 0
     if dispatcher is not None:
-        dispatcher.stop()  # its backlog is not measured here: the latency run is
+        # The deliveries the run left behind (the dispatcher yields the CPU to ingest, DR-37):
+        # how long until they are all out, and that none went twice.
+        s.settle()
+        if dispatcher.drain(cfg.drain_seconds * 4) is not None:
+            drained = time.monotonic() - ended  # counted from the end of the load
+        repeated = sum(len(a) - 1 for a in dispatcher.receiver.arrivals.values())
+    rejected = len(dispatcher.receiver.rejected) if dispatcher is not None else 0
+    total = dispatcher.receiver.delivered() if dispatcher is not None else 0
+    if dispatcher is not None:
+        dispatcher.stop()
     s.settle()
     verdict = ingest.verify(s, mix, result)
     path.unlink()
     problems = verdict.problems[:5]
     if rejected:
         problems.append(f"{rejected} host webhooks failed verification")
+    if dispatcher is not None and drained is None:
+        problems.append(f"the host webhook backlog was not delivered in {cfg.drain_seconds * 4} s")
+    if repeated:
+        problems.append(f"{repeated} host webhooks delivered twice")
     return {
         "rate": result.rate,
         "p50_ms": result.p50_ms,
         "p99_ms": result.p99_ms,
         "host_webhooks_delivered_during_run": delivered,
+        # ... and in all, once the backlog the run left was delivered (and how long that took)
+        "host_webhooks_delivered": total,
+        "drain_seconds": round(drained, 1) if drained is not None else None,
         # CPU seconds per second of the run: the dispatcher, and the receiver (this process)
         "dispatcher_cpu": round(hook_cpu / cfg.seconds, 3),
         "receiver_cpu": round(own_cpu / cfg.seconds, 3),
@@ -371,6 +407,8 @@ def measure(
                 f"run {repeat + 1}: {figures['rate']:.0f}/s p99 {figures['p99_ms']:.1f} ms"
                 + (
                     f", {figures['host_webhooks_delivered_during_run']} host webhooks delivered"
+                    f" meanwhile, all {figures['host_webhooks_delivered']} "
+                    f"{figures['drain_seconds']} s after"
                     if configured
                     else ""
                 )
@@ -400,6 +438,7 @@ def measure(
             "host_webhooks_delivered_per_second": median(
                 [r["host_webhooks_delivered_during_run"] / cfg.seconds for r in with_runs]
             ),
+            "drain_seconds": median([r["drain_seconds"] or float("inf") for r in with_runs]),
             "dispatcher_cpu": median([r["dispatcher_cpu"] for r in with_runs]),
             "postgres_cpu": median([r["postgres_cpu"] for r in with_runs]),
             "postgres_cpu_ms_per_delivery": median(

@@ -200,7 +200,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     + ("" if ratio is None else f" ({ratio:.0%} of without)")
                     + f", p99 {_ms(with_.get('p99_ms'))}; dispatcher delivered "
                     f"{_rate(with_.get('host_webhooks_delivered_per_second'))} meanwhile "
-                    f"(dispatcher {with_.get('dispatcher_cpu', 0):.2f} CPU, receiver "
+                    f"and the rest {with_.get('drain_seconds', float('nan')):.1f} s after, "
+                    f"each once (dispatcher {with_.get('dispatcher_cpu', 0):.2f} CPU, receiver "
                     f"{with_.get('receiver_cpu', 0):.2f} CPU; Postgres "
                     f"{with_.get('postgres_cpu', 0):.2f} CPU, "
                     f"{with_.get('postgres_cpu_ms_per_delivery', 0):.2f} ms per delivery){wrong}",

@@ -13,12 +13,13 @@ from datetime import datetime
 from typing import Any, Final
 
 import msgspec
+import psycopg
 import psycopg_pool
 
 from domain.changes import Change
 from domain.errors import StorageUnavailable
 
-from .changes import CHANGE_COLUMNS, NEXT_CHANGES, ChangeRow, with_snapshots
+from .changes import CHANGE_COLUMNS, ChangeRow, with_snapshots
 from .directory import HOST_SCOPE, READ_ONLY
 from .unit_of_work import UNAVAILABLE
 
@@ -31,22 +32,36 @@ INSERT INTO host_webhook_endpoints (name, url, event_types, fan_xid, fan_id)
 VALUES (%(name)s, %(url)s, %(event_types)s, pg_snapshot_xmin(pg_current_snapshot()), 0)
 ON CONFLICT (name) DO UPDATE SET url = excluded.url, event_types = excluded.event_types
 """
-LOCK_ENDPOINT: Final = """
-SELECT fan_xid::text AS fan_xid, fan_id FROM host_webhook_endpoints
-WHERE name = %(name)s FOR UPDATE SKIP LOCKED
-"""
-# A user's stream begins just before the first of their changes fanned out to this endpoint:
-# the history the log still holds from before the endpoint existed is not sent (`replay` does).
-RAISE_HEADS: Final = """
-INSERT INTO host_webhook_streams (endpoint, user_id, head_seq, sent_seq)
-SELECT %(endpoint)s, u.user_id, u.head_seq, u.first_seq - 1
-FROM unnest(%(users)s::text[], %(heads)s::bigint[], %(firsts)s::bigint[])
-     AS u (user_id, head_seq, first_seq)
-ON CONFLICT (endpoint, user_id) DO UPDATE
-SET head_seq = greatest(host_webhook_streams.head_seq, excluded.head_seq)
-"""
-MOVE_FAN: Final = """
-UPDATE host_webhook_endpoints SET fan_xid = %(xid)s::xid8, fan_id = %(id)s WHERE name = %(name)s
+# Fan-out in one statement: lock the endpoint (another dispatcher holding it: nothing to do), read
+# the next page of the log after its position and below the horizon (only transactions below the
+# snapshot's xmin have all ended, so nothing can later appear before what is read), raise each
+# user's stream head (a new stream begins just before the first of that user's changes seen here:
+# history from before the endpoint existed is not sent; `replay` does that), move the position.
+# Streams are written in user order, as SETTLE locks them, so the two never deadlock.
+FAN_OUT: Final = """
+WITH endpoint AS (
+    SELECT name, fan_xid, fan_id FROM host_webhook_endpoints
+    WHERE name = %(name)s FOR UPDATE SKIP LOCKED
+), page AS (
+    SELECT c.xid, c.id, c.user_id, c.user_seq FROM change_log c, endpoint e
+    WHERE (c.xid, c.id) > (e.fan_xid, e.fan_id)
+      AND c.xid < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY c.xid, c.id LIMIT %(limit)s
+), heads AS (
+    INSERT INTO host_webhook_streams (endpoint, user_id, head_seq, sent_seq)
+    SELECT %(name)s, user_id, max(user_seq), min(user_seq) - 1 FROM page
+    GROUP BY user_id ORDER BY user_id
+    ON CONFLICT (endpoint, user_id) DO UPDATE
+    SET head_seq = greatest(host_webhook_streams.head_seq, excluded.head_seq)
+    RETURNING 1
+), moved AS (
+    UPDATE host_webhook_endpoints e SET fan_xid = last.xid, fan_id = last.id
+    FROM (SELECT xid, id FROM page ORDER BY xid DESC, id DESC LIMIT 1) last
+    WHERE e.name = %(name)s
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM page) AS fanned, (SELECT count(*) FROM heads) AS streams,
+       (SELECT count(*) FROM moved) AS moved
 """
 # Due streams of one endpoint, leased: claimable when something is pending, its back-off is
 # over, it is not parked, no live lease holds it, and the endpoint is neither disabled nor
@@ -68,6 +83,37 @@ FROM (
 WHERE s.endpoint = due.endpoint AND s.user_id = due.user_id
 RETURNING s.endpoint, s.user_id, s.sent_seq, s.head_seq, s.attempts
 """
+# CLAIM, and in the same statement the first page of each claimed stream's pending changes: one
+# row per change, or one with no change for a stream with none left (erased since).
+CLAIM_WITH_PENDING: Final = """
+WITH due AS (
+    SELECT s.endpoint, s.user_id FROM host_webhook_streams s
+    JOIN host_webhook_endpoints e ON e.name = s.endpoint
+    WHERE s.endpoint = %(endpoint)s
+      AND s.sent_seq < s.head_seq AND s.next_attempt_at <= now() AND s.parked_at IS NULL
+      AND (s.lease_until IS NULL OR s.lease_until < now())
+      AND e.disabled_at IS NULL AND (e.throttled_until IS NULL OR e.throttled_until <= now())
+    ORDER BY s.next_attempt_at
+    FOR UPDATE OF s SKIP LOCKED
+    LIMIT %(limit)s
+), claimed AS (
+    UPDATE host_webhook_streams s
+    SET lease_owner = %(owner)s, lease_until = now() + make_interval(secs => %(lease)s)
+    FROM due
+    WHERE s.endpoint = due.endpoint AND s.user_id = due.user_id
+    RETURNING s.endpoint, s.user_id, s.sent_seq, s.head_seq, s.attempts
+)
+SELECT k.endpoint, k.user_id, k.sent_seq, k.head_seq, k.attempts,
+       c.id, c.xid::text AS xid, c.user_seq, c.kind, c.subject_id::text AS subject_id, c.event,
+       c.created_at
+FROM claimed k
+LEFT JOIN LATERAL (
+    SELECT * FROM change_log l
+    WHERE l.user_id = k.user_id AND l.user_seq > k.sent_seq AND l.user_seq <= k.head_seq
+    ORDER BY l.user_seq LIMIT %(page)s
+) c ON true
+ORDER BY k.user_id, c.user_seq
+"""
 PENDING: Final = (
     CHANGE_COLUMNS
     + """WHERE user_id = %(user_id)s AND user_seq > %(after)s AND user_seq <= %(up_to)s
@@ -80,6 +126,19 @@ SET sent_seq = greatest(sent_seq, %(seq)s), attempts = 0, failing_since = NULL, 
     lease_until = now() + make_interval(secs => %(lease)s)
 WHERE endpoint = %(endpoint)s AND user_id = %(user_id)s AND lease_owner = %(owner)s
   AND lease_until > now()
+"""
+# Many streams' deliveries at once, each moved up to its own position, its failures forgotten and
+# its lease ended (a stream with more to send is due again at once); only where the lease is still
+# the owner's. Rows in user order, as FAN_OUT takes them, so the two never deadlock.
+SETTLE: Final = """
+UPDATE host_webhook_streams s
+SET sent_seq = greatest(s.sent_seq, u.seq), attempts = 0, failing_since = NULL,
+    last_error = NULL, lease_owner = NULL, lease_until = NULL
+FROM unnest(%(endpoints)s::text[], %(users)s::text[], %(seqs)s::bigint[])
+     AS u (endpoint, user_id, seq)
+WHERE s.endpoint = u.endpoint AND s.user_id = u.user_id AND s.lease_owner = %(owner)s
+  AND s.lease_until > now()
+RETURNING s.endpoint, s.user_id
 """
 SUCCEEDED: Final = """
 UPDATE host_webhook_endpoints SET last_success_at = now(), last_error = NULL
@@ -275,42 +334,11 @@ class PostgresHostWebhooks:
             raise StorageUnavailable("the database is unavailable") from exc
 
     async def fan_out(self, endpoint: str, limit: int = 1000) -> int:
-        """Raise the streams' heads for the changes after the endpoint's position (below the
-        horizon), then move the position; 0 also when another dispatcher holds the endpoint."""
-        try:
-            async with self._pool.connection() as conn, conn.transaction():
-                await conn.execute(HOST_SCOPE)
-                cursor = await conn.execute(LOCK_ENDPOINT, {"name": endpoint})
-                position = await cursor.fetchone()
-                if position is None:
-                    return 0
-                cursor = await conn.execute(
-                    NEXT_CHANGES,
-                    {"xid": position["fan_xid"], "id": position["fan_id"], "limit": limit},
-                )
-                rows = [msgspec.convert(r, ChangeRow) for r in await cursor.fetchall()]
-                if not rows:
-                    return 0
-                heads: dict[str, int] = {}
-                firsts: dict[str, int] = {}
-                for row in rows:
-                    heads[row.user_id] = max(heads.get(row.user_id, 0), row.user_seq)
-                    firsts[row.user_id] = min(firsts.get(row.user_id, row.user_seq), row.user_seq)
-                users = list(heads)
-                await conn.execute(
-                    RAISE_HEADS,
-                    {
-                        "endpoint": endpoint,
-                        "users": users,
-                        "heads": [heads[u] for u in users],
-                        "firsts": [firsts[u] for u in users],
-                    },
-                )
-                last = rows[-1]
-                await conn.execute(MOVE_FAN, {"xid": last.xid, "id": last.id, "name": endpoint})
-                return len(rows)
-        except UNAVAILABLE as exc:
-            raise StorageUnavailable("the database is unavailable") from exc
+        """Raise the streams' heads for the next `limit` changes after the endpoint's position
+        (below the horizon), and move the position: how many changes that was (0 also when
+        another dispatcher holds the endpoint)."""
+        rows = await self._run(FAN_OUT, {"name": endpoint, "limit": limit})
+        return int(rows[0]["fanned"])
 
     async def claim(
         self, endpoint: str, owner: str, limit: int, lease_seconds: float = 60.0
@@ -322,6 +350,65 @@ class PostgresHostWebhooks:
             {"endpoint": endpoint, "owner": owner, "limit": limit, "lease": lease_seconds},
         )
         return [msgspec.convert(r, ClaimedStream) for r in rows]
+
+    async def claim_with_pending(
+        self, endpoint: str, owner: str, limit: int, lease_seconds: float = 60.0, page: int = 100
+    ) -> list[tuple[ClaimedStream, list[Change]]]:
+        """`claim`, and each claimed stream's first `page` pending changes with their subjects
+        now: one transaction, three statements at most, however many streams."""
+        if limit <= 0:
+            return []
+        params = {
+            "endpoint": endpoint,
+            "owner": owner,
+            "limit": limit,
+            "lease": lease_seconds,
+            "page": page,
+        }
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                async with conn.pipeline():
+                    await conn.execute(HOST_SCOPE)
+                    cursor = await conn.execute(CLAIM_WITH_PENDING, params)
+                streams: dict[str, ClaimedStream] = {}
+                rows: list[ChangeRow] = []
+                for row in await cursor.fetchall():
+                    if row["user_id"] not in streams:
+                        streams[row["user_id"]] = msgspec.convert(row, ClaimedStream)
+                    if row["id"] is not None:
+                        rows.append(msgspec.convert(row, ChangeRow))
+                changes = await with_snapshots(conn, rows)
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
+        pending: dict[str, list[Change]] = {user: [] for user in streams}
+        for change in changes:
+            pending[change.user_id].append(change)
+        return [(stream, pending[user]) for user, stream in streams.items()]
+
+    async def settle(
+        self, owner: str, done: Sequence[tuple[ClaimedStream, int]]
+    ) -> set[tuple[str, str]]:
+        """Streams delivered up to their positions and released, in one statement: the
+        (endpoint, user_id) of those whose lease was still `owner`'s (the others are unchanged).
+        A deadlock with a concurrent fan-out is tried again: the statement is idempotent."""
+        if not done:
+            return set()
+        ordered = sorted(done, key=lambda item: (item[0].endpoint, item[0].user_id))
+        params = {
+            "owner": owner,
+            "endpoints": [stream.endpoint for stream, _ in ordered],
+            "users": [stream.user_id for stream, _ in ordered],
+            "seqs": [seq for _, seq in ordered],
+        }
+        for attempt in range(3):
+            try:
+                rows = await self._run(SETTLE, params)
+            except psycopg.errors.DeadlockDetected:
+                if attempt == 2:
+                    raise
+                continue
+            return {(row["endpoint"], row["user_id"]) for row in rows}
+        raise AssertionError("unreachable")
 
     async def pending(self, stream: ClaimedStream, limit: int = 100) -> list[Change]:
         """The stream's undelivered changes in user_seq order, each with its subject now."""

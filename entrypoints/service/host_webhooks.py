@@ -21,8 +21,8 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, Generic, TypeVar
 
 import aiohttp
 import msgspec
@@ -40,6 +40,7 @@ from domain.changes import Change, event_matches
 from domain.usecases.views import ConnectionView
 from entrypoints.arguments import fail
 from entrypoints.logging import configure_service_logging
+from entrypoints.service.event_loop import run_fast
 from entrypoints.service.http.schemas import MeetingResponse, UserConnectionResponse
 from entrypoints.settings import (
     ConfigError,
@@ -49,12 +50,21 @@ from entrypoints.settings import (
 )
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 HEARTBEAT_SECONDS: Final = 15.0
 # How often an endpoint's last success is written at most (it is for `status` and the doctor).
 SUCCESS_NOTE_SECONDS: Final = 1.0
 STOP_GRACE_SECONDS: Final = 20.0
 LEASE_SECONDS: Final = 60.0
 FAN_OUT_PAGE: Final = 1000
+# A claimed stream's changes read with the claim; a stream with more is due again at once.
+PENDING_PAGE: Final = 100
+# Rounds (fan out, claim) start at most this often: under a stream of doorbells (one per
+# committed change) they gather what came meanwhile instead of running once per change.
+ROUND_GAP_SECONDS: Final = 0.05
+# Streams done within this of each other are settled in one statement.
+SETTLE_LINGER_SECONDS: Final = 0.02
 # Back-off of a failing stream (DR-22's shape, longer: up to 3 days of tries, then parked).
 BACKOFF_BASE_SECONDS: Final = 5.0
 BACKOFF_CAP_SECONDS: Final = 12 * 3600.0
@@ -90,6 +100,44 @@ def payload(change: Change) -> bytes:
     return msgspec.json.encode({"type": change.event, "timestamp": change.created_at, "data": data})
 
 
+class GroupCommit(Generic[T, R]):
+    """Calls that arrive within `linger` seconds, or while a batch is being written, are written
+    together in one batch: one write however many callers came meanwhile. Each caller gets the
+    whole batch's result (or its exception)."""
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[R]], linger: float = 0.0) -> None:
+        self._write = write
+        self._linger = linger
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def __call__(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                if self._linger:
+                    await asyncio.sleep(self._linger)
+                batch, self._queue = self._queue, []
+                try:
+                    result = await self._write([item for item, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_result(result)
+        finally:
+            self._writer = None
+
+
 class Dispatcher:
     """Fans out, claims and delivers; `run` until `stop`, or `run_once` in tests."""
 
@@ -102,6 +150,8 @@ class Dispatcher:
         owner: str | None = None,
         concurrency: int = 8,
         poll_seconds: float = 1.0,
+        round_gap_seconds: float = ROUND_GAP_SECONDS,
+        page: int = PENDING_PAGE,
         lease_seconds: float = LEASE_SECONDS,
         backoff_base: float = BACKOFF_BASE_SECONDS,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
@@ -114,6 +164,8 @@ class Dispatcher:
         self.owner = owner or dispatcher_id()
         self._concurrency = concurrency
         self._poll = poll_seconds
+        self._gap = round_gap_seconds
+        self._page = page
         self._lease = lease_seconds
         self._base, self._cap, self._park_after = backoff_base, backoff_cap, park_after
         self._jitter = jitter
@@ -126,6 +178,10 @@ class Dispatcher:
         # When each endpoint's last success was written: at most once a second, so concurrent
         # deliveries to one endpoint do not queue on its row.
         self._success_noted: dict[str, float] = {}
+        # Streams done are settled together: one statement for all that finished meanwhile.
+        self._settle: GroupCommit[tuple[ClaimedStream, int], set[tuple[str, str]]] = GroupCommit(
+            lambda done: self._store.settle(self.owner, done), linger=SETTLE_LINGER_SECONDS
+        )
 
     def ring(self, kind: str | None = None, user_id: str | None = None) -> None:
         """The doorbell: something changed (or the listener reconnected)."""
@@ -153,7 +209,9 @@ class Dispatcher:
                     last_beat = time.monotonic()
                 self._wake.clear()
                 if self._ready:
+                    started = time.monotonic()
                     await self._round()
+                    await self._pause(stop, until=started + self._gap)
                 await self._pause(stop)
         finally:
             running = {t for tasks in self._running.values() for t in tasks}
@@ -182,13 +240,16 @@ class Dispatcher:
             if free <= 0:
                 continue
             try:
-                claimed = await self._store.claim(name, self.owner, free, self._lease)
+                claimed = await self._store.claim_with_pending(
+                    name, self.owner, free, self._lease, self._page
+                )
             except Exception as exc:  # the loop outlives a database outage
                 log.warning("host_webhooks.claim_failed", endpoint=name, error=type(exc).__name__)
                 continue
-            for stream in claimed:
+            for stream, changes in claimed:
                 task = asyncio.create_task(
-                    self._deliver(endpoint, stream), name=f"host-webhook:{name}:{stream.user_id}"
+                    self._deliver(endpoint, stream, changes),
+                    name=f"host-webhook:{name}:{stream.user_id}",
                 )
                 self._running[name].add(task)
                 task.add_done_callback(self._done(name))
@@ -204,7 +265,15 @@ class Dispatcher:
 
         return done
 
-    async def _pause(self, stop: asyncio.Event) -> None:
+    async def _pause(self, stop: asyncio.Event, until: float | None = None) -> None:
+        """Until the doorbell rings or the poll interval ends; with `until`, until then (or a
+        stop) whatever rings."""
+        if until is not None:
+            left = until - time.monotonic()
+            if left > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), left)
+            return
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
         try:
             await asyncio.wait(waits, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED)
@@ -212,10 +281,17 @@ class Dispatcher:
             for waiter in waits:
                 waiter.cancel()
 
-    async def _deliver(self, endpoint: HostWebhookEndpoint, stream: ClaimedStream) -> None:
+    async def _deliver(
+        self, endpoint: HostWebhookEndpoint, stream: ClaimedStream, changes: list[Change]
+    ) -> None:
         try:
-            if await self._send_stream(endpoint, stream):
-                await self._store.release(stream, self.owner)
+            done = await self._send(endpoint, stream, changes)
+            if done is not None:
+                settled = await self._settle((stream, done))
+                if (stream.endpoint, stream.user_id) not in settled:
+                    log.warning(
+                        "host_webhooks.lease_lost", endpoint=endpoint.name, user_id=stream.user_id
+                    )
         except Exception as exc:  # the lease runs out; the stream is tried again then
             log.warning(
                 "host_webhooks.stream_failed",
@@ -224,65 +300,64 @@ class Dispatcher:
                 error=type(exc).__name__,
             )
 
-    async def _send_stream(self, endpoint: HostWebhookEndpoint, stream: ClaimedStream) -> bool:
-        """Deliver what is pending, in order; False when the stream is no longer ours to
-        release (the lease was lost, or it was backed off)."""
-        sent_seq = stream.sent_seq
-        while sent_seq < stream.head_seq:
-            batch = await self._store.pending(msgspec.structs.replace(stream, sent_seq=sent_seq))
-            if not batch:  # gone since (an erasure): nothing left to send up to the head
-                return await self._store.advance(stream, self.owner, stream.head_seq, self._lease)
-            skipped_to = 0
-            for change in batch:
-                if not event_matches(change.event, endpoint.event_types):
-                    skipped_to = change.user_seq  # not asked for: passed over, in order
-                    continue
-                if skipped_to and not await self._store.advance(
-                    stream, self.owner, skipped_to, self._lease
-                ):
-                    return False
-                skipped_to = 0
-                sent = await self._sender.send(
-                    endpoint.url, endpoint.secrets, message_id(change), payload(change)
-                )
-                if sent.ok:
-                    if not await self._store.advance(
-                        stream, self.owner, change.user_seq, self._lease
-                    ):
-                        return False
-                    await self._note_success(endpoint.name)
-                    self.delivered += 1
-                    continue
-                if sent.status == 410:
-                    log.warning("host_webhooks.endpoint_gone", endpoint=endpoint.name)
-                    await self._store.disable(endpoint.name, "410 Gone: the endpoint asked to stop")
-                    return True
-                backed = await self._store.back_off(
-                    stream,
-                    self.owner,
-                    sent.error or "failed",
-                    jitter=self._jitter(),
-                    retry_after=sent.retry_after,
-                    base=self._base,
-                    cap=self._cap,
-                    park_after=self._park_after,
-                )
-                log.warning(
-                    "host_webhooks.delivery_failed",
-                    endpoint=endpoint.name,
-                    user_id=stream.user_id,
-                    status=sent.status,
-                    error=sent.error,
-                    attempts=backed.attempts if backed else None,
-                    parked=backed.parked if backed else None,
-                )
-                return False
-            if skipped_to and not await self._store.advance(
-                stream, self.owner, skipped_to, self._lease
+    async def _send(
+        self, endpoint: HostWebhookEndpoint, stream: ClaimedStream, changes: list[Change]
+    ) -> int | None:
+        """POST `changes` (the stream's first page) one at a time, in order. Returns how far the
+        stream is done, to be settled with the others; None when it was settled here instead
+        (backed off) or is no longer ours (the lease was lost).
+
+        Nothing is written per message: a stream is advanced once, when it settles, or on the
+        way when its sends take long enough to need a fresh lease. A dispatcher that dies in
+        between sends that page again, under the same `webhook-id`s (at least once, DR-34)."""
+        done = stream.sent_seq
+        renewed = time.monotonic()
+        for change in changes:
+            if not event_matches(change.event, endpoint.event_types):
+                done = change.user_seq  # not asked for: passed over, in order
+                continue
+            if time.monotonic() - renewed > self._lease / 3:
+                if not await self._store.advance(stream, self.owner, done, self._lease):
+                    return None
+                renewed = time.monotonic()
+            sent = await self._sender.send(
+                endpoint.url, endpoint.secrets, message_id(change), payload(change)
+            )
+            if sent.ok:
+                done = change.user_seq
+                self.delivered += 1
+                await self._note_success(endpoint.name)
+                continue
+            if done > stream.sent_seq and not await self._store.advance(
+                stream, self.owner, done, self._lease
             ):
-                return False
-            sent_seq = batch[-1].user_seq
-        return True
+                return None
+            if sent.status == 410:
+                log.warning("host_webhooks.endpoint_gone", endpoint=endpoint.name)
+                await self._store.disable(endpoint.name, "410 Gone: the endpoint asked to stop")
+                return done
+            backed = await self._store.back_off(
+                stream,
+                self.owner,
+                sent.error or "failed",
+                jitter=self._jitter(),
+                retry_after=sent.retry_after,
+                base=self._base,
+                cap=self._cap,
+                park_after=self._park_after,
+            )
+            log.warning(
+                "host_webhooks.delivery_failed",
+                endpoint=endpoint.name,
+                user_id=stream.user_id,
+                status=sent.status,
+                error=sent.error,
+                attempts=backed.attempts if backed else None,
+                parked=backed.parked if backed else None,
+            )
+            return None
+        # A short page held everything up to the head: what is missing was erased since.
+        return stream.head_seq if len(changes) < self._page else done
 
     async def _note_success(self, name: str) -> None:
         now = time.monotonic()
@@ -296,6 +371,20 @@ class Dispatcher:
             await work
         except Exception as exc:  # retried on the next round
             log.warning("host_webhooks.step_failed", error=type(exc).__name__)
+
+
+def lower_priority(nice: int) -> None:
+    """Make this process `nice` (DR-37): when the CPU is short, the services ingesting webhooks
+    get it first and the deliveries wait. Not everywhere possible (Windows, some sandboxes): the
+    dispatcher then runs at the usual priority, and says so."""
+    if nice <= 0:
+        return
+    try:
+        current = os.nice(0)
+        if current < nice:
+            os.nice(nice - current)
+    except (AttributeError, OSError) as exc:
+        log.warning("host_webhooks.priority_unchanged", nice=nice, error=type(exc).__name__)
 
 
 async def run_dispatcher(settings: DispatcherSettings, stop: asyncio.Event | None = None) -> None:
@@ -350,8 +439,9 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     if not settings.host_webhooks.endpoints:
         return fail("HOST_WEBHOOK_URL is not set: there is no endpoint to deliver to")
     configure_service_logging(settings)
+    lower_priority(settings.host_webhooks.nice)
     try:
-        asyncio.run(run_dispatcher(settings))
+        run_fast(run_dispatcher(settings))
     except KeyboardInterrupt:
         return 0
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -23,6 +23,7 @@ from entrypoints.container import (
     resolve,
 )
 from entrypoints.logging import configure_service_logging
+from entrypoints.service.event_loop import run_fast
 from entrypoints.service.http.app import create_app
 from entrypoints.service.http.config import HttpConfig
 from entrypoints.service.http.cursors import MeetingCursors
@@ -41,21 +42,6 @@ UVICORN_OPTIONS: Final[dict[str, Any]] = {
     # pages reconnect to a sibling process and resume from their last event id.
     "timeout_graceful_shutdown": 3,
 }
-
-
-def run_server(main: Coroutine[Any, Any, None]) -> None:
-    """Run the server's coroutine on uvloop where it exists, else on asyncio's own loop.
-
-    With httptools, uvloop takes about a fifth off the CPU time of a webhook delivery
-    (ARCHITECTURE.md, DR-18); everything else is unchanged.
-    """
-    try:
-        import uvloop
-    except ImportError:  # a platform uvloop does not support (Windows)
-        asyncio.run(main)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main)
 
 
 def _sandbox_url(settings: Settings) -> str | None:
@@ -157,7 +143,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         except OSError as exc:
             return fail(f"--fd {args.fd} is not an open socket: {exc}")
     try:
-        run_server(serve(settings, sockets=sockets))
+        run_fast(serve(settings, sockets=sockets))
     except UnsafeDatabaseRole as exc:
         return fail(str(exc), 1)
     except (StorageUnavailable, OSError) as exc:

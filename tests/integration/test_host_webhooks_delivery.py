@@ -5,7 +5,8 @@ receiver in this test VERIFIES every delivery with the `standardwebhooks` packag
 Covered: a booking -> `meeting.created` once, with the snapshot and the per-user sequence; a
 no-show and a cancel; connect and disconnect; a receiver answering 503 for a while, then back ->
 everything delivered once, each user's order kept; 410 disables the endpoint (and `enable`
-resumes it); an endpoint's event filter drops what it did not ask for.
+resumes it); an endpoint's event filter drops what it did not ask for; a backlog longer than a
+page goes out a page per claim; a slow endpoint keeps its lease through a long page.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Receiver:
 
     url: str = ""
     status: Callable[[int], int] = lambda attempt: 200
+    delay: float = 0.0  # before answering each delivery
     attempts: int = 0
     refused: list[str] = field(default_factory=list)
     signatures: list[str] = field(default_factory=list)
@@ -64,6 +66,7 @@ class Receiver:
             return web.Response(status=401)
         self.attempts += 1
         status = self.status(self.attempts)
+        await asyncio.sleep(self.delay)
         if 200 <= status < 300:
             self.accepted.append((request.headers["webhook-id"], payload))
         return web.Response(status=status)
@@ -282,3 +285,41 @@ async def test_a_transaction_that_rolls_back_sends_nothing(
         p["data"]["meeting"]["event_uri"] for _, p in receiver.accepted if "meeting" in p["data"]
     ]
     assert uris == [f"{EV}alice-2"]
+
+
+async def test_a_backlog_longer_than_a_page_goes_out_a_page_per_claim_in_order_once(
+    real: RealCore, pool: Pool, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    sending = dispatcher(pool, http, receiver, page=2)
+    await sending.prepare()
+    await real.connect("alice", "alice@example.com")
+    for n in range(7):
+        await book(real, "alice", n)
+    await sending.run_once()
+    assert len(receiver.accepted) == 2  # one page: the rest is due again at once
+    await until(lambda: receiver.types().count("meeting.created") == 7, sending.run_once)
+    await sending.run_once()
+    sequences = [p["data"]["sequence"] for _, p in receiver.accepted]
+    assert sequences == list(range(1, len(sequences) + 1))
+    [status] = await PostgresHostWebhooks(pool).status()
+    assert status.backlog == 0
+
+
+async def test_a_slow_endpoint_keeps_the_streams_lease_through_a_long_page(
+    real: RealCore, pool: Pool, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    receiver.delay = 0.2  # 5 changes or more: 1 s of sending, longer than the lease
+    sending = dispatcher(pool, http, receiver, lease_seconds=0.6)
+    await sending.prepare()
+    await real.connect("alice", "alice@example.com")
+    for n in range(4):
+        await book(real, "alice", n)
+    await sending.run_once()
+    # Settled in one go: nothing left, nobody else could have claimed it meanwhile.
+    [status] = await PostgresHostWebhooks(pool).status()
+    assert status.backlog == 0
+    sent = len(receiver.accepted)
+    assert [p["data"]["sequence"] for _, p in receiver.accepted] == list(range(1, sent + 1))
+    assert sent >= 5
+    await sending.run_once()
+    assert len(receiver.accepted) == sent  # nothing twice

@@ -233,3 +233,55 @@ async def test_replay_moves_streams_back_to_the_last_change_before_a_time(
     assert await store.replay(since - timedelta(hours=2), user_id="alice") == 1  # ops: not fanned
     assert streams(database_url)[("crm", "alice")] == (2, 0)
     assert await store.replay(since, user_id="nobody") == 0
+
+
+async def test_a_claim_reads_each_streams_first_page_of_changes_with_their_subjects(
+    database_url: str, store: PostgresHostWebhooks
+) -> None:
+    alice = connect_user(database_url, "alice")
+    connect_user(database_url, "bob")
+    for _ in range(3):
+        add_meeting(database_url, "alice", alice)
+    await store.fan_out("crm")
+    claimed = {
+        stream.user_id: (stream, changes)
+        for stream, changes in await store.claim_with_pending("crm", "w1", limit=5, page=2)
+    }
+    assert set(claimed) == {"alice", "bob"}
+    stream, changes = claimed["alice"]
+    assert (stream.sent_seq, stream.head_seq) == (0, 4)
+    assert [c.user_seq for c in changes] == [1, 2]  # one page, in order
+    assert changes[0].connection is not None
+    assert changes[0].connection.user_id == "alice"
+    assert changes[1].meeting is not None
+    assert [c.user_seq for c in claimed["bob"][1]] == [1]
+    # Leased: a second dispatcher finds nothing to claim.
+    assert await store.claim_with_pending("crm", "w2", limit=5) == []
+
+
+async def test_settling_moves_and_releases_only_the_streams_still_leased_to_their_owner(
+    database_url: str, store: PostgresHostWebhooks
+) -> None:
+    cids = {user: connect_user(database_url, user) for user in ("alice", "bob")}
+    for user, cid in cids.items():
+        add_meeting(database_url, user, cid)
+    await store.fan_out("crm")
+    claimed = {s.user_id: s for s, _ in await store.claim_with_pending("crm", "w1", limit=5)}
+    with psycopg.connect(database_url) as admin:  # bob's lease runs out; w2 takes him over
+        admin.execute(
+            "UPDATE host_webhook_streams SET lease_until = now() - interval '1 second'"
+            " WHERE user_id = 'bob'"
+        )
+    [taken] = await store.claim_with_pending("crm", "w2", limit=5)
+    assert taken[0].user_id == "bob"
+
+    settled = await store.settle("w1", [(claimed["alice"], 2), (claimed["bob"], 2)])
+
+    assert settled == {("crm", "alice")}
+    assert streams(database_url)[("crm", "alice")] == (2, 2)
+    assert streams(database_url)[("crm", "bob")] == (2, 0)  # w2's, untouched
+    # alice's lease ended with the settle: with a new change she is due again at once.
+    add_meeting(database_url, "alice", cids["alice"])
+    await store.fan_out("crm")
+    [(again, changes)] = await store.claim_with_pending("crm", "w1", limit=5)
+    assert (again.user_id, [c.user_seq for c in changes]) == ("alice", [3])

@@ -628,6 +628,21 @@ def test_an_unnamed_secret_signs_for_every_endpoint_without_its_own() -> None:
     assert (crm.secrets, ops.secrets) == ((Secret(WHSEC),), (Secret(WHSEC_OLD),))
 
 
+def test_the_dispatcher_yields_the_cpu_by_default_and_the_level_can_be_set() -> None:
+    assert load_settings(minimal_env()).host_webhooks.nice == 10
+    assert load_settings(minimal_env(HOST_WEBHOOK_NICE="0")).host_webhooks.nice == 0
+    hooks = minimal_env(
+        HOST_WEBHOOK_URL="https://a.example/h", HOST_WEBHOOK_SECRET=WHSEC, HOST_WEBHOOK_NICE="19"
+    )
+    assert load_settings(hooks).host_webhooks.nice == 19
+
+
+@pytest.mark.parametrize("value", ["20", "-1", "low"])
+def test_a_priority_outside_0_to_19_is_refused(value: str) -> None:
+    problem = single_problem(minimal_env(HOST_WEBHOOK_NICE=value))
+    assert problem.startswith("HOST_WEBHOOK_NICE")
+
+
 def test_a_plain_http_host_webhook_url_outside_loopback_is_refused() -> None:
     problem = single_problem(
         minimal_env(HOST_WEBHOOK_URL="http://crm.example/hook", HOST_WEBHOOK_SECRET=WHSEC)
