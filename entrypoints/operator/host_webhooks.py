@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -113,10 +114,27 @@ async def _run(args: argparse.Namespace, database: DatabaseSettings) -> int:
     return 0
 
 
+def shown_url(url: str) -> str:
+    """The endpoint's URL as printed: whatever may be a credential masked (the user and password
+    before `@`, the query's values), the rest kept so the operator knows which endpoint it is."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    # A parameter's name stays (`token=***`); a bare value (`?s3cr3t`) goes whole.
+    query = "&".join(
+        f"{part.partition('=')[0]}=***" if "=" in part else "***"
+        for part in parts.query.split("&")
+        if part
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
 def _as_json(found: Sequence[EndpointStatus]) -> str:
     rows: list[dict[str, Any]] = []
     for status in found:
         row = msgspec.to_builtins(status)
+        row["url"] = shown_url(status.url)
         row["state"] = status.state
         rows.append(row)
     return json.dumps({"endpoints": rows}, indent=2)
@@ -132,7 +150,7 @@ def _as_table(found: Sequence[EndpointStatus]) -> str:
     lines = []
     for s in found:
         lines.append(
-            f"{s.name}: {s.state}  {s.url}\n"
+            f"{s.name}: {s.state}  {shown_url(s.url)}\n"
             f"  backlog {s.backlog + s.fan_lag} (streams {s.backlog}, not fanned out "
             f"{s.fan_lag}), oldest undelivered {_time(s.oldest_undelivered)}\n"
             f"  failing streams {s.failing}, parked {s.parked}, last success "

@@ -172,6 +172,10 @@ class Dispatcher:
         self._running: dict[str, set[asyncio.Task[None]]] = {
             name: set() for name in self._endpoints
         }
+        # (endpoint, user) of the streams this dispatcher is sending now.
+        self._sending: set[tuple[str, str]] = set()
+        # When an endpoint last answered 410: its streams in flight stop before their next send.
+        self._gone_at: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._ready = False
         self.delivered = 0
@@ -247,20 +251,28 @@ class Dispatcher:
                 log.warning("host_webhooks.claim_failed", endpoint=name, error=type(exc).__name__)
                 continue
             for stream, changes in claimed:
+                key = (name, stream.user_id)
+                if key in self._sending:
+                    # Ours already, its task stalled past the lease: the claim renewed the lease
+                    # for that task, which carries on. A second task would send twice.
+                    log.warning("host_webhooks.still_sending", endpoint=name, user_id=key[1])
+                    continue
                 task = asyncio.create_task(
                     self._deliver(endpoint, stream, changes),
                     name=f"host-webhook:{name}:{stream.user_id}",
                 )
                 self._running[name].add(task)
-                task.add_done_callback(self._done(name))
+                self._sending.add(key)
+                task.add_done_callback(self._done(name, key))
 
     async def _fan_out(self, name: str) -> None:
         while await self._store.fan_out(name, FAN_OUT_PAGE) == FAN_OUT_PAGE:
             pass
 
-    def _done(self, name: str) -> Callable[[asyncio.Task[None]], None]:
+    def _done(self, name: str, key: tuple[str, str]) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:
             self._running[name].discard(task)
+            self._sending.discard(key)
             self._wake.set()  # a slot is free: claim again
 
         return done
@@ -311,11 +323,13 @@ class Dispatcher:
         way when its sends take long enough to need a fresh lease. A dispatcher that dies in
         between sends that page again, under the same `webhook-id`s (at least once, DR-34)."""
         done = stream.sent_seq
-        renewed = time.monotonic()
+        started = renewed = time.monotonic()
         for change in changes:
             if not event_matches(change.event, endpoint.event_types):
                 done = change.user_seq  # not asked for: passed over, in order
                 continue
+            if self._gone_at.get(endpoint.name, -1.0) >= started:
+                return done  # the endpoint answered 410 to another stream meanwhile
             if time.monotonic() - renewed > self._lease / 3:
                 if not await self._store.advance(stream, self.owner, done, self._lease):
                     return None
@@ -333,6 +347,7 @@ class Dispatcher:
             ):
                 return None
             if sent.status == 410:
+                self._gone_at[endpoint.name] = time.monotonic()
                 log.warning("host_webhooks.endpoint_gone", endpoint=endpoint.name)
                 await self._store.disable(endpoint.name, "410 Gone: the endpoint asked to stop")
                 return done

@@ -6,7 +6,9 @@ Covered: a booking -> `meeting.created` once, with the snapshot and the per-user
 no-show and a cancel; connect and disconnect; a receiver answering 503 for a while, then back ->
 everything delivered once, each user's order kept; 410 disables the endpoint (and `enable`
 resumes it); an endpoint's event filter drops what it did not ask for; a backlog longer than a
-page goes out a page per claim; a slow endpoint keeps its lease through a long page.
+page goes out a page per claim; a slow endpoint keeps its lease through a long page; a stream
+whose task stalled past its lease is not sent twice by the same dispatcher; after a 410 the
+streams in flight stop.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import aiohttp
+import psycopg
 import psycopg_pool
 import pytest
 from aiohttp import web
@@ -50,6 +53,7 @@ class Receiver:
     url: str = ""
     status: Callable[[int], int] = lambda attempt: 200
     delay: float = 0.0  # before answering each delivery
+    gone_for: str | None = None  # 410 to every delivery of this user
     attempts: int = 0
     refused: list[str] = field(default_factory=list)
     signatures: list[str] = field(default_factory=list)
@@ -65,7 +69,7 @@ class Receiver:
             self.refused.append(str(exc))
             return web.Response(status=401)
         self.attempts += 1
-        status = self.status(self.attempts)
+        status = 410 if payload["data"]["user_id"] == self.gone_for else self.status(self.attempts)
         await asyncio.sleep(self.delay)
         if 200 <= status < 300:
             self.accepted.append((request.headers["webhook-id"], payload))
@@ -323,3 +327,47 @@ async def test_a_slow_endpoint_keeps_the_streams_lease_through_a_long_page(
     assert sent >= 5
     await sending.run_once()
     assert len(receiver.accepted) == sent  # nothing twice
+
+
+async def test_a_stream_stalled_past_its_lease_is_not_sent_twice_by_its_own_dispatcher(
+    real: RealCore,
+    pool: Pool,
+    http: aiohttp.ClientSession,
+    receiver: Receiver,
+    database_url: str,
+) -> None:
+    receiver.delay = 0.5
+    sending = dispatcher(pool, http, receiver)
+    await sending.prepare()
+    await real.connect("alice", "alice@example.com")
+    await sending._round()  # alice's stream goes out: its first POST takes 0.5 s
+    await asyncio.sleep(0.1)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
+        await admin.execute(  # the lease runs out while that POST is still under way
+            "UPDATE host_webhook_streams SET lease_until = now() - interval '1 second'"
+        )
+    await sending._round()  # claims the stream again: the task already sending it goes on
+    await sending.run_once()
+    ids = [msg_id for msg_id, _ in receiver.accepted]
+    assert ids
+    assert len(ids) == len(set(ids)), "a change went twice"
+    [status] = await PostgresHostWebhooks(pool).status()
+    assert status.backlog == 0
+
+
+async def test_after_a_410_the_streams_in_flight_stop_before_their_next_message(
+    real: RealCore, pool: Pool, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    receiver.delay = 0.2
+    receiver.gone_for = "alice"
+    sending = dispatcher(pool, http, receiver, concurrency=2)
+    await sending.prepare()
+    await real.connect("alice", "alice@example.com")
+    await real.connect("bob", "bob@example.com")
+    for n in range(5):
+        await book(real, "bob", n)
+    await sending.run_once()  # alice's first message is answered 410; bob's page is under way
+    [status] = await PostgresHostWebhooks(pool).status()
+    assert status.state == "disabled"
+    assert len(receiver.types("bob")) <= 2  # what was in the air, then no more
+    assert status.backlog > 0  # the rest waits for `enable`
