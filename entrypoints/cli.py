@@ -2,8 +2,8 @@
 
 The runtime is in entrypoints/service/ (serve, worker, host-webhooks run), the operator's
 tools in entrypoints/operator/ (migrate, doctor, repair-connections, api-keys, host-webhooks
-status | replay | retry | enable), the developer's in entrypoints/developer/ (dev). Each
-command is imported only when it runs, so a quick command never pays for the web stack.
+status | replay | retry | enable, rotate-keys), the developer's in entrypoints/developer/
+(dev). Each command is imported only when it runs, so a quick command never pays for the web stack.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ COMMANDS = {
     "repair-connections": "fill missing Calendly user URIs and ensure subscriptions (--dry-run)",
     "api-keys": "create, list and revoke keys of the server API (/v1) for the host's back end",
     "host-webhooks": "deliver host webhooks (run), and status | replay | retry | enable",
+    "rotate-keys": "re-seal stored secrets under the first TOKEN_ENCRYPTION_KEY (--check)",
     "sandbox": "run the Calendly sandbox (a local Calendly look-alike); see --help",
 }
 
@@ -75,6 +76,12 @@ def cmd_host_webhooks(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     return host_webhooks_main(argv, environ)
 
 
+def cmd_rotate_keys(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from entrypoints.operator.rotate_keys import main as rotate_keys_main
+
+    return rotate_keys_main(argv, environ)
+
+
 def cmd_dev(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     from entrypoints.developer.devstack import main as dev_main
 
@@ -94,6 +101,7 @@ HANDLERS: dict[str, Command] = {
     "repair-connections": cmd_repair,
     "api-keys": cmd_api_keys,
     "host-webhooks": cmd_host_webhooks,
+    "rotate-keys": cmd_rotate_keys,
     "dev": cmd_dev,
     "serve": cmd_serve,
     "worker": cmd_worker,

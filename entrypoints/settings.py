@@ -295,6 +295,14 @@ def load_database_settings(
     return database
 
 
+def load_encryption_settings(environ: Mapping[str, str]) -> EncryptionSettings:
+    """Only TOKEN_ENCRYPTION_KEY (for `rotate-keys`); raises ConfigError saying what is wrong."""
+    env = _Environment(environ)
+    encryption = _read_encryption(env)
+    env.raise_problems()
+    return encryption
+
+
 class DispatcherSettings(msgspec.Struct, frozen=True, kw_only=True):
     """What `calendly-connect host-webhooks run` reads: no Calendly or HTTP settings."""
 
