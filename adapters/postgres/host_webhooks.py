@@ -76,6 +76,7 @@ FROM (
       AND s.sent_seq < s.head_seq AND s.next_attempt_at <= now() AND s.parked_at IS NULL
       AND (s.lease_until IS NULL OR s.lease_until < now())
       AND e.disabled_at IS NULL AND (e.throttled_until IS NULL OR e.throttled_until <= now())
+      AND NOT s.user_id = ANY(%(busy)s::text[])
     ORDER BY s.next_attempt_at
     FOR UPDATE OF s SKIP LOCKED
     LIMIT %(limit)s
@@ -83,36 +84,21 @@ FROM (
 WHERE s.endpoint = due.endpoint AND s.user_id = due.user_id
 RETURNING s.endpoint, s.user_id, s.sent_seq, s.head_seq, s.attempts
 """
-# CLAIM, and in the same statement the first page of each claimed stream's pending changes: one
-# row per change, or one with no change for a stream with none left (erased since).
-CLAIM_WITH_PENDING: Final = """
-WITH due AS (
-    SELECT s.endpoint, s.user_id FROM host_webhook_streams s
-    JOIN host_webhook_endpoints e ON e.name = s.endpoint
-    WHERE s.endpoint = %(endpoint)s
-      AND s.sent_seq < s.head_seq AND s.next_attempt_at <= now() AND s.parked_at IS NULL
-      AND (s.lease_until IS NULL OR s.lease_until < now())
-      AND e.disabled_at IS NULL AND (e.throttled_until IS NULL OR e.throttled_until <= now())
-    ORDER BY s.next_attempt_at
-    FOR UPDATE OF s SKIP LOCKED
-    LIMIT %(limit)s
-), claimed AS (
-    UPDATE host_webhook_streams s
-    SET lease_owner = %(owner)s, lease_until = now() + make_interval(secs => %(lease)s)
-    FROM due
-    WHERE s.endpoint = due.endpoint AND s.user_id = due.user_id
-    RETURNING s.endpoint, s.user_id, s.sent_seq, s.head_seq, s.attempts
-)
-SELECT k.endpoint, k.user_id, k.sent_seq, k.head_seq, k.attempts,
-       c.id, c.xid::text AS xid, c.user_seq, c.kind, c.subject_id::text AS subject_id, c.event,
-       c.created_at
-FROM claimed k
-LEFT JOIN LATERAL (
+# Each claimed stream's first page of pending changes: read by its own statement after the claim,
+# so with a snapshot taken after the claim's (a head raised by a fan-out that committed before
+# the claim saw it is backed by changes this snapshot sees; one statement would read the rows
+# with its older snapshot and could miss the newest).
+PAGES: Final = """
+SELECT c.id, c.xid::text AS xid, c.user_id, c.user_seq, c.kind, c.subject_id::text AS subject_id,
+       c.event, c.created_at
+FROM unnest(%(users)s::text[], %(afters)s::bigint[], %(heads)s::bigint[])
+     AS k (user_id, after, head)
+CROSS JOIN LATERAL (
     SELECT * FROM change_log l
-    WHERE l.user_id = k.user_id AND l.user_seq > k.sent_seq AND l.user_seq <= k.head_seq
+    WHERE l.user_id = k.user_id AND l.user_seq > k.after AND l.user_seq <= k.head
     ORDER BY l.user_seq LIMIT %(page)s
-) c ON true
-ORDER BY k.user_id, c.user_seq
+) c
+ORDER BY c.user_id, c.user_seq
 """
 PENDING: Final = (
     CHANGE_COLUMNS
@@ -125,19 +111,25 @@ UPDATE host_webhook_streams
 SET sent_seq = greatest(sent_seq, %(seq)s), attempts = 0, failing_since = NULL, last_error = NULL,
     lease_until = now() + make_interval(secs => %(lease)s)
 WHERE endpoint = %(endpoint)s AND user_id = %(user_id)s AND lease_owner = %(owner)s
-  AND lease_until > now()
 """
-# Many streams' deliveries at once, each moved up to its own position, its failures forgotten and
-# its lease ended (a stream with more to send is due again at once); only where the lease is still
-# the owner's. Rows in user order, as FAN_OUT takes them, so the two never deadlock.
+# Many streams' deliveries at once, each moved up to its own position, its failures forgotten, its
+# lease ended and its turn moved to the back (a stream with more to send is due again, after the
+# others); only where the owner still holds the lease. The rows are locked in (endpoint, user_id)
+# order, as FAN_OUT writes them, so the two never deadlock.
 SETTLE: Final = """
+WITH done AS (
+    SELECT s.endpoint, s.user_id, u.seq FROM host_webhook_streams s
+    JOIN unnest(%(endpoints)s::text[], %(users)s::text[], %(seqs)s::bigint[])
+         AS u (endpoint, user_id, seq) ON s.endpoint = u.endpoint AND s.user_id = u.user_id
+    WHERE s.lease_owner = %(owner)s
+    ORDER BY s.endpoint, s.user_id
+    FOR UPDATE OF s
+)
 UPDATE host_webhook_streams s
-SET sent_seq = greatest(s.sent_seq, u.seq), attempts = 0, failing_since = NULL,
-    last_error = NULL, lease_owner = NULL, lease_until = NULL
-FROM unnest(%(endpoints)s::text[], %(users)s::text[], %(seqs)s::bigint[])
-     AS u (endpoint, user_id, seq)
-WHERE s.endpoint = u.endpoint AND s.user_id = u.user_id AND s.lease_owner = %(owner)s
-  AND s.lease_until > now()
+SET sent_seq = greatest(s.sent_seq, done.seq), attempts = 0, failing_since = NULL,
+    last_error = NULL, lease_owner = NULL, lease_until = NULL, next_attempt_at = now()
+FROM done
+WHERE s.endpoint = done.endpoint AND s.user_id = done.user_id
 RETURNING s.endpoint, s.user_id
 """
 SUCCEEDED: Final = """
@@ -147,7 +139,6 @@ WHERE name = %(endpoint)s
 RELEASE: Final = """
 UPDATE host_webhook_streams SET lease_owner = NULL, lease_until = NULL
 WHERE endpoint = %(endpoint)s AND user_id = %(user_id)s AND lease_owner = %(owner)s
-  AND lease_until > now()
 """
 # 5 s * 3^n, capped, jittered over the upper half (DR-22); never sooner than Retry-After. A
 # stream failing for longer than `park_after` is parked: kept, never skipped, until `retry`.
@@ -164,7 +155,6 @@ SET attempts = attempts + 1,
                           < now() - make_interval(secs => %(park_after)s) THEN now() END,
     lease_owner = NULL, lease_until = NULL
 WHERE endpoint = %(endpoint)s AND user_id = %(user_id)s AND lease_owner = %(owner)s
-  AND lease_until > now()
 RETURNING attempts, next_attempt_at, parked_at IS NOT NULL AS parked
 """
 ENDPOINT_FAILED: Final = """
@@ -347,15 +337,28 @@ class PostgresHostWebhooks:
             return []
         rows = await self._run(
             CLAIM,
-            {"endpoint": endpoint, "owner": owner, "limit": limit, "lease": lease_seconds},
+            {
+                "endpoint": endpoint,
+                "owner": owner,
+                "limit": limit,
+                "lease": lease_seconds,
+                "busy": [],
+            },
         )
         return [msgspec.convert(r, ClaimedStream) for r in rows]
 
     async def claim_with_pending(
-        self, endpoint: str, owner: str, limit: int, lease_seconds: float = 60.0, page: int = 100
+        self,
+        endpoint: str,
+        owner: str,
+        limit: int,
+        lease_seconds: float = 60.0,
+        page: int = 100,
+        busy: Sequence[str] = (),
     ) -> list[tuple[ClaimedStream, list[Change]]]:
-        """`claim`, and each claimed stream's first `page` pending changes with their subjects
-        now: one transaction, three statements at most, however many streams."""
+        """`claim` (leaving out the users in `busy`: the owner's streams still being sent), and
+        each claimed stream's first `page` pending changes with their subjects now: one
+        transaction, four statements at most, however many streams."""
         if limit <= 0:
             return []
         params = {
@@ -363,51 +366,64 @@ class PostgresHostWebhooks:
             "owner": owner,
             "limit": limit,
             "lease": lease_seconds,
-            "page": page,
+            "busy": list(busy),
         }
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 async with conn.pipeline():
                     await conn.execute(HOST_SCOPE)
-                    cursor = await conn.execute(CLAIM_WITH_PENDING, params)
-                streams: dict[str, ClaimedStream] = {}
-                rows: list[ChangeRow] = []
-                for row in await cursor.fetchall():
-                    if row["user_id"] not in streams:
-                        streams[row["user_id"]] = msgspec.convert(row, ClaimedStream)
-                    if row["id"] is not None:
-                        rows.append(msgspec.convert(row, ChangeRow))
+                    cursor = await conn.execute(CLAIM, params)
+                streams = sorted(
+                    (msgspec.convert(r, ClaimedStream) for r in await cursor.fetchall()),
+                    key=lambda stream: stream.user_id,
+                )
+                if not streams:
+                    return []
+                cursor = await conn.execute(
+                    PAGES,
+                    {
+                        "users": [s.user_id for s in streams],
+                        "afters": [s.sent_seq for s in streams],
+                        "heads": [s.head_seq for s in streams],
+                        "page": page,
+                    },
+                )
+                rows = [msgspec.convert(r, ChangeRow) for r in await cursor.fetchall()]
                 changes = await with_snapshots(conn, rows)
         except UNAVAILABLE as exc:
             raise StorageUnavailable("the database is unavailable") from exc
-        pending: dict[str, list[Change]] = {user: [] for user in streams}
+        pending: dict[str, list[Change]] = {stream.user_id: [] for stream in streams}
         for change in changes:
             pending[change.user_id].append(change)
-        return [(stream, pending[user]) for user, stream in streams.items()]
+        return [(stream, pending[stream.user_id]) for stream in streams]
 
     async def settle(
         self, owner: str, done: Sequence[tuple[ClaimedStream, int]]
     ) -> set[tuple[str, str]]:
         """Streams delivered up to their positions and released, in one statement: the
-        (endpoint, user_id) of those whose lease was still `owner`'s (the others are unchanged).
-        A deadlock with a concurrent fan-out is tried again: the statement is idempotent."""
+        (endpoint, user_id) of those the owner still held (the others are unchanged). A deadlock
+        is tried again (the statement is idempotent), though the lock order should prevent one."""
         if not done:
             return set()
-        ordered = sorted(done, key=lambda item: (item[0].endpoint, item[0].user_id))
         params = {
             "owner": owner,
-            "endpoints": [stream.endpoint for stream, _ in ordered],
-            "users": [stream.user_id for stream, _ in ordered],
-            "seqs": [seq for _, seq in ordered],
+            "endpoints": [stream.endpoint for stream, _ in done],
+            "users": [stream.user_id for stream, _ in done],
+            "seqs": [seq for _, seq in done],
         }
         for attempt in range(3):
             try:
-                rows = await self._run(SETTLE, params)
+                async with self._pool.connection() as conn, conn.transaction():
+                    async with conn.pipeline():
+                        await conn.execute(HOST_SCOPE)
+                        cursor = await conn.execute(SETTLE, params)
+                    rows = await cursor.fetchall()
+                return {(row["endpoint"], row["user_id"]) for row in rows}
             except psycopg.errors.DeadlockDetected:
                 if attempt == 2:
-                    raise
-                continue
-            return {(row["endpoint"], row["user_id"]) for row in rows}
+                    raise StorageUnavailable("the database kept deadlocking") from None
+            except UNAVAILABLE as exc:
+                raise StorageUnavailable("the database is unavailable") from exc
         raise AssertionError("unreachable")
 
     async def pending(self, stream: ClaimedStream, limit: int = 100) -> list[Change]:

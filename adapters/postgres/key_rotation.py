@@ -15,11 +15,12 @@ listed again. Idempotent and resumable: a run re-seals only what is not under th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
 import psycopg_pool
+from psycopg import sql
 
 from adapters.crypto import DecryptionFailed
 from domain.errors import StorageUnavailable
@@ -38,38 +39,34 @@ CONNECTION_SEALED: Final = (
 )
 
 
-# The key id a blob names, in SQL: `convert_from(substring(b from 3 for get_byte(b, 1)),
-# 'SQL_ASCII')` (byte 1 is the id's length, the id follows).
+# The key id a blob names, in SQL, for any bytes at all: byte 1 is the id's length, the id
+# follows; a blob too short for its header counts as '(malformed)', and an id's bytes are shown
+# escaped (`encode(..., 'escape')` never fails), so one bad row cannot stop the count.
 COUNT_BY_KEY: Final = """
-SELECT key_id, count(*) AS sealed FROM (
-    SELECT convert_from(substring(access_token_enc from 3 for get_byte(access_token_enc, 1)),
-                        'SQL_ASCII') AS key_id
-    FROM calendar_connections WHERE access_token_enc IS NOT NULL
+WITH sealed (blob) AS (
+    SELECT access_token_enc FROM calendar_connections WHERE access_token_enc IS NOT NULL
     UNION ALL
-    SELECT convert_from(substring(refresh_token_enc from 3 for get_byte(refresh_token_enc, 1)),
-                        'SQL_ASCII')
-    FROM calendar_connections WHERE refresh_token_enc IS NOT NULL
+    SELECT refresh_token_enc FROM calendar_connections WHERE refresh_token_enc IS NOT NULL
     UNION ALL
-    SELECT convert_from(substring(webhook_signing_key_enc
-                                  from 3 for get_byte(webhook_signing_key_enc, 1)), 'SQL_ASCII')
-    FROM calendar_connections WHERE webhook_signing_key_enc IS NOT NULL
+    SELECT webhook_signing_key_enc FROM calendar_connections
+    WHERE webhook_signing_key_enc IS NOT NULL
     UNION ALL
-    SELECT convert_from(substring(code_verifier_enc from 3 for get_byte(code_verifier_enc, 1)),
-                        'SQL_ASCII')
-    FROM calendly_oauth_states
-) k
-GROUP BY key_id ORDER BY key_id
+    SELECT code_verifier_enc FROM calendly_oauth_states
+)
+SELECT CASE WHEN length(blob) >= 2 AND length(blob) >= 2 + get_byte(blob, 1)
+            THEN encode(substring(blob from 3 for get_byte(blob, 1)), 'escape')
+            ELSE '(malformed)' END AS key_id,
+       count(*) AS sealed
+FROM sealed GROUP BY 1 ORDER BY 1
 """
+# What is not sealed under the active key: its header (version, id length, id) is not the
+# active key's, compared as bytes (no decoding, so no blob can make the query fail).
 CONNECTIONS_TO_RESEAL: Final = """
 SELECT id::text AS id, user_id FROM calendar_connections
 WHERE id > %(after)s::uuid AND (
-    convert_from(substring(access_token_enc from 3 for get_byte(access_token_enc, 1)),
-                 'SQL_ASCII') <> %(active)s
-    OR convert_from(substring(refresh_token_enc from 3 for get_byte(refresh_token_enc, 1)),
-                    'SQL_ASCII') <> %(active)s
-    OR convert_from(substring(webhook_signing_key_enc
-                              from 3 for get_byte(webhook_signing_key_enc, 1)), 'SQL_ASCII')
-       <> %(active)s)
+    substring(access_token_enc from 1 for %(header_length)s) <> %(header)s
+    OR substring(refresh_token_enc from 1 for %(header_length)s) <> %(header)s
+    OR substring(webhook_signing_key_enc from 1 for %(header_length)s) <> %(header)s)
 ORDER BY id LIMIT %(limit)s
 """
 ENTER_TENANT: Final = (
@@ -79,16 +76,9 @@ LOCK_CONNECTION: Final = """
 SELECT access_token_enc, refresh_token_enc, webhook_signing_key_enc
 FROM calendar_connections WHERE id = %(id)s::uuid FOR UPDATE SKIP LOCKED
 """
-UPDATE_CONNECTION: Final = """
-UPDATE calendar_connections
-SET access_token_enc = %(access_token_enc)s, refresh_token_enc = %(refresh_token_enc)s,
-    webhook_signing_key_enc = %(webhook_signing_key_enc)s
-WHERE id = %(id)s::uuid
-"""
 STATES_TO_RESEAL: Final = """
 SELECT state, code_verifier_enc FROM calendly_oauth_states
-WHERE convert_from(substring(code_verifier_enc from 3 for get_byte(code_verifier_enc, 1)),
-                   'SQL_ASCII') <> %(active)s
+WHERE substring(code_verifier_enc from 1 for %(header_length)s) <> %(header)s
   AND state > %(after)s
 ORDER BY state LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
@@ -116,6 +106,12 @@ class PostgresKeyRotation:
         self._pool = pool
         self._cipher = cipher
         self._active = active_key_id
+        # The active key's blob header (adapters/crypto.py: version 1, id length, id).
+        encoded = active_key_id.encode("ascii")
+        self._header = bytes([1, len(encoded)]) + encoded
+
+    def _wanted(self) -> dict[str, Any]:
+        return {"header": self._header, "header_length": len(self._header)}
 
     async def count_by_key(self) -> dict[str, int]:
         """How many sealed secrets each key id seals now."""
@@ -148,7 +144,7 @@ class PostgresKeyRotation:
                 await conn.execute(HOST_SCOPE)
                 cursor = await conn.execute(
                     CONNECTIONS_TO_RESEAL,
-                    {"after": after or FIRST_UUID, "active": self._active, "limit": limit},
+                    {"after": after or FIRST_UUID, "limit": limit, **self._wanted()},
                 )
                 listed = await cursor.fetchall()
                 for row in listed:
@@ -164,8 +160,11 @@ class PostgresKeyRotation:
                         column: self._reseal(sealed[column], secret_context(row["id"], name), batch)
                         for column, name in CONNECTION_SEALED
                     }
-                    if values != {column: sealed[column] for column, _ in CONNECTION_SEALED}:
-                        await conn.execute(UPDATE_CONNECTION, {"id": row["id"], **values})
+                    changed = {c: v for c, v in values.items() if v is not sealed[c]}
+                    if changed:  # only those columns: the routes' trigger fires on the key's
+                        await conn.execute(
+                            _update_connection(changed), {"id": row["id"], **changed}
+                        )
         except UNAVAILABLE as exc:
             raise StorageUnavailable("the database is unavailable") from exc
         return batch
@@ -176,8 +175,7 @@ class PostgresKeyRotation:
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 cursor = await conn.execute(
-                    STATES_TO_RESEAL,
-                    {"after": after or "", "active": self._active, "limit": limit},
+                    STATES_TO_RESEAL, {"after": after or "", "limit": limit, **self._wanted()}
                 )
                 for row in await cursor.fetchall():
                     batch.rows += 1
@@ -189,6 +187,15 @@ class PostgresKeyRotation:
         except UNAVAILABLE as exc:
             raise StorageUnavailable("the database is unavailable") from exc
         return batch
+
+
+def _update_connection(columns: Mapping[str, object]) -> sql.Composed:
+    """UPDATE of the given sealed columns of one connection (by %(id)s)."""
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column))
+        for column in columns
+    )
+    return sql.SQL("UPDATE calendar_connections SET {} WHERE id = %(id)s::uuid").format(assignments)
 
 
 def _blob_key_id(blob: bytes) -> str | None:

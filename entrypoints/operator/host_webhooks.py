@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -114,10 +115,19 @@ async def _run(args: argparse.Namespace, database: DatabaseSettings) -> int:
     return 0
 
 
+_WORDS: Final = re.compile(r"[a-z]+(?:[-_.][a-z]+)*")
+
+
 def shown_url(url: str) -> str:
     """The endpoint's URL as printed: whatever may be a credential masked (the user and password
-    before `@`, the query's values), the rest kept so the operator knows which endpoint it is."""
+    before `@`, the query's values, and path segments that look like tokens: 16 characters or
+    more, not plain lowercase words, as in Slack's or Zapier's hook URLs), the rest kept so the
+    operator knows which endpoint it is."""
     parts = urlsplit(url)
+    path = "/".join(
+        "***" if len(segment) >= 16 and not _WORDS.fullmatch(segment) else segment
+        for segment in parts.path.split("/")
+    )
     netloc = parts.netloc
     if "@" in netloc:
         netloc = "***@" + netloc.rpartition("@")[2]
@@ -127,7 +137,7 @@ def shown_url(url: str) -> str:
         for part in parts.query.split("&")
         if part
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
 def _as_json(found: Sequence[EndpointStatus]) -> str:

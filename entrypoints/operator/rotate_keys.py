@@ -18,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final, TextIO
 
+import psycopg
+
 from adapters.crypto import AesGcmTokenCipher
 from adapters.postgres.key_rotation import Batch, PostgresKeyRotation, total
 from domain.errors import StorageUnavailable
@@ -30,7 +32,7 @@ from entrypoints.settings import (
     load_encryption_settings,
 )
 
-DEFAULT_BATCH: Final = 200
+DEFAULT_BATCH: Final = 50
 # Passes over what is left (a row the service held is tried again on the next one).
 MAX_PASSES: Final = 5
 
@@ -82,6 +84,8 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         return asyncio.run(_run(args, database, encryption))
     except StorageUnavailable as exc:
         return fail(str(exc), 1)
+    except psycopg.Error as exc:  # its text may quote DATABASE_URL: name only the kind
+        return fail(f"the database refused: {type(exc).__name__}; the batches done so far stay done; run it again", 1)
 
 
 async def _run(
@@ -96,30 +100,31 @@ async def _run(
         before = await rotation.count_by_key()
         todo = sum(n for key_id, n in before.items() if key_id != active)
         progress = Progress(todo, sys.stderr)
-        done: list[Batch] = []
-        for _ in range(MAX_PASSES):
+        resealed = 0
+        for attempt in range(MAX_PASSES):
             this_pass = await _pass(rotation.connections_batch, args.batch, progress)
             this_pass += await _pass(rotation.states_batch, args.batch, progress)
-            done += this_pass
+            resealed += total(this_pass).resealed
             if not total(this_pass).busy:
                 break
+            await asyncio.sleep(attempt + 1)  # a row the service holds: let it finish
         progress.close()
-        summary = total(done)
         after = await rotation.count_by_key()
-    left = {key_id: n for key_id, n in after.items() if key_id != active}
-    print(f"{summary.resealed} secret(s) re-sealed under key {active!r}")
-    if summary.unreadable:
+    print(f"{resealed} secret(s) re-sealed under key {active!r}")
+    unreadable = {k: n for k, n in after.items() if k != active and k not in encryption.keys}
+    left = {k: n for k, n in after.items() if k != active and k in encryption.keys}
+    if unreadable:
         return fail(
-            f"{summary.unreadable} secret(s) are under a key TOKEN_ENCRYPTION_KEY does not hold "
-            f"(still under: {_counts(left)}): add that key back after the first one and run "
-            "again, or have those users reconnect",
+            f"{sum(unreadable.values())} secret(s) no configured key opens ({_counts(unreadable)}"
+            "): add that key to TOKEN_ENCRYPTION_KEY after the first one and run again, or have "
+            "those users reconnect",
             1,
         )
     if left:
         return fail(
-            f"still under other keys: {_counts(left)} (rows in use by the service, or "
-            "written meanwhile by a process still sealing with an old key): restart every "
-            "process with the new key first, then run again",
+            f"still under other keys: {_counts(left)}: in use by the service through every "
+            "pass, or written meanwhile by a process still sealing with an old key; restart "
+            "every process with the new key first, then run again",
             1,
         )
     retired = sorted(set(encryption.keys) - {active})

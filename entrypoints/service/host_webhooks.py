@@ -130,6 +130,12 @@ class GroupCommit(Generic[T, R]):
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
+                except BaseException as exc:  # cancelled (a stop): nobody may wait forever
+                    for _, future in [*batch, *self._queue]:
+                        if not future.done():
+                            future.set_exception(exc)
+                    self._queue = []
+                    raise
                 else:
                     for _, future in batch:
                         if not future.done():
@@ -243,9 +249,11 @@ class Dispatcher:
             free = self._concurrency - len(self._running[name])
             if free <= 0:
                 continue
+            claimed_at = time.monotonic()
+            busy = [user for endpoint_name, user in self._sending if endpoint_name == name]
             try:
                 claimed = await self._store.claim_with_pending(
-                    name, self.owner, free, self._lease, self._page
+                    name, self.owner, free, self._lease, self._page, busy=busy
                 )
             except Exception as exc:  # the loop outlives a database outage
                 log.warning("host_webhooks.claim_failed", endpoint=name, error=type(exc).__name__)
@@ -253,12 +261,12 @@ class Dispatcher:
             for stream, changes in claimed:
                 key = (name, stream.user_id)
                 if key in self._sending:
-                    # Ours already, its task stalled past the lease: the claim renewed the lease
-                    # for that task, which carries on. A second task would send twice.
+                    # The claim leaves out streams this dispatcher is sending; should one come
+                    # back anyway, its task carries on: a second one would send twice.
                     log.warning("host_webhooks.still_sending", endpoint=name, user_id=key[1])
                     continue
                 task = asyncio.create_task(
-                    self._deliver(endpoint, stream, changes),
+                    self._deliver(endpoint, stream, changes, claimed_at),
                     name=f"host-webhook:{name}:{stream.user_id}",
                 )
                 self._running[name].add(task)
@@ -294,10 +302,14 @@ class Dispatcher:
                 waiter.cancel()
 
     async def _deliver(
-        self, endpoint: HostWebhookEndpoint, stream: ClaimedStream, changes: list[Change]
+        self,
+        endpoint: HostWebhookEndpoint,
+        stream: ClaimedStream,
+        changes: list[Change],
+        claimed_at: float,
     ) -> None:
         try:
-            done = await self._send(endpoint, stream, changes)
+            done = await self._send(endpoint, stream, changes, claimed_at)
             if done is not None:
                 settled = await self._settle((stream, done))
                 if (stream.endpoint, stream.user_id) not in settled:
@@ -313,7 +325,11 @@ class Dispatcher:
             )
 
     async def _send(
-        self, endpoint: HostWebhookEndpoint, stream: ClaimedStream, changes: list[Change]
+        self,
+        endpoint: HostWebhookEndpoint,
+        stream: ClaimedStream,
+        changes: list[Change],
+        claimed_at: float,
     ) -> int | None:
         """POST `changes` (the stream's first page) one at a time, in order. Returns how far the
         stream is done, to be settled with the others; None when it was settled here instead
@@ -323,12 +339,12 @@ class Dispatcher:
         way when its sends take long enough to need a fresh lease. A dispatcher that dies in
         between sends that page again, under the same `webhook-id`s (at least once, DR-34)."""
         done = stream.sent_seq
-        started = renewed = time.monotonic()
+        renewed = time.monotonic()
         for change in changes:
             if not event_matches(change.event, endpoint.event_types):
                 done = change.user_seq  # not asked for: passed over, in order
                 continue
-            if self._gone_at.get(endpoint.name, -1.0) >= started:
+            if self._gone_at.get(endpoint.name, -1.0) >= claimed_at:
                 return done  # the endpoint answered 410 to another stream meanwhile
             if time.monotonic() - renewed > self._lease / 3:
                 if not await self._store.advance(stream, self.owner, done, self._lease):
@@ -350,6 +366,8 @@ class Dispatcher:
                 self._gone_at[endpoint.name] = time.monotonic()
                 log.warning("host_webhooks.endpoint_gone", endpoint=endpoint.name)
                 await self._store.disable(endpoint.name, "410 Gone: the endpoint asked to stop")
+                # Claims made before the disable committed may still start tasks: they stop too.
+                self._gone_at[endpoint.name] = time.monotonic()
                 return done
             backed = await self._store.back_off(
                 stream,
@@ -375,10 +393,14 @@ class Dispatcher:
         return stream.head_seq if len(changes) < self._page else done
 
     async def _note_success(self, name: str) -> None:
+        """For `status` and the doctor only: a failure here never holds a delivery back."""
         now = time.monotonic()
         if now - self._success_noted.get(name, -SUCCESS_NOTE_SECONDS) >= SUCCESS_NOTE_SECONDS:
             self._success_noted[name] = now
-            await self._store.succeeded(name)
+            try:
+                await self._store.succeeded(name)
+            except Exception as exc:
+                log.warning("host_webhooks.note_failed", endpoint=name, error=type(exc).__name__)
 
     @staticmethod
     async def _safely(work: Any) -> None:

@@ -371,3 +371,27 @@ async def test_after_a_410_the_streams_in_flight_stop_before_their_next_message(
     assert status.state == "disabled"
     assert len(receiver.types("bob")) <= 2  # what was in the air, then no more
     assert status.backlog > 0  # the rest waits for `enable`
+
+
+async def test_a_replay_while_a_page_is_in_flight_is_not_undone_by_that_page(
+    real: RealCore, pool: Pool, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    receiver.delay = 0.2
+    sending = dispatcher(pool, http, receiver)
+    await sending.prepare()
+    await real.connect("alice", "alice@example.com")
+    await book(real, "alice", 1)
+    store = PostgresHostWebhooks(pool)
+    await sending._round()  # alice's page goes out, a message every 0.2 s
+    await asyncio.sleep(0.1)
+    assert await store.replay(datetime(2000, 1, 1, tzinfo=UTC)) == 1
+    await sending._round()  # her stream is free to claim again, but this dispatcher is sending it
+    await sending.run_once()  # that page ends; its settle finds the lease gone: nothing moves
+    for _ in range(20):
+        [status] = await store.status()
+        if status.backlog == 0:
+            break
+        await sending.run_once()
+    sent = [p["data"]["sequence"] for _, p in receiver.accepted]
+    first = max(sent)
+    assert sorted(sent) == sorted(list(range(1, first + 1)) * 2), sent  # everything again

@@ -2,15 +2,17 @@
 runtime role: secrets sealed under k1 are re-sealed under k2 by the command, after which k1 can be
 removed and every token, signing key (the webhook routes' copy too) and pending connect still
 opens; a second run does nothing; a key the command is not given is reported, nothing lost; and
-a rotation racing with the service's own token writes never puts back an older token."""
+a token the service writes after the rotation listed its row is never overwritten; rotations
+beside refreshes end with everything under the new key; malformed blobs are reported."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import psycopg
@@ -18,7 +20,7 @@ import psycopg_pool
 import pytest
 
 from adapters.crypto import AesGcmTokenCipher
-from adapters.postgres.key_rotation import PostgresKeyRotation
+from adapters.postgres.key_rotation import CONNECTIONS_TO_RESEAL, PostgresKeyRotation
 from adapters.postgres.unit_of_work import unit_of_work_factory
 from domain.model import PendingAuthorization, TokenSet
 from domain.secret import Secret
@@ -129,8 +131,7 @@ async def test_a_key_it_is_not_given_is_reported_and_nothing_is_lost(
 
     assert code == 1
     assert "0 secret(s) re-sealed" in out
-    assert "under a key TOKEN_ENCRYPTION_KEY does not hold" in err
-    assert "7 under 'k1'" in err
+    assert "7 secret(s) no configured key opens (7 under 'k1')" in err
     with psycopg.connect(database_url) as admin:
         after = admin.execute(
             "SELECT id, access_token_enc, refresh_token_enc FROM calendar_connections ORDER BY id"
@@ -152,7 +153,7 @@ async def test_a_bad_key_setting_is_refused_before_anything_is_touched(
     assert "Traceback" not in err
 
 
-async def test_a_rotation_racing_with_token_writes_never_puts_back_an_older_token(
+async def test_rotations_beside_refreshes_leave_every_secret_under_the_new_key(
     pool: Pool,
 ) -> None:
     users = 12
@@ -221,6 +222,93 @@ async def test_a_row_the_service_holds_is_left_for_the_next_pass_untouched(
     # The service's save sealed all of user-0's secrets under k2: the next pass has nothing left.
     batch = await rotation.connections_batch(None, 10)
     assert (batch.rows, batch.busy, batch.resealed) == (0, 0, 0)
+    async with unit_of_work_factory(pool, cipher(("k2", K2)))("user-0") as tx:
+        stored = await tx.connections.get("user-0")
+    assert stored is not None
+    assert stored.tokens is not None
+    assert stored.tokens.refresh_token.reveal() == "rt-new"
+
+
+async def test_a_malformed_blob_is_counted_and_reported_never_a_traceback(
+    database_url: str, pool: Pool
+) -> None:
+    await seed(pool, 2)
+    with psycopg.connect(database_url) as admin:  # two blobs no cipher wrote
+        admin.execute(
+            "UPDATE calendar_connections SET access_token_enc = '\\x01'::bytea"
+            " WHERE user_id = 'user-0'"
+        )
+        admin.execute(
+            "UPDATE calendar_connections SET refresh_token_enc = '\\x01ff00'::bytea"
+            " WHERE user_id = 'user-1'"
+        )
+    both = setting(("k2", K2), ("k1", K1))
+    code, out, err = await rotate(database_url, both, "--check")
+    assert code == 1, err
+    assert "(malformed): 2 secret(s) (NOT CONFIGURED)" in out
+    code, out, err = await rotate(database_url, both)
+    assert code == 1
+    assert "Traceback" not in err
+    assert "5 secret(s) re-sealed under key 'k2'" in out  # all the others
+    assert "2 secret(s) no configured key opens (2 under '(malformed)')" in err
+
+
+class Interleaved:
+    """A pool whose connections run `between` once, right after the rotation listed the rows it
+    will re-seal and before it locks the first: the service writing meanwhile."""
+
+    def __init__(self, pool: Pool, between: Any) -> None:
+        self._pool, self._between = pool, between
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> Any:
+        async with self._pool.connection() as conn:
+            yield _Hooked(conn, self)
+
+    async def listed(self) -> None:
+        between, self._between = self._between, None
+        if between is not None:
+            await between()
+
+
+class _Hooked:
+    def __init__(self, conn: Any, pool: Interleaved) -> None:
+        self._conn, self._pool = conn, pool
+
+    def transaction(self) -> Any:
+        return self._conn.transaction()
+
+    def pipeline(self) -> Any:
+        return self._conn.pipeline()
+
+    async def execute(self, query: Any, params: Any = None) -> Any:
+        cursor = await self._conn.execute(query, params)
+        if query is CONNECTIONS_TO_RESEAL:
+            await self._pool.listed()
+        return cursor
+
+
+async def test_a_token_the_service_writes_after_the_listing_is_never_overwritten(
+    pool: Pool,
+) -> None:
+    await seed(pool, 2)
+    service = unit_of_work_factory(pool, cipher(("k2", K2), ("k1", K1)))
+
+    async def refresh_user_0() -> None:
+        async with service("user-0") as tx:
+            current = await tx.connections.get("user-0", for_update=True)
+            assert current is not None
+            tokens = TokenSet(
+                access_token=Secret("at-new"), refresh_token=Secret("rt-new"), expires_at=T0
+            )
+            await tx.connections.save(msgspec.structs.replace(current, tokens=tokens))
+            await tx.commit()
+
+    rotation = PostgresKeyRotation(
+        cast(Pool, Interleaved(pool, refresh_user_0)), cipher(("k2", K2), ("k1", K1)), "k2"
+    )
+    batch = await rotation.connections_batch(None, 10)
+    assert batch.rows == 2  # user-0 was listed before the service re-sealed it itself
     async with unit_of_work_factory(pool, cipher(("k2", K2)))("user-0") as tx:
         stored = await tx.connections.get("user-0")
     assert stored is not None

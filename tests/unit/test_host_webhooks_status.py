@@ -17,6 +17,14 @@ from entrypoints.operator.host_webhooks import shown_url
         ("https://bot:s3cr3t@crm.example:8443/h", "https://***@crm.example:8443/h"),
         ("https://s3cr3t@crm.example/h#s3cr3t", "https://***@crm.example/h"),
         ("http://127.0.0.1:9000/hook", "http://127.0.0.1:9000/hook"),
+        (
+            "https://hooks.slack.example/services/T0000/B0000/XXXXXXXXXXXXXXXXXXXXXXXX",
+            "https://hooks.slack.example/services/T0000/B0000/***",
+        ),
+        (
+            "https://app.example/hooks/calendly-connect-webhooks",
+            "https://app.example/hooks/calendly-connect-webhooks",
+        ),
     ],
 )
 def test_the_url_is_shown_without_its_credentials(url: str, shown: str) -> None:
