@@ -14,6 +14,10 @@ The API names no object by id (every route acts on the caller's own connection a
 so Schemathesis rarely has an id to swap between the peers: the test therefore also checks
 cross-user reads itself, before and after the fuzzing, through every endpoint a token reaches.
 
+A second run fuzzes the server API (`/v1` only, where users' tokens get 401) with a `write` API
+key made as an operator makes one (`calendly-connect api-keys create`), every check but one
+(`use_after_free`, see V1_CONFIG) and the same deterministic generation.
+
 Longer runs: `FUZZ_EXAMPLES=2000 .venv/bin/pytest tests/fuzz` (examples per operation), and
 `FUZZ_SEED=<n>` for seeded random generation instead of the deterministic one.
 """
@@ -32,6 +36,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.journeys import call, connect, sandbox_user_id
 from tests.support.sandbox import SandboxDriver
 from tests.support.service import RunningService, running_service
@@ -62,6 +67,48 @@ peers = {peers}
 [[operations]]
 include-operation-id = ["completeConnect", "completeConnectHandOff", "listMeetings"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409"]
+"""
+
+# The server API (/v1), fuzzed with one `write` API key, the host's view of every user. What an
+# invented input is answered by design, and only there: an unknown user's connection is a 404;
+# a list cursor (issued by the service, signed) is a 400; a change-feed cursor is a position the
+# schema describes as digits, so an invented one is a 400 past the positions there can be, or a
+# 410 before what retention pruned.
+# `use_after_free` is left out: no /v1 DELETE frees what the check then reads. A disconnect
+# keeps the connection (`disconnected`), and an erased user reads as one never seen: their
+# meetings an empty list, not a 404 (README). The test checks what an erasure leaves itself.
+# A user id is documented as `^(?:[^\p{C}\p{Z}]| )+$` (Python's `str.isprintable`). Schemathesis
+# reads `\p{C}` and `\p{Z}` as the ASCII and Latin-1 controls and blanks only, so it would take
+# unassigned or private-use characters for valid ones; the ids it invents are ASCII, where its
+# reading is exact (ids beyond ASCII: tests/http/test_http_server_api.py).
+V1_OPERATIONS = (
+    "serverListConnections",
+    "serverGetConnection",
+    "serverDisconnect",
+    "serverListMeetings",
+    "serverCreateSession",
+    "serverEraseUser",
+    "serverListChanges",
+)
+V1_CONFIG = """
+max-stream-events = {max_stream_events}
+request-timeout = {request_timeout}
+
+[[operations]]
+include-path-regex = "^/v1/users/"
+generation.codec = "ascii"
+
+[[operations]]
+include-operation-id = ["serverGetConnection"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "404"]
+
+[[operations]]
+include-operation-id = ["serverListConnections", "serverListMeetings"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400"]
+
+[[operations]]
+include-operation-id = ["serverListChanges"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "410"]
 """
 
 
@@ -187,7 +234,7 @@ async def _populate(
         )
 
 
-def _schemathesis_command(url: str, config: Path, report: Path) -> list[str]:
+def _schemathesis_command(url: str, config: Path, report: Path, *options: str) -> list[str]:
     command = [
         str(SCHEMATHESIS),
         "--config-file",
@@ -205,6 +252,7 @@ def _schemathesis_command(url: str, config: Path, report: Path) -> list[str]:
         "json",
         "--report-json-path",
         str(report),
+        *options,
     ]
     if SEED is None:
         command.append("--generation-deterministic")
@@ -213,35 +261,14 @@ def _schemathesis_command(url: str, config: Path, report: Path) -> list[str]:
     return command
 
 
-async def _run_schemathesis(service: RunningService, workdir: Path) -> tuple[dict[str, Any], str]:
-    auth = {
-        "auth": [
-            {
-                "name": user,
-                "fixedHeaders": [
-                    {"name": "Authorization", "value": f"Bearer {service.token_for(user)}"}
-                ],
-            }
-            for user in PEERS
-        ]
-    }
-    auth_path, config, report = (
-        workdir / "auth.json",
-        workdir / "schemathesis.toml",
-        workdir / "report.json",
-    )
-    auth_path.write_text(json.dumps(auth), encoding="utf-8")
-    config.write_text(
-        CONFIG.format(
-            max_stream_events=MAX_STREAM_EVENTS,
-            request_timeout=REQUEST_TIMEOUT,
-            auth_path=auth_path,
-            peers=json.dumps(list(PEERS)),
-        ),
-        encoding="utf-8",
-    )
+async def _schemathesis(
+    service: RunningService, workdir: Path, config: str, *options: str
+) -> tuple[dict[str, Any], str]:
+    """The JSON report and the output of one Schemathesis run with `config` (TOML) and `options`."""
+    config_path, report = workdir / "schemathesis.toml", workdir / "report.json"
+    config_path.write_text(config, encoding="utf-8")
     process = await asyncio.create_subprocess_exec(
-        *_schemathesis_command(service.url, config, report),
+        *_schemathesis_command(service.url, config_path, report, *options),
         cwd=workdir,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
@@ -259,6 +286,56 @@ async def _run_schemathesis(service: RunningService, workdir: Path) -> tuple[dic
     return result, text
 
 
+def _assert_clean(result: dict[str, Any], output: str, *, selected: int | None = None) -> None:
+    """Every selected operation tested to the end, and nothing found (no failure, no error)."""
+    operations = result["operations"]
+    assert result["stop_reason"] == "completed", output
+    assert operations["selected"] == operations["tested"], output
+    assert operations["selected"] == (operations["total"] if selected is None else selected), output
+    assert operations["errored"] == 0, output
+    # No 5xx (not_a_server_error), no response off its schema, no cross-user read, nothing else.
+    assert result["failures"] == [], output
+    assert result["errors"] == [], output
+    assert result["test_cases"]["generated"] >= EXAMPLES * 2, output
+    assert result["exit_code"] == 0, output
+
+
+async def _run_schemathesis(service: RunningService, workdir: Path) -> tuple[dict[str, Any], str]:
+    """Every operation, as alice and as bob (peers for the object-level authorization check)."""
+    auth = {
+        "auth": [
+            {
+                "name": user,
+                "fixedHeaders": [
+                    {"name": "Authorization", "value": f"Bearer {service.token_for(user)}"}
+                ],
+            }
+            for user in PEERS
+        ]
+    }
+    auth_path = workdir / "auth.json"
+    auth_path.write_text(json.dumps(auth), encoding="utf-8")
+    config = CONFIG.format(
+        max_stream_events=MAX_STREAM_EVENTS,
+        request_timeout=REQUEST_TIMEOUT,
+        auth_path=auth_path,
+        peers=json.dumps(list(PEERS)),
+    )
+    return await _schemathesis(service, workdir, config)
+
+
+async def _create_api_key(database_url: str, scope: str) -> str:
+    """A server API key made as an operator makes one: `calendly-connect api-keys create`."""
+    environ = {"PATH": os.environ.get("PATH", ""), "DATABASE_URL": database_url}
+    code, out, err = await run_cli(
+        environ, "api-keys", "create", "--name", "fuzz", "--scope", scope
+    )
+    assert code == 0, err
+    [key] = out.splitlines()  # the key alone on stdout
+    assert key.startswith("ccsk_"), out
+    return key
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120 + EXAMPLES)
 async def test_the_api_holds_its_openapi_document_under_fuzzing(
@@ -271,16 +348,52 @@ async def test_the_api_holds_its_openapi_document_under_fuzzing(
 
     result, output = await _run_schemathesis(service, tmp_path)
 
-    operations = result["operations"]
-    assert result["stop_reason"] == "completed", output
-    assert operations["selected"] == operations["total"] == operations["tested"], output
-    assert operations["errored"] == 0, output
-    # No 5xx (not_a_server_error), no response off its schema, no cross-user read, nothing else.
-    assert result["failures"] == [], output
-    assert result["errors"] == [], output
-    assert result["test_cases"]["generated"] >= EXAMPLES * 2, output
-    assert result["exit_code"] == 0, output
+    _assert_clean(result, output)
 
     # Whatever the fuzzing did (disconnects, reconnects, new connects), still nobody's but theirs.
     await assert_isolated(http, service, "alice", "bob")
     await assert_isolated(http, service, "bob", "alice")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120 + EXAMPLES)
+async def test_the_server_api_holds_its_openapi_document_under_fuzzing(
+    sandbox: SandboxDriver,
+    service: RunningService,
+    http: aiohttp.ClientSession,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    await _populate(sandbox, service, http)
+    key = await _create_api_key(database_url, "write")
+    as_host = {"Authorization": f"Bearer {key}"}
+    async with http.get(f"{service.url}/v1/connections", headers=as_host) as response:
+        assert response.status == 200, await response.text()
+        listed = {c["user_id"] for c in (await response.json())["connections"]}
+    assert listed == set(PEERS)  # the key reads something: both users' connections
+
+    config = V1_CONFIG.format(max_stream_events=MAX_STREAM_EVENTS, request_timeout=REQUEST_TIMEOUT)
+    result, output = await _schemathesis(
+        service,
+        tmp_path,
+        config,
+        "--include-path-regex",
+        "^/v1/",
+        "--exclude-checks",
+        "use_after_free",
+        "--header",
+        f"Authorization: Bearer {key}",
+    )
+
+    _assert_clean(result, output, selected=len(V1_OPERATIONS))
+    assert key not in output  # Schemathesis masks the Authorization header it was given
+    # An erasure frees the user: their connection is gone, their meetings too.
+    for method, path, status in (
+        ("DELETE", "/v1/users/alice", 200),
+        ("GET", "/v1/users/alice/connection", 404),
+        ("GET", "/v1/users/alice/meetings", 200),
+    ):
+        async with http.request(method, f"{service.url}{path}", headers=as_host) as response:
+            assert response.status == status, (method, path, await response.text())
+            answer = await response.json()
+    assert answer == {"meetings": [], "next_cursor": None}

@@ -9,6 +9,7 @@ authenticates the key before any of these runs and checks the scope each names i
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Final
 
@@ -16,6 +17,7 @@ import msgspec
 import structlog
 from litestar import delete, get, post
 from litestar.di import NamedDependency
+from litestar.openapi.spec import Reference, RequestBody, Schema
 from litestar.params import FromQuery, JSONBody, Parameter, QueryParameter
 
 from domain.api_keys import ApiKeyScope
@@ -58,6 +60,11 @@ READS: Final = {API_KEY_SCOPE: ApiKeyScope.READ}
 WRITES: Final = {API_KEY_SCOPE: ApiKeyScope.WRITE}
 TAGS: Final = ["server api"]
 
+# `is_user_id` as a JSON Schema (ECMA-262) pattern: every character printable as Python's
+# `str.isprintable` has it, i.e. no control, format, surrogate, private-use or unassigned one
+# (`\p{C}`) and no separator (`\p{Z}`) but the space. Documented only: Python's `re` has no `\p`,
+# and `_user` checks the id and names it when it is wrong.
+USER_ID_PATTERN: Final = r"^(?:[^\p{C}\p{Z}]| )+$"
 UserId = Annotated[
     str,
     Parameter(
@@ -65,6 +72,7 @@ UserId = Annotated[
         "printable characters, percent-encoded in the path",
         min_length=1,
         max_length=MAX_USER_ID_LENGTH,
+        schema_extra={"pattern": USER_ID_PATTERN},
     ),
 ]
 
@@ -187,6 +195,29 @@ async def list_meetings(
     return meetings_response(cursors, await services.list_meetings(user, query))
 
 
+@dataclass
+class SessionOperation(OptionalBodyOperation):
+    """The body is `SessionRequest` and nothing more: it forbids unknown members (a 400), which
+    Litestar leaves out of the document, so its fields are said to be its only members here."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.request_body, RequestBody):
+            return
+        members: dict[str, Schema | Reference] = {
+            name: Schema() for name in SessionRequest.__struct_encode_fields__
+        }
+        for media in (self.request_body.content or {}).values():
+            body = media.schema
+            if isinstance(body, Schema) and body.one_of:  # SessionRequest's component or null
+                body.one_of = [
+                    Schema(all_of=[schema], properties=members, additional_properties=False)
+                    if isinstance(schema, Reference)
+                    else schema
+                    for schema in body.one_of
+                ]
+
+
 @post(
     "/users/{user_id:str}/sessions",
     operation_id="serverCreateSession",
@@ -194,7 +225,7 @@ async def list_meetings(
     opt=WRITES,
     status_code=201,
     responses=problem_specs(400, 401, 403, 503),
-    operation_class=OptionalBodyOperation,
+    operation_class=SessionOperation,
 )
 async def create_session(
     sessions: NamedDependency[UserSessions],
