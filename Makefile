@@ -10,11 +10,17 @@ STAMP  := $(VENV)/.installed
 UV_VERSION := 0.13.8
 SANDBOX_PORT ?= 8765
 
+# uv shows its progress on a terminal; in CI, or with output to a file or pipe, it stays quiet.
+UV_QUIET := $(if $(CI),--quiet,$(shell [ -t 2 ] || echo --quiet))
+
 $(STAMP): pyproject.toml requirements.lock
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || { echo "• creating the virtualenv $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "• installing uv $(UV_VERSION) into $(VENV)"
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	@$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
-	@$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@echo "• installing the pinned dependencies (requirements.lock)"
+	@$(BIN)/uv pip install $(UV_QUIET) --python $(BIN)/python -r requirements.lock
+	@echo "• installing calendly-connect itself (editable)"
+	@$(BIN)/uv pip install $(UV_QUIET) --python $(BIN)/python --no-deps -e .
 	@touch $@
 
 .PHONY: help
@@ -38,6 +44,16 @@ endef
 .PHONY: run
 run: $(STAMP) ## Run everything locally: Postgres, the sandbox, WORKERS service processes
 	$(BIN)/calendly-connect dev --workers $(WORKERS) --port $(PORT) --sandbox-port $(SANDBOX_PORT)
+
+# Where `make run` keeps its Postgres, sandbox state and secrets (`DATA_DIR=.data-2 make run`
+# runs a second stack beside the first).
+DATA_DIR ?= .data
+DOCTOR_ARGS ?=
+
+.PHONY: doctor
+doctor: $(STAMP) ## The doctor against the running `make run` stack (settings: DATA_DIR/stack.env)
+	@test -f "$(DATA_DIR)/stack.env" || { echo "no running \`make run\` in $(DATA_DIR)/: start one (it writes $(DATA_DIR)/stack.env once ready), or export the settings and run $(BIN)/calendly-connect doctor" >&2; exit 1; }
+	@set -a && . "$(DATA_DIR)/stack.env" && set +a && $(BIN)/calendly-connect doctor $(DOCTOR_ARGS)
 
 .PHONY: example
 example: $(STAMP) ## As run, plus the example host app (examples/host-app) on EXAMPLE_PORT
@@ -65,7 +81,7 @@ sandbox: $(STAMP) ## Run the Calendly sandbox on SANDBOX_PORT (default 8765)
 # The whole suite in three parts, by what the tests start; a new folder of tests/ joins one.
 UNIT_TESTS        := tests/unit tests/http tests/sandbox
 INTEGRATION_TESTS := tests/integration tests/faults tests/security tests/fuzz
-E2E_TESTS         := tests/e2e
+E2E_TESTS         := tests/e2e tests/packaging
 
 .PHONY: test
 test: $(STAMP) test-js ## Run the whole test suite (the JS client's, then the three parts below)
@@ -107,6 +123,10 @@ format: $(STAMP) ## Rewrite the code in the house format
 .PHONY: lock
 lock: $(STAMP) ## Re-pin requirements.lock from the ranges in pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+.PHONY: wheel
+wheel: $(STAMP) ## Build the sdist and the wheel into dist/ (what the Dockerfile installs)
+	$(BIN)/uv build --out-dir dist
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches

@@ -12,6 +12,7 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from domain.errors import StoredSecretUnreadable
 from domain.secret import Secret
 
 # Blob layout, version 1:
@@ -31,7 +32,7 @@ _GENERATE_HINT: Final = (
 )
 
 
-class DecryptionFailed(Exception):
+class DecryptionFailed(StoredSecretUnreadable):
     """A blob could not be opened: unknown key id, tampered, truncated, or another context's.
 
     The message says which of these it was; it never holds key material or plaintext.

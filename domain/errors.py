@@ -151,3 +151,17 @@ class UnusablePayload(DomainError):
 
 class StorageUnavailable(DomainError):
     """The database cannot be reached; the caller should retry later."""
+
+
+class StoredSecretUnreadable(DomainError):
+    """A secret stored encrypted cannot be opened with the configured keys: its key id is not
+    in TOKEN_ENCRYPTION_KEY (a key dropped, or a database left from another deployment), or
+    the stored bytes were altered. Only the operator can fix it (put the key back), or the
+    user, by connecting again once the connection is cleared."""
+
+    # What to do, for whoever reports it (an HTTP answer, the worker's log, the doctor).
+    FIX = (
+        "add the key it was sealed with back to TOKEN_ENCRYPTION_KEY (after the active one: "
+        "old keys still decrypt), or, if that key is lost, have the user disconnect and "
+        "connect Calendly again"
+    )

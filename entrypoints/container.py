@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -23,10 +23,14 @@ from adapters.postgres.changes import PostgresChangeFeed, PostgresChangeLogReten
 from adapters.postgres.directory import PostgresConnectionDirectory
 from adapters.postgres.listener import PostgresChangeListener
 from adapters.postgres.maintenance import PostgresMaintenanceQueue
-from adapters.postgres.pool import make_pool, ping
+from adapters.postgres.migrations import Migration, discover, missing_migrations
+from adapters.postgres.pool import make_pool
+from adapters.postgres.readings import PostgresReadings
 from adapters.postgres.roles import check_runtime_role
 from adapters.postgres.unit_of_work import unit_of_work_factory
+from adapters.prometheus import MetricsExporter
 from adapters.system import SecretsRandomness, SystemClock
+from domain.errors import StorageUnavailable
 from domain.ports import Clock
 from domain.usecases.api_keys import AuthenticateApiKey
 from domain.usecases.complete_connect import CompleteConnect
@@ -48,7 +52,7 @@ from domain.usecases.repair_connection import RepairConnection
 from domain.usecases.start_connect import StartConnect
 from domain.usecases.sync_meetings import SyncMeetings
 from entrypoints.live import LiveHub
-from entrypoints.services import Services
+from entrypoints.services import NotReady, Services
 from entrypoints.settings import Settings
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
@@ -72,17 +76,62 @@ async def database_pool(settings: Settings) -> AsyncIterator[Pool]:
         await pool.close()
 
 
-async def live_updates(settings: Settings) -> AsyncIterator[LiveHub]:
+class Listening:
+    """Whether this process's live-update listener holds its connection (for readiness)."""
+
+    def __init__(self) -> None:
+        self.connected: Callable[[], bool] = lambda: False
+
+
+async def live_updates(settings: Settings, listening: Listening) -> AsyncIterator[LiveHub]:
     """This process's hub of open event streams, rung by a LISTENing database connection."""
     hub = LiveHub()
     listener = PostgresChangeListener(
         settings.database.url.reveal(), hub.ring, runtime_role=settings.database.runtime_role
     )
+    listening.connected = listener.connected.is_set
     await listener.start()
     try:
         yield hub
     finally:
         await listener.stop()
+
+
+async def readiness(
+    pool: Pool, listening: Listening, expected: Sequence[Migration]
+) -> tuple[NotReady, ...]:
+    """What keeps this process from serving: the database (one query, which also says which
+    migrations are applied), a migration this code expects and the database lacks, the
+    live-update listener. Empty when ready."""
+    problems: list[NotReady] = []
+    try:
+        missing = await missing_migrations(pool, expected)
+    except StorageUnavailable:
+        problems.append(NotReady("database", "the database does not answer"))
+    else:
+        if missing:
+            names = ", ".join(m.path.name for m in missing[:5]) + (", ..." * (len(missing) > 5))
+            problems.append(
+                NotReady(
+                    "migrations",
+                    f"the database lacks {len(missing)} migration(s) this code expects ({names}); "
+                    "run `calendly-connect migrate`",
+                )
+            )
+    if not listening.connected():
+        problems.append(
+            NotReady("live_listener", "the live-update listener is not connected to the database")
+        )
+    return tuple(problems)
+
+
+def metrics_exporter(settings: Settings, pool: Pool) -> MetricsExporter | None:
+    """`/metrics` (METRICS_ENABLED): the processes' sums and the database's readings."""
+    metrics = settings.metrics
+    if not metrics.enabled:
+        return None
+    margin = timedelta(seconds=settings.calendly.refresh_margin_seconds)
+    return MetricsExporter(PostgresReadings(pool, margin), metrics.multiproc_dir)
 
 
 # How often a service process writes when its API keys were last used (DR-30).
@@ -148,7 +197,8 @@ class Container(containers.DeclarativeContainer):
     )
     pool = providers.Resource(database_pool, settings=settings)
     session = providers.Resource(http_session)
-    live = providers.Resource(live_updates, settings=settings)
+    listening = providers.Singleton(Listening)
+    live = providers.Resource(live_updates, settings=settings, listening=listening)
 
     calendly = providers.Singleton(
         AiohttpCalendlyApi,
@@ -283,7 +333,10 @@ class Container(containers.DeclarativeContainer):
         read_changes=providers.Singleton(ReadChanges, feed=change_feed),
         erase_user=erase_user,
         live_hub=live,
-        database_ready=providers.Callable(partial, ping, pool),
+        readiness=providers.Callable(
+            partial, readiness, pool, listening, providers.Callable(discover)
+        ),
+        metrics=providers.Singleton(metrics_exporter, settings=settings, pool=pool),
     )
 
 

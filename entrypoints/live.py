@@ -7,6 +7,9 @@ import contextlib
 from collections import defaultdict
 
 RECHECK = "recheck"
+# Rung once when the process stops: every open stream ends at once, cleanly (its page
+# reconnects to a sibling process and resumes), instead of being cancelled mid-wait.
+CLOSING = "closing"
 
 
 class LiveHub:
@@ -15,6 +18,7 @@ class LiveHub:
     def __init__(self, queue_size: int = 8) -> None:
         self._streams: dict[str, set[asyncio.Queue[str]]] = defaultdict(set)
         self._queue_size = queue_size
+        self._closing = False
 
     def subscribe(self, user_id: str) -> asyncio.Queue[str]:
         queue: asyncio.Queue[str] = asyncio.Queue(self._queue_size)
@@ -39,6 +43,19 @@ class LiveHub:
             # A full queue has a doorbell waiting already; one more would add nothing.
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(kind or RECHECK)
+
+    @property
+    def closing(self) -> bool:
+        """True once `close()` was called: streams end instead of waiting for changes."""
+        return self._closing
+
+    def close(self) -> None:
+        """Ask every open stream to end (the process is stopping)."""
+        self._closing = True
+        for queue in [q for queues in self._streams.values() for q in queues]:
+            # A full queue wakes its stream anyway, which then sees `closing`.
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(CLOSING)
 
     @property
     def open_streams(self) -> int:

@@ -141,12 +141,15 @@ def _redact_value(value: object, depth: int) -> object:
     return scrub(repr(value))
 
 
-def configure_logging(*, fmt: str, level: str, stream: TextIO | None = None) -> None:
+def configure_logging(
+    *, fmt: str, level: str, stream: TextIO | None = None, request_level: str = "INFO"
+) -> None:
     """Send structlog and stdlib logging to `stream` (stdout by default) as one format.
 
     `fmt` is "json", "console" or "auto" (JSON unless `stream` is a terminal). Calling it again
     replaces the previous configuration. Run servers with their own logging config disabled
-    (uvicorn: `log_config=None`) so their records come here.
+    (uvicorn: `log_config=None`) so their records come here. `request_level` "DEBUG" writes
+    each request's line (`http.request`, INFO otherwise) at DEBUG.
     """
     global _installed_handler
     if fmt not in ("json", "console", "auto"):
@@ -189,6 +192,8 @@ def configure_logging(*, fmt: str, level: str, stream: TextIO | None = None) -> 
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
+    if request_level.upper() == "DEBUG":
+        handler.addFilter(_requests_at_debug)
 
     root = logging.getLogger()
     if _installed_handler is not None:
@@ -221,9 +226,26 @@ def configure_service_logging(
 ) -> None:
     """How every command that loaded its settings logs: their format and level (or `level`),
     with every configured secret registered for scrubbing before the first line is written."""
-    configure_logging(fmt=settings.logging.format, level=level or settings.logging.level)
+    configure_logging(
+        fmt=settings.logging.format,
+        level=level or settings.logging.level,
+        request_level=settings.logging.requests,
+    )
     for value in settings.secret_values():
         register_secret(value)
+
+
+def _requests_at_debug(record: logging.LogRecord) -> bool:
+    """A handler filter: each request's INFO line becomes a DEBUG one (kept only when the
+    level lets DEBUG through); its warnings (5xx) stay as they are."""
+    event = record.msg
+    if record.levelno != logging.INFO or not isinstance(event, dict):
+        return True
+    if event.get("event") != "http.request":
+        return True
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    event["level"] = "debug"
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def _log_uncaught(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
+from adapters.prometheus import MetricsExporter
 from domain.usecases.api_keys import AuthenticateApiKey
 from domain.usecases.complete_connect import CompleteConnect
 from domain.usecases.disconnect import Disconnect
@@ -20,6 +22,13 @@ from domain.usecases.queries import (
 from domain.usecases.reconnect import Reconnect
 from domain.usecases.start_connect import StartConnect
 from entrypoints.live import LiveHub
+
+
+class NotReady(NamedTuple):
+    """One reason the process is not ready: which check, and what is wrong (safe to show)."""
+
+    check: Literal["database", "migrations", "live_listener"]
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -41,5 +50,7 @@ class Services:
     erase_user: EraseUser
     # Doorbells of this process's open event streams (rung by the database listener).
     live_hub: LiveHub
-    # True when the database answers; used by the readiness probe.
-    database_ready: Callable[[], Awaitable[bool]]
+    # What keeps this process from being ready (empty: ready); the readiness probe's answer.
+    readiness: Callable[[], Awaitable[Sequence[NotReady]]]
+    # `/metrics` (DR-39); None unless METRICS_ENABLED.
+    metrics: MetricsExporter | None = None

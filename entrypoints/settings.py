@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
 from urllib.parse import SplitResult, unquote, urlsplit
 
@@ -78,8 +79,12 @@ VARIABLES: Final = (
     "HOST_WEBHOOK_SECRET",
     "HOST_WEBHOOK_EVENTS",
     "HOST_WEBHOOK_NICE",
+    "METRICS_ENABLED",
+    "METRICS_TOKEN",
+    "PROMETHEUS_MULTIPROC_DIR",
     "LOG_FORMAT",
     "LOG_LEVEL",
+    "REQUEST_LOG_LEVEL",
     "PORT",
 )
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
@@ -206,9 +211,23 @@ class HostWebhookSettings(msgspec.Struct, frozen=True, kw_only=True):
     nice: int = 10
 
 
+class MetricsSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """`/metrics` (DR-39): off unless enabled; then behind a bearer token, summed over the
+    processes that share the multiprocess directory."""
+
+    enabled: bool = False
+    # What a scraper sends as `Authorization: Bearer ...` (32+ characters).
+    token: Secret | None = None
+    # prometheus_client's PROMETHEUS_MULTIPROC_DIR: an existing, writable directory, emptied
+    # before the deployment's processes start (the launcher does it for `dev`).
+    multiproc_dir: Path | None = None
+
+
 class LoggingSettings(msgspec.Struct, frozen=True, kw_only=True):
     format: LogFormat = "auto"
     level: str = "INFO"
+    # The level of each request's log line (`dev` makes it DEBUG; 5xx are warnings anyway).
+    requests: str = "INFO"
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -221,6 +240,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
     host_webhooks: HostWebhookSettings = msgspec.field(default_factory=HostWebhookSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
 
     def secret_values(self) -> list[str]:
         """Every configured secret as text, for the log redactor to scrub wherever it appears."""
@@ -232,6 +252,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         values += [key.reveal() for key in calendly.webhook_signing_keys]
         for endpoint in self.host_webhooks.endpoints:
             values += [secret.reveal() for secret in endpoint.secrets]
+        if self.metrics.token is not None:
+            values.append(self.metrics.token.reveal())
         password = urlsplit(self.database.url.reveal()).password
         if password:
             values += [password, unquote(password)]
@@ -274,6 +296,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         worker=_read_worker(env),
         host_webhooks=_read_host_webhooks(env),
         logging=_read_logging(env),
+        metrics=_read_metrics(env),
     )
     # The readers hand back placeholders for bad values: nothing is used unless all is well.
     env.raise_problems()
@@ -722,6 +745,51 @@ def _read_webhook_events(
     return events
 
 
+# A scraper's bearer token is guessable offline no more than a JWT secret may be.
+MIN_METRICS_TOKEN_LENGTH: Final = 32
+
+
+def _read_metrics(env: _Environment) -> MetricsSettings:
+    enabled = env.boolean("METRICS_ENABLED", default=_default(MetricsSettings, "enabled"))
+    raw_token = env.optional("METRICS_TOKEN")
+    raw_dir = env.optional("PROMETHEUS_MULTIPROC_DIR")
+    if not enabled:
+        return MetricsSettings()
+    token = None
+    if raw_token is None:
+        env.problem(
+            "METRICS_TOKEN",
+            "METRICS_ENABLED=true needs METRICS_TOKEN, the bearer token a scraper must send "
+            f"to /metrics ({MIN_METRICS_TOKEN_LENGTH}+ random characters, e.g. from "
+            "`openssl rand -base64 32`); or set METRICS_ENABLED=false",
+        )
+    elif len(raw_token) < MIN_METRICS_TOKEN_LENGTH:
+        env.problem(
+            "METRICS_TOKEN",
+            f"METRICS_TOKEN is {len(raw_token)} characters; use at least "
+            f"{MIN_METRICS_TOKEN_LENGTH} random ones",
+        )
+    else:
+        token = Secret(raw_token)
+    directory = None
+    if raw_dir is None:
+        env.problem(
+            "PROMETHEUS_MULTIPROC_DIR",
+            "METRICS_ENABLED=true needs PROMETHEUS_MULTIPROC_DIR in the environment of every "
+            "service process, an empty directory they share (emptied before they start), so "
+            "that any of them answers /metrics with the totals of all",
+        )
+    elif not Path(raw_dir).is_dir() or not os.access(raw_dir, os.W_OK | os.X_OK):
+        env.problem(
+            "PROMETHEUS_MULTIPROC_DIR",
+            f"PROMETHEUS_MULTIPROC_DIR is {_shown(raw_dir)}, which is not a directory this "
+            "process may write in; create it (empty) before the service starts",
+        )
+    else:
+        directory = Path(raw_dir)
+    return MetricsSettings(enabled=True, token=token, multiproc_dir=directory)
+
+
 def _read_logging(env: _Environment) -> LoggingSettings:
     log_format = env.choice(
         "LOG_FORMAT", _default(LoggingSettings, "format"), LOG_FORMATS, str.lower
@@ -729,6 +797,12 @@ def _read_logging(env: _Environment) -> LoggingSettings:
     return LoggingSettings(
         format=cast(LogFormat, log_format),
         level=env.choice("LOG_LEVEL", _default(LoggingSettings, "level"), LOG_LEVELS, str.upper),
+        requests=env.choice(
+            "REQUEST_LOG_LEVEL",
+            _default(LoggingSettings, "requests"),
+            ("DEBUG", "INFO"),
+            str.upper,
+        ),
     )
 
 

@@ -12,7 +12,8 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import msgspec
 
-from domain.errors import CalendlyUnavailable
+from adapters.prometheus import token_refreshed
+from domain.errors import CalendlyUnavailable, InvalidGrant, TokenRejected
 from domain.meetings import Invitee, Meeting
 from domain.model import CalendlyAccount, TokenSet
 from domain.ports import CalendlyApi, Clock, GrantedTokens, NewSubscription, Subscription
@@ -123,7 +124,16 @@ class AiohttpCalendlyApi(CalendlyApi):
             "grant_type": "refresh_token",
             "refresh_token": refresh_token,
         }
-        return await self._token(form, secrets=(refresh_token,))
+        try:
+            granted = await self._token(form, secrets=(refresh_token,))
+        except (InvalidGrant, TokenRejected):
+            token_refreshed("rejected")
+            raise
+        except Exception:
+            token_refreshed("failed")
+            raise
+        token_refreshed("ok")
+        return granted
 
     async def _token(
         self, form: Mapping[str, str | Secret], *, secrets: tuple[Secret, ...]

@@ -15,6 +15,7 @@ import msgspec
 import structlog
 from multidict import CIMultiDictProxy
 
+from adapters.prometheus import calendly_called, rate_limit_waited
 from domain.errors import CalendlyUnavailable, RateLimited
 from domain.secret import Secret
 
@@ -212,6 +213,7 @@ class Transport:
                 ) as response:
                     answer = Answer(response.status, response.headers, await response.read())
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+                calendly_called(method, path, None)
                 # ServerTimeoutError and friends are ClientConnectionErrors; TimeoutError is an
                 # OSError.
                 problem = type(exc).__name__
@@ -233,12 +235,14 @@ class Transport:
                     0, None, f"Calendly could not be reached ({method} {path}: {problem})"
                 ) from exc
             except aiohttp.ClientError as exc:
+                calendly_called(method, path, None)
                 problem = type(exc).__name__
                 log.warning("calendly.request_failed", method=method, path=path, problem=problem)
                 raise CalendlyUnavailable(
                     0, None, f"the request to Calendly failed ({method} {path}: {problem})"
                 ) from exc
 
+            calendly_called(method, path, answer.status)
             window = answer.rate_window() if budget_key is not None else None
             if budget_key is not None and window is not None:
                 self._budget.observe(budget_key, *window)
@@ -246,6 +250,8 @@ class Transport:
             if wait is not None:
                 retries += 1
                 self.log_error_answer(method, path, answer, secrets, retry=retries, delay=wait)
+                if answer.status == 429:
+                    rate_limit_waited("retry_after", wait)
                 await self._sleep(wait)
                 if answer.status == 429 and budget_key is not None:
                     # That wait was the window's reset: do not wait for it a second time.
@@ -280,8 +286,10 @@ class Transport:
             return
         if wait > self._max_rate_limit_wait:
             log.warning("calendly.rate_budget_exhausted", method=method, path=path, reset=wait)
+            rate_limit_waited("refused", 0.0)
             raise RateLimited(429, None, wait)
         log.info("calendly.rate_budget_wait", method=method, path=path, delay=wait)
+        rate_limit_waited("budget", wait)
         await self._sleep(wait)
         self._budget.forget(key)
 

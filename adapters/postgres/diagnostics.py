@@ -16,10 +16,14 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from domain.errors import StoredSecretUnreadable
+
 from .directory import HOST_SCOPE
 from .host_webhooks import STATUS as HOST_WEBHOOK_STATUS
+from .key_rotation import COUNT_BY_KEY
 from .migrations import Migration, discover
 from .roles import RoleFlags, role_flags_now
+from .sealing import TokenCipher, secret_context
 
 TABLE_EXISTS = "SELECT to_regclass(%(table)s) IS NOT NULL AS present"
 APPLIED_MIGRATIONS = "SELECT version FROM schema_migrations"
@@ -46,6 +50,12 @@ SELECT count(*) AS n FROM worker_heartbeats WHERE worker_id NOT LIKE 'host-webho
 LIVE_DISPATCHERS = """
 SELECT count(*) AS n FROM worker_heartbeats WHERE worker_id LIKE 'host-webhooks:%%'
   AND seen_at > now() - make_interval(secs => %(within)s)
+"""
+# Every sealed secret of a connection, with the column name its context is bound to.
+SEALED_SECRETS = """
+SELECT id, user_id, access_token_enc AS access_token, refresh_token_enc AS refresh_token,
+       webhook_signing_key_enc AS signing_key
+FROM calendar_connections ORDER BY user_id
 """
 HAS_RETRY_AT = """
 SELECT 1 FROM information_schema.columns
@@ -196,6 +206,26 @@ class PostgresDiagnostics:
             self._conn.execute("SET TRANSACTION READ ONLY")
             self._conn.execute(HOST_SCOPE)
             return self._conn.execute(HOST_WEBHOOK_STATUS).fetchall()
+
+    def undecryptable_connections(self, cipher: TokenCipher) -> list[str]:
+        """Users whose connection holds a sealed secret `cipher` cannot open (a key missing
+        from TOKEN_ENCRYPTION_KEY, or a database from another deployment)."""
+        users = []
+        for row in self._rows(SEALED_SECRETS):
+            for column in ("access_token", "refresh_token", "signing_key"):
+                blob = row[column]
+                if blob is None:
+                    continue
+                try:
+                    cipher.decrypt(bytes(blob), context=secret_context(str(row["id"]), column))
+                except StoredSecretUnreadable:
+                    users.append(str(row["user_id"]))
+                    break
+        return users
+
+    def secrets_by_key(self) -> dict[str, int]:
+        """How many sealed secrets each key id seals (`rotate-keys --check`'s count)."""
+        return {row["key_id"]: int(row["sealed"]) for row in self._rows(COUNT_BY_KEY)}
 
     def failing_maintenance(self) -> list[FailingMaintenance] | None:
         """Failing connections grouped by error, most common first; None before migration 0004."""

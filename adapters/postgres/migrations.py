@@ -1,18 +1,39 @@
-"""Apply the numbered SQL files in `migrations/`, once each, under an advisory lock."""
+"""Apply the numbered SQL files in `migrations/`, once each, under an advisory lock.
+
+The files are read from this package's `sql/` folder: in a checkout a link to the top-level
+`migrations/` (the source of truth), in an installed wheel the files it carries as package data.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import psycopg_pool
 from psycopg import sql
+
+from domain.errors import StorageUnavailable
 
 # Any two processes migrating at once serialise on this key ("calendly" in ASCII).
 MIGRATION_LOCK_KEY = 0x63616C656E646C79
-DEFAULT_DIRECTORY = Path(__file__).resolve().parents[2] / "migrations"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+def _shipped_directory() -> Path:
+    """`sql/` of this package, as importlib.resources finds it (a folder on disk: wheels are
+    installed unpacked)."""
+    directory = files("adapters.postgres") / "sql"
+    if not isinstance(directory, Path):
+        raise RuntimeError(f"the migrations are not a folder on disk: {directory}")
+    return directory
+
+
+DEFAULT_DIRECTORY = _shipped_directory()
 
 
 @dataclass(frozen=True)
@@ -33,6 +54,9 @@ def discover(directory: Path = DEFAULT_DIRECTORY) -> list[Migration]:
         if match is None:
             raise MigrationError(f"{path.name}: migration files are named NNNN_snake_name.sql")
         found.append(Migration(int(match.group(1)), match.group(2), path))
+    if not found:
+        # A package installed without its data, or a checkout whose sql/ link is broken.
+        raise MigrationError(f"no migration files in {directory}")
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError("two migration files share a number")
@@ -114,3 +138,28 @@ async def pending(conninfo: str, directory: Path = DEFAULT_DIRECTORY) -> list[Mi
         cursor = await conn.execute("SELECT version FROM schema_migrations")
         done = {r[0] for r in await cursor.fetchall()}
     return [m for m in migrations if m.version not in done]
+
+
+async def missing_migrations(
+    pool: psycopg_pool.AsyncConnectionPool[Any], expected: Sequence[Migration]
+) -> list[Migration]:
+    """The `expected` migrations the database has not applied, in one query on the runtime
+    role's pool (which may read schema_migrations); later ones the code does not know yet are
+    no concern of it. Raises StorageUnavailable when the database does not answer in time."""
+    try:
+        async with pool.connection(timeout=2.0) as conn:
+            cursor = await conn.execute(
+                "SELECT coalesce(array_agg(version), '{}') AS versions FROM schema_migrations"
+            )
+            row = await cursor.fetchone()
+    except psycopg.errors.UndefinedTable:
+        return list(expected)
+    except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        raise StorageUnavailable("the database does not answer") from exc
+    applied = set(_versions(row))
+    return [m for m in expected if m.version not in applied]
+
+
+def _versions(row: object) -> list[int]:
+    versions = row.get("versions") if isinstance(row, dict) else None
+    return [int(v) for v in versions] if isinstance(versions, list) else []

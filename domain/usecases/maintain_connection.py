@@ -7,7 +7,12 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from domain.errors import CalendlyError, RateLimited, ReauthorizationRequired
+from domain.errors import (
+    CalendlyError,
+    RateLimited,
+    ReauthorizationRequired,
+    StoredSecretUnreadable,
+)
 from domain.model import Connection, ConnectionStatus, WebhookStatus
 from domain.ports import Clock, MaintenanceDue, MaintenanceResult, UnitOfWorkFactory
 from domain.usecases.ensure_subscription import EnsureSubscription
@@ -105,9 +110,14 @@ class MaintainConnection:
 
     def failed(self, due: MaintenanceDue, exc: BaseException) -> MaintenanceResult:
         """The outcome of a pass that raised something unexpected: back off like any failure."""
+        error = (
+            f"{type(exc).__name__}: the stored credentials cannot be decrypted with the "
+            "configured keys"
+            if isinstance(exc, StoredSecretUnreadable)
+            else f"unexpected {type(exc).__name__}"
+        )
         return MaintenanceResult(
-            error=f"unexpected {type(exc).__name__}",
-            retry_at=self._clock.now() + self._schedule.backoff(due.failures),
+            error=error, retry_at=self._clock.now() + self._schedule.backoff(due.failures)
         )
 
     async def _maintain(

@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.request
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -148,14 +148,22 @@ def stop_processes(processes: Iterable[Process], grace: float = STOP_GRACE_SECON
 
 
 def wait_ready(
-    url: str, processes: Iterable[Process] = (), *, answers: int = 1, seconds: float = 60.0
+    url: str,
+    processes: Iterable[Process] = (),
+    *,
+    answers: int = 1,
+    seconds: float = 60.0,
+    check: Callable[[], None] | None = None,
 ) -> None:
     """Until `url`/health/ready has answered 200 `answers` times in a row (processes sharing a
-    socket accept in turn); RuntimeError if one of `processes` exits or time runs out."""
+    socket accept in turn); RuntimeError if one of `processes` exits, `check` raises it, or
+    time runs out."""
     processes = list(processes)
     deadline = time.monotonic() + seconds
     ready = 0
     while time.monotonic() < deadline:
+        if check is not None:
+            check()
         for proc in processes:
             if proc.poll() is not None:
                 raise RuntimeError(f"a service process exited with {proc.returncode}")
@@ -168,7 +176,7 @@ def wait_ready(
         if ready >= answers:
             return
         time.sleep(0.1)
-    raise RuntimeError(f"the service at {url} did not become ready")
+    raise RuntimeError(f"the service at {url} did not become ready within {seconds:.0f} s")
 
 
 class LocalStack:
@@ -280,14 +288,15 @@ class LocalStack:
     def wait_ready(self, url: str | None = None, *, answers_each: int = 1) -> None:
         """Until the services answer ready, `answers_each` times per process in a row."""
         answers = answers_each * max(1, len(self.services))
-        wait_ready(url or self.url, self.services, answers=answers)
+        wait_ready(url or self.url, self.services, answers=answers, check=self.check_running)
 
     def check_running(self) -> None:
-        """RuntimeError naming the first child that stopped."""
+        """RuntimeError naming the first child that stopped (and where its error is)."""
         for name, proc in self.children:
             code = proc.poll()
             if code is not None:
-                raise RuntimeError(f"{name} stopped unexpectedly (exit {code})")
+                where = "its error is above" if self.logs is None else f"see {self.logs}"
+                raise RuntimeError(f"{name} stopped unexpectedly (exit {code}; {where})")
 
     # ------------------------------------------------------------------ stopping
     def stop_services(self) -> None:

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
 
+from adapters.crypto import AesGcmTokenCipher, parse_encryption_keys
 from adapters.postgres.diagnostics import DiagnosticsFailed, PostgresDiagnostics
+from domain.errors import StoredSecretUnreadable
 from entrypoints.settings import (
     ConfigError,
     DatabaseSettings,
@@ -23,7 +25,9 @@ from entrypoints.settings import (
     load_settings,
 )
 
-Status = Literal["pass", "warn", "fail"]
+# "skip": the check could not run (no database, a login that cannot see every tenant,
+# migrations pending): said, with what would let it run, but not a failure.
+Status = Literal["pass", "warn", "fail", "skip"]
 # A worker beats every 15 s (entrypoints/service/worker.py); none for this long means none runs.
 WORKER_SILENCE_SECONDS: Final = 120.0
 # A host webhook undelivered for longer than this means its endpoint is stuck (DR-34).
@@ -117,7 +121,12 @@ def needs_db(check: DatabaseCheck) -> Callable[[Context], Finding]:
 
     def run(ctx: Context) -> Finding:
         if ctx.db is None:
-            return Finding(name, "fail", "skipped: no database")
+            return Finding(
+                name,
+                "skip",
+                "not checked: the database is not reachable",
+                "fix the `database reachable` finding above, then run the doctor again",
+            )
         try:
             return check(ctx, ctx.db)
         except DiagnosticsFailed as exc:
@@ -191,7 +200,7 @@ def check_runtime_role(ctx: Context, db: PostgresDiagnostics) -> Finding:
 def _tenant_blind(name: str) -> Finding:
     return Finding(
         name,
-        "fail",
+        "skip",
         "this login is bound by row-level security and cannot see every tenant",
         "run the doctor with DOCTOR_DATABASE_URL of a role with BYPASSRLS (or a superuser)",
     )
@@ -287,7 +296,9 @@ def check_host_webhooks(ctx: Context, db: PostgresDiagnostics) -> Finding:
     found = db.host_webhook_endpoints()
     configured = _configured_endpoints(ctx.environ)
     if found is None:
-        return Finding(name, "warn", "not checked: migrations are pending", "run: migrate")
+        return Finding(
+            name, "skip", "not checked: migrations are pending", "run: calendly-connect migrate"
+        )
     if configured is not None:
         found = [row for row in found if row["name"] in configured]
     if not found:
@@ -334,8 +345,7 @@ def check_host_webhooks(ctx: Context, db: PostgresDiagnostics) -> Finding:
 
 # What the worker's most common errors mean, and what to do about each.
 MAINTENANCE_FIXES = {
-    "DecryptionFailed": "a key id was dropped from TOKEN_ENCRYPTION_KEY: add it back (keep old "
-    "keys for decryption, change TOKEN_ENCRYPTION_ACTIVE_KEY to rotate)",
+    "DecryptionFailed": StoredSecretUnreadable.FIX,
     "CalendlyUnavailable": "Calendly could not be reached or answered 5xx: check the network "
     "and CALENDLY_API_BASE_URL; the worker keeps retrying",
     "RateLimited": "Calendly's rate limit: the worker waits for each reset by itself",
@@ -348,7 +358,9 @@ def check_maintenance(ctx: Context, db: PostgresDiagnostics) -> Finding:
     name = "connections whose maintenance keeps failing"
     groups = db.failing_maintenance()
     if groups is None:
-        return Finding(name, "warn", "not checked: migrations are pending", "run: migrate")
+        return Finding(
+            name, "skip", "not checked: migrations are pending", "run: calendly-connect migrate"
+        )
     if not groups:
         return Finding(name, "pass", "none")
     total = sum(group.connections for group in groups)
@@ -368,6 +380,47 @@ def check_maintenance(ctx: Context, db: PostgresDiagnostics) -> Finding:
         or "read the worker's log lines `worker.maintenance_failed` (the first failure of each "
         "connection carries its traceback); each connection is retried with back-off",
     )
+
+
+@needs_db
+def check_stored_secrets(ctx: Context, db: PostgresDiagnostics) -> Finding:
+    """stored tokens decrypt with TOKEN_ENCRYPTION_KEY"""
+    name = "stored tokens decrypt with TOKEN_ENCRYPTION_KEY"
+    if not ctx.sees_all_tenants:
+        return _tenant_blind(name)
+    try:
+        keys, active = parse_encryption_keys(
+            environment_value(ctx.environ, "TOKEN_ENCRYPTION_KEY") or ""
+        )
+        cipher = AesGcmTokenCipher(keys, active)
+    except ValueError:
+        return Finding(
+            name,
+            "skip",
+            "not checked: TOKEN_ENCRYPTION_KEY is not set or not valid",
+            "fix the `configuration` finding above",
+        )
+    users = db.undecryptable_connections(cipher)
+    if users:
+        return Finding(
+            name,
+            "fail",
+            f"{len(users)} connection(s) hold tokens these keys cannot decrypt (sealed with a "
+            f"key not configured here, e.g. a database from another deployment): {_some(users)}",
+            StoredSecretUnreadable.FIX,
+        )
+    older = {k: n for k, n in db.secrets_by_key().items() if k != active}
+    if older:
+        counts = ", ".join(f"{n} under {k!r}" for k, n in older.items())
+        return Finding(
+            name,
+            "warn",
+            f"every stored token decrypts; {sum(older.values())} secret(s) are still sealed "
+            f"under an older key than {active!r} ({counts})",
+            "run `calendly-connect rotate-keys` (safe while the service runs), then remove the "
+            "old key from TOKEN_ENCRYPTION_KEY",
+        )
+    return Finding(name, "pass", f"every stored token decrypts and is sealed under {active!r}")
 
 
 @needs_db
@@ -401,6 +454,7 @@ CHECKS: Sequence[Callable[[Context], Finding]] = (
     check_worker,
     check_host_webhooks,
     check_maintenance,
+    check_stored_secrets,
     check_unusable,
 )
 
@@ -414,7 +468,7 @@ def run_checks(environ: Mapping[str, str]) -> list[Finding]:
             ctx.db.close()
 
 
-MARKS = {"pass": "✓", "warn": "!", "fail": "✗"}
+MARKS = {"pass": "✓", "warn": "!", "fail": "✗", "skip": "-"}
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
@@ -434,5 +488,8 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
             print(f"{MARKS[f.status]} {f.check}: {f.detail}")
             if f.status != "pass" and f.fix:
                 print(f"    fix: {f.fix}")
-        print(f"\n{len(findings) - len(failed)} ok, {len(failed)} to fix")
+        skipped = sum(f.status == "skip" for f in findings)
+        print(
+            f"\n{len(findings) - len(failed) - skipped} ok, {skipped} skipped, {len(failed)} to fix"
+        )
     return 1 if failed else 0

@@ -85,7 +85,11 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     except StorageUnavailable as exc:
         return fail(str(exc), 1)
     except psycopg.Error as exc:  # its text may quote DATABASE_URL: name only the kind
-        return fail(f"the database refused: {type(exc).__name__}; the batches done so far stay done; run it again", 1)
+        return fail(
+            f"the database refused: {type(exc).__name__}; the batches done so far stay done; "
+            "run it again",
+            1,
+        )
 
 
 async def _run(

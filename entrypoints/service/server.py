@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import psycopg
 import psycopg_pool
+import structlog
 import uvicorn
+from litestar import Litestar
 
+from adapters import prometheus
 from adapters.postgres.roles import UnsafeDatabaseRole
 from domain.errors import StorageUnavailable
 from entrypoints.arguments import fail, file_descriptor, port_number
@@ -22,15 +28,18 @@ from entrypoints.container import (
     drain_kept_grants,
     resolve,
 )
+from entrypoints.live import LiveHub
 from entrypoints.logging import configure_service_logging
 from entrypoints.service.event_loop import run_fast
-from entrypoints.service.http.app import create_app
+from entrypoints.service.http.app import Lifespan, create_app
 from entrypoints.service.http.config import HttpConfig
 from entrypoints.service.http.cursors import MeetingCursors
 from entrypoints.service.http.sessions import UserSessions
 from entrypoints.settings import ConfigError, Settings, load_settings
 
 # How uvicorn runs the app (the benchmarks' bare reference endpoint runs under the same).
+log = structlog.get_logger(__name__)
+
 UVICORN_OPTIONS: Final[dict[str, Any]] = {
     "log_config": None,  # our structlog set-up handles uvicorn's records
     "access_log": False,  # the app logs one line per request itself
@@ -81,6 +90,7 @@ def http_config(settings: Settings) -> HttpConfig:
         root_path=http.root_path,
         secure_cookies=http.public_base_url.startswith("https://"),
         infrastructure_errors=(psycopg.OperationalError, psycopg_pool.PoolTimeout),
+        metrics_token=settings.metrics.token if settings.metrics.enabled else None,
     )
 
 
@@ -93,12 +103,13 @@ async def serve(
     """Serve until SIGINT/SIGTERM or until `stop` is set; tests pass bound `sockets`."""
     container = Container(settings=settings)
     services = await build_services(container)
+    metrics_dir = settings.metrics.multiproc_dir if settings.metrics.enabled else None
     try:
-        app = create_app(services, http_config(settings))
+        app = create_app(services, http_config(settings), lifespan=[_metrics(metrics_dir)])
         config = uvicorn.Config(
             app, host=settings.http.host, port=settings.http.port, **UVICORN_OPTIONS
         )
-        server = uvicorn.Server(config)
+        server = _Server(config, services.live_hub)
         watcher = asyncio.create_task(_stop_when(stop, server)) if stop is not None else None
         try:
             await server.serve(sockets=sockets)
@@ -108,6 +119,44 @@ async def serve(
     finally:
         await drain_kept_grants(container)
         await resolve(container.shutdown_resources())
+        log.info("service.stopped")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that first ends this process's live streams when it stops (uvicorn
+    would otherwise wait for them, then cancel each one with a traceback in the log), and that
+    lets `serve` finish its own stop after a signal."""
+
+    def __init__(self, config: uvicorn.Config, live_hub: LiveHub) -> None:
+        super().__init__(config)
+        self._live_hub = live_hub
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """A stop signal ends serving, and is not raised again once serving is over: uvicorn
+        would, and SIGTERM's default action would then end the process before `serve` stores
+        the grants it kept (DR-23) and closes its pool."""
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._live_hub.close()
+        await super().shutdown(sockets)
+
+
+def _metrics(directory: Path | None) -> Lifespan:
+    """This process's part of the metrics' directory: its gauges from nothing at start, its
+    live gauges out of the sums at the app's shutdown (which uvicorn runs on SIGTERM before
+    it re-raises the signal, so that it runs where a `finally` here would not)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        prometheus.process_started(directory)
+        try:
+            yield
+        finally:
+            prometheus.process_stopping(directory)
+
+    return lifespan
 
 
 async def _stop_when(stop: asyncio.Event, server: uvicorn.Server) -> None:
@@ -135,6 +184,11 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         settings = load_settings({**environ, **overrides})
     except ConfigError as exc:
         return fail(str(exc))
+    if settings.metrics.enabled and not prometheus.multiprocess_mode():
+        return fail(
+            "METRICS_ENABLED=true, but prometheus_client is not in multiprocess mode: "
+            "PROMETHEUS_MULTIPROC_DIR must be in the process's environment when it starts"
+        )
     configure_service_logging(settings)
     sockets = None
     if args.fd is not None:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 import structlog
 
 from adapters.postgres.changes import PostgresChangeLogRetention
+from domain.errors import StoredSecretUnreadable
 from domain.ports import MaintenanceDue, MaintenanceQueue
 from domain.usecases.maintain_connection import MaintainConnection
 from entrypoints.arguments import fail
@@ -141,15 +142,27 @@ class Worker:
                 waiter.cancel()
 
     async def _handle(self, due: MaintenanceDue) -> None:
+        result_logged = False
         try:
             result = await self._maintain(due)
         except Exception as exc:  # one connection never stops the worker
             result = self._maintain.failed(due, exc)
-            if due.failures == 0:  # the first time with its traceback, then one line a step
+            unreadable = isinstance(exc, StoredSecretUnreadable)
+            if due.failures == 0 and unreadable:
+                # The operator's to fix: said once per connection, with the fix, no traceback;
+                # the connection's status and the doctor keep showing it meanwhile.
+                log.error(
+                    "worker.stored_secret_unreadable",
+                    connection_id=due.connection_id,
+                    error=str(exc),
+                    fix=StoredSecretUnreadable.FIX,
+                )
+            elif due.failures == 0:  # the first time with its traceback, then one line a step
                 log.exception(
                     "worker.maintenance_failed", connection_id=due.connection_id, failures=1
                 )
-        if result.error:
+            result_logged = unreadable
+        if result.error and not result_logged:
             log.warning(
                 "worker.maintenance_error",
                 connection_id=due.connection_id,

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(autouse=True)
 def wrk_installed() -> None:
-    # Not a skip: .ci/run installs wrk (apt); without it this check must fail, not vanish.
-    assert shutil.which("wrk"), "wrk is needed: apt-get install wrk (see .ci/run, make bench)"
+    # Not a skip: `make test` installs wrk (apt); without it this check must fail, not vanish.
+    assert shutil.which("wrk"), "wrk is needed: apt-get install wrk (make test and make bench do)"
 
 
 def quiet(_: str) -> None:

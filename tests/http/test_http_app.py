@@ -10,6 +10,7 @@ import pytest
 import structlog
 from litestar.testing import AsyncTestClient
 
+from adapters.crypto import DecryptionFailed
 from domain.errors import (
     AccountAlreadyConnected,
     AuthorizationDenied,
@@ -88,6 +89,12 @@ def client_raising(api: Api, error: Exception) -> AsyncTestClient[Any]:
         (CalendlyError(500, CANARY), 502, "calendly-error", None),
         (StorageUnavailable(f"host=db password={CANARY}"), 503, "storage-unavailable", "5"),
         (FakeOperationalError(f"password={CANARY}"), 503, "storage-unavailable", "5"),
+        (
+            DecryptionFailed("the key id 'k9' is not configured"),
+            500,
+            "stored-credentials-unreadable",
+            None,
+        ),
     ],
 )
 async def test_the_error_table(
@@ -107,7 +114,7 @@ async def test_the_error_table(
 
 
 def test_every_domain_error_in_the_table_is_covered_above() -> None:
-    assert len(ERROR_TABLE) == 15
+    assert len(ERROR_TABLE) == 16
 
 
 async def test_an_unexpected_exception_is_a_500_problem_without_details(api: Api) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from structlog.testing import capture_logs
+
 from domain.model import WebhookStatus
 from entrypoints.container import Container, resolve
 from entrypoints.service.worker import Worker, build_worker
@@ -142,7 +144,6 @@ async def test_broken_connections_back_off_and_a_new_user_is_served_at_once(
     container = Container(settings=settings)
     worker = await build_worker(container, settings)
     stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
 
     def newcomer_synced() -> bool:
         rows = owner_sql(
@@ -150,23 +151,34 @@ async def test_broken_connections_back_off_and_a_new_user_is_served_at_once(
         )
         return rows == [] or rows[0][0] is not None
 
-    try:
-        for _ in range(200):  # bounded: 20 s at most, normally well under one
-            if newcomer_synced() and worker.handled >= 9:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.5)  # more rounds: a broken connection must not come back
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 30)
-        await resolve(container.shutdown_resources())
+    with capture_logs() as logged:
+        running = asyncio.create_task(worker.run(stop))
+        try:
+            for _ in range(200):  # bounded: 20 s at most, normally well under one
+                if newcomer_synced() and worker.handled >= 9:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.5)  # more rounds: a broken connection must not come back
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 30)
+            await resolve(container.shutdown_resources())
     assert newcomer_synced()
     broken = owner_sql(
         real,
         "SELECT failures, last_error, retry_at > now()"
         " FROM connection_maintenance WHERE user_id LIKE 'broken%%' ORDER BY user_id",
     )
-    assert broken == [(1, "unexpected DecryptionFailed", True)] * 8  # once each, no loop
+    unreadable = (
+        "DecryptionFailed: the stored credentials cannot be decrypted with the configured keys"
+    )
+    assert broken == [(1, unreadable, True)] * 8  # once each, no loop
+    # Issue 14: said once per connection, with the fix, and no traceback.
+    said = [e for e in logged if e["event"] == "worker.stored_secret_unreadable"]
+    assert len(said) == 8
+    assert len({e["connection_id"] for e in said}) == 8
+    assert all("TOKEN_ENCRYPTION_KEY" in e["fix"] for e in said)
+    assert not [e for e in logged if e["event"] == "worker.maintenance_failed"]
 
 
 async def test_a_failing_connection_backs_off_further_each_time(

@@ -22,8 +22,8 @@ CHROMIUM_FLAGS = [
 
 def chromium() -> str:
     found = os.environ.get("CHROMIUM") or shutil.which("chromium")
-    # Not a skip: CI installs chromium (.ci/run); without it a browser test must fail loudly.
-    assert found, "Debian's chromium is needed: apt-get install chromium (see .ci/run)"
+    # Not a skip: `make test` installs chromium (apt); without it a browser test must fail loudly.
+    assert found, "Debian's chromium is needed: apt-get install chromium (make test does)"
     return found
 
 

@@ -13,13 +13,14 @@ import jwt
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
+from adapters.prometheus import MetricsExporter
 from domain.api_keys import ApiKeyScope
 from domain.model import Connection
 from domain.secret import Secret
 from domain.usecases.queries import MeetingChanges
 from entrypoints.live import LiveHub
 from entrypoints.service.http.config import HttpConfig
-from entrypoints.services import Services
+from entrypoints.services import NotReady, Services
 from tests.fakes.calendly import FakeUser
 from tests.support.core import Core
 from tests.support.deliveries import envelope, invitee_payload, sign
@@ -83,17 +84,24 @@ def make_config(**overrides: Any) -> HttpConfig:
 
 @dataclass
 class Readiness:
-    """A steerable `database_ready` probe."""
+    """A steerable readiness probe: `ready = False` is a database that does not answer;
+    `problems` lists any other failing checks."""
 
     ready: bool = True
+    problems: list[NotReady] = field(default_factory=list)
     calls: int = 0
 
-    async def __call__(self) -> bool:
+    async def __call__(self) -> Sequence[NotReady]:
         self.calls += 1
-        return self.ready
+        down = [] if self.ready else [NotReady("database", "the database does not answer")]
+        return [*down, *self.problems]
 
 
-def services_of(core: Core, database_ready: Callable[[], Awaitable[bool]]) -> Services:
+def services_of(
+    core: Core,
+    readiness: Callable[[], Awaitable[Sequence[NotReady]]],
+    metrics: MetricsExporter | None = None,
+) -> Services:
     return Services(
         start_connect=core.start_connect,
         complete_connect=core.complete_connect,
@@ -108,7 +116,8 @@ def services_of(core: Core, database_ready: Callable[[], Awaitable[bool]]) -> Se
         read_changes=core.read_changes,
         erase_user=core.erase_user,
         live_hub=LiveHub(),
-        database_ready=database_ready,
+        readiness=readiness,
+        metrics=metrics,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from domain.secret import Secret
@@ -705,3 +707,64 @@ def test_the_dispatcher_needs_only_the_database_and_its_endpoints() -> None:
     assert [e.name for e in settings.host_webhooks.endpoints] == ["default"]
     assert DB_PASSWORD in settings.secret_values()
     assert WHSEC in settings.secret_values()
+
+
+METRICS_TOKEN = "m" * 40
+
+
+def test_metrics_are_off_by_default_and_need_nothing() -> None:
+    settings = load_settings(minimal_env())
+
+    assert settings.metrics.enabled is False
+    assert settings.metrics.token is None
+    assert http_config(settings).metrics_token is None
+
+
+def test_metrics_need_a_token_and_a_multiprocess_directory() -> None:
+    found = problems({**minimal_env(), "METRICS_ENABLED": "true"})
+
+    assert any("METRICS_TOKEN" in p for p in found)
+    assert any("PROMETHEUS_MULTIPROC_DIR" in p for p in found)
+
+
+def test_a_short_metrics_token_is_refused_without_showing_it(tmp_path: Path) -> None:
+    env = {
+        **minimal_env(),
+        "METRICS_ENABLED": "true",
+        "METRICS_TOKEN": "short-token-value",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }
+
+    problem = single_problem(env)
+
+    assert "METRICS_TOKEN" in problem
+    assert "short-token-value" not in problem
+
+
+def test_a_missing_multiprocess_directory_is_refused(tmp_path: Path) -> None:
+    env = {
+        **minimal_env(),
+        "METRICS_ENABLED": "true",
+        "METRICS_TOKEN": METRICS_TOKEN,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing"),
+    }
+
+    assert "PROMETHEUS_MULTIPROC_DIR" in single_problem(env)
+
+
+def test_enabled_metrics_load_and_their_token_is_a_secret(tmp_path: Path) -> None:
+    env = {
+        **minimal_env(),
+        "METRICS_ENABLED": "true",
+        "METRICS_TOKEN": METRICS_TOKEN,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }
+
+    settings = load_settings(env)
+
+    assert settings.metrics.enabled is True
+    assert settings.metrics.multiproc_dir == tmp_path
+    assert settings.metrics.token == Secret(METRICS_TOKEN)
+    assert METRICS_TOKEN in settings.secret_values()
+    assert METRICS_TOKEN not in repr(settings)
+    assert http_config(settings).metrics_token == Secret(METRICS_TOKEN)

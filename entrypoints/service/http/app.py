@@ -32,6 +32,7 @@ from .routes.dev import dev_login
 from .routes.health import live, ready
 from .routes.live import live_updates
 from .routes.meetings import list_meetings
+from .routes.metrics import metrics
 from .routes.oauth import oauth_callback
 from .routes.pages import index_page
 from .routes.server_api import (
@@ -213,6 +214,8 @@ def create_app(
     ]
     if config.dev_login_enabled:
         handlers.append(dev_login)
+    if config.metrics_token is not None and services.metrics is not None:
+        handlers.append(metrics)
     app = Litestar(
         route_handlers=handlers,
         dependencies={

@@ -69,6 +69,8 @@ class HttpConfig:
     # Keys of user sessions (`POST /v1/users/{id}/sessions`) as (key id, key), the active one
     # first: it signs, all verify. Derived from the token encryption keys (server.http_config).
     session_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+    # `/metrics` is routed only with a token (METRICS_TOKEN) and an exporter (DR-39).
+    metrics_token: Secret | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.jwt_secrets and not self.jwt_jwks_urls:

@@ -29,6 +29,7 @@ from domain.errors import (
     RateLimited,
     ReauthorizationRequired,
     StorageUnavailable,
+    StoredSecretUnreadable,
     UnusablePayload,
 )
 
@@ -85,6 +86,19 @@ _STORAGE_DOWN = ProblemKind(
     "Service temporarily unavailable",
     _fixed("The service cannot reach its database right now; retry shortly."),
     lambda _: STORAGE_RETRY_AFTER,
+)
+
+# A database sealed with keys this deployment lacks: the operator's to fix, said as such.
+_UNREADABLE = ProblemKind(
+    500,
+    "stored-credentials-unreadable",
+    "Stored credentials cannot be decrypted",
+    _fixed(
+        "The Calendly credentials stored for this user cannot be decrypted with the keys this "
+        "service is configured with (TOKEN_ENCRYPTION_KEY). The operator must "
+        + StoredSecretUnreadable.FIX
+        + "."
+    ),
 )
 
 # Most specific first: the first matching row answers.
@@ -162,6 +176,7 @@ ERROR_TABLE: Final[tuple[tuple[type[Exception], ProblemKind], ...]] = (
         ),
     ),
     (StorageUnavailable, _STORAGE_DOWN),
+    (StoredSecretUnreadable, _UNREADABLE),
 )
 
 _UNEXPECTED = ProblemKind(
@@ -290,6 +305,9 @@ class ErrorTable:
             if answer.kind is _UNEXPECTED:
                 # The traceback goes to the log (secrets are redacted there), never out.
                 log.error("http.unexpected_error", error_type=type(exc).__name__, exc_info=exc)
+            elif answer.kind is _UNREADABLE:
+                # No traceback: the message says which key id or row, never key material.
+                log.error("http.stored_secret_unreadable", error=str(exc))
             elif answer.kind is _STORAGE_DOWN and not isinstance(exc, StorageUnavailable):
                 log.warning("http.infrastructure_error", error_type=type(exc).__name__)
             return problem_response(answer)

@@ -39,9 +39,22 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     errors: tuple[FieldError, ...] | None = None
 
 
+class FailingCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """One readiness check that failed: `database`, `migrations` or `live_listener`."""
+
+    check: str
+    detail: str
+
+
+class NotReadyProblem(Problem, frozen=True, kw_only=True, omit_defaults=True):
+    """Readiness's 503: the problem, and every check that failed."""
+
+    failing: tuple[FailingCheck, ...] = ()
+
+
 # -------------------------------------------------------------------- basics
 class HealthResponse(msgspec.Struct, frozen=True, kw_only=True):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok"]
 
 
 class DevLoginRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

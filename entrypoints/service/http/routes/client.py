@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
 from typing import Annotated, Final
 
 import msgspec
@@ -14,7 +14,8 @@ from litestar.datastructures import CacheControlHeader
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, HeaderParameter
 
-CLIENT_DIR: Final = Path(__file__).resolve().parents[4] / "clients" / "js"
+# js_client/ is a link to clients/js in a checkout; an installed wheel carries the two files.
+CLIENT_DIR: Final = files("entrypoints.service.http") / "js_client"
 # The files of version 1 of the client, and what each is served as.
 CLIENT_FILES: Final = {
     "calendly-connect.js": "text/javascript; charset=utf-8",

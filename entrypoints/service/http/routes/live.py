@@ -15,8 +15,9 @@ from litestar.di import NamedDependency
 from litestar.params import HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from adapters.prometheus import LIVE_STREAMS
 from domain.errors import ConnectionNotFound, StorageUnavailable
-from entrypoints.live import RECHECK
+from entrypoints.live import CLOSING, RECHECK
 from entrypoints.service.http.auth import Principal
 from entrypoints.service.http.errors import invalid_parameter, problem_specs
 from entrypoints.service.http.openapi import EventStreamOperation
@@ -70,6 +71,7 @@ async def _stream(
     # committed after the token expired never leaves on this stream.
     hub = services.live_hub
     queue = hub.subscribe(user_id)  # before the first query: nothing can slip in between
+    LIVE_STREAMS.set(hub.open_streams)
     try:
         start = await services.meeting_changes(user_id, None)
         deadline.check()
@@ -90,6 +92,10 @@ async def _stream(
                         event="meetings", id=str(cursor), data=_json({"meetings": meetings})
                     )
                 pending = changes.more
+            if hub.closing:
+                # The process is stopping: end the stream now rather than be cancelled by
+                # the server; the page reconnects (to a sibling process) and resumes.
+                return
             try:
                 wait = min(HEARTBEAT_SECONDS, deadline.left())
                 kind = await asyncio.wait_for(queue.get(), wait)
@@ -97,6 +103,8 @@ async def _stream(
                 deadline.check()
                 yield ServerSentEventMessage(comment="ping")
                 continue
+            if kind == CLOSING:
+                return
             pending = kind in ("meetings", RECHECK)
             if kind in ("connection", RECHECK):
                 connection = await _connection(services, user_id)
@@ -110,6 +118,7 @@ async def _stream(
         yield ServerSentEventMessage(comment="storage unavailable, reconnect later")
     finally:
         hub.unsubscribe(user_id, queue)
+        LIVE_STREAMS.set(hub.open_streams)
 
 
 @get(

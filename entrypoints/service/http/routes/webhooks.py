@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Final
 
 import structlog
@@ -15,7 +16,10 @@ from litestar.status_codes import (
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
 )
 
+from adapters.prometheus import webhook_answered
+from domain.errors import InvalidSignature, StorageUnavailable
 from domain.usecases.handle_webhook_event import WebhookCommand
+from entrypoints.service.http.config import HttpConfig
 from entrypoints.service.http.context import annotate_request
 from entrypoints.service.http.errors import problem_specs
 from entrypoints.service.http.openapi import WebhookOperation
@@ -69,7 +73,34 @@ async def read_delivery(request: Request[Any, Any, Any]) -> bytes:
         raise
 
 
+def _refusal(exc: Exception, infrastructure: tuple[type[Exception], ...]) -> str:
+    """The metrics' outcome of a delivery that raised (what the error table answers)."""
+    if isinstance(exc, InvalidSignature):
+        return "rejected_signature"
+    if isinstance(exc, HTTPException) and exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
+        return "too_large"
+    if isinstance(exc, HTTPException) and exc.status_code == HTTP_415_UNSUPPORTED_MEDIA_TYPE:
+        return "unsupported_media_type"
+    if isinstance(exc, (StorageUnavailable, *infrastructure)):
+        return "storage_unavailable"
+    return "error"
+
+
 async def _handle(
+    request: Request[Any, Any, Any], services: Services, config: HttpConfig, token: str | None
+) -> WebhookAck:
+    """One delivery, counted by outcome and timed (a counter and a histogram: DR-39)."""
+    started = time.perf_counter()
+    try:
+        ack = await _ingest(request, services, token)
+    except Exception as exc:
+        webhook_answered(_refusal(exc, config.infrastructure_errors), time.perf_counter() - started)
+        raise
+    webhook_answered(ack.outcome, time.perf_counter() - started)
+    return ack
+
+
+async def _ingest(
     request: Request[Any, Any, Any], services: Services, token: str | None
 ) -> WebhookAck:
     body = await read_delivery(request)
@@ -94,7 +125,9 @@ async def _handle(
     operation_class=WebhookOperation,
 )
 async def receive_webhook(
-    request: Request[Any, Any, Any], services: NamedDependency[Services]
+    request: Request[Any, Any, Any],
+    services: NamedDependency[Services],
+    http_config: NamedDependency[HttpConfig],
 ) -> WebhookAck:
     """Receive a Calendly delivery on the shared URL (routed by its Calendly user).
 
@@ -102,7 +135,7 @@ async def receive_webhook(
     verify, 200 once the delivery's effect (or, when it cannot be used, its record) is
     committed; a repeat answers `duplicate` and changes nothing.
     """
-    return await _handle(request, services, token=None)
+    return await _handle(request, services, http_config, token=None)
 
 
 @post(
@@ -113,10 +146,13 @@ async def receive_webhook(
     operation_class=WebhookOperation,
 )
 async def receive_connection_webhook(
-    request: Request[Any, Any, Any], services: NamedDependency[Services], token: FromPath[str]
+    request: Request[Any, Any, Any],
+    services: NamedDependency[Services],
+    http_config: NamedDependency[HttpConfig],
+    token: FromPath[str],
 ) -> WebhookAck:
     """Receive a Calendly delivery on a connection's own URL (routed by `token`).
 
     Same contract as the shared URL.
     """
-    return await _handle(request, services, token=token)
+    return await _handle(request, services, http_config, token=token)
