@@ -82,6 +82,12 @@ VARIABLES: Final = (
     "METRICS_ENABLED",
     "METRICS_TOKEN",
     "PROMETHEUS_MULTIPROC_DIR",
+    "OTEL_SDK_DISABLED",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_SERVICE_NAME",
     "LOG_FORMAT",
     "LOG_LEVEL",
     "REQUEST_LOG_LEVEL",
@@ -223,6 +229,24 @@ class MetricsSettings(msgspec.Struct, frozen=True, kw_only=True):
     multiproc_dir: Path | None = None
 
 
+class TracingSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """OpenTelemetry traces (DR-40), in OpenTelemetry's own variables: on when an OTLP endpoint
+    is set and OTEL_SDK_DISABLED is not true; off, no OpenTelemetry module is even imported."""
+
+    # Where spans are sent over OTLP/HTTP, the whole URL (`http://collector:4318/v1/traces`);
+    # None: tracing is off.
+    endpoint: str | None = None
+    # OTEL_EXPORTER_OTLP_(TRACES_)HEADERS as (name, value): often a vendor's API key.
+    headers: tuple[tuple[str, Secret], ...] = ()
+    # OTEL_SERVICE_NAME; None: each process names itself (`calendly-connect`, the worker
+    # `calendly-connect-worker`).
+    service_name: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.endpoint is not None
+
+
 class LoggingSettings(msgspec.Struct, frozen=True, kw_only=True):
     format: LogFormat = "auto"
     level: str = "INFO"
@@ -241,6 +265,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host_webhooks: HostWebhookSettings = msgspec.field(default_factory=HostWebhookSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
 
     def secret_values(self) -> list[str]:
         """Every configured secret as text, for the log redactor to scrub wherever it appears."""
@@ -254,6 +279,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             values += [secret.reveal() for secret in endpoint.secrets]
         if self.metrics.token is not None:
             values.append(self.metrics.token.reveal())
+        values += [value.reveal() for _, value in self.tracing.headers]
         password = urlsplit(self.database.url.reveal()).password
         if password:
             values += [password, unquote(password)]
@@ -297,6 +323,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         host_webhooks=_read_host_webhooks(env),
         logging=_read_logging(env),
         metrics=_read_metrics(env),
+        tracing=_read_tracing(env),
     )
     # The readers hand back placeholders for bad values: nothing is used unless all is well.
     env.raise_problems()
@@ -788,6 +815,81 @@ def _read_metrics(env: _Environment) -> MetricsSettings:
     else:
         directory = Path(raw_dir)
     return MetricsSettings(enabled=True, token=token, multiproc_dir=directory)
+
+
+# OTLP/HTTP's path for traces, added to OTEL_EXPORTER_OTLP_ENDPOINT (the base of every signal).
+OTLP_TRACES_PATH: Final = "/v1/traces"
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _read_tracing(env: _Environment) -> TracingSettings:
+    disabled = env.boolean("OTEL_SDK_DISABLED", default=False)
+    base = _otlp_endpoint(env, "OTEL_EXPORTER_OTLP_ENDPOINT")
+    traces = _otlp_endpoint(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if env.optional("OTEL_EXPORTER_OTLP_TRACES_HEADERS") is not None:
+        headers = _otlp_headers(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+    else:
+        headers = _otlp_headers(env, "OTEL_EXPORTER_OTLP_HEADERS")
+    service_name = env.optional("OTEL_SERVICE_NAME")
+    if disabled or (base is None and traces is None):
+        return TracingSettings()
+    # As OpenTelemetry reads them: the traces URL is used as it is, the base gets /v1/traces.
+    endpoint = traces if traces is not None else f"{(base or '').rstrip('/')}{OTLP_TRACES_PATH}"
+    return TracingSettings(endpoint=endpoint, headers=headers, service_name=service_name)
+
+
+def _otlp_endpoint(env: _Environment, name: str) -> str | None:
+    """An OTLP/HTTP endpoint: http(s), plain http allowed anywhere (a collector beside the
+    service usually listens without TLS), no user:password (credentials go in the headers)."""
+    raw = env.optional(name)
+    if raw is None:
+        return None
+    example = "http://otel-collector:4318"
+    if "@" in raw:
+        env.problem(
+            name,
+            f"{name} must not contain user:password@ (the value is not shown); give "
+            "credentials in OTEL_EXPORTER_OTLP_HEADERS",
+        )
+        return None
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - reading it is what validates it
+    except ValueError:
+        env.problem(
+            name, f"{name} is {_shown(raw)}, which cannot be read as a URL; use e.g. {example}"
+        )
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        env.problem(
+            name,
+            f"{name} is {_shown(raw)}; use the http(s) URL of an OTLP/HTTP endpoint such as "
+            f"{example} (OTLP over gRPC is not supported)",
+        )
+        return None
+    if parts.query or parts.fragment:
+        env.problem(name, f"{name} is {_shown(raw)}; remove the query string and fragment")
+        return None
+    return raw
+
+
+def _otlp_headers(env: _Environment, name: str) -> tuple[tuple[str, Secret], ...]:
+    """`name1=value1,name2=value2` (values URL-encoded), as OpenTelemetry reads them."""
+    raw = env.optional(name)
+    if raw is None:
+        return ()
+    headers: list[tuple[str, Secret]] = []
+    for position, entry in enumerate(_split_list(raw), start=1):
+        key, equals, value = entry.partition("=")
+        if not equals or not _HEADER_NAME.fullmatch(key.strip()) or not value.strip():
+            env.problem(
+                name,
+                f"{name} entry {position} is not name=value (the value is not shown: it is "
+                "usually an API key); write e.g. api-key=...,other=...",
+            )
+            continue
+        headers.append((key.strip().lower(), Secret(unquote(value.strip()))))
+    return tuple(headers)
 
 
 def _read_logging(env: _Environment) -> LoggingSettings:

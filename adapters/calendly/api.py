@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -22,6 +22,9 @@ from domain.secret import Secret
 from . import translate, wire
 from .errors import api_error, decode, decode_item, lenient_item, oauth_error, skip_item
 from .transport import DEFAULT_RATE_LIMIT_WAIT, DEFAULT_TIMEOUT, Answer, Sleep, Timer, Transport
+
+if TYPE_CHECKING:  # imported only where tracing is on (DR-40): it imports OpenTelemetry
+    from adapters.tracing import CalendlySpans
 
 
 def _utc_now() -> datetime:
@@ -63,6 +66,7 @@ class AiohttpCalendlyApi(CalendlyApi):
         timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
         sleep: Sleep = asyncio.sleep,
         monotonic: Timer = time.monotonic,
+        spans: CalendlySpans | None = None,
     ) -> None:
         if not 1 <= page_size <= 100:
             raise ValueError("page_size must be between 1 and 100 (Calendly's maximum)")
@@ -92,6 +96,7 @@ class AiohttpCalendlyApi(CalendlyApi):
             max_rate_limit_wait=max_rate_limit_wait,
             sleep=sleep,
             monotonic=monotonic,
+            spans=spans,
         )
 
     # ---------------------------------------------------------------- OAuth

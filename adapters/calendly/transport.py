@@ -8,7 +8,7 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import msgspec
@@ -21,6 +21,9 @@ from domain.secret import Secret
 
 from . import wire
 from .redaction import readable_body
+
+if TYPE_CHECKING:  # imported only where tracing is on (DR-40): it imports OpenTelemetry
+    from adapters.tracing import CalendlySpans
 
 DEFAULT_TIMEOUT: Final = aiohttp.ClientTimeout(total=15, connect=5)
 # Calendly's rate-limit window is a minute; a reset announced further out is not waited for.
@@ -162,8 +165,11 @@ class Transport:
         max_rate_limit_wait: float,
         sleep: Sleep,
         monotonic: Timer,
+        spans: CalendlySpans | None = None,
     ) -> None:
         self._session = session
+        # A client span per attempt when tracing is on; None: nothing is traced.
+        self._spans = spans
         # What the Basic Authorization header carries; scrubbed from error bodies like the
         # secret itself (a Calendly that echoes the header would otherwise reveal it).
         self._basic_credentials = Secret(basic_credentials(client_id, client_secret))
@@ -201,6 +207,7 @@ class Transport:
         while True:
             if budget_key is not None:
                 await self._within_budget(budget_key, method, path)
+            span = self._spans.start(method, base, path, retries) if self._spans else None
             try:
                 async with self._session.request(
                     method,
@@ -213,6 +220,8 @@ class Transport:
                 ) as response:
                     answer = Answer(response.status, response.headers, await response.read())
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+                if span is not None:
+                    span.failed(type(exc).__name__)
                 calendly_called(method, path, None)
                 # ServerTimeoutError and friends are ClientConnectionErrors; TimeoutError is an
                 # OSError.
@@ -235,13 +244,21 @@ class Transport:
                     0, None, f"Calendly could not be reached ({method} {path}: {problem})"
                 ) from exc
             except aiohttp.ClientError as exc:
+                if span is not None:
+                    span.failed(type(exc).__name__)
                 calendly_called(method, path, None)
                 problem = type(exc).__name__
                 log.warning("calendly.request_failed", method=method, path=path, problem=problem)
                 raise CalendlyUnavailable(
                     0, None, f"the request to Calendly failed ({method} {path}: {problem})"
                 ) from exc
+            except BaseException as exc:  # cancelled: the span still ends
+                if span is not None:
+                    span.failed(type(exc).__name__)
+                raise
 
+            if span is not None:
+                span.answered(answer.status)
             calendly_called(method, path, answer.status)
             window = answer.rate_window() if budget_key is not None else None
             if budget_key is not None and window is not None:

@@ -36,6 +36,7 @@ from entrypoints.service.http.config import HttpConfig
 from entrypoints.service.http.cursors import MeetingCursors
 from entrypoints.service.http.sessions import UserSessions
 from entrypoints.settings import ConfigError, Settings, load_settings
+from entrypoints.tracing import TracingUnavailable, start_tracing
 
 # How uvicorn runs the app (the benchmarks' bare reference endpoint runs under the same).
 log = structlog.get_logger(__name__)
@@ -101,11 +102,24 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM or until `stop` is set; tests pass bound `sockets`."""
+    tracing = start_tracing(settings.tracing)  # None unless an exporter is configured (DR-40)
     container = Container(settings=settings)
-    services = await build_services(container)
+    if tracing is not None:
+        container.calendly.add_kwargs(spans=tracing.calendly_spans)
+    try:
+        services = await build_services(container)
+    except BaseException:
+        if tracing is not None:
+            tracing.shutdown()
+        raise
     metrics_dir = settings.metrics.multiproc_dir if settings.metrics.enabled else None
     try:
-        app = create_app(services, http_config(settings), lifespan=[_metrics(metrics_dir)])
+        app = create_app(
+            services,
+            http_config(settings),
+            lifespan=[_metrics(metrics_dir)],
+            tracer=tracing.tracer if tracing is not None else None,
+        )
         config = uvicorn.Config(
             app, host=settings.http.host, port=settings.http.port, **UVICORN_OPTIONS
         )
@@ -119,6 +133,8 @@ async def serve(
     finally:
         await drain_kept_grants(container)
         await resolve(container.shutdown_resources())
+        if tracing is not None:  # the last spans go out before the process ends
+            await asyncio.to_thread(tracing.shutdown)
         log.info("service.stopped")
 
 
@@ -198,7 +214,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
             return fail(f"--fd {args.fd} is not an open socket: {exc}")
     try:
         run_fast(serve(settings, sockets=sockets))
-    except UnsafeDatabaseRole as exc:
+    except (UnsafeDatabaseRole, TracingUnavailable) as exc:
         return fail(str(exc), 1)
     except (StorageUnavailable, OSError) as exc:
         return fail(f"cannot start: {exc}", 1)

@@ -22,6 +22,7 @@ from entrypoints.arguments import fail
 from entrypoints.container import Container, drain_kept_grants, resolve
 from entrypoints.logging import configure_service_logging
 from entrypoints.settings import ConfigError, Settings, load_settings
+from entrypoints.tracing import WORKER_SERVICE_NAME, TracingUnavailable, start_tracing
 
 log = structlog.get_logger(__name__)
 HEARTBEAT_SECONDS = 15.0
@@ -197,7 +198,10 @@ async def build_worker(container: Container, settings: Settings) -> Worker:
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    tracing = start_tracing(settings.tracing, default_service_name=WORKER_SERVICE_NAME)
     container = Container(settings=settings)
+    if tracing is not None:  # a client span for each call to Calendly (DR-40)
+        container.calendly.add_kwargs(spans=tracing.calendly_spans)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -209,6 +213,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     finally:
         await drain_kept_grants(container)
         await resolve(container.shutdown_resources())
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
@@ -229,4 +235,6 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         return 0
     except OSError as exc:
         return fail(f"cannot start: {exc}", 1)
+    except TracingUnavailable as exc:
+        return fail(str(exc), 1)
     return 0

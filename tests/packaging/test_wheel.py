@@ -42,14 +42,28 @@ LOCK = ROOT / "requirements.lock"
 
 # Run by the installed interpreter with -I (no PYTHONPATH, no current folder on sys.path):
 # imports every module of the wheel and says where each module and data folder came from.
+# The modules of an optional extra (`calendly-connect[tracing]`), which the base install, as
+# here, does not have: located only, and only they may need it.
+EXTRA_MODULES = {
+    "adapters.tracing": "opentelemetry",
+    "entrypoints.service.http.tracing": "opentelemetry",
+}
 WHERE_FROM = """
 import importlib, importlib.util, json, pkgutil, sys
+extras = json.loads(sys.argv[1])
 found = {}
-for top in sys.argv[1:]:
+for top in sys.argv[2:]:
     package = importlib.import_module(top)
     found[top] = package.__file__
     for info in pkgutil.walk_packages(package.__path__, top + "."):
         if info.name.endswith(".__main__"):  # runs when imported: located only
+            found[info.name] = importlib.util.find_spec(info.name).origin
+        elif info.name in extras:  # must fail for its extra only, then is located
+            try:
+                importlib.import_module(info.name)
+            except ModuleNotFoundError as exc:
+                if exc.name.split(".")[0] != extras[info.name]:
+                    raise
             found[info.name] = importlib.util.find_spec(info.name).origin
         else:
             found[info.name] = importlib.import_module(info.name).__file__
@@ -235,7 +249,14 @@ def test_the_installed_wheel_migrates_an_empty_database_and_serves_a_signed_deli
     # Everything it ran came from the virtualenv, data included, never from the checkout.
     where = json.loads(
         run(
-            [installed.python, "-I", "-c", WHERE_FROM, *RUNTIME_PACKAGES],
+            [
+                installed.python,
+                "-I",
+                "-c",
+                WHERE_FROM,
+                json.dumps(EXTRA_MODULES),
+                *RUNTIME_PACKAGES,
+            ],
             cwd=installed.workdir,
             env=installed.env,
         ).stdout

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from litestar import Litestar, Router
+from litestar.config.app import AppConfig
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import CacheControlHeader
 from litestar.di import Provide
@@ -46,6 +47,9 @@ from .routes.server_api import (
 from .routes.server_api import list_meetings as list_user_meetings
 from .routes.webhooks import receive_connection_webhook, receive_webhook
 from .sessions import UserSessions
+
+if TYPE_CHECKING:  # imported only where tracing is on (DR-40)
+    from opentelemetry.trace import Tracer
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 API_VERSION: Final = "0.1.0"
@@ -133,6 +137,17 @@ def _fix_default_options_handlers(app: Litestar) -> None:
             handler._fn = route.create_options_handler(route.path).fn
 
 
+class _App(Litestar):
+    """Litestar, less its look for OpenTelemetry's middleware at start-up: that imports
+    `opentelemetry` wherever it is installed, tracing on or off, and the service never adds
+    that middleware (it has its own server spans, tracing.py). Off, tracing costs nothing,
+    not even an import (DR-40; tests/unit/test_tracing.py checks)."""
+
+    @staticmethod
+    def _patch_opentelemetry_middleware(config: AppConfig) -> AppConfig:
+        return config
+
+
 # How long a browser may reuse a preflight's answer (the most Chromium honours is 2 hours).
 PREFLIGHT_MAX_AGE: Final = 7200
 
@@ -159,8 +174,13 @@ def create_app(
     config: HttpConfig,
     *,
     lifespan: Sequence[Lifespan] = (),
+    tracer: Tracer | None = None,
 ) -> Litestar:
-    """The HTTP app over `services`; `lifespan` lets the composition root start its resources."""
+    """The HTTP app over `services`; `lifespan` lets the composition root start its resources.
+
+    With a `tracer` (tracing on, DR-40) every request gets a server span; without one nothing
+    of OpenTelemetry is imported or wrapped.
+    """
     errors = ErrorTable(infrastructure=config.infrastructure_errors)
     sessions = UserSessions(config.session_keys)
     cursors = _cursors(config)
@@ -216,7 +236,7 @@ def create_app(
         handlers.append(dev_login)
     if config.metrics_token is not None and services.metrics is not None:
         handlers.append(metrics)
-    app = Litestar(
+    app = _App(
         route_handlers=handlers,
         dependencies={
             "services": _constant(services),
@@ -239,5 +259,11 @@ def create_app(
     _fix_default_options_handlers(app)
     # Outermost, around Litestar's router: 404s and 405s get a request id and a log line too;
     # outside that, the prefix comes off, so all of it sees the service's own paths.
-    app.asgi_handler = MountedUnder(RequestContextMiddleware(app.asgi_handler), config.root_path)
+    handler = app.asgi_handler
+    if tracer is not None:
+        from .tracing import ServerSpans
+
+        # Inside the request context (and under the prefix): the span sees the route's template.
+        handler = ServerSpans(handler, tracer)
+    app.asgi_handler = MountedUnder(RequestContextMiddleware(handler), config.root_path)
     return app
