@@ -27,6 +27,7 @@ from adapters.postgres.migrations import Migration, discover, missing_migrations
 from adapters.postgres.pool import make_pool
 from adapters.postgres.readings import PostgresReadings
 from adapters.postgres.roles import check_runtime_role
+from adapters.postgres.storage_retention import PostgresStorageRetention
 from adapters.postgres.unit_of_work import unit_of_work_factory
 from adapters.prometheus import MetricsExporter
 from adapters.system import SecretsRandomness, SystemClock
@@ -316,6 +317,11 @@ class Container(containers.DeclarativeContainer):
         PostgresChangeLogRetention,
         pool=pool,
         days=settings.provided.worker.change_log_retention_days,
+    )
+    storage_retention = providers.Singleton(
+        PostgresStorageRetention,
+        pool=pool,
+        payload_days=settings.provided.worker.webhook_payload_retention_days,
     )
     erase_user = providers.Singleton(EraseUser, uow=uow, disconnect=disconnect)
     services = providers.Singleton(

@@ -75,6 +75,7 @@ VARIABLES: Final = (
     "PLAN_POLL_SECONDS",
     "SUBSCRIPTION_CHECK_SECONDS",
     "CHANGE_LOG_RETENTION_DAYS",
+    "WEBHOOK_PAYLOAD_RETENTION_DAYS",
     "HOST_WEBHOOK_URL",
     "HOST_WEBHOOK_SECRET",
     "HOST_WEBHOOK_EVENTS",
@@ -191,6 +192,8 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     subscription_check_seconds: int = 1_800
     # The change log keeps this many days (the worker prunes older rows no host webhook needs).
     change_log_retention_days: int = 14
+    # Recorded webhook deliveries (payloads) keep this many days (DR-41).
+    webhook_payload_retention_days: int = 30
 
 
 class HostWebhookEndpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -630,6 +633,12 @@ def _read_worker(env: _Environment) -> WorkerSettings:
         ),
         change_log_retention_days=env.integer(
             "CHANGE_LOG_RETENTION_DAYS", _default(defaults, "change_log_retention_days"), 1, 365
+        ),
+        webhook_payload_retention_days=env.integer(
+            "WEBHOOK_PAYLOAD_RETENTION_DAYS",
+            _default(defaults, "webhook_payload_retention_days"),
+            1,
+            3650,
         ),
     )
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 import structlog
 
 from adapters.postgres.changes import PostgresChangeLogRetention
+from adapters.postgres.storage_retention import PostgresStorageRetention
 from domain.errors import StoredSecretUnreadable
 from domain.ports import MaintenanceDue, MaintenanceQueue
 from domain.usecases.maintain_connection import MaintainConnection
@@ -54,9 +55,11 @@ class Worker:
         settings: Settings,
         owner: str | None = None,
         retention: PostgresChangeLogRetention | None = None,
+        storage: PostgresStorageRetention | None = None,
     ) -> None:
         self._queue = queue
         self._retention = retention
+        self._storage = storage
         self._maintain = maintain
         self._settings = settings
         self.owner = owner or worker_id()
@@ -95,7 +98,12 @@ class Worker:
         log.info("worker.stopped", worker=self.owner, handled=self.handled)
 
     async def prune(self) -> int:
-        """The change log's old rows no host webhook needs (DR-35): how many went."""
+        """The change log's old rows no host webhook needs (DR-35), old recorded deliveries and
+        expired OAuth states (DR-41): how many change log rows went."""
+        if self._storage is not None:
+            done = await self._storage.prune()
+            if any(done.values()):
+                log.info("worker.storage_pruned", **done)
         if self._retention is None:
             return 0
         pruned = await self._retention.prune()
@@ -194,6 +202,7 @@ async def build_worker(container: Container, settings: Settings) -> Worker:
         maintain=await resolve(container.maintain_connection()),
         settings=settings,
         retention=await resolve(container.change_log_retention()),
+        storage=await resolve(container.storage_retention()),
     )
 
 
