@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# calendly-connect's image: the wheel, installed with the pinned dependencies of requirements.lock
+# calendly-connect's image: the wheel with its tracing extra (OpenTelemetry, used only when
+# OTEL_EXPORTER_OTLP_ENDPOINT is set), installed with the pinned dependencies of requirements.lock
 # (constraints: the runtime's, not the dev extra's), as tests/packaging/test_wheel.py installs
 # and runs it. No container engine runs where this project is developed: this file is checked by
 # tests/unit/test_container_files.py, not built in CI.
@@ -20,7 +21,7 @@ COPY . .
 RUN uv build --out-dir /dist \
     && uv venv --python /usr/local/bin/python3.11 /opt/calendly-connect \
     && uv pip install --no-cache --python /opt/calendly-connect/bin/python \
-        -c requirements.lock /dist/calendly_connect-*.whl
+        -c requirements.lock "$(ls /dist/calendly_connect-*.whl)[tracing]"
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/calendly-connect/bin:$PATH \

@@ -24,7 +24,8 @@ def compose() -> dict[str, Any]:
 def test_the_image_builds_the_wheel_and_installs_it_with_the_pinned_dependencies() -> None:
     (build,) = [run for run in instructions("RUN") if "uv build" in run]
     assert "--out-dir /dist" in build
-    assert "-c requirements.lock /dist/calendly_connect-*.whl" in build
+    # With the tracing extra: traces are on in the image as soon as an OTLP endpoint is set.
+    assert '-c requirements.lock "$(ls /dist/calendly_connect-*.whl)[tracing]"' in build
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     (uv_version,) = re.findall(r"^UV_VERSION := (\S+)$", makefile, re.MULTILINE)
     assert f"UV_VERSION={uv_version}" in instructions("ARG")  # the uv of make install
