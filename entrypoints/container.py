@@ -29,6 +29,7 @@ from adapters.postgres.readings import PostgresReadings
 from adapters.postgres.roles import check_runtime_role
 from adapters.postgres.storage_retention import PostgresStorageRetention
 from adapters.postgres.unit_of_work import unit_of_work_factory
+from adapters.postgres.watching import PostgresWatchedPolling
 from adapters.prometheus import MetricsExporter
 from adapters.system import SecretsRandomness, SystemClock
 from domain.errors import StorageUnavailable
@@ -52,7 +53,7 @@ from domain.usecases.refresh_access_token import RefreshAccessToken
 from domain.usecases.repair_connection import RepairConnection
 from domain.usecases.start_connect import StartConnect
 from domain.usecases.sync_meetings import SyncMeetings
-from entrypoints.live import LiveHub
+from entrypoints.live import LiveHub, mark_watched
 from entrypoints.services import NotReady, Services
 from entrypoints.settings import Settings
 
@@ -84,17 +85,26 @@ class Listening:
         self.connected: Callable[[], bool] = lambda: False
 
 
-async def live_updates(settings: Settings, listening: Listening) -> AsyncIterator[LiveHub]:
-    """This process's hub of open event streams, rung by a LISTENing database connection."""
+async def live_updates(
+    settings: Settings, listening: Listening, pool: Pool
+) -> AsyncIterator[LiveHub]:
+    """This process's hub of open event streams, rung by a LISTENing database connection, and
+    the task that keeps the free-plan connections of the users watching here polled often
+    (WATCHED_POLL_SECONDS, DR-42)."""
     hub = LiveHub()
     listener = PostgresChangeListener(
         settings.database.url.reveal(), hub.ring, runtime_role=settings.database.runtime_role
     )
+    watched = PostgresWatchedPolling(pool, timedelta(seconds=settings.worker.watched_poll_seconds))
     listening.connected = listener.connected.is_set
     await listener.start()
+    marker = asyncio.create_task(mark_watched(hub, watched.mark), name="live-watched-polling")
     try:
         yield hub
     finally:
+        marker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await marker
         await listener.stop()
 
 
@@ -199,7 +209,7 @@ class Container(containers.DeclarativeContainer):
     pool = providers.Resource(database_pool, settings=settings)
     session = providers.Resource(http_session)
     listening = providers.Singleton(Listening)
-    live = providers.Resource(live_updates, settings=settings, listening=listening)
+    live = providers.Resource(live_updates, settings=settings, listening=listening, pool=pool)
 
     calendly = providers.Singleton(
         AiohttpCalendlyApi,

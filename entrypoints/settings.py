@@ -73,6 +73,7 @@ VARIABLES: Final = (
     "WORKER_RETRY_MAX_SECONDS",
     "SYNC_INTERVAL_SECONDS",
     "PLAN_POLL_SECONDS",
+    "WATCHED_POLL_SECONDS",
     "SUBSCRIPTION_CHECK_SECONDS",
     "CHANGE_LOG_RETENTION_DAYS",
     "WEBHOOK_PAYLOAD_RETENTION_DAYS",
@@ -188,7 +189,10 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 1800.0
     sync_interval_seconds: int = 21_600
-    plan_poll_seconds: int = 120
+    # Free-plan connections (no webhooks) are polled this often, and this often while their
+    # user has a live stream open (DR-42).
+    plan_poll_seconds: int = 1_800
+    watched_poll_seconds: int = 30
     subscription_check_seconds: int = 1_800
     # The change log keeps this many days (the worker prunes older rows no host webhook needs).
     change_log_retention_days: int = 14
@@ -624,6 +628,9 @@ def _read_worker(env: _Environment) -> WorkerSettings:
         ),
         plan_poll_seconds=env.integer(
             "PLAN_POLL_SECONDS", _default(defaults, "plan_poll_seconds"), 10, 86_400
+        ),
+        watched_poll_seconds=env.integer(
+            "WATCHED_POLL_SECONDS", _default(defaults, "watched_poll_seconds"), 10, 300
         ),
         subscription_check_seconds=env.integer(
             "SUBSCRIPTION_CHECK_SECONDS",

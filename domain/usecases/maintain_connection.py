@@ -29,7 +29,8 @@ class MaintenanceSchedule(msgspec.Struct, frozen=True, kw_only=True):
     plan_recheck: timedelta = timedelta(minutes=10)
     # Reconciliation when webhooks work (a safety net), and polling when they cannot.
     sync_with_webhooks: timedelta = timedelta(hours=6)
-    sync_without_webhooks: timedelta = timedelta(minutes=2)
+    # (Polling is sooner while the user watches: the service asks for it, DR-42.)
+    sync_without_webhooks: timedelta = timedelta(minutes=30)
     # A connection that needs its user to authorize again is left alone this long.
     dormant: timedelta = timedelta(hours=12)
     # After a failure: 5 s doubling to 30 min (8 failures in a row reach about 10 min).

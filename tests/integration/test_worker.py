@@ -70,9 +70,13 @@ async def test_free_plan_bookings_arrive_by_polling_until_an_upgrade(
     assert booked["deliveries"] == []  # no webhooks on a free plan
     assert await worker.run_once() == 1
     assert meetings_in_db(real) == [(booked["event"]["uri"], "active")]
-    ((sync_due,),) = owner_sql(real, "SELECT sync_due FROM connection_maintenance")
+    ((sync_due, synced_at),) = owner_sql(
+        real, "SELECT sync_due, synced_at FROM connection_maintenance"
+    )
     assert isinstance(sync_due, datetime)
-    assert sync_due < datetime.now(tz=UTC) + timedelta(minutes=5)  # polled often
+    assert isinstance(synced_at, datetime)
+    # Polled every PLAN_POLL_SECONDS (30 minutes unless watched, DR-42), not every 6 hours.
+    assert sync_due - synced_at == timedelta(minutes=30)
 
     await real.sandbox.control("PATCH", f"/_sandbox/users/{fred}", {"plan": "standard"}, expect=200)
     due_now(real, "subscription_due")

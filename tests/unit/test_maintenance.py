@@ -46,14 +46,17 @@ async def test_a_disabled_subscription_is_replaced_and_the_gap_filled(core: Core
     assert result.sync_due - core.clock.now() >= timedelta(hours=1)
 
 
-async def test_a_free_plan_is_polled_often(core: Core) -> None:
+async def test_a_free_plan_is_polled_every_plan_poll_interval(core: Core) -> None:
+    # Unwatched, every 30 minutes (PLAN_POLL_SECONDS' default), far sooner than the 6 hours of
+    # a connection with webhooks; a watched one is made due sooner by the service (DR-42).
     fred = core.calendly.add_user("fred@example.com", paid=False)
     await core.connect("u", fred)
     event_uri, _ = core.calendly.book(fred, core.clock.now() + timedelta(days=1))
     result = await core.maintain(due_now(core))
     assert event_uri in meetings_of(core.db, "u")
     assert result.sync_due is not None
-    assert result.sync_due - core.clock.now() <= timedelta(minutes=5)
+    assert result.synced_at is not None
+    assert result.sync_due - result.synced_at == timedelta(minutes=30)
     assert core.db.connections["u"].webhook_status is WebhookStatus.UNAVAILABLE_PLAN
 
 

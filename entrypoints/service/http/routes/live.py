@@ -17,6 +17,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from adapters.prometheus import LIVE_STREAMS
 from domain.errors import ConnectionNotFound, StorageUnavailable
+from domain.model import ConnectionStatus, WebhookStatus
 from entrypoints.live import CLOSING, RECHECK
 from entrypoints.service.http.auth import Principal
 from entrypoints.service.http.errors import invalid_parameter, problem_specs
@@ -34,11 +35,19 @@ def _json(value: object) -> str:
 
 
 async def _connection(services: Services, user_id: str) -> ServerSentEventMessage:
+    """The `connection` event; the hub learns whether the worker polls this connection (a free
+    plan: while the user watches, it is polled often, DR-42)."""
+    polled = False
     try:
         view = await services.connection_status(user_id)
         body: object = {"connection": ConnectionResponse.of(view)}
+        polled = (
+            view.status is ConnectionStatus.ACTIVE
+            and view.webhook_status is WebhookStatus.UNAVAILABLE_PLAN
+        )
     except ConnectionNotFound:
         body = {"connection": None}
+    services.live_hub.polled(user_id, polled)
     return ServerSentEventMessage(event="connection", data=_json(body))
 
 

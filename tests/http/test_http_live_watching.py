@@ -1,0 +1,139 @@
+"""GET /api/live tells the process's hub who watches a free-plan connection (DR-42): the users
+whose connection the worker polls are marked while a stream is open, paid users never, and the
+last stream to close ends it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from domain.model import WebhookStatus
+from entrypoints.live import LiveHub
+from entrypoints.service.http.app import create_app
+from tests.fakes.calendly import FakeUser
+from tests.support.core import build_core
+from tests.support.http_app import (
+    BASE_URL,
+    JSON,
+    Api,
+    Readiness,
+    make_config,
+    make_token,
+    services_of,
+)
+
+
+async def connect(api: Api, user_id: str, *, paid: bool) -> FakeUser:
+    calendly_user = api.core.calendly.add_user(f"{user_id}@example.com", paid=paid)
+    started = await api.start(user_id)
+    assert started.status_code == 200, started.text
+    code = api.approve(started, calendly_user)
+    done = await api.callback({"state": started.json()["state"], "code": code}, JSON)
+    assert done.status_code == 200, done.text
+    return calendly_user
+
+
+class Stream:
+    """GET /api/live over ASGI, as a browser tab that stays until `close()`."""
+
+    def __init__(self, app: Litestar, user_id: str) -> None:
+        self.body = bytearray()
+        self._leave = asyncio.Event()
+        self._task = asyncio.create_task(self._run(app, make_token(user_id)))
+
+    async def _run(self, app: Litestar, token: str) -> None:
+        async def receive() -> dict[str, Any]:
+            await self._leave.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                self.body.extend(message.get("body", b""))
+
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "https",
+            "path": "/api/live",
+            "raw_path": b"/api/live",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"host", b"api.example"), (b"authorization", f"Bearer {token}".encode())],
+            "client": ("127.0.0.1", 50000),
+            "server": ("api.example", 443),
+        }
+        await app(scope, receive, send)  # type: ignore[arg-type]
+
+    async def connected(self) -> None:
+        """Until the stream has sent its `connection` event (the hub has been told)."""
+        for _ in range(200):
+            if b"event: connection" in self.body:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no connection event: {bytes(self.body)!r}")
+
+    async def close(self) -> None:
+        self._leave.set()
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+@pytest.fixture
+async def watched() -> AsyncIterator[tuple[Api, LiveHub]]:
+    """The app over the fakes, and its hub."""
+    core = build_core()
+    services = services_of(core, Readiness())
+    app = create_app(services, make_config())
+    async with AsyncTestClient(app=app, base_url=BASE_URL) as client:
+        yield (
+            Api(core=core, client=client, readiness=Readiness(), config=make_config()),
+            services.live_hub,
+        )
+
+
+async def test_a_free_plan_user_watching_is_polled_until_the_last_stream_closes(
+    watched: tuple[Api, LiveHub],
+) -> None:
+    api, hub = watched
+    await connect(api, "fred", paid=False)
+    assert api.connection("fred").webhook_status is WebhookStatus.UNAVAILABLE_PLAN
+    assert hub.polled_users() == frozenset()
+
+    first, second = Stream(api.client.app, "fred"), Stream(api.client.app, "fred")
+    await first.connected()
+    await second.connected()
+    assert hub.polled_users() == {"fred"}
+    assert hub.take_newly_polled() == {"fred"}  # the marker is woken to ask at once
+    await first.close()
+    assert hub.polled_users() == {"fred"}  # another tab still watches
+    await second.close()
+    assert hub.polled_users() == frozenset()
+    assert hub.open_streams == 0
+
+
+async def test_a_paid_user_watching_is_never_polled(watched: tuple[Api, LiveHub]) -> None:
+    api, hub = watched
+    await connect(api, "ada", paid=True)
+    await connect(api, "fred", paid=False)
+    ada, fred = Stream(api.client.app, "ada"), Stream(api.client.app, "fred")
+    await ada.connected()
+    await fred.connected()
+    assert hub.polled_users() == {"fred"}
+    await ada.close()
+    await fred.close()
+
+
+async def test_a_user_without_a_connection_is_not_polled(watched: tuple[Api, LiveHub]) -> None:
+    api, hub = watched
+    stream = Stream(api.client.app, "nobody")
+    await stream.connected()
+    assert hub.polled_users() == frozenset()
+    assert hub.open_streams == 1
+    await stream.close()
