@@ -145,6 +145,15 @@ class MaintenanceTrouble(msgspec.Struct, frozen=True, kw_only=True):
     retry_at: datetime | None
 
 
+class MaintenanceState(msgspec.Struct, frozen=True, kw_only=True):
+    """The worker's view of a connection, as its owner may see it."""
+
+    # When its last sync with Calendly started (None: never synced yet).
+    synced_at: datetime | None = None
+    # Set when its last pass failed.
+    trouble: MaintenanceTrouble | None = None
+
+
 class ConnectionRepository(Protocol):
     """The current tenant's Calendly connection (one per app user)."""
 
@@ -164,8 +173,9 @@ class ConnectionRepository(Protocol):
         """
         ...
 
-    async def trouble(self, user_id: str) -> MaintenanceTrouble | None:
-        """What the worker's failures on this connection are, if its last pass failed."""
+    async def maintenance(self, user_id: str) -> MaintenanceState | None:
+        """What the worker knows of this connection: when it last synced it, and its failures
+        if its last pass failed (None: the worker has no row for it)."""
         ...
 
 

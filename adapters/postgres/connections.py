@@ -10,7 +10,7 @@ import psycopg
 
 from domain.errors import AccountAlreadyConnected, ConcurrentUpdate
 from domain.model import CalendlyAccount, Connection, ConnectionStatus, TokenSet, WebhookStatus
-from domain.ports import ConnectionRepository, MaintenanceTrouble
+from domain.ports import ConnectionRepository, MaintenanceState, MaintenanceTrouble
 from domain.secret import Secret
 
 from .sealing import TokenCipher, secret_context
@@ -54,9 +54,9 @@ WHERE user_id = %(user_id)s AND provider = 'calendly'
 """  # noqa: S608
 # The worker's trouble with the tenant's connection (the maintenance rows are not per tenant:
 # hence the explicit filter).
-SELECT_TROUBLE = """
-SELECT failures, last_error, retry_at FROM connection_maintenance
-WHERE user_id = %(user_id)s AND failures > 0
+SELECT_MAINTENANCE = """
+SELECT failures, last_error, retry_at, synced_at FROM connection_maintenance
+WHERE user_id = %(user_id)s
 """
 INSERT_CONNECTION = """
 INSERT INTO calendar_connections (
@@ -90,7 +90,9 @@ RETURNING version
 
 class PostgresConnectionRepository(ConnectionRepository):
     # A read FOR UPDATE locks rows until the transaction ends: it counts as a write.
-    READ_ONLY: ClassVar[ReadOnly] = ReadOnly(reads=frozenset({SELECT_CONNECTION, SELECT_TROUBLE}))
+    READ_ONLY: ClassVar[ReadOnly] = ReadOnly(
+        reads=frozenset({SELECT_CONNECTION, SELECT_MAINTENANCE})
+    )
 
     def __init__(self, session: Session, cipher: TokenCipher) -> None:
         self._session = session
@@ -121,10 +123,13 @@ class PostgresConnectionRepository(ConnectionRepository):
             raise ConcurrentUpdate(f"connection {connection.id} changed meanwhile")
         return msgspec.structs.replace(connection, version=row["version"])
 
-    async def trouble(self, user_id: str) -> MaintenanceTrouble | None:
-        cursor = await self._session.execute(SELECT_TROUBLE, {"user_id": user_id})
+    async def maintenance(self, user_id: str) -> MaintenanceState | None:
+        cursor = await self._session.execute(SELECT_MAINTENANCE, {"user_id": user_id})
         row = await cursor.fetchone()
-        return None if row is None else msgspec.convert(row, MaintenanceTrouble)
+        if row is None:
+            return None
+        trouble = msgspec.convert(row, MaintenanceTrouble) if row["failures"] > 0 else None
+        return MaintenanceState(synced_at=row["synced_at"], trouble=trouble)
 
     @staticmethod
     def _conflict(exc: psycopg.errors.UniqueViolation, connection: Connection) -> Exception:

@@ -29,6 +29,9 @@ export interface Connection {
   connected_since: string;
   updated_at: string;
   maintenance?: Maintenance | null;
+  /** When the service last synced this connection with Calendly (null: not yet). A free-plan
+   * connection (`webhook_status: "unavailable_plan"`) is only as fresh as this. */
+  synced_at?: string | null;
 }
 
 export type MeetingStatus = "active" | "canceled";

@@ -29,10 +29,14 @@ class GetConnectionStatus:
         """Raises ConnectionNotFound when the user never connected."""
         async with self._uow(user_id) as uow:
             connection = await uow.connections.get(user_id)
-            trouble = await uow.connections.trouble(user_id) if connection else None
+            state = await uow.connections.maintenance(user_id) if connection else None
         if connection is None:
             raise ConnectionNotFound(user_id)
-        return ConnectionView.of(connection, trouble)
+        return ConnectionView.of(
+            connection,
+            state.trouble if state else None,
+            synced_at=state.synced_at if state else None,
+        )
 
 
 class MeetingsPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -23,10 +23,16 @@ class ConnectionView(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime
     # The worker's repeated failures on this connection (None: its last pass went well).
     maintenance: MaintenanceTrouble | None = None
+    # When the worker last synced it with Calendly (how fresh a polled connection is).
+    synced_at: datetime | None = None
 
     @classmethod
     def of(
-        cls, connection: Connection, trouble: MaintenanceTrouble | None = None
+        cls,
+        connection: Connection,
+        trouble: MaintenanceTrouble | None = None,
+        *,
+        synced_at: datetime | None = None,
     ) -> ConnectionView:
         account = connection.account
         return cls(
@@ -41,6 +47,7 @@ class ConnectionView(msgspec.Struct, frozen=True, kw_only=True):
             connected_since=connection.connected_at or connection.created_at,
             updated_at=connection.updated_at,
             maintenance=trouble,
+            synced_at=synced_at,
         )
 
     @classmethod

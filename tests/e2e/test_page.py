@@ -187,6 +187,37 @@ def test_a_reconnect_when_nothing_was_broken_does_not_say_working_again(
     expect(page.get_by_text("working again")).to_have_count(0)
 
 
+def test_a_free_plan_connection_says_how_fresh_its_meetings_are(
+    page: Page, api: ScriptedApi
+) -> None:
+    synced = datetime.now(UTC) - timedelta(minutes=3)
+    api.connection = connection(
+        webhook_status="unavailable_plan", synced_at=synced.isoformat().replace("+00:00", "Z")
+    )
+    sign_in(page, hash_="#/settings/calendar")
+
+    freshness = page.locator("[data-freshness]")
+    expect(freshness).to_have_text(
+        "Last synced with Calendly 3 minutes ago. While this page is open, that happens about "
+        "every 30 seconds."
+    )
+
+
+def test_a_free_plan_connection_not_synced_yet_says_so(page: Page, api: ScriptedApi) -> None:
+    api.connection = connection(webhook_status="unavailable_plan", synced_at=None)
+    sign_in(page, hash_="#/settings/calendar")
+    expect(page.locator("[data-freshness]")).to_have_text(
+        "Waiting for the first sync with Calendly."
+    )
+
+
+def test_a_connection_with_webhooks_says_nothing_of_freshness(page: Page, api: ScriptedApi) -> None:
+    api.connection = connection()
+    sign_in(page, hash_="#/settings/calendar")
+    expect(page.get_by_role("button", name="Reconnect", exact=True)).to_be_visible()
+    expect(page.locator("[data-freshness]")).to_have_count(0)
+
+
 @pytest.mark.parametrize(
     "broken",
     [

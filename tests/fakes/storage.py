@@ -31,6 +31,7 @@ from domain.ports import (
     ConnectionRepository,
     ErasedData,
     ListedConnection,
+    MaintenanceState,
     MaintenanceTrouble,
     MeetingChange,
     MeetingQuery,
@@ -81,8 +82,10 @@ class FakeDatabase:
     unavailable: bool = False
     # What was asked of the database, for tests of what a request may cost.
     units_opened: int = 0
-    # The maintenance queue's failures per user (the fake has no queue: tests set them).
+    # The maintenance queue's failures and last syncs per user (the fake has no queue: tests
+    # set them).
     trouble: dict[str, MaintenanceTrouble] = field(default_factory=dict)
+    synced: dict[str, datetime] = field(default_factory=dict)
     route_lookups: list[tuple[str | None, tuple[str, ...]]] = field(default_factory=list)
 
     def lock_for(self, name: str) -> asyncio.Lock:
@@ -149,8 +152,11 @@ class FakeConnectionRepository(ConnectionRepository):
         self._uow.staged.connections[connection.user_id] = stored
         return stored
 
-    async def trouble(self, user_id: str) -> MaintenanceTrouble | None:
-        return self._uow.db.trouble.get(user_id)
+    async def maintenance(self, user_id: str) -> MaintenanceState | None:
+        db = self._uow.db
+        if user_id not in db.trouble and user_id not in db.synced:
+            return None
+        return MaintenanceState(synced_at=db.synced.get(user_id), trouble=db.trouble.get(user_id))
 
 
 class FakeAuthorizationRepository(AuthorizationRepository):

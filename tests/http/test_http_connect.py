@@ -304,6 +304,7 @@ async def test_status_is_404_before_connecting_and_shows_no_secrets_after(api: A
         "connected_since",
         "updated_at",
         "maintenance",
+        "synced_at",
     }
     for secret in secrets_of(api):
         assert secret not in after.text
@@ -396,6 +397,11 @@ async def test_the_status_shows_when_the_worker_keeps_failing_on_the_connection(
     await api.connect("alice")
     healthy = await api.client.get("/api/calendly/connection", headers=bearer("alice"))
     assert healthy.json()["maintenance"] is None
+    assert healthy.json()["synced_at"] is None  # the worker has not synced it yet
+    api.core.db.synced["alice"] = datetime(2030, 1, 1, 11, 59, 30, tzinfo=UTC)
+    synced = await api.client.get("/api/calendly/connection", headers=bearer("alice"))
+    assert synced.json()["synced_at"] == "2030-01-01T11:59:30Z"
+    assert synced.json()["maintenance"] is None  # synced, and nothing failing
     api.core.db.trouble["alice"] = MaintenanceTrouble(
         failures=3,
         last_error="CalendlyUnavailable: Calendly answered 503",

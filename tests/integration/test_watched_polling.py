@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import psycopg
@@ -15,6 +15,7 @@ import psycopg
 from adapters.postgres.watching import MARK_WATCHED, PostgresWatchedPolling
 from domain.model import WebhookStatus
 from domain.ports import UnitOfWorkFactory
+from domain.usecases.queries import GetConnectionStatus
 from entrypoints.live import LiveHub, mark_watched
 from entrypoints.service.worker import Worker
 from tests.integration.conftest import Pool
@@ -185,6 +186,9 @@ async def test_a_watched_free_users_booking_arrives_at_the_next_pass(
     assert isinstance(due, datetime)
     assert isinstance(synced, datetime)
     assert due - synced == timedelta(minutes=30)
+    # The page is told how fresh the data is: the status carries the last sync.
+    status = await GetConnectionStatus(cast(UnitOfWorkFactory, real.uow))("fred-user")
+    assert status.synced_at == synced
     owner_sql(real, "UPDATE connection_maintenance SET synced_at = synced_at - interval '31 s'")
     fred = await user_id_of(real, "fred@example.com")
     booked = await real.sandbox.book(fred, wait=True)

@@ -51,6 +51,7 @@ def connection(**changes: Any) -> dict[str, Any]:
         "connected_since": iso(now - timedelta(days=3)),
         "updated_at": iso(now - timedelta(hours=1)),
         "maintenance": None,
+        "synced_at": iso(now - timedelta(minutes=5)),
     }
     value.update(changes)
     return value

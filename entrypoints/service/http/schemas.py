@@ -91,6 +91,9 @@ class ConnectionResponse(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime
     # Null unless the worker's last pass on this connection failed.
     maintenance: MaintenanceResponse | None = None
+    # When the worker last synced this connection with Calendly (null: not yet). A free-plan
+    # connection (no webhooks) is only as fresh as this.
+    synced_at: datetime | None = None
 
     @classmethod
     def of(cls, view: ConnectionView) -> ConnectionResponse:
@@ -113,6 +116,7 @@ class ConnectionResponse(msgspec.Struct, frozen=True, kw_only=True):
                 last_error=trouble.last_error,
                 retry_at=trouble.retry_at,
             ),
+            synced_at=view.synced_at,
         )
 
 

@@ -107,6 +107,7 @@ function notices(value) {
         "Meetings will be kept in sync periodically",
         [
           h("p", {}, "Webhooks need a paid Calendly plan, and this account's plan doesn't include them. Your meetings will be kept in sync periodically instead of instantly."),
+          freshness(value),
           h("p", { class: "banner-detail" }, "Upgraded your Calendly plan? Reconnect to switch to instant updates."),
         ],
         reconnectButton("plan-reconnect"),
@@ -151,6 +152,21 @@ function notices(value) {
     );
   }
   return items;
+}
+
+// How fresh a polled (free-plan) connection's meetings are: the service syncs it about every
+// 30 seconds while this page is open (the live stream tells it someone is watching).
+const FRESHNESS_REFRESH_MS = 30_000;
+
+function freshness(value) {
+  const synced = value.synced_at ? parseDate(value.synced_at) : null;
+  return h(
+    "p",
+    { class: "banner-detail", "data-freshness": "" },
+    synced
+      ? `Last synced with Calendly ${formatRelative(synced)}. While this page is open, that happens about every 30 seconds.`
+      : "Waiting for the first sync with Calendly.",
+  );
 }
 
 function detailRow(term, ...description) {
@@ -394,7 +410,14 @@ export function renderCalendar(main) {
   const offFlow = flow.subscribe(render);
   render();
   connection.ensure();
+  // A polled connection: read its last sync again now and then, so "last synced" stays true.
+  const freshnessTimer = setInterval(() => {
+    if (connection.loaded && connection.value?.webhook_status === "unavailable_plan") {
+      connection.load({ quiet: true }).catch(() => {});
+    }
+  }, FRESHNESS_REFRESH_MS);
   return () => {
+    clearInterval(freshnessTimer);
     offConnection();
     offFlow();
     if (dialog.open) {
