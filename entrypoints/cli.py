@@ -9,8 +9,10 @@ status | replay | retry | enable, rotate-keys), the developer's in entrypoints/d
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 COMMANDS = {
     "dev": "run everything locally: embedded Postgres, the sandbox, N service processes",
@@ -123,10 +125,33 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     args = parser.parse_args(argv[:1])
+    # Before anything imports the metrics (the settings do, through the Calendly adapter).
+    problem = metrics_directory_problem(os.environ)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     from entrypoints.settings import process_environment
 
     # The environment is read here, once; each command loads its settings from it.
     return HANDLERS[args.command](argv[1:], process_environment())
+
+
+def metrics_directory_problem(environ: Mapping[str, str]) -> str | None:
+    """prometheus_client opens its files in PROMETHEUS_MULTIPROC_DIR as soon as the metrics are
+    imported, before any command reads its settings: a directory that cannot hold them would
+    end every command in a traceback. Said here, plainly, instead."""
+    value = (environ.get("PROMETHEUS_MULTIPROC_DIR") or "").strip()
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_dir():
+        return (
+            f"PROMETHEUS_MULTIPROC_DIR is {value!r}, which is not a directory: create it, empty, "
+            "before the processes start (a tmpfs in a container), or unset it"
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"PROMETHEUS_MULTIPROC_DIR {value!r} is not writable by this process's user"
+    return None
 
 
 if __name__ == "__main__":

@@ -298,7 +298,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 def process_environment() -> dict[str, str]:
     """This process's environment: the one place the entrypoints read `os.environ` (but for
-    the test-only fault hook of DR-17, which reads its own variable at import).
+    the test-only fault hook of DR-17, which reads its own variable at import, and the command
+    line's check of PROMETHEUS_MULTIPROC_DIR, made before anything imports the metrics).
 
     The command line reads it once and hands it to the command, which loads its settings from
     it; a developer tool passes it on, amended, to the processes it starts.

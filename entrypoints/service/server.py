@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import socket
-from collections.abc import AsyncIterator, Mapping, Sequence
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
@@ -113,6 +115,7 @@ async def serve(
             tracing.shutdown()
         raise
     metrics_dir = settings.metrics.multiproc_dir if settings.metrics.enabled else None
+    server: _Server | None = None
     try:
         app = create_app(
             services,
@@ -131,11 +134,15 @@ async def serve(
             if watcher is not None:
                 watcher.cancel()
     finally:
-        await drain_kept_grants(container)
-        await resolve(container.shutdown_resources())
-        if tracing is not None:  # the last spans go out before the process ends
-            await asyncio.to_thread(tracing.shutdown)
-        log.info("service.stopped")
+        try:
+            await drain_kept_grants(container)
+            await resolve(container.shutdown_resources())
+            if tracing is not None:  # the last spans go out before the process ends
+                await asyncio.to_thread(tracing.shutdown)
+            log.info("service.stopped")
+        finally:
+            if server is not None:
+                server.restore_signals()
 
 
 class _Server(uvicorn.Server):
@@ -146,13 +153,36 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, live_hub: LiveHub) -> None:
         super().__init__(config)
         self._live_hub = live_hub
+        self._previous: dict[int, Any] = {}
+        self._served = False
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """A stop signal ends serving, and is not raised again once serving is over: uvicorn
-        would, and SIGTERM's default action would then end the process before `serve` stores
-        the grants it kept (DR-23) and closes its pool."""
-        super().handle_exit(sig, frame)
-        self._captured_signals.clear()
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM end serving, and stay caught after it, while `serve` finishes its
+        own stop: uvicorn would restore the previous handlers and raise the signal again, so
+        SIGTERM's default action (or a second Ctrl-C) would end the process before it stores
+        the grants it kept (DR-23) and closes its pool. `restore_signals` puts them back."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous.setdefault(sig, signal.signal(sig, self._stop_signal))
+        yield
+
+    def _stop_signal(self, sig: int, frame: FrameType | None) -> None:
+        if not self._served:
+            self.handle_exit(sig, frame)  # a second one while serving: uvicorn's force exit
+        else:  # serving is over: the rest of the stop must not be cut short
+            log.warning("service.stopping", detail="finishing its stop first; wait a moment")
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().serve(sockets)
+        finally:
+            self._served = True
+
+    def restore_signals(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._live_hub.close()

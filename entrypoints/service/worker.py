@@ -72,13 +72,16 @@ class Worker:
         log.info("worker.started", worker=self.owner)
         last_beat = 0.0
         last_prune: float | None = None
+        pruning: asyncio.Task[int] | None = None
         try:
             while not stop.is_set():
                 if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
                     await self._safely(self._queue.heartbeat(self.owner))
                     last_beat = time.monotonic()
-                if last_prune is None or time.monotonic() - last_prune > PRUNE_SECONDS:
-                    await self._safely(self.prune())
+                if (last_prune is None or time.monotonic() - last_prune > PRUNE_SECONDS) and (
+                    pruning is None or pruning.done()
+                ):  # beside the claims, never in their way (a first prune may be long)
+                    pruning = asyncio.create_task(self.prune(), name="worker-prune")
                     last_prune = time.monotonic()
                 free = self._capacity - len(self._running)
                 self._finished.clear()  # a task that ends from here on wakes the pause below
@@ -88,6 +91,9 @@ class Worker:
                 elif free <= 0:  # every slot is busy: wait for one to finish
                     await self._pause(stop, HEARTBEAT_SECONDS)
         finally:
+            if pruning is not None and not pruning.done():  # a batch is short: drop the rest
+                pruning.cancel()
+                await asyncio.gather(pruning, return_exceptions=True)
             if self._running:  # finish what was started: its lease would hold it otherwise
                 _, late = await asyncio.wait(set(self._running), timeout=STOP_GRACE_SECONDS)
                 for task in late:  # its lease runs out and another worker takes it over
@@ -101,12 +107,20 @@ class Worker:
         """The change log's old rows no host webhook needs (DR-35), old recorded deliveries and
         expired OAuth states (DR-41): how many change log rows went."""
         if self._storage is not None:
-            done = await self._storage.prune()
-            if any(done.values()):
-                log.info("worker.storage_pruned", **done)
+            try:
+                done = await self._storage.prune()
+            except Exception as exc:  # the change log's turn still comes
+                log.warning("worker.storage_prune_failed", error=type(exc).__name__)
+            else:
+                if any(done.values()):
+                    log.info("worker.storage_pruned", **done)
         if self._retention is None:
             return 0
-        pruned = await self._retention.prune()
+        try:
+            pruned = await self._retention.prune()
+        except Exception as exc:  # tried again on the next turn
+            log.warning("worker.change_log_prune_failed", error=type(exc).__name__)
+            return 0
         if pruned:
             log.info("worker.change_log_pruned", rows=pruned)
         return pruned

@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
+import pytest
 
 from adapters.postgres.storage_retention import DEDUP_DAYS, PostgresStorageRetention
 from entrypoints.container import Container, resolve
@@ -115,3 +116,20 @@ async def test_the_worker_prunes_on_its_turn(database_url: str) -> None:
     finally:
         await resolve(container.shutdown_resources())
     assert deliveries(database_url) == {"recent": True}
+
+
+def test_the_retention_scope_may_empty_payloads_never_write_one(database_url: str) -> None:
+    delivery(database_url, "kept", 1, user="alice")
+    with runtime_connection(database_url) as conn:
+        with conn.transaction():
+            conn.execute("SELECT set_config('app.scope', 'retention', true)")
+            emptied = conn.execute(
+                "UPDATE calendly_webhook_events SET payload = NULL, raw_payload = NULL"
+            ).rowcount
+        assert emptied == 1
+        forge = "UPDATE calendly_webhook_events SET payload = '{\"forged\": true}'"
+        with conn.transaction():
+            conn.execute("SELECT set_config('app.scope', 'retention', true)")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(forge)
+    assert deliveries(database_url) == {"kept": False}

@@ -223,3 +223,49 @@ async def test_a_connection_the_worker_keeps_failing_on_shows_it_in_its_status(
     assert trouble.last_error == "CalendlyUnavailable: Calendly answered 503"
     assert trouble.retry_at is not None
     assert trouble.retry_at > datetime.now(tz=UTC)
+
+
+class StuckPruning:
+    """A first prune over a huge backlog: it takes as long as the test lets it."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = False
+
+    async def prune(self, max_batches: int = 100) -> dict[str, int]:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return {}
+
+
+async def test_a_long_prune_never_holds_the_claims_back(real: RealCore) -> None:
+    await real.connect("alice", "alice@example.com")
+    owner_sql(real, "UPDATE connection_maintenance SET sync_due = now() - interval '1 hour'")
+    settings = settings_for(real)
+    container = Container(settings=settings)
+    await build_worker(container, settings)  # the worker's own Calendly client settings
+    stuck = StuckPruning()
+    worker = Worker(
+        queue=await resolve(container.maintenance_queue()),
+        maintain=await resolve(container.maintain_connection()),
+        settings=settings,
+        storage=stuck,  # type: ignore[arg-type]
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.wait_for(stuck.started.wait(), 10)
+        for _ in range(100):  # the prune is still running: alice is handled all the same
+            if worker.handled:
+                break
+            await asyncio.sleep(0.1)
+        assert worker.handled == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await resolve(container.shutdown_resources())
+    assert stuck.cancelled  # and a stop does not wait for it

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from adapters.crypto import DecryptionFailed
@@ -86,3 +87,24 @@ def test_ci_runs_only_the_readmes_commands_and_make_test_installs_what_its_tests
         assert f"$(call apt_need,{tool},{package})" in test_target
     js_target = makefile.split("\ntest-js:", 1)[1].split("\n\n", 1)[0]
     assert "$(call apt_need,node,nodejs)" in js_target
+
+
+def test_a_metrics_directory_that_cannot_be_used_is_said_plainly_by_every_command(
+    tmp_path: Path,
+) -> None:
+    """prometheus_client opens its files there as soon as the metrics are imported, before any
+    command reads its settings: without the command line's own check, a traceback."""
+    missing = tmp_path / "no-such-dir"
+    for command in ("migrate", "doctor", "worker"):
+        result = subprocess.run(
+            [sys.executable, "-m", "entrypoints.cli", command],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": str(missing)},
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"PROMETHEUS_MULTIPROC_DIR is '{missing}', which is not a directory" in result.stderr

@@ -174,6 +174,24 @@ async def test_a_webhook_span_holds_no_token_and_no_body(traced: Traced, traced_
         assert leak not in text
 
 
+async def test_a_webhook_never_continues_a_trace_sent_with_it(
+    traced: Traced, traced_api: Api
+) -> None:
+    """Calendly's deliveries come from the internet: a `traceparent` there is anyone's."""
+    answered = await traced_api.client.post(
+        "/webhooks/calendly",
+        content=b"{}",
+        headers={
+            "Content-Type": "application/json",
+            "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01",
+        },
+    )
+    assert answered.status_code == 401
+    (span,) = server_spans(traced)
+    assert span.parent is None
+    assert format(span.context.trace_id, "032x") != TRACE_ID
+
+
 async def test_an_unknown_path_is_a_span_without_a_route(traced: Traced, traced_api: Api) -> None:
     answered = await traced_api.client.get("/no/such/path/secret-segment")
     assert answered.status_code == 404

@@ -154,8 +154,8 @@ function notices(value) {
   return items;
 }
 
-// How fresh a polled (free-plan) connection's meetings are: the service syncs it about every
-// 30 seconds while this page is open (the live stream tells it someone is watching).
+// How fresh a polled (free-plan) connection's meetings are: the service syncs it more often
+// while this page is open (WATCHED_POLL_SECONDS; the live stream tells it someone watches).
 const FRESHNESS_REFRESH_MS = 30_000;
 
 function freshness(value) {
@@ -164,7 +164,7 @@ function freshness(value) {
     "p",
     { class: "banner-detail", "data-freshness": "" },
     synced
-      ? `Last synced with Calendly ${formatRelative(synced)}. While this page is open, that happens about every 30 seconds.`
+      ? `Last synced with Calendly ${formatRelative(synced)}. While this page is open, it is synced more often.`
       : "Waiting for the first sync with Calendly.",
   );
 }
