@@ -98,7 +98,9 @@ async def live_updates(
     watched = PostgresWatchedPolling(pool, timedelta(seconds=settings.worker.watched_poll_seconds))
     listening.connected = listener.connected.is_set
     await listener.start()
-    marker = asyncio.create_task(mark_watched(hub, watched.mark), name="live-watched-polling")
+    marker = asyncio.create_task(
+        mark_watched(hub, watched.mark, check=watched.check_opened), name="live-watched-polling"
+    )
     try:
         yield hub
     finally:

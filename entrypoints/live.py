@@ -29,6 +29,8 @@ class LiveHub:
         # as their streams last read it; and those among them not yet marked (DR-42).
         self._polled: set[str] = set()
         self._newly_polled: set[str] = set()
+        # Users whose page just read an active connection: its grant is checked soon (issue 15).
+        self._opened: set[str] = set()
         self.watching_changed = asyncio.Event()
 
     def subscribe(self, user_id: str) -> asyncio.Queue[str]:
@@ -44,6 +46,18 @@ class LiveHub:
                 del self._streams[user_id]
                 self._polled.discard(user_id)
                 self._newly_polled.discard(user_id)
+
+    def opened(self, user_id: str) -> None:
+        """A stream of `user_id` read an active connection: have its grant checked soon, so a
+        revoked one shows as `needs_reauth` while the user looks (rate limited per user by the
+        statement itself)."""
+        if user_id in self._streams:
+            self._opened.add(user_id)
+            self.watching_changed.set()
+
+    def take_opened(self) -> set[str]:
+        opened, self._opened = self._opened, set()
+        return opened
 
     def polled(self, user_id: str, polled: bool) -> None:
         """A stream of `user_id` read the connection: whether the worker polls it (free plan).
@@ -111,6 +125,7 @@ async def mark_watched(
     hub: LiveHub,
     mark: Mark,
     *,
+    check: Mark | None = None,
     every: float = WATCHED_MARK_SECONDS,
     settle: float = WATCHED_SETTLE_SECONDS,
 ) -> None:
@@ -126,6 +141,12 @@ async def mark_watched(
             await asyncio.wait_for(
                 hub.watching_changed.wait(), max(next_tick - time.monotonic(), 0.0)
             )
+        opened = hub.take_opened()
+        if opened and check is not None:
+            try:
+                await check(opened)
+            except Exception as exc:  # the next page opening asks again
+                log.warning("live.grants_not_checked", users=len(opened), error=type(exc).__name__)
         users = hub.take_newly_polled()
         if time.monotonic() >= next_tick:
             users = hub.polled_users()

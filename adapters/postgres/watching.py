@@ -36,6 +36,19 @@ WHERE c.user_id = ANY(%(users)s) AND c.provider = 'calendly'
 """
 
 
+# A page opened on an active connection: its grant is checked at the worker's next claim (its
+# subscription check calls Calendly with the token; a revoked grant turns `needs_reauth`), unless
+# the worker handled the connection in the last `recent` (every call it makes would have found
+# a revoked grant already): at most one check per user per `recent`, whatever the page does.
+CHECK_OPENED: Final = """
+UPDATE connection_maintenance
+SET subscription_due = now()
+WHERE user_id = ANY(%(users)s) AND subscription_due > now()
+  AND coalesce(last_run_at, '-infinity') < now() - %(recent)s
+"""
+GRANT_CHECK_INTERVAL: Final = timedelta(minutes=10)
+
+
 class PostgresWatchedPolling:
     """Makes the watched users' free-plan connections due within `every` of their last sync."""
 
@@ -54,6 +67,22 @@ class PostgresWatchedPolling:
                     cursor = await conn.execute(
                         MARK_WATCHED, {"users": list(user_ids), "every": self._every}
                     )
+                return int(cursor.rowcount)
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
+
+    async def check_opened(
+        self, user_ids: Collection[str], recent: timedelta = GRANT_CHECK_INTERVAL
+    ) -> int:
+        """One statement: the connections of `user_ids` checked at the worker's next claim,
+        but for those it handled within `recent`; how many."""
+        if not user_ids:
+            return 0
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(
+                    CHECK_OPENED, {"users": list(user_ids), "recent": recent}
+                )
                 return int(cursor.rowcount)
         except UNAVAILABLE as exc:
             raise StorageUnavailable("the database is unavailable") from exc

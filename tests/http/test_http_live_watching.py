@@ -137,3 +137,17 @@ async def test_a_user_without_a_connection_is_not_polled(watched: tuple[Api, Liv
     assert hub.polled_users() == frozenset()
     assert hub.open_streams == 1
     await stream.close()
+
+
+async def test_opening_the_page_on_an_active_connection_asks_for_a_grant_check(
+    watched: tuple[Api, LiveHub],
+) -> None:
+    api, hub = watched
+    await connect(api, "ada", paid=True)
+    await connect(api, "fred", paid=False)
+    streams = [Stream(api.client.app, user) for user in ("ada", "fred", "nobody")]
+    for stream in streams:
+        await stream.connected()
+    assert hub.take_opened() == {"ada", "fred"}  # paid or not; no connection, nothing to check
+    for stream in streams:
+        await stream.close()

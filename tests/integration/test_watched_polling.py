@@ -197,3 +197,29 @@ async def test_a_watched_free_users_booking_arrives_at_the_next_pass(
     assert await worker.run_once() == 1
     events = owner_sql(real, "SELECT event_uri FROM meetings")
     assert events == [(booked["event"]["uri"],)]
+
+
+async def test_a_revoked_grant_shows_needs_reauth_after_the_page_opens(
+    real: RealCore, workers: tuple[Worker, Worker], pool: Pool
+) -> None:
+    """Issue 15's promise: the user removed the app in Calendly while nothing was due; opening
+    the page asks for a grant check at the worker's next claim, which finds it revoked."""
+    await real.connect("paula", "paula@example.com")
+    worker, _ = workers
+    while await worker.run_once():  # whatever the connect left due
+        pass
+    owner_sql(real, "UPDATE connection_maintenance SET last_run_at = now() - interval '1 hour'")
+    paula = await user_id_of(real, "paula@example.com")
+    await real.sandbox.control("POST", f"/_sandbox/users/{paula}/revoke_app", expect=200)
+    assert await worker.run_once() == 0  # nothing is due: unnoticed
+    polling = PostgresWatchedPolling(pool, WATCHED)
+
+    assert await polling.check_opened(["paula"]) == 1
+    assert await polling.check_opened(["paula"]) == 0  # already due: one check
+    assert await worker.run_once() == 1
+
+    status = await GetConnectionStatus(cast(UnitOfWorkFactory, real.uow))("paula")
+    assert status.status.value == "needs_reauth"
+    # The worker handled it just now: another page opening asks for nothing more for a while.
+    owner_sql(real, "UPDATE connection_maintenance SET subscription_due = now() + interval '1 day'")
+    assert await polling.check_opened(["paula"]) == 0

@@ -67,3 +67,17 @@ async def test_a_failed_mark_is_tried_again_at_the_next_tick() -> None:
     marker.cancel()
     await asyncio.gather(marker, return_exceptions=True)
     assert len(calls) >= 2
+
+
+async def test_pages_opened_together_have_their_grants_checked_in_one_call() -> None:
+    hub, marks, checks = LiveHub(), Marks(), Marks()
+    marker = asyncio.create_task(mark_watched(hub, marks, check=checks, every=3600, settle=0.01))
+    for user in ("ann", "ben"):
+        hub.subscribe(user)
+        hub.opened(user)
+    hub.opened("nobody-streaming")  # a stream already gone: nothing to check
+    await asyncio.sleep(0.05)
+    assert checks.calls == [{"ann", "ben"}]
+    assert marks.calls == []  # paid users: no polling asked
+    marker.cancel()
+    await asyncio.gather(marker, return_exceptions=True)

@@ -45,6 +45,8 @@ async def _connection(services: Services, user_id: str) -> ServerSentEventMessag
             view.status is ConnectionStatus.ACTIVE
             and view.webhook_status is WebhookStatus.UNAVAILABLE_PLAN
         )
+        if view.status is ConnectionStatus.ACTIVE:  # a revoked grant shows while they look
+            services.live_hub.opened(user_id)
     except ConnectionNotFound:
         body = {"connection": None}
     services.live_hub.polled(user_id, polled)
