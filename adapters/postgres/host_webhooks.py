@@ -19,7 +19,7 @@ import psycopg_pool
 from domain.changes import Change
 from domain.errors import StorageUnavailable
 
-from .changes import CHANGE_COLUMNS, ChangeRow, with_snapshots
+from .changes import ChangeRow, with_snapshots
 from .directory import HOST_SCOPE, READ_ONLY
 from .unit_of_work import UNAVAILABLE
 
@@ -100,12 +100,6 @@ CROSS JOIN LATERAL (
 ) c
 ORDER BY c.user_id, c.user_seq
 """
-PENDING: Final = (
-    CHANGE_COLUMNS
-    + """WHERE user_id = %(user_id)s AND user_seq > %(after)s AND user_seq <= %(up_to)s
-ORDER BY user_seq LIMIT %(limit)s
-"""
-)
 ADVANCE: Final = """
 UPDATE host_webhook_streams
 SET sent_seq = greatest(sent_seq, %(seq)s), attempts = 0, failing_since = NULL, last_error = NULL,
@@ -135,10 +129,6 @@ RETURNING s.endpoint, s.user_id
 SUCCEEDED: Final = """
 UPDATE host_webhook_endpoints SET last_success_at = now(), last_error = NULL
 WHERE name = %(endpoint)s
-"""
-RELEASE: Final = """
-UPDATE host_webhook_streams SET lease_owner = NULL, lease_until = NULL
-WHERE endpoint = %(endpoint)s AND user_id = %(user_id)s AND lease_owner = %(owner)s
 """
 # 5 s * 3^n, capped, jittered over the upper half (DR-22); never sooner than Retry-After. A
 # stream failing for longer than `park_after` is parked: kept, never skipped, until `retry`.
@@ -427,19 +417,20 @@ class PostgresHostWebhooks:
         raise AssertionError("unreachable")
 
     async def pending(self, stream: ClaimedStream, limit: int = 100) -> list[Change]:
-        """The stream's undelivered changes in user_seq order, each with its subject now."""
+        """The stream's undelivered changes in user_seq order, each with its subject now (the
+        page `claim_with_pending` reads, for one stream)."""
         params = {
-            "user_id": stream.user_id,
-            "after": stream.sent_seq,
-            "up_to": stream.head_seq,
-            "limit": limit,
+            "users": [stream.user_id],
+            "afters": [stream.sent_seq],
+            "heads": [stream.head_seq],
+            "page": limit,
         }
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 async with conn.pipeline():
                     await conn.execute(READ_ONLY)
                     await conn.execute(HOST_SCOPE)
-                    cursor = await conn.execute(PENDING, params)
+                    cursor = await conn.execute(PAGES, params)
                 rows = [msgspec.convert(r, ChangeRow) for r in await cursor.fetchall()]
                 return await with_snapshots(conn, rows)
         except UNAVAILABLE as exc:
@@ -459,9 +450,6 @@ class PostgresHostWebhooks:
 
     async def succeeded(self, endpoint: str) -> None:
         await self._run(SUCCEEDED, {"endpoint": endpoint})
-
-    async def release(self, stream: ClaimedStream, owner: str) -> None:
-        await self._run(RELEASE, self._ours(stream, owner))
 
     async def back_off(
         self,

@@ -22,6 +22,7 @@ from tests.support.http_app import (
     JSON,
     Api,
     Readiness,
+    live_scope,
     make_config,
     make_token,
     services_of,
@@ -55,20 +56,7 @@ class Stream:
             if message["type"] == "http.response.body":
                 self.body.extend(message.get("body", b""))
 
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "https",
-            "path": "/api/live",
-            "raw_path": b"/api/live",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"host", b"api.example"), (b"authorization", f"Bearer {token}".encode())],
-            "client": ("127.0.0.1", 50000),
-            "server": ("api.example", 443),
-        }
+        scope = live_scope(token)
         await app(scope, receive, send)  # type: ignore[arg-type]
 
     async def connected(self) -> None:

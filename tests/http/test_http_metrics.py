@@ -22,6 +22,7 @@ from tests.support.http_app import (
     Api,
     Readiness,
     booking,
+    live_scope,
     make_config,
     make_token,
     services_of,
@@ -206,20 +207,7 @@ async def live_stream(app: Litestar, token: str) -> bytes:
             if b"event: expired" in body or not message.get("more_body", False):
                 ended.set()
 
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "https",
-        "path": "/api/live",
-        "raw_path": b"/api/live",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"api.example"), (b"authorization", f"Bearer {token}".encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("api.example", 443),
-    }
+    scope = live_scope(token)
     await app(scope, receive, send)  # type: ignore[arg-type]
     return bytes(body)
 

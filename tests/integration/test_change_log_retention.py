@@ -224,7 +224,7 @@ async def test_a_user_pruned_away_goes_on_from_their_last_number_and_is_still_se
     assert await store.fan_out("crm") == 2
     [claimed] = await store.claim("crm", "w1", limit=10)
     assert await store.advance(claimed, "w1", 2)
-    await store.release(claimed, "w1")
+    assert await store.settle("w1", [(claimed, 2)]) == {("crm", "quiet")}
     age(database_url, "quiet", [1, 2])
     assert await prune_until(PostgresChangeLogRetention(pool, days=14), 2) == 2
     assert log(database_url) == []

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.support.cli import run_cli
 from tests.support.real_core import RealCore
+from tests.support.receiver import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
@@ -37,17 +38,8 @@ async def received() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
         payloads.append(Webhook(SECRET).verify(await request.read(), dict(request.headers)))
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = cast(Any, site._server).sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/hook", payloads
-    finally:
-        await runner.cleanup()
+    async with serving(handle) as url:
+        yield url, payloads
 
 
 async def test_the_dispatcher_process_delivers_and_the_operator_steers_it(

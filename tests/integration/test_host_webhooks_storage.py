@@ -171,7 +171,7 @@ async def test_claims_respect_leases_back_off_and_disabled_endpoints(
     assert backed.attempts == 1
     assert not backed.parked
     assert backed.next_attempt_at > datetime.now(UTC) + timedelta(seconds=4)
-    await store.release(first[0], "w1")
+    assert await store.settle("w1", [(first[0], 1)]) == {("crm", first[0].user_id)}
     assert await store.claim("crm", "w3", limit=5) == []  # one done, one backing off
 
     await store.retry("crm")
