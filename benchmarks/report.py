@@ -18,6 +18,7 @@ TARGET_GROWTH_RATIO = 1.2
 TARGET_RSS_MB = 150.0
 TARGET_HOST_WEBHOOK_P99_MS = 1000.0
 TARGET_HOST_WEBHOOK_INGEST_RATIO = 0.9  # ingest with the endpoint >= 90 % of without
+TARGET_CLAIM_P99_RATIO = 1.2  # a claim at 1M connections within 1.2x of one at 1k
 
 
 def _ms(value: float | None) -> str:
@@ -64,6 +65,9 @@ def targets(results: dict[str, Any]) -> dict[str, bool]:
         met["host_webhook_p99"] = (hooks["p99_ms"] or 1e9) <= TARGET_HOST_WEBHOOK_P99_MS
         if hooks.get("ingest_ratio") is not None:
             met["host_webhook_ingest"] = hooks["ingest_ratio"] >= TARGET_HOST_WEBHOOK_INGEST_RATIO
+    worker = results.get("worker")
+    if worker and "claim_p99_ratio" in worker:
+        met["worker_claim"] = worker["claim_p99_ratio"] <= TARGET_CLAIM_P99_RATIO
     return met
 
 
@@ -213,6 +217,22 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     v("host_webhook_ingest"),
                 )
             )
+    worker = results.get("worker")
+    if worker and "claim_p99_ratio" in worker:
+        sizes = worker["sizes"]
+        small, large = sorted(sizes, key=int)[0], sorted(sizes, key=int)[-1]
+        out.append(
+            (
+                f"7. worker claim at {int(large):,} connections (database time, "
+                f"{worker['limit']} rows)",
+                f"p99 {sizes[large]['new']['p99_ms']:.2f} ms "
+                f"({worker['claim_p99_ratio']:.2f}x of {int(small):,})",
+                f"the claim before migration 0014: p99 {sizes[large]['old']['p99_ms']:.1f} ms "
+                f"({worker['old_claim_p99_ratio']:.0f}x of {int(small):,})",
+                "≤ 1.2x",
+                v("worker_claim"),
+            )
+        )
     return out
 
 

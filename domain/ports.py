@@ -438,7 +438,8 @@ class MaintenanceDue(msgspec.Struct, frozen=True, kw_only=True):
 
     connection_id: str
     user_id: str
-    refresh_due: datetime | None
+    # When Calendly's acceptance of the grant is to be proved again (DR-45).
+    grant_due: datetime
     subscription_due: datetime
     sync_due: datetime
     synced_at: datetime | None
@@ -450,7 +451,10 @@ class MaintenanceResult(msgspec.Struct, frozen=True, kw_only=True):
 
     subscription_due: datetime | None = None
     sync_due: datetime | None = None
+    grant_due: datetime | None = None
     synced_at: datetime | None = None
+    # Whether the connection's webhooks work (an outage's follow-up sweep checks only these).
+    webhooks: bool | None = None
     error: str | None = None
     # Not to be claimed again before this (a back-off after an error); None: as soon as due.
     retry_at: datetime | None = None
@@ -463,9 +467,10 @@ class MaintenanceQueue(Protocol):
     """Per-connection maintenance, claimed under leases that expire (across processes)."""
 
     async def claim(
-        self, *, owner: str, limit: int, lease_seconds: float, refresh_margin_seconds: float
+        self, *, owner: str, limit: int, lease_seconds: float, now: datetime
     ) -> list[MaintenanceDue]:
-        """Lease up to `limit` connections with due work; none is leased to two owners."""
+        """Lease up to `limit` connections with work due by `now`, soonest first; none is
+        leased to two owners."""
         ...
 
     async def complete(self, due: MaintenanceDue, owner: str, result: MaintenanceResult) -> None:

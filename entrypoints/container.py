@@ -30,6 +30,7 @@ from adapters.postgres.roles import check_runtime_role
 from adapters.postgres.storage_retention import PostgresStorageRetention
 from adapters.postgres.unit_of_work import unit_of_work_factory
 from adapters.postgres.watching import PostgresWatchedPolling
+from adapters.postgres.webhook_health import PostgresWebhookHealth
 from adapters.prometheus import MetricsExporter
 from adapters.system import SecretsRandomness, SystemClock
 from domain.errors import StorageUnavailable
@@ -56,6 +57,7 @@ from domain.usecases.sync_meetings import SyncMeetings
 from entrypoints.live import LiveHub, mark_watched
 from entrypoints.services import NotReady, Services
 from entrypoints.settings import Settings
+from entrypoints.webhook_health import WebhookFailures, beat_webhook_health
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
 log = structlog.get_logger(__name__)
@@ -138,13 +140,28 @@ async def readiness(
     return tuple(problems)
 
 
+async def webhook_health_beats(pool: Pool, clock: Clock) -> AsyncIterator[WebhookFailures]:
+    """This serving process's record of the webhook endpoint's health (DR-45): the failures
+    the route reports, beaten into the database every few seconds by a task of its own."""
+    failures = WebhookFailures()
+    beats = asyncio.create_task(
+        beat_webhook_health(PostgresWebhookHealth(pool).beat, failures, clock.now),
+        name="webhook-health",
+    )
+    try:
+        yield failures
+    finally:
+        beats.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beats
+
+
 def metrics_exporter(settings: Settings, pool: Pool) -> MetricsExporter | None:
     """`/metrics` (METRICS_ENABLED): the processes' sums and the database's readings."""
     metrics = settings.metrics
     if not metrics.enabled:
         return None
-    margin = timedelta(seconds=settings.calendly.refresh_margin_seconds)
-    return MetricsExporter(PostgresReadings(pool, margin), metrics.multiproc_dir)
+    return MetricsExporter(PostgresReadings(pool), metrics.multiproc_dir)
 
 
 # How often a service process writes when its API keys were last used (DR-30).
@@ -212,6 +229,8 @@ class Container(containers.DeclarativeContainer):
     session = providers.Resource(http_session)
     listening = providers.Singleton(Listening)
     live = providers.Resource(live_updates, settings=settings, listening=listening, pool=pool)
+    webhook_failures = providers.Resource(webhook_health_beats, pool=pool, clock=clock)
+    webhook_health = providers.Singleton(PostgresWebhookHealth, pool=pool)
 
     calendly = providers.Singleton(
         AiohttpCalendlyApi,
@@ -304,6 +323,12 @@ class Container(containers.DeclarativeContainer):
             sync_without_webhooks=providers.Factory(
                 timedelta, seconds=settings.provided.worker.plan_poll_seconds
             ),
+            grant_check=providers.Factory(
+                timedelta, seconds=settings.provided.worker.grant_check_seconds
+            ),
+            plan_recheck=providers.Factory(
+                timedelta, seconds=settings.provided.worker.plan_recheck_seconds
+            ),
             retry_base=providers.Factory(
                 timedelta, seconds=settings.provided.worker.retry_base_seconds
             ),
@@ -351,6 +376,7 @@ class Container(containers.DeclarativeContainer):
         read_changes=providers.Singleton(ReadChanges, feed=change_feed),
         erase_user=erase_user,
         live_hub=live,
+        webhook_failures=webhook_failures,
         readiness=providers.Callable(
             partial, readiness, pool, listening, providers.Callable(discover)
         ),

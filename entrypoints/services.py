@@ -22,6 +22,7 @@ from domain.usecases.queries import (
 from domain.usecases.reconnect import Reconnect
 from domain.usecases.start_connect import StartConnect
 from entrypoints.live import LiveHub
+from entrypoints.webhook_health import WebhookFailures
 
 
 class NotReady(NamedTuple):
@@ -54,3 +55,5 @@ class Services:
     readiness: Callable[[], Awaitable[Sequence[NotReady]]]
     # `/metrics` (DR-39); None unless METRICS_ENABLED.
     metrics: MetricsExporter | None = None
+    # Where the webhook route reports a 5xx it answered (the health record's beats, DR-45).
+    webhook_failures: WebhookFailures | None = None

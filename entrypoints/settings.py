@@ -74,6 +74,8 @@ VARIABLES: Final = (
     "SYNC_INTERVAL_SECONDS",
     "PLAN_POLL_SECONDS",
     "WATCHED_POLL_SECONDS",
+    "GRANT_CHECK_SECONDS",
+    "PLAN_RECHECK_SECONDS",
     "SUBSCRIPTION_CHECK_SECONDS",
     "CHANGE_LOG_RETENTION_DAYS",
     "WEBHOOK_PAYLOAD_RETENTION_DAYS",
@@ -188,12 +190,18 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
     # The back-off after a failed maintenance: from this, doubling, up to the maximum.
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 1800.0
-    sync_interval_seconds: int = 21_600
+    # Each costs Calendly calls, so each recurs only as often as it buys something (DR-45): a
+    # reconciliation where webhooks work (a safety net: outages and repairs ask for one at
+    # once), a subscription read (likewise), and the daily proof that the grant still holds.
+    sync_interval_seconds: int = 604_800
     # Free-plan connections (no webhooks) are polled this often, and this often while their
     # user has a live stream open (DR-42).
     plan_poll_seconds: int = 1_800
     watched_poll_seconds: int = 30
-    subscription_check_seconds: int = 1_800
+    subscription_check_seconds: int = 604_800
+    grant_check_seconds: int = 86_400
+    # A free plan is asked again for webhooks this often (and whenever its user opens the page).
+    plan_recheck_seconds: int = 86_400
     # The change log keeps this many days (the worker prunes older rows no host webhook needs).
     change_log_retention_days: int = 14
     # Recorded webhook deliveries (payloads) keep this many days (DR-41).
@@ -625,7 +633,7 @@ def _read_worker(env: _Environment) -> WorkerSettings:
         retry_base_seconds=retry_base / 1000,
         retry_max_seconds=float(retry_max),
         sync_interval_seconds=env.integer(
-            "SYNC_INTERVAL_SECONDS", _default(defaults, "sync_interval_seconds"), 60, 7 * 86_400
+            "SYNC_INTERVAL_SECONDS", _default(defaults, "sync_interval_seconds"), 60, 30 * 86_400
         ),
         plan_poll_seconds=env.integer(
             "PLAN_POLL_SECONDS", _default(defaults, "plan_poll_seconds"), 10, 86_400
@@ -637,7 +645,13 @@ def _read_worker(env: _Environment) -> WorkerSettings:
             "SUBSCRIPTION_CHECK_SECONDS",
             _default(defaults, "subscription_check_seconds"),
             10,
-            86_400,
+            30 * 86_400,
+        ),
+        grant_check_seconds=env.integer(
+            "GRANT_CHECK_SECONDS", _default(defaults, "grant_check_seconds"), 60, 7 * 86_400
+        ),
+        plan_recheck_seconds=env.integer(
+            "PLAN_RECHECK_SECONDS", _default(defaults, "plan_recheck_seconds"), 60, 30 * 86_400
         ),
         change_log_retention_days=env.integer(
             "CHANGE_LOG_RETENTION_DAYS", _default(defaults, "change_log_retention_days"), 1, 365

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -12,25 +12,32 @@ from domain.ports import MaintenanceDue, MaintenanceQueue, MaintenanceResult
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
 
+# One index (connection_maintenance_due_at, migrations/0014) answers it: `due_at` already holds
+# the back-off and the lease, so what is due is a range of that index, read in order until
+# `limit` unlocked rows are found. The same few pages at a thousand connections or a million.
 CLAIM = """
 WITH due AS (
     SELECT connection_id FROM connection_maintenance
-    WHERE (lease_until IS NULL OR lease_until < now())
-      AND (retry_at IS NULL OR retry_at <= now())
-      AND (refresh_due - %(margin)s <= now() OR subscription_due <= now() OR sync_due <= now())
-    ORDER BY least(refresh_due - %(margin)s, subscription_due, sync_due)
+    WHERE due_at <= %(now)s
+    ORDER BY due_at
     FOR UPDATE SKIP LOCKED
     LIMIT %(limit)s
 )
 UPDATE connection_maintenance m
-SET lease_owner = %(owner)s, lease_until = now() + %(lease)s, last_run_at = now()
+SET lease_owner = %(owner)s, lease_until = %(now)s + %(lease)s, last_run_at = %(now)s
 FROM due WHERE m.connection_id = due.connection_id
-RETURNING m.connection_id::text AS connection_id, m.user_id, m.refresh_due,
+RETURNING m.connection_id::text AS connection_id, m.user_id, m.grant_due,
           m.subscription_due, m.sync_due, m.synced_at, m.failures
 """
 COMPLETE = """
 UPDATE connection_maintenance SET
-    subscription_due = coalesce(%(subscription_due)s, subscription_due),
+    -- A check asked for while we worked (an outage's sweep, a page opened) is kept if sooner.
+    subscription_due = CASE WHEN %(subscription_due)s::timestamptz IS NULL THEN subscription_due
+                            WHEN subscription_due <> %(claimed_subscription_due)s
+                                THEN least(subscription_due, %(subscription_due)s::timestamptz)
+                            ELSE %(subscription_due)s::timestamptz END,
+    grant_due = coalesce(%(grant_due)s, grant_due),
+    webhooks = coalesce(%(webhooks)s, webhooks),
     -- If someone asked for a sync while we worked (a repair, a reconnect) after our own sync
     -- had started, the sooner of the two wins; a request our sync already covered does not.
     sync_due = CASE WHEN %(sync_due)s::timestamptz IS NULL THEN sync_due
@@ -60,7 +67,7 @@ class PostgresMaintenanceQueue(MaintenanceQueue):
         self._pool = pool
 
     async def claim(
-        self, *, owner: str, limit: int, lease_seconds: float, refresh_margin_seconds: float
+        self, *, owner: str, limit: int, lease_seconds: float, now: datetime
     ) -> list[MaintenanceDue]:
         async with self._pool.connection() as conn:
             cursor = await conn.execute(
@@ -69,7 +76,7 @@ class PostgresMaintenanceQueue(MaintenanceQueue):
                     "owner": owner,
                     "limit": limit,
                     "lease": timedelta(seconds=lease_seconds),
-                    "margin": timedelta(seconds=refresh_margin_seconds),
+                    "now": now,
                 },
             )
             rows = await cursor.fetchall()
@@ -83,6 +90,9 @@ class PostgresMaintenanceQueue(MaintenanceQueue):
                     "connection_id": due.connection_id,
                     "owner": owner,
                     "subscription_due": result.subscription_due,
+                    "claimed_subscription_due": due.subscription_due,
+                    "grant_due": result.grant_due,
+                    "webhooks": result.webhooks,
                     "sync_due": result.sync_due,
                     "claimed_sync_due": due.sync_due,
                     "synced_at": result.synced_at,

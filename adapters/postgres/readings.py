@@ -8,7 +8,6 @@ the exporter reuses the answer for a few seconds (DR-39).
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any, Final
 
 import psycopg_pool
@@ -29,24 +28,19 @@ HOST_WEBHOOK_BACKLOG: Final = """
 SELECT endpoint, sum(head_seq - sent_seq)::bigint AS n FROM host_webhook_streams
 WHERE sent_seq < head_seq GROUP BY endpoint
 """
-# The claim's own notion of "due" (adapters/postgres/maintenance.py): no live lease, no
-# back-off ahead, one of its due times passed (the refresh `margin` early).
+# The claim's own notion of "due" (adapters/postgres/maintenance.py): `due_at` passed (it
+# already waits for back-offs and leases); read on the claim's index.
 WORKER_LAG: Final = """
-SELECT coalesce(extract(epoch FROM now() - min(
-           least(refresh_due - %(margin)s, subscription_due, sync_due))), 0)::float8 AS seconds
-FROM connection_maintenance
-WHERE (lease_until IS NULL OR lease_until < now())
-  AND (retry_at IS NULL OR retry_at <= now())
-  AND (refresh_due - %(margin)s <= now() OR subscription_due <= now() OR sync_due <= now())
+SELECT coalesce(extract(epoch FROM now() - min(due_at)), 0)::float8 AS seconds
+FROM connection_maintenance WHERE due_at <= now()
 """
 
 
 class PostgresReadings:
     """Its own short READ ONLY transaction, with the host scope and no tenant."""
 
-    def __init__(self, pool: Pool, refresh_margin: timedelta) -> None:
+    def __init__(self, pool: Pool) -> None:
         self._pool = pool
-        self._margin = refresh_margin
 
     async def __call__(self) -> DatabaseReadings:
         try:
@@ -56,7 +50,7 @@ class PostgresReadings:
                     await conn.execute(HOST_SCOPE)
                     by_status = await conn.execute(CONNECTIONS_BY_STATUS)
                     backlog = await conn.execute(HOST_WEBHOOK_BACKLOG)
-                    lag = await conn.execute(WORKER_LAG, {"margin": self._margin})
+                    lag = await conn.execute(WORKER_LAG)
                 statuses = await by_status.fetchall()
                 endpoints = await backlog.fetchall()
                 lag_row = await lag.fetchone()

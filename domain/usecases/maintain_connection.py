@@ -21,14 +21,25 @@ from domain.usecases.sync_meetings import SyncMeetings
 
 
 class MaintenanceSchedule(msgspec.Struct, frozen=True, kw_only=True):
-    """How often each kind of work recurs."""
+    """How often each kind of work recurs when nothing asks for it sooner (DR-45).
 
-    # Reading the subscription of a connection whose webhooks work.
-    subscription_check: timedelta = timedelta(minutes=30)
+    Each costs Calendly calls, so each recurs only as often as it buys something: an idle
+    paid-plan connection costs about 1.3 calls a day (a grant check a day, and once a week a
+    subscription read and a reconciliation). Sooner when there is a reason: a page opened (the
+    grant, DR-43), an outage of our webhook endpoint (subscription and reconciliation), a
+    repaired or changed subscription (reconciliation), a user watching a free-plan connection
+    (polling, DR-42).
+    """
+
+    # Proving that Calendly still honours the grant (a revoked one shows within this).
+    grant_check: timedelta = timedelta(days=1)
+    # Reading the subscription of a connection whose webhooks work. Calendly disables one only
+    # after a day of failed deliveries to us, and our own outages trigger a check at once.
+    subscription_check: timedelta = timedelta(days=7)
     # Trying again to subscribe where the plan allowed none (it may have been upgraded).
-    plan_recheck: timedelta = timedelta(minutes=10)
+    plan_recheck: timedelta = timedelta(days=1)
     # Reconciliation when webhooks work (a safety net), and polling when they cannot.
-    sync_with_webhooks: timedelta = timedelta(hours=6)
+    sync_with_webhooks: timedelta = timedelta(days=7)
     # (Polling is sooner while the user watches: the service asks for it, DR-42.)
     sync_without_webhooks: timedelta = timedelta(minutes=30)
     # A connection that needs its user to authorize again is left alone this long.
@@ -36,6 +47,13 @@ class MaintenanceSchedule(msgspec.Struct, frozen=True, kw_only=True):
     # After a failure: 5 s doubling to 30 min (8 failures in a row reach about 10 min).
     retry_base: timedelta = timedelta(seconds=5)
     retry_max: timedelta = timedelta(minutes=30)
+    # Recurring work comes back after its interval less up to this share of it, drawn at
+    # random: connections made together (a bulk import, an outage's sweep) drift apart.
+    spread: float = 0.1
+
+    def next(self, now: datetime, every: timedelta) -> datetime:
+        """When work that recurs `every` is due again after `now` (spread, never later)."""
+        return now + every * (1.0 - self.spread * random.random())
 
     def backoff(self, failures: int) -> timedelta:
         """How long to leave a connection alone after its `failures + 1`-th failure in a row.
@@ -51,10 +69,11 @@ class MaintenanceSchedule(msgspec.Struct, frozen=True, kw_only=True):
 class MaintainConnection:
     """Does what is due for one connection and says when each kind is due next.
 
-    A token expiring within the margin is refreshed (serialised with every other refresh of
-    the connection). A disabled or missing subscription is recreated, create first, and the gap
-    is reconciled at once. Free-plan connections are polled; when a subscription becomes
-    possible the polling slows down by itself.
+    Nothing is refreshed ahead of time: a call that needs a fresh token refreshes it
+    (serialised with every other refresh of the connection). A disabled or missing subscription
+    is recreated, create first, and the gap is reconciled at once. Free-plan connections are
+    polled; when a subscription becomes possible the polling slows down by itself. When nothing
+    else called Calendly, a due grant check makes the one call that proves the grant.
     """
 
     def __init__(
@@ -84,13 +103,19 @@ class MaintainConnection:
             connection = await uow.connections.get(due.user_id)
         if connection is None or connection.status is not ConnectionStatus.ACTIVE:
             later = now + self._schedule.dormant
-            return MaintenanceResult(subscription_due=later, sync_due=later, retry_at=later)
+            return MaintenanceResult(
+                subscription_due=later, sync_due=later, grant_due=later, retry_at=later
+            )
         try:
             return await self._maintain(due, connection, now)
         except ReauthorizationRequired as exc:
             later = now + self._schedule.dormant
             return MaintenanceResult(
-                subscription_due=later, sync_due=later, error=exc.reason, retry_at=later
+                subscription_due=later,
+                sync_due=later,
+                grant_due=later,
+                error=exc.reason,
+                retry_at=later,
             )
         except CalendlyError as exc:
             # A rate limit says when it resets; anything else backs off exponentially.
@@ -104,6 +129,7 @@ class MaintainConnection:
             return MaintenanceResult(
                 subscription_due=retry_at if due.subscription_due <= now else None,
                 sync_due=retry_at if due.sync_due <= now else None,
+                grant_due=retry_at if due.grant_due <= now else None,
                 error=f"{type(exc).__name__}: Calendly answered {exc.status}",
                 retry_at=retry_at,
                 rate_limited=rate_limited,
@@ -124,27 +150,39 @@ class MaintainConnection:
     async def _maintain(
         self, due: MaintenanceDue, connection: Connection, now: datetime
     ) -> MaintenanceResult:
-        connection = await self._tokens(due.user_id)  # refreshes only within the margin
+        # No proactive refresh: each call below refreshes the token if it needs one, and a
+        # pass with nothing due for Calendly costs nothing (DR-45).
         before = (connection.webhook_status, connection.subscription_uri)
         subscription_due = None
         if due.subscription_due <= now:
             connection = await self._ensure(connection)
-            subscription_due = now + (
+            subscription_due = self._schedule.next(
+                now,
                 self._schedule.plan_recheck
                 if connection.webhook_status is WebhookStatus.UNAVAILABLE_PLAN
-                else self._schedule.subscription_check
+                else self._schedule.subscription_check,
             )
         repaired = (connection.webhook_status, connection.subscription_uri) != before
+        webhooks = connection.webhook_status is WebhookStatus.ACTIVE
         if due.sync_due > now and not repaired:
-            return MaintenanceResult(subscription_due=subscription_due)
+            if subscription_due is None:  # nothing else called Calendly: the grant's turn
+                await self._tokens.check_grant(due.user_id)
+            return MaintenanceResult(
+                subscription_due=subscription_due,
+                grant_due=self._schedule.next(now, self._schedule.grant_check),
+                webhooks=webhooks,
+            )
         started = self._clock.now()
         await self._sync(due.user_id, due.synced_at)
         every = (
-            self._schedule.sync_with_webhooks
-            if connection.webhook_status is WebhookStatus.ACTIVE
-            else self._schedule.sync_without_webhooks
+            self._schedule.sync_with_webhooks if webhooks else self._schedule.sync_without_webhooks
         )
-        # `synced_at` is when this sync started: what changed after it is not covered.
+        # `synced_at` is when this sync started: what changed after it is not covered. Every
+        # call made here proved the grant too.
         return MaintenanceResult(
-            subscription_due=subscription_due, sync_due=started + every, synced_at=started
+            subscription_due=subscription_due,
+            sync_due=self._schedule.next(started, every),
+            grant_due=self._schedule.next(now, self._schedule.grant_check),
+            synced_at=started,
+            webhooks=webhooks,
         )

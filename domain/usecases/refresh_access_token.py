@@ -183,6 +183,19 @@ class RefreshAccessToken:
         assert connection.tokens is not None
         return connection, connection.tokens.access_token
 
+    async def check_grant(self, user_id: str) -> None:
+        """One call that proves Calendly still honours the grant (DR-45): the refresh, when the
+        token is due for one anyway (a refresh token Calendly took is a live grant), else a
+        read of the user with the access token. Raises ReauthorizationRequired when the grant
+        is gone (the connection is then `needs_reauth`), CalendlyError for other answers."""
+        await self.settle(user_id)
+        async with self._uow(user_id) as uow:
+            connection = self._usable(await uow.connections.get(user_id), user_id)
+        if connection.needs_refresh(self._clock.now(), self._margin):
+            await self(user_id)
+            return
+        await self.call(user_id, self._calendly.current_user)
+
     async def call(self, user_id: str, action: Callable[[Secret], Awaitable[T]]) -> T:
         """Run `action` with a fresh token; after a 401, refresh once and run it again."""
         _, token = await self.access_token(user_id)

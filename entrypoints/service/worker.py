@@ -16,8 +16,10 @@ import structlog
 
 from adapters.postgres.changes import PostgresChangeLogRetention
 from adapters.postgres.storage_retention import PostgresStorageRetention
+from adapters.postgres.webhook_health import PostgresWebhookHealth
+from adapters.system import SystemClock
 from domain.errors import StoredSecretUnreadable
-from domain.ports import MaintenanceDue, MaintenanceQueue
+from domain.ports import Clock, MaintenanceDue, MaintenanceQueue
 from domain.usecases.maintain_connection import MaintainConnection
 from entrypoints.arguments import fail
 from entrypoints.container import Container, drain_kept_grants, resolve
@@ -33,6 +35,8 @@ STOP_GRACE_SECONDS = 20.0
 # at a time: the others skip their turn). The worker, not the host webhooks' dispatcher: every
 # deployment runs a worker, while the dispatcher runs only where HOST_WEBHOOK_URL is set.
 PRUNE_SECONDS = 600.0
+# How often a worker looks for an ended outage of the webhook endpoint to follow up (DR-45).
+OUTAGE_SWEEP_SECONDS = 5.0
 
 
 def worker_id() -> str:
@@ -56,8 +60,12 @@ class Worker:
         owner: str | None = None,
         retention: PostgresChangeLogRetention | None = None,
         storage: PostgresStorageRetention | None = None,
+        clock: Clock | None = None,
+        webhook_health: PostgresWebhookHealth | None = None,
     ) -> None:
         self._queue = queue
+        self._clock = clock or SystemClock()
+        self._webhook_health = webhook_health
         self._retention = retention
         self._storage = storage
         self._maintain = maintain
@@ -71,6 +79,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("worker.started", worker=self.owner)
         last_beat = 0.0
+        last_sweep = 0.0
         last_prune: float | None = None
         pruning: asyncio.Task[int] | None = None
         try:
@@ -83,6 +92,9 @@ class Worker:
                 ):  # beside the claims, never in their way (a first prune may be long)
                     pruning = asyncio.create_task(self.prune(), name="worker-prune")
                     last_prune = time.monotonic()
+                if time.monotonic() - last_sweep > OUTAGE_SWEEP_SECONDS:
+                    await self.sweep_outages()
+                    last_sweep = time.monotonic()
                 free = self._capacity - len(self._running)
                 self._finished.clear()  # a task that ends from here on wakes the pause below
                 claimed = await self._start(free) if free > 0 else 0
@@ -125,6 +137,22 @@ class Worker:
             log.info("worker.change_log_pruned", rows=pruned)
         return pruned
 
+    async def sweep_outages(self) -> int:
+        """After an outage of the webhook endpoint, its follow-up (DR-45): batches of
+        connections made due for a subscription check and a reconciliation, until none is
+        left (a batch at a time, so the claims go on beside it); how many."""
+        if self._webhook_health is None:
+            return 0
+        total = 0
+        try:
+            while swept := await self._webhook_health.sweep(self._clock.now()):
+                total += swept
+        except Exception as exc:  # tried again on the next turn
+            log.warning("worker.outage_sweep_failed", error=type(exc).__name__)
+        if total:
+            log.info("worker.outage_swept", connections=total)
+        return total
+
     async def run_once(self) -> int:
         """Claim what is due (up to the free slots), handle it all; returns how many."""
         before = set(self._running)
@@ -140,7 +168,7 @@ class Worker:
                 owner=self.owner,
                 limit=slots,
                 lease_seconds=self._settings.worker.lease_seconds,
-                refresh_margin_seconds=self._settings.calendly.refresh_margin_seconds,
+                now=self._clock.now(),
             )
         except Exception as exc:  # the loop outlives a database outage
             log.warning("worker.claim_failed", error=type(exc).__name__)
@@ -217,6 +245,8 @@ async def build_worker(container: Container, settings: Settings) -> Worker:
         settings=settings,
         retention=await resolve(container.change_log_retention()),
         storage=await resolve(container.storage_retention()),
+        clock=container.clock(),
+        webhook_health=await resolve(container.webhook_health()),
     )
 
 
@@ -244,8 +274,8 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     """`calendly-connect worker`, configured from `environ`."""
     argparse.ArgumentParser(
         prog="calendly-connect worker",
-        description="Keep every connection healthy: proactive token refresh, subscription "
-        "repair, reconciliation and polling for free plans. Safe to run many at once.",
+        description="Keep every connection healthy: grant checks, subscription repair, "
+        "reconciliation and polling for free plans. Safe to run many at once.",
     ).parse_args(argv)
     try:
         settings = load_settings(environ)

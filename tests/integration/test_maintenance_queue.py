@@ -4,33 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import psycopg
 
-from adapters.postgres.maintenance import PostgresMaintenanceQueue
+from adapters.postgres.maintenance import CLAIM, PostgresMaintenanceQueue
 from domain.ports import MaintenanceResult, UnitOfWorkFactory
 from tests.integration.conftest import Pool
-from tests.support.connections import add, connection
+from tests.support.connections import add, cid, connection, owner_sql
 
 NOW = datetime.now(tz=UTC)
-
-
-def cid(n: int) -> str:
-    return f"00000000-0000-0000-0000-{n:012d}"
-
-
-def owner_sql(url: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        cursor = conn.execute(query.encode(), params)
-        return cursor.fetchall() if cursor.description else []
 
 
 async def claim(
     queue: PostgresMaintenanceQueue, owner: str, limit: int = 10, lease: float = 60
 ) -> list[str]:
     found = await queue.claim(
-        owner=owner, limit=limit, lease_seconds=lease, refresh_margin_seconds=300
+        owner=owner, limit=limit, lease_seconds=lease, now=datetime.now(tz=UTC)
     )
     return sorted(d.connection_id for d in found)
 
@@ -76,13 +65,14 @@ async def test_completing_schedules_the_next_run_and_releases(
 ) -> None:
     await add(pg_uow, connection("a", 1, cid(1)))
     queue = PostgresMaintenanceQueue(pool)
-    (due,) = await queue.claim(owner="w1", limit=1, lease_seconds=60, refresh_margin_seconds=300)
+    (due,) = await queue.claim(owner="w1", limit=1, lease_seconds=60, now=datetime.now(tz=UTC))
     later = NOW + timedelta(hours=1)
     await queue.complete(
-        due, "w1", MaintenanceResult(subscription_due=later, sync_due=later, synced_at=NOW)
+        due,
+        "w1",
+        MaintenanceResult(subscription_due=later, sync_due=later, grant_due=later, synced_at=NOW),
     )
-    # The token in the test connection expired long ago, so a refresh is what is due now.
-    owner_sql(database_url, "UPDATE connection_maintenance SET refresh_due = %s", later)
+    # The token in the test connection expired long ago: that alone makes nothing due (DR-45).
     assert await claim(queue, "w2") == []
     ((owner, failures, synced),) = owner_sql(
         database_url, "SELECT lease_owner, failures, synced_at FROM connection_maintenance"
@@ -95,7 +85,7 @@ async def test_a_lost_lease_is_not_overwritten(
 ) -> None:
     await add(pg_uow, connection("a", 1, cid(1)))
     queue = PostgresMaintenanceQueue(pool)
-    (due,) = await queue.claim(owner="w1", limit=1, lease_seconds=0.1, refresh_margin_seconds=0)
+    (due,) = await queue.claim(owner="w1", limit=1, lease_seconds=0.1, now=datetime.now(tz=UTC))
     await asyncio.sleep(0.2)
     assert await claim(queue, "w2") == [cid(1)]
     await queue.complete(due, "w1", MaintenanceResult(error="late"))
@@ -112,7 +102,7 @@ async def test_token_expiry_reconnects_and_disconnects_reach_the_schedule(
     owner_sql(
         database_url,
         "UPDATE connection_maintenance SET sync_due = now() + interval '1 day',"
-        " subscription_due = now() + interval '1 day'",
+        " subscription_due = now() + interval '1 day', grant_due = now() + interval '1 day'",
     )
     async with pg_uow("a") as uow:
         from msgspec.structs import replace
@@ -126,6 +116,7 @@ async def test_token_expiry_reconnects_and_disconnects_reach_the_schedule(
     )
     assert refresh_due == expires
     assert sync_due > NOW  # a token refresh alone asks for no reconciliation
+    assert await claim(PostgresMaintenanceQueue(pool), "w1") == []  # nor for any work
     async with pg_uow("a") as uow:
         saved = await uow.connections.save(saved.needing_reauth("gone", NOW))
         await uow.commit()
@@ -139,3 +130,48 @@ async def test_token_expiry_reconnects_and_disconnects_reach_the_schedule(
         await uow.connections.save(saved.disconnected(NOW))
         await uow.commit()
     assert owner_sql(database_url, "SELECT count(*) FROM connection_maintenance") == [(0,)]
+
+
+def claim_plan(url: str, rows: int) -> str:
+    """The claim's plan over `rows` maintenance rows, of which a few are due (as at scale)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")  # bulk rows: no FK to check
+        conn.execute(
+            "INSERT INTO connection_maintenance (connection_id, user_id, subscription_due,"
+            " sync_due, grant_due)"
+            " SELECT gen_random_uuid(), 'bulk-' || g, now() + g * interval '1 second',"
+            " now() + interval '7 days', now() + interval '1 day'"
+            " FROM generate_series(-20, %s) g",
+            (rows - 21,),
+        )
+        conn.execute("ANALYZE connection_maintenance")
+        with psycopg.ClientCursor(conn) as cursor:  # EXPLAIN takes no server-side parameters
+            cursor.execute(
+                ("EXPLAIN (FORMAT TEXT) " + CLAIM).encode(),
+                {"owner": "w1", "limit": 8, "lease": timedelta(minutes=2), "now": NOW},
+            )
+            return "\n".join(str(row[0]) for row in cursor.fetchall())
+
+
+def test_the_claim_reads_the_due_index_and_never_the_whole_table(database_url: str) -> None:
+    plan = claim_plan(database_url, 50_000)
+    assert "connection_maintenance_due_at" in plan, plan
+    assert "Seq Scan on connection_maintenance" not in plan, plan
+
+
+async def test_due_at_holds_back_offs_and_leases(
+    pool: Pool, pg_uow: UnitOfWorkFactory, database_url: str
+) -> None:
+    await add(pg_uow, connection("a", 1, cid(1)))
+    queue = PostgresMaintenanceQueue(pool)
+    later = datetime.now(tz=UTC) + timedelta(hours=1)
+    owner_sql(database_url, "UPDATE connection_maintenance SET retry_at = %s", later)
+    assert await claim(queue, "w1") == []  # work is due, but the back-off runs until later
+    ((due_at,),) = owner_sql(database_url, "SELECT due_at FROM connection_maintenance")
+    assert due_at == later
+    owner_sql(database_url, "UPDATE connection_maintenance SET retry_at = NULL")
+    assert await claim(queue, "w1") == [cid(1)]
+    ((due_at, lease_until),) = owner_sql(
+        database_url, "SELECT due_at, lease_until FROM connection_maintenance"
+    )
+    assert due_at == lease_until  # leased: due again only if the lease runs out

@@ -81,9 +81,7 @@ async def test_a_database_that_does_not_answer_is_named(database_url: str) -> No
 
 
 async def test_the_database_gauges_come_from_one_read_only_transaction(pool: Pool) -> None:
-    from datetime import timedelta
-
-    readings = await PostgresReadings(pool, timedelta(minutes=5))()
+    readings = await PostgresReadings(pool)()
 
     assert readings.connections == {}
     assert readings.host_webhook_backlog == {}

@@ -6,6 +6,9 @@ Shared by the repository contract (fake and Postgres) and the Postgres-only suit
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
 
 from domain.model import CalendlyAccount, Connection, ConnectionStatus, TokenSet, WebhookStatus
 from domain.ports import UnitOfWorkFactory
@@ -15,6 +18,18 @@ T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 EV = "https://api.calendly.test/scheduled_events/"
 CID_A = "00000000-0000-0000-0000-00000000000a"
 CID_B = "00000000-0000-0000-0000-00000000000b"
+
+
+def cid(n: int) -> str:
+    """The `n`-th connection id (a UUID)."""
+    return f"00000000-0000-0000-0000-{n:012d}"
+
+
+def owner_sql(url: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    """One statement as the database's owner at `url` (bypasses row-level security)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(query.encode(), params)
+        return cursor.fetchall() if cursor.description else []
 
 
 def account(n: int) -> CalendlyAccount:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
+import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,7 +25,7 @@ def due_now(core: Core, user_id: str = "u", synced: bool = True) -> MaintenanceD
     return MaintenanceDue(
         connection_id=c.id,
         user_id=user_id,
-        refresh_due=c.tokens.expires_at if c.tokens else None,
+        grant_due=now,
         subscription_due=now,
         sync_due=now,
         synced_at=now - timedelta(hours=1) if synced else None,
@@ -56,7 +58,8 @@ async def test_a_free_plan_is_polled_every_plan_poll_interval(core: Core) -> Non
     assert event_uri in meetings_of(core.db, "u")
     assert result.sync_due is not None
     assert result.synced_at is not None
-    assert result.sync_due - result.synced_at == timedelta(minutes=30)
+    # 30 minutes less up to a tenth of it, drawn at random (connections drift apart)
+    assert timedelta(minutes=27) <= result.sync_due - result.synced_at <= timedelta(minutes=30)
     assert core.db.connections["u"].webhook_status is WebhookStatus.UNAVAILABLE_PLAN
 
 
@@ -121,17 +124,91 @@ async def test_a_dead_grant_turns_needs_reauth_and_goes_quiet(core: Core) -> Non
     assert core.calendly.count() == calls  # nobody is called for a connection that needs its user
 
 
-async def test_an_expiring_token_is_refreshed_ahead_of_time(core: Core) -> None:
+def only_grant_due(core: Core, user_id: str = "u") -> MaintenanceDue:
+    """A connection whose subscription check and reconciliation are days away."""
+    now = core.clock.now()
+    return msgspec.structs.replace(
+        due_now(core, user_id),
+        subscription_due=now + timedelta(days=3),
+        sync_due=now + timedelta(days=3),
+    )
+
+
+async def test_nothing_is_refreshed_ahead_of_time(core: Core) -> None:
+    # A token within its refresh margin, and nothing but the grant check due: one call, the
+    # refresh the check needs anyway; no refresh at all when nothing is due (no claim).
     ada = core.calendly.add_user("ada@example.com")
     await core.connect("u", ada)
     core.clock.advance(timedelta(hours=2) - timedelta(minutes=2))  # within the 5-minute margin
-    before = core.db.connections["u"].tokens
-    await core.maintain(due_now(core))
-    after = core.db.connections["u"].tokens
-    assert before is not None
-    assert after is not None
-    assert after.access_token != before.access_token
-    assert core.calendly.count("refresh") == 1
+    before = core.calendly.count()
+    result = await core.maintain(only_grant_due(core))
+    assert result.error is None
+    assert core.calendly.calls[before:] == ["refresh"]
+    assert result.grant_due is not None
+    assert timedelta(hours=21) <= result.grant_due - core.clock.now() <= timedelta(days=1)
+
+
+async def test_a_grant_check_with_a_live_token_is_one_cheap_read(core: Core) -> None:
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    before = core.calendly.count()
+    result = await core.maintain(only_grant_due(core))
+    assert result.error is None
+    assert core.calendly.calls[before:] == ["current_user"]
+    assert result.subscription_due is None  # untouched
+    assert result.sync_due is None
+
+
+async def test_a_pass_that_calls_calendly_anyway_needs_no_grant_check(core: Core) -> None:
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    before = core.calendly.count()
+    result = await core.maintain(due_now(core))
+    assert "current_user" not in core.calendly.calls[before:]
+    assert result.grant_due is not None
+    assert result.grant_due - core.clock.now() >= timedelta(hours=21)
+    # Both slow kinds come back in about a week (DR-45), spread.
+    assert result.subscription_due is not None
+    assert timedelta(days=6) <= result.subscription_due - core.clock.now() <= timedelta(days=7)
+    assert result.sync_due is not None
+    assert timedelta(days=6) <= result.sync_due - core.clock.now() <= timedelta(days=7)
+
+
+async def test_a_revoked_grant_is_found_by_the_daily_check(core: Core) -> None:
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    core.calendly.revoke_all(ada)
+    core.clock.advance(timedelta(hours=20))  # a quiet day: the token expired long ago
+    result = await core.maintain(only_grant_due(core))
+    assert core.db.connections["u"].status is ConnectionStatus.NEEDS_REAUTH
+    assert result.error is not None
+
+
+async def test_an_idle_paid_connection_costs_at_most_two_calls_a_day(core: Core) -> None:
+    # Four weeks of a connection nobody books on, pass by pass as the worker would claim it
+    # (each result written back as the queue's COMPLETE does): issue 15's budget, refreshes
+    # included, on the fake's count of every call.
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    due = due_now(core)
+    start, before = core.clock.now(), core.calendly.count()
+    days = 28
+    while True:
+        at = min(due.grant_due, due.subscription_due, due.sync_due)
+        if at >= start + timedelta(days=days):
+            break
+        core.clock.advance(max(at - core.clock.now(), timedelta(0)))
+        result = await core.maintain(due)
+        assert result.error is None
+        due = msgspec.structs.replace(
+            due,
+            grant_due=result.grant_due or due.grant_due,
+            subscription_due=result.subscription_due or due.subscription_due,
+            sync_due=result.sync_due or due.sync_due,
+            synced_at=result.synced_at or due.synced_at,
+        )
+    per_day = (core.calendly.count() - before) / days
+    assert 1.0 <= per_day <= 2.0, (per_day, Counter(core.calendly.calls[before:]))
 
 
 # ------------------------------------------------------------------ back-off (row 30)

@@ -73,6 +73,11 @@ async def read_delivery(request: Request[Any, Any, Any]) -> bytes:
         raise
 
 
+# The refusals answered with a 5xx: Calendly retries them, and a day of them disables the
+# subscription (the outage they make is followed up by the worker, DR-45).
+SERVER_FAILURES: Final = frozenset({"storage_unavailable", "error"})
+
+
 def _refusal(exc: Exception, infrastructure: tuple[type[Exception], ...]) -> str:
     """The metrics' outcome of a delivery that raised (what the error table answers)."""
     if isinstance(exc, InvalidSignature):
@@ -94,7 +99,10 @@ async def _handle(
     try:
         ack = await _ingest(request, services, token)
     except Exception as exc:
-        webhook_answered(_refusal(exc, config.infrastructure_errors), time.perf_counter() - started)
+        refusal = _refusal(exc, config.infrastructure_errors)
+        webhook_answered(refusal, time.perf_counter() - started)
+        if refusal in SERVER_FAILURES and services.webhook_failures is not None:
+            services.webhook_failures.failed()  # Calendly will retry; the worker follows up
         raise
     webhook_answered(ack.outcome, time.perf_counter() - started)
     return ack
