@@ -19,6 +19,9 @@ TARGET_RSS_MB = 150.0
 TARGET_HOST_WEBHOOK_P99_MS = 1000.0
 TARGET_HOST_WEBHOOK_INGEST_RATIO = 0.9  # ingest with the endpoint >= 90 % of without
 TARGET_CLAIM_P99_RATIO = 1.2  # a claim at 1M connections within 1.2x of one at 1k
+TARGET_IDLE_CALLS_PER_DAY = 2.0  # Calendly calls per idle paid connection per day
+TARGET_OUTAGE_REPAIR_SECONDS = 900.0  # a disabled subscription recreated, the gap backfilled
+TARGET_REVOKED_SECONDS = 86_400.0  # a revoked grant seen while nobody looks
 
 
 def _ms(value: float | None) -> str:
@@ -68,6 +71,17 @@ def targets(results: dict[str, Any]) -> dict[str, bool]:
     worker = results.get("worker")
     if worker and "claim_p99_ratio" in worker:
         met["worker_claim"] = worker["claim_p99_ratio"] <= TARGET_CLAIM_P99_RATIO
+    if worker and "calls_per_idle_connection_per_day" in worker:
+        met["worker_idle_calls"] = (
+            worker["calls_per_idle_connection_per_day"] <= TARGET_IDLE_CALLS_PER_DAY
+        )
+        detected = worker["detection_seconds"]
+        met["worker_detection"] = (
+            detected["recreated"] <= TARGET_OUTAGE_REPAIR_SECONDS
+            and detected["gap"] <= TARGET_OUTAGE_REPAIR_SECONDS
+            and detected["revoked_unwatched"] <= TARGET_REVOKED_SECONDS
+            and worker["day"]["rate_limits_kept"]
+        )
     return met
 
 
@@ -231,6 +245,47 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 f"({worker['old_claim_p99_ratio']:.0f}x of {int(small):,})",
                 "≤ 1.2x",
                 v("worker_claim"),
+            )
+        )
+    if worker and "day" in worker:
+        day = worker["day"]
+        today, before = day["today"], day["old_defaults"]
+        idle = today["idle_paid"]
+        routes = ", ".join(f"{r} {c:.2f}" for r, c in idle["by_route"].items())
+        out.append(
+            (
+                f"7. Calendly calls per idle paid connection per day "
+                f"({day['connections']:,} connections, a day of Calendly time)",
+                f"{idle['per_connection_per_day']:.2f} ({routes}); after the outage "
+                f"{idle['outage_follow_up_per_connection']:.2f} more each",
+                f"old defaults: {before['idle_paid']['per_connection_per_day']:.1f}",
+                "≤ 2",
+                v("worker_idle_calls"),
+            )
+        )
+        out.append(
+            (
+                "7. Calendly calls per free-plan connection per day",
+                f"watched 2 h: {today['free_watched']['per_connection_per_day']:.0f}, "
+                f"unwatched: {today['free_unwatched']['per_connection_per_day']:.0f}",
+                f"old defaults, unwatched: "
+                f"{before['free_unwatched']['per_connection_per_day']:.0f}",
+                "-",
+                "-",
+            )
+        )
+        found = worker["detection_seconds"]
+        out.append(
+            (
+                "7. detection (seconds of Calendly time, at most)",
+                f"subscription recreated {found['recreated']:.0f} and gap backfilled "
+                f"{found['gap']:.0f} after the outage; revoked grant unwatched "
+                f"{found['revoked_unwatched']:.0f}, page opened {found['revoked_opened']:.0f}; "
+                f"watched free-plan booking {found['watched_booking']:.0f}; busiest user-minute "
+                f"{today['busiest_user_minute']['api']} calls",
+                f"outage sweep drained in {day['outage_sweep_real_seconds']:.1f} s real time",
+                "≤ 900, ≤ 900, ≤ 86,400; limits kept",
+                v("worker_detection"),
             )
         )
     return out

@@ -1,7 +1,8 @@
-"""Benchmark 7: the worker at scale (issue 15). What one claim costs the database at 1,000 and
-at 1,000,000 connections, for the claim of migrations/0014 (an index on the stored `due_at`)
-and, on the very same rows, for the claim it replaced (ordered by an expression no index
-matches), the reference of the same run.
+"""Benchmark 7: the worker at scale (issue 15). Part one, here: what one claim costs the database
+at 1,000 and at 1,000,000 connections, for the claim of migrations/0014 (an index on the stored
+`due_at`) and, on the very same rows, for the claim it replaced (ordered by an expression no
+index matches), the reference of the same run. Part two (worker_day.py): a day of Calendly time
+over 10,000 connections, calls and detection times, beside the old defaults.
 
 The rows are loaded with SQL into an embedded Postgres (maintenance rows only: the claim reads
 nothing else), spread as idle connections are: each kind of work due at a random moment of its
@@ -17,13 +18,14 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
 from adapters.postgres.maintenance import CLAIM
+from benchmarks import worker_day
 from benchmarks.stack import stack
 
 # The claim before migrations/0014: proactive refreshes a margin ahead of the token's expiry,
@@ -65,6 +67,8 @@ class Config:
     warmup: int = 20
     due_now: int = 500
     limit: int = 8
+    # The day of Calendly time (part two); None: the claim alone.
+    day: worker_day.DayConfig | None = field(default_factory=worker_day.DayConfig)
 
 
 def _execution_ms(conn: psycopg.Connection[Any], statement: str, params: dict[str, Any]) -> float:
@@ -123,4 +127,12 @@ def run(cfg: Config | None = None, log: Any = print) -> dict[str, Any]:
     small, large = (results["sizes"][str(n)] for n in (min(cfg.sizes), max(cfg.sizes)))
     results["claim_p99_ratio"] = round(large["new"]["p99_ms"] / small["new"]["p99_ms"], 2)
     results["old_claim_p99_ratio"] = round(large["old"]["p99_ms"] / small["old"]["p99_ms"], 2)
+    if cfg.day is not None:
+        day = worker_day.run(cfg.day, log)
+        results["day"] = day
+        results["calls_per_idle_connection_per_day"] = day["calls_per_idle_connection_per_day"]
+        results["detection_seconds"] = day["detection_seconds"]
+        results["ok"] = day["ok"]
+        if not day["ok"]:
+            results["problems"] = day.get("problems")
     return results

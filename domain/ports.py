@@ -64,6 +64,13 @@ class CalendlyApi(Protocol):
     `AlreadyExists`, `RateLimited`, or `CalendlyUnavailable` (unreachable, timeout, 5xx).
     """
 
+    def announced_limit(self, access_token: Secret) -> int | None:
+        """The requests a minute Calendly said this token may make (`X-RateLimit-Limit`) in
+        its latest answer, while that answer's rate window lasts; None when none is known.
+        Calendly allows 500 on paid plans and 50 on Free: a plan change shows here, on the
+        calls made anyway (DR-45)."""
+        ...
+
     def authorization_url(self, *, state: str, code_challenge: str, redirect_uri: str) -> str:
         """The consent page URL to open in the popup (no I/O)."""
         ...
@@ -467,10 +474,10 @@ class MaintenanceQueue(Protocol):
     """Per-connection maintenance, claimed under leases that expire (across processes)."""
 
     async def claim(
-        self, *, owner: str, limit: int, lease_seconds: float, now: datetime
+        self, *, owner: str, limit: int, lease_seconds: float, now: datetime | None = None
     ) -> list[MaintenanceDue]:
-        """Lease up to `limit` connections with work due by `now`, soonest first; none is
-        leased to two owners."""
+        """Lease up to `limit` connections with work due by `now` (None: the queue's own
+        clock, one for every worker), soonest first; none is leased to two owners."""
         ...
 
     async def complete(self, due: MaintenanceDue, owner: str, result: MaintenanceResult) -> None:

@@ -140,12 +140,12 @@ async def readiness(
     return tuple(problems)
 
 
-async def webhook_health_beats(pool: Pool, clock: Clock) -> AsyncIterator[WebhookFailures]:
+async def webhook_health_beats(pool: Pool) -> AsyncIterator[WebhookFailures]:
     """This serving process's record of the webhook endpoint's health (DR-45): the failures
     the route reports, beaten into the database every few seconds by a task of its own."""
     failures = WebhookFailures()
     beats = asyncio.create_task(
-        beat_webhook_health(PostgresWebhookHealth(pool).beat, failures, clock.now),
+        beat_webhook_health(PostgresWebhookHealth(pool).beat, failures),
         name="webhook-health",
     )
     try:
@@ -229,7 +229,7 @@ class Container(containers.DeclarativeContainer):
     session = providers.Resource(http_session)
     listening = providers.Singleton(Listening)
     live = providers.Resource(live_updates, settings=settings, listening=listening, pool=pool)
-    webhook_failures = providers.Resource(webhook_health_beats, pool=pool, clock=clock)
+    webhook_failures = providers.Resource(webhook_health_beats, pool=pool)
     webhook_health = providers.Singleton(PostgresWebhookHealth, pool=pool)
 
     calendly = providers.Singleton(
@@ -312,6 +312,7 @@ class Container(containers.DeclarativeContainer):
         ensure_subscription=ensure_subscription,
         sync=sync_meetings,
         clock=clock,
+        calendly=calendly,
         schedule=providers.Factory(
             MaintenanceSchedule,
             subscription_check=providers.Factory(

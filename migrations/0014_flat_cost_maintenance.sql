@@ -27,6 +27,8 @@ ALTER TABLE connection_maintenance
     ADD COLUMN due_at timestamptz GENERATED ALWAYS AS (
         greatest(least(subscription_due, sync_due, grant_due), retry_at, lease_until)
     ) STORED;
+-- Existing connections have their first grant check spread over the next day, not all now.
+UPDATE connection_maintenance SET grant_due = now() + random() * interval '1 day';
 DROP INDEX connection_maintenance_due;
 CREATE INDEX connection_maintenance_due_at ON connection_maintenance (due_at);
 

@@ -100,6 +100,9 @@ class AiohttpCalendlyApi(CalendlyApi):
         )
 
     # ---------------------------------------------------------------- OAuth
+    def announced_limit(self, access_token: Secret) -> int | None:
+        return self._transport.announced_limit(access_token)
+
     def authorization_url(self, *, state: str, code_challenge: str, redirect_uri: str) -> str:
         params = {
             "client_id": self._client_id,

@@ -63,6 +63,11 @@ class Answer:
                 return seconds
         return DEFAULT_RETRY_AFTER
 
+    def rate_limit(self) -> int | None:
+        """`X-RateLimit-Limit`: the requests a minute this caller may make (by its plan)."""
+        limit = _number(self.headers.get("X-RateLimit-Limit"))
+        return None if limit is None else int(limit)
+
     def rate_window(self) -> tuple[int, float] | None:
         """(`X-RateLimit-Remaining`, `X-RateLimit-Reset`) when the answer carries both."""
         remaining = _number(self.headers.get("X-RateLimit-Remaining"))
@@ -88,6 +93,7 @@ def _number(raw: str | None) -> float | None:
 class _Window:
     remaining: int
     resets_at: float
+    limit: int | None = None
 
 
 class RequestBudget:
@@ -120,11 +126,13 @@ class RequestBudget:
             return 0.0
         return window.resets_at - now
 
-    def observe(self, key: bytes, remaining: int, reset_in: float) -> None:
+    def observe(
+        self, key: bytes, remaining: int, reset_in: float, limit: int | None = None
+    ) -> None:
         """Remember the window an answer announced (the latest answer wins)."""
         now = self._timer()
         self._windows.pop(key, None)
-        self._windows[key] = _Window(remaining=remaining, resets_at=now + reset_in)
+        self._windows[key] = _Window(remaining=remaining, resets_at=now + reset_in, limit=limit)
         # Oldest observed first: drop what is over the cap and what has already reset.
         while self._windows:
             oldest = next(iter(self._windows))
@@ -135,6 +143,13 @@ class RequestBudget:
     def forget(self, key: bytes) -> None:
         """The window was waited out: the next answer says how much is left."""
         self._windows.pop(key, None)
+
+    def limit(self, key: bytes) -> int | None:
+        """The limit the latest answer in the current window announced, if any."""
+        window = self._windows.get(key)
+        if window is None or window.resets_at <= self._timer():
+            return None
+        return window.limit
 
 
 def _budget_key(token: Secret) -> bytes:
@@ -181,6 +196,10 @@ class Transport:
         self._max_rate_limit_wait = max_rate_limit_wait
         self._sleep = sleep
         self._budget = RequestBudget(monotonic)
+
+    def announced_limit(self, bearer: Secret) -> int | None:
+        """What the latest answer to `bearer` in its current window said its limit was."""
+        return self._budget.limit(_budget_key(bearer))
 
     async def send(
         self,
@@ -262,7 +281,7 @@ class Transport:
             calendly_called(method, path, answer.status)
             window = answer.rate_window() if budget_key is not None else None
             if budget_key is not None and window is not None:
-                self._budget.observe(budget_key, *window)
+                self._budget.observe(budget_key, *window, limit=answer.rate_limit())
             wait = self._retry_wait(answer, retries) if retry else None
             if wait is not None:
                 retries += 1

@@ -143,6 +143,8 @@ class PostgresChangeLogRetention:
     """Deletes the change log's old rows (CHANGE_LOG_RETENTION_DAYS; DR-35), in feed order and in
     bounded batches, never one a host webhook stream still needs; one transaction a batch."""
 
+    behind = False
+
     def __init__(self, pool: Pool, days: int, batch: int = 1000) -> None:
         self._pool = pool
         self._days = days
@@ -164,13 +166,16 @@ class PostgresChangeLogRetention:
             raise StorageUnavailable("the database is unavailable") from exc
 
     async def prune(self, max_batches: int = 100) -> int:
-        """Batches until one comes back short (or `max_batches`): the rows pruned."""
+        """Batches until one comes back short (or `max_batches`): the rows pruned. `behind`
+        says whether it stopped at the cap with rows still to go."""
         total = 0
+        self.behind = False
         for _ in range(max_batches):
             pruned = await self.prune_batch()
             total += pruned
             if pruned < self._batch:
-                break
+                return total
+        self.behind = True
         return total
 
     async def pruned_up_to(self) -> ChangePosition:

@@ -15,16 +15,19 @@ Pool = psycopg_pool.AsyncConnectionPool[Any]
 # One index (connection_maintenance_due_at, migrations/0014) answers it: `due_at` already holds
 # the back-off and the lease, so what is due is a range of that index, read in order until
 # `limit` unlocked rows are found. The same few pages at a thousand connections or a million.
+# Times are the database's (one clock for every worker's leases) unless the caller binds its
+# own `now` (a simulated day does).
 CLAIM = """
 WITH due AS (
     SELECT connection_id FROM connection_maintenance
-    WHERE due_at <= %(now)s
+    WHERE due_at <= coalesce(%(now)s::timestamptz, now())
     ORDER BY due_at
     FOR UPDATE SKIP LOCKED
     LIMIT %(limit)s
 )
 UPDATE connection_maintenance m
-SET lease_owner = %(owner)s, lease_until = %(now)s + %(lease)s, last_run_at = %(now)s
+SET lease_owner = %(owner)s, lease_until = coalesce(%(now)s::timestamptz, now()) + %(lease)s,
+    last_run_at = coalesce(%(now)s::timestamptz, now())
 FROM due WHERE m.connection_id = due.connection_id
 RETURNING m.connection_id::text AS connection_id, m.user_id, m.grant_due,
           m.subscription_due, m.sync_due, m.synced_at, m.failures
@@ -67,7 +70,7 @@ class PostgresMaintenanceQueue(MaintenanceQueue):
         self._pool = pool
 
     async def claim(
-        self, *, owner: str, limit: int, lease_seconds: float, now: datetime
+        self, *, owner: str, limit: int, lease_seconds: float, now: datetime | None = None
     ) -> list[MaintenanceDue]:
         async with self._pool.connection() as conn:
             cursor = await conn.execute(

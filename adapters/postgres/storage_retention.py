@@ -55,6 +55,8 @@ class PostgresStorageRetention:
         self._pool = pool
         self._payload_days = payload_days
         self._batch = batch
+        # The last turn stopped at its cap with rows still to go (the worker comes back soon).
+        self.behind = False
 
     async def _batch_of(self, statement: str, params: dict[str, Any]) -> int:
         try:
@@ -71,12 +73,14 @@ class PostgresStorageRetention:
             done = await self._batch_of(statement, params)
             total += done
             if done < self._batch:
-                break
+                return total
+        self.behind = True
         return total
 
     async def prune(self, max_batches: int = 100) -> dict[str, int]:
         """One turn: rows deleted or emptied, by kind (each kind at most `max_batches`)."""
         delete_after = max(self._payload_days, DEDUP_DAYS)
+        self.behind = False
         done = {
             "deliveries_deleted": await self._all(
                 DELETE_DELIVERIES, {"days": delete_after}, max_batches

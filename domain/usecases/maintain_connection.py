@@ -14,19 +14,29 @@ from domain.errors import (
     StoredSecretUnreadable,
 )
 from domain.model import Connection, ConnectionStatus, WebhookStatus
-from domain.ports import Clock, MaintenanceDue, MaintenanceResult, UnitOfWorkFactory
+from domain.ports import (
+    CalendlyApi,
+    Clock,
+    MaintenanceDue,
+    MaintenanceResult,
+    UnitOfWorkFactory,
+)
 from domain.usecases.ensure_subscription import EnsureSubscription
 from domain.usecases.refresh_access_token import RefreshAccessToken
 from domain.usecases.sync_meetings import SyncMeetings
+
+# Calendly's per-user limit on the Free plan (paid plans: 500 a minute).
+FREE_PLAN_LIMIT = 50
 
 
 class MaintenanceSchedule(msgspec.Struct, frozen=True, kw_only=True):
     """How often each kind of work recurs when nothing asks for it sooner (DR-45).
 
     Each costs Calendly calls, so each recurs only as often as it buys something: an idle
-    paid-plan connection costs about 1.3 calls a day (a grant check a day, and once a week a
-    subscription read and a reconciliation). Sooner when there is a reason: a page opened (the
-    grant, DR-43), an outage of our webhook endpoint (subscription and reconciliation), a
+    paid-plan connection costs about 1.5 calls a day (a grant check a day, and once a week a
+    subscription read and a reconciliation, each with the refresh its token needs by then).
+    Sooner when there is a reason: a page opened (the grant, DR-43), our webhook endpoint
+    failing Calendly (subscription and reconciliation), a plan change (subscription), a
     repaired or changed subscription (reconciliation), a user watching a free-plan connection
     (polling, DR-42).
     """
@@ -84,6 +94,7 @@ class MaintainConnection:
         sync: SyncMeetings,
         clock: Clock,
         schedule: MaintenanceSchedule | None = None,
+        calendly: CalendlyApi | None = None,
     ) -> None:
         self._uow = uow
         self._tokens = tokens
@@ -91,6 +102,8 @@ class MaintainConnection:
         self._sync = sync
         self._clock = clock
         self._schedule = schedule or MaintenanceSchedule()
+        # Where a plan change shows without a call of its own (None: not looked for).
+        self._calendly = calendly
 
     async def __call__(self, due: MaintenanceDue) -> MaintenanceResult:
         """What was done and when each kind of work is due next.
@@ -168,7 +181,7 @@ class MaintainConnection:
             if subscription_due is None:  # nothing else called Calendly: the grant's turn
                 await self._tokens.check_grant(due.user_id)
             return MaintenanceResult(
-                subscription_due=subscription_due,
+                subscription_due=subscription_due or await self._plan_changed(due.user_id, now),
                 grant_due=self._schedule.next(now, self._schedule.grant_check),
                 webhooks=webhooks,
             )
@@ -180,9 +193,30 @@ class MaintainConnection:
         # `synced_at` is when this sync started: what changed after it is not covered. Every
         # call made here proved the grant too.
         return MaintenanceResult(
-            subscription_due=subscription_due,
+            subscription_due=subscription_due or await self._plan_changed(due.user_id, now),
             sync_due=self._schedule.next(started, every),
             grant_due=self._schedule.next(now, self._schedule.grant_check),
             synced_at=started,
             webhooks=webhooks,
         )
+
+    async def _plan_changed(self, user_id: str, now: datetime) -> datetime | None:
+        """`now` when the limit Calendly announced on this pass's calls says another plan than
+        the subscription's state (a Free plan's 50 a minute beside working webhooks, or more
+        beside a plan that refused them): the subscription is checked at the next claim."""
+        if self._calendly is None:
+            return None
+        async with self._uow(user_id) as uow:
+            connection = await uow.connections.get(user_id)
+        if connection is None or connection.tokens is None:
+            return None
+        limit = self._calendly.announced_limit(connection.tokens.access_token)
+        if limit is None:
+            return None
+        free = limit <= FREE_PLAN_LIMIT
+        status = connection.webhook_status
+        if (free and status is WebhookStatus.ACTIVE) or (
+            not free and status is WebhookStatus.UNAVAILABLE_PLAN
+        ):
+            return now
+        return None

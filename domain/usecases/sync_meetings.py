@@ -10,8 +10,9 @@ from domain.model import Connection
 from domain.ports import CalendlyApi, Clock, MeetingChange, UnitOfWorkFactory
 from domain.usecases.refresh_access_token import RefreshAccessToken
 
-# Calendly filters on a meeting's start, not on when it changed: looking back this far sees
-# late cancellations and no-shows of recent meetings; every later meeting is always read.
+# Calendly filters on a meeting's start, not on when it changed: looking back this far before
+# the last sync sees late cancellations and no-shows of the meetings around it; every later
+# meeting is always read. Never further back than the first backfill.
 LOOK_BACK = timedelta(days=7)
 FIRST_BACKFILL = timedelta(days=30)
 
@@ -42,7 +43,13 @@ class SyncMeetings:
     async def __call__(self, user_id: str, synced_at: datetime | None) -> int:
         """Returns how many invitees were merged. Raises CalendlyError, ReauthorizationRequired."""
         now = self._clock.now()
-        since = now - (self._first_backfill if synced_at is None else self._look_back)
+        # A look-back before the last sync, not before now: a sync a week after the last still
+        # sees what changed since then on the meetings that started just before it.
+        since = (
+            now - self._first_backfill
+            if synced_at is None
+            else max(now - self._first_backfill, min(now, synced_at) - self._look_back)
+        )
         async with self._uow(user_id) as uow:
             connection = await uow.connections.get(user_id)
         if connection is None or not connection.is_connected or connection.account is None:

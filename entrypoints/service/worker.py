@@ -11,13 +11,13 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Mapping, Sequence
+from datetime import datetime
 
 import structlog
 
 from adapters.postgres.changes import PostgresChangeLogRetention
 from adapters.postgres.storage_retention import PostgresStorageRetention
 from adapters.postgres.webhook_health import PostgresWebhookHealth
-from adapters.system import SystemClock
 from domain.errors import StoredSecretUnreadable
 from domain.ports import Clock, MaintenanceDue, MaintenanceQueue
 from domain.usecases.maintain_connection import MaintainConnection
@@ -35,6 +35,9 @@ STOP_GRACE_SECONDS = 20.0
 # at a time: the others skip their turn). The worker, not the host webhooks' dispatcher: every
 # deployment runs a worker, while the dispatcher runs only where HOST_WEBHOOK_URL is set.
 PRUNE_SECONDS = 600.0
+# A turn that stopped at its cap with rows to go is followed by the next this soon: pruning
+# keeps pace with any ingest rate (each turn is at most 100 batches of 1,000 rows a kind).
+PRUNE_AGAIN_SECONDS = 1.0
 # How often a worker looks for an ended outage of the webhook endpoint to follow up (DR-45).
 OUTAGE_SWEEP_SECONDS = 5.0
 
@@ -64,7 +67,9 @@ class Worker:
         webhook_health: PostgresWebhookHealth | None = None,
     ) -> None:
         self._queue = queue
-        self._clock = clock or SystemClock()
+        # None: the database's clock decides what is due and how long a lease lasts (one clock
+        # for every worker); a simulated day binds its own.
+        self._clock = clock
         self._webhook_health = webhook_health
         self._retention = retention
         self._storage = storage
@@ -79,7 +84,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("worker.started", worker=self.owner)
         last_beat = 0.0
-        last_sweep = 0.0
+        last_sweep, sweeping = 0.0, False
         last_prune: float | None = None
         pruning: asyncio.Task[int] | None = None
         try:
@@ -87,13 +92,14 @@ class Worker:
                 if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
                     await self._safely(self._queue.heartbeat(self.owner))
                     last_beat = time.monotonic()
-                if (last_prune is None or time.monotonic() - last_prune > PRUNE_SECONDS) and (
+                every = PRUNE_AGAIN_SECONDS if self.pruning_behind else PRUNE_SECONDS
+                if (last_prune is None or time.monotonic() - last_prune > every) and (
                     pruning is None or pruning.done()
                 ):  # beside the claims, never in their way (a first prune may be long)
                     pruning = asyncio.create_task(self.prune(), name="worker-prune")
                     last_prune = time.monotonic()
-                if time.monotonic() - last_sweep > OUTAGE_SWEEP_SECONDS:
-                    await self.sweep_outages()
+                if sweeping or time.monotonic() - last_sweep > OUTAGE_SWEEP_SECONDS:
+                    sweeping = await self.sweep_outages(batches=1) > 0  # more may follow
                     last_sweep = time.monotonic()
                 free = self._capacity - len(self._running)
                 self._finished.clear()  # a task that ends from here on wakes the pause below
@@ -114,6 +120,14 @@ class Worker:
                     await asyncio.wait(late)
                     log.warning("worker.stopped_unfinished", connections=len(late))
         log.info("worker.stopped", worker=self.owner, handled=self.handled)
+
+    @property
+    def pruning_behind(self) -> bool:
+        """The last prune stopped at its cap with rows still to go."""
+        return bool(
+            (self._storage is not None and self._storage.behind)
+            or (self._retention is not None and self._retention.behind)
+        )
 
     async def prune(self) -> int:
         """The change log's old rows no host webhook needs (DR-35), old recorded deliveries and
@@ -137,15 +151,23 @@ class Worker:
             log.info("worker.change_log_pruned", rows=pruned)
         return pruned
 
-    async def sweep_outages(self) -> int:
-        """After an outage of the webhook endpoint, its follow-up (DR-45): batches of
-        connections made due for a subscription check and a reconciliation, until none is
-        left (a batch at a time, so the claims go on beside it); how many."""
+    def _now(self) -> datetime | None:
+        return self._clock.now() if self._clock is not None else None
+
+    async def sweep_outages(self, batches: int | None = None) -> int:
+        """After an outage of the webhook endpoint, its follow-up (DR-45): up to `batches`
+        batches (None: until none is left) of connections made due for a subscription check
+        and a reconciliation; how many. The run loop sweeps one batch a turn, so its claims
+        and heartbeats go on beside a long sweep."""
         if self._webhook_health is None:
             return 0
-        total = 0
+        total, done = 0, 0
         try:
-            while swept := await self._webhook_health.sweep(self._clock.now()):
+            while batches is None or done < batches:
+                swept = await self._webhook_health.sweep(self._now())
+                done += 1
+                if not swept:
+                    break
                 total += swept
         except Exception as exc:  # tried again on the next turn
             log.warning("worker.outage_sweep_failed", error=type(exc).__name__)
@@ -168,7 +190,7 @@ class Worker:
                 owner=self.owner,
                 limit=slots,
                 lease_seconds=self._settings.worker.lease_seconds,
-                now=self._clock.now(),
+                now=self._now(),
             )
         except Exception as exc:  # the loop outlives a database outage
             log.warning("worker.claim_failed", error=type(exc).__name__)
@@ -237,7 +259,11 @@ class Worker:
 WORKER_RATE_LIMIT_WAIT = 2.0
 
 
-async def build_worker(container: Container, settings: Settings) -> Worker:
+async def build_worker(
+    container: Container, settings: Settings, clock: Clock | None = None
+) -> Worker:
+    """The worker on the container's adapters; `clock` only where a day is simulated (else
+    the database's clock says what is due)."""
     container.calendly.add_kwargs(max_rate_limit_wait=WORKER_RATE_LIMIT_WAIT)
     return Worker(
         queue=await resolve(container.maintenance_queue()),
@@ -245,7 +271,7 @@ async def build_worker(container: Container, settings: Settings) -> Worker:
         settings=settings,
         retention=await resolve(container.change_log_retention()),
         storage=await resolve(container.storage_retention()),
-        clock=container.clock(),
+        clock=clock,
         webhook_health=await resolve(container.webhook_health()),
     )
 

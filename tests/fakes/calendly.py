@@ -281,6 +281,13 @@ class FakeCalendlyApi(CalendlyApi):
         raise TokenRejected(401, {"title": "Unauthenticated"})
 
     # -------------------------------------------------------------- port
+    def announced_limit(self, access_token: Secret) -> int | None:
+        """As the sandbox's headers say: 500 a minute on a paid plan, 50 on Free."""
+        for grant in self.grants:
+            if grant.access == access_token.reveal():
+                return 500 if grant.user.paid else 50
+        return None
+
     def authorization_url(self, *, state: str, code_challenge: str, redirect_uri: str) -> str:
         query = urlencode(
             {"state": state, "code_challenge": code_challenge, "redirect_uri": redirect_uri}

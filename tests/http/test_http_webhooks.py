@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar import Litestar
+from litestar.testing import AsyncTestClient
 
+from entrypoints.service.http.app import create_app
 from entrypoints.service.http.config import MIB
+from entrypoints.webhook_health import WebhookFailures
 from tests.support.core import APP_KEY
 from tests.support.deliveries import sign
-from tests.support.http_app import Api, RawResponse, booking, raw_request
+from tests.support.http_app import BASE_URL, Api, RawResponse, booking, raw_request, services_of
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -257,3 +263,43 @@ async def test_no_delivery_whatever_its_headers_and_body_gets_a_5xx(
     )
     if response.status != 200:
         assert rows(api) == before
+
+
+async def test_a_5xx_answered_to_calendly_goes_on_the_endpoints_health_record(api: Api) -> None:
+    # What the health record starts from (DR-45): the route reports a 5xx, and on whose URL;
+    # a client's mistake (401) or a success reports nothing.
+    failures = WebhookFailures()
+    services = dataclasses.replace(services_of(api.core, api.readiness), webhook_failures=failures)
+    host = await api.connect("alice")
+    connection = api.connection("alice")
+    assert connection.signing_key is not None
+    path = f"/webhooks/calendly/{connection.webhook_token}"
+    body = booking(host)
+
+    def headers(key: str) -> dict[str, str]:
+        return {
+            "content-type": "application/json",
+            "calendly-webhook-signature": sign(body, key, api.stamp()),
+        }
+
+    async with AsyncTestClient(app=create_app(services, api.config), base_url=BASE_URL) as client:
+        forged = await client.post(path, content=body, headers=headers("not-the-key"))
+        assert forged.status_code == 401
+        assert failures.take() is None
+        api.core.db.unavailable = True
+        before = datetime.now(tz=UTC)
+        down = await client.post(
+            path, content=body, headers=headers(connection.signing_key.reveal())
+        )
+        api.core.db.unavailable = False
+        assert down.status_code == 503
+        failed = failures.take()
+        assert failed is not None
+        assert before <= failed.since <= datetime.now(tz=UTC)
+        assert set(failed.tokens) == {connection.webhook_token}  # its connection is checked
+        assert not failed.unknown
+        fine = await client.post(
+            path, content=body, headers=headers(connection.signing_key.reveal())
+        )
+        assert fine.status_code == 200
+        assert failures.take() is None

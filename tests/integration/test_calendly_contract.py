@@ -268,6 +268,17 @@ async def test_a_free_plan_cannot_subscribe_but_can_read(harness: Harness) -> No
     )
 
 
+async def test_answers_announce_the_plans_limit(harness: Harness) -> None:
+    # What a plan change shows through without a call of its own (DR-45): 500 a minute on a
+    # paid plan, 50 on Free, as Calendly's X-RateLimit-Limit says.
+    paid = (await harness.grant("ada@example.com", True)).tokens.access_token
+    free = (await harness.grant("fred@example.com", False)).tokens.access_token
+    await harness.api.current_user(paid)
+    await harness.api.current_user(free)
+    assert harness.api.announced_limit(paid) == 500
+    assert harness.api.announced_limit(free) == 50
+
+
 async def test_a_code_works_once_and_only_with_its_verifier(harness: Harness) -> None:
     verifier = Secret("w" * 64)
     code = await harness.code("x@example.com", True, verifier)

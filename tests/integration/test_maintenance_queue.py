@@ -175,3 +175,27 @@ async def test_due_at_holds_back_offs_and_leases(
         database_url, "SELECT due_at, lease_until FROM connection_maintenance"
     )
     assert due_at == lease_until  # leased: due again only if the lease runs out
+
+
+async def test_a_check_asked_for_during_a_pass_survives_its_completion(
+    pool: Pool, pg_uow: UnitOfWorkFactory, database_url: str
+) -> None:
+    # A page opened, or an outage's sweep, while the worker held the row: the pass completes
+    # with its own next check a week away, and the sooner one asked for meanwhile stays.
+    await add(pg_uow, connection("a", 1, cid(1)))
+    queue = PostgresMaintenanceQueue(pool)
+    (due,) = await queue.claim(owner="w1", limit=1, lease_seconds=60)
+    soon = datetime.now(tz=UTC) + timedelta(minutes=1)
+    owner_sql(database_url, "UPDATE connection_maintenance SET subscription_due = %s", soon)
+    week = datetime.now(tz=UTC) + timedelta(days=7)
+    await queue.complete(due, "w1", MaintenanceResult(subscription_due=week))
+    assert owner_sql(database_url, "SELECT subscription_due FROM connection_maintenance") == [
+        (soon,)
+    ]
+    # Nobody asked meanwhile: the pass's own time is written.
+    owner_sql(database_url, "UPDATE connection_maintenance SET subscription_due = now()")
+    (due,) = await queue.claim(owner="w1", limit=1, lease_seconds=60)
+    await queue.complete(due, "w1", MaintenanceResult(subscription_due=week))
+    assert owner_sql(database_url, "SELECT subscription_due FROM connection_maintenance") == [
+        (week,)
+    ]

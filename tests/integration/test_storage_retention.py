@@ -79,6 +79,20 @@ async def test_old_deliveries_and_expired_states_go_in_batches_the_rest_stays(
     }
 
 
+async def test_a_turn_that_stops_at_its_cap_says_it_is_behind(
+    database_url: str, pool: Pool
+) -> None:
+    # Ingest faster than a turn's cap (100 batches a kind) must not outgrow the pruning: the
+    # worker comes back a second later instead of ten minutes (PRUNE_AGAIN_SECONDS).
+    for n in range(5):
+        delivery(database_url, f"old-{n}", 31 + n)
+    retention = PostgresStorageRetention(pool, payload_days=30, batch=2)
+    assert (await retention.prune(max_batches=2))["deliveries_deleted"] == 4
+    assert retention.behind
+    assert (await retention.prune(max_batches=2))["deliveries_deleted"] == 1
+    assert not retention.behind
+
+
 async def test_a_retention_shorter_than_the_dedup_window_empties_payloads_keeps_keys(
     database_url: str, pool: Pool
 ) -> None:

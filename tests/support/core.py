@@ -113,7 +113,7 @@ def build_core() -> Core:
         status=GetConnectionStatus(uow),
         meetings=ListMeetings(uow),
         sync=(sync := SyncMeetings(uow, calendly, tokens, clock)),
-        maintain=MaintainConnection(uow, tokens, ensure, sync, clock),
+        maintain=MaintainConnection(uow, tokens, ensure, sync, clock, calendly=calendly),
         api_keys=api_keys,
         create_api_key=CreateApiKey(api_keys, clock, SecretsRandomness()),
         revoke_api_key=RevokeApiKey(api_keys, clock),

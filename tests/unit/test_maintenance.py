@@ -134,9 +134,12 @@ def only_grant_due(core: Core, user_id: str = "u") -> MaintenanceDue:
     )
 
 
-async def test_nothing_is_refreshed_ahead_of_time(core: Core) -> None:
+async def test_a_grant_check_near_the_tokens_expiry_is_the_refresh_it_needs_anyway(
+    core: Core,
+) -> None:
     # A token within its refresh margin, and nothing but the grant check due: one call, the
-    # refresh the check needs anyway; no refresh at all when nothing is due (no claim).
+    # refresh (that a token's expiry alone schedules nothing is the queue's to show:
+    # tests/integration/test_maintenance_queue.py).
     ada = core.calendly.add_user("ada@example.com")
     await core.connect("u", ada)
     core.clock.advance(timedelta(hours=2) - timedelta(minutes=2))  # within the 5-minute margin
@@ -254,3 +257,54 @@ async def test_calendly_errors_back_off_and_are_not_claimed_before_the_retry(
     assert result.retry_at is not None
     assert result.retry_at > core.clock.now()
     assert result.sync_due == result.retry_at
+
+
+async def test_an_upgrade_shows_on_the_next_poll_and_asks_for_webhooks_at_once(core: Core) -> None:
+    # The poll's answers carry the plan's limit (500 a minute, not Free's 50): the
+    # subscription is checked at the next claim, not a day later.
+    fred = core.calendly.add_user("fred@example.com", paid=False)
+    await core.connect("u", fred)
+    polled = await core.maintain(due_now(core))
+    assert polled.subscription_due is not None
+    assert polled.subscription_due - core.clock.now() >= timedelta(hours=21)  # the daily recheck
+    unchanged = await core.maintain(
+        msgspec.structs.replace(only_grant_due(core), sync_due=core.clock.now())
+    )
+    assert unchanged.subscription_due is None
+    fred.paid = True
+    upgraded = await core.maintain(
+        msgspec.structs.replace(only_grant_due(core), sync_due=core.clock.now())
+    )
+    assert upgraded.subscription_due == core.clock.now()
+    await core.maintain(due_now(core))
+    assert core.db.connections["u"].webhook_status is WebhookStatus.ACTIVE
+
+
+async def test_a_downgrade_shows_on_the_daily_check_and_asks_for_a_subscription_check(
+    core: Core,
+) -> None:
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    assert (await core.maintain(only_grant_due(core))).subscription_due is None
+    ada.paid = False
+    result = await core.maintain(only_grant_due(core))
+    assert result.subscription_due == core.clock.now()
+
+
+async def test_a_weekly_reconciliation_sees_late_changes_to_meetings_before_the_last_one(
+    core: Core,
+) -> None:
+    # A meeting the day before a sync, canceled after it with the webhook lost: a week later
+    # the next sync looks back from the last one, not only from now.
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    event_uri, invitee_uri = core.calendly.book(ada, core.clock.now() - timedelta(days=1))
+    first = await core.maintain(due_now(core, synced=False))
+    assert first.synced_at is not None
+    assert meetings_of(core.db, "u")[event_uri][0].status is MeetingStatus.ACTIVE
+    core.clock.advance(timedelta(hours=1))
+    core.calendly.cancel(invitee_uri, canceler_type="host", reason="ill")
+    core.clock.advance(timedelta(days=7))
+    due = msgspec.structs.replace(due_now(core), synced_at=first.synced_at)
+    assert (await core.maintain(due)).error is None
+    assert meetings_of(core.db, "u")[event_uri][0].status is MeetingStatus.CANCELED

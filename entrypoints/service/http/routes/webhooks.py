@@ -102,7 +102,7 @@ async def _handle(
         refusal = _refusal(exc, config.infrastructure_errors)
         webhook_answered(refusal, time.perf_counter() - started)
         if refusal in SERVER_FAILURES and services.webhook_failures is not None:
-            services.webhook_failures.failed()  # Calendly will retry; the worker follows up
+            services.webhook_failures.failed(token)  # Calendly retries; the worker follows up
         raise
     webhook_answered(ack.outcome, time.perf_counter() - started)
     return ack
