@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import calls, growth, host_webhooks, ingest, live, report, worker
+from benchmarks import calls, growth, host_webhooks, ingest, live, report, storage, worker
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "latest.json"
 
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument(
         "--only",
-        default="1,2,3,4,6,7",
+        default="1,2,3,4,6,7,8",
         help="benchmarks to run, e.g. 1,3 (5 is measured in 2)",
     )
     parser.add_argument("--seconds", type=int, default=10, help="duration of one measured run")
@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if "7" in only:
         say("7. the worker at scale (claim cost at 1,000 and 1,000,000 connections)")
         results["worker"] = worker.run(log=say)
+    if "8" in only:
+        say("8. storage under continuous ingest (60 days of deliveries, pruned as the worker does)")
+        results["storage"] = storage.run(log=say)
     results["meta"]["elapsed_seconds"] = round(time.monotonic() - started)
     say("")
     say(report.table(results))

@@ -22,6 +22,7 @@ TARGET_CLAIM_P99_RATIO = 1.2  # a claim at 1M connections within 1.2x of one at 
 TARGET_IDLE_CALLS_PER_DAY = 2.0  # Calendly calls per idle paid connection per day
 TARGET_OUTAGE_REPAIR_SECONDS = 900.0  # a disabled subscription recreated, the gap backfilled
 TARGET_REVOKED_SECONDS = 86_400.0  # a revoked grant seen while nobody looks
+TARGET_STORAGE_GROWTH = 1.05  # once the retention is full, at most 5 % more by the end
 
 
 def _ms(value: float | None) -> str:
@@ -82,6 +83,9 @@ def targets(results: dict[str, Any]) -> dict[str, bool]:
             and detected["revoked_unwatched"] <= TARGET_REVOKED_SECONDS
             and worker["day"]["rate_limits_kept"]
         )
+    stored = results.get("storage")
+    if stored:
+        met["storage_flat"] = stored["growth_after_full"] <= TARGET_STORAGE_GROWTH
     return met
 
 
@@ -286,6 +290,21 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 f"outage sweep drained in {day['outage_sweep_real_seconds']:.1f} s real time",
                 "≤ 900, ≤ 900, ≤ 86,400; limits kept",
                 v("worker_detection"),
+            )
+        )
+    stored = results.get("storage")
+    if stored:
+        out.append(
+            (
+                f"8. storage of ingest, {stored['per_day']:,} deliveries a day for "
+                f"{stored['days']} days",
+                f"{stored['mb_at_end']:.0f} MB at the end "
+                f"({stored['growth_after_full']:.2f}x of day {stored['payload_days'] + 1}); "
+                f"pruning {stored['prune_rows_per_second']:,.0f} rows/s",
+                f"{stored['mb_when_full']:.0f} MB when the {stored['payload_days']}-day "
+                "retention filled",
+                "flat (≤ 1.05x)",
+                v("storage_flat"),
             )
         )
     return out

@@ -8,6 +8,7 @@ retention empties the payload first and deletes the row once the dedup window ha
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Final
 
 import psycopg_pool
@@ -25,14 +26,14 @@ RETENTION_SCOPE: Final = "SELECT set_config('app.scope', 'retention', true)"
 DELETE_DELIVERIES: Final = """
 DELETE FROM calendly_webhook_events WHERE id IN (
     SELECT id FROM calendly_webhook_events
-    WHERE created_at < now() - make_interval(days => %(days)s)
+    WHERE created_at < coalesce(%(now)s::timestamptz, now()) - make_interval(days => %(days)s)
     ORDER BY created_at LIMIT %(limit)s
 )
 """
 STRIP_PAYLOADS: Final = """
 UPDATE calendly_webhook_events SET payload = NULL, raw_payload = NULL WHERE id IN (
     SELECT id FROM calendly_webhook_events
-    WHERE created_at < now() - make_interval(days => %(days)s)
+    WHERE created_at < coalesce(%(now)s::timestamptz, now()) - make_interval(days => %(days)s)
       AND (payload IS NOT NULL OR raw_payload IS NOT NULL)
     ORDER BY created_at LIMIT %(limit)s
 )
@@ -42,7 +43,7 @@ UPDATE calendly_webhook_events SET payload = NULL, raw_payload = NULL WHERE id I
 DELETE_STATES: Final = """
 DELETE FROM calendly_oauth_states WHERE state IN (
     SELECT state FROM calendly_oauth_states
-    WHERE expires_at < now() - interval '1 day'
+    WHERE expires_at < coalesce(%(now)s::timestamptz, now()) - interval '1 day'
     ORDER BY expires_at LIMIT %(limit)s
 )
 """
@@ -77,19 +78,20 @@ class PostgresStorageRetention:
         self.behind = True
         return total
 
-    async def prune(self, max_batches: int = 100) -> dict[str, int]:
-        """One turn: rows deleted or emptied, by kind (each kind at most `max_batches`)."""
+    async def prune(self, max_batches: int = 100, now: datetime | None = None) -> dict[str, int]:
+        """One turn: rows deleted or emptied, by kind (each kind at most `max_batches`). Ages
+        are counted to `now` (None: the database's time; a simulated month binds its own)."""
         delete_after = max(self._payload_days, DEDUP_DAYS)
         self.behind = False
         done = {
             "deliveries_deleted": await self._all(
-                DELETE_DELIVERIES, {"days": delete_after}, max_batches
+                DELETE_DELIVERIES, {"days": delete_after, "now": now}, max_batches
             ),
             "payloads_emptied": 0,
-            "oauth_states_deleted": await self._all(DELETE_STATES, {}, max_batches),
+            "oauth_states_deleted": await self._all(DELETE_STATES, {"now": now}, max_batches),
         }
         if self._payload_days < DEDUP_DAYS:
             done["payloads_emptied"] = await self._all(
-                STRIP_PAYLOADS, {"days": self._payload_days}, max_batches
+                STRIP_PAYLOADS, {"days": self._payload_days, "now": now}, max_batches
             )
         return done

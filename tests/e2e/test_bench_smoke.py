@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from benchmarks import calls, host_webhooks, ingest, worker, worker_day
+from benchmarks import calls, host_webhooks, ingest, storage, worker, worker_day
 
 pytestmark = pytest.mark.slow
 
@@ -94,3 +94,13 @@ def test_the_worker_benchmark_keeps_issue_15s_promises_on_the_sandboxs_clock() -
     assert 0.5 <= result["calls_per_idle_connection_per_day"] <= 2.5
     assert result["day"]["old_calls_per_idle_connection_per_day"] >= 30
     assert result["day"]["rate_limits_kept"]
+
+
+def test_the_storage_benchmark_sees_the_delivery_log_stop_growing() -> None:
+    # Eight simulated days with a three-day retention: the rows kept stop at three days' worth
+    # plus the day being pruned, and the size with them (VACUUM lets the space be reused).
+    result = storage.run(storage.Config(days=8, per_day=2_000, payload_days=3), log=quiet)
+    assert result["ok"], result.get("problems")
+    assert result["rows_by_day"][:3] == [2_000, 4_000, 6_000]
+    assert max(result["rows_by_day"][3:]) <= 2_000 * 4
+    assert result["growth_after_full"] <= 1.1
