@@ -270,10 +270,10 @@ def rows(results: dict[str, Any]) -> list[Row]:
         out.append(
             (
                 "7. Calendly calls per free-plan connection per day",
-                f"watched 2 h: {today['free_watched']['per_connection_per_day']:.0f}, "
-                f"unwatched: {today['free_unwatched']['per_connection_per_day']:.0f}",
+                f"watched 2 h of the day: {today['free_watched']['whole_day_per_connection']:.0f}"
+                f", unwatched: {today['free_unwatched']['whole_day_per_connection']:.0f}",
                 f"old defaults, unwatched: "
-                f"{before['free_unwatched']['per_connection_per_day']:.0f}",
+                f"{before['free_unwatched']['whole_day_per_connection']:.0f}",
                 "-",
                 "-",
             )
@@ -287,7 +287,9 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 f"{found['revoked_unwatched']:.0f}, page opened {found['revoked_opened']:.0f}; "
                 f"watched free-plan booking {found['watched_booking']:.0f}; busiest user-minute "
                 f"{today['busiest_user_minute']['api']} calls",
-                f"outage sweep drained in {day['outage_sweep_real_seconds']:.1f} s real time",
+                f"the outage's follow-up: {day['outage_follow_up']['calls']:,} calls, "
+                f"{day['outage_follow_up']['worker_real_seconds']:.0f} s of the worker's real "
+                f"time ({day['outage_follow_up']['calls_per_real_second']:,} calls/s)",
                 "≤ 900, ≤ 900, ≤ 86,400; limits kept",
                 v("worker_detection"),
             )

@@ -42,6 +42,7 @@ from entrypoints.container import Container, resolve
 from entrypoints.service.worker import Worker, build_worker
 from entrypoints.settings import load_settings
 
+FOLLOW_UP_SECONDS = 900  # the promise: repaired and backfilled within 15 minutes
 PAID_LIMIT_PER_MINUTE = 500  # API_FACTS: per Calendly user, paid plans
 FREE_LIMIT_PER_MINUTE = 50
 TOKEN_LIMIT_PER_MINUTE = 8
@@ -181,7 +182,9 @@ class Script:
     found: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
     booked_at: dict[str, float] = field(default_factory=dict)
     gap_events: dict[str, str] = field(default_factory=dict)  # user -> event uri
-    sweep_real_seconds: float = 0.0
+    # Real seconds the steps of the outage's follow-up (15 minutes from its end) took: the
+    # worker's time for the calls the sweep asked for.
+    follow_up_real_seconds: float = 0.0
 
 
 async def _control(
@@ -244,12 +247,12 @@ async def run_day(
                     await health.beat(now=clock.now())
                 if script is not None and watching[0] <= t < watching[1]:
                     await watched.mark(script.watched)
-                sweep_started = time.monotonic()
-                swept = await worker.sweep_outages()
+                step_started = time.monotonic()
+                await worker.sweep_outages()
                 while handled := await worker.run_once():
                     passes += handled
-                if swept and script is not None:
-                    script.sweep_real_seconds = time.monotonic() - sweep_started
+                if script is not None and outage[1] <= t < outage[1] + FOLLOW_UP_SECONDS:
+                    script.follow_up_real_seconds += time.monotonic() - step_started
                 if script is not None:
                     await _observe(http, s, script, t, outage[1])
         finally:
@@ -443,7 +446,7 @@ def run(cfg: DayConfig | None = None, log: Any = print) -> dict[str, Any]:
             groups,
             uri_of,
             (day["start"], begun),
-            (ended, ended + timedelta(minutes=15)),
+            (ended, ended + timedelta(seconds=FOLLOW_UP_SECONDS)),
         )
         results["today"]["real_seconds"] = day["real_seconds"]
         # Seen at the end of a step: each figure is at most this (the step's resolution).
@@ -468,7 +471,18 @@ def run(cfg: DayConfig | None = None, log: Any = print) -> dict[str, Any]:
                 ("watched_booking", 1),
             )
         }
-        results["outage_sweep_real_seconds"] = round(script.sweep_real_seconds, 1)
+        follow_up_calls = sum(
+            g["outage_follow_up_per_connection"] * g["connections"]
+            for k, g in results["today"].items()
+            if k in mix.groups
+        )
+        results["outage_follow_up"] = {
+            "calls": round(follow_up_calls),
+            "worker_real_seconds": round(script.follow_up_real_seconds, 1),
+            "calls_per_real_second": round(
+                follow_up_calls / max(script.follow_up_real_seconds, 0.001)
+            ),
+        }
         log(
             f"  today's defaults: the day took {day['real_seconds']:.0f} s;"
             f" {results['today']['idle_paid']['per_connection_per_day']} calls per idle paid"
@@ -498,6 +512,12 @@ def run(cfg: DayConfig | None = None, log: Any = print) -> dict[str, Any]:
         )
     today, before = results["today"], results["old_defaults"]
     results["calls_per_idle_connection_per_day"] = today["idle_paid"]["per_connection_per_day"]
+    # Free-plan costs depend on the hours watched: the whole day's (2 hours watched).
+    results["calls_per_free_connection_per_day"] = {
+        "watched_2_hours": today["free_watched"]["whole_day_per_connection"],
+        "unwatched": today["free_unwatched"]["whole_day_per_connection"],
+        "old_defaults_unwatched": before["free_unwatched"]["whole_day_per_connection"],
+    }
     results["old_calls_per_idle_connection_per_day"] = before["idle_paid"]["per_connection_per_day"]
     busiest = today["busiest_user_minute"]
     results["rate_limits_kept"] = (

@@ -27,6 +27,8 @@ from domain.usecases.sync_meetings import SyncMeetings
 
 # Calendly's per-user limit on the Free plan (paid plans: 500 a minute).
 FREE_PLAN_LIMIT = 50
+# Answers after which a connection's subscription is checked at its retry.
+REFUSALS = frozenset({401, 403, 404})
 
 
 class MaintenanceSchedule(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,8 +141,11 @@ class MaintainConnection:
                 else self._schedule.backoff(due.failures)
             )
             retry_at = now + wait
+            # Calendly refused the token, the permission or the resource: whatever else is
+            # wrong, the retry reads the subscription too (DR-45).
+            refused = exc.status in REFUSALS
             return MaintenanceResult(
-                subscription_due=retry_at if due.subscription_due <= now else None,
+                subscription_due=retry_at if due.subscription_due <= now or refused else None,
                 sync_due=retry_at if due.sync_due <= now else None,
                 grant_due=retry_at if due.grant_due <= now else None,
                 error=f"{type(exc).__name__}: Calendly answered {exc.status}",

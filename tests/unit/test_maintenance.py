@@ -6,10 +6,18 @@ from collections import Counter
 from datetime import timedelta
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.errors import CalendlyUnavailable, RateLimited
+from domain.errors import (
+    CalendlyError,
+    CalendlyUnavailable,
+    PermissionDenied,
+    RateLimited,
+    ResourceNotFound,
+    TokenRejected,
+)
 from domain.meetings import MeetingStatus
 from domain.model import ConnectionStatus, WebhookStatus
 from domain.ports import MaintenanceDue
@@ -308,3 +316,29 @@ async def test_a_weekly_reconciliation_sees_late_changes_to_meetings_before_the_
     due = msgspec.structs.replace(due_now(core), synced_at=first.synced_at)
     assert (await core.maintain(due)).error is None
     assert meetings_of(core.db, "u")[event_uri][0].status is MeetingStatus.CANCELED
+
+
+@pytest.mark.parametrize(
+    ("error", "checked"),
+    [
+        (TokenRejected(401, {"title": "Unauthenticated"}), True),
+        (PermissionDenied(403, {"title": "Permission Denied"}), True),
+        (ResourceNotFound(404, {"title": "Resource Not Found"}), True),
+        (CalendlyUnavailable(503, None, "down"), False),
+    ],
+)
+async def test_a_refusal_from_calendly_has_the_retry_read_the_subscription(
+    core: Core, error: CalendlyError, checked: bool
+) -> None:
+    # Issue 15's trigger: after Calendly says 401, 403 or 404 for a connection, its subscription
+    # is checked (at the retry), not a week later; a 5xx alone asks for no such thing.
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    core.calendly.fail_next("list_scheduled_events", error, times=2)
+    due = msgspec.structs.replace(
+        due_now(core), subscription_due=core.clock.now() + timedelta(days=3)
+    )
+    result = await core.maintain(due)
+    assert result.error is not None
+    assert result.retry_at is not None
+    assert (result.subscription_due == result.retry_at) is checked
