@@ -5,6 +5,8 @@ after each day the worker's own pruning (adapters/postgres/storage_retention.py,
 30 days of payloads, 1,000 rows a batch) runs with its clock at the day's end, then VACUUM, as
 autovacuum would within a day. The size of what ingest adds (the delivery log and the OAuth
 states, tables and indexes) is read every day: it must stop growing once the retention is full.
+A second, shorter run keeps payloads 1 day: they are emptied first (an UPDATE) and the rows
+deleted after the 3-day dedup window.
 Meetings are the users' data and are kept: they grow with bookings, not with deliveries.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from adapters.postgres.storage_retention import PostgresStorageRetention
+from adapters.postgres.storage_retention import DEDUP_DAYS, PostgresStorageRetention
 from benchmarks.stack import stack
 
 # About the size of a real invitee.created body (API_FACTS 4.1).
@@ -86,7 +88,18 @@ class Config:
 
 
 def run(cfg: Config | None = None, log: Any = print) -> dict[str, Any]:
+    """The default retention (30 days), and beside it a 1-day one, whose payloads are emptied
+    first and rows deleted after the 3-day dedup window (the UPDATE path, the likelier to
+    bloat)."""
     cfg = cfg or Config()
+    results = _scenario(cfg, log)
+    short = Config(days=12, per_day=cfg.per_day, payload_days=1)
+    results["short_retention"] = _scenario(short, log)
+    results["ok"] = results["ok"] and results["short_retention"]["ok"]
+    return results
+
+
+def _scenario(cfg: Config, log: Any) -> dict[str, Any]:
     sizes: list[float] = []
     rows: list[int] = []
     prune_seconds: list[float] = []
@@ -107,21 +120,26 @@ def run(cfg: Config | None = None, log: Any = print) -> dict[str, Any]:
                 rows.append(int(count))
                 if day % 10 == 9:
                     log(f"  day {day + 1}: {size:.0f} MB, {count:,} recorded deliveries")
-    full = cfg.payload_days + 1  # the first day the retention is full
+    kept_days = max(cfg.payload_days, DEDUP_DAYS)
+    full = kept_days + 1  # the first day the retention is full
     after = sizes[full - 1 :]
     results: dict[str, Any] = {
         "days": cfg.days,
         "per_day": cfg.per_day,
         "payload_days": cfg.payload_days,
+        "full_on_day": full,
         "mb_by_day": sizes,
         "rows_by_day": rows,
         "mb_when_full": sizes[full - 1],
         "mb_at_end": sizes[-1],
         "growth_after_full": round(max(after) / sizes[full - 1], 3),
         "prune_seconds_max": round(max(prune_seconds), 2),
-        "prune_rows_per_second": round(cfg.per_day / max(prune_seconds[full:] or [1.0]), 0),
+        # The slowest day's: a day's deliveries (and OAuth states) over its pruning time.
+        "prune_rows_per_second_worst_day": round(
+            cfg.per_day * 1.05 / max(prune_seconds[full:] or [1.0]), 0
+        ),
     }
-    results["ok"] = rows[-1] <= cfg.per_day * (cfg.payload_days + 1)
+    results["ok"] = rows[-1] <= cfg.per_day * (kept_days + 1)
     if not results["ok"]:
         results["problems"] = [f"{rows[-1]:,} deliveries kept after {cfg.days} days"]
     return results

@@ -451,6 +451,9 @@ class MaintenanceDue(msgspec.Struct, frozen=True, kw_only=True):
     sync_due: datetime
     synced_at: datetime | None
     failures: int = 0
+    # The queue's time at the claim: what it found due is due for the pass too, whatever the
+    # process's own clock says.
+    claimed_at: datetime | None = None
 
 
 class MaintenanceResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -30,7 +30,8 @@ SET lease_owner = %(owner)s, lease_until = coalesce(%(now)s::timestamptz, now())
     last_run_at = coalesce(%(now)s::timestamptz, now())
 FROM due WHERE m.connection_id = due.connection_id
 RETURNING m.connection_id::text AS connection_id, m.user_id, m.grant_due,
-          m.subscription_due, m.sync_due, m.synced_at, m.failures
+          m.subscription_due, m.sync_due, m.synced_at, m.failures,
+          coalesce(%(now)s::timestamptz, now()) AS claimed_at
 """
 COMPLETE = """
 UPDATE connection_maintenance SET

@@ -53,9 +53,12 @@ VALUES (%(started)s, %(ended)s, %(cause)s)
 HEALTHY: Final = "UPDATE webhook_health SET healthy_until = greatest(healthy_until, %(now)s)"
 # The connections whose deliveries were answered with a 5xx: checked and reconciled once the
 # endpoint has been healthy for `settle` (sooner only).
+# A row a worker holds gets the time outright (as in SWEEP below), so its completion keeps it.
 CHECK_FAILED: Final = """
 UPDATE connection_maintenance m
-SET subscription_due = least(m.subscription_due, %(due)s), sync_due = least(m.sync_due, %(due)s)
+SET subscription_due = CASE WHEN m.lease_until > %(at)s THEN %(due)s
+                            ELSE least(m.subscription_due, %(due)s) END,
+    sync_due = CASE WHEN m.lease_until > %(at)s THEN %(due)s ELSE least(m.sync_due, %(due)s) END
 FROM calendly_webhook_routes r
 WHERE r.webhook_token = ANY(%(tokens)s) AND m.connection_id = r.connection_id
 """
@@ -146,10 +149,12 @@ class PostgresWebhookHealth:
                 if failed is not None and (
                     failed.unknown or len(failed.tokens) > MAX_FAILED_CONNECTIONS
                 ):
-                    started = failed.since if started is None else min(started, failed.since)
+                    since = min(failed.since, at)  # a process clock ahead of the database's
+                    started = since if started is None else min(started, since)
                 elif failed is not None and failed.tokens:
                     await conn.execute(
-                        CHECK_FAILED, {"tokens": list(failed.tokens), "due": at + self._settle}
+                        CHECK_FAILED,
+                        {"tokens": list(failed.tokens), "due": at + self._settle, "at": at},
                     )
                 if started is not None:
                     params = {"started": started, "ended": at, "gap": self._gap, "cause": cause}

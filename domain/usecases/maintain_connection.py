@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -113,7 +113,7 @@ class MaintainConnection:
         Calendly's errors and a revoked grant are answered here; anything else raises, and
         the caller records it with `failed`, which backs off just the same.
         """
-        now = self._clock.now()
+        now = max(self._clock.now(), due.claimed_at or datetime.min.replace(tzinfo=UTC))
         async with self._uow(due.user_id) as uow:
             connection = await uow.connections.get(due.user_id)
         if connection is None or connection.status is not ConnectionStatus.ACTIVE:

@@ -100,6 +100,9 @@ def test_the_storage_benchmark_sees_the_delivery_log_stop_growing() -> None:
     # Eight simulated days with a three-day retention: the rows kept stop at three days' worth
     # plus the day being pruned, and the size with them (VACUUM lets the space be reused).
     result = storage.run(storage.Config(days=8, per_day=2_000, payload_days=3), log=quiet)
+    short = result["short_retention"]  # payloads emptied after a day, rows gone after three
+    assert short["ok"], short.get("problems")
+    assert max(short["rows_by_day"]) <= 2_000 * 4
     assert result["ok"], result.get("problems")
     assert result["rows_by_day"][:3] == [2_000, 4_000, 6_000]
     assert max(result["rows_by_day"][3:]) <= 2_000 * 4

@@ -303,3 +303,15 @@ async def test_a_5xx_answered_to_calendly_goes_on_the_endpoints_health_record(ap
         )
         assert fine.status_code == 200
         assert failures.take() is None
+
+
+@pytest.mark.parametrize("path", ["/webhooks/calendly", "/webhooks/calendly/some-token"])
+async def test_a_client_that_hangs_up_is_not_a_failure_of_ours(api: Api, path: str) -> None:
+    # Anyone can send half a body and go: whatever the app answers the vanished client, it must
+    # not count as a 5xx answered to Calendly (else anyone could start a sweep of all, DR-45).
+    failures = WebhookFailures()
+    services = dataclasses.replace(services_of(api.core, api.readiness), webhook_failures=failures)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+    app = create_app(services, api.config)
+    await raw_request(app, "POST", path, headers, [b'{"ev'], hang_up=True)
+    assert failures.take() is None

@@ -86,6 +86,21 @@ async def test_5xx_on_connections_own_urls_check_those_connections_only(
     after = dues(database_url)
     assert after.pop(cid(1)) == (T0 + timedelta(seconds=10) + settle,) * 2
     assert set(after.values()) == {(FAR, FAR)}
+    # A row a worker holds (its pass may have read the subscription already) gets the time
+    # outright, so that the pass's completion keeps it.
+    past = T0 - timedelta(minutes=1)
+    owner_sql(
+        database_url,
+        "UPDATE connection_maintenance SET subscription_due = %s, sync_due = %s,"
+        " lease_owner = 'w1', lease_until = %s WHERE connection_id = %s",
+        past,
+        past,
+        T0 + timedelta(hours=1),
+        cid(2),
+    )
+    held = FailedDeliveries(since=T0, tokens={tokens[cid(2)]})
+    await health.beat(held, now=T0 + timedelta(seconds=12))
+    assert dues(database_url)[cid(2)] == (T0 + timedelta(seconds=12) + settle,) * 2
     # Too many to name: an outage of all.
     many = FailedDeliveries(since=T0, tokens={f"t{n}" for n in range(MAX_FAILED_CONNECTIONS + 1)})
     assert await health.beat(many, now=T0 + timedelta(seconds=20))

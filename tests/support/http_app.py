@@ -224,18 +224,23 @@ async def raw_request(
     path: str,
     headers: Sequence[tuple[bytes, bytes]],
     chunks: Sequence[bytes] = (),
+    *,
+    hang_up: bool = False,
 ) -> RawResponse:
-    """Drive the ASGI app directly: any header bytes, a body in chunks, no Content-Length."""
+    """Drive the ASGI app directly: any header bytes, a body in chunks, no Content-Length;
+    `hang_up`: the client goes away after the chunks instead of ending the body."""
     pending = list(chunks)
     read = 0
 
     async def receive() -> Any:
         nonlocal read
+        if not pending and hang_up:
+            return {"type": "http.disconnect"}
         if not pending:
             return {"type": "http.request", "body": b"", "more_body": False}
         read += 1
         chunk = pending.pop(0)
-        return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending) or hang_up}
 
     status = 0
     response_headers: dict[str, str] = {}

@@ -288,9 +288,9 @@ async def test_an_upgrade_shows_on_the_next_poll_and_asks_for_webhooks_at_once(c
     assert core.db.connections["u"].webhook_status is WebhookStatus.ACTIVE
 
 
-async def test_a_downgrade_shows_on_the_daily_check_and_asks_for_a_subscription_check(
-    core: Core,
-) -> None:
+async def test_a_downgrade_shows_on_the_next_call_with_the_token(core: Core) -> None:
+    # Here a grant check with a live token (a read of the user). A check that only refreshes
+    # carries no bearer, so no limit: then the weekly reads are the next such call (DR-45).
     ada = core.calendly.add_user("ada@example.com")
     await core.connect("u", ada)
     assert (await core.maintain(only_grant_due(core))).subscription_due is None
@@ -342,3 +342,17 @@ async def test_a_refusal_from_calendly_has_the_retry_read_the_subscription(
     assert result.error is not None
     assert result.retry_at is not None
     assert (result.subscription_due == result.retry_at) is checked
+
+
+async def test_what_the_queue_found_due_is_due_whatever_the_process_clock_says(
+    core: Core,
+) -> None:
+    # The database's clock is a little ahead of this process's: the subscription it claimed
+    # the row for is checked, not mistaken for "not yet" (and claimed again at once).
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    ahead = core.clock.now() + timedelta(seconds=2)
+    due = msgspec.structs.replace(only_grant_due(core), subscription_due=ahead, claimed_at=ahead)
+    result = await core.maintain(due)
+    assert result.subscription_due is not None
+    assert result.subscription_due - ahead >= timedelta(days=6)

@@ -73,8 +73,9 @@ async def read_delivery(request: Request[Any, Any, Any]) -> bytes:
         raise
 
 
-# The refusals answered with a 5xx: Calendly retries them, and a day of them disables the
-# subscription (the outage they make is followed up by the worker, DR-45).
+# The refusals answered with a 5xx: Calendly retries them, and a delivery whose last try gets
+# one disables its subscription (the health record's beats follow them up, DR-45). Only our
+# own failures count: the database or a fault of ours, never what a request itself caused.
 SERVER_FAILURES: Final = frozenset({"storage_unavailable", "error"})
 
 
@@ -101,7 +102,11 @@ async def _handle(
     except Exception as exc:
         refusal = _refusal(exc, config.infrastructure_errors)
         webhook_answered(refusal, time.perf_counter() - started)
-        if refusal in SERVER_FAILURES and services.webhook_failures is not None:
+        if (
+            refusal in SERVER_FAILURES
+            and not isinstance(exc, HTTPException)  # the request's doing (a client hung up)
+            and services.webhook_failures is not None
+        ):
             services.webhook_failures.failed(token)  # Calendly retries; the worker follows up
         raise
     webhook_answered(ack.outcome, time.perf_counter() - started)
