@@ -306,13 +306,17 @@ def subscription_note(world: World, user: User) -> str:
     if user.plan == "free" and not active:
         return (
             "<p class='note warn'>Free plan: Calendly refuses webhook subscriptions for free "
-            "accounts, so bookings here reach no app. Switch the plan on the "
-            "<a href='/_sandbox/'>users page</a>.</p>"
+            "accounts, so no app hears of bookings here as they happen. A connected app sees "
+            "them when it reads the API: calendly-connect polls, every 30 seconds while its "
+            "user has the page open and every 30 minutes otherwise. Switch the plan on the "
+            "<a href='/_sandbox/'>users page</a> for webhooks.</p>"
         )
     if not active:
         return (
             "<p class='note'>No webhook subscription hears about these meetings yet. Connect "
-            "this user to your app first; bookings made before that reach nobody.</p>"
+            "this user to your app: it hears of what happens from then on, and reads what was "
+            "booked before when it first syncs (calendly-connect reads the last 30 days and "
+            "everything ahead).</p>"
         )
     count = len(active)
     return (

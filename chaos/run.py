@@ -320,9 +320,15 @@ class Chaos:
         sandbox.world.revoke_all(host_id)
 
         def due_now() -> None:
+            # Its token runs out and its daily grant check comes (DR-45): what a day without
+            # a call would bring, now, so the run sees the worker find the grant gone.
             with psycopg.connect(db_url, autocommit=True) as conn:
                 conn.execute(
                     "UPDATE calendar_connections SET token_expires_at = now() WHERE user_id = %s",
+                    (user,),
+                )
+                conn.execute(
+                    "UPDATE connection_maintenance SET grant_due = now() WHERE user_id = %s",
                     (user,),
                 )
 

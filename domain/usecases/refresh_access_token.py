@@ -1,4 +1,4 @@
-"""Keep a connection's access token usable: refresh ahead of expiry, one refresh at a time."""
+"""Hand out usable access tokens: a call refreshes one near its expiry first, one at a time."""
 
 from __future__ import annotations
 

@@ -307,6 +307,8 @@ async def test_a_connection_the_worker_keeps_failing_on_shows_it_in_its_status(
 class StuckPruning:
     """A first prune over a huge backlog: it takes as long as the test lets it."""
 
+    behind = False
+
     def __init__(self) -> None:
         self.started = asyncio.Event()
         self.cancelled = False
