@@ -29,11 +29,14 @@ FROM change_log
 # Only transactions below the statement's snapshot xmin have all ended: what they wrote is all
 # visible now or never will be, so nothing can later appear before the last position read.
 _HORIZON: Final = "xid < pg_snapshot_xmin(pg_current_snapshot())"
-FIRST_CHANGES: Final = CHANGE_COLUMNS + f"WHERE {_HORIZON} ORDER BY xid, id LIMIT %(limit)s"
+# The table's columns by name: a bare `xid` in ORDER BY would be the text column above, which
+# sorts "1000" before "99" (and a cursor taken there would skip rows for ever).
+_ORDER: Final = "ORDER BY change_log.xid, change_log.id"
+FIRST_CHANGES: Final = CHANGE_COLUMNS + f"WHERE {_HORIZON} {_ORDER} LIMIT %(limit)s"
 NEXT_CHANGES: Final = (
     CHANGE_COLUMNS
     + "WHERE (xid, id) > (%(xid)s::xid8, %(id)s::bigint) AND "
-    + f"{_HORIZON} ORDER BY xid, id LIMIT %(limit)s"
+    + f"{_HORIZON} {_ORDER} LIMIT %(limit)s"
 )
 # How far the log was pruned (migrations/0010): a cursor before it lost changes (DR-35).
 PRUNED_UP_TO: Final = "SELECT xid::text AS xid, id FROM change_log_pruned"

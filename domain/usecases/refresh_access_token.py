@@ -197,14 +197,43 @@ class RefreshAccessToken:
         await self.call(user_id, self._calendly.current_user)
 
     async def call(self, user_id: str, action: Callable[[Secret], Awaitable[T]]) -> T:
-        """Run `action` with a fresh token; after a 401, refresh once and run it again."""
+        """Run `action` with a fresh token; after a 401, refresh once and run it again. A 401
+        for the fresh token too means Calendly no longer honours the grant whatever it says at
+        the token endpoint: the connection is then `needs_reauth` (unless it moved on
+        meanwhile) and ReauthorizationRequired is raised."""
         _, token = await self.access_token(user_id)
         try:
             return await action(token)
         except TokenRejected:
             connection = await self(user_id, stale=token)
             assert connection.tokens is not None
-            return await action(connection.tokens.access_token)
+            fresh = connection.tokens.access_token
+        try:
+            return await action(fresh)
+        except TokenRejected as exc:
+            await self._refused(user_id, fresh)
+            raise ReauthorizationRequired(
+                user_id, "Calendly refused a freshly issued access token"
+            ) from exc
+
+    async def _refused(self, user_id: str, token: Secret) -> None:
+        """Mark the connection `needs_reauth`, after one re-read: only if `token` is still the
+        stored one (a sibling's refresh or a reconnect since is left alone)."""
+        async with self._uow(user_id) as uow:
+            current = await uow.connections.get(user_id, for_update=True)
+            if (
+                current is None
+                or current.status is not ConnectionStatus.ACTIVE
+                or current.tokens is None
+                or current.tokens.access_token != token
+            ):
+                return
+            await uow.connections.save(
+                current.needing_reauth(
+                    "Calendly refuses the connection's access tokens", self._clock.now()
+                )
+            )
+            await uow.commit()
 
     @staticmethod
     def _usable(connection: Connection | None, user_id: str) -> Connection:

@@ -251,3 +251,39 @@ def test_the_feed_reads_with_snapshots_of_what_changed(
     assert connection[0].connection.user_id == "u2"
     assert all(a.position < b.position for a, b in itertools.pairwise(changes))
     assert isinstance(changes[0].position, ChangePosition)
+
+
+def test_the_feed_orders_transaction_ids_as_numbers_not_as_text(database_url: str) -> None:
+    # Transaction ids grow through every number of digits: 9 < 10 < 100 must hold in the
+    # feed's order and in its cursors (text would put "10" < "100" < "9", and a cursor taken
+    # at "9" would skip the others for ever). Rows written as the owner, with ids below any
+    # live transaction's (the feed shows only ended ones).
+    subject = str(uuid.uuid4())
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        (current,) = admin.execute("SELECT pg_current_xact_id()::text::bigint").fetchone() or (0,)
+        assert current > 100
+        for seq, xid in enumerate((100, 9, 10), start=1):
+            admin.execute(
+                "INSERT INTO change_log (xid, user_id, user_seq, kind, subject_id, event)"
+                " VALUES (%s::text::xid8, 'u9', %s, 'meeting', %s, 'meeting.created')",
+                (str(xid), seq, subject),
+            )
+
+    async def read_one_by_one() -> list[int]:
+        from adapters.postgres.pool import make_pool
+
+        pool = make_pool(database_url, runtime_role=RUNTIME_ROLE, min_size=1, max_size=1)
+        await pool.open(wait=True)
+        try:
+            feed, seen, after = PostgresChangeFeed(pool), [], None
+            for _ in range(5):
+                page = list(await feed.read(after, 1))
+                if not page:
+                    break
+                seen.append(page[0].position.xid)
+                after = page[0].position
+            return seen
+        finally:
+            await pool.close()
+
+    assert asyncio.run(read_one_by_one()) == [9, 10, 100]

@@ -344,9 +344,10 @@ async def test_a_401_is_retried_once_after_refreshing(core: Core) -> None:
     ada = core.calendly.add_user("ada@example.com")
     await core.connect("u", ada)
     core.calendly.fail_next("current_user", TokenRejected(401, None), times=2)
-    with pytest.raises(TokenRejected):
+    with pytest.raises(ReauthorizationRequired):  # refused fresh too: a dead grant (issue 16)
         await core.tokens.call("u", core.calendly.current_user)
     assert core.calendly.count("refresh") == 1
+    assert core.db.connections["u"].status is ConnectionStatus.NEEDS_REAUTH
 
 
 # ------------------------------------------- a grant is never dropped (issue 10, row 33)

@@ -321,7 +321,6 @@ async def test_a_weekly_reconciliation_sees_late_changes_to_meetings_before_the_
 @pytest.mark.parametrize(
     ("error", "checked"),
     [
-        (TokenRejected(401, {"title": "Unauthenticated"}), True),
         (PermissionDenied(403, {"title": "Permission Denied"}), True),
         (ResourceNotFound(404, {"title": "Resource Not Found"}), True),
         (CalendlyUnavailable(503, None, "down"), False),
@@ -330,8 +329,9 @@ async def test_a_weekly_reconciliation_sees_late_changes_to_meetings_before_the_
 async def test_a_refusal_from_calendly_has_the_retry_read_the_subscription(
     core: Core, error: CalendlyError, checked: bool
 ) -> None:
-    # Issue 15's trigger: after Calendly says 401, 403 or 404 for a connection, its subscription
-    # is checked (at the retry), not a week later; a 5xx alone asks for no such thing.
+    # Issue 15's trigger: after Calendly says 403 or 404 for a connection, its subscription is
+    # checked (at the retry), not a week later; a 5xx alone asks for no such thing. (A 401 is
+    # refreshed away, or is a dead grant: the next test.)
     ada = core.calendly.add_user("ada@example.com")
     await core.connect("u", ada)
     core.calendly.fail_next("list_scheduled_events", error, times=2)
@@ -356,3 +356,16 @@ async def test_what_the_queue_found_due_is_due_whatever_the_process_clock_says(
     result = await core.maintain(due)
     assert result.subscription_due is not None
     assert result.subscription_due - ahead >= timedelta(days=6)
+
+
+async def test_a_fresh_token_refused_too_is_a_dead_grant_at_once(core: Core) -> None:
+    # Issue 16: a 401, a refresh that Calendly accepts, and a 401 again for the fresh token:
+    # the connection shows needs_reauth now, not after some later refresh fails.
+    ada = core.calendly.add_user("ada@example.com")
+    await core.connect("u", ada)
+    rejected = TokenRejected(401, {"title": "Unauthenticated"})
+    core.calendly.fail_next("list_scheduled_events", rejected, times=2)
+    result = await core.maintain(due_now(core))
+    assert core.db.connections["u"].status is ConnectionStatus.NEEDS_REAUTH
+    assert result.error is not None
+    assert core.calendly.count("refresh") == 1
