@@ -8,7 +8,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from aiohttp import web
 
-from .config import OAuthClient, Settings
+from .config import OAuthClient, PayloadStyle, Settings
 from .delivery import ReleaseOrder
 from .errors import ApiError, json_response
 from .limits import Fault
@@ -94,6 +94,7 @@ def user_summary(sandbox: Sandbox, user_id: str) -> dict[str, Any]:
         "id": user.id,
         "plan": user.plan,
         "role": user.role,
+        "payload_style": user.payload_style or world.settings.payload_style,
     }
 
 
@@ -126,15 +127,19 @@ async def list_users(request: web.Request) -> web.StreamResponse:
 class UserChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     plan: Plan | None = None
     role: Role | None = None
+    # The shape of this user's deliveries ("current" or "legacy"), whatever the world's.
+    payload_style: PayloadStyle | None = None
 
 
 @routes.patch("/_sandbox/users/{uuid}")
 async def change_user(request: web.Request) -> web.StreamResponse:
-    """Change a user's plan (free <-> standard) or role."""
+    """Change a user's plan (free <-> standard), role, or the shape of their deliveries."""
     sandbox = sandbox_of(request)
     user = sandbox.world.get_user(request.match_info["uuid"])
     body = await decode(request, UserChange)
-    sandbox.world.change_user(user, plan=body.plan, role=body.role)
+    sandbox.world.change_user(
+        user, plan=body.plan, role=body.role, payload_style=body.payload_style
+    )
     return json_response(user_summary(sandbox, user.id))
 
 

@@ -73,6 +73,9 @@ class User:
     plan: Plan
     created_at: float
     updated_at: float
+    # The shape of this user's deliveries when it is not the world's (`payload_style`):
+    # "legacy" sends the pre-2022 shape (no `scheduled_event`, a boolean `canceled`).
+    payload_style: Literal["current", "legacy"] | None = None
 
     @property
     def is_admin(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from calendly_sandbox.config import OAuthClient, SandboxConfig, Settings
+from calendly_sandbox.config import OAuthClient, PayloadStyle, SandboxConfig, Settings
 from calendly_sandbox.model import (
     AuthorizationCode,
     CancelerType,
@@ -157,8 +157,15 @@ class World:
             user_id=user_id,
         )
 
-    def change_user(self, user: User, *, plan: Plan | None, role: Role | None) -> None:
-        self.people.change_user(user, plan=plan, role=role)
+    def change_user(
+        self,
+        user: User,
+        *,
+        plan: Plan | None,
+        role: Role | None,
+        payload_style: PayloadStyle | None = None,
+    ) -> None:
+        self.people.change_user(user, plan=plan, role=role, payload_style=payload_style)
 
     def user_by_email(self, email: str) -> User | None:
         return self.people.user_by_email(email)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from calendly_sandbox.config import PayloadStyle
 from calendly_sandbox.errors import ApiError
 from calendly_sandbox.model import Organization, Plan, Role, User, new_id
 
@@ -71,10 +72,20 @@ class People:
         self.users[user.id] = user
         return user
 
-    def change_user(self, user: User, *, plan: Plan | None, role: Role | None) -> None:
-        """Change the plan or role given (None keeps it); the user counts as updated either way."""
+    def change_user(
+        self,
+        user: User,
+        *,
+        plan: Plan | None,
+        role: Role | None,
+        payload_style: PayloadStyle | None = None,
+    ) -> None:
+        """Change the plan, role or deliveries' shape given (None keeps it); the user counts
+        as updated either way."""
         if plan is not None:
             user.plan = plan
+        if payload_style is not None:
+            user.payload_style = payload_style
         if role is not None:
             user.role = role
         user.updated_at = self.context.clock.now()

@@ -204,7 +204,9 @@ class Rendering:
         body = self.invitee_json(invitee)
         if note.event == "invitee_no_show.deleted" and removed_no_show is not None:
             body["no_show"] = self._no_show_json(removed_no_show)
-        if self.context.settings.payload_style == "legacy":
+        host = self.people.users.get(self.bookings.event_of(invitee).host_id)
+        style = (host.payload_style if host else None) or self.context.settings.payload_style
+        if style == "legacy":
             for newer in (
                 "scheduling_method",
                 "invitee_scheduled_by",

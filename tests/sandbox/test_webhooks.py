@@ -580,6 +580,28 @@ async def test_legacy_payloads_carry_only_the_event_uri_and_a_canceled_flag(
     assert canceled["payload"]["status"] == "canceled"
 
 
+async def test_one_user_can_send_the_legacy_shape_while_the_world_sends_todays(
+    sandbox: SandboxDriver, host: Tokens, receiver: WebhookReceiver
+) -> None:
+    # Issue 16: older shapes for any one user, so a test can mix them over real HTTP.
+    changed = await sandbox.control(
+        "PATCH", f"/_sandbox/users/{user_id(host)}", {"payload_style": "legacy"}, expect=200
+    )
+    assert changed["payload_style"] == "legacy"
+    await subscribe(sandbox, host, receiver.url)
+    await book(sandbox, host)
+    (legacy,) = (envelope(r) for r in await receiver.wait_for(1))
+    assert "scheduled_event" not in legacy["payload"]
+    assert legacy["payload"]["canceled"] is False
+    await sandbox.control(
+        "PATCH", f"/_sandbox/users/{user_id(host)}", {"payload_style": "current"}, expect=200
+    )
+    await book(sandbox, host)
+    current = envelope((await receiver.wait_for(2))[1])
+    assert "scheduled_event" in current["payload"]
+    assert "canceled" not in current["payload"]
+
+
 # ------------------------------------------------------------------ retries
 @pytest.mark.parametrize("failures", [[500, 503, 500], [400, 404, 410]])
 async def test_a_failed_delivery_is_retried_until_the_receiver_accepts(
