@@ -350,3 +350,44 @@ async def test_a_long_prune_never_holds_the_claims_back(real: RealCore) -> None:
         await asyncio.wait_for(running, 30)
         await resolve(container.shutdown_resources())
     assert stuck.cancelled  # and a stop does not wait for it
+
+
+class EndlessSweep:
+    """An outage's sweep over a million connections: every batch full, each a moment long."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    async def sweep(self, now: datetime | None = None) -> int:
+        self.batches += 1
+        await asyncio.sleep(0.02)
+        return 5_000
+
+
+async def test_a_long_outage_sweep_never_holds_the_claims_back(real: RealCore) -> None:
+    # One batch a loop turn (DR-45): a connection due meanwhile is handled all the same.
+    await real.connect("alice", "alice@example.com")
+    owner_sql(real, "UPDATE connection_maintenance SET sync_due = now() - interval '1 hour'")
+    settings = settings_for(real)
+    container = Container(settings=settings)
+    await build_worker(container, settings)  # the worker's own Calendly client settings
+    sweep = EndlessSweep()
+    worker = Worker(
+        queue=await resolve(container.maintenance_queue()),
+        maintain=await resolve(container.maintain_connection()),
+        settings=settings,
+        webhook_health=sweep,  # type: ignore[arg-type]
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        for _ in range(100):
+            if worker.handled and sweep.batches > 3:
+                break
+            await asyncio.sleep(0.1)
+        assert worker.handled == 1
+        assert sweep.batches > 3  # the sweep went on beside it, a batch a turn
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await resolve(container.shutdown_resources())
