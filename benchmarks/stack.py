@@ -122,14 +122,20 @@ class Stack:
         claims = {"sub": user_id, "aud": JWT_AUDIENCE, "iat": now, "exp": now + ttl}
         return jwt.encode(claims, self.env["JWT_SECRET"], algorithm="HS256")
 
-    async def connect(self, http: aiohttp.ClientSession, user_id: str) -> None:
-        """The popup round trip through the service's API, approved at the sandbox."""
+    async def connect(
+        self, http: aiohttp.ClientSession, user_id: str, plan: str = "standard"
+    ) -> None:
+        """The popup round trip through the service's API, approved at the sandbox (as a
+        Calendly user on `plan`: "free" has no webhooks)."""
         auth = {"Authorization": f"Bearer {self.token_for(user_id)}"}
         async with http.post(f"{self.url}/api/calendly/connect", headers=auth) as response:
             assert response.status == 200, await response.text()
             started = await response.json()
             binding = SimpleCookie(response.headers["Set-Cookie"])["cc_oauth_binding"].value
-        approve = f"{started['authorization_url']}&sandbox_login={user_id}@bench.example"
+        approve = (
+            f"{started['authorization_url']}&sandbox_login={user_id}@bench.example"
+            f"&sandbox_plan={plan}"
+        )
         async with http.get(approve, allow_redirects=False) as response:
             assert response.status == 302, await response.text()
             callback = response.headers["Location"]
@@ -138,7 +144,8 @@ class Stack:
             assert response.status == 200, await response.text()
             connection = (await response.json())["connection"]
             assert connection["status"] == "active", connection
-            assert connection["webhook_status"] == "active", connection
+            webhooks = "unavailable_plan" if plan == "free" else "active"
+            assert connection["webhook_status"] == webhooks, connection
 
     async def connect_users(self, user_ids: list[str], concurrency: int = 8) -> list[User]:
         gate = asyncio.Semaphore(concurrency)

@@ -30,7 +30,6 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.cookies import SimpleCookie
 from typing import Any
 
 import aiohttp
@@ -97,34 +96,18 @@ class Mix:
 
 
 # ------------------------------------------------------------------------------- the stacks
-async def _connect(
-    s: Stack, http: aiohttp.ClientSession, user_id: str, plan: str, gate: asyncio.Semaphore
-) -> None:
-    async with gate:
-        auth = {"Authorization": f"Bearer {s.token_for(user_id)}"}
-        async with http.post(f"{s.url}/api/calendly/connect", headers=auth) as response:
-            assert response.status == 200, await response.text()
-            started = await response.json()
-            binding = SimpleCookie(response.headers["Set-Cookie"])["cc_oauth_binding"].value
-        approve = (
-            f"{started['authorization_url']}&sandbox_login={user_id}@bench.example"
-            f"&sandbox_plan={plan}"
-        )
-        async with http.get(approve, allow_redirects=False) as response:
-            assert response.status == 302, await response.text()
-            callback = response.headers["Location"]
-        headers = {"Cookie": f"cc_oauth_binding={binding}", "Accept": "application/json"}
-        async with http.get(callback, headers=headers) as response:
-            assert response.status == 200, await response.text()
-
-
 async def connect_mix(s: Stack, mix: Mix, concurrency: int) -> None:
     gate = asyncio.Semaphore(concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
     async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def one(user: str, plan: str) -> None:
+            async with gate:
+                await s.connect(http, user, plan)
+
         await asyncio.gather(
             *(
-                _connect(s, http, user, "free" if group.startswith("free") else "standard", gate)
+                one(user, "free" if group.startswith("free") else "standard")
                 for group, users in mix.groups.items()
                 for user in users
             )

@@ -140,12 +140,12 @@ async def readiness(
     return tuple(problems)
 
 
-async def webhook_health_beats(pool: Pool) -> AsyncIterator[WebhookFailures]:
+async def webhook_health_beats(health: PostgresWebhookHealth) -> AsyncIterator[WebhookFailures]:
     """This serving process's record of the webhook endpoint's health (DR-45): the failures
     the route reports, beaten into the database every few seconds by a task of its own."""
     failures = WebhookFailures()
     beats = asyncio.create_task(
-        beat_webhook_health(PostgresWebhookHealth(pool).beat, failures),
+        beat_webhook_health(health.beat, failures),
         name="webhook-health",
     )
     try:
@@ -229,8 +229,8 @@ class Container(containers.DeclarativeContainer):
     session = providers.Resource(http_session)
     listening = providers.Singleton(Listening)
     live = providers.Resource(live_updates, settings=settings, listening=listening, pool=pool)
-    webhook_failures = providers.Resource(webhook_health_beats, pool=pool)
     webhook_health = providers.Singleton(PostgresWebhookHealth, pool=pool)
+    webhook_failures = providers.Resource(webhook_health_beats, health=webhook_health)
 
     calendly = providers.Singleton(
         AiohttpCalendlyApi,

@@ -15,11 +15,9 @@ from litestar.testing import AsyncTestClient
 from domain.model import WebhookStatus
 from entrypoints.live import LiveHub
 from entrypoints.service.http.app import create_app
-from tests.fakes.calendly import FakeUser
 from tests.support.core import build_core
 from tests.support.http_app import (
     BASE_URL,
-    JSON,
     Api,
     Readiness,
     live_scope,
@@ -27,16 +25,6 @@ from tests.support.http_app import (
     make_token,
     services_of,
 )
-
-
-async def connect(api: Api, user_id: str, *, paid: bool) -> FakeUser:
-    calendly_user = api.core.calendly.add_user(f"{user_id}@example.com", paid=paid)
-    started = await api.start(user_id)
-    assert started.status_code == 200, started.text
-    code = api.approve(started, calendly_user)
-    done = await api.callback({"state": started.json()["state"], "code": code}, JSON)
-    assert done.status_code == 200, done.text
-    return calendly_user
 
 
 class Stream:
@@ -90,7 +78,7 @@ async def test_a_free_plan_user_watching_is_polled_until_the_last_stream_closes(
     watched: tuple[Api, LiveHub],
 ) -> None:
     api, hub = watched
-    await connect(api, "fred", paid=False)
+    await api.connect("fred", paid=False)
     assert api.connection("fred").webhook_status is WebhookStatus.UNAVAILABLE_PLAN
     assert hub.polled_users() == frozenset()
 
@@ -108,8 +96,8 @@ async def test_a_free_plan_user_watching_is_polled_until_the_last_stream_closes(
 
 async def test_a_paid_user_watching_is_never_polled(watched: tuple[Api, LiveHub]) -> None:
     api, hub = watched
-    await connect(api, "ada", paid=True)
-    await connect(api, "fred", paid=False)
+    await api.connect("ada", paid=True)
+    await api.connect("fred", paid=False)
     ada, fred = Stream(api.client.app, "ada"), Stream(api.client.app, "fred")
     await ada.connected()
     await fred.connected()
@@ -131,8 +119,8 @@ async def test_opening_the_page_on_an_active_connection_asks_for_a_grant_check(
     watched: tuple[Api, LiveHub],
 ) -> None:
     api, hub = watched
-    await connect(api, "ada", paid=True)
-    await connect(api, "fred", paid=False)
+    await api.connect("ada", paid=True)
+    await api.connect("fred", paid=False)
     streams = [Stream(api.client.app, user) for user in ("ada", "fred", "nobody")]
     for stream in streams:
         await stream.connected()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from structlog.testing import capture_logs
 
@@ -323,32 +326,40 @@ class StuckPruning:
         return {}
 
 
-async def test_a_long_prune_never_holds_the_claims_back(real: RealCore) -> None:
+@asynccontextmanager
+async def running_worker(real: RealCore, **parts: Any) -> AsyncIterator[Worker]:
+    """A worker loop (`Worker.run`) on this core, with `parts` in place of its own, and Alice's
+    connection due; stopped (and waited for) on the way out."""
     await real.connect("alice", "alice@example.com")
     owner_sql(real, "UPDATE connection_maintenance SET sync_due = now() - interval '1 hour'")
     settings = settings_for(real)
     container = Container(settings=settings)
     await build_worker(container, settings)  # the worker's own Calendly client settings
-    stuck = StuckPruning()
     worker = Worker(
         queue=await resolve(container.maintenance_queue()),
         maintain=await resolve(container.maintain_connection()),
         settings=settings,
-        storage=stuck,  # type: ignore[arg-type]
+        **parts,
     )
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await resolve(container.shutdown_resources())
+
+
+async def test_a_long_prune_never_holds_the_claims_back(real: RealCore) -> None:
+    stuck = StuckPruning()
+    async with running_worker(real, storage=stuck) as worker:
         await asyncio.wait_for(stuck.started.wait(), 10)
         for _ in range(100):  # the prune is still running: alice is handled all the same
             if worker.handled:
                 break
             await asyncio.sleep(0.1)
         assert worker.handled == 1
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 30)
-        await resolve(container.shutdown_resources())
     assert stuck.cancelled  # and a stop does not wait for it
 
 
@@ -366,28 +377,11 @@ class EndlessSweep:
 
 async def test_a_long_outage_sweep_never_holds_the_claims_back(real: RealCore) -> None:
     # One batch a loop turn (DR-45): a connection due meanwhile is handled all the same.
-    await real.connect("alice", "alice@example.com")
-    owner_sql(real, "UPDATE connection_maintenance SET sync_due = now() - interval '1 hour'")
-    settings = settings_for(real)
-    container = Container(settings=settings)
-    await build_worker(container, settings)  # the worker's own Calendly client settings
     sweep = EndlessSweep()
-    worker = Worker(
-        queue=await resolve(container.maintenance_queue()),
-        maintain=await resolve(container.maintain_connection()),
-        settings=settings,
-        webhook_health=sweep,  # type: ignore[arg-type]
-    )
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    try:
+    async with running_worker(real, webhook_health=sweep) as worker:
         for _ in range(100):
             if worker.handled and sweep.batches > 3:
                 break
             await asyncio.sleep(0.1)
         assert worker.handled == 1
         assert sweep.batches > 3  # the sweep went on beside it, a batch a turn
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 30)
-        await resolve(container.shutdown_resources())

@@ -146,9 +146,11 @@ class Api:
     ) -> httpx.Response:
         return await self.client.get("/oauth/calendly/callback", params=params, headers=headers)
 
-    async def connect(self, user_id: str, email: str | None = None) -> FakeUser:
+    async def connect(
+        self, user_id: str, email: str | None = None, *, paid: bool = True
+    ) -> FakeUser:
         """The whole popup round trip in this client's browser; returns the Calendly user."""
-        calendly_user = self.core.calendly.add_user(email or f"{user_id}@example.com")
+        calendly_user = self.core.calendly.add_user(email or f"{user_id}@example.com", paid=paid)
         self.users[user_id] = calendly_user
         started = await self.start(user_id)
         assert started.status_code == 200, started.text
