@@ -133,6 +133,14 @@ class CalendlyApi(Protocol):
         """
         ...
 
+    async def get_scheduled_event(self, access_token: Secret, event_uri: str) -> Meeting:
+        """One scheduled event as Calendly has it now (its status, cancellation and details).
+
+        Raises ResourceNotFound when Calendly does not know it, PermissionDenied when it is not
+        the token's user's to see.
+        """
+        ...
+
     async def list_invitees(self, access_token: Secret, event_uri: str) -> list[Invitee]:
         """Every invitee of one scheduled event, whatever its status, all pages followed.
 
@@ -208,6 +216,27 @@ class MeetingChange(msgspec.Struct, frozen=True, kw_only=True):
     # For no-show events: the flag and Calendly's time of the change.
     no_show: bool | None = None
     no_show_at: datetime | None = None
+    # The delivery lacks the event's details (its name, times, location, status): a worker is
+    # to read the event from Calendly (DR-47). `meeting` then holds only the event's URI, and
+    # its default status says nothing (canceled is terminal, so it cannot undo a cancel).
+    needs_details: bool = False
+    # This change is the event as read from Calendly for the request made at this time: the
+    # request is met, unless a later delivery asked again meanwhile. With `details_error`, the
+    # read failed for good (Calendly does not show the event) and `meeting` holds only its URI.
+    details_for: datetime | None = None
+    details_error: str | None = None
+
+
+# Whether a meeting's details are known: "pending" while a worker is to read them from Calendly,
+# "unavailable" when Calendly would not show the event (the reason is in `details_error`).
+MeetingDetails = Literal["complete", "pending", "unavailable"]
+
+
+class DetailsWanted(msgspec.Struct, frozen=True, kw_only=True):
+    """A meeting whose event is to be read from Calendly, and when that was last asked."""
+
+    event_uri: str
+    requested_at: datetime
 
 
 class MeetingView(msgspec.Struct, frozen=True, kw_only=True):
@@ -218,6 +247,8 @@ class MeetingView(msgspec.Struct, frozen=True, kw_only=True):
     invitees: tuple[Invitee, ...]
     updated_at: datetime
     change_seq: int
+    details: MeetingDetails = "complete"
+    details_error: str | None = None
 
 
 class MeetingQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -237,6 +268,11 @@ class MeetingRepository(Protocol):
         ...
 
     async def list(self, user_id: str, query: MeetingQuery) -> Sequence[MeetingView]: ...
+
+    async def wanting_details(self, connection_id: str, limit: int) -> Sequence[DetailsWanted]:
+        """Up to `limit` of the connection's meetings whose details are to be read, the
+        longest waiting first."""
+        ...
 
     async def changed_since(self, user_id: str, after: int, limit: int) -> Sequence[MeetingView]:
         """Meetings whose `change_seq` is above `after`, in the order they changed.
@@ -451,6 +487,8 @@ class MaintenanceDue(msgspec.Struct, frozen=True, kw_only=True):
     sync_due: datetime
     synced_at: datetime | None
     failures: int = 0
+    # Meetings wait for their details from Calendly (DR-47); None: none do.
+    enrich_due: datetime | None = None
     # The queue's time at the claim: what it found due is due for the pass too, whatever the
     # process's own clock says.
     claimed_at: datetime | None = None
@@ -463,6 +501,10 @@ class MaintenanceResult(msgspec.Struct, frozen=True, kw_only=True):
     sync_due: datetime | None = None
     grant_due: datetime | None = None
     synced_at: datetime | None = None
+    # With `enriched`, when meetings are next to be completed from Calendly (None: none wait
+    # any more); without it, the request is left as it is.
+    enriched: bool = False
+    enrich_due: datetime | None = None
     # Whether the connection's webhooks work (an outage's follow-up sweep checks only these).
     webhooks: bool | None = None
     error: str | None = None

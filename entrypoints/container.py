@@ -37,6 +37,7 @@ from domain.errors import StorageUnavailable
 from domain.ports import Clock
 from domain.usecases.api_keys import AuthenticateApiKey
 from domain.usecases.complete_connect import CompleteConnect
+from domain.usecases.complete_meetings import CompleteMeetings
 from domain.usecases.disconnect import Disconnect
 from domain.usecases.ensure_subscription import EnsureSubscription
 from domain.usecases.erase_user import EraseUser
@@ -305,6 +306,9 @@ class Container(containers.DeclarativeContainer):
     sync_meetings = providers.Singleton(
         SyncMeetings, uow=uow, calendly=calendly, tokens=tokens, clock=clock
     )
+    complete_meetings = providers.Singleton(
+        CompleteMeetings, uow=uow, calendly=calendly, tokens=tokens
+    )
     maintain_connection = providers.Singleton(
         MaintainConnection,
         uow=uow,
@@ -313,6 +317,7 @@ class Container(containers.DeclarativeContainer):
         sync=sync_meetings,
         clock=clock,
         calendly=calendly,
+        complete_meetings=complete_meetings,
         schedule=providers.Factory(
             MaintenanceSchedule,
             subscription_check=providers.Factory(

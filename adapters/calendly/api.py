@@ -11,6 +11,7 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 import msgspec
+from msgspec.structs import replace
 
 from adapters.prometheus import token_refreshed
 from domain.errors import CalendlyUnavailable, InvalidGrant, TokenRejected
@@ -264,6 +265,15 @@ class AiohttpCalendlyApi(CalendlyApi):
                 continue
             meetings.append(translate.meeting(event))
         return meetings
+
+    async def get_scheduled_event(self, access_token: Secret, event_uri: str) -> Meeting:
+        # Only the URI's last segment is used, sent to the configured API: a URI a delivery
+        # names never chooses where the user's token goes.
+        path = f"/scheduled_events/{_segment(event_uri)}"
+        answer = await self._api_call("GET", path, access_token)
+        event = decode("GET", path, answer, wire.ScheduledEventResource).resource
+        # Merged under the URI the meeting is stored by (the delivery's), whatever the answer's.
+        return replace(translate.meeting(event), event_uri=event_uri)
 
     async def list_invitees(self, access_token: Secret, event_uri: str) -> list[Invitee]:
         path = f"/scheduled_events/{_segment(event_uri)}/invitees"

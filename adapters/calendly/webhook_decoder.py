@@ -93,14 +93,17 @@ class MsgspecWebhookDecoder(WebhookDecoder):
     ) -> InboundWebhook:
         scheduled = source.scheduled_event
         event_uri = scheduled.uri if scheduled is not None else source.event
-        if not source.uri or not event_uri:
+        if not source.uri or not event_uri or not event_uri.strip("/"):
             raise UnusablePayload(f"the {event} payload names no invitee or event")
         if scheduled is not None:
             meeting = translate.meeting(scheduled)
             hosts = translate.host_uris(scheduled)
         else:
+            # The pre-2022 shape: the event's URI only. Its details, status among them, are
+            # read from Calendly by a worker (DR-47); never guessed from this invitee.
             meeting = Meeting(event_uri=event_uri)
             hosts = ()
+        needs_details = scheduled is None
         invitee = translate.invitee(
             source,
             invitee_uri=source.uri,
@@ -119,9 +122,10 @@ class MsgspecWebhookDecoder(WebhookDecoder):
                 invitee=invitee,
                 no_show=event == NO_SHOW_CREATED,
                 no_show_at=changed_at,
+                needs_details=needs_details,
             )
         else:
-            change = MeetingChange(meeting=meeting, invitee=invitee)
+            change = MeetingChange(meeting=meeting, invitee=invitee, needs_details=needs_details)
         # What routes and identifies the delivery is made storable here; the meeting itself
         # is made storable where every source's meetings are written (the repository).
         return InboundWebhook(

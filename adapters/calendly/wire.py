@@ -162,6 +162,10 @@ class ScheduledEvent(msgspec.Struct, kw_only=True):
             raise ValueError(f"the location nests deeper than {MAX_LOCATION_DEPTH} levels")
 
 
+class ScheduledEventResource(msgspec.Struct, kw_only=True):
+    resource: ScheduledEvent
+
+
 class NoShow(msgspec.Struct, kw_only=True):
     uri: str | None = None
     created_at: datetime | None = None

@@ -30,7 +30,7 @@ SET lease_owner = %(owner)s, lease_until = coalesce(%(now)s::timestamptz, now())
     last_run_at = coalesce(%(now)s::timestamptz, now())
 FROM due WHERE m.connection_id = due.connection_id
 RETURNING m.connection_id::text AS connection_id, m.user_id, m.grant_due,
-          m.subscription_due, m.sync_due, m.synced_at, m.failures,
+          m.subscription_due, m.sync_due, m.synced_at, m.failures, m.enrich_due,
           coalesce(%(now)s::timestamptz, now()) AS claimed_at
 """
 COMPLETE = """
@@ -50,6 +50,12 @@ UPDATE connection_maintenance SET
                         THEN least(sync_due, %(sync_due)s::timestamptz)
                     ELSE %(sync_due)s::timestamptz END,
     synced_at = coalesce(%(synced_at)s, synced_at),
+    -- Meetings' details: a delivery that asked again while we worked (it sets the time of its
+    -- own transaction, never the one we claimed) keeps its request; else the pass's answer.
+    enrich_due = CASE WHEN NOT %(enriched)s THEN enrich_due
+                      WHEN enrich_due IS DISTINCT FROM %(claimed_enrich_due)s::timestamptz
+                          THEN least(enrich_due, %(enrich_due)s::timestamptz)
+                      ELSE %(enrich_due)s::timestamptz END,
     -- Failures in a row; a rate limit waited out is not one.
     failures = CASE WHEN %(error)s::text IS NULL THEN 0
                     WHEN %(rate_limited)s THEN failures ELSE failures + 1 END,
@@ -100,6 +106,9 @@ class PostgresMaintenanceQueue(MaintenanceQueue):
                     "sync_due": result.sync_due,
                     "claimed_sync_due": due.sync_due,
                     "synced_at": result.synced_at,
+                    "enriched": result.enriched,
+                    "enrich_due": result.enrich_due,
+                    "claimed_enrich_due": due.enrich_due,
                     "error": result.error,
                     "retry_at": result.retry_at,
                     "rate_limited": result.rate_limited,

@@ -12,7 +12,14 @@ from psycopg.types.json import Jsonb
 from adapters.text import storable, storable_json, storable_or_none
 from domain.meetings import Cancellation, Invitee, Meeting, MeetingStatus
 from domain.model import Connection
-from domain.ports import MeetingChange, MeetingQuery, MeetingRepository, MeetingView
+from domain.ports import (
+    DetailsWanted,
+    MeetingChange,
+    MeetingDetails,
+    MeetingQuery,
+    MeetingRepository,
+    MeetingView,
+)
 
 from .pool import out_of_range, within_range
 from .session import ReadOnly, Session
@@ -33,10 +40,11 @@ WITH serial AS (
 meeting AS (
     INSERT INTO meetings AS t (
         user_id, connection_id, event_uri, name, start_time, end_time, status, location,
-        cancellation
+        cancellation, details_requested_at
     )
     SELECT %(user_id)s, %(connection_id)s, %(event_uri)s, %(name)s, %(start_time)s,
-           %(end_time)s, %(status)s, %(location)s, %(cancellation)s
+           %(end_time)s, %(status)s, %(location)s, %(cancellation)s,
+           CASE WHEN %(needs_details)s THEN now() END
     FROM serial
     ON CONFLICT (connection_id, event_uri) DO UPDATE SET
         name = coalesce(EXCLUDED.name, t.name),
@@ -46,9 +54,27 @@ meeting AS (
                       THEN 'canceled' ELSE 'active' END,
         location = coalesce(EXCLUDED.location, t.location),
         cancellation = coalesce(t.cancellation, EXCLUDED.cancellation),
+        -- A delivery without the event's details asks for them (again: the event may have
+        -- changed); a read of the event meets the request it was made for, unless a later
+        -- delivery renewed it meanwhile (DR-47).
+        details_requested_at = CASE
+            WHEN %(needs_details)s THEN now()
+            WHEN t.details_requested_at = %(details_for)s::timestamptz THEN NULL
+            ELSE t.details_requested_at END,
+        details_error = CASE
+            WHEN %(needs_details)s THEN NULL
+            WHEN t.details_requested_at = %(details_for)s::timestamptz THEN %(details_error)s
+            ELSE t.details_error END,
         change_seq = EXCLUDED.change_seq,
         updated_at = now()
     RETURNING id
+),
+-- ... and tells the worker so. After the meeting (FROM meeting): the user's lock comes first,
+-- as everywhere else, so two deliveries of one user cannot wait for each other.
+wanted AS (
+    UPDATE connection_maintenance SET enrich_due = now()
+    FROM meeting
+    WHERE %(needs_details)s AND connection_id = %(connection_id)s
 )
 INSERT INTO meeting_invitees AS i (
     user_id, connection_id, meeting_id, invitee_uri, email, name, timezone, status,
@@ -83,6 +109,10 @@ ON CONFLICT (connection_id, invitee_uri) DO UPDATE SET
 MEETING_COLUMNS = """
 SELECT m.id::text AS id, m.event_uri, m.name, m.start_time, m.end_time, m.status, m.location,
        m.cancellation, m.updated_at, m.change_seq,
+       CASE WHEN m.details_requested_at IS NOT NULL THEN 'pending'
+            WHEN m.details_error IS NOT NULL THEN 'unavailable'
+            ELSE 'complete' END AS details,
+       m.details_error,
        coalesce(
            (SELECT json_agg(json_build_object(
                        'invitee_uri', i.invitee_uri, 'email', i.email, 'name', i.name,
@@ -119,6 +149,12 @@ ORDER BY m.change_seq
 LIMIT %(limit)s
 """
 )
+WANTING_DETAILS = """
+SELECT event_uri, details_requested_at AS requested_at FROM meetings
+WHERE connection_id = %(connection_id)s AND details_requested_at IS NOT NULL
+ORDER BY details_requested_at
+LIMIT %(limit)s
+"""
 LATEST_CHANGE = """
 SELECT coalesce(max(change_seq), 0) AS latest FROM meetings WHERE user_id = %(user_id)s
 """
@@ -153,6 +189,8 @@ class MeetingRow(msgspec.Struct, kw_only=True):
     updated_at: datetime
     change_seq: int
     invitees: list[InviteeRow]
+    details: MeetingDetails = "complete"
+    details_error: str | None = None
 
 
 def _moment(value: object) -> datetime | None:
@@ -206,7 +244,7 @@ def _json(value: object) -> Jsonb | None:
 
 class PostgresMeetingRepository(MeetingRepository):
     READ_ONLY: ClassVar[ReadOnly] = ReadOnly(
-        reads=frozenset({LIST_MEETINGS, CHANGED_MEETINGS, LATEST_CHANGE})
+        reads=frozenset({LIST_MEETINGS, CHANGED_MEETINGS, LATEST_CHANGE, WANTING_DETAILS})
     )
 
     def __init__(self, session: Session) -> None:
@@ -240,6 +278,9 @@ class PostgresMeetingRepository(MeetingRepository):
                 "new_invitee_uri": storable_or_none(i.new_invitee_uri) if i else None,
                 "no_show": change.no_show,
                 "no_show_at": change.no_show_at,
+                "needs_details": change.needs_details,
+                "details_for": change.details_for,
+                "details_error": storable_or_none(change.details_error),
             },
         )
 
@@ -264,6 +305,12 @@ class PostgresMeetingRepository(MeetingRepository):
             CHANGED_MEETINGS, {"user_id": user_id, "after": after, "limit": limit}
         )
         return self.views(await cursor.fetchall())
+
+    async def wanting_details(self, connection_id: str, limit: int) -> Sequence[DetailsWanted]:
+        cursor = await self._session.execute(
+            WANTING_DETAILS, {"connection_id": connection_id, "limit": limit}
+        )
+        return [msgspec.convert(row, DetailsWanted) for row in await cursor.fetchall()]
 
     async def latest_change(self, user_id: str) -> int:
         cursor = await self._session.execute(LATEST_CHANGE, {"user_id": user_id})
@@ -292,6 +339,8 @@ class PostgresMeetingRepository(MeetingRepository):
                     invitees=invitees,
                     updated_at=row.updated_at,
                     change_seq=row.change_seq,
+                    details=row.details,
+                    details_error=row.details_error,
                 )
             )
         return views

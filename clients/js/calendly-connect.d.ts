@@ -66,6 +66,13 @@ export interface Meeting {
   location: Record<string, unknown> | null;
   cancellation: Cancellation | null;
   invitees: Invitee[];
+  /**
+   * "pending" while the service reads the event from Calendly (a delivery in Calendly's older
+   * shape named only the event: its name, times, location and status follow within seconds);
+   * "unavailable" when Calendly would not show the event (`details_error` says what it answered).
+   */
+  details: "complete" | "pending" | "unavailable";
+  details_error: string | null;
 }
 
 /** One page of `meetings()`. */

@@ -21,6 +21,7 @@ from domain.ports import (
     MaintenanceResult,
     UnitOfWorkFactory,
 )
+from domain.usecases.complete_meetings import CompleteMeetings
 from domain.usecases.ensure_subscription import EnsureSubscription
 from domain.usecases.refresh_access_token import RefreshAccessToken
 from domain.usecases.sync_meetings import SyncMeetings
@@ -97,6 +98,7 @@ class MaintainConnection:
         clock: Clock,
         schedule: MaintenanceSchedule | None = None,
         calendly: CalendlyApi | None = None,
+        complete_meetings: CompleteMeetings | None = None,
     ) -> None:
         self._uow = uow
         self._tokens = tokens
@@ -106,6 +108,8 @@ class MaintainConnection:
         self._schedule = schedule or MaintenanceSchedule()
         # Where a plan change shows without a call of its own (None: not looked for).
         self._calendly = calendly
+        # Meetings whose deliveries lacked their details (None: left waiting).
+        self._complete = complete_meetings
 
     async def __call__(self, due: MaintenanceDue) -> MaintenanceResult:
         """What was done and when each kind of work is due next.
@@ -144,7 +148,10 @@ class MaintainConnection:
             # Calendly refused the token, the permission or the resource: whatever else is
             # wrong, the retry reads the subscription too (DR-45).
             refused = exc.status in REFUSALS
+            enrich = self._complete is not None and _due(due.enrich_due, now)
             return MaintenanceResult(
+                enriched=enrich,
+                enrich_due=retry_at if enrich else None,
                 subscription_due=retry_at if due.subscription_due <= now or refused else None,
                 sync_due=retry_at if due.sync_due <= now else None,
                 grant_due=retry_at if due.grant_due <= now else None,
@@ -170,6 +177,11 @@ class MaintainConnection:
     ) -> MaintenanceResult:
         # No proactive refresh: each call below refreshes the token if it needs one, and a
         # pass with nothing due for Calendly costs nothing (DR-45).
+        # First what a user may be looking at: meetings shown without their details (DR-47).
+        read, enriched, enrich_due = 0, False, None
+        if self._complete is not None and _due(due.enrich_due, now):
+            read, more = await self._complete(connection)
+            enriched, enrich_due = True, (now if more else None)
         before = (connection.webhook_status, connection.subscription_uri)
         subscription_due = None
         if due.subscription_due <= now:
@@ -183,12 +195,16 @@ class MaintainConnection:
         repaired = (connection.webhook_status, connection.subscription_uri) != before
         webhooks = connection.webhook_status is WebhookStatus.ACTIVE
         if due.sync_due > now and not repaired:
-            if subscription_due is None:  # nothing else called Calendly: the grant's turn
+            called = subscription_due is not None or read > 0  # each call proved the grant
+            if not called and due.grant_due <= now:  # no call yet: the grant's turn
                 await self._tokens.check_grant(due.user_id)
+                called = True
             return MaintenanceResult(
                 subscription_due=subscription_due or await self._plan_changed(due.user_id, now),
-                grant_due=self._schedule.next(now, self._schedule.grant_check),
+                grant_due=self._schedule.next(now, self._schedule.grant_check) if called else None,
                 webhooks=webhooks,
+                enriched=enriched,
+                enrich_due=enrich_due,
             )
         started = self._clock.now()
         await self._sync(due.user_id, due.synced_at)
@@ -203,6 +219,8 @@ class MaintainConnection:
             grant_due=self._schedule.next(now, self._schedule.grant_check),
             synced_at=started,
             webhooks=webhooks,
+            enriched=enriched,
+            enrich_due=enrich_due,
         )
 
     async def _plan_changed(self, user_id: str, now: datetime) -> datetime | None:
@@ -225,3 +243,7 @@ class MaintainConnection:
         ):
             return now
         return None
+
+
+def _due(moment: datetime | None, now: datetime) -> bool:
+    return moment is not None and moment <= now

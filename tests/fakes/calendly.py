@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 from msgspec.structs import replace
@@ -103,7 +104,19 @@ class FakeCalendlyApi(CalendlyApi):
     mutations: int = 0
     # The rate limit each access token's last answer announced (X-RateLimit-Limit).
     announced: dict[str, int] = field(default_factory=dict)
+    # How events and invitees are named: Calendly's UUIDs today, 16 characters in old payloads;
+    # "short" keeps test output readable. Code must never depend on which (API_FACTS: never
+    # validate the format).
+    id_style: Literal["short", "legacy16", "uuid"] = "short"
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def _id(self, prefix: str) -> str:
+        n = next(self._ids)
+        if self.id_style == "uuid":
+            return str(uuid.UUID(int=n))
+        if self.id_style == "legacy16":
+            return f"{prefix.upper()}{n:015X}"
+        return f"{prefix}{n}"
 
     # ---------------------------------------------------------- steering
     def add_user(self, email: str, *, paid: bool = True, name: str = "Host") -> FakeUser:
@@ -154,7 +167,7 @@ class FakeCalendlyApi(CalendlyApi):
         location: dict[str, Any] | None = None,
     ) -> tuple[str, str]:
         """`user` is booked by one invitee: returns (event URI, invitee URI)."""
-        event_uri = f"{BASE}/scheduled_events/e{next(self._ids)}"
+        event_uri = f"{BASE}/scheduled_events/{self._id('e')}"
         self.events[event_uri] = FakeEvent(
             host=user,
             meeting=Meeting(
@@ -177,7 +190,7 @@ class FakeCalendlyApi(CalendlyApi):
     ) -> str:
         """One more invitee of an event (a group event has several); returns its URI."""
         event = self.events[event_uri]
-        invitee_uri = f"{event_uri}/invitees/i{next(self._ids)}"
+        invitee_uri = f"{event_uri}/invitees/{self._id('i')}"
         self.invitees[invitee_uri] = Invitee(
             invitee_uri=invitee_uri,
             event_uri=event_uri,
@@ -434,6 +447,16 @@ class FakeCalendlyApi(CalendlyApi):
             and (high is None or e.meeting.start_time < high)
         ]
         return sorted(found, key=lambda m: (m.start_time, m.event_uri))
+
+    async def get_scheduled_event(self, access_token: Secret, event_uri: str) -> Meeting:
+        self._enter("get_scheduled_event")
+        user = self._bearer(access_token)
+        event = self.events.get(event_uri)
+        if event is None:
+            raise ResourceNotFound(404, {"title": "Resource Not Found"})
+        if event.host is not user:
+            raise PermissionDenied(403, {"title": "Permission Denied"})
+        return event.meeting
 
     async def list_invitees(self, access_token: Secret, event_uri: str) -> list[Invitee]:
         self._enter("list_invitees")

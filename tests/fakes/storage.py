@@ -29,6 +29,7 @@ from domain.ports import (
     ConnectionDirectory,
     ConnectionListQuery,
     ConnectionRepository,
+    DetailsWanted,
     ErasedData,
     ListedConnection,
     MaintenanceState,
@@ -64,6 +65,10 @@ class MeetingRow:
     meeting: Meeting
     updated_at: datetime
     change_seq: int
+    # As migrations/0015: when the event's details were last asked for (None: not waiting),
+    # and why Calendly would not give them.
+    details_requested_at: datetime | None = None
+    details_error: str | None = None
 
 
 @dataclass
@@ -87,6 +92,9 @@ class FakeDatabase:
     trouble: dict[str, MaintenanceTrouble] = field(default_factory=dict)
     synced: dict[str, datetime] = field(default_factory=dict)
     route_lookups: list[tuple[str | None, tuple[str, ...]]] = field(default_factory=list)
+    # Connections with meetings waiting for their details, and since when (the fake has no
+    # queue: tests read it).
+    enrich_due: dict[str, datetime | None] = field(default_factory=dict)
 
     def lock_for(self, name: str) -> asyncio.Lock:
         return self.locks.setdefault(name, asyncio.Lock())
@@ -194,13 +202,25 @@ class FakeMeetingRepository(MeetingRepository):
         merged = change.meeting if row is None else row.meeting.merged_with(change.meeting)
         rows = {**db.meetings, **staged.meetings}.values()
         last = max((r.change_seq for r in rows if r.user_id == connection.user_id), default=0)
+        requested_at = row.details_requested_at if row else None
+        details_error = row.details_error if row else None
+        if change.needs_details:
+            # Each request's time is its own (Postgres: the transaction's start).
+            requested_at = max(now, (requested_at or now) + timedelta(microseconds=1))
+            details_error = None
+        elif requested_at is not None and requested_at == change.details_for:
+            requested_at, details_error = None, change.details_error
         staged.meetings[key] = MeetingRow(
             id=row.id if row else str(uuid.UUID(int=next(db.seq))),
             user_id=connection.user_id,
             meeting=merged,
             updated_at=now,
             change_seq=last + 1,
+            details_requested_at=requested_at,
+            details_error=details_error,
         )
+        if change.needs_details:
+            db.enrich_due[connection.id] = requested_at
         if change.invitee is None:
             return
         ikey = (connection.id, change.invitee.invitee_uri)
@@ -240,6 +260,14 @@ class FakeMeetingRepository(MeetingRepository):
                     invitees=mine,
                     updated_at=row.updated_at,
                     change_seq=row.change_seq,
+                    details=(
+                        "pending"
+                        if row.details_requested_at is not None
+                        else "unavailable"
+                        if row.details_error is not None
+                        else "complete"
+                    ),
+                    details_error=row.details_error,
                 )
             )
         far = datetime.max.replace(tzinfo=UTC)
@@ -252,6 +280,17 @@ class FakeMeetingRepository(MeetingRepository):
             after = (query.after[0] or far, query.after[1])
             views = [v for v in views if order(v) > after]
         return views[: query.limit]
+
+    async def wanting_details(self, connection_id: str, limit: int) -> Sequence[DetailsWanted]:
+        rows = {**self._uow.db.meetings, **self._uow.staged.meetings}
+        wanted = sorted(
+            (row.details_requested_at, event_uri)
+            for (cid, event_uri), row in rows.items()
+            if cid == connection_id
+            and row.details_requested_at is not None
+            and row.user_id == self._uow.tenant
+        )
+        return [DetailsWanted(event_uri=uri, requested_at=at) for at, uri in wanted[:limit]]
 
     async def changed_since(self, user_id: str, after: int, limit: int) -> Sequence[MeetingView]:
         views = [

@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 
 from adapters.postgres.maintenance import CLAIM, PostgresMaintenanceQueue
-from domain.ports import MaintenanceResult, UnitOfWorkFactory
+from domain.meetings import Meeting
+from domain.ports import MaintenanceResult, MeetingChange, UnitOfWorkFactory
 from tests.integration.conftest import Pool
-from tests.support.connections import add, cid, connection, owner_sql
+from tests.support.connections import EV, add, cid, connection, owner_sql
 
 NOW = datetime.now(tz=UTC)
 
@@ -199,3 +200,42 @@ async def test_a_check_asked_for_during_a_pass_survives_its_completion(
     assert owner_sql(database_url, "SELECT subscription_due FROM connection_maintenance") == [
         (week,)
     ]
+
+
+async def test_a_delivery_lacking_the_event_makes_the_connection_due_and_survives_a_pass(
+    pool: Pool, pg_uow: UnitOfWorkFactory, database_url: str
+) -> None:
+    # DR-47: the webhook's own statement asks the worker to read the event; a pass that read
+    # what was wanted clears the request, unless a delivery asked again while it worked.
+    stored = await add(pg_uow, connection("a", 1, cid(1)))
+    queue = PostgresMaintenanceQueue(pool)
+    later = datetime.now(tz=UTC) + timedelta(hours=1)
+    (due,) = await queue.claim(owner="w1", limit=1, lease_seconds=60)
+    await queue.complete(
+        due, "w1", MaintenanceResult(subscription_due=later, sync_due=later, grant_due=later)
+    )
+    assert await claim(queue, "w1") == []
+    legacy = MeetingChange(meeting=Meeting(event_uri=EV + "e1"), needs_details=True)
+    async with pg_uow("a") as uow:
+        await uow.meetings.apply(stored, legacy)
+        await uow.commit()
+    (due,) = await queue.claim(owner="w1", limit=1, lease_seconds=60)
+    assert due.enrich_due is not None
+    async with pg_uow("a") as uow:  # ... and another arrives during the pass
+        await uow.meetings.apply(stored, legacy)
+        await uow.commit()
+    await queue.complete(due, "w1", MaintenanceResult(enriched=True, enrich_due=None))
+    (again,) = await queue.claim(owner="w1", limit=1, lease_seconds=60)
+    assert again.enrich_due is not None
+    assert again.enrich_due > due.enrich_due
+    await queue.complete(again, "w1", MaintenanceResult(enriched=True, enrich_due=None))
+    assert owner_sql(database_url, "SELECT enrich_due FROM connection_maintenance") == [(None,)]
+    assert await claim(queue, "w1") == []
+    # A pass that did not enrich leaves the request as it is.
+    async with pg_uow("a") as uow:
+        await uow.meetings.apply(stored, legacy)
+        await uow.commit()
+    (due,) = await queue.claim(owner="w1", limit=1, lease_seconds=60)
+    await queue.complete(due, "w1", MaintenanceResult(error="boom", retry_at=NOW))
+    ((kept,),) = owner_sql(database_url, "SELECT enrich_due FROM connection_maintenance")
+    assert kept == due.enrich_due

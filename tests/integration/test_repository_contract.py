@@ -341,3 +341,70 @@ async def test_change_seq_counts_each_users_own_changes_only(any_uow: UnitOfWork
 
     assert await changes("a") == (4, [("e2", 2), ("e1", 3), ("e3", 4)])
     assert await changes("b") == (2, [("f1", 1), ("f2", 2)])
+
+
+# ------------------------------------------- details read from Calendly (DR-47)
+async def _apply(any_uow: UnitOfWorkFactory, stored: Connection, change: MeetingChange) -> None:
+    async with any_uow(stored.user_id) as uow:
+        await uow.meetings.apply(stored, change)
+        await uow.commit()
+
+
+async def _details(any_uow: UnitOfWorkFactory, user_id: str) -> list[tuple[str, str | None]]:
+    async with any_uow(user_id) as uow:
+        views = await uow.meetings.list(user_id, MeetingQuery())
+    return [(v.details, v.details_error) for v in views]
+
+
+async def test_a_request_for_details_is_met_only_by_a_read_made_for_it(
+    any_uow: UnitOfWorkFactory,
+) -> None:
+    stored = await add(any_uow, connection("a", 1, CID_A))
+    legacy = MeetingChange(meeting=Meeting(event_uri=EV + "e1"), needs_details=True)
+    await _apply(any_uow, stored, legacy)
+    assert await _details(any_uow, "a") == [("pending", None)]
+    async with any_uow("a") as uow:
+        wanted = await uow.meetings.wanting_details(CID_A, 10)
+    assert [w.event_uri for w in wanted] == [EV + "e1"]
+    first = wanted[0].requested_at
+    # A second delivery asks again while the event is being read: the read does not meet it.
+    await _apply(any_uow, stored, legacy)
+    event = Meeting(event_uri=EV + "e1", name="Intro", status=MeetingStatus.CANCELED)
+    await _apply(any_uow, stored, MeetingChange(meeting=event, details_for=first))
+    assert await _details(any_uow, "a") == [("pending", None)]
+    async with any_uow("a") as uow:
+        (again,) = await uow.meetings.wanting_details(CID_A, 10)
+        meetings = await uow.meetings.list("a", MeetingQuery())
+    assert again.requested_at > first
+    assert meetings[0].meeting.name == "Intro"  # what was read is merged all the same
+    assert meetings[0].meeting.status is MeetingStatus.CANCELED
+    # The read made for the latest request meets it; the other tenant sees none of this.
+    await _apply(
+        any_uow,
+        stored,
+        MeetingChange(meeting=Meeting(event_uri=EV + "e1"), details_for=again.requested_at),
+    )
+    assert await _details(any_uow, "a") == [("complete", None)]
+    async with any_uow("b") as uow:
+        assert await uow.meetings.wanting_details(CID_A, 10) == []
+    async with any_uow("a") as uow:
+        assert await uow.meetings.wanting_details(CID_A, 10) == []
+
+
+async def test_an_event_calendly_will_not_show_is_unavailable_until_asked_again(
+    any_uow: UnitOfWorkFactory,
+) -> None:
+    stored = await add(any_uow, connection("a", 1, CID_A))
+    legacy = MeetingChange(meeting=Meeting(event_uri=EV + "e1"), needs_details=True)
+    await _apply(any_uow, stored, legacy)
+    async with any_uow("a") as uow:
+        (wanted,) = await uow.meetings.wanting_details(CID_A, 10)
+    refused = MeetingChange(
+        meeting=Meeting(event_uri=EV + "e1"),
+        details_for=wanted.requested_at,
+        details_error="Calendly answered 404 for this event",
+    )
+    await _apply(any_uow, stored, refused)
+    assert await _details(any_uow, "a") == [("unavailable", "Calendly answered 404 for this event")]
+    await _apply(any_uow, stored, legacy)
+    assert await _details(any_uow, "a") == [("pending", None)]

@@ -14,6 +14,7 @@ from domain.usecases.complete_connect import (
     CompleteConnectCommand,
     CompleteConnectResult,
 )
+from domain.usecases.complete_meetings import CompleteMeetings
 from domain.usecases.disconnect import Disconnect
 from domain.usecases.ensure_subscription import EnsureSubscription
 from domain.usecases.erase_user import EraseUser
@@ -59,6 +60,7 @@ class Core:
     status: GetConnectionStatus
     meetings: ListMeetings
     sync: SyncMeetings
+    complete_meetings: CompleteMeetings
     maintain: MaintainConnection
     # The server API: keys (real randomness: keys must look like keys), the host's list, erasure.
     api_keys: FakeApiKeyStore
@@ -113,7 +115,10 @@ def build_core() -> Core:
         status=GetConnectionStatus(uow),
         meetings=ListMeetings(uow),
         sync=(sync := SyncMeetings(uow, calendly, tokens, clock)),
-        maintain=MaintainConnection(uow, tokens, ensure, sync, clock, calendly=calendly),
+        complete_meetings=(complete := CompleteMeetings(uow, calendly, tokens)),
+        maintain=MaintainConnection(
+            uow, tokens, ensure, sync, clock, calendly=calendly, complete_meetings=complete
+        ),
         api_keys=api_keys,
         create_api_key=CreateApiKey(api_keys, clock, SecretsRandomness()),
         revoke_api_key=RevokeApiKey(api_keys, clock),

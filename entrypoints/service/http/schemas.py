@@ -10,7 +10,7 @@ from msgspec import Meta
 
 from domain.meetings import Cancellation, Invitee, MeetingStatus
 from domain.model import ConnectionStatus, WebhookStatus
-from domain.ports import ErasedData, MeetingView
+from domain.ports import ErasedData, MeetingDetails, MeetingView
 from domain.usecases.disconnect import DisconnectResult
 from domain.usecases.erase_user import EraseUserResult
 from domain.usecases.views import ConnectionView
@@ -271,6 +271,11 @@ class MeetingResponse(msgspec.Struct, frozen=True, kw_only=True):
     location: dict[str, Any] | None
     cancellation: CancellationResponse | None
     invitees: tuple[InviteeResponse, ...]
+    # "pending" while the service reads the event from Calendly (a delivery lacked its name,
+    # times, location or status: they are filled in within seconds); "unavailable" when
+    # Calendly would not show the event (`details_error` says what it answered).
+    details: MeetingDetails = "complete"
+    details_error: str | None = None
 
     @classmethod
     def of(cls, view: MeetingView) -> MeetingResponse:
@@ -285,6 +290,8 @@ class MeetingResponse(msgspec.Struct, frozen=True, kw_only=True):
             location=meeting.location,
             cancellation=CancellationResponse.of(meeting.cancellation),
             invitees=tuple(InviteeResponse.of(i) for i in view.invitees),
+            details=view.details,
+            details_error=view.details_error,
         )
 
 

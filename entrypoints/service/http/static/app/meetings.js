@@ -153,7 +153,11 @@ function meetingView(meeting, index, now) {
   const canceled = meeting.status === "canceled";
   const ongoing = !canceled && start && end && start <= now && now < end;
   const over = end ? end <= now : start ? start < now : false;
-  const name = text(meeting.name) || "Untitled meeting";
+  // A delivery in Calendly's older shape names the event only: its details are read from
+  // Calendly within seconds ("pending"), or Calendly would not show it ("unavailable").
+  const pending = meeting.details === "pending";
+  const unavailable = meeting.details === "unavailable";
+  const name = text(meeting.name) || (pending ? "Meeting details on the way from Calendly" : "Untitled meeting");
   const titleId = `${meetingElementId(meeting.id)}-title`;
   const invitees = Array.isArray(meeting.invitees) ? meeting.invitees.filter((i) => i && typeof i === "object") : [];
   const tile = start ? formatTile(start) : null;
@@ -183,6 +187,8 @@ function meetingView(meeting, index, now) {
           h("h3", { class: "meeting-title", id: titleId }, name),
           ongoing ? badge("Happening now", "success") : null,
           canceled ? badge("Canceled", "danger") : null,
+          pending ? badge("Updating from Calendly", "neutral") : null,
+          unavailable ? badge("Details unavailable", "warning") : null,
         ),
         h(
           "p",
@@ -196,8 +202,12 @@ function meetingView(meeting, index, now) {
                 ),
                 h("span", { class: "muted" }, ` · ${formatRelative(start, now)}`),
               ]
-            : h("span", { class: "muted" }, "Time not known yet"),
+            : h("span", { class: "muted" }, pending ? "Time on the way from Calendly" : "Time not known yet"),
         ),
+        unavailable
+          ? h("p", { class: "muted small meeting-details-error" },
+              `Calendly would not show this event's details (${text(meeting.details_error) || "no reason given"}). They appear if Calendly sends them again.`)
+          : null,
         canceled ? cancellationLine(meeting.cancellation) : null,
         locationLine(meeting.location, !canceled && !over, name),
         invitees.length > 0
