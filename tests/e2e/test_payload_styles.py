@@ -158,4 +158,4 @@ async def test_every_payload_style_ends_in_the_same_meetings(
     group = next(m for m in seen["current"] if len(m[7]) == 2)
     assert group[3] == "active"
     marked = {i[0]: i[6] for m in seen["current"] for i in m[7]}
-    assert (marked["Мария Ivanova"], marked["Olu O'Brien"]) == (True, False)  # noqa: RUF001
+    assert (marked["Мария Ivanova"], marked["Olu O'Brien"]) == (True, False)
