@@ -52,6 +52,9 @@ class ChaosConfig:
     kill_listener: bool = True
     api_faults: bool = True
     revoke_one: bool = True
+    # This share of the hosts receive Calendly's pre-2022 delivery shape (the event's URI only,
+    # a boolean `canceled`): the worker reads what their deliveries lack (DR-47).
+    legacy_share: float = 0.2
     seed: int = 7
     deadline_seconds: float = 420.0
     quiet: bool = False
@@ -87,6 +90,7 @@ class Chaos:
             webhook_signing_key=self.made["CALENDLY_WEBHOOK_SIGNING_KEY"],
         )
         self.users: dict[str, str] = {}  # app user id -> sandbox user id
+        self.legacy: set[str] = set()  # sandbox ids of the hosts sent the legacy shape
 
     def say(self, message: str) -> None:
         if not self.config.quiet:
@@ -157,12 +161,30 @@ class Chaos:
         cfg = self.config
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
             await self.connect_all(http, public, sbx.url)
-            self.say(f"• {len(self.users)} users connected; sending {cfg.webhooks} webhooks")
+            legacy = self.legacy_hosts(sbx.state)
+            self.say(
+                f"• {len(self.users)} users connected ({legacy} receive the legacy payload"
+                f" shape); sending {cfg.webhooks} webhooks"
+            )
             faults = asyncio.create_task(self.faults(stack, db_url, sbx.state))
             await self.traffic(sbx.state)
             await faults
             await self.quiesce(sbx.state)
+            await self.details_read(db_url)
             await self.verify(sbx.state, db_url, http, public)
+
+    def legacy_hosts(self, sandbox: Sandbox) -> int:
+        """Every n-th host gets the legacy shape (never the one whose grant is revoked: its
+        meetings could not be read after that, by design)."""
+        users = sorted(self.users.items())[1:]
+        every = max(1, round(1 / self.config.legacy_share)) if self.config.legacy_share else 0
+        chosen = users[::every] if every else []
+        for _, host_id in chosen:
+            sandbox.world.change_user(
+                sandbox.world.users[host_id], plan=None, role=None, payload_style="legacy"
+            )
+        self.legacy = {host_id for _, host_id in chosen}
+        return len(chosen)
 
     async def connect_all(self, http: aiohttp.ClientSession, public: str, sandbox: str) -> None:
         slots = asyncio.Semaphore(8)
@@ -346,6 +368,29 @@ class Chaos:
             await asyncio.sleep(0.25)
         self.report.check("every delivery settled in time", False, f"{len(pending)} still pending")
 
+    async def details_read(self, db_url: str) -> None:
+        """Wait until the worker has read every event a delivery lacked (bounded)."""
+
+        def waiting() -> int:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM meetings WHERE details_requested_at IS NOT NULL"
+                ).fetchone()
+            return int(row[0]) if row else 0
+
+        started = time.monotonic()
+        deadline = started + self.config.deadline_seconds
+        left = await asyncio.to_thread(waiting)
+        while left and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            left = await asyncio.to_thread(waiting)
+        self.report.facts["details_read_after_settling_s"] = round(time.monotonic() - started, 1)
+        self.report.check(
+            "every meeting a legacy delivery lacked details for read from Calendly",
+            left == 0,
+            f"{left} still waiting",
+        )
+
     # ------------------------------------------------------------------- verify
     async def verify(
         self, sandbox: Sandbox, db_url: str, http: aiohttp.ClientSession, public: str
@@ -371,8 +416,10 @@ class Chaos:
                 other(invitee.new_invitee_id),
                 invitee.no_show is not None,
             )
+        # Each meeting's owner, status, title and start, as Calendly has them: a legacy
+        # delivery carries none of the last three, so they come from the worker's reads.
         expected_meetings = {
-            world.event_uri(e.id): (owner_of[e.host_id], e.status)
+            world.event_uri(e.id): (owner_of[e.host_id], e.status, e.name, int(e.start_time))
             for e in world.events.values()
             if e.host_id in owner_of
         }
@@ -385,7 +432,8 @@ class Chaos:
                     " FROM meeting_invitees i JOIN meetings m ON m.id = i.meeting_id"
                 ).fetchall()
                 meetings = conn.execute(
-                    "SELECT event_uri, user_id, status FROM meetings"
+                    "SELECT event_uri, user_id, status, name,"
+                    " floor(extract(epoch FROM start_time))::bigint FROM meetings"
                 ).fetchall()
                 applied = conn.execute(
                     "SELECT event_id FROM calendly_webhook_events WHERE outcome = 'applied'"
@@ -406,9 +454,7 @@ class Chaos:
         wrong_state = [
             uri for uri, row in stored.items() if uri in expected and row != expected[uri]
         ]
-        wrong_meetings = [
-            uri for uri, user, status in meetings if expected_meetings.get(uri) != (user, status)
-        ]
+        wrong_meetings = [row[0] for row in meetings if expected_meetings.get(row[0]) != row[1:]]
         keys = Counter(row[0] for row in applied)
         delivered_keys = {self.key_of(d) for d in log if d.state == "delivered"}
         r = self.report
@@ -420,6 +466,9 @@ class Chaos:
         )
         r.facts["connection_errors"] = sum(1 for d in log for a in d.attempts if a.error)
         r.facts["stored_aside"] = {str(k): v for k, v in aside}
+        r.facts["legacy_shape_deliveries"] = sum(
+            1 for d in log if b'"scheduled_event"' not in d.body
+        )
         r.check("0 meetings lost", not lost, f"{len(lost)} missing")
         r.check(
             "0 effects applied twice",
@@ -442,7 +491,15 @@ class Chaos:
             ),
         )
         r.check(
-            "every meeting in its final state", not wrong_meetings, f"{len(wrong_meetings)} differ"
+            "every meeting in its final state (owner, status, title, start)",
+            not wrong_meetings,
+            f"{len(wrong_meetings)} differ"
+            + (
+                f", e.g. {next(m[1:] for m in meetings if m[0] == wrong_meetings[0])}"
+                f" vs {expected_meetings.get(wrong_meetings[0])}"
+                if wrong_meetings
+                else ""
+            ),
         )
         revoked = r.facts.get("revoked_user")
         await self.wait_needs_reauth(db_url, revoked)
@@ -497,7 +554,7 @@ class Chaos:
             await asyncio.sleep(0.25)
 
     async def cross_user_read(
-        self, http: aiohttp.ClientSession, public: str, expected: Mapping[str, tuple[str, str]]
+        self, http: aiohttp.ClientSession, public: str, expected: Mapping[str, tuple[Any, ...]]
     ) -> str:
         """Every meeting the API shows a user is one of theirs (first pages of a few users)."""
         for user in sorted(self.users)[:8]:

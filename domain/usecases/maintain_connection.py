@@ -178,8 +178,9 @@ class MaintainConnection:
         # No proactive refresh: each call below refreshes the token if it needs one, and a
         # pass with nothing due for Calendly costs nothing (DR-45).
         # First what a user may be looking at: meetings shown without their details (DR-47).
+        # A sync looks too: requests made before a disconnect outlive the row that said so.
         read, enriched, enrich_due = 0, False, None
-        if self._complete is not None and _due(due.enrich_due, now):
+        if self._complete is not None and (_due(due.enrich_due, now) or due.sync_due <= now):
             read, more = await self._complete(connection)
             enriched, enrich_due = True, (now if more else None)
         before = (connection.webhook_status, connection.subscription_uri)

@@ -15,7 +15,8 @@ EVERY_CHECK = [
     "0 effects applied twice",
     "0 meetings visible to the wrong user",
     "every invitee in its final state (status, links, no-show)",
-    "every meeting in its final state",
+    "every meeting in its final state (owner, status, title, start)",
+    "every meeting a legacy delivery lacked details for read from Calendly",
     "every connection in the right status (the revoked one needs_reauth)",
     "every subscription active again",
     "no user reads another user's meetings through the API",
@@ -32,3 +33,4 @@ async def test_a_small_chaos_run_loses_nothing_and_duplicates_nothing() -> None:
     assert sorted(name for name, _, _ in report.checks) == sorted(EVERY_CHECK)  # each once
     assert report.facts["deliveries_sent"] >= 250
     assert report.facts["duplicates_sent"] > 0
+    assert report.facts["legacy_shape_deliveries"] > 0  # one host of five

@@ -23,6 +23,7 @@ from entrypoints.service.worker import build_worker
 from tests.support import journeys
 from tests.support.sandbox import SandboxDriver
 from tests.support.service import RunningService, running_service
+from tests.support.sse import EventReader
 
 
 @pytest.fixture
@@ -48,7 +49,10 @@ def _id(uri: str) -> str:
 
 async def live_the_story(sandbox: SandboxDriver, host: str) -> None:
     async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await sandbox.control("POST", path, {**body, "wait": True}, expect=201)
+        answer: dict[str, Any] = await sandbox.control(
+            "POST", path, {**body, "wait": True}, expect=201
+        )
+        return answer
 
     async def book(at: str, *invitees: str, limit: int = 1) -> dict[str, Any]:
         return await sandbox.book(
@@ -159,3 +163,37 @@ async def test_every_payload_style_ends_in_the_same_meetings(
     assert group[3] == "active"
     marked = {i[0]: i[6] for m in seen["current"] for i in m[7]}
     assert (marked["Мария Ivanova"], marked["Olu O'Brien"]) == (True, False)
+
+
+async def test_a_revoked_grant_shows_on_the_open_page_at_the_next_call(
+    sandbox: SandboxDriver, service: RunningService, http: aiohttp.ClientSession
+) -> None:
+    # The page is open (its grant check, DR-43, has run and found the grant alive); then the
+    # user removes the app in Calendly. The next call to Calendly (here the read of an event a
+    # legacy delivery named) gets a 401, the refresh an invalid_grant: the page hears
+    # `needs_reauth` within seconds, and the worker stops calling for that connection.
+    host = (await sandbox.create_user("Ada Host", "gone@example.com"))["id"]
+    await sandbox.control(
+        "PATCH", f"/_sandbox/users/{host}", {"payload_style": "legacy"}, expect=200
+    )
+    await journeys.connect(http, service, "gone", "gone@example.com")
+    async with http.get(f"{service.url}/api/live", headers=service.auth("gone")) as stream:
+        events = EventReader(stream)
+        assert (await events.next()).event == "ready"
+        assert (await events.next()).event == "connection"
+        await asyncio.sleep(1.0)  # the page-open check, at the worker's next claim
+        await sandbox.control("POST", f"/_sandbox/users/{host}/revoke_app", {}, expect=200)
+        await sandbox.control("DELETE", "/_sandbox/calls", expect=204)
+        await sandbox.book(host, start_time="2030-04-01T09:00:00Z", wait=True)
+        started = time.monotonic()
+        while True:
+            change = await events.until("connection", seconds=15)
+            if change.json()["connection"]["status"] == "needs_reauth":
+                break
+        assert time.monotonic() - started < 10
+    reads = await sandbox.calls("GET /scheduled_events/{uuid}")
+    assert reads, "the call that found the grant gone was the event's read"
+    await asyncio.sleep(1.0)
+    calls_after = len(await sandbox.calls())
+    await asyncio.sleep(1.5)
+    assert len(await sandbox.calls()) == calls_after  # nothing more spent on it

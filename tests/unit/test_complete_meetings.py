@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from msgspec.structs import replace
 
 from domain.errors import CalendlyUnavailable, ResourceNotFound, TokenRejected
 from domain.meetings import Meeting, MeetingStatus
@@ -180,4 +181,17 @@ async def test_more_than_a_batch_comes_back_at_once(world: World) -> None:
     assert (read, more) == (2, True)
     read, more = await small(core.db.connections["u"])
     assert (read, more) == (1, False)
+    assert {v.details for v in await views(core)} == {"complete"}
+
+
+async def test_a_sync_completes_what_was_asked_before_a_reconnect(world: World) -> None:
+    # A reconnect makes a new maintenance row (no `enrich_due`) and asks for a sync: the
+    # requests made before it are found by that pass.
+    world.book("Grace Guest", {"type": "zoom"}, 24)
+    await send_all(world)
+    core = world.core
+    due = replace(idle_due(core, enrich=False), sync_due=core.clock.now())
+    result = await core.maintain(due)
+    assert result.enriched
+    assert "get_scheduled_event" in core.calendly.calls
     assert {v.details for v in await views(core)} == {"complete"}

@@ -271,3 +271,51 @@ def test_the_decoder_marks_only_deliveries_without_the_event() -> None:
         assert inbound.change.needs_details is (style != "current")
         assert inbound.change.invitee is not None
         assert inbound.change.invitee.name == "Grace"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    event=st.sampled_from(
+        (
+            "routing_form_submission.created",
+            "meeting_recap.created",
+            "contact.updated",
+            "event_type.deleted",
+            "invitee.something_new",
+        )
+    )
+    | st.text(min_size=1, max_size=30).filter(
+        lambda e: (
+            e not in ("invitee.created", "invitee.canceled")
+            and not e.startswith("invitee_no_show.")
+        )
+    ),
+    payload=st.dictionaries(st.text(max_size=12), json_values, max_size=5),
+)
+async def test_event_types_the_service_does_not_act_on_are_acknowledged_and_kept(
+    event: str, payload: dict[str, Any]
+) -> None:
+    core = build_core()
+    host = core.calendly.add_user("ada@example.com")
+    await core.connect("u", host)
+    world = World(calendly=core.calendly, host=host, core=core)
+    body = json.dumps(
+        {
+            "event": event,
+            "created_at": "2030-01-01T12:00:00Z",
+            "created_by": host.uri,
+            "payload": payload,
+        }
+    ).encode()
+    assert await deliver(world, body) in ("ignored", "stored_aside")
+    assert [e.payload for e in core.db.events.values()] == [body]  # kept as it came
+    assert await views_of(core) == []
