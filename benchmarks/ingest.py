@@ -168,6 +168,10 @@ def pgbench_script(users: int) -> str:
         "new_invitee_uri": "NULL",
         "no_show": "NULL",
         "no_show_at": "NULL",
+        # Today's deliveries carry their event: nothing to read from Calendly (DR-47).
+        "needs_details": "false",
+        "details_for": "NULL",
+        "details_error": "NULL",
     }
     cancel_json = (
         """'{"canceled_by": "Guest", "reason": "conflict", "canceler_type": "invitee"}'::jsonb"""

@@ -107,3 +107,12 @@ def test_the_storage_benchmark_sees_the_delivery_log_stop_growing() -> None:
     assert result["rows_by_day"][:3] == [2_000, 4_000, 6_000]
     assert max(result["rows_by_day"][3:]) <= 2_000 * 4
     assert result["growth_after_full"] <= 1.1
+
+
+def test_the_pgbench_reference_fills_every_placeholder_of_the_services_sql() -> None:
+    # pgbench runs the service's own statements with values put in: a statement that gains a
+    # parameter must gain a value here too, or the reference would not run at all.
+    script = ingest.pgbench_script(users=3)
+    assert "%(" not in script
+    assert "APPLY" not in script  # the SQL itself, not a name for it
+    assert script.count("INSERT INTO meetings") >= 2  # booking and cancel
