@@ -381,6 +381,7 @@ class Chaos:
         started = time.monotonic()
         deadline = started + self.config.deadline_seconds
         left = await asyncio.to_thread(waiting)
+        self.report.facts["details_waiting_when_settled"] = left
         while left and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
             left = await asyncio.to_thread(waiting)
