@@ -72,6 +72,51 @@ def test_the_upcoming_count_leaves_out_canceled_meetings(page: Page, api: Script
     expect(upcoming).to_have_attribute("aria-label", "2 meetings")
 
 
+def test_a_meeting_whose_details_are_on_the_way_says_so_and_shows_its_invitee(
+    page: Page, api: ScriptedApi
+) -> None:
+    # A delivery in Calendly's older shape: the invitee is known, the event is being read.
+    guest = {
+        "invitee_uri": "https://api.calendly.com/scheduled_events/E1/invitees/I1",
+        "email": "zoe@example.org",
+        "name": "Zoë Ångström",
+        "status": "active",
+        "rescheduled": False,
+        "old_invitee_uri": None,
+        "new_invitee_uri": None,
+        "no_show": False,
+        "cancellation": None,
+    }
+    api.connection = connection()
+    api.meetings = [
+        meeting(
+            "hidden",
+            datetime.now(UTC) + timedelta(days=1),
+            details="unavailable",
+            details_error="Calendly answered 404 for this event",
+        )
+    ]
+    # It arrives live (no time yet, so no date range the page reads holds it).
+    api.live_meetings = [
+        meeting(
+            "legacy",
+            datetime.now(UTC),
+            name=None,
+            start_time=None,
+            end_time=None,
+            details="pending",
+            invitees=[guest],
+        )
+    ]
+    sign_in(page, hash_="#/meetings")
+    expect(page.get_by_text("Meeting details on the way from Calendly")).to_be_visible()
+    expect(page.get_by_text("Updating from Calendly")).to_be_visible()
+    expect(page.get_by_text("Time on the way from Calendly")).to_be_visible()
+    expect(page.get_by_text("Zoë Ångström")).to_be_visible()
+    expect(page.get_by_text("Details unavailable")).to_be_visible()
+    expect(page.get_by_text("Calendly answered 404 for this event", exact=False)).to_be_visible()
+
+
 def test_load_more_reads_the_next_upcoming_page_also_after_a_failed_try(
     page: Page, api: ScriptedApi
 ) -> None:

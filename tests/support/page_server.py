@@ -68,6 +68,8 @@ def meeting(meeting_id: str, start: datetime, minutes: int = 30, **changes: Any)
         "location": None,
         "cancellation": None,
         "invitees": [],
+        "details": "complete",
+        "details_error": None,
     }
     value.update(changes)
     return value
@@ -119,6 +121,8 @@ class ScriptedApi:
     requests: list[str] = field(default_factory=list)
     # How many of the next GET /api/meetings with a cursor (a "Load more") answer 503.
     failing_next_pages: int = 0
+    # Meetings the live stream announces as changed (as a webhook's effect would be).
+    live_meetings: list[dict[str, Any]] = field(default_factory=list)
     # The JSON bodies the page sent, by "METHOD /path".
     bodies: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -168,7 +172,13 @@ class ScriptedApi:
             user = json.loads(request.post_data or "{}").get("user_id", "")
             self.json(route, 200, {"access_token": f"token-of-{user}", "token_type": "Bearer"})
         elif path == "/api/live":
-            body = sse(("ready", {"cursor": 0}), ("connection", {"connection": self.connection}))
+            events: list[tuple[str, object]] = [
+                ("ready", {"cursor": 0}),
+                ("connection", {"connection": self.connection}),
+            ]
+            if self.live_meetings:
+                events.append(("meetings", {"meetings": self.live_meetings}))
+            body = sse(*events)
             route.fulfill(status=200, content_type="text/event-stream", body=body)
         elif path == "/api/calendly/connection" and request.method == "GET":
             if self.connection is None:
