@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters.postgres.connections import SELECT_CONNECTION
-from adapters.postgres.meetings import APPLY_CHANGE
 from adapters.postgres.roles import DEFAULT_RUNTIME_ROLE
-from adapters.postgres.session import SET_TENANT
-from adapters.postgres.webhook_events import RECORD_EVENT
+from adapters.postgres.session import LOCK_TENANT, SET_TENANT
+from adapters.postgres.webhook_events import RECORD_AND_APPLY
 from adapters.postgres.webhook_routes import ROUTE_BY_TOKEN
 from benchmarks.deliveries import BASE, Mix, body_for, make_mix
 from benchmarks.load import WrkResult, median, pgbench, wrk
@@ -176,45 +174,39 @@ def pgbench_script(users: int) -> str:
     cancel_json = (
         """'{"canceled_by": "Guest", "reason": "conflict", "canceler_type": "invitee"}'::jsonb"""
     )
-    book = _pg(
-        APPLY_CHANGE,
-        {
-            **common,
-            "event_uri": event,
-            "status": "'active'",
-            "cancellation": "NULL",
-            "invitee_uri": invitee,
-            "i_status": "'active'",
-            "i_cancellation": "NULL",
-        },
-    )
-    cancel = _pg(
-        APPLY_CHANGE,
-        {
-            **common,
-            "event_uri": canceled_event,
-            "status": "'canceled'",
-            "cancellation": cancel_json,
-            "invitee_uri": canceled_invitee,
-            "i_status": "'canceled'",
-            "i_cancellation": cancel_json,
-        },
-    )
 
-    def record(event_id: str, event_type: str) -> str:
-        return _pg(
-            RECORD_EVENT,
-            {
-                "event_id": event_id,
-                "event_type": f"'{event_type}'",
-                "payload": ":payload",
-                "raw": "NULL",
-                "user_id": ":user_id",
-                "connection_id": ":connection_id::uuid",
-                "outcome": "'applied'",
-                "reason": "NULL",
-            },
-        )
+    def record(event_id: str, event_type: str) -> dict[str, str]:
+        return {
+            "event_id": event_id,
+            "event_type": f"'{event_type}'",
+            "payload": ":payload",
+            "raw": "NULL",
+            "user_id": ":user_id",
+            "connection_id": ":connection_id::uuid",
+            "outcome": "'applied'",
+            "reason": "NULL",
+        }
+
+    def deliver(event_id: str, event_type: str, meeting: dict[str, str]) -> str:
+        """The delivery's one statement: recorded, and merged unless a duplicate."""
+        return _pg(RECORD_AND_APPLY, {**common, **meeting, **record(event_id, event_type)})
+
+    book = {
+        "event_uri": event,
+        "status": "'active'",
+        "cancellation": "NULL",
+        "invitee_uri": invitee,
+        "i_status": "'active'",
+        "i_cancellation": "NULL",
+    }
+    cancel = {
+        "event_uri": canceled_event,
+        "status": "'canceled'",
+        "cancellation": cancel_json,
+        "invitee_uri": canceled_invitee,
+        "i_status": "'canceled'",
+        "i_cancellation": cancel_json,
+    }
 
     route = ROUTE_BY_TOKEN.replace(
         "%s", "(SELECT webhook_token FROM bench_routes WHERE n = :n)"
@@ -224,7 +216,7 @@ def pgbench_script(users: int) -> str:
             "BEGIN;",
             f"{route}\n\\gset",
             SET_TENANT.replace("%s", ":user_id") + ";",
-            _pg(SELECT_CONNECTION, {"user_id": ":user_id"}) + ";",
+            LOCK_TENANT.replace("%s", ":user_id") + ";",
         ]
     )
     new_key = f":connection_id::text || {COLON} || 'invitee.created' || {COLON} || {invitee}"
@@ -240,17 +232,16 @@ def pgbench_script(users: int) -> str:
             "\\set cx random(1, 300)",
             "\\if :r <= 20",
             head,
-            record(f":connection_id::text || {COLON} || 'pg-duplicate'", "invitee.created") + ";",
-            "ROLLBACK;",
+            deliver(f":connection_id::text || {COLON} || 'pg-duplicate'", "invitee.created", book)
+            + ";",
+            "COMMIT;",
             "\\elif :r <= 30",
             head,
-            record(cancel_key, "invitee.canceled") + ";",
-            cancel + ";",
+            deliver(cancel_key, "invitee.canceled", cancel) + ";",
             "COMMIT;",
             "\\else",
             head,
-            record(new_key, "invitee.created") + ";",
-            book + ";",
+            deliver(new_key, "invitee.created", book) + ";",
             "COMMIT;",
             "\\endif",
             "",

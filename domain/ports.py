@@ -208,6 +208,17 @@ class AuthorizationRepository(Protocol):
         ...
 
 
+class ConnectionRef(Protocol):
+    """What a connection's rows are stored under: its id and its app user (a Connection is
+    one, and so is the Route a delivery was found by)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def user_id(self) -> str: ...
+
+
 class MeetingChange(msgspec.Struct, frozen=True, kw_only=True):
     """What one delivery says about a meeting and one of its invitees."""
 
@@ -263,7 +274,7 @@ class MeetingQuery(msgspec.Struct, frozen=True, kw_only=True):
 class MeetingRepository(Protocol):
     """The current tenant's meetings."""
 
-    async def apply(self, connection: Connection, change: MeetingChange) -> None:
+    async def apply(self, connection: ConnectionRef, change: MeetingChange) -> None:
         """Merge `change` into the stored meeting and invitee, by the rules of the model."""
         ...
 
@@ -298,22 +309,33 @@ class WebhookEventLog(Protocol):
         event_id: str,
         event_type: str,
         payload: bytes,
-        connection: Connection | None,
+        connection: ConnectionRef | None,
         outcome: WebhookOutcome,
         reason: str | None = None,
+        change: MeetingChange | None = None,
     ) -> bool:
-        """Record a delivery; False when `event_id` was already recorded (a duplicate)."""
+        """Record a delivery; False when `event_id` was already recorded (a duplicate).
+
+        With `change`, a new delivery's change is merged into the connection's meeting in the
+        same step (as `MeetingRepository.apply` would); a duplicate's is not.
+        """
         ...
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True):
-    """Which app user and connection a delivery belongs to."""
+    """Which app user and connected connection a delivery belongs to (a connection has a
+    route exactly while it is not disconnected)."""
 
     user_id: str
     connection_id: str
     calendly_user_uri: str
     # The connection's own webhook signing key, when it has a subscription of ours.
     signing_key: Secret | None = None
+
+    @property
+    def id(self) -> str:
+        """The connection's id: a route names its connection's rows (a ConnectionRef)."""
+        return self.connection_id
 
 
 class WebhookRouteRepository(Protocol):

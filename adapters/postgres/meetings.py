@@ -13,6 +13,7 @@ from adapters.text import storable, storable_json, storable_or_none
 from domain.meetings import Cancellation, Invitee, Meeting, MeetingStatus
 from domain.model import Connection
 from domain.ports import (
+    ConnectionRef,
     DetailsWanted,
     MeetingChange,
     MeetingDetails,
@@ -33,10 +34,9 @@ from .session import ReadOnly, Session
 # (live updates resume from such a cursor). Selecting FROM it orders the lock before the insert.
 # change_seq is the user's own counter: a BEFORE INSERT trigger (migrations/0005) sets the
 # proposed row's to the user's highest + 1, and EXCLUDED carries it into the update.
-APPLY_CHANGE = """
-WITH serial AS (
-    SELECT pg_advisory_xact_lock(hashtextextended('meetings:' || %(user_id)s, 0))
-),
+# The meeting and the maintenance request, as CTEs after a `serial` CTE that holds the lock
+# (APPLY_CHANGE below; the webhook's one statement in webhook_events.RECORD_AND_APPLY).
+MEETING_CTES = """
 meeting AS (
     INSERT INTO meetings AS t (
         user_id, connection_id, event_uri, name, start_time, end_time, status, location,
@@ -76,6 +76,9 @@ wanted AS (
     FROM meeting
     WHERE %(needs_details)s AND connection_id = %(connection_id)s
 )
+"""
+# The invitee, after the meeting (FROM meeting): a statement, or the last CTE.
+INVITEE_UPSERT = """
 INSERT INTO meeting_invitees AS i (
     user_id, connection_id, meeting_id, invitee_uri, email, name, timezone, status,
     cancellation, rescheduled, old_invitee_uri, new_invitee_uri, no_show, no_show_changed_at
@@ -105,6 +108,15 @@ ON CONFLICT (connection_id, invitee_uri) DO UPDATE SET
                               THEN %(no_show_at)s::timestamptz ELSE i.no_show_changed_at END,
     updated_at = now()
 """
+APPLY_CHANGE = (
+    """
+WITH serial AS (
+    SELECT pg_advisory_xact_lock(hashtextextended('meetings:' || %(user_id)s, 0))
+),
+"""
+    + MEETING_CTES
+    + INVITEE_UPSERT
+)
 
 MEETING_COLUMNS = """
 SELECT m.id::text AS id, m.event_uri, m.name, m.start_time, m.end_time, m.status, m.location,
@@ -242,6 +254,41 @@ def _json(value: object) -> Jsonb | None:
     return None if value is None else Jsonb(storable_json(msgspec.to_builtins(value)))
 
 
+def apply_parameters(connection: ConnectionRef, change: MeetingChange) -> dict[str, Any]:
+    """APPLY_CHANGE's parameters (and MEETING_CTES' and INVITEE_UPSERT's) for `change`.
+
+    Every source's meetings (webhooks, sync, reads of events) are written through these, so
+    this is where their text is made storable: a NUL or a lone surrogate would fail the
+    statement, and then every retry of it (RELIABILITY row 31).
+    """
+    m, i = change.meeting, change.invitee
+    return {
+        "user_id": connection.user_id,
+        "connection_id": connection.id,
+        "event_uri": storable(m.event_uri),
+        "name": storable_or_none(m.name),
+        "start_time": m.start_time,
+        "end_time": m.end_time,
+        "status": m.status.value,
+        "location": _json(m.location),
+        "cancellation": _json(m.cancellation),
+        "invitee_uri": storable(i.invitee_uri) if i else None,
+        "email": storable_or_none(i.email) if i else None,
+        "i_name": storable_or_none(i.name) if i else None,
+        "timezone": storable_or_none(i.timezone) if i else None,
+        "i_status": i.status.value if i else None,
+        "i_cancellation": _json(i.cancellation) if i else None,
+        "rescheduled": i.rescheduled if i else False,
+        "old_invitee_uri": storable_or_none(i.old_invitee_uri) if i else None,
+        "new_invitee_uri": storable_or_none(i.new_invitee_uri) if i else None,
+        "no_show": change.no_show,
+        "no_show_at": change.no_show_at,
+        "needs_details": change.needs_details,
+        "details_for": change.details_for,
+        "details_error": storable_or_none(change.details_error),
+    }
+
+
 class PostgresMeetingRepository(MeetingRepository):
     READ_ONLY: ClassVar[ReadOnly] = ReadOnly(
         reads=frozenset({LIST_MEETINGS, CHANGED_MEETINGS, LATEST_CHANGE, WANTING_DETAILS})
@@ -250,39 +297,8 @@ class PostgresMeetingRepository(MeetingRepository):
     def __init__(self, session: Session) -> None:
         self._session = session
 
-    async def apply(self, connection: Connection, change: MeetingChange) -> None:
-        # Every source's meetings (webhooks, sync) are written here, so this is where their
-        # text is made storable: a NUL or a lone surrogate would fail the statement, and then
-        # every retry of it (RELIABILITY row 31).
-        m, i = change.meeting, change.invitee
-        await self._session.execute(
-            APPLY_CHANGE,
-            {
-                "user_id": connection.user_id,
-                "connection_id": connection.id,
-                "event_uri": storable(m.event_uri),
-                "name": storable_or_none(m.name),
-                "start_time": m.start_time,
-                "end_time": m.end_time,
-                "status": m.status.value,
-                "location": _json(m.location),
-                "cancellation": _json(m.cancellation),
-                "invitee_uri": storable(i.invitee_uri) if i else None,
-                "email": storable_or_none(i.email) if i else None,
-                "i_name": storable_or_none(i.name) if i else None,
-                "timezone": storable_or_none(i.timezone) if i else None,
-                "i_status": i.status.value if i else None,
-                "i_cancellation": _json(i.cancellation) if i else None,
-                "rescheduled": i.rescheduled if i else False,
-                "old_invitee_uri": storable_or_none(i.old_invitee_uri) if i else None,
-                "new_invitee_uri": storable_or_none(i.new_invitee_uri) if i else None,
-                "no_show": change.no_show,
-                "no_show_at": change.no_show_at,
-                "needs_details": change.needs_details,
-                "details_for": change.details_for,
-                "details_error": storable_or_none(change.details_error),
-            },
-        )
+    async def apply(self, connection: ConnectionRef, change: MeetingChange) -> None:
+        await self._session.execute(APPLY_CHANGE, apply_parameters(connection, change))
 
     async def list(self, user_id: str, query: MeetingQuery) -> Sequence[MeetingView]:
         after_start, after_id = query.after if query.after is not None else (None, None)

@@ -7,9 +7,9 @@ from typing import ClassVar
 import msgspec
 
 from adapters.text import storable, storable_or_none
-from domain.model import Connection
-from domain.ports import WebhookEventLog, WebhookOutcome
+from domain.ports import ConnectionRef, MeetingChange, WebhookEventLog, WebhookOutcome
 
+from .meetings import INVITEE_UPSERT, MEETING_CTES, apply_parameters
 from .session import ReadOnly, Session
 
 RECORD_EVENT = """
@@ -20,6 +20,36 @@ VALUES (%(event_id)s, %(event_type)s, %(payload)s::jsonb, %(raw)s, %(user_id)s,
 ON CONFLICT (event_id) DO NOTHING
 """
 # No RETURNING: a row nobody may read (an unrouted delivery) could not be returned under RLS.
+
+# A delivery to apply, in one statement (issue 17): recorded, and only if that inserted a row
+# (not a duplicate), the user's lock taken and the meeting and invitee merged exactly as
+# APPLY_CHANGE does (the same CTEs). Answers whether it was recorded. RETURNING is fine here:
+# the row is the tenant's own.
+RECORD_AND_APPLY = (
+    """
+WITH recorded AS (
+    INSERT INTO calendly_webhook_events
+        (event_id, event_type, payload, raw_payload, user_id, connection_id, outcome, reason)
+    VALUES (%(event_id)s, %(event_type)s, %(payload)s::jsonb, %(raw)s, %(user_id)s,
+            %(connection_id)s, %(outcome)s, %(reason)s)
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING 1
+),
+serial AS (
+    SELECT pg_advisory_xact_lock(hashtextextended('meetings:' || %(user_id)s, 0))
+    FROM recorded
+),
+"""
+    + MEETING_CTES
+    + """,
+invitee AS (
+"""
+    + INVITEE_UPSERT
+    + """
+)
+SELECT count(*) AS recorded FROM recorded
+"""
+)
 
 
 def _jsonb_text(body: bytes) -> str | None:
@@ -47,23 +77,28 @@ class PostgresWebhookEventLog(WebhookEventLog):
         event_id: str,
         event_type: str,
         payload: bytes,
-        connection: Connection | None,
+        connection: ConnectionRef | None,
         outcome: WebhookOutcome,
         reason: str | None = None,
+        change: MeetingChange | None = None,
     ) -> bool:
         text = _jsonb_text(payload)
-        cursor = await self._session.execute(
-            RECORD_EVENT,
-            {
-                # Made of the delivery's own text (its URIs, a decoder's message): storable.
-                "event_id": storable(event_id),
-                "event_type": storable(event_type),
-                "payload": text,
-                "raw": None if text is not None else payload,
-                "user_id": connection.user_id if connection else None,
-                "connection_id": connection.id if connection else None,
-                "outcome": outcome,
-                "reason": storable_or_none(reason),
-            },
-        )
+        parameters = {
+            # Made of the delivery's own text (its URIs, a decoder's message): storable.
+            "event_id": storable(event_id),
+            "event_type": storable(event_type),
+            "payload": text,
+            "raw": None if text is not None else payload,
+            "user_id": connection.user_id if connection else None,
+            "connection_id": connection.id if connection else None,
+            "outcome": outcome,
+            "reason": storable_or_none(reason),
+        }
+        if change is not None and connection is not None:
+            cursor = await self._session.execute(
+                RECORD_AND_APPLY, {**apply_parameters(connection, change), **parameters}
+            )
+            row = await cursor.fetchone()
+            return bool(row and row["recorded"])
+        cursor = await self._session.execute(RECORD_EVENT, parameters)
         return cursor.rowcount == 1

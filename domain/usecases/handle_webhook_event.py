@@ -10,7 +10,6 @@ from typing import Literal
 import msgspec
 
 from domain.errors import InvalidSignature, UnusablePayload
-from domain.model import Connection
 from domain.ports import Clock, Route, UnitOfWorkFactory, WebhookOutcome
 from domain.secret import Secret
 from domain.signature import check_timestamp, parse_signature_header, signed_with
@@ -99,34 +98,33 @@ class HandleWebhookEvent:
             inbound, problem = self._decode(command.body)
             if command.webhook_token is None and inbound is not None:
                 route = await uow.routes.find(calendly_user_uris=route_candidates(inbound))
-            connection = None
+            # A route exists exactly while its connection is connected: it is the connection
+            # the delivery is recorded and applied under (no second lookup).
             if route is not None:
                 await uow.act_as(route.user_id)
-                connection = await uow.connections.get(route.user_id)
-            outcome, reason = self._judge(inbound, problem, connection)
-            usable = connection if connection is not None and connection.is_connected else None
+            outcome, reason = self._judge(inbound, problem, route)
             key = inbound.dedup_key() if inbound else f"unparsable:sha256:{digest(command.body)}"
-            scope = usable.id if usable is not None else "unrouted"
+            scope = route.connection_id if route is not None else "unrouted"
+            # Recorded and, when new and usable, applied: one statement.
             is_new = await uow.webhook_events.record(
                 event_id=f"{scope}:{key}",
                 event_type=inbound.event if inbound else "unknown",
                 payload=command.body,
-                connection=usable,
+                connection=route,
                 outcome=outcome,
                 reason=reason,
+                change=inbound.change if outcome == "applied" and inbound else None,
             )
+            await uow.commit()  # a duplicate wrote nothing: committing costs what rollback would
             if not is_new:
                 return WebhookResult(
                     outcome="duplicate",
-                    user_id=usable.user_id if usable else None,
+                    user_id=route.user_id if route else None,
                     event=inbound.event if inbound else None,
                 )
-            if outcome == "applied" and usable is not None and inbound and inbound.change:
-                await uow.meetings.apply(usable, inbound.change)
-            await uow.commit()
         return WebhookResult(
             outcome="stored_aside" if outcome == "unusable" else outcome,
-            user_id=usable.user_id if usable else None,
+            user_id=route.user_id if route else None,
             event=inbound.event if inbound else None,
             reason=reason,
         )
@@ -139,13 +137,13 @@ class HandleWebhookEvent:
 
     @staticmethod
     def _judge(
-        inbound: InboundWebhook | None, problem: str | None, connection: Connection | None
+        inbound: InboundWebhook | None, problem: str | None, route: Route | None
     ) -> tuple[WebhookOutcome, str | None]:
         if inbound is None:
             return "unusable", problem or "the payload cannot be read"
-        if connection is None or not connection.is_connected:
+        if route is None:
             return "unusable", "no connected user for this delivery"
-        if connection.account is None or not inbound.concerns(connection.account.user_uri):
+        if not route.calendly_user_uri or not inbound.concerns(route.calendly_user_uri):
             return "unusable", "the delivery is not about this connection's Calendly user"
         if inbound.change is None:
             return "ignored", f"{inbound.event} is stored but not acted on"

@@ -28,6 +28,7 @@ from domain.ports import (
     AuthorizationRepository,
     ConnectionDirectory,
     ConnectionListQuery,
+    ConnectionRef,
     ConnectionRepository,
     DetailsWanted,
     ErasedData,
@@ -192,7 +193,7 @@ class FakeMeetingRepository(MeetingRepository):
     def _row(self, key: tuple[str, str]) -> MeetingRow | None:
         return self._uow.staged.meetings.get(key) or self._uow.db.meetings.get(key)
 
-    async def apply(self, connection: Connection, change: MeetingChange) -> None:
+    async def apply(self, connection: ConnectionRef, change: MeetingChange) -> None:
         # Like Postgres: one user's changes take turns, each numbered after the user's last.
         await self._uow.hold(f"meetings:{connection.user_id}")
         db, staged = self._uow.db, self._uow.staged
@@ -314,9 +315,10 @@ class FakeWebhookEventLog(WebhookEventLog):
         event_id: str,
         event_type: str,
         payload: bytes,
-        connection: Connection | None,
+        connection: ConnectionRef | None,
         outcome: WebhookOutcome,
         reason: str | None = None,
+        change: MeetingChange | None = None,
     ) -> bool:
         await self._uow.hold(f"event:{event_id}")  # like a unique index: the second one waits
         if event_id in self._uow.db.events or event_id in self._uow.staged.events:
@@ -329,6 +331,8 @@ class FakeWebhookEventLog(WebhookEventLog):
             outcome=outcome,
             reason=reason,
         )
+        if change is not None and connection is not None:
+            await self._uow.meetings.apply(connection, change)
         return True
 
 
