@@ -11,7 +11,6 @@ from psycopg.types.json import Jsonb
 
 from adapters.text import storable, storable_json, storable_or_none
 from domain.meetings import Cancellation, Invitee, Meeting, MeetingStatus
-from domain.model import Connection
 from domain.ports import (
     ConnectionRef,
     DetailsWanted,
