@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Literal, Protocol, Self
 
@@ -281,8 +281,26 @@ class MeetingRepository(Protocol):
     async def list(self, user_id: str, query: MeetingQuery) -> Sequence[MeetingView]: ...
 
     async def wanting_details(self, connection_id: str, limit: int) -> Sequence[DetailsWanted]:
-        """Up to `limit` of the connection's meetings whose details are to be read, the
-        longest waiting first."""
+        """Up to `limit` of the connection's meetings whose details are to be read now (not
+        waiting out a failed read's back-off), the longest waiting first."""
+        ...
+
+    async def next_details_due(self, connection_id: str) -> datetime | None:
+        """When a read of the connection's wanted details is next due (None: none wanted)."""
+        ...
+
+    async def postpone_details(
+        self,
+        connection_id: str,
+        request: DetailsWanted,
+        error: str,
+        *,
+        base: timedelta,
+        cap: timedelta,
+    ) -> None:
+        """A read for `request` failed: show `error` on the meeting and try again after
+        `base` doubling with each failure in a row, up to `cap` (unless a delivery renewed
+        the request meanwhile: then it is due at once)."""
         ...
 
     async def changed_since(self, user_id: str, after: int, limit: int) -> Sequence[MeetingView]:

@@ -307,7 +307,14 @@ class Container(containers.DeclarativeContainer):
         SyncMeetings, uow=uow, calendly=calendly, tokens=tokens, clock=clock
     )
     complete_meetings = providers.Singleton(
-        CompleteMeetings, uow=uow, calendly=calendly, tokens=tokens
+        CompleteMeetings,
+        uow=uow,
+        calendly=calendly,
+        tokens=tokens,
+        retry_base=providers.Factory(
+            timedelta, seconds=settings.provided.worker.retry_base_seconds
+        ),
+        retry_max=providers.Factory(timedelta, seconds=settings.provided.worker.retry_max_seconds),
     )
     maintain_connection = providers.Singleton(
         MaintainConnection,

@@ -8,9 +8,14 @@
 -- rules as a delivery, and clears the request only if no later delivery renewed it meanwhile
 -- (the request's time is compared, so a cancel that arrives while the event is being read is
 -- read again). An event Calendly will not show is marked `details_error` and not asked again.
+-- A read that fails otherwise (Calendly's 5xx, an answer that cannot be read) is retried for
+-- that meeting alone, 5 s doubling to 30 minutes (`details_failures`, `details_retry_at`), its
+-- error shown meanwhile: one bad event never holds up the others or the connection's work.
 ALTER TABLE meetings
     ADD COLUMN details_requested_at timestamptz,
-    ADD COLUMN details_error text;
+    ADD COLUMN details_error text,
+    ADD COLUMN details_failures integer NOT NULL DEFAULT 0,
+    ADD COLUMN details_retry_at timestamptz;
 -- The worker's read of one connection's wanted events: only rows that want something.
 CREATE INDEX meetings_wanting_details
     ON meetings (connection_id, details_requested_at) WHERE details_requested_at IS NOT NULL;

@@ -14,7 +14,7 @@ import msgspec
 from msgspec.structs import replace
 
 from adapters.prometheus import token_refreshed
-from domain.errors import CalendlyUnavailable, InvalidGrant, TokenRejected
+from domain.errors import CalendlyUnavailable, InvalidGrant, ResourceNotFound, TokenRejected
 from domain.meetings import Invitee, Meeting
 from domain.model import CalendlyAccount, TokenSet
 from domain.ports import CalendlyApi, Clock, GrantedTokens, NewSubscription, Subscription
@@ -269,7 +269,10 @@ class AiohttpCalendlyApi(CalendlyApi):
     async def get_scheduled_event(self, access_token: Secret, event_uri: str) -> Meeting:
         # Only the URI's last segment is used, sent to the configured API: a URI a delivery
         # names never chooses where the user's token goes.
-        path = f"/scheduled_events/{_segment(event_uri)}"
+        try:
+            path = f"/scheduled_events/{_segment(event_uri)}"
+        except ValueError:  # nothing is sent: no event can have that name
+            raise ResourceNotFound(404, None, "the URI names no scheduled event") from None
         answer = await self._api_call("GET", path, access_token)
         event = decode("GET", path, answer, wire.ScheduledEventResource).resource
         # Merged under the URI the meeting is stored by (the delivery's), whatever the answer's.
@@ -352,7 +355,7 @@ class AiohttpCalendlyApi(CalendlyApi):
 def _segment(uri: str) -> str:
     """The last URI segment, as a path parameter takes it (never validated: IDs vary)."""
     segment = uri.rstrip("/").rsplit("/", 1)[-1]
-    if not segment:
+    if segment in ("", ".", ".."):  # ".." would climb out of the path the call names
         raise ValueError("a Calendly URI is needed")
     return quote(segment, safe="")
 

@@ -93,7 +93,7 @@ class MsgspecWebhookDecoder(WebhookDecoder):
     ) -> InboundWebhook:
         scheduled = source.scheduled_event
         event_uri = scheduled.uri if scheduled is not None else source.event
-        if not source.uri or not event_uri or not event_uri.strip("/"):
+        if not source.uri or not event_uri or _last_segment(event_uri) in ("", ".", ".."):
             raise UnusablePayload(f"the {event} payload names no invitee or event")
         if scheduled is not None:
             meeting = translate.meeting(scheduled)
@@ -138,3 +138,8 @@ class MsgspecWebhookDecoder(WebhookDecoder):
             change=change,
             payload_digest=digest(body),
         )
+
+
+def _last_segment(uri: str) -> str:
+    """The URI's last path segment, which names the event where Calendly is asked about it."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]

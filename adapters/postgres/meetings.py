@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import msgspec
-from psycopg.types.json import Jsonb
 
-from adapters.text import storable, storable_json, storable_or_none
+from adapters.text import storable
 from domain.meetings import Cancellation, Invitee, Meeting, MeetingStatus
 from domain.ports import (
     ConnectionRef,
@@ -21,101 +20,9 @@ from domain.ports import (
     MeetingView,
 )
 
+from .meeting_writes import APPLY_CHANGE, apply_parameters
 from .pool import out_of_range, within_range
 from .session import ReadOnly, Session
-
-# The merge rules of domain.meetings, done by Postgres in one statement so that concurrent
-# deliveries for one meeting cannot lose each other's changes. Contract tests run the same
-# sequences against this and against the in-memory fake that calls the domain's rules.
-#
-# The advisory lock per user makes one user's changes commit in the order of their change_seq
-# values, so a reader that has seen change N can never later find a committed change below N
-# (live updates resume from such a cursor). Selecting FROM it orders the lock before the insert.
-# change_seq is the user's own counter: a BEFORE INSERT trigger (migrations/0005) sets the
-# proposed row's to the user's highest + 1, and EXCLUDED carries it into the update.
-# The meeting and the maintenance request, as CTEs after a `serial` CTE that holds the lock
-# (APPLY_CHANGE below; the webhook's one statement in webhook_events.RECORD_AND_APPLY).
-MEETING_CTES = """
-meeting AS (
-    INSERT INTO meetings AS t (
-        user_id, connection_id, event_uri, name, start_time, end_time, status, location,
-        cancellation, details_requested_at
-    )
-    SELECT %(user_id)s, %(connection_id)s, %(event_uri)s, %(name)s, %(start_time)s,
-           %(end_time)s, %(status)s, %(location)s, %(cancellation)s,
-           CASE WHEN %(needs_details)s THEN now() END
-    FROM serial
-    ON CONFLICT (connection_id, event_uri) DO UPDATE SET
-        name = coalesce(EXCLUDED.name, t.name),
-        start_time = coalesce(EXCLUDED.start_time, t.start_time),
-        end_time = coalesce(EXCLUDED.end_time, t.end_time),
-        status = CASE WHEN 'canceled' IN (t.status, EXCLUDED.status)
-                      THEN 'canceled' ELSE 'active' END,
-        location = coalesce(EXCLUDED.location, t.location),
-        cancellation = coalesce(t.cancellation, EXCLUDED.cancellation),
-        -- A delivery without the event's details asks for them (again: the event may have
-        -- changed); a read of the event meets the request it was made for, unless a later
-        -- delivery renewed it meanwhile (DR-47).
-        details_requested_at = CASE
-            WHEN %(needs_details)s THEN now()
-            WHEN t.details_requested_at = %(details_for)s::timestamptz THEN NULL
-            ELSE t.details_requested_at END,
-        details_error = CASE
-            WHEN %(needs_details)s THEN NULL
-            WHEN t.details_requested_at = %(details_for)s::timestamptz THEN %(details_error)s
-            ELSE t.details_error END,
-        change_seq = EXCLUDED.change_seq,
-        updated_at = now()
-    RETURNING id
-),
--- ... and tells the worker so. After the meeting (FROM meeting): the user's lock comes first,
--- as everywhere else, so two deliveries of one user cannot wait for each other.
-wanted AS (
-    UPDATE connection_maintenance SET enrich_due = now()
-    FROM meeting
-    WHERE %(needs_details)s AND connection_id = %(connection_id)s
-)
-"""
-# The invitee, after the meeting (FROM meeting): a statement, or the last CTE.
-INVITEE_UPSERT = """
-INSERT INTO meeting_invitees AS i (
-    user_id, connection_id, meeting_id, invitee_uri, email, name, timezone, status,
-    cancellation, rescheduled, old_invitee_uri, new_invitee_uri, no_show, no_show_changed_at
-)
-SELECT %(user_id)s, %(connection_id)s, meeting.id, %(invitee_uri)s, %(email)s, %(i_name)s,
-       %(timezone)s, %(i_status)s, %(i_cancellation)s, %(rescheduled)s, %(old_invitee_uri)s,
-       %(new_invitee_uri)s, coalesce(%(no_show)s, false), %(no_show_at)s
-FROM meeting
-WHERE %(invitee_uri)s::text IS NOT NULL
-ON CONFLICT (connection_id, invitee_uri) DO UPDATE SET
-    email = coalesce(EXCLUDED.email, i.email),
-    name = coalesce(EXCLUDED.name, i.name),
-    timezone = coalesce(EXCLUDED.timezone, i.timezone),
-    status = CASE WHEN 'canceled' IN (i.status, EXCLUDED.status)
-                  THEN 'canceled' ELSE 'active' END,
-    cancellation = coalesce(i.cancellation, EXCLUDED.cancellation),
-    rescheduled = i.rescheduled OR EXCLUDED.rescheduled,
-    old_invitee_uri = coalesce(i.old_invitee_uri, EXCLUDED.old_invitee_uri),
-    new_invitee_uri = coalesce(i.new_invitee_uri, EXCLUDED.new_invitee_uri),
-    no_show = CASE WHEN %(no_show)s::boolean IS NOT NULL
-                        AND (i.no_show_changed_at IS NULL
-                             OR %(no_show_at)s::timestamptz > i.no_show_changed_at)
-                   THEN %(no_show)s::boolean ELSE i.no_show END,
-    no_show_changed_at = CASE WHEN %(no_show)s::boolean IS NOT NULL
-                                   AND (i.no_show_changed_at IS NULL
-                                        OR %(no_show_at)s::timestamptz > i.no_show_changed_at)
-                              THEN %(no_show_at)s::timestamptz ELSE i.no_show_changed_at END,
-    updated_at = now()
-"""
-APPLY_CHANGE = (
-    """
-WITH serial AS (
-    SELECT pg_advisory_xact_lock(hashtextextended('meetings:' || %(user_id)s, 0))
-),
-"""
-    + MEETING_CTES
-    + INVITEE_UPSERT
-)
 
 MEETING_COLUMNS = """
 SELECT m.id::text AS id, m.event_uri, m.name, m.start_time, m.end_time, m.status, m.location,
@@ -163,8 +70,26 @@ LIMIT %(limit)s
 WANTING_DETAILS = """
 SELECT event_uri, details_requested_at AS requested_at FROM meetings
 WHERE connection_id = %(connection_id)s AND details_requested_at IS NOT NULL
+  AND (details_retry_at IS NULL OR details_retry_at <= now())
 ORDER BY details_requested_at
 LIMIT %(limit)s
+"""
+# When the connection's next wanted read is due (now or a retry's time), or NULL: none.
+NEXT_DETAILS_DUE = """
+SELECT min(coalesce(details_retry_at, details_requested_at)) AS due FROM meetings
+WHERE connection_id = %(connection_id)s AND details_requested_at IS NOT NULL
+"""
+# A read that failed for this one meeting: its error shown, tried again after a back-off that
+# doubles from `base` up to `cap`; unless a delivery renewed the request meanwhile (then at
+# once). The database's clock, as for every other due time.
+POSTPONE_DETAILS = """
+UPDATE meetings SET
+    details_error = %(error)s,
+    details_failures = details_failures + 1,
+    details_retry_at = now() + least(%(cap)s::interval,
+                                     %(base)s::interval * 2 ^ least(details_failures, 16))
+WHERE connection_id = %(connection_id)s AND event_uri = %(event_uri)s
+  AND details_requested_at = %(requested_at)s
 """
 LATEST_CHANGE = """
 SELECT coalesce(max(change_seq), 0) AS latest FROM meetings WHERE user_id = %(user_id)s
@@ -248,49 +173,11 @@ def _invitee(row: InviteeRow, event_uri: str) -> Invitee:
     )
 
 
-def _json(value: object) -> Jsonb | None:
-    """A jsonb parameter Postgres accepts, whatever strings `value` holds (see `storable`)."""
-    return None if value is None else Jsonb(storable_json(msgspec.to_builtins(value)))
-
-
-def apply_parameters(connection: ConnectionRef, change: MeetingChange) -> dict[str, Any]:
-    """APPLY_CHANGE's parameters (and MEETING_CTES' and INVITEE_UPSERT's) for `change`.
-
-    Every source's meetings (webhooks, sync, reads of events) are written through these, so
-    this is where their text is made storable: a NUL or a lone surrogate would fail the
-    statement, and then every retry of it (RELIABILITY row 31).
-    """
-    m, i = change.meeting, change.invitee
-    return {
-        "user_id": connection.user_id,
-        "connection_id": connection.id,
-        "event_uri": storable(m.event_uri),
-        "name": storable_or_none(m.name),
-        "start_time": m.start_time,
-        "end_time": m.end_time,
-        "status": m.status.value,
-        "location": _json(m.location),
-        "cancellation": _json(m.cancellation),
-        "invitee_uri": storable(i.invitee_uri) if i else None,
-        "email": storable_or_none(i.email) if i else None,
-        "i_name": storable_or_none(i.name) if i else None,
-        "timezone": storable_or_none(i.timezone) if i else None,
-        "i_status": i.status.value if i else None,
-        "i_cancellation": _json(i.cancellation) if i else None,
-        "rescheduled": i.rescheduled if i else False,
-        "old_invitee_uri": storable_or_none(i.old_invitee_uri) if i else None,
-        "new_invitee_uri": storable_or_none(i.new_invitee_uri) if i else None,
-        "no_show": change.no_show,
-        "no_show_at": change.no_show_at,
-        "needs_details": change.needs_details,
-        "details_for": change.details_for,
-        "details_error": storable_or_none(change.details_error),
-    }
-
-
 class PostgresMeetingRepository(MeetingRepository):
     READ_ONLY: ClassVar[ReadOnly] = ReadOnly(
-        reads=frozenset({LIST_MEETINGS, CHANGED_MEETINGS, LATEST_CHANGE, WANTING_DETAILS})
+        reads=frozenset(
+            {LIST_MEETINGS, CHANGED_MEETINGS, LATEST_CHANGE, WANTING_DETAILS, NEXT_DETAILS_DUE}
+        )
     )
 
     def __init__(self, session: Session) -> None:
@@ -326,6 +213,32 @@ class PostgresMeetingRepository(MeetingRepository):
             WANTING_DETAILS, {"connection_id": connection_id, "limit": limit}
         )
         return [msgspec.convert(row, DetailsWanted) for row in await cursor.fetchall()]
+
+    async def next_details_due(self, connection_id: str) -> datetime | None:
+        cursor = await self._session.execute(NEXT_DETAILS_DUE, {"connection_id": connection_id})
+        row = await cursor.fetchone()
+        return row["due"] if row else None
+
+    async def postpone_details(
+        self,
+        connection_id: str,
+        request: DetailsWanted,
+        error: str,
+        *,
+        base: timedelta,
+        cap: timedelta,
+    ) -> None:
+        await self._session.execute(
+            POSTPONE_DETAILS,
+            {
+                "connection_id": connection_id,
+                "event_uri": request.event_uri,
+                "requested_at": request.requested_at,
+                "error": storable(error),
+                "base": base,
+                "cap": cap,
+            },
+        )
 
     async def latest_change(self, user_id: str) -> int:
         cursor = await self._session.execute(LATEST_CHANGE, {"user_id": user_id})

@@ -9,7 +9,7 @@ import msgspec
 from adapters.text import storable, storable_or_none
 from domain.ports import ConnectionRef, MeetingChange, WebhookEventLog, WebhookOutcome
 
-from .meetings import INVITEE_UPSERT, MEETING_CTES, apply_parameters
+from .meeting_writes import INVITEE_UPSERT, MEETING_CTES, apply_parameters
 from .session import ReadOnly, Session
 
 RECORD_EVENT = """

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from functools import partial
 
-from domain.errors import PermissionDenied, ResourceNotFound
+from domain.errors import CalendlyError, PermissionDenied, RateLimited, ResourceNotFound
 from domain.meetings import Meeting
 from domain.model import Connection
 from domain.ports import CalendlyApi, DetailsWanted, MeetingChange, UnitOfWorkFactory
@@ -23,9 +24,14 @@ class CompleteMeetings:
     known details never replaced by unknown ones), so a meeting's status comes from Calendly's
     event, never from a guess on one invitee: a group event one of two invitees left stays
     active. The request is met only if no delivery renewed it while the event was read (a
-    cancel arriving meanwhile has the event read again). An event Calendly will not show (404,
-    403) is marked unavailable, with the reason, and not read again until a delivery asks. Any
-    other error propagates: the pass backs off and the requests stay.
+    cancel arriving meanwhile has the event read again).
+
+    Each event's trouble stays its own: one Calendly will not show (404, 403) is marked
+    unavailable, with the answer, and not read again until a delivery asks; one whose read
+    fails otherwise (a 5xx, an answer that cannot be read) shows its error and is tried again
+    after a back-off of its own, while the others are read and the pass goes on. Only what
+    concerns every call stops the batch: a rate limit (RateLimited: the pass waits for the
+    reset) and a grant Calendly no longer honours (ReauthorizationRequired).
     """
 
     def __init__(
@@ -34,23 +40,30 @@ class CompleteMeetings:
         calendly: CalendlyApi,
         tokens: RefreshAccessToken,
         batch: int = BATCH,
+        retry_base: timedelta = timedelta(seconds=5),
+        retry_max: timedelta = timedelta(minutes=30),
     ) -> None:
         self._uow = uow
         self._calendly = calendly
         self._tokens = tokens
         self._batch = batch
+        # One meeting's failed read is tried again after this, doubling up to `retry_max`
+        # (the worker's own back-off settings).
+        self._retry_base = retry_base
+        self._retry_max = retry_max
 
-    async def __call__(self, connection: Connection) -> tuple[int, bool]:
-        """Completes up to a batch; returns how many events were read, and whether more may
-        be waiting.
+    async def __call__(self, connection: Connection) -> tuple[int, datetime | None]:
+        """Reads up to a batch of the wanted events; returns how many reads were made and
+        when the next is due (None: nothing is wanted any more).
 
-        Raises CalendlyError (other than for one event), ReauthorizationRequired.
+        Raises RateLimited, ReauthorizationRequired.
         """
         async with self._uow(connection.user_id) as uow:
             wanted = await uow.meetings.wanting_details(connection.id, self._batch)
         for request in wanted:
             await self._complete(connection, request)
-        return len(wanted), len(wanted) >= self._batch
+        async with self._uow(connection.user_id) as uow:
+            return len(wanted), await uow.meetings.next_details_due(connection.id)
 
     async def _complete(self, connection: Connection, request: DetailsWanted) -> None:
         try:
@@ -65,6 +78,28 @@ class CompleteMeetings:
                 details_for=request.requested_at,
                 details_error=f"Calendly answered {exc.status} for this event",
             )
+        except RateLimited:
+            raise
+        except CalendlyError as exc:
+            async with self._uow(connection.user_id) as uow:
+                await uow.meetings.postpone_details(
+                    connection.id,
+                    request,
+                    _trouble(exc),
+                    base=self._retry_base,
+                    cap=self._retry_max,
+                )
+                await uow.commit()
+            return
         async with self._uow(connection.user_id) as uow:
             await uow.meetings.apply(connection, change)
             await uow.commit()
+
+
+def _trouble(exc: CalendlyError) -> str:
+    """What the meeting shows while its read is retried (no body text: it is Calendly's)."""
+    if 200 <= exc.status < 300:
+        return "Calendly's answer for this event could not be read; trying again"
+    if exc.status == 0:
+        return "Calendly could not be reached for this event; trying again"
+    return f"Calendly answered {exc.status} for this event; trying again"

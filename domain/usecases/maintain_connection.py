@@ -181,8 +181,8 @@ class MaintainConnection:
         # A sync looks too: requests made before a disconnect outlive the row that said so.
         read, enriched, enrich_due = 0, False, None
         if self._complete is not None and (_due(due.enrich_due, now) or due.sync_due <= now):
-            read, more = await self._complete(connection)
-            enriched, enrich_due = True, (now if more else None)
+            read, enrich_due = await self._complete(connection)
+            enriched = True
         before = (connection.webhook_status, connection.subscription_uri)
         subscription_due = None
         if due.subscription_due <= now:

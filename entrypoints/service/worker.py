@@ -19,7 +19,7 @@ from adapters.postgres.changes import PostgresChangeLogRetention
 from adapters.postgres.storage_retention import PostgresStorageRetention
 from adapters.postgres.webhook_health import PostgresWebhookHealth
 from domain.errors import StoredSecretUnreadable
-from domain.ports import Clock, MaintenanceDue, MaintenanceQueue
+from domain.ports import Clock, MaintenanceDue, MaintenanceQueue, MaintenanceResult
 from domain.usecases.maintain_connection import MaintainConnection
 from entrypoints.arguments import fail
 from entrypoints.container import Container, drain_kept_grants, resolve
@@ -243,8 +243,25 @@ class Worker:
                 failures=due.failures if result.rate_limited else due.failures + 1,
                 retry_at=result.retry_at.isoformat() if result.retry_at else None,
             )
-        await self._safely(self._queue.complete(due, self.owner, result))
+        await self._complete(due, result)
         self.handled += 1
+
+    async def _complete(self, due: MaintenanceDue, result: MaintenanceResult) -> None:
+        """Record the pass; while the database is away, try again (0.25 s doubling to 5 s)
+        until the lease would have run out anyway. A pass that ends during an outage then
+        frees its connection as soon as the database is back, not a whole lease later."""
+        deadline = time.monotonic() + self._settings.worker.lease_seconds
+        delay = 0.25
+        while True:
+            try:
+                await self._queue.complete(due, self.owner, result)
+                return
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    log.warning("worker.complete_failed", error=type(exc).__name__)
+                    return  # the lease runs out and the connection is claimed again
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     @staticmethod
     async def _safely(work: Awaitable[object]) -> None:

@@ -106,15 +106,27 @@ def test_a_meeting_whose_details_are_on_the_way_says_so_and_shows_its_invitee(
             end_time=None,
             details="pending",
             invitees=[guest],
-        )
+        ),
+        meeting(
+            "retrying",
+            datetime.now(UTC),
+            name=None,
+            start_time=None,
+            end_time=None,
+            details="pending",
+            details_error="Calendly answered 503 for this event; trying again",
+        ),
     ]
     sign_in(page, hash_="#/meetings")
-    expect(page.get_by_text("Meeting details on the way from Calendly")).to_be_visible()
-    expect(page.get_by_text("Updating from Calendly")).to_be_visible()
-    expect(page.get_by_text("Time on the way from Calendly")).to_be_visible()
+    expect(page.locator("#meeting-legacy-title")).to_have_text(
+        "Meeting details on the way from Calendly"
+    )
+    expect(page.get_by_text("Updating from Calendly")).to_have_count(2)
+    expect(page.get_by_text("Time on the way from Calendly")).to_have_count(2)
     expect(page.get_by_text("Zoë Ångström")).to_be_visible()
     expect(page.get_by_text("Details unavailable")).to_be_visible()
     expect(page.get_by_text("Calendly answered 404 for this event", exact=False)).to_be_visible()
+    expect(page.get_by_text("Calendly answered 503 for this event", exact=False)).to_be_visible()
 
 
 def test_load_more_reads_the_next_upcoming_page_also_after_a_failed_try(

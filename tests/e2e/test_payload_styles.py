@@ -148,7 +148,7 @@ async def test_every_payload_style_ends_in_the_same_meetings(
         await sandbox.control("DELETE", "/_sandbox/calls", expect=204)
         await live_the_story(sandbox, host)
         if style == "legacy":
-            # What the deliveries lacked was shown at once as pending, then read from Calendly.
+            # What the deliveries lacked was read from Calendly by the worker.
             reads = await sandbox.calls("GET /scheduled_events/{uuid}")
             assert reads, "the worker never read an event"
         else:  # everything was in the deliveries: no event is read

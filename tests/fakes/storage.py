@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import uuid
 from collections.abc import Mapping, Sequence
@@ -70,6 +71,8 @@ class MeetingRow:
     # and why Calendly would not give them.
     details_requested_at: datetime | None = None
     details_error: str | None = None
+    details_failures: int = 0
+    details_retry_at: datetime | None = None
 
 
 @dataclass
@@ -205,12 +208,14 @@ class FakeMeetingRepository(MeetingRepository):
         last = max((r.change_seq for r in rows if r.user_id == connection.user_id), default=0)
         requested_at = row.details_requested_at if row else None
         details_error = row.details_error if row else None
+        failures, retry_at = (row.details_failures, row.details_retry_at) if row else (0, None)
         if change.needs_details:
             # Each request's time is its own (Postgres: the transaction's start).
             requested_at = max(now, (requested_at or now) + timedelta(microseconds=1))
-            details_error = None
+            details_error, failures, retry_at = None, 0, None
         elif requested_at is not None and requested_at == change.details_for:
             requested_at, details_error = None, change.details_error
+            failures, retry_at = 0, None
         staged.meetings[key] = MeetingRow(
             id=row.id if row else str(uuid.UUID(int=next(db.seq))),
             user_id=connection.user_id,
@@ -219,6 +224,8 @@ class FakeMeetingRepository(MeetingRepository):
             change_seq=last + 1,
             details_requested_at=requested_at,
             details_error=details_error,
+            details_failures=failures,
+            details_retry_at=retry_at,
         )
         if change.needs_details:
             db.enrich_due[connection.id] = requested_at
@@ -282,16 +289,53 @@ class FakeMeetingRepository(MeetingRepository):
             views = [v for v in views if order(v) > after]
         return views[: query.limit]
 
-    async def wanting_details(self, connection_id: str, limit: int) -> Sequence[DetailsWanted]:
+    def _wanting(self, connection_id: str) -> Sequence[tuple[tuple[str, str], MeetingRow]]:
         rows = {**self._uow.db.meetings, **self._uow.staged.meetings}
-        wanted = sorted(
-            (row.details_requested_at, event_uri)
-            for (cid, event_uri), row in rows.items()
-            if cid == connection_id
+        return [
+            (key, row)
+            for key, row in rows.items()
+            if key[0] == connection_id
             and row.details_requested_at is not None
             and row.user_id == self._uow.tenant
+        ]
+
+    async def wanting_details(self, connection_id: str, limit: int) -> Sequence[DetailsWanted]:
+        now = datetime.now(tz=UTC)  # as Postgres: the database's clock
+        wanted = sorted(
+            (row.details_requested_at, key[1])
+            for key, row in self._wanting(connection_id)
+            if row.details_requested_at is not None
+            and (row.details_retry_at is None or row.details_retry_at <= now)
         )
         return [DetailsWanted(event_uri=uri, requested_at=at) for at, uri in wanted[:limit]]
+
+    async def next_details_due(self, connection_id: str) -> datetime | None:
+        due = [
+            row.details_retry_at or row.details_requested_at
+            for _, row in self._wanting(connection_id)
+        ]
+        return min((d for d in due if d is not None), default=None)
+
+    async def postpone_details(
+        self,
+        connection_id: str,
+        request: DetailsWanted,
+        error: str,
+        *,
+        base: timedelta,
+        cap: timedelta,
+    ) -> None:
+        key = (connection_id, request.event_uri)
+        row = self._row(key)
+        if row is None or row.details_requested_at != request.requested_at:
+            return
+        wait = min(cap, base * 2 ** min(row.details_failures, 16))
+        self._uow.staged.meetings[key] = replace_row(
+            row,
+            details_error=error,
+            details_failures=row.details_failures + 1,
+            details_retry_at=datetime.now(tz=UTC) + wait,
+        )
 
     async def changed_since(self, user_id: str, after: int, limit: int) -> Sequence[MeetingView]:
         views = [
@@ -303,6 +347,10 @@ class FakeMeetingRepository(MeetingRepository):
     async def latest_change(self, user_id: str) -> int:
         views = await self.list(user_id, MeetingQuery(limit=10**9))
         return max((v.change_seq for v in views), default=0)
+
+
+def replace_row(row: MeetingRow, **changes: Any) -> MeetingRow:
+    return dataclasses.replace(row, **changes)
 
 
 class FakeWebhookEventLog(WebhookEventLog):

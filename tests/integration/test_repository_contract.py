@@ -408,3 +408,33 @@ async def test_an_event_calendly_will_not_show_is_unavailable_until_asked_again(
     assert await _details(any_uow, "a") == [("unavailable", "Calendly answered 404 for this event")]
     await _apply(any_uow, stored, legacy)
     assert await _details(any_uow, "a") == [("pending", None)]
+
+
+async def test_a_failed_read_waits_for_its_own_retry_unless_asked_again(
+    any_uow: UnitOfWorkFactory,
+) -> None:
+    stored = await add(any_uow, connection("a", 1, CID_A))
+    legacy = MeetingChange(meeting=Meeting(event_uri=EV + "e1"), needs_details=True)
+    await _apply(any_uow, stored, legacy)
+    async with any_uow("a") as uow:
+        (wanted,) = await uow.meetings.wanting_details(CID_A, 10)
+        assert await uow.meetings.next_details_due(CID_A) == wanted.requested_at
+        await uow.meetings.postpone_details(
+            CID_A,
+            wanted,
+            "Calendly answered 503",
+            base=timedelta(seconds=5),
+            cap=timedelta(minutes=30),
+        )
+        await uow.commit()
+    async with any_uow("a") as uow:
+        assert await uow.meetings.wanting_details(CID_A, 10) == []  # not before its retry
+        retry = await uow.meetings.next_details_due(CID_A)
+    assert retry is not None
+    assert retry > wanted.requested_at + timedelta(seconds=4)
+    assert await _details(any_uow, "a") == [("pending", "Calendly answered 503")]
+    # A delivery asks again: due at once, the old trouble gone.
+    await _apply(any_uow, stored, legacy)
+    assert await _details(any_uow, "a") == [("pending", None)]
+    async with any_uow("a") as uow:
+        assert len(await uow.meetings.wanting_details(CID_A, 10)) == 1

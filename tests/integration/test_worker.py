@@ -11,6 +11,7 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from adapters.postgres.webhook_health import PostgresWebhookHealth
+from domain.errors import StorageUnavailable
 from domain.model import WebhookStatus
 from entrypoints.container import Container, resolve
 from entrypoints.service.worker import Worker, build_worker
@@ -385,3 +386,37 @@ async def test_a_long_outage_sweep_never_holds_the_claims_back(real: RealCore) -
             await asyncio.sleep(0.1)
         assert worker.handled == 1
         assert sweep.batches > 3  # the sweep went on beside it, a batch a turn
+
+
+async def test_a_pass_ending_while_the_database_is_away_frees_its_connection_once_back(
+    real: RealCore,
+) -> None:
+    # The pass's record (COMPLETE) fails: the worker tries again until it lands, instead of
+    # leaving the connection leased (and its work waiting) for a whole lease.
+    await real.connect("alice", "ada@example.com")
+    owner_sql(real, "UPDATE connection_maintenance SET sync_due = now() - interval '1 hour'")
+    settings = settings_for(real)
+    container = Container(settings=settings)
+    try:
+        queue = await resolve(container.maintenance_queue())
+        failures = [StorageUnavailable("down"), StorageUnavailable("still down")]
+
+        class Flaky:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(queue, name)
+
+            async def complete(self, *args: Any) -> None:
+                if failures:
+                    raise failures.pop(0)
+                await queue.complete(*args)
+
+        worker = Worker(
+            queue=Flaky(),
+            maintain=await resolve(container.maintain_connection()),
+            settings=settings,
+        )
+        assert await worker.run_once() == 1
+        assert failures == []
+        assert owner_sql(real, "SELECT lease_owner FROM connection_maintenance") == [(None,)]
+    finally:
+        await resolve(container.shutdown_resources())

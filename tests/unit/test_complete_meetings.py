@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from msgspec.structs import replace
 
-from domain.errors import CalendlyUnavailable, ResourceNotFound, TokenRejected
+from domain.errors import CalendlyUnavailable, RateLimited, ResourceNotFound, TokenRejected
 from domain.meetings import Meeting, MeetingStatus
 from domain.ports import MaintenanceDue, MeetingQuery, MeetingView
 from domain.usecases.complete_meetings import CompleteMeetings
@@ -59,8 +59,8 @@ async def test_a_legacy_delivery_shows_what_it_knows_at_once_then_the_event(worl
     assert shown.meeting.name is None
     assert [i.name for i in shown.invitees] == ["Grace Guest"]
     assert world.core.db.enrich_due  # the worker was told
-    read, more = await world.core.complete_meetings(world.core.db.connections["u"])
-    assert (read, more) == (1, False)
+    read, next_due = await world.core.complete_meetings(world.core.db.connections["u"])
+    assert (read, next_due) == (1, None)
     (done,) = await views(world.core)
     assert done.details == "complete"
     assert done.meeting.name == "Intro · Grace Guest"
@@ -144,20 +144,47 @@ async def test_a_pass_completes_meetings_without_spending_a_grant_check(world: W
     assert (result.enriched, result.grant_due) == (False, None)
 
 
-async def test_a_failing_read_backs_off_and_keeps_the_request(world: World) -> None:
+async def test_a_failing_read_backs_off_for_that_meeting_alone_and_shows(world: World) -> None:
+    # One event's read fails (Calendly's 5xx, or an answer that cannot be read): that meeting
+    # shows the trouble and waits out a back-off of its own; the other is completed and the
+    # pass goes on to the connection's other work (here the grant check it was due for).
+    world.book("Grace Guest", {"type": "zoom"}, 24)
+    world.book("Zoë", {"type": "zoom"}, 48)
+    await send_all(world)
+    core = world.core
+    troubled = next(iter(core.calendly.events))
+    core.calendly.fail_next("get_scheduled_event", CalendlyUnavailable(503, None, "down"))
+    due = replace(idle_due(core), grant_due=core.clock.now())
+    result = await core.maintain(due)
+    assert result.error is None
+    assert result.grant_due is not None
+    assert result.enriched
+    assert result.enrich_due is not None  # the retry's time: the request is kept
+    shown = {v.meeting.event_uri: v for v in await views(core)}
+    assert (shown[troubled].details, shown[troubled].details_error) == (
+        "pending",
+        "Calendly answered 503 for this event; trying again",
+    )
+    (other,) = [v for uri, v in shown.items() if uri != troubled]
+    assert other.details == "complete"
+    # Not read again before its back-off: the next pass has nothing to read.
+    core.calendly.calls.clear()
+    read, _ = await core.complete_meetings(core.db.connections["u"])
+    assert read == 0
+    assert "get_scheduled_event" not in core.calendly.calls
+
+
+async def test_a_rate_limit_stops_the_batch_and_backs_the_pass_off(world: World) -> None:
     world.book("Grace Guest", {"type": "zoom"}, 24)
     await send_all(world)
     core = world.core
-    core.calendly.fail_next("get_scheduled_event", CalendlyUnavailable(503, None, "down"))
+    core.calendly.fail_next("get_scheduled_event", RateLimited(429, None, 30.0))
     result = await core.maintain(idle_due(core))
-    assert result.error is not None
-    assert "503" in result.error
-    assert result.enriched
-    assert result.enrich_due == result.retry_at
+    assert result.rate_limited
     assert result.retry_at is not None
-    assert result.retry_at > core.clock.now()
+    assert result.enrich_due == result.retry_at
     (shown,) = await views(core)
-    assert shown.details == "pending"
+    assert (shown.details, shown.details_error) == ("pending", None)
 
 
 async def test_a_refused_token_is_refreshed_once_for_the_read(world: World) -> None:
@@ -168,7 +195,7 @@ async def test_a_refused_token_is_refreshed_once_for_the_read(world: World) -> N
     await core.complete_meetings(core.db.connections["u"])
     (shown,) = await views(core)
     assert shown.details == "complete"
-    assert core.calendly.count("refresh") >= 1
+    assert core.calendly.count("refresh") == 1
 
 
 async def test_more_than_a_batch_comes_back_at_once(world: World) -> None:
@@ -177,10 +204,11 @@ async def test_more_than_a_batch_comes_back_at_once(world: World) -> None:
     await send_all(world)
     core = world.core
     small = CompleteMeetings(core.db.factory(), core.calendly, core.tokens, batch=2)
-    read, more = await small(core.db.connections["u"])
-    assert (read, more) == (2, True)
-    read, more = await small(core.db.connections["u"])
-    assert (read, more) == (1, False)
+    read, next_due = await small(core.db.connections["u"])
+    assert read == 2
+    assert next_due is not None  # one is still wanted, due already
+    read, next_due = await small(core.db.connections["u"])
+    assert (read, next_due) == (1, None)
     assert {v.details for v in await views(core)} == {"complete"}
 
 

@@ -319,3 +319,24 @@ async def test_event_types_the_service_does_not_act_on_are_acknowledged_and_kept
     assert await deliver(world, body) in ("ignored", "stored_aside")
     assert [e.payload for e in core.db.events.values()] == [body]  # kept as it came
     assert await views_of(core) == []
+
+
+@pytest.mark.parametrize("tail", ["..", "."])
+async def test_an_event_uri_that_would_climb_out_of_its_path_is_stored_aside(tail: str) -> None:
+    # Its last segment is what the worker would ask Calendly about: "/scheduled_events/.."
+    # would name another endpoint. Such a delivery is kept aside, never applied or read.
+    core = build_core()
+    host = core.calendly.add_user("ada@example.com")
+    await core.connect("u", host)
+    world = World(calendly=core.calendly, host=host, core=core)
+    uri = f"https://api.calendly.test/scheduled_events/{tail}"
+    body = json.dumps(
+        {
+            "event": "invitee.created",
+            "created_at": "2030-01-01T12:00:00Z",
+            "created_by": host.uri,
+            "payload": {"uri": uri + "/invitees/x", "event": uri, "name": "Eve"},
+        }
+    ).encode()
+    assert await deliver(world, body) == "stored_aside"
+    assert await views_of(core) == []

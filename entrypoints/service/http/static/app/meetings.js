@@ -207,7 +207,10 @@ function meetingView(meeting, index, now) {
         unavailable
           ? h("p", { class: "muted small meeting-details-error" },
               `Calendly would not show this event's details (${text(meeting.details_error) || "no reason given"}). They appear if Calendly sends them again.`)
-          : null,
+          : pending && text(meeting.details_error)
+            ? h("p", { class: "muted small meeting-details-error" },
+                `Calendly did not give this event's details yet (${text(meeting.details_error)}).`)
+            : null,
         canceled ? cancellationLine(meeting.cancellation) : null,
         locationLine(meeting.location, !canceled && !over, name),
         invitees.length > 0
