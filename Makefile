@@ -102,6 +102,12 @@ test-unit: $(STAMP) ## The core and the HTTP app in-process over fakes, the sand
 test-integration: $(STAMP) ## Adapters on real Postgres and the sandbox, faults, security, fuzzing
 	$(BIN)/pytest $(INTEGRATION_TESTS)
 
+.PHONY: test-postgres
+test-postgres: $(STAMP) ## The integration tier on any Postgres: make test-postgres URL=postgresql://<superuser>@<host>:<port>/<db>
+	@test -n "$(URL)" || { echo "make test-postgres needs URL=postgresql://<superuser>@<host>:<port>/<db> (a superuser: the tests migrate and create databases)" >&2; exit 2; }
+	@echo "$(BIN)/pytest $(INTEGRATION_TESTS)  (TEST_DATABASE_URL from URL, not shown)"
+	@TEST_DATABASE_URL="$(URL)" $(BIN)/pytest $(INTEGRATION_TESTS)
+
 .PHONY: test-e2e
 test-e2e: $(STAMP) ## The real service end to end (HTTP, Postgres, sandbox), demo, chaos, a browser
 	$(call apt_need,chromium,chromium)

@@ -47,7 +47,8 @@ def log(url: str) -> list[tuple[ChangePosition, str, int]]:
     """The whole log in feed order (as the owner): (position, user, user_seq)."""
     with psycopg.connect(url) as admin:
         rows = admin.execute(
-            "SELECT xid::text, id, user_id, user_seq FROM change_log ORDER BY xid, id"
+            "SELECT xid::text, id, user_id, user_seq FROM change_log"
+            " ORDER BY change_log.xid, change_log.id"  # the xid8, not its text
         ).fetchall()
     return [(ChangePosition(int(x), i), u, s) for x, i, u, s in rows]
 

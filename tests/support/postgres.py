@@ -1,7 +1,16 @@
-"""A real Postgres for tests: embedded (pgserver) by default, TEST_DATABASE_URL to override.
+"""A real Postgres for tests, chosen in one place (`choose_postgres`), in this order:
 
-One migrated template database per session; each test gets its own copy (CREATE DATABASE ...
-TEMPLATE is fast), so tests never see each other's rows.
+1. `TEST_DATABASE_URL`, when set: that server (a superuser's URL: the tests migrate and make
+   databases); nothing is started.
+2. A container (testcontainers, the official `postgres:<TEST_POSTGRES_VERSION>` image, default
+   the embedded server's major version), when `TEST_POSTGRES=container` or a Docker engine
+   answers; started once per test session and removed after it.
+3. Otherwise the embedded server (pgserver), started once per test session.
+
+`TEST_POSTGRES=embedded` skips the Docker probe. One migrated template database per session;
+each test gets its own copy (CREATE DATABASE ... TEMPLATE is fast), so tests never see each
+other's rows. The outage tests (tests/faults) stop and restart a server, so they always own an
+embedded one, whichever is chosen here.
 """
 
 from __future__ import annotations
@@ -9,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
+import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Literal, Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -31,7 +42,7 @@ class PgCluster:
     admin_url: str
     template: str = ""
     _counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-    server: object | None = None
+    server: Any = None  # pgserver.PostgresServer or a testcontainers container (untyped)
 
     def url_for(self, dbname: str) -> str:
         """The admin URL with another database (kept a URL: the service accepts only those)."""
@@ -67,10 +78,118 @@ class PgCluster:
             conn.execute(statement)
 
 
-def start_cluster(workdir: Path) -> PgCluster:
-    external = os.environ.get("TEST_DATABASE_URL")
-    if external:
-        return PgCluster(admin_url=external)
+# The major version pgserver ships (tests/integration/test_postgres_choice.py checks it against
+# the running embedded server): a container runs the same unless told otherwise.
+EMBEDDED_MAJOR = 16
+CONTAINER_USER = "postgres"
+CONTAINER_DB = "postgres"
+Kind = Literal["url", "container", "embedded"]
+
+
+@dataclass(frozen=True)
+class PostgresChoice:
+    kind: Kind
+    why: str
+    url: str | None = None
+    image: str | None = None
+
+
+def choose_postgres(
+    environ: Mapping[str, str], docker_answers: Callable[[], bool]
+) -> PostgresChoice:
+    """Which Postgres the tests get (see the module's docstring); ValueError for a setting
+    that names none."""
+    url = environ.get("TEST_DATABASE_URL", "").strip()
+    if url:
+        return PostgresChoice("url", "TEST_DATABASE_URL is set", url=url)
+    wanted = environ.get("TEST_POSTGRES", "").strip().lower()
+    if wanted not in ("", "container", "embedded"):
+        raise ValueError(
+            f"TEST_POSTGRES={wanted!r} names no kind of test Postgres: use container or"
+            " embedded (or set TEST_DATABASE_URL)"
+        )
+    version = environ.get("TEST_POSTGRES_VERSION", "").strip() or str(EMBEDDED_MAJOR)
+    if not re.fullmatch(r"\d{1,2}(\.\d{1,2})?", version):
+        raise ValueError(
+            f"TEST_POSTGRES_VERSION={version!r} is not a Postgres version (such as 16 or 15.8)"
+        )
+    if wanted == "container":
+        return PostgresChoice("container", "TEST_POSTGRES=container", image=f"postgres:{version}")
+    if wanted == "" and docker_answers():
+        return PostgresChoice("container", "a Docker engine answers", image=f"postgres:{version}")
+    return PostgresChoice(
+        "embedded",
+        "TEST_POSTGRES=embedded" if wanted else "no TEST_DATABASE_URL and no Docker engine",
+    )
+
+
+def docker_answers(timeout: float = 2.0) -> bool:
+    """Whether a Docker engine answers a ping (DOCKER_HOST, else the local socket)."""
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # no engine, no socket, no permission: not usable here
+        return False
+
+
+class ContainerLike(Protocol):
+    """What the tests read of a started testcontainers Postgres."""
+
+    username: str
+    password: str
+    dbname: str
+
+    def get_container_host_ip(self) -> str: ...
+
+    def get_exposed_port(self, port: int) -> int | str: ...
+
+
+def container_url(container: ContainerLike) -> str:
+    """The superuser URL the tests get for a started container (host and mapped port as
+    Docker reports them)."""
+    host = container.get_container_host_ip()
+    port = container.get_exposed_port(5432)
+    user, password = quote(container.username, safe=""), quote(container.password, safe="")
+    return f"postgresql://{user}:{password}@{host}:{port}/{container.dbname}"
+
+
+def start_container(image: str) -> Any:
+    """The official image, started with a random superuser password; raises with what to do
+    when no Docker engine can start it (never a silent fallback)."""
+    from testcontainers.community.postgres import PostgresContainer
+
+    try:  # the client is made (and the engine reached) as the container object is
+        container = PostgresContainer(
+            image,
+            username=CONTAINER_USER,
+            password=secrets.token_urlsafe(16),
+            dbname=CONTAINER_DB,
+            driver=None,
+        )
+        container.start()
+    except Exception as exc:
+        raise RuntimeError(
+            f"TEST_POSTGRES=container, but {image} could not be started ({type(exc).__name__}:"
+            f" {exc}). Start a Docker engine, or unset TEST_POSTGRES to use the embedded server,"
+            " or set TEST_DATABASE_URL."
+        ) from exc
+    return container
+
+
+def start_cluster(workdir: Path, environ: Mapping[str, str] | None = None) -> PgCluster:
+    choice = choose_postgres(os.environ if environ is None else environ, docker_answers)
+    if choice.kind == "url":
+        assert choice.url is not None
+        return PgCluster(admin_url=choice.url)
+    if choice.kind == "container":
+        assert choice.image is not None
+        container = start_container(choice.image)
+        return PgCluster(admin_url=container_url(container), server=container)
     from pgserver import get_server  # type: ignore[attr-defined]
 
     server = get_server(workdir, cleanup_mode="stop")
@@ -78,8 +197,13 @@ def start_cluster(workdir: Path) -> PgCluster:
 
 
 def stop_cluster(cluster: PgCluster) -> None:
-    if cluster.server is not None:
-        cluster.server.cleanup()  # type: ignore[attr-defined]
+    server = cluster.server
+    if server is None:
+        return
+    if hasattr(server, "cleanup"):  # pgserver
+        server.cleanup()
+    else:  # a testcontainers container
+        server.stop()
 
 
 def runtime_connection(url: str) -> psycopg.Connection[Any]:
