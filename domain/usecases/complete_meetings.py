@@ -60,6 +60,8 @@ class CompleteMeetings:
         """
         async with self._uow(connection.user_id) as uow:
             wanted = await uow.meetings.wanting_details(connection.id, self._batch)
+            if not wanted:  # the usual sync pass: one unit of work, no read
+                return 0, await uow.meetings.next_details_due(connection.id)
         for request in wanted:
             await self._complete(connection, request)
         async with self._uow(connection.user_id) as uow:

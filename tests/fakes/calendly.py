@@ -450,23 +450,22 @@ class FakeCalendlyApi(CalendlyApi):
 
     async def get_scheduled_event(self, access_token: Secret, event_uri: str) -> Meeting:
         self._enter("get_scheduled_event")
-        user = self._bearer(access_token)
-        event = self.events.get(event_uri)
-        if event is None:
-            raise ResourceNotFound(404, {"title": "Resource Not Found"})
-        if event.host is not user:
-            raise PermissionDenied(403, {"title": "Permission Denied"})
-        return event.meeting
+        return self._visible_event(access_token, event_uri).meeting
 
     async def list_invitees(self, access_token: Secret, event_uri: str) -> list[Invitee]:
         self._enter("list_invitees")
+        event = self._visible_event(access_token, event_uri)
+        return [self.invitees[i] for i in event.invitee_uris]
+
+    def _visible_event(self, access_token: Secret, event_uri: str) -> FakeEvent:
+        """The event, if the token's user hosts it: 404 unknown, 403 someone else's."""
         user = self._bearer(access_token)
         event = self.events.get(event_uri)
         if event is None:
             raise ResourceNotFound(404, {"title": "Resource Not Found"})
         if event.host is not user:
             raise PermissionDenied(403, {"title": "Permission Denied"})
-        return [self.invitees[i] for i in event.invitee_uris]
+        return event
 
 
 def _aware(moment: datetime) -> datetime:

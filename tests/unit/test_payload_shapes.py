@@ -13,7 +13,7 @@ meetings at random points between. At the end every meeting must equal Calendly'
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import pytest
@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.calendly.webhook_decoder import MsgspecWebhookDecoder
-from domain.meetings import Cancellation, MeetingStatus
+from domain.meetings import Cancellation, Invitee, Meeting, MeetingStatus
 from domain.ports import MeetingQuery, MeetingView
 from tests.support.calendly_world import (
     LOCATIONS,
@@ -44,69 +44,46 @@ def told(cancellation: Cancellation | None) -> tuple[Any, ...] | None:
     return (cancellation.canceled_by, cancellation.reason, cancellation.canceled_at)
 
 
+def _shown(meeting: Meeting, details: str, invitees: Iterable[Invitee]) -> tuple[Any, ...]:
+    """A meeting and its invitees in the terms compared (ids and bookkeeping aside)."""
+    return (
+        meeting.name,
+        meeting.start_time,
+        meeting.end_time,
+        meeting.status,
+        json.dumps(meeting.location, sort_keys=True),
+        meeting.cancellation,
+        details,
+        sorted(
+            (
+                i.invitee_uri,
+                i.email,
+                i.name,
+                i.timezone,
+                i.status,
+                told(i.cancellation),
+                i.rescheduled,
+                i.old_invitee_uri,
+                i.new_invitee_uri,
+                i.no_show,
+            )
+            for i in invitees
+        ),
+    )
+
+
 def seen(views: list[MeetingView]) -> dict[str, Any]:
-    """What the user sees of each meeting (ids and bookkeeping aside)."""
-    return {
-        v.meeting.event_uri: (
-            v.meeting.name,
-            v.meeting.start_time,
-            v.meeting.end_time,
-            v.meeting.status,
-            json.dumps(v.meeting.location, sort_keys=True),
-            v.meeting.cancellation,
-            v.details,
-            sorted(
-                (
-                    i.invitee_uri,
-                    i.email,
-                    i.name,
-                    i.timezone,
-                    i.status,
-                    told(i.cancellation),
-                    i.rescheduled,
-                    i.old_invitee_uri,
-                    i.new_invitee_uri,
-                    i.no_show,
-                )
-                for i in v.invitees
-            ),
-        )
-        for v in views
-    }
+    """What the user sees of each meeting."""
+    return {v.meeting.event_uri: _shown(v.meeting, v.details, v.invitees) for v in views}
 
 
 def truth(world: World) -> dict[str, Any]:
     """What Calendly has now, in the same terms."""
     calendly = world.calendly
-    found: dict[str, Any] = {}
-    for uri, event in calendly.events.items():
-        m = event.meeting
-        invitees = [calendly.invitees[i] for i in event.invitee_uris]
-        found[uri] = (
-            m.name,
-            m.start_time,
-            m.end_time,
-            m.status,
-            json.dumps(m.location, sort_keys=True),
-            m.cancellation,
-            "complete",
-            sorted(
-                (
-                    i.invitee_uri,
-                    i.email,
-                    i.name,
-                    i.timezone,
-                    i.status,
-                    told(i.cancellation),
-                    i.rescheduled,
-                    i.old_invitee_uri,
-                    i.new_invitee_uri,
-                    i.no_show,
-                )
-                for i in invitees
-            ),
-        )
-    return found
+    return {
+        uri: _shown(event.meeting, "complete", (calendly.invitees[i] for i in event.invitee_uris))
+        for uri, event in calendly.events.items()
+    }
 
 
 async def views_of(core: Core) -> list[MeetingView]:
