@@ -375,6 +375,45 @@ class WebhookRouteRepository(Protocol):
         ...
 
 
+class DeliveryRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One signed delivery as it is to be recorded (and, with `change`, applied)."""
+
+    event_id: str
+    event_type: str
+    payload: bytes
+    # The connection it was routed to; None for a delivery no connected user was found for.
+    route: Route | None
+    outcome: WebhookOutcome
+    reason: str | None = None
+    # Merged into the route's meeting in the same transaction, unless the delivery is a
+    # duplicate (then nothing of it takes effect).
+    change: MeetingChange | None = None
+
+
+class DeliveryLedger(Protocol):
+    """Where the webhook path finds routes and records deliveries, each call on its own.
+
+    An adapter may serve concurrent calls together: one round trip and one commit for many
+    deliveries (group commit, DR-48). Whatever it does, a call returns only once its own answer
+    is final (`record`: committed), and one delivery's failure never fails another's: the
+    caller sees the same outcomes as with one transaction per call.
+    """
+
+    async def route(
+        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
+    ) -> Route | None:
+        """As `WebhookRouteRepository.find`, outside any transaction of the caller's."""
+        ...
+
+    async def record(self, delivery: DeliveryRecord) -> bool:
+        """Record (and apply) `delivery` and commit; False when it was a duplicate.
+
+        Raises StorageUnavailable when the database cannot say (nothing may be assumed
+        committed then: a retry is deduplicated).
+        """
+        ...
+
+
 class ErasedData(msgspec.Struct, frozen=True, kw_only=True):
     """How many rows of one user an erasure removed, table by table."""
 

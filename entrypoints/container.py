@@ -21,12 +21,14 @@ from adapters.crypto import AesGcmTokenCipher
 from adapters.postgres.api_keys import PostgresApiKeyStore
 from adapters.postgres.changes import PostgresChangeFeed, PostgresChangeLogRetention
 from adapters.postgres.directory import PostgresConnectionDirectory
+from adapters.postgres.group_commit import PostgresDeliveryLedger
 from adapters.postgres.listener import PostgresChangeListener
 from adapters.postgres.maintenance import PostgresMaintenanceQueue
 from adapters.postgres.migrations import Migration, discover, missing_migrations
 from adapters.postgres.pool import make_pool
 from adapters.postgres.readings import PostgresReadings
 from adapters.postgres.roles import check_runtime_role
+from adapters.postgres.sealing import TokenCipher
 from adapters.postgres.storage_retention import PostgresStorageRetention
 from adapters.postgres.unit_of_work import unit_of_work_factory
 from adapters.postgres.watching import PostgresWatchedPolling
@@ -34,14 +36,14 @@ from adapters.postgres.webhook_health import PostgresWebhookHealth
 from adapters.prometheus import MetricsExporter
 from adapters.system import SecretsRandomness, SystemClock
 from domain.errors import StorageUnavailable
-from domain.ports import Clock
+from domain.ports import Clock, UnitOfWorkFactory
 from domain.usecases.api_keys import AuthenticateApiKey
 from domain.usecases.complete_connect import CompleteConnect
 from domain.usecases.complete_meetings import CompleteMeetings
 from domain.usecases.disconnect import Disconnect
 from domain.usecases.ensure_subscription import EnsureSubscription
 from domain.usecases.erase_user import EraseUser
-from domain.usecases.handle_webhook_event import HandleWebhookEvent
+from domain.usecases.handle_webhook_event import HandleWebhookEvent, UnitOfWorkLedger
 from domain.usecases.maintain_connection import MaintainConnection, MaintenanceSchedule
 from domain.usecases.queries import (
     GetConnectionStatus,
@@ -79,6 +81,18 @@ async def database_pool(settings: Settings) -> AsyncIterator[Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+async def delivery_ledger(
+    pool: Pool, cipher: TokenCipher, uow: UnitOfWorkFactory
+) -> AsyncIterator[PostgresDeliveryLedger]:
+    """The webhook path's ledger: concurrent deliveries share a transaction (DR-48); a batch
+    that fails is written one delivery per unit of work. Stopping waits for batches in flight."""
+    ledger = PostgresDeliveryLedger(pool, cipher, UnitOfWorkLedger(uow))
+    try:
+        yield ledger
+    finally:
+        await ledger.drain()
 
 
 class Listening:
@@ -292,9 +306,10 @@ class Container(containers.DeclarativeContainer):
     disconnect = providers.Singleton(
         Disconnect, uow=uow, calendly=calendly, tokens=tokens, clock=clock
     )
+    ledger = providers.Resource(delivery_ledger, pool=pool, cipher=cipher, uow=uow)
     handle_webhook = providers.Singleton(
         HandleWebhookEvent,
-        uow=uow,
+        ledger=ledger,
         decoder=providers.Singleton(MsgspecWebhookDecoder),
         clock=clock,
         # CALENDLY_WEBHOOK_SIGNING_KEY: the app's keys, checked in memory first (DR-21).

@@ -3,6 +3,7 @@ the meetings repository (APPLY_CHANGE) and the webhook's one statement (webhook_
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -102,7 +103,21 @@ ON CONFLICT (connection_id, invitee_uri) DO UPDATE SET
                               THEN %(no_show_at)s::timestamptz ELSE i.no_show_changed_at END,
     updated_at = now()
 """
-APPLY_CHANGE = (
+
+
+def compact(statement: str) -> str:
+    """`statement` without its comments and with single spaces: the same SQL, sent shorter.
+
+    psycopg caches how it parses a statement's placeholders only for statements of up to 4 KiB
+    (`MAX_CACHED_STATEMENT_LENGTH`): the webhook's one statement was longer, and parsing it
+    again for every delivery cost an eighth of the service's CPU (issue 17). For the constant
+    SQL of this package only: it holds no string literal with `--` or runs of spaces.
+    """
+    lines = (line.split("--", 1)[0] for line in statement.splitlines())
+    return re.sub(r"\s+", " ", " ".join(lines)).strip()
+
+
+APPLY_CHANGE = compact(
     """
 WITH serial AS (
     SELECT pg_advisory_xact_lock(hashtextextended('meetings:' || %(user_id)s, 0))

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
+import psycopg
 
 from adapters.text import storable, storable_or_none
 from domain.ports import ConnectionRef, MeetingChange, WebhookEventLog, WebhookOutcome
 
-from .meeting_writes import INVITEE_UPSERT, MEETING_CTES, apply_parameters
+from .meeting_writes import INVITEE_UPSERT, MEETING_CTES, apply_parameters, compact
 from .session import ReadOnly, Session
 
 RECORD_EVENT = """
@@ -25,7 +26,7 @@ ON CONFLICT (event_id) DO NOTHING
 # (not a duplicate), the user's lock taken and the meeting and invitee merged exactly as
 # APPLY_CHANGE does (the same CTEs). Answers whether it was recorded. RETURNING is fine here:
 # the row is the tenant's own. Constant SQL joined together; no input is ever formatted in.
-RECORD_AND_APPLY = (
+RECORD_AND_APPLY = compact(
     """
 WITH recorded AS (
     INSERT INTO calendly_webhook_events
@@ -82,23 +83,52 @@ class PostgresWebhookEventLog(WebhookEventLog):
         reason: str | None = None,
         change: MeetingChange | None = None,
     ) -> bool:
-        text = _jsonb_text(payload)
-        parameters = {
-            # Made of the delivery's own text (its URIs, a decoder's message): storable.
-            "event_id": storable(event_id),
-            "event_type": storable(event_type),
-            "payload": text,
-            "raw": None if text is not None else payload,
-            "user_id": connection.user_id if connection else None,
-            "connection_id": connection.id if connection else None,
-            "outcome": outcome,
-            "reason": storable_or_none(reason),
-        }
-        if change is not None and connection is not None:
-            cursor = await self._session.execute(
-                RECORD_AND_APPLY, {**apply_parameters(connection, change), **parameters}
-            )
-            row = await cursor.fetchone()
-            return bool(row and row["recorded"])
-        cursor = await self._session.execute(RECORD_EVENT, parameters)
-        return cursor.rowcount == 1
+        query, parameters = record_statement(
+            event_id=event_id,
+            event_type=event_type,
+            payload=payload,
+            connection=connection,
+            outcome=outcome,
+            reason=reason,
+            change=change,
+        )
+        cursor = await self._session.execute(query, parameters)
+        return await recorded(query, cursor)
+
+
+def record_statement(
+    *,
+    event_id: str,
+    event_type: str,
+    payload: bytes,
+    connection: ConnectionRef | None,
+    outcome: WebhookOutcome,
+    reason: str | None,
+    change: MeetingChange | None,
+) -> tuple[str, dict[str, Any]]:
+    """The one statement that records a delivery (RECORD_EVENT) or records and applies it
+    (RECORD_AND_APPLY), with its parameters; `recorded` reads its answer."""
+    text = _jsonb_text(payload)
+    parameters = {
+        # Made of the delivery's own text (its URIs, a decoder's message): storable.
+        "event_id": storable(event_id),
+        "event_type": storable(event_type),
+        "payload": text,
+        "raw": None if text is not None else payload,
+        "user_id": connection.user_id if connection else None,
+        "connection_id": connection.id if connection else None,
+        "outcome": outcome,
+        "reason": storable_or_none(reason),
+    }
+    if change is not None and connection is not None:
+        return RECORD_AND_APPLY, {**apply_parameters(connection, change), **parameters}
+    return RECORD_EVENT, parameters
+
+
+async def recorded(query: str, cursor: psycopg.AsyncCursor[Any]) -> bool:
+    """Whether `record_statement`'s statement, run on `cursor` (dict rows), recorded a new
+    delivery."""
+    if query is RECORD_AND_APPLY:
+        row = await cursor.fetchone()
+        return bool(row and row["recorded"])
+    return cursor.rowcount == 1

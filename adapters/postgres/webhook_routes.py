@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from domain.ports import Route, WebhookRouteRepository
 
@@ -42,29 +42,38 @@ class PostgresWebhookRouteRepository(WebhookRouteRepository):
     async def find(
         self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
     ) -> Route | None:
-        if webhook_token is not None:
-            cursor = await self._session.execute(ROUTE_BY_TOKEN, (webhook_token,))
-        elif calendly_user_uris:
-            cursor = await self._session.execute(
-                ROUTE_BY_USER_URIS, {"uris": list(calendly_user_uris)}
-            )
-        else:
+        statement = route_statement(webhook_token, calendly_user_uris)
+        if statement is None:
             return None
-        row = await cursor.fetchone()
-        if row is None:
-            return None
-        sealed = row["signing_key_enc"]
-        return Route(
-            user_id=row["user_id"],
-            connection_id=row["connection_id"],
-            calendly_user_uri=row["calendly_user_uri"] or "",
-            signing_key=None
-            if sealed is None
-            else self._cipher.decrypt(
-                sealed, context=secret_context(row["connection_id"], "signing_key")
-            ),
-        )
+        cursor = await self._session.execute(*statement)
+        return route_from_row(await cursor.fetchone(), self._cipher)
 
     async def users_without_account(self, limit: int = 10_000) -> list[str]:
         cursor = await self._session.execute(USERS_WITHOUT_ACCOUNT, (limit,))
         return [row["user_id"] for row in await cursor.fetchall()]
+
+
+def route_statement(
+    webhook_token: str | None, calendly_user_uris: Sequence[str]
+) -> tuple[str, Any] | None:
+    """The one lookup that finds a delivery's route (see `find`), or None when nothing can."""
+    if webhook_token is not None:
+        return ROUTE_BY_TOKEN, (webhook_token,)
+    if calendly_user_uris:
+        return ROUTE_BY_USER_URIS, {"uris": list(calendly_user_uris)}
+    return None
+
+
+def route_from_row(row: dict[str, Any] | None, cipher: TokenCipher) -> Route | None:
+    """The route a `route_statement` answered (a dict row), its signing key unsealed."""
+    if row is None:
+        return None
+    sealed = row["signing_key_enc"]
+    return Route(
+        user_id=row["user_id"],
+        connection_id=row["connection_id"],
+        calendly_user_uri=row["calendly_user_uri"] or "",
+        signing_key=None
+        if sealed is None
+        else cipher.decrypt(sealed, context=secret_context(row["connection_id"], "signing_key")),
+    )

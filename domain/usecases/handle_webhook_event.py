@@ -1,4 +1,4 @@
-"""Take one webhook delivery: verify, route, deduplicate and apply, in one transaction."""
+"""Take one webhook delivery: verify, route, deduplicate and apply, committed before the answer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from typing import Literal
 import msgspec
 
 from domain.errors import InvalidSignature, UnusablePayload
-from domain.ports import Clock, Route, UnitOfWorkFactory, WebhookOutcome
+from domain.ports import (
+    Clock,
+    DeliveryLedger,
+    DeliveryRecord,
+    Route,
+    UnitOfWorkFactory,
+    WebhookOutcome,
+)
 from domain.secret import Secret
 from domain.signature import check_timestamp, parse_signature_header, signed_with
 from domain.webhooks import InboundWebhook, WebhookDecoder, digest
@@ -50,6 +57,41 @@ class WebhookResult(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
 
 
+class UnitOfWorkLedger(DeliveryLedger):
+    """A ledger of one unit of work per call: the reference the batching adapters are held to
+    (their contract tests compare the two), and the ledger of the in-memory fakes."""
+
+    def __init__(self, uow: UnitOfWorkFactory) -> None:
+        self._uow = uow
+
+    async def route(
+        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
+    ) -> Route | None:
+        async with self._uow() as uow:
+            return await uow.routes.find(
+                webhook_token=webhook_token, calendly_user_uris=calendly_user_uris
+            )
+
+    async def record(self, delivery: DeliveryRecord) -> bool:
+        route = delivery.route
+        async with self._uow() as uow:
+            # A route exists exactly while its connection is connected: it is the connection
+            # the delivery is recorded and applied under (no second lookup).
+            if route is not None:
+                await uow.act_as(route.user_id)
+            is_new = await uow.webhook_events.record(
+                event_id=delivery.event_id,
+                event_type=delivery.event_type,
+                payload=delivery.payload,
+                connection=route,
+                outcome=delivery.outcome,
+                reason=delivery.reason,
+                change=delivery.change,
+            )
+            await uow.commit()  # a duplicate wrote nothing: committing costs what rollback would
+        return is_new
+
+
 class HandleWebhookEvent:
     """The promise: nothing takes effect unless signed; what is signed is acknowledged.
 
@@ -61,17 +103,20 @@ class HandleWebhookEvent:
     app's keys are checked in memory; on the shared URL nothing else is tried, on a
     connection's own URL one indexed lookup fetches that connection's key. The body is
     decoded only once a key vouches for it, and routing by URIs is one capped query.
+
+    The ledger finds routes and records deliveries; the service's shares round trips and
+    commits among concurrent deliveries (DR-48), which this code neither sees nor relies on.
     """
 
     def __init__(
         self,
-        uow: UnitOfWorkFactory,
+        ledger: DeliveryLedger,
         decoder: WebhookDecoder,
         clock: Clock,
         app_signing_keys: Sequence[Secret],
         tolerance: timedelta = DEFAULT_TOLERANCE,
     ) -> None:
-        self._uow = uow
+        self._ledger = ledger
         self._decoder = decoder
         self._clock = clock
         self._app_keys = tuple(app_signing_keys)
@@ -85,43 +130,39 @@ class HandleWebhookEvent:
         app_signed = signed_with(header, command.body, self._app_keys)
         if not app_signed and not plausible_token(command.webhook_token):
             raise InvalidSignature("no configured signing key matches")
-        async with self._uow() as uow:
-            route: Route | None = None
-            if command.webhook_token is not None:
-                route = await uow.routes.find(webhook_token=command.webhook_token)
-                own_key = route.signing_key if route is not None else None
-                if not app_signed and not (
-                    own_key is not None and signed_with(header, command.body, (own_key,))
-                ):
-                    raise InvalidSignature("no configured signing key matches")
-            # Signed: only now is the body decoded.
-            inbound, problem = self._decode(command.body)
-            if command.webhook_token is None and inbound is not None:
-                route = await uow.routes.find(calendly_user_uris=route_candidates(inbound))
-            # A route exists exactly while its connection is connected: it is the connection
-            # the delivery is recorded and applied under (no second lookup).
-            if route is not None:
-                await uow.act_as(route.user_id)
-            outcome, reason = self._judge(inbound, problem, route)
-            key = inbound.dedup_key() if inbound else f"unparsable:sha256:{digest(command.body)}"
-            scope = route.connection_id if route is not None else "unrouted"
-            # Recorded and, when new and usable, applied: one statement.
-            is_new = await uow.webhook_events.record(
+        route: Route | None = None
+        if command.webhook_token is not None:
+            route = await self._ledger.route(webhook_token=command.webhook_token)
+            own_key = route.signing_key if route is not None else None
+            if not app_signed and not (
+                own_key is not None and signed_with(header, command.body, (own_key,))
+            ):
+                raise InvalidSignature("no configured signing key matches")
+        # Signed: only now is the body decoded.
+        inbound, problem = self._decode(command.body)
+        if command.webhook_token is None and inbound is not None:
+            route = await self._ledger.route(calendly_user_uris=route_candidates(inbound))
+        outcome, reason = self._judge(inbound, problem, route)
+        key = inbound.dedup_key() if inbound else f"unparsable:sha256:{digest(command.body)}"
+        scope = route.connection_id if route is not None else "unrouted"
+        # Recorded and, when new and usable, applied; committed before this returns.
+        is_new = await self._ledger.record(
+            DeliveryRecord(
                 event_id=f"{scope}:{key}",
                 event_type=inbound.event if inbound else "unknown",
                 payload=command.body,
-                connection=route,
+                route=route,
                 outcome=outcome,
                 reason=reason,
                 change=inbound.change if outcome == "applied" and inbound else None,
             )
-            await uow.commit()  # a duplicate wrote nothing: committing costs what rollback would
-            if not is_new:
-                return WebhookResult(
-                    outcome="duplicate",
-                    user_id=route.user_id if route else None,
-                    event=inbound.event if inbound else None,
-                )
+        )
+        if not is_new:
+            return WebhookResult(
+                outcome="duplicate",
+                user_id=route.user_id if route else None,
+                event=inbound.event if inbound else None,
+            )
         return WebhookResult(
             outcome="stored_aside" if outcome == "unusable" else outcome,
             user_id=route.user_id if route else None,

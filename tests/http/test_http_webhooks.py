@@ -6,6 +6,7 @@ import dataclasses
 from datetime import UTC, datetime
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar import Litestar
@@ -13,10 +14,20 @@ from litestar.testing import AsyncTestClient
 
 from entrypoints.service.http.app import create_app
 from entrypoints.service.http.config import MIB
+from entrypoints.service.http.context import OneIn
 from entrypoints.webhook_health import WebhookFailures
-from tests.support.core import APP_KEY
+from tests.support.core import APP_KEY, Core
 from tests.support.deliveries import sign
-from tests.support.http_app import BASE_URL, Api, RawResponse, booking, raw_request, services_of
+from tests.support.http_app import (
+    BASE_URL,
+    Api,
+    RawResponse,
+    Readiness,
+    booking,
+    make_config,
+    raw_request,
+    services_of,
+)
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -315,3 +326,23 @@ async def test_a_client_that_hangs_up_is_not_a_failure_of_ours(api: Api, path: s
     app = create_app(services, api.config)
     await raw_request(app, "POST", path, headers, [b'{"ev'], hang_up=True)
     assert failures.take() is None
+
+
+async def test_accepted_deliveries_are_logged_one_in_n_and_refusals_always(core: Core) -> None:
+    """WEBHOOK_LOG_ONE_IN: every delivery is counted and recorded; of the accepted ones only a
+    sample gets a request line, while every refusal keeps its own (issue 17)."""
+    config = make_config(webhook_log_sample=OneIn(3))
+    app = create_app(services_of(core, Readiness()), config)
+    async with AsyncTestClient(app=app, base_url=BASE_URL) as client:
+        api = Api(core=core, client=client, readiness=Readiness(), config=config)
+        host = await api.connect("alice")
+        with structlog.testing.capture_logs() as logs:
+            for n in range(7):
+                response = await api.deliver(booking(host, invitee_id=f"i{n}"), user_id="alice")
+                assert response.status_code == 200
+            forged = await api.deliver(booking(host), user_id="alice", key="not-the-key")
+            assert forged.status_code == 401
+    lines = [e for e in logs if e["event"] == "http.request"]
+    assert [line["status"] for line in lines] == [200, 200, 200, 401]  # the 1st, 4th, 7th
+    assert [line.get("outcome") for line in lines[:3]] == ["applied"] * 3
+    assert len(core.db.events) == 7

@@ -18,7 +18,7 @@ from domain.usecases.complete_meetings import CompleteMeetings
 from domain.usecases.disconnect import Disconnect
 from domain.usecases.ensure_subscription import EnsureSubscription
 from domain.usecases.erase_user import EraseUser
-from domain.usecases.handle_webhook_event import HandleWebhookEvent
+from domain.usecases.handle_webhook_event import HandleWebhookEvent, UnitOfWorkLedger
 from domain.usecases.maintain_connection import MaintainConnection
 from domain.usecases.queries import (
     GetConnectionStatus,
@@ -111,7 +111,9 @@ def build_core() -> Core:
         disconnect=disconnect,
         tokens=tokens,
         ensure_subscription=ensure,
-        handle_webhook=HandleWebhookEvent(uow, MsgspecWebhookDecoder(), clock, [APP_KEY]),
+        handle_webhook=HandleWebhookEvent(
+            UnitOfWorkLedger(uow), MsgspecWebhookDecoder(), clock, [APP_KEY]
+        ),
         status=GetConnectionStatus(uow),
         meetings=ListMeetings(uow),
         sync=(sync := SyncMeetings(uow, calendly, tokens, clock)),

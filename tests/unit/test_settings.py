@@ -223,6 +223,8 @@ def test_a_single_problem_reads_in_the_singular() -> None:
         ("LOG_FORMAT", "xml", "json, console, auto"),
         ("LOG_LEVEL", "VERBOSE", "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
         ("PORT", "65536", "from 1 to 65535"),
+        ("WEBHOOK_LOG_ONE_IN", "0", "from 1 to 1000000"),
+        ("WEBHOOK_LOG_ONE_IN", "every", "from 1 to 1000000"),
         ("WORKER_RETRY_BASE_MILLISECONDS", "0", "from 10 to 3600000"),
         ("WORKER_RETRY_MAX_SECONDS", "soon", "from 1 to 86400"),
     ],
@@ -231,6 +233,11 @@ def test_malformed_values_name_the_variable(name: str, value: str, expected: str
     problem = single_problem(minimal_env(**{name: value}))
     assert problem.startswith(name)
     assert expected in problem
+
+
+def test_accepted_webhook_deliveries_are_logged_one_in_a_hundred_unless_set() -> None:
+    assert load_settings(minimal_env()).logging.webhook_one_in == 100
+    assert load_settings(minimal_env(WEBHOOK_LOG_ONE_IN="1")).logging.webhook_one_in == 1
 
 
 def test_pool_minimum_above_maximum() -> None:

@@ -17,6 +17,7 @@ from domain.meetings import MeetingStatus
 from domain.usecases.handle_webhook_event import (
     MAX_ROUTE_CANDIDATES,
     HandleWebhookEvent,
+    UnitOfWorkLedger,
     WebhookCommand,
     WebhookResult,
 )
@@ -379,7 +380,7 @@ def crowded(host: FakeUser, hosts: int) -> bytes:
 
 
 def handler(core: Core, decoder: WebhookDecoder) -> HandleWebhookEvent:
-    return HandleWebhookEvent(core.db.factory(), decoder, core.clock, [APP_KEY])
+    return HandleWebhookEvent(UnitOfWorkLedger(core.db.factory()), decoder, core.clock, [APP_KEY])
 
 
 async def test_a_forgery_on_the_shared_url_is_refused_without_the_database(core: Core) -> None:

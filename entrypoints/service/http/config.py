@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from domain.secret import Secret
+from entrypoints.service.http.context import OneIn
 
 MIB = 1024 * 1024
 # A path prefix: segments of URL-safe characters (nothing that needs escaping in HTML or a URL).
@@ -71,6 +72,8 @@ class HttpConfig:
     session_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     # `/metrics` is routed only with a token (METRICS_TOKEN) and an exporter (DR-39).
     metrics_token: Secret | None = field(default=None, repr=False)
+    # Which accepted webhook deliveries get a request line (WEBHOOK_LOG_ONE_IN; here: all).
+    webhook_log_sample: OneIn = field(default_factory=lambda: OneIn(1), compare=False)
 
     def __post_init__(self) -> None:
         if not self.jwt_secrets and not self.jwt_jwks_urls:

@@ -8,6 +8,7 @@ from litestar.types import Scope
 
 REQUEST_ID_KEY: Final = "calendly_connect.request_id"
 LOG_FIELDS_KEY: Final = "calendly_connect.log_fields"
+UNLOGGED_KEY: Final = "calendly_connect.unlogged"
 
 LogValue = str | int | bool | None
 
@@ -45,3 +46,27 @@ def annotate_request(scope: Scope, **fields: LogValue) -> None:
 def log_fields_of(scope: Scope) -> dict[str, LogValue]:
     fields = _state(scope).get(LOG_FIELDS_KEY)
     return dict(fields) if isinstance(fields, dict) else {}
+
+
+def leave_unlogged(scope: Scope) -> None:
+    """Write no request line for this request, should it succeed (an error is always logged)."""
+    _state(scope)[UNLOGGED_KEY] = True
+
+
+def unlogged(scope: Scope) -> bool:
+    return _state(scope).get(UNLOGGED_KEY) is True
+
+
+class OneIn:
+    """A per-process sample: yes for the first of every `n` calls (1: always)."""
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError("a sample takes one in at least 1")
+        self.n = n
+        self._seen = 0
+
+    def take(self) -> bool:
+        taken = self._seen % self.n == 0
+        self._seen += 1
+        return taken

@@ -21,7 +21,7 @@ from litestar.types import (
     Send,
 )
 
-from .context import log_fields_of, request_id_of, set_request_id
+from .context import log_fields_of, request_id_of, set_request_id, unlogged
 from .errors import PROBLEM_JSON, unexpected_problem
 
 REQUEST_ID_HEADER: Final = "x-request-id"
@@ -117,16 +117,17 @@ class RequestContextMiddleware:
             status = 500
             await self._internal_error(scope, send_with_headers)
         finally:
-            duration_ms = round((time.perf_counter() - started) * 1000, 2)
-            level = log.warning if status is None or status >= 500 else log.info
-            level(
-                "http.request",
-                method=scope["method"],
-                path=path,
-                status=status,
-                duration_ms=duration_ms,
-                **log_fields_of(scope),
-            )
+            if status is None or status >= 400 or not unlogged(scope):
+                duration_ms = round((time.perf_counter() - started) * 1000, 2)
+                level = log.warning if status is None or status >= 500 else log.info
+                level(
+                    "http.request",
+                    method=scope["method"],
+                    path=path,
+                    status=status,
+                    duration_ms=duration_ms,
+                    **log_fields_of(scope),
+                )
             structlog.contextvars.unbind_contextvars("user_id", "api_key_prefix")
             structlog.contextvars.reset_contextvars(**tokens)
 

@@ -20,7 +20,7 @@ from adapters.prometheus import webhook_answered
 from domain.errors import InvalidSignature, StorageUnavailable
 from domain.usecases.handle_webhook_event import WebhookCommand
 from entrypoints.service.http.config import HttpConfig
-from entrypoints.service.http.context import annotate_request
+from entrypoints.service.http.context import annotate_request, leave_unlogged
 from entrypoints.service.http.errors import problem_specs
 from entrypoints.service.http.openapi import WebhookOperation
 from entrypoints.service.http.schemas import WebhookAck
@@ -110,6 +110,8 @@ async def _handle(
             services.webhook_failures.failed(token)  # Calendly retries; the worker follows up
         raise
     webhook_answered(ack.outcome, time.perf_counter() - started)
+    if not config.webhook_log_sample.take():
+        leave_unlogged(request.scope)  # counted above, recorded in the database: enough
     return ack
 
 

@@ -1,0 +1,310 @@
+"""Group commit for the webhook path (DR-48): concurrent deliveries share round trips and commits.
+
+The webhook path's cost was one transaction per delivery: its round trips, its commit (a WAL
+flush) and a pooled connection each. Here the deliveries that arrive while earlier ones are
+being written wait together and go out as one pipeline: their routes in one round trip, their
+records and changes in one transaction and one round trip. Nobody waits for a batch to fill:
+a delivery that finds a writer free is written at once, alone; batches form only when every
+writer is busy, which is exactly when sharing pays.
+
+Each delivery is still answered only once its own transaction committed, and a batch that
+fails is never a reason for one of its deliveries to fail: its deliveries are then written
+one transaction each (the `alone` ledger, the reference path), and each caller hears only
+its own delivery's outcome.
+
+The order inside a batch's transaction (the proof is in DR-48):
+1. a lock timeout, so that a user's lock held long elsewhere (a token refresh across
+   Calendly's answer, DR-33) sends the batch to the alone path instead of holding up every
+   other user in it;
+2. every user's lock (`meetings:<user>`), in one sorted order, before any write: no two
+   batches wait for each other in a circle, and the transaction gets its id only once it
+   holds all of them, so each user's transactions still get their ids, their `user_seq` and
+   their commits in one order (the change feed's promise, DR-31 and DR-33);
+3. the deliveries, grouped by user, each user's under its own tenant (row-level security is
+   checked statement by statement), deliveries no user was found for last, without one;
+4. COMMIT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any, Generic, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg.rows import dict_row
+
+from domain.errors import StorageUnavailable
+from domain.ports import DeliveryLedger, DeliveryRecord, Route
+
+from .pool import Connection, sweep_broken_connections
+from .sealing import TokenCipher
+from .session import LOCK_TENANT, SET_TENANT
+from .unit_of_work import UNAVAILABLE
+from .webhook_events import record_statement, recorded
+from .webhook_routes import route_from_row, route_statement
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# How long a batch waits for any lock before its deliveries are written one by one instead.
+# A batch holds its locks for a few milliseconds; only a transaction that holds a user's lock
+# across a call to Calendly (DR-33) makes one wait this long.
+LOCK_TIMEOUT_MS = 250
+SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, true)"
+# The most deliveries in one transaction, and the most batches of one kind in flight at once
+# per process (each holds a pooled connection while it runs).
+MAX_BATCH = 64
+MAX_RUNNING = 3
+
+
+class Coalescer(Generic[T, R]):
+    """Calls `run` with what concurrent callers asked for, at most `max_batch` at a time.
+
+    A caller whose item finds fewer than `max_running` runs in flight starts one at once (no
+    waiting for company); otherwise its item waits for the next run that is free. `run`
+    answers one result, exception or future of either per item, in order (a future's caller
+    is answered when it is done, whatever the others); should `run` raise, every caller of
+    that run hears it. A caller that stops waiting (cancelled) is skipped if its run has not
+    begun; one already begun completes without it.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException | asyncio.Future[R]]]],
+        *,
+        max_batch: int = MAX_BATCH,
+        max_running: int = MAX_RUNNING,
+    ) -> None:
+        if max_batch < 1 or max_running < 1:
+            raise ValueError("max_batch and max_running must be at least 1")
+        self._run = run
+        self._max_batch = max_batch
+        self._max_running = max_running
+        self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
+        self._active = 0  # runs that may still take from the queue
+        self._running: set[asyncio.Task[None]] = set()  # (their tasks, kept referenced)
+        self.batches = 0  # runs made (for tests and figures)
+
+    async def __call__(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._active < self._max_running:
+            self._active += 1
+            task = asyncio.create_task(self._drain())
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            await self._take_turns()
+        finally:
+            # No await between the last look at the queue and this: a caller arriving after it
+            # finds the run gone and starts another (a done-callback would come too late).
+            self._active -= 1
+
+    async def _take_turns(self) -> None:
+        while self._waiting:
+            batch: list[tuple[T, asyncio.Future[R]]] = []
+            while self._waiting and len(batch) < self._max_batch:
+                item, future = self._waiting.popleft()
+                if not future.done():  # its caller stopped waiting before the run
+                    batch.append((item, future))
+            if not batch:
+                continue
+            self.batches += 1
+            try:
+                answers = await self._run([item for item, _ in batch])
+                if len(answers) != len(batch):
+                    raise RuntimeError(f"a run answered {len(answers)} of {len(batch)} items")
+            except BaseException as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+                    raise
+                continue
+            for (_, future), answer in zip(batch, answers, strict=True):
+                if isinstance(answer, asyncio.Future):
+                    # Answered later, on its own (a batch that fell back): pass it on then.
+                    answer.add_done_callback(partial(_pass_on, to=future))
+                else:
+                    _settle(future, answer)
+
+    async def drain(self) -> None:
+        """Wait for the runs in flight (a clean stop)."""
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+
+def _settle(future: asyncio.Future[R], answer: R | BaseException) -> None:
+    if future.done():  # its caller stopped waiting
+        return
+    if isinstance(answer, BaseException):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)
+
+
+def _pass_on(answered: asyncio.Future[R], *, to: asyncio.Future[R]) -> None:
+    if answered.cancelled():
+        to.cancel()
+    else:
+        exception = answered.exception()
+        _settle(to, exception if exception is not None else answered.result())
+
+
+class PostgresDeliveryLedger(DeliveryLedger):
+    """The webhook path's ledger over the pool, with group commit (see the module's text)."""
+
+    def __init__(
+        self,
+        pool: psycopg_pool.AsyncConnectionPool[Connection],
+        cipher: TokenCipher,
+        alone: DeliveryLedger,
+        *,
+        max_batch: int = MAX_BATCH,
+        max_running: int = MAX_RUNNING,
+        lock_timeout_ms: int = LOCK_TIMEOUT_MS,
+    ) -> None:
+        self._pool = pool
+        self._cipher = cipher
+        self._alone = alone
+        self._lock_timeout = f"{lock_timeout_ms}ms"
+        self.routes: Coalescer[tuple[str | None, tuple[str, ...]], Route | None] = Coalescer(
+            self._find_routes, max_batch=max_batch, max_running=max_running
+        )
+        self.records: Coalescer[DeliveryRecord, bool] = Coalescer(
+            self._record_batch, max_batch=max_batch, max_running=max_running
+        )
+        self.fallbacks = 0  # batches written one by one instead (for tests and figures)
+        self._alone_tasks: set[asyncio.Task[bool]] = set()
+
+    async def route(
+        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
+    ) -> Route | None:
+        if route_statement(webhook_token, calendly_user_uris) is None:
+            return None
+        return await self.routes((webhook_token, tuple(calendly_user_uris)))
+
+    async def record(self, delivery: DeliveryRecord) -> bool:
+        return await self.records(delivery)
+
+    async def drain(self) -> None:
+        await self.routes.drain()
+        await self.records.drain()
+        while self._alone_tasks:
+            await asyncio.gather(*self._alone_tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ routes
+    async def _find_routes(
+        self, lookups: Sequence[tuple[str | None, tuple[str, ...]]]
+    ) -> list[Route | BaseException | None]:
+        """Every lookup in one round trip (the routes are read outside any tenant)."""
+        try:
+            async with self._pool.connection() as conn:
+                conn.row_factory = dict_row
+                cursors: list[psycopg.AsyncCursor[Any] | None] = []
+                async with conn.pipeline():
+                    for token, uris in lookups:
+                        statement = route_statement(token, uris)
+                        cursors.append(
+                            None if statement is None else await conn.execute(*statement)
+                        )
+                    await conn.commit()  # read only: COMMIT keeps the prepared statements
+                return [
+                    None
+                    if cursor is None
+                    else route_from_row(await cursor.fetchone(), self._cipher)
+                    for cursor in cursors
+                ]
+        except UNAVAILABLE as exc:
+            sweep_broken_connections(self._pool)
+            return [_unavailable(exc) for _ in lookups]
+
+    # ------------------------------------------------------------------ records
+    async def _record_batch(
+        self, deliveries: Sequence[DeliveryRecord]
+    ) -> Sequence[bool | BaseException | asyncio.Future[bool]]:
+        try:
+            async with self._pool.connection() as conn:
+                conn.row_factory = dict_row
+                try:
+                    return list(await self._write_together(conn, deliveries))
+                except psycopg.Error as exc:
+                    if conn.closed or (isinstance(exc, UNAVAILABLE) and not _batch_only(exc)):
+                        raise
+                    # A lock held long elsewhere, a deadlock, one delivery's bad data: none of
+                    # it may fail the others. Each is written alone below.
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.rollback()
+        except UNAVAILABLE as exc:
+            sweep_broken_connections(self._pool)
+            return [_unavailable(exc) for _ in deliveries]
+        # Each written alone, concurrently, and each caller answered as soon as its own is
+        # committed: one that waits for a busy user's lock holds up nobody else.
+        self.fallbacks += 1
+        alone: list[asyncio.Future[bool]] = []
+        for delivery in deliveries:
+            task = asyncio.create_task(self._alone.record(delivery))
+            self._alone_tasks.add(task)
+            task.add_done_callback(self._alone_tasks.discard)
+            alone.append(task)
+        return alone
+
+    async def _write_together(
+        self, conn: Connection, deliveries: Sequence[DeliveryRecord]
+    ) -> list[bool]:
+        order = sorted(range(len(deliveries)), key=lambda i: _place(deliveries[i]))
+        users = sorted({d.route.user_id for d in deliveries if d.route is not None})
+        statements: list[tuple[int, str, psycopg.AsyncCursor[Any]]] = []
+        async with conn.pipeline():
+            await conn.execute(SET_LOCK_TIMEOUT, (self._lock_timeout,))
+            for user in users:
+                await conn.execute(LOCK_TENANT, (user,))
+            tenant: str | None = None
+            for i in order:
+                delivery = deliveries[i]
+                user = delivery.route.user_id if delivery.route is not None else ""
+                if user != tenant:
+                    await conn.execute(SET_TENANT, (user,))  # '' is no tenant
+                    tenant = user
+                query, parameters = record_statement(
+                    event_id=delivery.event_id,
+                    event_type=delivery.event_type,
+                    payload=delivery.payload,
+                    connection=delivery.route,
+                    outcome=delivery.outcome,
+                    reason=delivery.reason,
+                    change=delivery.change,
+                )
+                statements.append((i, query, await conn.execute(query, parameters)))
+            await conn.commit()
+        answers = [False] * len(deliveries)
+        for i, query, cursor in statements:
+            answers[i] = await recorded(query, cursor)
+        return answers
+
+
+def _place(delivery: DeliveryRecord) -> tuple[int, str]:
+    """A delivery's place in its batch: by user, those without one last."""
+    if delivery.route is None:
+        return (1, "")
+    return (0, delivery.route.user_id)
+
+
+def _batch_only(error: psycopg.Error) -> bool:
+    """Whether `error` is the batch's own trouble, not the database's: a lock it gave up
+    waiting for, a deadlock or serialization failure (psycopg counts these as operational)."""
+    return isinstance(error, (psycopg.errors.LockNotAvailable, psycopg.errors.TransactionRollback))
+
+
+def _unavailable(cause: BaseException) -> StorageUnavailable:
+    error = StorageUnavailable("the database connection failed")
+    error.__cause__ = cause
+    return error

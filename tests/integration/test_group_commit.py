@@ -1,0 +1,307 @@
+"""Group commit on Postgres (DR-48): concurrent deliveries share a transaction, yet each caller
+hears exactly what one transaction per delivery would have told it, and nothing of one delivery
+can fail, hold up or reorder another user's."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import msgspec
+import psycopg
+import psycopg_pool
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adapters.crypto import AesGcmTokenCipher
+from adapters.postgres.group_commit import PostgresDeliveryLedger
+from adapters.postgres.pool import make_pool
+from adapters.postgres.unit_of_work import unit_of_work_factory
+from domain.errors import StorageUnavailable
+from domain.meetings import Invitee, Meeting, MeetingStatus
+from domain.ports import DeliveryRecord, MeetingChange, Route, UnitOfWorkFactory
+from domain.usecases.handle_webhook_event import UnitOfWorkLedger
+from tests.support.connections import EV, T0, add, cid, connection, owner_sql
+from tests.support.postgres import RUNTIME_ROLE
+
+Pool = psycopg_pool.AsyncConnectionPool[Any]
+USERS = ("ada", "bob", "cy")
+PER_USER_TABLES = "meeting_invitees, meetings, calendly_webhook_events, change_log"
+
+
+def route_of(user: str) -> Route:
+    n = USERS.index(user) + 1
+    return Route(
+        user_id=user,
+        connection_id=cid(n),
+        calendly_user_uri=f"https://api.calendly.test/users/u{n}",
+    )
+
+
+def delivery(user: str | None, event: int, invitee: int, *, cancel: bool = False) -> DeliveryRecord:
+    """A booking (or its cancel) of `user`'s event, or a delivery no user was found for."""
+    kind = "canceled" if cancel else "created"
+    key = f"{event}:{invitee}:{kind}"
+    if user is None:
+        return DeliveryRecord(
+            event_id=f"unrouted:{key}",
+            event_type="invitee.created",
+            payload=b'{"event": "invitee.created"}',
+            route=None,
+            outcome="unusable",
+            reason="no connected user for this delivery",
+        )
+    status = MeetingStatus.CANCELED if cancel else MeetingStatus.ACTIVE
+    event_uri = f"{EV}{user}-{event}"
+    return DeliveryRecord(
+        event_id=f"{route_of(user).connection_id}:{key}",
+        event_type=f"invitee.{kind}",
+        payload=b'{"event": "invitee.%s"}' % kind.encode(),
+        route=route_of(user),
+        outcome="applied",
+        change=MeetingChange(
+            meeting=Meeting(event_uri=event_uri, name="Intro", start_time=T0, status=status),
+            invitee=Invitee(
+                invitee_uri=f"{event_uri}/invitees/{invitee}",
+                event_uri=event_uri,
+                email=f"guest{invitee}@example.com",
+                status=status,
+            ),
+        ),
+    )
+
+
+async def connected(uow: UnitOfWorkFactory) -> None:
+    for n, user in enumerate(USERS, start=1):
+        await add(uow, connection(user, n, cid(n)))
+
+
+def stored(url: str) -> dict[str, Any]:
+    """What the deliveries left: meetings, invitees and recorded deliveries, as the owner."""
+    return {
+        "meetings": sorted(owner_sql(url, "SELECT user_id, event_uri, name, status FROM meetings")),
+        "invitees": sorted(
+            owner_sql(url, "SELECT user_id, invitee_uri, email, status FROM meeting_invitees")
+        ),
+        "events": sorted(
+            owner_sql(
+                url,
+                "SELECT event_id, event_type, user_id, outcome, reason"
+                " FROM calendly_webhook_events",
+            )
+        ),
+    }
+
+
+@pytest.fixture
+def cipher() -> AesGcmTokenCipher:
+    return AesGcmTokenCipher({"k1": os.urandom(32)}, "k1")
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[Pool]:
+    pool = make_pool(database_url, runtime_role=RUNTIME_ROLE, min_size=1, max_size=8)
+    await pool.open(wait=True)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def ledger(pool: Pool, cipher: AesGcmTokenCipher) -> PostgresDeliveryLedger:
+    uow = unit_of_work_factory(pool, cipher)
+    await connected(uow)
+    return PostgresDeliveryLedger(pool, cipher, UnitOfWorkLedger(uow), max_running=1)
+
+
+@pytest.fixture
+def reference_url(pg_cluster: Any) -> Iterator[str]:
+    """A second database, for the same deliveries written one transaction each."""
+    name = pg_cluster.new_database()
+    try:
+        yield pg_cluster.url_for(name)
+    finally:
+        pg_cluster.drop(name)
+
+
+deliveries = st.lists(
+    st.builds(
+        delivery,
+        st.sampled_from((*USERS, None)),
+        st.integers(0, 3),
+        st.integers(0, 2),
+        cancel=st.booleans(),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(batch=deliveries)
+async def test_a_batch_leaves_and_answers_what_one_transaction_each_would(
+    batch: list[DeliveryRecord],
+    ledger: PostgresDeliveryLedger,
+    database_url: str,
+    reference_url: str,
+    cipher: AesGcmTokenCipher,
+) -> None:
+    """Any mix, in any order, with copies (duplicates within one batch too), of several users
+    and of none: the same rows, and per delivery the same answer, as one by one."""
+    for url in (database_url, reference_url):
+        owner_sql(url, f"TRUNCATE {PER_USER_TABLES}")
+    reference_pool = make_pool(reference_url, runtime_role=RUNTIME_ROLE, min_size=1, max_size=2)
+    await reference_pool.open(wait=True)
+    try:
+        one_by_one = unit_of_work_factory(reference_pool, cipher)
+        if not owner_sql(reference_url, "SELECT 1 FROM calendar_connections"):
+            await connected(one_by_one)
+        expected = [await UnitOfWorkLedger(one_by_one).record(d) for d in batch]
+    finally:
+        await reference_pool.close()
+    before = ledger.records.batches
+    answers = await asyncio.gather(*(ledger.record(d) for d in batch))
+    assert list(answers) == expected
+    assert stored(database_url) == stored(reference_url)
+    # They shared one transaction: the first caller's run took everyone who had arrived.
+    assert ledger.records.batches - before == 1
+    assert ledger.fallbacks == 0
+
+
+async def test_concurrent_routes_are_found_together(ledger: PostgresDeliveryLedger) -> None:
+    lookups = [
+        ledger.route(webhook_token="token-ada1"),
+        ledger.route(calendly_user_uris=["https://api.calendly.test/users/nobody"]),
+        ledger.route(
+            calendly_user_uris=[
+                "https://api.calendly.test/users/nobody",
+                "https://api.calendly.test/users/u2",
+            ]
+        ),
+        ledger.route(webhook_token="token-nobody"),
+        ledger.route(),  # nothing to look by: no lookup at all
+    ]
+    found = await asyncio.gather(*lookups)
+    assert [r.user_id if r else None for r in found] == ["ada", None, "bob", None, None]
+    assert found[0] is not None
+    assert found[0].signing_key is not None
+    assert found[0].signing_key.reveal() == "key-1"  # unsealed, as the repository does
+    assert ledger.routes.batches == 1  # four lookups, one round trip
+
+
+async def test_a_delivery_that_fails_fails_alone(ledger: PostgresDeliveryLedger) -> None:
+    """A delivery whose write fails takes its batch down; the others are written again, one
+    transaction each, and only its own caller hears the error."""
+    ghost = Route(user_id="ada", connection_id=cid(99), calendly_user_uri="x")  # no such row
+    good = [delivery("ada", 1, 1), delivery("bob", 1, 1), delivery(None, 1, 1)]
+    bad = msgspec.structs.replace(delivery("ada", 2, 1), route=ghost)
+    answers = await asyncio.gather(
+        *(ledger.record(d) for d in [good[0], bad, *good[1:]]), return_exceptions=True
+    )
+    assert answers[0] is True
+    assert answers[2:] == [True, True]
+    assert isinstance(answers[1], psycopg.errors.ForeignKeyViolation)
+    assert ledger.fallbacks == 1
+
+
+async def test_a_lock_held_long_elsewhere_holds_up_only_its_own_user(
+    ledger: PostgresDeliveryLedger, database_url: str
+) -> None:
+    """A transaction holding bob's lock across a slow call (a token refresh, DR-33) makes the
+    batch with bob's delivery give up waiting: ada's is written and answered meanwhile."""
+    holder = await psycopg.AsyncConnection.connect(database_url)
+    try:
+        await holder.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('meetings:' || %s, 0))", ("bob",)
+        )
+        cys = asyncio.create_task(ledger.record(delivery("cy", 1, 1)))
+        bobs = asyncio.create_task(ledger.record(delivery("bob", 1, 1)))
+        adas = asyncio.create_task(ledger.record(delivery("ada", 1, 1)))
+        assert await asyncio.wait_for(adas, timeout=30) is True
+        assert await cys is True
+        assert not bobs.done()  # still waiting for bob's lock, alone
+        await holder.commit()  # the slow call is over
+        assert await asyncio.wait_for(bobs, timeout=30) is True
+    finally:
+        await holder.close()
+    assert ledger.fallbacks == 1
+
+
+async def test_each_users_changes_keep_their_order_in_the_feed(
+    pool: Pool, cipher: AesGcmTokenCipher, database_url: str
+) -> None:
+    """A batch takes every user's lock before its first write: it gets its transaction id only
+    then, so a user's changes sit in the feed in their user_seq order (DR-33) even when the
+    batch waited for one of its users behind a transaction that had already written."""
+    uow = unit_of_work_factory(pool, cipher)
+    await connected(uow)
+    ledger = PostgresDeliveryLedger(
+        pool, cipher, UnitOfWorkLedger(uow), max_running=1, lock_timeout_ms=30_000
+    )
+    locked = asyncio.Event()
+    finish = asyncio.Event()
+
+    async def bobs_transaction() -> None:
+        """Takes bob's lock, and only later writes (gets its transaction id) and commits."""
+        async with uow("bob") as unit:
+            await unit.lock("meetings:bob")  # the key LOCK_TENANT takes for bob
+            locked.set()
+            await finish.wait()
+            await unit.meetings.apply(
+                route_of("bob"), MeetingChange(meeting=Meeting(event_uri=EV + "slow"))
+            )
+            await unit.commit()
+
+    other = asyncio.create_task(bobs_transaction())
+    await locked.wait()
+    batch = asyncio.gather(
+        ledger.record(delivery("ada", 1, 1)), ledger.record(delivery("bob", 1, 1))
+    )
+    # The batch is waiting for bob's lock: had it written ada's delivery first, it would have
+    # its transaction id already, below the one bob's transaction is about to get.
+    for _ in range(3_000):
+        if owner_sql(
+            database_url, "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail("the batch never waited for bob's lock")
+    finish.set()
+    await other
+    assert await batch == [True, True]
+    rows = owner_sql(
+        database_url,
+        "SELECT user_seq FROM change_log WHERE user_id = 'bob' ORDER BY xid, id",
+    )
+    seqs = [seq for (seq,) in rows]
+    assert seqs[0] == 1
+    assert len(seqs) > 1
+    assert seqs == sorted(seqs)
+
+
+async def test_an_unreachable_database_answers_every_caller_storage_unavailable(
+    cipher: AesGcmTokenCipher,
+) -> None:
+    pool = make_pool("postgresql://nobody@127.0.0.1:9/none", runtime_role=None, min_size=0)
+    await pool.open(wait=False)
+    try:
+        ledger = PostgresDeliveryLedger(
+            pool, cipher, UnitOfWorkLedger(unit_of_work_factory(pool, cipher))
+        )
+        answers = await asyncio.gather(
+            ledger.record(delivery("ada", 1, 1)),
+            ledger.route(webhook_token="token-ada1"),
+            return_exceptions=True,
+        )
+        assert all(isinstance(a, StorageUnavailable) for a in answers), answers
+    finally:
+        await pool.close()
