@@ -122,12 +122,13 @@ class Coalescer(Generic[T, R]):
                 answers = await self._run([item for item, _ in batch])
                 if len(answers) != len(batch):
                     raise RuntimeError(f"a run answered {len(answers)} of {len(batch)} items")
-            except BaseException as exc:
+            except asyncio.CancelledError:  # the process is stopping: so are its callers
                 for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
-                    raise
+                    future.cancel()
+                raise
+            except Exception as exc:
+                for _, future in batch:
+                    _settle(future, exc)
                 continue
             for (_, future), answer in zip(batch, answers, strict=True):
                 if isinstance(answer, asyncio.Future):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -16,7 +17,7 @@ from entrypoints.service.http.app import create_app
 from entrypoints.service.http.config import MIB
 from entrypoints.service.http.context import OneIn
 from entrypoints.webhook_health import WebhookFailures
-from tests.support.core import APP_KEY, Core
+from tests.support.core import APP_KEY, Core, build_core
 from tests.support.deliveries import sign
 from tests.support.http_app import (
     BASE_URL,
@@ -346,3 +347,110 @@ async def test_accepted_deliveries_are_logged_one_in_n_and_refusals_always(core:
     assert [line["status"] for line in lines] == [200, 200, 200, 401]  # the 1st, 4th, 7th
     assert [line.get("outcome") for line in lines[:3]] == ["applied"] * 3
     assert len(core.db.events) == 7
+
+
+def _comparable(response: RawResponse) -> tuple[int, str, dict[str, object] | bytes, str | None]:
+    """An answer without what differs by design between two requests (the request id)."""
+    body: dict[str, object] | bytes = bytes(response.body)
+    if response.body:
+        try:
+            decoded = json.loads(response.body)
+        except ValueError:
+            pass
+        else:
+            if isinstance(decoded, dict):
+                decoded.pop("request_id", None)
+                body = decoded
+    return (
+        response.status,
+        response.headers.get("content-type", ""),
+        body,
+        response.headers.get("retry-after"),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.sampled_from(["booking", "same-booking", "random", "empty"]),
+            st.sampled_from(["own-key", "app-key", "forged", "none"]),
+            st.sampled_from(["alice", "shared", "unknown", "nested", "trailing"]),
+            st.sampled_from(
+                [b"application/json", b"Application/JSON; charset=utf-8", b"text/plain"]
+            ),
+            st.sampled_from(["exact", "none", "bogus", "huge"]),
+            st.booleans(),  # from a browser (Origin)
+            st.booleans(),  # the database down
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+async def test_the_lean_path_answers_exactly_as_litestar_does(
+    requests: list[tuple[str, str, str, bytes, str, bool, bool]],
+) -> None:
+    """Issue 17's lean path against Litestar's routes, request by request, on two cores that
+    start alike: the same statuses, media types, bodies and Retry-After, and the same rows."""
+    sides = []
+    for fast in (True, False):
+        core = build_core()
+        config = make_config()
+        app = create_app(services_of(core, Readiness()), config, webhook_fast_path=fast)
+        client = AsyncTestClient(app=app, base_url=BASE_URL)
+        await client.__aenter__()
+        api = Api(core=core, client=client, readiness=Readiness(), config=config)
+        sides.append((api, await api.connect("alice"), client))
+    try:
+        for n, (body_kind, key_kind, where, content_type, length, browser, down) in enumerate(
+            requests
+        ):
+            answers = []
+            for api, host, _ in sides:
+                connection = api.connection("alice")
+                assert connection.signing_key is not None
+                body = {
+                    "booking": booking(host, invitee_id=f"i{n}"),
+                    "same-booking": booking(host, invitee_id="again"),
+                    "random": b'{"event": "invitee.created", "payload": 7}',
+                    "empty": b"",
+                }[body_kind]
+                path = {
+                    "alice": f"/webhooks/calendly/{connection.webhook_token}",
+                    "shared": "/webhooks/calendly",
+                    "unknown": "/webhooks/calendly/no-such-token",
+                    "nested": f"/webhooks/calendly/{connection.webhook_token}/x",
+                    "trailing": "/webhooks/calendly/",
+                }[where]
+                key = {
+                    "own-key": connection.signing_key.reveal(),
+                    "app-key": APP_KEY.reveal(),
+                    "forged": "not-the-key",
+                    "none": None,
+                }[key_kind]
+                headers = [(b"content-type", content_type)]
+                if key is not None:
+                    headers.append(
+                        (b"calendly-webhook-signature", sign(body, key, api.stamp()).encode())
+                    )
+                declared = {
+                    "exact": str(len(body)),
+                    "none": None,
+                    "bogus": "12x",
+                    "huge": str(2 * MIB),
+                }[length]
+                if declared is not None:
+                    headers.append((b"content-length", declared.encode()))
+                if browser:
+                    headers.append((b"origin", b"https://elsewhere.example"))
+                api.core.db.unavailable = down
+                answers.append(
+                    _comparable(await raw_request(api.client.app, "POST", path, headers, [body]))
+                )
+                api.core.db.unavailable = False
+            assert answers[0] == answers[1]
+        fast_core, slow_core = sides[0][0].core, sides[1][0].core
+        assert fast_core.db.events.keys() == slow_core.db.events.keys()
+    finally:
+        for _, _, client in sides:
+            await client.__aexit__(None, None, None)

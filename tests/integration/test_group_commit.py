@@ -277,7 +277,7 @@ async def test_each_users_changes_keep_their_order_in_the_feed(
         pytest.fail("the batch never waited for bob's lock")
     finish.set()
     await other
-    assert await batch == [True, True]
+    assert list(await batch) == [True, True]
     rows = owner_sql(
         database_url,
         "SELECT user_seq FROM change_log WHERE user_id = 'bob' ORDER BY xid, id",

@@ -45,7 +45,7 @@ from .routes.server_api import (
     list_connections,
 )
 from .routes.server_api import list_meetings as list_user_meetings
-from .routes.webhooks import receive_connection_webhook, receive_webhook
+from .routes.webhooks import WebhookFastPath, receive_connection_webhook, receive_webhook
 from .sessions import UserSessions
 
 if TYPE_CHECKING:  # imported only where tracing is on (DR-40)
@@ -175,11 +175,13 @@ def create_app(
     *,
     lifespan: Sequence[Lifespan] = (),
     tracer: Tracer | None = None,
+    webhook_fast_path: bool = True,
 ) -> Litestar:
     """The HTTP app over `services`; `lifespan` lets the composition root start its resources.
 
     With a `tracer` (tracing on, DR-40) every request gets a server span; without one nothing
-    of OpenTelemetry is imported or wrapped.
+    of OpenTelemetry is imported or wrapped. `webhook_fast_path=False` leaves every delivery
+    to Litestar (the tests compare both ways).
     """
     errors = ErrorTable(infrastructure=config.infrastructure_errors)
     sessions = UserSessions(config.session_keys)
@@ -260,6 +262,10 @@ def create_app(
     # Outermost, around Litestar's router: 404s and 405s get a request id and a log line too;
     # outside that, the prefix comes off, so all of it sees the service's own paths.
     handler = app.asgi_handler
+    if tracer is None and webhook_fast_path:
+        # Calendly's plain deliveries skip Litestar (issue 17); with tracing on they keep
+        # Litestar's route, which the server span names.
+        handler = WebhookFastPath(handler, services, config, errors)
     if tracer is not None:
         from .tracing import ServerSpans
 

@@ -13,6 +13,7 @@ import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.types import Scope
 
 from domain.errors import (
     AccountAlreadyConnected,
@@ -300,19 +301,24 @@ class ErrorTable:
         """A Litestar exception handler for `Exception` (so it sees every error)."""
 
         def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
-            answer = self.answer(exc, request_id_of(request.scope))
-            annotate_request(request.scope, problem=answer.kind.slug)
-            if answer.kind is _UNEXPECTED:
-                # The traceback goes to the log (secrets are redacted there), never out.
-                log.error("http.unexpected_error", error_type=type(exc).__name__, exc_info=exc)
-            elif answer.kind is _UNREADABLE:
-                # No traceback: the message says which key id or row, never key material.
-                log.error("http.stored_secret_unreadable", error=str(exc))
-            elif answer.kind is _STORAGE_DOWN and not isinstance(exc, StorageUnavailable):
-                log.warning("http.infrastructure_error", error_type=type(exc).__name__)
-            return problem_response(answer)
+            return problem_response(self.answer_request(request.scope, exc))
 
         return handle
+
+    def answer_request(self, scope: Scope, exc: Exception) -> Answer:
+        """`exc`'s answer to the request of `scope`, noted on its log line (and logged itself
+        when it is a surprise): what every error response goes through."""
+        answer = self.answer(exc, request_id_of(scope))
+        annotate_request(scope, problem=answer.kind.slug)
+        if answer.kind is _UNEXPECTED:
+            # The traceback goes to the log (secrets are redacted there), never out.
+            log.error("http.unexpected_error", error_type=type(exc).__name__, exc_info=exc)
+        elif answer.kind is _UNREADABLE:
+            # No traceback: the message says which key id or row, never key material.
+            log.error("http.stored_secret_unreadable", error=str(exc))
+        elif answer.kind is _STORAGE_DOWN and not isinstance(exc, StorageUnavailable):
+            log.warning("http.infrastructure_error", error_type=type(exc).__name__)
+        return answer
 
 
 def invalid_parameter(name: str, message: str, source: str = "query") -> ValidationException:

@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Literal
 
+import msgspec
 import structlog
 from litestar import Request, post
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException
+from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException, InternalServerException
 from litestar.params import FromPath
 from litestar.status_codes import (
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+)
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Receive,
+    Scope,
+    Send,
 )
 
 from adapters.prometheus import webhook_answered
@@ -21,7 +32,7 @@ from domain.errors import InvalidSignature, StorageUnavailable
 from domain.usecases.handle_webhook_event import WebhookCommand
 from entrypoints.service.http.config import HttpConfig
 from entrypoints.service.http.context import annotate_request, leave_unlogged
-from entrypoints.service.http.errors import problem_specs
+from entrypoints.service.http.errors import PROBLEM_JSON, ErrorTable, problem_specs
 from entrypoints.service.http.openapi import WebhookOperation
 from entrypoints.service.http.schemas import WebhookAck
 from entrypoints.services import Services
@@ -93,12 +104,17 @@ def _refusal(exc: Exception, infrastructure: tuple[type[Exception], ...]) -> str
 
 
 async def _handle(
-    request: Request[Any, Any, Any], services: Services, config: HttpConfig, token: str | None
+    scope: Scope,
+    read_body: Callable[[], Awaitable[bytes]],
+    signature: str | None,
+    services: Services,
+    config: HttpConfig,
+    token: str | None,
 ) -> WebhookAck:
     """One delivery, counted by outcome and timed (a counter and a histogram: DR-39)."""
     started = time.perf_counter()
     try:
-        ack = await _ingest(request, services, token)
+        ack = await _ingest(scope, await read_body(), signature, services, token)
     except Exception as exc:
         refusal = _refusal(exc, config.infrastructure_errors)
         webhook_answered(refusal, time.perf_counter() - started)
@@ -111,25 +127,35 @@ async def _handle(
         raise
     webhook_answered(ack.outcome, time.perf_counter() - started)
     if not config.webhook_log_sample.take():
-        leave_unlogged(request.scope)  # counted above, recorded in the database: enough
+        leave_unlogged(scope)  # counted above, recorded in the database: enough
     return ack
 
 
 async def _ingest(
-    request: Request[Any, Any, Any], services: Services, token: str | None
+    scope: Scope, body: bytes, signature: str | None, services: Services, token: str | None
 ) -> WebhookAck:
-    body = await read_delivery(request)
     result = await services.handle_webhook(
-        WebhookCommand(
-            body=body, signature=request.headers.get(SIGNATURE_HEADER), webhook_token=token
-        )
+        WebhookCommand(body=body, signature=signature, webhook_token=token)
     )
     if _EXIT_AFTER_COMMIT and result.outcome != "duplicate":  # a duplicate commits nothing
         os._exit(137)  # as if SIGKILLed: no answer, no clean-up (see FAULT_ENV)
     if result.user_id is not None:
         structlog.contextvars.bind_contextvars(user_id=result.user_id)
-    annotate_request(request.scope, outcome=result.outcome, webhook_event=result.event)
+    annotate_request(scope, outcome=result.outcome, webhook_event=result.event)
     return WebhookAck(outcome=result.outcome)
+
+
+def _through_litestar(
+    request: Request[Any, Any, Any], services: Services, config: HttpConfig, token: str | None
+) -> Awaitable[WebhookAck]:
+    return _handle(
+        request.scope,
+        lambda: read_delivery(request),
+        request.headers.get(SIGNATURE_HEADER),
+        services,
+        config,
+        token,
+    )
 
 
 @post(
@@ -150,7 +176,7 @@ async def receive_webhook(
     verify, 200 once the delivery's effect (or, when it cannot be used, its record) is
     committed; a repeat answers `duplicate` and changes nothing.
     """
-    return await _handle(request, services, http_config, token=None)
+    return await _through_litestar(request, services, http_config, token=None)
 
 
 @post(
@@ -170,4 +196,117 @@ async def receive_connection_webhook(
 
     Same contract as the shared URL.
     """
-    return await _handle(request, services, http_config, token=token)
+    return await _through_litestar(request, services, http_config, token=token)
+
+
+# ---------------------------------------------------------------- the lean path (issue 17)
+_PREFIX: Final = "/webhooks/calendly"
+_JSON_HEADERS: Final = [(b"content-type", b"application/json")]
+_PROBLEM_HEADERS: Final = [(b"content-type", PROBLEM_JSON.encode())]
+
+
+class WebhookFastPath:
+    """Calendly's deliveries without Litestar's routing, dependencies and responses.
+
+    A delivery is the service's most frequent request by far, and Litestar's layers were a
+    quarter of its CPU. This ASGI layer, inside the request context (request id, log line,
+    headers), answers the plain case itself: a POST to `/webhooks/calendly` or to a
+    connection's URL, declared `application/json` with a `Content-Length` within the limit,
+    from no browser (no `Origin`). It runs the same `_handle` as the routes below, and errors
+    go through the same error table. Everything else (other methods, chunked or oversized
+    bodies, other media types, CORS) goes to Litestar, which answers as it always did; the
+    routes stay there too, for the OpenAPI document. tests/http/test_http_webhooks.py runs
+    the same requests both ways and compares the answers.
+    """
+
+    def __init__(
+        self, app: ASGIApp, services: Services, config: HttpConfig, errors: ErrorTable
+    ) -> None:
+        self.app = app
+        self._services = services
+        self._config = config
+        self._errors = errors
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = self._ours(scope)
+        if token is False:
+            await self.app(scope, receive, send)
+            return
+        signature: str | None = None
+        for name, value in scope["headers"]:
+            if name == b"calendly-webhook-signature":
+                signature = value.decode("latin-1")
+
+        async def read_body() -> bytes:
+            chunks: list[bytes] = []
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # the client hung up
+                    raise ClientDisconnected("client disconnected prematurely")
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+
+        try:
+            ack = await _handle(
+                scope, read_body, signature, self._services, self._config, token or None
+            )
+        except ClientDisconnected:
+            return  # nobody to answer
+        except Exception as exc:
+            answer = self._errors.answer_request(scope, exc)
+            headers = [(k.lower().encode(), v.encode()) for k, v in answer.headers.items()]
+            await _respond(
+                send,
+                answer.problem.status,
+                msgspec.json.encode(answer.problem),
+                _PROBLEM_HEADERS + headers,
+            )
+            return
+        await _respond(send, 200, msgspec.json.encode(ack), _JSON_HEADERS)
+
+    def _ours(self, scope: Scope) -> str | Literal[False]:
+        """The connection's token ("" for the shared URL) when this path takes the request."""
+        if scope["type"] != ScopeType.HTTP or scope["method"] != "POST":
+            return False
+        path: str = scope["path"]
+        if path == _PREFIX:
+            token = ""
+        elif path.startswith(_PREFIX + "/") and "/" not in path[len(_PREFIX) + 1 :]:
+            token = path[len(_PREFIX) + 1 :]
+            if not token:
+                return False
+        else:
+            return False
+        length: int | None = None
+        json = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit():
+                    return False
+                length = int(value)
+            elif name == b"content-type":
+                json = _is_json(value.decode("latin-1"))
+            elif name == b"origin" or name == b"transfer-encoding":
+                return False
+        if length is None or length > self._config.max_webhook_body or not json:
+            return False
+        return token
+
+
+class ClientDisconnected(InternalServerException):
+    """The client went away before its body arrived: what Litestar raises then (the request's
+    doing, so no failure of ours is noted), and nobody is left to answer."""
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [*headers, (b"content-length", str(len(body)).encode())],
+    }
+    await send(start)
+    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(end)
