@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.postgres.group_commit import LOCK_TIMEOUT_MS, LOCK_USERS, SET_LOCK_TIMEOUT
 from adapters.postgres.roles import DEFAULT_RUNTIME_ROLE
-from adapters.postgres.session import LOCK_TENANT, SET_TENANT
+from adapters.postgres.session import SET_TENANT
 from adapters.postgres.webhook_events import RECORD_AND_APPLY
-from adapters.postgres.webhook_routes import ROUTE_BY_TOKEN
+from adapters.postgres.webhook_routes import ROUTES_BY_TOKENS
 from benchmarks.deliveries import BASE, Mix, body_for, make_mix
 from benchmarks.load import WrkResult, median, pgbench, wrk
 from benchmarks.stack import Stack, User, stack
@@ -140,7 +141,8 @@ def _pg(sql: str, values: dict[str, str]) -> str:
 
 
 def pgbench_script(users: int) -> str:
-    """The webhook transaction as the service runs it, statement for statement.
+    """The webhook path's SQL as the service runs it, statement for statement, one delivery
+    per transaction (the service shares transactions among concurrent deliveries, DR-48).
 
     70 % new bookings (record + merge), 20 % exact duplicates (the record conflicts, nothing
     else, rolled back as the service does), 10 % cancels (record + merge into one of a few
@@ -208,15 +210,18 @@ def pgbench_script(users: int) -> str:
         "i_cancellation": cancel_json,
     }
 
-    route = ROUTE_BY_TOKEN.replace(
-        "%s", "(SELECT webhook_token FROM bench_routes WHERE n = :n)"
+    # The service's statements with a batch of one (DR-48): the route by token, then in the
+    # delivery's transaction the lock timeout, the users' locks, the tenant, the record.
+    route = ROUTES_BY_TOKENS.replace(
+        "%s", "ARRAY[(SELECT webhook_token FROM bench_routes WHERE n = :n)]"
     ).strip()
     head = "\n".join(
         [
-            "BEGIN;",
             f"{route}\n\\gset",
+            "BEGIN;",
+            SET_LOCK_TIMEOUT.replace("%s", f"'{LOCK_TIMEOUT_MS}ms'") + ";",
+            LOCK_USERS.replace("%s", "ARRAY[:user_id::text]") + ";",
             SET_TENANT.replace("%s", ":user_id") + ";",
-            LOCK_TENANT.replace("%s", ":user_id") + ";",
         ]
     )
     new_key = f":connection_id::text || {COLON} || 'invitee.created' || {COLON} || {invitee}"

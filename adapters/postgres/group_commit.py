@@ -43,10 +43,10 @@ from domain.ports import DeliveryLedger, DeliveryRecord, Route
 
 from .pool import Connection, sweep_broken_connections
 from .sealing import TokenCipher
-from .session import LOCK_TENANT, SET_TENANT
+from .session import SET_TENANT
 from .unit_of_work import UNAVAILABLE
 from .webhook_events import record_statement, recorded
-from .webhook_routes import route_from_row, route_statement
+from .webhook_routes import ROUTES_BY_TOKENS, route_from_row, route_statement
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -56,6 +56,12 @@ R = TypeVar("R")
 # across a call to Calendly (DR-33) makes one wait this long.
 LOCK_TIMEOUT_MS = 250
 SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, true)"
+# Every user's lock (the key LOCK_TENANT takes), one after the other in the array's order (a
+# function scan yields its rows in order, and the aggregate takes them as they come).
+LOCK_USERS = (
+    "SELECT count(pg_advisory_xact_lock(hashtextextended('meetings:' || u, 0)))"
+    " FROM unnest(%s::text[]) AS u"
+)
 # The most deliveries in one transaction, and the most batches of one kind in flight at once
 # per process (each holds a pooled connection while it runs).
 MAX_BATCH = 64
@@ -206,24 +212,33 @@ class PostgresDeliveryLedger(DeliveryLedger):
     async def _find_routes(
         self, lookups: Sequence[tuple[str | None, tuple[str, ...]]]
     ) -> list[Route | BaseException | None]:
-        """Every lookup in one round trip (the routes are read outside any tenant)."""
+        """Every lookup in one round trip (the routes are read outside any tenant): those by
+        a connection's token in one statement, those by URIs one statement each."""
+        tokens = sorted({token for token, _ in lookups if token is not None})
         try:
             async with self._pool.connection() as conn:
                 conn.row_factory = dict_row
-                cursors: list[psycopg.AsyncCursor[Any] | None] = []
+                by_uris: list[psycopg.AsyncCursor[Any] | None] = []
                 async with conn.pipeline():
+                    by_token = await conn.execute(ROUTES_BY_TOKENS, (tokens,)) if tokens else None
                     for token, uris in lookups:
-                        statement = route_statement(token, uris)
-                        cursors.append(
+                        statement = None if token is not None else route_statement(None, uris)
+                        by_uris.append(
                             None if statement is None else await conn.execute(*statement)
                         )
                     await conn.commit()  # read only: COMMIT keeps the prepared statements
-                return [
-                    None
-                    if cursor is None
-                    else route_from_row(await cursor.fetchone(), self._cipher)
-                    for cursor in cursors
-                ]
+                rows = (
+                    {}
+                    if by_token is None
+                    else {row["webhook_token"]: row for row in await by_token.fetchall()}
+                )
+                found: list[Route | BaseException | None] = []
+                for (token, _), cursor in zip(lookups, by_uris, strict=True):
+                    row = rows.get(token) if token is not None else None
+                    if cursor is not None:
+                        row = await cursor.fetchone()
+                    found.append(route_from_row(row, self._cipher))
+                return found
         except UNAVAILABLE as exc:
             sweep_broken_connections(self._pool)
             return [_unavailable(exc) for _ in lookups]
@@ -266,8 +281,8 @@ class PostgresDeliveryLedger(DeliveryLedger):
         statements: list[tuple[int, str, psycopg.AsyncCursor[Any]]] = []
         async with conn.pipeline():
             await conn.execute(SET_LOCK_TIMEOUT, (self._lock_timeout,))
-            for user in users:
-                await conn.execute(LOCK_TENANT, (user,))
+            if users:
+                await conn.execute(LOCK_USERS, (users,))
             tenant: str | None = None
             for i in order:
                 delivery = deliveries[i]

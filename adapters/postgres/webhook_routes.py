@@ -16,6 +16,12 @@ ROUTE_BY_TOKEN = """
 SELECT user_id, connection_id::text AS connection_id, calendly_user_uri, signing_key_enc
 FROM calendly_webhook_routes WHERE webhook_token = %s
 """  # noqa: S105 - SQL naming a column called token, not a password
+# Many connections' routes by their tokens, in one statement (the group commit's lookups, DR-48).
+ROUTES_BY_TOKENS = """
+SELECT webhook_token, user_id, connection_id::text AS connection_id, calendly_user_uri,
+       signing_key_enc
+FROM calendly_webhook_routes WHERE webhook_token = ANY(%s::text[])
+"""
 # The first of the given URIs (in their order) that a connected user holds: one index probe
 # per URI, one round trip whatever their number.
 ROUTE_BY_USER_URIS = """
@@ -32,7 +38,9 @@ ORDER BY user_id LIMIT %s
 
 class PostgresWebhookRouteRepository(WebhookRouteRepository):
     READ_ONLY: ClassVar[ReadOnly] = ReadOnly(
-        reads=frozenset({ROUTE_BY_TOKEN, ROUTE_BY_USER_URIS, USERS_WITHOUT_ACCOUNT})
+        reads=frozenset(
+            {ROUTE_BY_TOKEN, ROUTES_BY_TOKENS, ROUTE_BY_USER_URIS, USERS_WITHOUT_ACCOUNT}
+        )
     )
 
     def __init__(self, session: Session, cipher: TokenCipher) -> None:

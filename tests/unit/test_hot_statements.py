@@ -7,7 +7,7 @@ import re
 import pytest
 from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH, MAX_CACHED_STATEMENT_PARAMS
 
-from adapters.postgres.group_commit import SET_LOCK_TIMEOUT
+from adapters.postgres.group_commit import LOCK_USERS, SET_LOCK_TIMEOUT
 from adapters.postgres.meeting_writes import (
     APPLY_CHANGE,
     INVITEE_UPSERT,
@@ -17,7 +17,7 @@ from adapters.postgres.meeting_writes import (
 )
 from adapters.postgres.session import LOCK_TENANT, SET_TENANT
 from adapters.postgres.webhook_events import RECORD_AND_APPLY, RECORD_EVENT, record_statement
-from adapters.postgres.webhook_routes import ROUTE_BY_TOKEN, ROUTE_BY_USER_URIS
+from adapters.postgres.webhook_routes import ROUTE_BY_TOKEN, ROUTE_BY_USER_URIS, ROUTES_BY_TOKENS
 from domain.meetings import Meeting
 from domain.ports import MeetingChange, Route
 
@@ -30,6 +30,8 @@ HOT = {
     "SET_TENANT": SET_TENANT,
     "LOCK_TENANT": LOCK_TENANT,
     "SET_LOCK_TIMEOUT": SET_LOCK_TIMEOUT,
+    "LOCK_USERS": LOCK_USERS,
+    "ROUTES_BY_TOKENS": ROUTES_BY_TOKENS,
 }
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
