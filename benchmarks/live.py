@@ -1,8 +1,10 @@
-"""Benchmark 2 (booking to browser) and 5 (memory): 1,000 open event streams over 200 users and
-2 service processes; signed deliveries for random users at a steady rate; the time from the
-webhook POST to the meeting arriving on each of that user's streams; every stream must get all
-of its user's meetings and nothing of anyone else's. Peak RSS of each service process is read
-from /proc at the end (VmHWM).
+"""Benchmark 2 (booking to browser) and 5 (memory): 10,000 open event streams over 2,000 users
+and 2 service processes (issue 17); signed deliveries for random users at 100/s; the time from
+the webhook POST to the meeting arriving on each of that user's streams; every stream must get
+all of its user's meetings and nothing of anyone else's. Peak RSS of each service process is
+read from /proc at the end (VmHWM). Then what the open streams cost the ingest path: benchmark
+1's load (wrk, 32 connections) before the streams open, while they are open, and after they
+closed, each run checked as benchmark 1 checks it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import resource
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks import ingest
 from benchmarks.deliveries import BASE, body_for, sign
 from benchmarks.load import median, percentile
 from benchmarks.stack import Stack, User, stack
@@ -25,12 +29,14 @@ from benchmarks.stack import Stack, User, stack
 
 @dataclass
 class Config:
-    streams: int = 1000
-    users: int = 200
+    streams: int = 10_000
+    users: int = 2_000
     processes: int = 2
-    rate: float = 50.0  # deliveries per second (each reaches ~5 streams: ~250 events/s)
+    rate: float = 100.0  # deliveries per second (each reaches ~5 streams: ~500 events/s)
     seconds: float = 10.0
     repeats: int = 3
+    # Benchmark 1's load beside the streams: seconds per run (0: not measured).
+    ingest_seconds: int = 10
 
 
 @dataclass
@@ -135,8 +141,25 @@ def peak_rss_mb(pid: int) -> dict[str, float]:
     return fields
 
 
+def ingest_run(s: Stack, users: list[User], cfg: Config, tag: str) -> dict[str, Any]:
+    """Benchmark 1's load for `cfg.ingest_seconds`, warmed up first, its result checked."""
+    load = ingest.Config(seconds=cfg.ingest_seconds, warmup_seconds=2)
+    ingest.warm_up(s, users, load, s.workdir, tag)
+    # wrk leaves requests in flight when it stops; a slow service still writes them after:
+    # they must land before the measured run's check starts from an empty log.
+    time.sleep(3)
+    size = max(8000, 4000 * cfg.ingest_seconds)
+    figures, _ = ingest.run_service(s, users, load, tag, size, s.workdir)
+    return figures
+
+
 async def measure(s: Stack, users: list[User], cfg: Config, log: Any) -> dict[str, Any]:
     idle = [peak_rss_mb(pid)["VmRSS"] for pid in s.service_pids]
+    ingest_runs: dict[str, dict[str, Any]] = {}
+    if cfg.ingest_seconds:
+        ingest_runs["before"] = await asyncio.to_thread(ingest_run, s, users, cfg, "before")
+        log(f"  ingest before the streams open: {ingest_runs['before']['rate']:.0f}/s")
+        idle = [peak_rss_mb(pid)["VmRSS"] for pid in s.service_pids]
     streams = [Stream(users[n % len(users)]) for n in range(cfg.streams)]
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
@@ -168,10 +191,31 @@ async def measure(s: Stack, users: list[User], cfg: Config, log: Any) -> dict[st
                     f"p99 {run['p99_ms']:.1f} ms over {run['arrivals']} arrivals "
                     f"{'ok' if run['ok'] else 'WRONG ' + str(run['problems'][:3])}"
                 )
+        memory = {str(pid): peak_rss_mb(pid) for pid in s.service_pids}
+        if cfg.ingest_seconds:
+            ingest_runs["open"] = await asyncio.to_thread(ingest_run, s, users, cfg, "open")
+            log(f"  ingest with the streams open: {ingest_runs['open']['rate']:.0f}/s")
+            broken = [e for st in streams for e in st.errors]
+            if broken:
+                ingest_runs["open"]["ok"] = False
+                ingest_runs["open"]["problems"].append(f"{len(broken)} streams broke")
         for task in readers:
             task.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
-    memory = {str(pid): peak_rss_mb(pid) for pid in s.service_pids}
+    if cfg.ingest_seconds:
+        await asyncio.sleep(1)  # the server notices the closed streams
+        ingest_runs["after"] = await asyncio.to_thread(ingest_run, s, users, cfg, "after")
+        log(f"  ingest after the streams closed: {ingest_runs['after']['rate']:.0f}/s")
+    without = [ingest_runs[k]["rate"] for k in ("before", "after") if k in ingest_runs]
+    ingest_cost = None
+    if "open" in ingest_runs and without:
+        ingest_cost = {
+            "with_streams": ingest_runs["open"]["rate"],
+            "without_streams": sum(without) / len(without),
+            "ratio": ingest_runs["open"]["rate"] / (sum(without) / len(without)),
+            "ok": all(r["ok"] for r in ingest_runs.values()),
+            "runs": ingest_runs,
+        }
     return {
         "p50_ms": median([r["p50_ms"] for r in runs]),
         "p99_ms": median([r["p99_ms"] for r in runs]),
@@ -187,6 +231,7 @@ async def measure(s: Stack, users: list[User], cfg: Config, log: Any) -> dict[st
         "runs": runs,
         "memory_mb": memory,
         "idle_rss_mb": idle,
+        "ingest_cost": ingest_cost,
     }
 
 
@@ -245,6 +290,10 @@ async def collect(
 
 
 def run(cfg: Config, log: Any = print) -> dict[str, Any]:
+    # 10,000 streams take as many sockets here, and half as many in each service process.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < min(hard, 4 * cfg.streams):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * cfg.streams), hard))
     with stack("live") as s:
         s.start_services(cfg.processes)
         user_ids = [f"live{n}" for n in range(cfg.users)]

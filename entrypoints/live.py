@@ -7,6 +7,8 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 
@@ -16,6 +18,15 @@ RECHECK = "recheck"
 # Rung once when the process stops: every open stream ends at once, cleanly (its page
 # reconnects to a sibling process and resumes), instead of being cancelled mid-wait.
 CLOSING = "closing"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Flight:
+    """A read under way for one user and cursor, and the doorbells rung before it began."""
+
+    rung: tuple[int, int]
+    task: asyncio.Future[Any]
 
 
 class LiveHub:
@@ -32,6 +43,12 @@ class LiveHub:
         # Users whose page just read an active connection: its grant is checked soon (issue 15).
         self._opened: set[str] = set()
         self.watching_changed = asyncio.Event()
+        # Doorbells rung per user watching here, and re-checks of everyone: a read that began
+        # after the last of them has seen every change they announced (issue 17).
+        self._rung: dict[str, int] = {}
+        self._rechecks = 0
+        self._flights: dict[tuple[str, int | None], _Flight] = {}
+        self.reads = 0  # reads made through `shared` (for tests and figures)
 
     def subscribe(self, user_id: str) -> asyncio.Queue[str]:
         queue: asyncio.Queue[str] = asyncio.Queue(self._queue_size)
@@ -44,6 +61,7 @@ class LiveHub:
             streams.discard(queue)
             if not streams:
                 del self._streams[user_id]
+                self._rung.pop(user_id, None)
                 self._polled.discard(user_id)
                 self._newly_polled.discard(user_id)
 
@@ -89,12 +107,40 @@ class LiveHub:
         if user_id is None:
             targets = [q for queues in self._streams.values() for q in queues]
             kind = RECHECK
+            self._rechecks += 1
         else:
             targets = list(self._streams.get(user_id, ()))
+            if targets:
+                self._rung[user_id] = self._rung.get(user_id, 0) + 1
         for queue in targets:
             # A full queue has a doorbell waiting already; one more would add nothing.
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(kind or RECHECK)
+
+    async def shared(self, user_id: str, cursor: int | None, read: Callable[[], Awaitable[T]]) -> T:
+        """`read()` of `user_id`'s changes after `cursor`, or the same read already under way.
+
+        A user's streams here are woken together and mostly stand at the same cursor: one read
+        serves them all, so a delivery costs one read per process, not one per stream (issue
+        17). A read is shared only if no doorbell rang for the user (nor a re-check for all)
+        since it began: it then sees every change any of its callers was told of.
+        """
+        rung = (self._rung.get(user_id, 0), self._rechecks)
+        key = (user_id, cursor)
+        flight = self._flights.get(key)
+        if flight is None or flight.rung != rung:
+            self.reads += 1
+            flight = _Flight(rung, asyncio.ensure_future(read()))
+            self._flights[key] = flight
+            flight.task.add_done_callback(lambda _: self._landed(key, flight))
+        answer: T = await asyncio.shield(flight.task)
+        return answer
+
+    def _landed(self, key: tuple[str, int | None], flight: _Flight) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.task.cancelled():
+            flight.task.exception()  # each caller hears it; none left is no warning
 
     @property
     def closing(self) -> bool:

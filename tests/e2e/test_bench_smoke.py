@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from benchmarks import calls, host_webhooks, ingest, storage, worker, worker_day
+from benchmarks import calls, host_webhooks, ingest, live, storage, worker, worker_day
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +40,19 @@ def test_the_ingest_benchmark_checks_the_database_against_what_was_delivered() -
     assert counts["duplicates"] > 0
     assert counts["cancels"] > 0
     assert counts["meetings"] > 0
+
+
+def test_the_live_benchmark_sees_every_meeting_on_its_streams_and_checks_ingest_beside_them() -> (
+    None
+):
+    config = live.Config(streams=40, users=8, rate=20, seconds=2, repeats=1, ingest_seconds=2)
+    result = live.run(config, log=quiet)
+    assert result["ok"], result["problems"]
+    assert result["runs"][0]["arrivals"] > 0
+    cost = result["ingest_cost"]
+    assert cost["ok"], [r["problems"] for r in cost["runs"].values()]
+    assert set(cost["runs"]) == {"before", "open", "after"}
+    assert all(r["counts"]["new_bookings"] > 0 for r in cost["runs"].values())
 
 
 def test_the_calls_benchmark_counts_each_operation_the_same_way_every_time() -> None:

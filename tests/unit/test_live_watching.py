@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection
 
+import pytest
+
+from domain.errors import StorageUnavailable
 from entrypoints.live import LiveHub, mark_watched
 
 
@@ -81,3 +84,66 @@ async def test_pages_opened_together_have_their_grants_checked_in_one_call() -> 
     assert marks.calls == []  # paid users: no polling asked
     marker.cancel()
     await asyncio.gather(marker, return_exceptions=True)
+
+
+# ------------------------------------------------------------- one read for a user's streams
+async def test_streams_woken_together_share_one_read() -> None:
+    """A user's streams here, woken by one doorbell, read once (issue 17)."""
+    hub = LiveHub()
+    hub.subscribe("u")
+    gate = asyncio.Event()
+    reads: list[int] = []
+
+    async def read() -> str:
+        reads.append(1)
+        await gate.wait()
+        return "changes"
+
+    callers = [asyncio.create_task(hub.shared("u", 7, read)) for _ in range(5)]
+    await asyncio.sleep(0)
+    hub.ring("meetings", "someone-else")  # another user's doorbell changes nothing here
+    late = asyncio.create_task(hub.shared("u", 7, read))
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*callers, late) == ["changes"] * 6
+    assert len(reads) == 1
+    assert hub.reads == 1
+
+
+@pytest.mark.parametrize("doorbell", [("meetings", "u"), (None, None)])
+async def test_a_read_that_began_before_a_doorbell_is_not_shared_after_it(
+    doorbell: tuple[str | None, str | None],
+) -> None:
+    """It may not see the change that doorbell announced: whoever it woke reads again."""
+    hub = LiveHub()
+    hub.subscribe("u")
+    gate = asyncio.Event()
+    answers = iter(["before", "after"])
+
+    async def read() -> str:
+        answer = next(answers)
+        await gate.wait()
+        return answer
+
+    first = asyncio.create_task(hub.shared("u", 7, read))
+    await asyncio.sleep(0)
+    hub.ring(*doorbell)
+    second = asyncio.create_task(hub.shared("u", 7, read))
+    await asyncio.sleep(0)
+    gate.set()
+    assert [await first, await second] == ["before", "after"]
+    assert hub.reads == 2
+
+
+async def test_a_shared_reads_failure_reaches_each_of_its_callers() -> None:
+    hub = LiveHub()
+
+    async def read() -> str:
+        await asyncio.sleep(0)
+        raise StorageUnavailable("down")
+
+    answers = await asyncio.gather(
+        hub.shared("u", None, read), hub.shared("u", None, read), return_exceptions=True
+    )
+    assert [type(a) for a in answers] == [StorageUnavailable, StorageUnavailable]
+    assert hub.reads == 1

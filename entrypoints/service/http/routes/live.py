@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated
 
 import msgspec
@@ -84,7 +85,7 @@ async def _stream(
     queue = hub.subscribe(user_id)  # before the first query: nothing can slip in between
     LIVE_STREAMS.set(hub.open_streams)
     try:
-        start = await services.meeting_changes(user_id, None)
+        start = await hub.shared(user_id, None, partial(services.meeting_changes, user_id, None))
         deadline.check()
         cursor = start.cursor if after is None else after
         yield ServerSentEventMessage(event="ready", data=_json({"cursor": cursor}))
@@ -94,7 +95,9 @@ async def _stream(
         yield connection
         while True:
             while pending:
-                changes = await services.meeting_changes(user_id, cursor)
+                changes = await hub.shared(
+                    user_id, cursor, partial(services.meeting_changes, user_id, cursor)
+                )
                 deadline.check()
                 if changes.meetings:
                     cursor = changes.cursor
