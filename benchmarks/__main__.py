@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             ingest.Config(seconds=args.seconds, repeats=args.repeats), log=say
         )
     if "2" in only:
-        say("2. booking to browser (10,000 streams, 2,000 users, 2 processes), ingest beside them, 5. memory")
+        say(
+            "2. booking to browser (10,000 streams, 2,000 users, 2 processes), ingest beside"
+            " them, 5. memory"
+        )
         results["live"] = live.run(live.Config(seconds=args.seconds, repeats=args.repeats), say)
     if "3" in only:
         say("3. Calendly calls per operation")

@@ -375,6 +375,20 @@ class WebhookRouteRepository(Protocol):
         ...
 
 
+class ChangeReader(Protocol):
+    """Where live updates read a user's meeting changes, each call on its own and under that
+    user's tenant. An adapter may serve concurrent reads of many users in one round trip (each
+    still under its own tenant); a call returns what was committed before it began."""
+
+    async def latest(self, user_id: str) -> int:
+        """The user's highest change number (0: none yet)."""
+        ...
+
+    async def since(self, user_id: str, after: int, limit: int) -> Sequence[MeetingView]:
+        """As `MeetingRepository.changed_since`."""
+        ...
+
+
 class DeliveryRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One signed delivery as it is to be recorded (and, with `change`, applied)."""
 

@@ -23,6 +23,7 @@ from adapters.postgres.changes import PostgresChangeFeed, PostgresChangeLogReten
 from adapters.postgres.directory import PostgresConnectionDirectory
 from adapters.postgres.group_commit import PostgresDeliveryLedger
 from adapters.postgres.listener import PostgresChangeListener
+from adapters.postgres.live_reads import PostgresChangeReader
 from adapters.postgres.maintenance import PostgresMaintenanceQueue
 from adapters.postgres.migrations import Migration, discover, missing_migrations
 from adapters.postgres.pool import make_pool
@@ -398,7 +399,9 @@ class Container(containers.DeclarativeContainer):
         handle_webhook=handle_webhook,
         connection_status=providers.Singleton(GetConnectionStatus, uow=uow),
         list_meetings=providers.Singleton(ListMeetings, uow=uow),
-        meeting_changes=providers.Singleton(MeetingChanges, uow=uow),
+        meeting_changes=providers.Singleton(
+            MeetingChanges, reader=providers.Singleton(PostgresChangeReader, pool=pool)
+        ),
         authenticate_api_key=api_keys,
         list_connections=providers.Singleton(ListConnections, directory=connection_directory),
         read_changes=providers.Singleton(ReadChanges, feed=change_feed),

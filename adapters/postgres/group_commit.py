@@ -241,7 +241,7 @@ class PostgresDeliveryLedger(DeliveryLedger):
                 return found
         except UNAVAILABLE as exc:
             sweep_broken_connections(self._pool)
-            return [_unavailable(exc) for _ in lookups]
+            return [unavailable(exc) for _ in lookups]
 
     # ------------------------------------------------------------------ records
     async def _record_batch(
@@ -261,7 +261,7 @@ class PostgresDeliveryLedger(DeliveryLedger):
                         await conn.rollback()
         except UNAVAILABLE as exc:
             sweep_broken_connections(self._pool)
-            return [_unavailable(exc) for _ in deliveries]
+            return [unavailable(exc) for _ in deliveries]
         # Each written alone, concurrently, and each caller answered as soon as its own is
         # committed: one that waits for a busy user's lock holds up nobody else.
         self.fallbacks += 1
@@ -320,7 +320,7 @@ def _batch_only(error: psycopg.Error) -> bool:
     return isinstance(error, (psycopg.errors.LockNotAvailable, psycopg.errors.TransactionRollback))
 
 
-def _unavailable(cause: BaseException) -> StorageUnavailable:
+def unavailable(cause: BaseException) -> StorageUnavailable:
     error = StorageUnavailable("the database connection failed")
     error.__cause__ = cause
     return error

@@ -10,6 +10,7 @@ import msgspec
 from domain.changes import Change, ChangeFeed, ChangePosition
 from domain.errors import ConnectionNotFound
 from domain.ports import (
+    ChangeReader,
     ConnectionDirectory,
     ConnectionListQuery,
     MeetingQuery,
@@ -103,21 +104,34 @@ class Changes(msgspec.Struct, frozen=True, kw_only=True):
     more: bool
 
 
+class UnitOfWorkChangeReader(ChangeReader):
+    """A ChangeReader of one unit of work per call: the fakes' reader, and the reference the
+    service's batching reader is held to."""
+
+    def __init__(self, uow: UnitOfWorkFactory) -> None:
+        self._uow = uow
+
+    async def latest(self, user_id: str) -> int:
+        async with self._uow(user_id) as uow:
+            return await uow.meetings.latest_change(user_id)
+
+    async def since(self, user_id: str, after: int, limit: int) -> Sequence[MeetingView]:
+        async with self._uow(user_id) as uow:
+            return await uow.meetings.changed_since(user_id, after, limit)
+
+
 class MeetingChanges:
     """What changed in the user's meetings since a cursor (for live updates)."""
 
-    def __init__(self, uow: UnitOfWorkFactory, batch: int = 100) -> None:
-        self._uow = uow
+    def __init__(self, reader: ChangeReader, batch: int = 100) -> None:
+        self._reader = reader
         self._batch = batch
 
     async def __call__(self, user_id: str, after: int | None) -> Changes:
         """With no cursor, nothing is sent: the answer is where to start from."""
-        async with self._uow(user_id) as uow:
-            if after is None:
-                return Changes(
-                    meetings=(), cursor=await uow.meetings.latest_change(user_id), more=False
-                )
-            rows = await uow.meetings.changed_since(user_id, after, self._batch + 1)
+        if after is None:
+            return Changes(meetings=(), cursor=await self._reader.latest(user_id), more=False)
+        rows = await self._reader.since(user_id, after, self._batch + 1)
         page = rows[: self._batch]
         cursor = max((m.change_seq for m in page), default=after)
         return Changes(meetings=page, cursor=cursor, more=len(rows) > self._batch)

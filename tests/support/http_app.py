@@ -17,7 +17,7 @@ from adapters.prometheus import MetricsExporter
 from domain.api_keys import ApiKeyScope
 from domain.model import Connection
 from domain.secret import Secret
-from domain.usecases.queries import MeetingChanges
+from domain.usecases.queries import MeetingChanges, UnitOfWorkChangeReader
 from entrypoints.live import LiveHub
 from entrypoints.service.http.config import HttpConfig
 from entrypoints.services import NotReady, Services
@@ -110,7 +110,7 @@ def services_of(
         handle_webhook=core.handle_webhook,
         connection_status=core.status,
         list_meetings=core.meetings,
-        meeting_changes=MeetingChanges(core.db.factory()),
+        meeting_changes=MeetingChanges(UnitOfWorkChangeReader(core.db.factory())),
         authenticate_api_key=core.authenticate_api_key,
         list_connections=core.list_connections,
         read_changes=core.read_changes,
