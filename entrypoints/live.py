@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection
@@ -19,6 +20,10 @@ RECHECK = "recheck"
 # reconnects to a sibling process and resumes), instead of being cancelled mid-wait.
 CLOSING = "closing"
 T = TypeVar("T")
+
+
+async def _run(read: Callable[[], Awaitable[T]]) -> T:
+    return await read()
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,11 @@ class LiveHub:
             streams.discard(queue)
             if not streams:
                 del self._streams[user_id]
+                # Its doorbell count starts again from 0: a read still under way could look
+                # current to a stream that opens next, so none may join it.
                 self._rung.pop(user_id, None)
+                for key in [key for key in self._flights if key[0] == user_id]:
+                    del self._flights[key]
                 self._polled.discard(user_id)
                 self._newly_polled.discard(user_id)
 
@@ -130,7 +139,9 @@ class LiveHub:
         flight = self._flights.get(key)
         if flight is None or flight.rung != rung:
             self.reads += 1
-            flight = _Flight(rung, asyncio.ensure_future(read()))
+            # The read serves every stream of the user here: it carries none's log context.
+            task = asyncio.create_task(_run(read), context=contextvars.Context())
+            flight = _Flight(rung, task)
             self._flights[key] = flight
             flight.task.add_done_callback(lambda _: self._landed(key, flight))
         answer: T = await asyncio.shield(flight.task)

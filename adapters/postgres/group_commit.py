@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -101,7 +102,8 @@ class Coalescer(Generic[T, R]):
         self._waiting.append((item, future))
         if self._active < self._max_running:
             self._active += 1
-            task = asyncio.create_task(self._drain())
+            # A run serves many requests: it carries none of their log context.
+            task = asyncio.create_task(self._drain(), context=contextvars.Context())
             self._running.add(task)
             task.add_done_callback(self._running.discard)
         return await future
@@ -237,11 +239,22 @@ class PostgresDeliveryLedger(DeliveryLedger):
                     row = rows.get(token) if token is not None else None
                     if cursor is not None:
                         row = await cursor.fetchone()
-                    found.append(route_from_row(row, self._cipher))
+                    try:  # a key that cannot be unsealed is that route's trouble alone
+                        found.append(route_from_row(row, self._cipher))
+                    except Exception as exc:
+                        found.append(exc)
                 return found
         except UNAVAILABLE as exc:
             sweep_broken_connections(self._pool)
             return [unavailable(exc) for _ in lookups]
+        except psycopg.Error:
+            if len(lookups) == 1:
+                raise
+        # One lookup's bad input (text Postgres refuses) failed them all: each alone.
+        alone = await asyncio.gather(
+            *(self._find_routes([lookup]) for lookup in lookups), return_exceptions=True
+        )
+        return [a if isinstance(a, BaseException) else a[0] for a in alone]
 
     # ------------------------------------------------------------------ records
     async def _record_batch(
@@ -252,8 +265,11 @@ class PostgresDeliveryLedger(DeliveryLedger):
                 conn.row_factory = dict_row
                 try:
                     return list(await self._write_together(conn, deliveries))
-                except psycopg.Error as exc:
-                    if conn.closed or (isinstance(exc, UNAVAILABLE) and not _batch_only(exc)):
+                except Exception as exc:  # one delivery's trouble, in SQL or in Python
+                    if conn.closed or (
+                        isinstance(exc, UNAVAILABLE)
+                        and not (isinstance(exc, psycopg.Error) and _batch_only(exc))
+                    ):
                         raise
                     # A lock held long elsewhere, a deadlock, one delivery's bad data: none of
                     # it may fail the others. Each is written alone below.
@@ -267,7 +283,7 @@ class PostgresDeliveryLedger(DeliveryLedger):
         self.fallbacks += 1
         alone: list[asyncio.Future[bool]] = []
         for delivery in deliveries:
-            task = asyncio.create_task(self._alone.record(delivery))
+            task = asyncio.create_task(self._alone.record(delivery), context=contextvars.Context())
             self._alone_tasks.add(task)
             task.add_done_callback(self._alone_tasks.discard)
             alone.append(task)

@@ -59,7 +59,7 @@ class PostgresChangeReader(ChangeReader):
                 conn.row_factory = dict_row
                 try:
                     return await self._read_together(conn, reads)
-                except psycopg.Error as exc:
+                except Exception as exc:  # one read's trouble, in SQL or in Python
                     if conn.closed or isinstance(exc, UNAVAILABLE) or len(reads) == 1:
                         raise
                     with contextlib.suppress(psycopg.Error):

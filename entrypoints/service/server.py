@@ -134,6 +134,11 @@ async def serve(
         # full collection no longer walks it (issue 17: such pauses were much of ingest's p99).
         gc.collect()
         gc.freeze()
+        # Young collections 70 times rarer: with 700 (the default), a request's objects still
+        # alive at a collection were promoted, and with thousands of open streams the full
+        # collections that followed took 0.4-0.8 s each, 64 times in one benchmark run; with
+        # 50,000 there were 2 (issue 17, DR-48).
+        gc.set_threshold(50_000, 10, 10)
         watcher = asyncio.create_task(_stop_when(stop, server)) if stop is not None else None
         try:
             await server.serve(sockets=sockets)

@@ -305,3 +305,36 @@ async def test_an_unreachable_database_answers_every_caller_storage_unavailable(
         assert all(isinstance(a, StorageUnavailable) for a in answers), answers
     finally:
         await pool.close()
+
+
+async def test_a_route_whose_key_cannot_be_unsealed_fails_alone(pool: Pool) -> None:
+    """One connection's signing key sealed under a key the service no longer holds: its own
+    deliveries fail, the others looked up with it do not."""
+    kept, retired = os.urandom(32), os.urandom(32)
+    holds_both = AesGcmTokenCipher({"k1": kept, "k2": retired}, "k2")
+    holds_one = AesGcmTokenCipher({"k1": kept}, "k1")
+    await add(unit_of_work_factory(pool, holds_one), connection("ada", 1, cid(1)))
+    await add(unit_of_work_factory(pool, holds_both), connection("bob", 2, cid(2)))
+    ledger = PostgresDeliveryLedger(
+        pool, holds_one, UnitOfWorkLedger(unit_of_work_factory(pool, holds_one)), max_running=1
+    )
+    found = await asyncio.gather(
+        ledger.route(webhook_token="token-ada1"),
+        ledger.route(webhook_token="token-bob2"),
+        return_exceptions=True,
+    )
+    assert isinstance(found[0], Route)
+    assert found[0].user_id == "ada"
+    assert isinstance(found[1], Exception)
+    assert ledger.routes.batches == 1
+
+
+async def test_a_lookup_postgres_refuses_fails_alone(ledger: PostgresDeliveryLedger) -> None:
+    found = await asyncio.gather(
+        ledger.route(webhook_token="token-ada1"),
+        ledger.route(calendly_user_uris=["https://api.calendly.test/users/\x00"]),
+        return_exceptions=True,
+    )
+    assert isinstance(found[0], Route)
+    assert found[0].user_id == "ada"
+    assert isinstance(found[1], psycopg.Error)

@@ -147,3 +147,27 @@ async def test_a_shared_reads_failure_reaches_each_of_its_callers() -> None:
     )
     assert [type(a) for a in answers] == [StorageUnavailable, StorageUnavailable]
     assert hub.reads == 1
+
+
+async def test_a_read_begun_before_the_users_streams_all_closed_is_not_shared_after() -> None:
+    """The user's doorbell count starts again when the last stream closes: a stream that
+    opens next must not join a read that began before a change it was never rung for."""
+    hub = LiveHub()
+    first_queue = hub.subscribe("u")
+    gate = asyncio.Event()
+    answers = iter(["stale", "fresh"])
+
+    async def read() -> str:
+        answer = next(answers)
+        await gate.wait()
+        return answer
+
+    old = asyncio.create_task(hub.shared("u", 7, read))
+    await asyncio.sleep(0)
+    hub.ring("meetings", "u")  # a change after the read began ...
+    hub.unsubscribe("u", first_queue)  # ... and the page reconnects
+    hub.subscribe("u")
+    new = asyncio.create_task(hub.shared("u", 7, read))
+    await asyncio.sleep(0)
+    gate.set()
+    assert [await old, await new] == ["stale", "fresh"]

@@ -236,6 +236,7 @@ class WebhookFastPath:
         for name, value in scope["headers"]:
             if name == b"calendly-webhook-signature":
                 signature = value.decode("latin-1")
+                break  # the first, as Litestar's `headers.get` takes
 
         async def read_body() -> bytes:
             chunks: list[bytes] = []
@@ -251,9 +252,7 @@ class WebhookFastPath:
             ack = await _handle(
                 scope, read_body, signature, self._services, self._config, token or None
             )
-        except ClientDisconnected:
-            return  # nobody to answer
-        except Exception as exc:
+        except Exception as exc:  # a client that hung up too: answered 500, as Litestar does
             answer = self._errors.answer_request(scope, exc)
             headers = [(k.lower().encode(), v.encode()) for k, v in answer.headers.items()]
             await _respond(
@@ -279,13 +278,16 @@ class WebhookFastPath:
         else:
             return False
         length: int | None = None
-        json = False
+        json = seen_type = False
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if not value.isdigit():
-                    return False
+                if length is not None or not value.isdigit():
+                    return False  # two lengths, or one that is not a number: Litestar's
                 length = int(value)
             elif name == b"content-type":
+                if seen_type:
+                    continue  # the first counts, as Litestar's `headers.get` takes
+                seen_type = True
                 json = _is_json(value.decode("latin-1"))
             elif name == b"origin" or name == b"transfer-encoding":
                 return False
