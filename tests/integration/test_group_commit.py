@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -96,19 +96,7 @@ def stored(url: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def cipher() -> AesGcmTokenCipher:
-    return AesGcmTokenCipher({"k1": os.urandom(32)}, "k1")
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[Pool]:
-    pool = make_pool(database_url, runtime_role=RUNTIME_ROLE, min_size=1, max_size=8)
-    await pool.open(wait=True)
-    try:
-        yield pool
-    finally:
-        await pool.close()
+# `cipher` and `pool` (4 connections, as the runtime role) come from tests/integration/conftest.py.
 
 
 @pytest.fixture
