@@ -56,6 +56,9 @@ R = TypeVar("R")
 # A batch holds its locks for a few milliseconds; only a transaction that holds a user's lock
 # across a call to Calendly (DR-33) makes one wait this long.
 LOCK_TIMEOUT_MS = 250
+# The batch's own trouble, not the database's (psycopg counts them as operational errors): a
+# lock it gave up waiting for, a deadlock or a serialization failure.
+BATCH_ONLY = (psycopg.errors.LockNotAvailable, psycopg.errors.TransactionRollback)
 SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, true)"
 # Every user's lock (the key LOCK_TENANT takes), one after the other in the array's order (a
 # function scan yields its rows in order, and the aggregate takes them as they come).
@@ -197,8 +200,8 @@ class PostgresDeliveryLedger(DeliveryLedger):
     async def route(
         self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
     ) -> Route | None:
-        if route_statement(webhook_token, calendly_user_uris) is None:
-            return None
+        if webhook_token is None and not calendly_user_uris:
+            return None  # nothing to look by (route_statement would say the same)
         return await self.routes((webhook_token, tuple(calendly_user_uris)))
 
     async def record(self, delivery: DeliveryRecord) -> bool:
@@ -251,10 +254,7 @@ class PostgresDeliveryLedger(DeliveryLedger):
             if len(lookups) == 1:
                 raise
         # One lookup's bad input (text Postgres refuses) failed them all: each alone.
-        alone = await asyncio.gather(
-            *(self._find_routes([lookup]) for lookup in lookups), return_exceptions=True
-        )
-        return [a if isinstance(a, BaseException) else a[0] for a in alone]
+        return await each_alone(self._find_routes, lookups)
 
     # ------------------------------------------------------------------ records
     async def _record_batch(
@@ -267,8 +267,7 @@ class PostgresDeliveryLedger(DeliveryLedger):
                     return list(await self._write_together(conn, deliveries))
                 except Exception as exc:  # one delivery's trouble, in SQL or in Python
                     if conn.closed or (
-                        isinstance(exc, UNAVAILABLE)
-                        and not (isinstance(exc, psycopg.Error) and _batch_only(exc))
+                        isinstance(exc, UNAVAILABLE) and not isinstance(exc, BATCH_ONLY)
                     ):
                         raise
                     # A lock held long elsewhere, a deadlock, one delivery's bad data: none of
@@ -330,10 +329,13 @@ def _place(delivery: DeliveryRecord) -> tuple[int, str]:
     return (0, delivery.route.user_id)
 
 
-def _batch_only(error: psycopg.Error) -> bool:
-    """Whether `error` is the batch's own trouble, not the database's: a lock it gave up
-    waiting for, a deadlock or serialization failure (psycopg counts these as operational)."""
-    return isinstance(error, (psycopg.errors.LockNotAvailable, psycopg.errors.TransactionRollback))
+async def each_alone(
+    run: Callable[[Sequence[T]], Awaitable[Sequence[R]]], items: Sequence[T]
+) -> list[R | BaseException]:
+    """`run` once per item, concurrently, after a run of them together failed: each item's
+    trouble then stays its own."""
+    answers = await asyncio.gather(*(run([item]) for item in items), return_exceptions=True)
+    return [a if isinstance(a, BaseException) else a[0] for a in answers]
 
 
 def unavailable(cause: BaseException) -> StorageUnavailable:

@@ -12,7 +12,6 @@ trouble stays its own.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Sequence
 from typing import Any, cast
@@ -23,7 +22,7 @@ from psycopg.rows import dict_row
 
 from domain.ports import ChangeReader, MeetingView
 
-from .group_commit import MAX_BATCH, MAX_RUNNING, Coalescer, unavailable
+from .group_commit import MAX_BATCH, MAX_RUNNING, Coalescer, each_alone, unavailable
 from .meetings import CHANGED_MEETINGS, LATEST_CHANGE, PostgresMeetingRepository
 from .pool import Connection, sweep_broken_connections
 from .session import SET_TENANT
@@ -68,10 +67,7 @@ class PostgresChangeReader(ChangeReader):
             sweep_broken_connections(self._pool)
             return [unavailable(exc) for _ in reads]
         # One read's trouble (a row that cannot be read) is its own: each read alone.
-        answers = await asyncio.gather(
-            *(self._read_batch([read]) for read in reads), return_exceptions=True
-        )
-        return [a if isinstance(a, BaseException) else a[0] for a in answers]
+        return await each_alone(self._read_batch, reads)
 
     @staticmethod
     async def _read_together(

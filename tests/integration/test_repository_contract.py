@@ -10,7 +10,7 @@ from msgspec.structs import replace
 from domain.errors import AccountAlreadyConnected, ConcurrentUpdate
 from domain.meetings import Cancellation, Invitee, Meeting, MeetingStatus
 from domain.model import Connection, PendingAuthorization
-from domain.ports import MeetingChange, MeetingQuery, Route, UnitOfWorkFactory
+from domain.ports import DetailsWanted, MeetingChange, MeetingQuery, Route, UnitOfWorkFactory
 from domain.secret import Secret
 from tests.support.connections import CID_A, CID_B, EV, T0, account, add, connection
 
@@ -350,6 +350,18 @@ async def _apply(any_uow: UnitOfWorkFactory, stored: Connection, change: Meeting
         await uow.commit()
 
 
+LEGACY = MeetingChange(meeting=Meeting(event_uri=EV + "e1"), needs_details=True)
+
+
+async def _asked_for_details(any_uow: UnitOfWorkFactory) -> tuple[Connection, DetailsWanted]:
+    """User a's connection after a legacy delivery asked for its event's details."""
+    stored = await add(any_uow, connection("a", 1, CID_A))
+    await _apply(any_uow, stored, LEGACY)
+    async with any_uow("a") as uow:
+        (wanted,) = await uow.meetings.wanting_details(CID_A, 10)
+    return stored, wanted
+
+
 async def _details(any_uow: UnitOfWorkFactory, user_id: str) -> list[tuple[str, str | None]]:
     async with any_uow(user_id) as uow:
         views = await uow.meetings.list(user_id, MeetingQuery())
@@ -360,15 +372,14 @@ async def test_a_request_for_details_is_met_only_by_a_read_made_for_it(
     any_uow: UnitOfWorkFactory,
 ) -> None:
     stored = await add(any_uow, connection("a", 1, CID_A))
-    legacy = MeetingChange(meeting=Meeting(event_uri=EV + "e1"), needs_details=True)
-    await _apply(any_uow, stored, legacy)
+    await _apply(any_uow, stored, LEGACY)
     assert await _details(any_uow, "a") == [("pending", None)]
     async with any_uow("a") as uow:
         wanted = await uow.meetings.wanting_details(CID_A, 10)
     assert [w.event_uri for w in wanted] == [EV + "e1"]
     first = wanted[0].requested_at
     # A second delivery asks again while the event is being read: the read does not meet it.
-    await _apply(any_uow, stored, legacy)
+    await _apply(any_uow, stored, LEGACY)
     event = Meeting(event_uri=EV + "e1", name="Intro", status=MeetingStatus.CANCELED)
     await _apply(any_uow, stored, MeetingChange(meeting=event, details_for=first))
     assert await _details(any_uow, "a") == [("pending", None)]
@@ -394,11 +405,7 @@ async def test_a_request_for_details_is_met_only_by_a_read_made_for_it(
 async def test_an_event_calendly_will_not_show_is_unavailable_until_asked_again(
     any_uow: UnitOfWorkFactory,
 ) -> None:
-    stored = await add(any_uow, connection("a", 1, CID_A))
-    legacy = MeetingChange(meeting=Meeting(event_uri=EV + "e1"), needs_details=True)
-    await _apply(any_uow, stored, legacy)
-    async with any_uow("a") as uow:
-        (wanted,) = await uow.meetings.wanting_details(CID_A, 10)
+    stored, wanted = await _asked_for_details(any_uow)
     refused = MeetingChange(
         meeting=Meeting(event_uri=EV + "e1"),
         details_for=wanted.requested_at,
@@ -406,18 +413,15 @@ async def test_an_event_calendly_will_not_show_is_unavailable_until_asked_again(
     )
     await _apply(any_uow, stored, refused)
     assert await _details(any_uow, "a") == [("unavailable", "Calendly answered 404 for this event")]
-    await _apply(any_uow, stored, legacy)
+    await _apply(any_uow, stored, LEGACY)
     assert await _details(any_uow, "a") == [("pending", None)]
 
 
 async def test_a_failed_read_waits_for_its_own_retry_unless_asked_again(
     any_uow: UnitOfWorkFactory,
 ) -> None:
-    stored = await add(any_uow, connection("a", 1, CID_A))
-    legacy = MeetingChange(meeting=Meeting(event_uri=EV + "e1"), needs_details=True)
-    await _apply(any_uow, stored, legacy)
+    stored, wanted = await _asked_for_details(any_uow)
     async with any_uow("a") as uow:
-        (wanted,) = await uow.meetings.wanting_details(CID_A, 10)
         assert await uow.meetings.next_details_due(CID_A) == wanted.requested_at
         await uow.meetings.postpone_details(
             CID_A,
@@ -434,7 +438,7 @@ async def test_a_failed_read_waits_for_its_own_retry_unless_asked_again(
     assert retry > wanted.requested_at + timedelta(seconds=4)
     assert await _details(any_uow, "a") == [("pending", "Calendly answered 503")]
     # A delivery asks again: due at once, the old trouble gone.
-    await _apply(any_uow, stored, legacy)
+    await _apply(any_uow, stored, LEGACY)
     assert await _details(any_uow, "a") == [("pending", None)]
     async with any_uow("a") as uow:
         assert len(await uow.meetings.wanting_details(CID_A, 10)) == 1

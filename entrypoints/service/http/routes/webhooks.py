@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import msgspec
 import structlog
@@ -228,15 +228,11 @@ class WebhookFastPath:
         self._errors = errors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = self._ours(scope)
-        if token is False:
+        taken = self._ours(scope)
+        if taken is None:
             await self.app(scope, receive, send)
             return
-        signature: str | None = None
-        for name, value in scope["headers"]:
-            if name == b"calendly-webhook-signature":
-                signature = value.decode("latin-1")
-                break  # the first, as Litestar's `headers.get` takes
+        token, signature = taken
 
         async def read_body() -> bytes:
             chunks: list[bytes] = []
@@ -249,9 +245,7 @@ class WebhookFastPath:
                     return b"".join(chunks)
 
         try:
-            ack = await _handle(
-                scope, read_body, signature, self._services, self._config, token or None
-            )
+            ack = await _handle(scope, read_body, signature, self._services, self._config, token)
         except Exception as exc:  # a client that hung up too: answered 500, as Litestar does
             answer = self._errors.answer_request(scope, exc)
             headers = [(k.lower().encode(), v.encode()) for k, v in answer.headers.items()]
@@ -264,36 +258,37 @@ class WebhookFastPath:
             return
         await _respond(send, 200, msgspec.json.encode(ack), _JSON_HEADERS)
 
-    def _ours(self, scope: Scope) -> str | Literal[False]:
-        """The connection's token ("" for the shared URL) when this path takes the request."""
+    def _ours(self, scope: Scope) -> tuple[str | None, str | None] | None:
+        """(the connection's token, None on the shared URL; the signature) when this path
+        takes the request, None when Litestar does. Of a repeated header the first counts, as
+        Litestar's `headers.get` takes it."""
         if scope["type"] != ScopeType.HTTP or scope["method"] != "POST":
-            return False
+            return None
         path: str = scope["path"]
-        if path == _PREFIX:
-            token = ""
-        elif path.startswith(_PREFIX + "/") and "/" not in path[len(_PREFIX) + 1 :]:
-            token = path[len(_PREFIX) + 1 :]
-            if not token:
-                return False
-        else:
-            return False
+        token: str | None = None
+        if path != _PREFIX:
+            token = path.removeprefix(_PREFIX + "/")
+            if token == path or not token or "/" in token:
+                return None
         length: int | None = None
-        json = seen_type = False
+        json: bool | None = None
+        signature: str | None = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if length is not None or not value.isdigit():
-                    return False  # two lengths, or one that is not a number: Litestar's
+                    return None  # two lengths, or one that is not a number: Litestar's
                 length = int(value)
             elif name == b"content-type":
-                if seen_type:
-                    continue  # the first counts, as Litestar's `headers.get` takes
-                seen_type = True
-                json = _is_json(value.decode("latin-1"))
+                if json is None:
+                    json = _is_json(value.decode("latin-1"))
+            elif name == b"calendly-webhook-signature":
+                if signature is None:
+                    signature = value.decode("latin-1")
             elif name == b"origin" or name == b"transfer-encoding":
-                return False
+                return None
         if length is None or length > self._config.max_webhook_body or not json:
-            return False
-        return token
+            return None
+        return token, signature
 
 
 class ClientDisconnected(InternalServerException):
