@@ -26,6 +26,41 @@ async def _run(read: Callable[[], Awaitable[T]]) -> T:
     return await read()
 
 
+_NONE_RUNG: frozenset[str] = frozenset()
+
+
+class Doorbell:
+    """What has rung for one open stream since it last looked, and the stream's wake-up.
+
+    Not an asyncio.Queue: that holds three deques and an Event, about 3 KB per open stream
+    (issue 17). A stream wants only which kinds rang since it looked, each once.
+    """
+
+    __slots__ = ("_kinds", "_waiter")
+
+    def __init__(self) -> None:
+        self._kinds: frozenset[str] = _NONE_RUNG  # shared while nothing rang: no set each
+        self._waiter: asyncio.Future[None] | None = None
+
+    def ring(self, kind: str) -> None:
+        if kind not in self._kinds:
+            self._kinds = self._kinds | {kind}
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> frozenset[str]:
+        """The kinds rung since the last call, once at least one has (waits till then)."""
+        if not self._kinds:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        kinds, self._kinds = self._kinds, _NONE_RUNG
+        return kinds
+
+
 @dataclass(frozen=True)
 class _Flight:
     """A read under way for one user and cursor, and the doorbells rung before it began."""
@@ -35,11 +70,10 @@ class _Flight:
 
 
 class LiveHub:
-    """Per user, the queues of that user's open streams; a full queue already rings."""
+    """Per user, the doorbells of that user's open streams."""
 
-    def __init__(self, queue_size: int = 8) -> None:
-        self._streams: dict[str, set[asyncio.Queue[str]]] = defaultdict(set)
-        self._queue_size = queue_size
+    def __init__(self) -> None:
+        self._streams: dict[str, set[Doorbell]] = defaultdict(set)
         self._closing = False
         # Users watching here whose connection the worker polls (no webhooks on their plan),
         # as their streams last read it; and those among them not yet marked (DR-42).
@@ -55,15 +89,15 @@ class LiveHub:
         self._flights: dict[tuple[str, int | None], _Flight] = {}
         self.reads = 0  # reads made through `shared` (for tests and figures)
 
-    def subscribe(self, user_id: str) -> asyncio.Queue[str]:
-        queue: asyncio.Queue[str] = asyncio.Queue(self._queue_size)
-        self._streams[user_id].add(queue)
-        return queue
+    def subscribe(self, user_id: str) -> Doorbell:
+        doorbell = Doorbell()
+        self._streams[user_id].add(doorbell)
+        return doorbell
 
-    def unsubscribe(self, user_id: str, queue: asyncio.Queue[str]) -> None:
+    def unsubscribe(self, user_id: str, doorbell: Doorbell) -> None:
         streams = self._streams.get(user_id)
         if streams is not None:
-            streams.discard(queue)
+            streams.discard(doorbell)
             if not streams:
                 del self._streams[user_id]
                 # Its doorbell count starts again from 0: a read still under way could look
@@ -121,10 +155,8 @@ class LiveHub:
             targets = list(self._streams.get(user_id, ()))
             if targets:
                 self._rung[user_id] = self._rung.get(user_id, 0) + 1
-        for queue in targets:
-            # A full queue has a doorbell waiting already; one more would add nothing.
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(kind or RECHECK)
+        for doorbell in targets:
+            doorbell.ring(kind or RECHECK)
 
     async def shared(self, user_id: str, cursor: int | None, read: Callable[[], Awaitable[T]]) -> T:
         """`read()` of `user_id`'s changes after `cursor`, or the same read already under way.
@@ -161,10 +193,8 @@ class LiveHub:
     def close(self) -> None:
         """Ask every open stream to end (the process is stopping)."""
         self._closing = True
-        for queue in [q for queues in self._streams.values() for q in queues]:
-            # A full queue wakes its stream anyway, which then sees `closing`.
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(CLOSING)
+        for doorbell in [d for doorbells in self._streams.values() for d in doorbells]:
+            doorbell.ring(CLOSING)
 
     @property
     def open_streams(self) -> int:

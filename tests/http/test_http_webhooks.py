@@ -396,7 +396,7 @@ async def test_the_lean_path_answers_exactly_as_litestar_does(
     for fast in (True, False):
         core = build_core()
         config = make_config()
-        app = create_app(services_of(core, Readiness()), config, webhook_fast_path=fast)
+        app = create_app(services_of(core, Readiness()), config, fast_paths=fast)
         client = AsyncTestClient(app=app, base_url=BASE_URL)
         await client.__aenter__()
         api = Api(core=core, client=client, readiness=Readiness(), config=config)

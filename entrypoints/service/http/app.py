@@ -31,7 +31,7 @@ from .routes.calendly import CalendlyConnectionController
 from .routes.client import js_client, js_client_head, js_client_integrity
 from .routes.dev import dev_login
 from .routes.health import live, ready
-from .routes.live import live_updates
+from .routes.live import LiveFastPath, live_updates
 from .routes.meetings import list_meetings
 from .routes.metrics import metrics
 from .routes.oauth import oauth_callback
@@ -175,16 +175,18 @@ def create_app(
     *,
     lifespan: Sequence[Lifespan] = (),
     tracer: Tracer | None = None,
-    webhook_fast_path: bool = True,
+    fast_paths: bool = True,
 ) -> Litestar:
     """The HTTP app over `services`; `lifespan` lets the composition root start its resources.
 
     With a `tracer` (tracing on, DR-40) every request gets a server span; without one nothing
-    of OpenTelemetry is imported or wrapped. `webhook_fast_path=False` leaves every delivery
-    to Litestar (the tests compare both ways).
+    of OpenTelemetry is imported or wrapped. `fast_paths=False` leaves every delivery and
+    every live stream to Litestar (the tests compare both ways).
     """
     errors = ErrorTable(infrastructure=config.infrastructure_errors)
     sessions = UserSessions(config.session_keys)
+    auth = _authenticator(config, sessions)
+    cors_config = cors(config)
     cursors = _cursors(config)
     handlers: list[ControllerRouterHandler] = [
         live,
@@ -243,7 +245,7 @@ def create_app(
         dependencies={
             "services": _constant(services),
             "http_config": _constant(config),
-            "auth": _constant(_authenticator(config, sessions)),
+            "auth": _constant(auth),
             "errors": _constant(errors),
             "cursors": _constant(cursors),
             "connection_cursors": _constant(cursors.derived("connections")),
@@ -253,7 +255,7 @@ def create_app(
         openapi_config=_openapi(config),
         request_max_body_size=config.max_api_body,
         lifespan=list(lifespan),
-        cors_config=cors(config),
+        cors_config=cors_config,
         # Our own logging (structlog, one line per request) replaces Litestar's.
         logging_config=None,
         debug=False,
@@ -262,10 +264,11 @@ def create_app(
     # Outermost, around Litestar's router: 404s and 405s get a request id and a log line too;
     # outside that, the prefix comes off, so all of it sees the service's own paths.
     handler = app.asgi_handler
-    if tracer is None and webhook_fast_path:
-        # Calendly's plain deliveries skip Litestar (issue 17); with tracing on they keep
-        # Litestar's route, which the server span names.
+    if tracer is None and fast_paths:
+        # Calendly's plain deliveries and the open live streams skip Litestar (issue 17);
+        # with tracing on they keep Litestar's routes, which the server spans name.
         handler = WebhookFastPath(handler, services, config, errors)
+        handler = LiveFastPath(handler, services, auth, cors_config)
     if tracer is not None:
         from .tracing import ServerSpans
 

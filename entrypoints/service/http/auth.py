@@ -193,7 +193,13 @@ async def current_principal(
     request: Request[Any, Any, Any], auth: NamedDependency[JwtAuthenticator]
 ) -> Principal:
     """Dependency: the signed-in user and their token's expiry, or a 401 problem."""
-    token = bearer_token(request.headers.get("authorization"))
+    return await principal_of(request.headers.get("authorization"), auth)
+
+
+async def principal_of(authorization: str | None, auth: JwtAuthenticator) -> Principal:
+    """The app user an `Authorization` header speaks for (bound to the request's log lines);
+    raises NotAuthenticated, saying why, for anything else."""
+    token = bearer_token(authorization)
     if token is None:
         raise NotAuthenticated("sign in first: send 'Authorization: Bearer <token>'")
     if token.startswith(KEY_PREFIX):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import Any, Final, cast
 
 import msgspec
@@ -84,11 +85,12 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function: no coroutine frame of its own under every request (and every open
+        # live stream, issue 17).
         if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
-            return
-        await self._http(scope, receive, send)
+            return self.app(scope, receive, send)
+        return self._http(scope, receive, send)
 
     async def _http(self, scope: HTTPScope, receive: Receive, send: Send) -> None:
         request_id = _incoming_request_id(scope) or uuid.uuid4().hex
@@ -165,7 +167,7 @@ class MountedUnder:
         self._root = root_path
         self._raw_root = root_path.encode("ascii")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if self._root and scope["type"] in (ScopeType.HTTP, ScopeType.WEBSOCKET):
             path = scope["path"]
             changes: dict[str, Any] = {"root_path": ""}
@@ -175,4 +177,4 @@ class MountedUnder:
                 if isinstance(raw, bytes) and raw.startswith(self._raw_root):
                     changes["raw_path"] = raw[len(self._raw_root) :] or b"/"
             scope = cast("Scope", {**scope, **changes})
-        await self.app(scope, receive, send)
+        return self.app(scope, receive, send)

@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Final
 
 import msgspec
 from litestar import get
+from litestar.config.cors import CORSConfig
 from litestar.di import NamedDependency
+from litestar.enums import ScopeType
 from litestar.params import HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Receive,
+    Scope,
+    Send,
+)
 
 from adapters.prometheus import LIVE_STREAMS
 from domain.errors import ConnectionNotFound, StorageUnavailable
 from domain.model import ConnectionStatus, WebhookStatus
 from entrypoints.live import CLOSING, RECHECK
-from entrypoints.service.http.auth import Principal
+from entrypoints.service.http.auth import JwtAuthenticator, Principal, principal_of
 from entrypoints.service.http.errors import invalid_parameter, problem_specs
 from entrypoints.service.http.openapi import EventStreamOperation
 from entrypoints.service.http.schemas import ConnectionResponse, MeetingResponse
@@ -78,52 +89,43 @@ class _Deadline:
 
 async def _stream(
     services: Services, user_id: str, after: int | None, deadline: _Deadline
-) -> AsyncIterator[ServerSentEventMessage]:
+) -> AsyncGenerator[ServerSentEventMessage, None]:
     # Every read is followed by deadline.check() before what it found is sent: whatever was
     # committed after the token expired never leaves on this stream.
     hub = services.live_hub
-    queue = hub.subscribe(user_id)  # before the first query: nothing can slip in between
+    doorbell = hub.subscribe(user_id)  # before the first query: nothing can slip in between
     LIVE_STREAMS.set(hub.open_streams)
     try:
-        start = await hub.shared(user_id, None, partial(services.meeting_changes, user_id, None))
-        deadline.check()
-        cursor = start.cursor if after is None else after
+        # What a step read is not kept by this frame while the stream waits (issue 17): the
+        # helpers below read, check the deadline and build the event; the frame yields it.
+        cursor = await _start_cursor(services, user_id, after, deadline)
         yield ServerSentEventMessage(event="ready", data=_json({"cursor": cursor}))
         pending = after is not None
-        connection = await _connection(services, user_id)
-        deadline.check()
-        yield connection
+        yield await _connection_event(services, user_id, deadline)
         while True:
             while pending:
-                changes = await hub.shared(
-                    user_id, cursor, partial(services.meeting_changes, user_id, cursor)
-                )
-                deadline.check()
-                if changes.meetings:
-                    cursor = changes.cursor
-                    meetings = [MeetingResponse.of(m) for m in changes.meetings]
-                    yield ServerSentEventMessage(
-                        event="meetings", id=str(cursor), data=_json({"meetings": meetings})
-                    )
-                pending = changes.more
+                event, cursor, pending = await _meetings_after(services, user_id, cursor, deadline)
+                if event is not None:
+                    yield event
+                del event
             if hub.closing:
                 # The process is stopping: end the stream now rather than be cancelled by
                 # the server; the page reconnects (to a sibling process) and resumes.
                 return
             try:
-                wait = min(HEARTBEAT_SECONDS, deadline.left())
-                kind = await asyncio.wait_for(queue.get(), wait)
+                # Not wait_for: in Python 3.11 it wraps the wait in a task of its own, an
+                # object more per open stream for as long as it waits (issue 17).
+                async with asyncio.timeout(min(HEARTBEAT_SECONDS, deadline.left())):
+                    kinds = await doorbell.wait()
             except TimeoutError:
                 deadline.check()
                 yield ServerSentEventMessage(comment="ping")
                 continue
-            if kind == CLOSING:
+            if CLOSING in kinds:
                 return
-            pending = kind in ("meetings", RECHECK)
-            if kind in ("connection", RECHECK):
-                connection = await _connection(services, user_id)
-                deadline.check()
-                yield connection
+            pending = not kinds.isdisjoint(("meetings", RECHECK))
+            if not kinds.isdisjoint(("connection", RECHECK)):
+                yield await _connection_event(services, user_id, deadline)
     except _TokenExpired:
         # The page reconnects with a fresh token and its last id, and misses nothing.
         yield ServerSentEventMessage(event="expired", data=_json({"reason": "token_expired"}))
@@ -131,8 +133,44 @@ async def _stream(
         # The page reconnects with its last id and misses nothing.
         yield ServerSentEventMessage(comment="storage unavailable, reconnect later")
     finally:
-        hub.unsubscribe(user_id, queue)
+        hub.unsubscribe(user_id, doorbell)
         LIVE_STREAMS.set(hub.open_streams)
+
+
+async def _start_cursor(
+    services: Services, user_id: str, after: int | None, deadline: _Deadline
+) -> int:
+    start = await services.live_hub.shared(
+        user_id, None, partial(services.meeting_changes, user_id, None)
+    )
+    deadline.check()
+    return start.cursor if after is None else after
+
+
+async def _connection_event(
+    services: Services, user_id: str, deadline: _Deadline
+) -> ServerSentEventMessage:
+    event = await _connection(services, user_id)
+    deadline.check()
+    return event
+
+
+async def _meetings_after(
+    services: Services, user_id: str, cursor: int, deadline: _Deadline
+) -> tuple[ServerSentEventMessage | None, int, bool]:
+    """The `meetings` event for what changed after `cursor` (None: nothing did), the cursor
+    after it, and whether more changes wait."""
+    changes = await services.live_hub.shared(
+        user_id, cursor, partial(services.meeting_changes, user_id, cursor)
+    )
+    deadline.check()
+    if not changes.meetings:
+        return None, cursor, changes.more
+    meetings = [MeetingResponse.of(m) for m in changes.meetings]
+    event = ServerSentEventMessage(
+        event="meetings", id=str(changes.cursor), data=_json({"meetings": meetings})
+    )
+    return event, changes.cursor, changes.more
 
 
 @get(
@@ -162,15 +200,150 @@ async def live_updates(
     bearer token expires, after an `expired` {reason} event: reconnect with a fresh token and
     `Last-Event-ID`.
     """
-    after: int | None = None
-    if last_event_id:
-        # Not str.isdigit(): it takes "²" (a Latin-1 header byte), which int() refuses.
-        if not _EVENT_ID.fullmatch(last_event_id):
-            raise invalid_parameter(
-                "Last-Event-ID", "must be an event id this stream sent", source="header"
-            )
-        after = int(last_event_id)
     return ServerSentEvent(
-        _stream(services, principal.user_id, after, _Deadline(principal.expires_at)),
+        _stream(
+            services, principal.user_id, _after(last_event_id), _Deadline(principal.expires_at)
+        ),
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+def _after(last_event_id: str) -> int | None:
+    """The event id to resume after (None: from now), or a 400 problem naming the header."""
+    if not last_event_id:
+        return None
+    # Not str.isdigit(): it takes "²" (a Latin-1 header byte), which int() refuses.
+    if not _EVENT_ID.fullmatch(last_event_id):
+        raise invalid_parameter(
+            "Last-Event-ID", "must be an event id this stream sent", source="header"
+        )
+    return int(last_event_id)
+
+
+# What Litestar's ServerSentEvent sends with the route's own headers; tests compare.
+_STREAM_HEADERS: Final = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+    (b"connection", b"keep-alive"),
+)
+
+
+class LiveFastPath:
+    """The live stream without Litestar's layers, which kept about 160 objects (30 KB) alive
+    per open stream, and a thread hop as each one opened (issue 17, DR-49).
+
+    An ASGI layer inside the request context (request id, log line, security headers), like
+    routes/webhooks.py's WebhookFastPath: it takes `GET /api/live` when the caller is signed
+    in and any `Last-Event-ID` is valid, and streams the same `_stream` as the route above,
+    with the same headers (CORS ones too, for a front end on another origin). Everything else,
+    every refusal included, goes to Litestar, which answers as it always did; the route stays
+    there for the OpenAPI document and for tracing. tests/http/test_http_live.py runs the same
+    requests both ways and compares the answers.
+    """
+
+    def __init__(
+        self, app: ASGIApp, services: Services, auth: JwtAuthenticator, cors: CORSConfig
+    ) -> None:
+        self.app = app
+        self._services = services
+        self._auth = auth
+        self._cors = cors
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function: a coroutine frame less under every request and open stream.
+        if scope["type"] == ScopeType.HTTP and scope["method"] == "GET" and scope["path"] == _LIVE:
+            return self._live(scope, receive, send)
+        return self.app(scope, receive, send)
+
+    async def _live(self, scope: Scope, receive: Receive, send: Send) -> None:
+        opened = await self._open(scope)
+        if opened is None:  # Litestar says what is wrong, exactly as it always did
+            await self.app(scope, receive, send)
+            return
+        events, headers = opened
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": headers,
+        }
+        await send(start)
+        del start, headers, opened  # kept by this frame for as long as the stream is open
+        await _stream_until_hung_up(events, receive, send)
+        end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": b"", "more_body": False}
+        await send(end)
+
+    async def _open(
+        self, scope: Scope
+    ) -> tuple[AsyncGenerator[ServerSentEventMessage, None], list[tuple[bytes, bytes]]] | None:
+        """The stream's events and response headers; None when Litestar must answer."""
+        # Of a repeated header the first counts, as Litestar's `headers.get` takes it.
+        found: dict[bytes, str] = {}
+        for name, value in scope["headers"]:
+            if name in _READ and name not in found:
+                found[name] = value.decode("latin-1")
+        try:
+            principal = await principal_of(found.get(b"authorization"), self._auth)
+            after = _after(found.get(b"last-event-id", ""))
+        except Exception:
+            return None
+        headers = list(_STREAM_HEADERS)
+        origin = found.get(b"origin")
+        if origin is not None:
+            headers += self._cors_headers(origin)
+        deadline = _Deadline(principal.expires_at)
+        return _stream(self._services, principal.user_id, after, deadline), headers
+
+    def _cors_headers(self, origin: str) -> list[tuple[bytes, bytes]]:
+        """What Litestar's CORS middleware adds to an answer for `origin` (a simple request)."""
+        cors = self._cors
+        headers = {k.lower(): v for k, v in cors.simple_headers.items()}
+        if cors.is_origin_allowed(origin) and not cors.is_allow_all_origins:
+            headers["access-control-allow-origin"] = origin
+            headers["vary"] = "Origin"
+        headers["access-control-allow-headers"] = ", ".join(sorted(set(cors.allow_headers)))
+        headers["access-control-allow-methods"] = ", ".join(sorted(set(cors.allow_methods)))
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+_LIVE: Final = "/api/live"
+_READ: Final = frozenset({b"authorization", b"last-event-id", b"origin"})
+
+
+async def _stream_until_hung_up(
+    events: AsyncGenerator[ServerSentEventMessage, None], receive: Receive, send: Send
+) -> None:
+    """Send `events` until they end or the client hangs up (ASGI says so through `receive`
+    only: the server drops what is sent after it)."""
+    task = asyncio.current_task()
+    assert task is not None
+    hung_up = False
+
+    async def listen() -> None:
+        nonlocal hung_up
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        hung_up = True
+        task.cancel()
+
+    listener = asyncio.ensure_future(listen())
+    try:
+        # Closed here, not when collected: a hang-up between two events leaves the hub at once.
+        async with contextlib.aclosing(events):
+            while True:
+                try:
+                    chunk = (await anext(events)).encode()
+                except StopAsyncIteration:
+                    break
+                await send(_body(chunk))
+                del chunk  # not kept while the stream waits for its next event
+    except asyncio.CancelledError:
+        if not hung_up:
+            raise
+        task.uncancel()
+    finally:
+        listener.cancel()
+
+
+def _body(chunk: bytes) -> HTTPResponseBodyEvent:
+    return {"type": "http.response.body", "body": chunk, "more_body": True}

@@ -1,0 +1,212 @@
+"""GET /api/live's lean path (issue 17, DR-49) answers exactly as Litestar's route does, and
+leaves the hub when the page goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from litestar import Litestar
+
+from entrypoints.service.http.app import create_app
+from entrypoints.services import Services
+from tests.support.core import build_core
+from tests.support.http_app import (
+    APP_ORIGIN,
+    BASE_URL,
+    Api,
+    Readiness,
+    booking,
+    make_config,
+    make_token,
+    services_of,
+)
+
+from litestar.testing import AsyncTestClient  # isort: skip
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class Page:
+    """One `GET /api/live` over ASGI, as a browser tab: it stays until `leave()`."""
+
+    def __init__(self, app: Litestar, path: str, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.body = bytearray()
+        self._left = asyncio.Event()
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "https",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"host", b"api.example"), *headers],
+            "client": ("127.0.0.1", 50000),
+            "server": ("api.example", 443),
+        }
+        self.task = asyncio.create_task(app(scope, self._receive, self._send))  # type: ignore[arg-type]
+        self._asked = 0
+
+    async def _receive(self) -> dict[str, Any]:
+        self._asked += 1
+        if self._asked == 1:  # a GET's (empty) body, as servers hand it over
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self._left.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = sorted(
+                (k.decode("latin-1").lower(), v.decode("latin-1"))
+                for k, v in message.get("headers", [])
+                if k.lower() != b"x-request-id"  # a new one per request
+            )
+        elif message["type"] == "http.response.body":
+            self.body.extend(message.get("body", b""))
+
+    async def until(self, marker: bytes) -> None:
+        """Until `marker` arrived, or the answer ended (a refusal)."""
+        for _ in range(500):
+            if marker in self.body or self.task.done():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no {marker!r} in {bytes(self.body)!r}")
+
+    async def leave(self) -> Answer:
+        """The tab closes: the stream must end (within 5 s) and say what it sent."""
+        self._left.set()
+        await asyncio.wait_for(self.task, 5)
+        return Answer(self.status, self.headers, bytes(self.body))
+
+
+def _without_request_id(answer: Answer) -> Answer:
+    """A refusal's body names its request, new each time."""
+    body = re.sub(rb'"request_id":"[0-9a-f]{32}"', b'"request_id":""', answer.body)
+    return Answer(answer.status, answer.headers, body)
+
+
+AUTH = {
+    "alice": [b"Bearer " + make_token("alice").encode()],
+    "expired": [b"Bearer " + make_token("alice", expires_in=-120).encode()],
+    "none": [],
+    "basic": [b"Basic YWxpY2U6cHc="],
+    "api-key": [b"Bearer ccsk_notARealKey"],
+    "garbage": [b"Bearer not.a.jwt"],
+    "alice-then-bob": [
+        b"Bearer " + make_token("alice").encode(),
+        b"Bearer " + make_token("bob").encode(),
+    ],
+    "garbage-then-alice": [b"Bearer nope", b"Bearer " + make_token("alice").encode()],
+}
+LAST_EVENT_ID = {
+    "none": [],
+    "zero": [b"0"],
+    "one": [b"1"],
+    "ahead": [b"99"],
+    "word": [b"x"],
+    "superscript": [b"\xb2"],
+    "too-long": [b"1" * 19],
+    "empty": [b""],
+    "two": [b"1", b"x"],
+}
+ORIGIN = {"none": [], "app": [APP_ORIGIN.encode()], "evil": [b"https://evil.example"]}
+
+
+async def _sides() -> list[tuple[Api, Services, AsyncTestClient[Litestar]]]:
+    sides = []
+    for fast in (True, False):
+        core = build_core()
+        config = make_config()
+        services = services_of(core, Readiness())
+        app = create_app(services, config, fast_paths=fast)
+        client = AsyncTestClient(app=app, base_url=BASE_URL)
+        await client.__aenter__()
+        api = Api(core=core, client=client, readiness=Readiness(), config=config)
+        await api.connect("alice")
+        sides.append((api, services, client))
+    return sides
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    pages=st.lists(
+        st.tuples(
+            st.sampled_from(sorted(AUTH)),
+            st.sampled_from(sorted(LAST_EVENT_ID)),
+            st.sampled_from(sorted(ORIGIN)),
+            st.sampled_from(["/api/live", "/api/live/"]),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+async def test_the_lean_path_answers_exactly_as_litestar_does(
+    pages: list[tuple[str, str, str, str]],
+) -> None:
+    """Page by page, on two cores that start alike: the same status, headers (CORS ones too)
+    and events, a meeting booked while the page is open included; each stream ends when its
+    page goes away, and leaves the hub."""
+    sides = await _sides()
+    try:
+        for n, (auth, last_event_id, origin, path) in enumerate(pages):
+            headers = [(b"authorization", v) for v in AUTH[auth]]
+            headers += [(b"last-event-id", v) for v in LAST_EVENT_ID[last_event_id]]
+            headers += [(b"origin", v) for v in ORIGIN[origin]]
+            answers = []
+            for api, services, client in sides:
+                page = Page(client.app, path, headers)
+                await page.until(b"event: connection")
+                if not page.task.done():
+                    delivered = await api.deliver(
+                        booking(api.users["alice"], f"e{n}", f"i{n}"), user_id="alice"
+                    )
+                    assert delivered.status_code == 200, delivered.text
+                    services.live_hub.ring("meetings", "alice")  # Postgres's doorbell, here
+                    if last_event_id in ("none", "zero", "empty"):
+                        await page.until(f"/e{n}".encode())
+                    else:  # it resumes after a change id the new meeting may not pass
+                        await asyncio.sleep(0.05)
+                answers.append(_without_request_id(await page.leave()))
+                assert services.live_hub.open_streams == 0
+            assert answers[0] == answers[1]
+    finally:
+        for _, _, client in sides:
+            await client.__aexit__(None, None, None)
+
+
+async def test_a_stream_that_opens_sends_ready_connection_and_new_meetings() -> None:
+    """The comparison above could pass with both sides wrong: the lean side, read plainly."""
+    (api, services, client), *_ = await _sides()
+    try:
+        page = Page(client.app, "/api/live", [(b"authorization", AUTH["alice"][0])])
+        await page.until(b"event: connection")
+        assert page.status == 200
+        assert ("content-type", "text/event-stream; charset=utf-8") in page.headers
+        assert ("cache-control", "no-store") in page.headers
+        assert services.live_hub.open_streams == 1
+        await api.deliver(booking(api.users["alice"], "e9", "i9"), user_id="alice")
+        services.live_hub.ring("meetings", "alice")
+        await page.until(b"/e9")
+        answer = await page.leave()
+        events = [part for part in answer.body.split(b"\r\n\r\n") if part]
+        assert events[0].startswith(b"event: ready\r\ndata: {\"cursor\":")
+        assert events[1].startswith(b"event: connection\r\ndata: {\"connection\":{")
+        assert b"event: meetings" in events[2] and b"/e9" in events[2]
+        assert services.live_hub.open_streams == 0
+    finally:
+        await client.__aexit__(None, None, None)
