@@ -45,14 +45,17 @@ def test_the_ingest_benchmark_checks_the_database_against_what_was_delivered() -
 def test_the_live_benchmark_sees_every_meeting_on_its_streams_and_checks_ingest_beside_them() -> (
     None
 ):
-    config = live.Config(streams=40, users=8, rate=20, seconds=2, repeats=1, ingest_seconds=2)
+    config = live.Config(
+        streams=40, users=8, rate=20, seconds=2, repeats=1, ingest_seconds=2, quiet_users=4
+    )
     result = live.run(config, log=quiet)
     assert result["ok"], result["problems"]
     assert result["runs"][0]["arrivals"] > 0
-    cost = result["ingest_cost"]
-    assert cost["ok"], [r["problems"] for r in cost["runs"].values()]
-    assert set(cost["runs"]) == {"before", "open", "after"}
-    assert all(r["counts"]["new_bookings"] > 0 for r in cost["runs"].values())
+    for key, suffix in (("ingest_cost", "_quiet"), ("ingest_cost_watched", "")):
+        cost = result[key]
+        assert cost["ok"], [r["problems"] for r in cost["runs"].values()]
+        assert set(cost["runs"]) == {f"{phase}{suffix}" for phase in ("before", "open", "after")}
+        assert all(r["counts"]["new_bookings"] > 0 for r in cost["runs"].values())
 
 
 def test_the_calls_benchmark_counts_each_operation_the_same_way_every_time() -> None:

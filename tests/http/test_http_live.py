@@ -204,9 +204,11 @@ async def test_a_stream_that_opens_sends_ready_connection_and_new_meetings() -> 
         await page.until(b"/e9")
         answer = await page.leave()
         events = [part for part in answer.body.split(b"\r\n\r\n") if part]
-        assert events[0].startswith(b"event: ready\r\ndata: {\"cursor\":")
-        assert events[1].startswith(b"event: connection\r\ndata: {\"connection\":{")
-        assert b"event: meetings" in events[2] and b"/e9" in events[2]
+        assert events[0].startswith(b'event: ready\r\ndata: {"cursor":')
+        assert events[1].startswith(b'event: connection\r\ndata: {"connection":{')
+        assert events[2].startswith(b"id: ")
+        assert b"event: meetings" in events[2]
+        assert b"/e9" in events[2]
         assert services.live_hub.open_streams == 0
     finally:
         await client.__aexit__(None, None, None)

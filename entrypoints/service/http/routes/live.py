@@ -23,6 +23,7 @@ from litestar.types import (
     HTTPResponseBodyEvent,
     HTTPResponseStartEvent,
     Receive,
+    ReceiveMessage,
     Scope,
     Send,
 )
@@ -317,16 +318,23 @@ async def _stream_until_hung_up(
     only: the server drops what is sent after it)."""
     task = asyncio.current_task()
     assert task is not None
-    hung_up = False
+    hung_up = streaming = False
+    # The server's own `receive` as the task, no coroutine of ours around it (issue 17).
+    listener: asyncio.Future[ReceiveMessage] = asyncio.ensure_future(receive())
 
-    async def listen() -> None:
-        nonlocal hung_up
-        while (await receive())["type"] != "http.disconnect":
-            pass
+    def heard(message: asyncio.Future[ReceiveMessage]) -> None:
+        nonlocal listener, hung_up
+        if message.cancelled() or not streaming:  # the stream ended before this was heard
+            return
+        if message.exception() is None and message.result()["type"] != "http.disconnect":
+            listener = asyncio.ensure_future(receive())  # a request body's part: listen on
+            listener.add_done_callback(heard)
+            return
         hung_up = True
         task.cancel()
 
-    listener = asyncio.ensure_future(listen())
+    listener.add_done_callback(heard)
+    streaming = True
     try:
         # Closed here, not when collected: a hang-up between two events leaves the hub at once.
         async with contextlib.aclosing(events):
@@ -342,6 +350,7 @@ async def _stream_until_hung_up(
             raise
         task.uncancel()
     finally:
+        streaming = False
         listener.cancel()
 
 
