@@ -158,10 +158,11 @@ def ingest_run(s: Stack, users: list[User], cfg: Config, tag: str) -> dict[str, 
 async def ingest_runs_for(
     s: Stack, users: list[User], quiet: list[User], cfg: Config, phase: str, log: Any
 ) -> dict[str, dict[str, Any]]:
-    """Benchmark 1's load at `phase` (before, open, after), for the users whose streams are
-    (or were) open, then for users nobody watches."""
+    """Benchmark 1's load at `phase` (before, open, after), for users nobody watches, then for
+    the users whose streams are (or were) open. In that order: pushing the second run's
+    deliveries to the streams (and the streams' reader here taking them in) outlasts it."""
     runs = {}
-    for key, who, label in ((phase, users, "watched"), (f"{phase}_quiet", quiet, "unwatched")):
+    for key, who, label in ((f"{phase}_quiet", quiet, "unwatched"), (phase, users, "watched")):
         runs[key] = await asyncio.to_thread(ingest_run, s, who, cfg, key)
         log(f"  ingest {phase}, for {label} users: {runs[key]['rate']:.0f}/s")
     return runs
