@@ -119,6 +119,11 @@ async def serve(
         raise
     metrics_dir = settings.metrics.multiproc_dir if settings.metrics.enabled else None
     server: _Server | None = None
+    # From here until uvicorn takes the signals over, a stop is noted and honoured before
+    # serving: left to asyncio's own handler, it cancelled start-up midway and uvicorn's
+    # lifespan logged a traceback (a Ctrl-C to a stack whose processes were still starting).
+    stops: list[int] = []
+    noted = _note_stops(stops)
     try:
         app = create_app(
             services,
@@ -141,7 +146,10 @@ async def serve(
         gc.set_threshold(50_000, 10, 10)
         watcher = asyncio.create_task(_stop_when(stop, server)) if stop is not None else None
         try:
-            await server.serve(sockets=sockets)
+            if stops:
+                log.info("service.stopping", detail="asked to stop while starting")
+            else:
+                await server.serve(sockets=sockets)
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -155,6 +163,27 @@ async def serve(
         finally:
             if server is not None:
                 server.restore_signals()
+            _restore(noted)
+
+
+def _note_stops(stops: list[int]) -> dict[int, Any]:
+    """SIGINT and SIGTERM append to `stops` (a second one ends the process, as before);
+    returns the handlers they replaced. Only the main thread may set handlers: elsewhere
+    (tests serving in a thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def note(sig: int, frame: FrameType | None) -> None:
+        if stops:
+            raise KeyboardInterrupt
+        stops.append(sig)
+
+    return {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: Mapping[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 class _Server(uvicorn.Server):

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import signal
 
+import pytest
 import structlog
 import uvicorn
 
 from entrypoints.live import LiveHub
-from entrypoints.service.server import _Server
+from entrypoints.service.server import _note_stops, _restore, _Server
 
 
 def test_a_signal_after_serving_is_logged_and_the_handlers_come_back_at_the_end() -> None:
@@ -36,3 +37,20 @@ def test_a_signal_while_serving_stops_serving() -> None:
             assert server.should_exit
         finally:
             server.restore_signals()
+
+
+def test_a_signal_while_starting_is_noted_and_a_second_one_ends_the_process() -> None:
+    """Between building the services and uvicorn taking the signals over, a stop is noted
+    (serve then skips serving) instead of cancelling start-up midway (uvicorn's lifespan
+    logged that as a traceback); the handlers it replaced come back."""
+    previous = signal.getsignal(signal.SIGINT)
+    stops: list[int] = []
+    replaced = _note_stops(stops)
+    try:
+        signal.raise_signal(signal.SIGINT)
+        assert stops == [signal.SIGINT]
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # an impatient second one
+    finally:
+        _restore(replaced)
+    assert signal.getsignal(signal.SIGINT) == previous
