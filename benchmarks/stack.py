@@ -1,5 +1,5 @@
 """One benchmark's stack on loopback: embedded Postgres in a temporary folder, the sandbox, and N
-`calendly-connect serve --fd` processes sharing one listening socket (as `make run` does), all
+`calendly-connect serve --fd` processes on one port, a socket each (as `make run` does), all
 started by the local stack's launcher (entrypoints/developer/launcher.py).
 
 No maintenance worker runs: it would call the sandbox on its own schedule and blur the call
@@ -198,7 +198,7 @@ def stack(name: str, **overrides: str) -> Iterator[Stack]:
     local = LocalStack(base, logs=workdir)
     try:
         database_url = local.start_postgres(workdir / "postgres", "calendly_connect")
-        url = local.listen(backlog=4096)
+        url = local.listen()
         local.env.update(
             service_environment(
                 database_url=database_url,

@@ -1,7 +1,7 @@
 """`make run`: the whole product on one machine, from nothing, in one command.
 
 Without configuration: an embedded Postgres (data in `.data/`, reused across runs), migrations,
-the Calendly sandbox, and N service processes sharing one listening socket, with local-only
+the Calendly sandbox, and N service processes on one port (a socket each, DR-13), with local-only
 secrets generated once into `.data/secrets.json`. With `DATABASE_URL` and the Calendly
 credentials in the environment: migrations and the service processes only, against those.
 Ctrl-C (or SIGTERM) stops every child.

@@ -1,7 +1,8 @@
 """The local stack's parts, started one way for `make run`, `make chaos`, `make bench` and tests.
 
 An embedded Postgres (pgserver) in a folder, the Calendly sandbox, `migrate`, N `serve --fd`
-processes accepting on one listening socket, and the maintenance worker: every child is our own
+processes, each listening on a socket of its own on the stack's one port (SO_REUSEPORT: the
+kernel spreads connections evenly), and the maintenance worker: every child is our own
 CLI (`python -m entrypoints.cli ...`) with the stack's environment, and all of them stop together.
 Each user puts together the parts it needs: `dev` all of them, the benchmarks no worker, chaos
 its own in-process sandbox (it needs the sandbox's state), the tests an in-process service.
@@ -82,14 +83,17 @@ def listening_socket(
     *,
     backlog: int | None = 1024,
     reuse_port: bool = False,
+    reuse_address: bool = True,
 ) -> socket.socket:
     """A TCP socket listening on host:port (0: a free one), for service processes to share.
 
     `reuse_port`: one of several sockets on one port (SO_REUSEPORT), among whose listeners
-    the kernel spreads new connections evenly; `backlog=None` binds without listening (it
-    then only keeps the port)."""
+    the kernel spreads new connections evenly; `backlog=None` binds without listening.
+    `reuse_address=False` for a socket that only keeps a port (with `reuse_port`, not
+    listening): no other server can then take the port, save this user's SO_REUSEPORT ones."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_address:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
@@ -205,7 +209,6 @@ class LocalStack:
         # Bound, not listening: it keeps the stack's port; each service process listens on a
         # socket of its own on that port (DR-13).
         self.listener: socket.socket | None = None
-        self._backlog = 1024
         self.children: list[tuple[str, Process]] = []
         self.services: list[Process] = []
         self._opened: list[IO[bytes]] = []
@@ -216,16 +219,20 @@ class LocalStack:
         self.postgres = EmbeddedPostgres(data_dir, database)
         return self.postgres.url
 
-    def listen(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 1024) -> str:
-        """The port the service processes listen on (each on a socket of its own, backlog
-        `backlog`); its http:// URL."""
-        self.listener = listening_socket(host, port, backlog=None, reuse_port=True)
-        self._backlog = backlog
+    def listen(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """The port the service processes listen on, each on a socket of its own (with
+        uvicorn's backlog, 2048: each listens itself); its http:// URL."""
+        # A plain bind first: it fails while anything listens on the port (a stack left over
+        # from a killed run would otherwise join the new one's spread silently).
+        listening_socket(host, port, backlog=None).close()
+        self.listener = listening_socket(
+            host, port, backlog=None, reuse_port=True, reuse_address=False
+        )
         return f"http://{host}:{self.port}"
 
     @property
     def port(self) -> int:
-        """The port the shared socket listens on."""
+        """The stack's port, which every service process listens on."""
         assert self.listener is not None, "listen() first"
         port: int = self.listener.getsockname()[1]
         return port
@@ -277,7 +284,7 @@ class LocalStack:
             raise RuntimeError(f"migrations failed: {Path(log.name).read_text(errors='replace')}")
 
     def start_service(self, **overrides: str) -> Process:
-        """One more `calendly-connect serve --fd` process on the shared socket."""
+        """One more `calendly-connect serve --fd` process on the stack's port."""
         return self.start_on_socket("service", [*CLI, "serve", "--fd", "{fd}"], **overrides)
 
     def start_services(self, count: int, **overrides: str) -> list[Process]:
@@ -287,14 +294,15 @@ class LocalStack:
         """Another server process on the stack's port (`{fd}` in argv is its socket's
         number); it counts as a service process.
 
-        Each gets a listening socket of its own (SO_REUSEPORT), which only it holds: the
-        kernel spreads new connections evenly over the processes (one shared socket gave
-        61 % of 10,000 streams to one of two, issue 17), and a process that dies takes its
-        socket out of the spread (connections still queued on it are reset, as a crashed
-        server's are; Calendly retries a delivery that got no answer)."""
+        Each gets a socket of its own on the port (SO_REUSEPORT), which only it holds and
+        which it starts listening on once it can serve (uvicorn listens after its start-up):
+        the kernel spreads new connections evenly over the processes that listen (one shared
+        socket gave 61 % of 10,000 streams to one of two, issue 17), and a process that dies
+        takes its socket out of the spread (connections still queued on it are reset, as a
+        crashed server's are; Calendly retries a delivery that got no answer)."""
         assert self.listener is not None, "listen() first"
         host, port = self.listener.getsockname()[:2]
-        own = listening_socket(host, port, backlog=self._backlog, reuse_port=True)
+        own = listening_socket(host, port, backlog=None, reuse_port=True)
         try:
             fd = own.fileno()
             argv = [arg.replace("{fd}", str(fd)) for arg in argv]

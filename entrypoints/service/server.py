@@ -167,16 +167,17 @@ async def serve(
 
 
 def _note_stops(stops: list[int]) -> dict[int, Any]:
-    """SIGINT and SIGTERM append to `stops` (a second one ends the process, as before);
-    returns the handlers they replaced. Only the main thread may set handlers: elsewhere
+    """The first SIGINT or SIGTERM is appended to `stops`, later ones logged; returns the
+    handlers they replaced. Only the main thread may set handlers: elsewhere
     (tests serving in a thread) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
     def note(sig: int, frame: FrameType | None) -> None:
-        if stops:
-            raise KeyboardInterrupt
-        stops.append(sig)
+        if stops:  # as after serving: the stop under way (grants kept, DR-23) must finish
+            log.warning("service.stopping", detail="finishing its stop first; wait a moment")
+        else:
+            stops.append(sig)
 
     return {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
 

@@ -8,11 +8,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from litestar import Litestar
 
 from entrypoints.service.http.app import create_app
+from entrypoints.service.http.routes import live as live_routes
 from entrypoints.services import Services
 from tests.support.core import build_core
 from tests.support.http_app import (
@@ -78,6 +79,8 @@ class Page:
             )
         elif message["type"] == "http.response.body":
             self.body.extend(message.get("body", b""))
+            if not message.get("more_body", False):
+                self._left.set()  # as servers do: `receive` says disconnect once it is over
 
     async def until(self, marker: bytes) -> None:
         """Until `marker` arrived, or the answer ended (a refusal)."""
@@ -103,6 +106,8 @@ def _without_request_id(answer: Answer) -> Answer:
 AUTH = {
     "alice": [b"Bearer " + make_token("alice").encode()],
     "expired": [b"Bearer " + make_token("alice", expires_in=-120).encode()],
+    # Past `exp`, within the leeway: accepted, and the stream ends at once with `expired`.
+    "expiring": [b"Bearer " + make_token("alice", expires_in=-5).encode()],
     "none": [],
     "basic": [b"Basic YWxpY2U6cHc="],
     "api-key": [b"Bearer ccsk_notARealKey"],
@@ -124,7 +129,12 @@ LAST_EVENT_ID = {
     "empty": [b""],
     "two": [b"1", b"x"],
 }
-ORIGIN = {"none": [], "app": [APP_ORIGIN.encode()], "evil": [b"https://evil.example"]}
+ORIGIN = {
+    "none": [],
+    "empty": [b""],
+    "app": [APP_ORIGIN.encode()],
+    "evil": [b"https://evil.example"],
+}
 
 
 async def _sides() -> list[tuple[Api, Services, AsyncTestClient[Litestar]]]:
@@ -143,6 +153,10 @@ async def _sides() -> list[tuple[Api, Services, AsyncTestClient[Litestar]]]:
 
 
 @settings(max_examples=40, deadline=None)
+# The lean path's own cases, always: CORS for an allowed origin and none for an empty Origin
+# header, a resumed stream, and one that ends at once (its token is past `exp`).
+@example(pages=[("alice", "none", "app", "/api/live"), ("alice", "one", "empty", "/api/live")])
+@example(pages=[("expiring", "none", "evil", "/api/live")])
 @given(
     pages=st.lists(
         st.tuples(
@@ -162,6 +176,15 @@ async def test_the_lean_path_answers_exactly_as_litestar_does(
     and events, a meeting booked while the page is open included; each stream ends when its
     page goes away, and leaves the hub."""
     sides = await _sides()
+    served = 0
+    lean = live_routes._stream_until_hung_up
+
+    async def counted(*args: Any) -> None:
+        nonlocal served
+        served += 1
+        await lean(*args)
+
+    live_routes._stream_until_hung_up = counted  # which answers the lean path gave
     try:
         for n, (auth, last_event_id, origin, path) in enumerate(pages):
             headers = [(b"authorization", v) for v in AUTH[auth]]
@@ -184,7 +207,12 @@ async def test_the_lean_path_answers_exactly_as_litestar_does(
                 answers.append(_without_request_id(await page.leave()))
                 assert services.live_hub.open_streams == 0
             assert answers[0] == answers[1]
+            # Every stream Litestar opens at the exact path, the lean side opened itself (it
+            # never fell back); `/api/live/` is Litestar's alone.
+            assert served == (path == "/api/live" and answers[1].status == 200), answers[1]
+            served = 0
     finally:
+        live_routes._stream_until_hung_up = lean
         for _, _, client in sides:
             await client.__aexit__(None, None, None)
 

@@ -16,6 +16,7 @@ from litestar import get
 from litestar.config.cors import CORSConfig
 from litestar.di import NamedDependency
 from litestar.enums import ScopeType
+from litestar.exceptions import ValidationException
 from litestar.params import HeaderParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.types import (
@@ -29,11 +30,12 @@ from litestar.types import (
 )
 
 from adapters.prometheus import LIVE_STREAMS
-from domain.errors import ConnectionNotFound, StorageUnavailable
+from domain.errors import ConnectionNotFound, NotAuthenticated, StorageUnavailable
 from domain.model import ConnectionStatus, WebhookStatus
 from entrypoints.live import CLOSING, RECHECK
 from entrypoints.service.http.auth import JwtAuthenticator, Principal, principal_of
 from entrypoints.service.http.errors import invalid_parameter, problem_specs
+from entrypoints.service.http.jwks import JwksUnavailable
 from entrypoints.service.http.openapi import EventStreamOperation
 from entrypoints.service.http.schemas import ConnectionResponse, MeetingResponse
 from entrypoints.services import Services
@@ -286,11 +288,11 @@ class LiveFastPath:
         try:
             principal = await principal_of(found.get(b"authorization"), self._auth)
             after = _after(found.get(b"last-event-id", ""))
-        except Exception:
+        except _REFUSALS:  # only these: a bug here must show, not hide behind Litestar
             return None
         headers = list(_STREAM_HEADERS)
         origin = found.get(b"origin")
-        if origin is not None:
+        if origin:  # as Litestar's CORS middleware: an empty Origin is none
             headers += self._cors_headers(origin)
         deadline = _Deadline(principal.expires_at)
         return _stream(self._services, principal.user_id, after, deadline), headers
@@ -308,6 +310,8 @@ class LiveFastPath:
 
 
 _LIVE: Final = "/api/live"
+# What `_open` leaves Litestar to answer: no caller, a bad Last-Event-ID, no JWKS to check with.
+_REFUSALS: Final = (NotAuthenticated, ValidationException, JwksUnavailable)
 _READ: Final = frozenset({b"authorization", b"last-event-id", b"origin"})
 
 
@@ -346,9 +350,9 @@ async def _stream_until_hung_up(
                 await send(_body(chunk))
                 del chunk  # not kept while the stream waits for its next event
     except asyncio.CancelledError:
-        if not hung_up:
+        # Ours alone is swallowed: a cancel from outside (the server stopping) goes on.
+        if not hung_up or task.uncancel() > 0:
             raise
-        task.uncancel()
     finally:
         streaming = False
         listener.cancel()
