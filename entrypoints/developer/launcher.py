@@ -170,8 +170,8 @@ def wait_ready(
     seconds: float = 60.0,
     check: Callable[[], None] | None = None,
 ) -> None:
-    """Until `url`/health/ready has answered 200 `answers` times in a row (processes sharing a
-    socket accept in turn); RuntimeError if one of `processes` exits, `check` raises it, or
+    """Until `url`/health/ready has answered 200 `answers` times in a row (the kernel spreads
+    the probes over the processes that listen); RuntimeError if one of `processes` exits, `check` raises it, or
     time runs out."""
     processes = list(processes)
     deadline = time.monotonic() + seconds
