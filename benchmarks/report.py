@@ -150,7 +150,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 (
                     f"2. ingest with the {live['streams']:,} streams open, for users nobody "
                     "watches, 2 processes, 32 conns",
-                    f"{_rate(cost['with_streams'])} ({cost['ratio']:.0%} of without){correct}",
+                    f"{_rate(cost['with_streams'])} ({cost['ratio']:.1%} of without){correct}",
                     f"without: {_rate(cost['without_streams'])} (before they opened and after "
                     "they closed)",
                     "≥ 95 % of without",
