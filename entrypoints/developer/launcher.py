@@ -171,8 +171,8 @@ def wait_ready(
     check: Callable[[], None] | None = None,
 ) -> None:
     """Until `url`/health/ready has answered 200 `answers` times in a row (the kernel spreads
-    the probes over the processes that listen); RuntimeError if one of `processes` exits, `check` raises it, or
-    time runs out."""
+    the probes over the processes that listen); RuntimeError if one of `processes` exits,
+    `check` raises it, or time runs out."""
     processes = list(processes)
     deadline = time.monotonic() + seconds
     ready = 0

@@ -184,7 +184,7 @@ async def test_the_lean_path_answers_exactly_as_litestar_does(
         served += 1
         await lean(*args)
 
-    live_routes._stream_until_hung_up = counted  # which answers the lean path gave
+    live_routes._stream_until_hung_up = counted  # type: ignore[assignment]  # lean answers
     try:
         for n, (auth, last_event_id, origin, path) in enumerate(pages):
             headers = [(b"authorization", v) for v in AUTH[auth]]
