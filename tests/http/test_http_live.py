@@ -22,6 +22,7 @@ from tests.support.http_app import (
     Api,
     Readiness,
     booking,
+    http_scope,
     make_config,
     make_token,
     services_of,
@@ -45,20 +46,7 @@ class Page:
         self.headers: list[tuple[str, str]] = []
         self.body = bytearray()
         self._left = asyncio.Event()
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "https",
-            "path": path,
-            "raw_path": path.encode(),
-            "root_path": "",
-            "query_string": b"",
-            "headers": [(b"host", b"api.example"), *headers],
-            "client": ("127.0.0.1", 50000),
-            "server": ("api.example", 443),
-        }
+        scope = http_scope("GET", path, headers)
         self.task = asyncio.create_task(app(scope, self._receive, self._send))  # type: ignore[arg-type]
         self._asked = 0
 

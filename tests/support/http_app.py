@@ -257,7 +257,15 @@ async def raw_request(
         elif message["type"] == "http.response.body":
             body.extend(message.get("body", b""))
 
-    scope: dict[str, Any] = {
+    await app(http_scope(method, path, headers), receive, send)  # type: ignore[arg-type]
+    return RawResponse(status=status, headers=response_headers, body=bytes(body), chunks_read=read)
+
+
+def http_scope(
+    method: str, path: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> dict[str, Any]:
+    """The ASGI scope of an HTTPS request to api.example with `headers` (besides Host)."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
@@ -271,24 +279,9 @@ async def raw_request(
         "client": ("127.0.0.1", 50000),
         "server": ("api.example", 443),
     }
-    await app(scope, receive, send)  # type: ignore[arg-type]
-    return RawResponse(status=status, headers=response_headers, body=bytes(body), chunks_read=read)
 
 
 def live_scope(token: str) -> dict[str, Any]:
     """The ASGI scope of `GET /api/live` with `token`, for tests that drive the app by hand (a
     stream that stays open until the test leaves, which the test client cannot do)."""
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "https",
-        "path": "/api/live",
-        "raw_path": b"/api/live",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"api.example"), (b"authorization", f"Bearer {token}".encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("api.example", 443),
-    }
+    return http_scope("GET", "/api/live", [(b"authorization", f"Bearer {token}".encode())])
