@@ -4,7 +4,10 @@ the webhook POST to the meeting arriving on each of that user's streams; every s
 all of its user's meetings and nothing of anyone else's. Peak RSS of each service process is
 read from /proc at the end (VmHWM). Then what the open streams cost the ingest path: benchmark
 1's load (wrk, 32 connections) before the streams open, while they are open, and after they
-closed, each run checked as benchmark 1 checks it.
+closed, each run checked as benchmark 1 checks it: first for 200 users nobody watches (the
+target: what open streams cost ingest; the median of 3 runs per phase), then once for the
+streams' own users (each delivery also goes out to ~5 streams, read by this process on the
+same cores: reported).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ class Config:
     ingest_seconds: int = 10
     # Users nobody watches, for that load too (benchmark 1 has 50).
     quiet_users: int = 200
+    # Runs of it per phase for them (the target's figure is their median: one 10 s run here
+    # varies by about 8 %, more than the 5 % the target allows).
+    quiet_repeats: int = 3
 
 
 @dataclass
@@ -162,10 +168,25 @@ async def ingest_runs_for(
     the users whose streams are (or were) open. In that order: pushing the second run's
     deliveries to the streams (and the streams' reader here taking them in) outlasts it."""
     runs = {}
-    for key, who, label in ((f"{phase}_quiet", quiet, "unwatched"), (phase, users, "watched")):
-        runs[key] = await asyncio.to_thread(ingest_run, s, who, cfg, key)
-        log(f"  ingest {phase}, for {label} users: {runs[key]['rate']:.0f}/s")
+    plan = ((f"{phase}_quiet", quiet, "unwatched", cfg.quiet_repeats), (phase, users, "watched", 1))
+    for key, who, label, repeats in plan:
+        tries = [
+            await asyncio.to_thread(ingest_run, s, who, cfg, f"{key}{n}") for n in range(repeats)
+        ]
+        runs[key] = median_run(tries)
+        rates = ", ".join(f"{t['rate']:.0f}" for t in tries)
+        log(f"  ingest {phase}, for {label} users: {rates}/s")
     return runs
+
+
+def median_run(tries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median rate, with every run's rate, and checked only if all of them were."""
+    ordered = sorted(tries, key=lambda t: t["rate"])
+    chosen = dict(ordered[len(ordered) // 2])
+    chosen["rates"] = [t["rate"] for t in tries]
+    chosen["ok"] = all(t["ok"] for t in tries)
+    chosen["problems"] = [p for t in tries for p in t["problems"]]
+    return chosen
 
 
 def cost_of(runs: dict[str, dict[str, Any]], suffix: str = "") -> dict[str, Any] | None:

@@ -149,7 +149,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
             out.append(
                 (
                     f"2. ingest with the {live['streams']:,} streams open, for users nobody "
-                    "watches, 2 processes, 32 conns",
+                    "watches, 2 processes, 32 conns (medians of 3 runs)",
                     f"{_rate(cost['with_streams'])} ({cost['ratio']:.1%} of without){correct}",
                     f"without: {_rate(cost['without_streams'])} (before they opened and after "
                     "they closed)",

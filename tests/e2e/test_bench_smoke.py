@@ -46,7 +46,14 @@ def test_the_live_benchmark_sees_every_meeting_on_its_streams_and_checks_ingest_
     None
 ):
     config = live.Config(
-        streams=40, users=8, rate=20, seconds=2, repeats=1, ingest_seconds=2, quiet_users=4
+        streams=40,
+        users=8,
+        rate=20,
+        seconds=2,
+        repeats=1,
+        ingest_seconds=2,
+        quiet_users=4,
+        quiet_repeats=2,
     )
     result = live.run(config, log=quiet)
     assert result["ok"], result["problems"]
@@ -56,6 +63,7 @@ def test_the_live_benchmark_sees_every_meeting_on_its_streams_and_checks_ingest_
         assert cost["ok"], [r["problems"] for r in cost["runs"].values()]
         assert set(cost["runs"]) == {f"{phase}{suffix}" for phase in ("before", "open", "after")}
         assert all(r["counts"]["new_bookings"] > 0 for r in cost["runs"].values())
+    assert all(len(r["rates"]) == 2 for r in result["ingest_cost"]["runs"].values())
 
 
 def test_the_calls_benchmark_counts_each_operation_the_same_way_every_time() -> None:
