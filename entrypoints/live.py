@@ -148,7 +148,7 @@ class LiveHub:
     def ring(self, kind: str | None, user_id: str | None) -> None:
         """A change of `kind` for `user_id`; (None, None) asks every stream to re-check."""
         if user_id is None:
-            targets = [q for queues in self._streams.values() for q in queues]
+            targets = [d for doorbells in self._streams.values() for d in doorbells]
             kind = RECHECK
             self._rechecks += 1
         else:

@@ -163,17 +163,26 @@ async def _meetings_after(
 ) -> tuple[ServerSentEventMessage | None, int, bool]:
     """The `meetings` event for what changed after `cursor` (None: nothing did), the cursor
     after it, and whether more changes wait."""
-    changes = await services.live_hub.shared(
-        user_id, cursor, partial(services.meeting_changes, user_id, cursor)
+    data, after, more = await services.live_hub.shared(
+        user_id, cursor, partial(_changes_json, services, user_id, cursor)
     )
     deadline.check()
+    if data is None:
+        return None, cursor, more
+    return ServerSentEventMessage(event="meetings", id=str(after), data=data), after, more
+
+
+async def _changes_json(
+    services: Services, user_id: str, cursor: int
+) -> tuple[str | None, int, bool]:
+    """What changed after `cursor` as the event's data (None: nothing), the cursor after it,
+    and whether more wait: read and encoded once for all the user's streams that share the
+    read, not once per stream."""
+    changes = await services.meeting_changes(user_id, cursor)
     if not changes.meetings:
-        return None, cursor, changes.more
+        return None, changes.cursor, changes.more
     meetings = [MeetingResponse.of(m) for m in changes.meetings]
-    event = ServerSentEventMessage(
-        event="meetings", id=str(changes.cursor), data=_json({"meetings": meetings})
-    )
-    return event, changes.cursor, changes.more
+    return _json({"meetings": meetings}), changes.cursor, changes.more
 
 
 @get(
