@@ -49,16 +49,29 @@ class Doorbell:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def wait(self) -> frozenset[str]:
-        """The kinds rung since the last call, once at least one has (waits till then)."""
+    async def wait(self, at_most: float) -> frozenset[str]:
+        """The kinds rung since the last call, once at least one has; an empty set if none
+        rang within `at_most` seconds.
+
+        A timer wakes the waiter, rather than asyncio.timeout around the wait (hence no
+        `timeout` parameter, ASYNC109): that cancels the waiting task and turns the cancel into
+        an exception, the larger part of an idle stream's heartbeat (issue 17).
+        """
         if not self._kinds:
-            self._waiter = asyncio.get_running_loop().create_future()
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            timer = waiter.get_loop().call_later(at_most, _wake, waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
         kinds, self._kinds = self._kinds, _NONE_RUNG
         return kinds
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @dataclass(frozen=True)

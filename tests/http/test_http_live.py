@@ -4,10 +4,14 @@ leaves the hub when the page goes away."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
+import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from litestar import Litestar
@@ -31,6 +35,11 @@ from tests.support.http_app import (
 from litestar.testing import AsyncTestClient  # isort: skip
 
 
+# A heartbeat on the wire: a comment line alone. An empty `data:` line beside it (Litestar's
+# encoding of a comment) would make an EventSource dispatch an empty message at each one.
+HEARTBEAT = b": ping\r\n\r\n"
+
+
 @dataclass
 class Answer:
     status: int
@@ -45,6 +54,7 @@ class Page:
         self.status = 0
         self.headers: list[tuple[str, str]] = []
         self.body = bytearray()
+        self.heartbeats: list[float] = []
         self._left = asyncio.Event()
         scope = http_scope("GET", path, headers)
         self.task = asyncio.create_task(app(scope, self._receive, self._send))  # type: ignore[arg-type]
@@ -66,7 +76,11 @@ class Page:
                 if k.lower() != b"x-request-id"  # a new one per request
             )
         elif message["type"] == "http.response.body":
-            self.body.extend(message.get("body", b""))
+            body = message.get("body", b"")
+            if body == HEARTBEAT:  # its own send; the first comes at a random moment
+                self.heartbeats.append(time.monotonic())
+            else:
+                self.body.extend(body)
             if not message.get("more_body", False):
                 self._left.set()  # as servers do: `receive` says disconnect once it is over
 
@@ -227,4 +241,67 @@ async def test_a_stream_that_opens_sends_ready_connection_and_new_meetings() -> 
         assert b"/e9" in events[2]
         assert services.live_hub.open_streams == 0
     finally:
+        await client.__aexit__(None, None, None)
+
+
+async def test_a_quiet_stream_beats_both_ways_and_the_first_beat_is_spread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing happens: each stream sends bare comment lines, the first at the stream's own
+    random point of the interval (pages that open together must not beat together), then one
+    per interval; through the lean path and Litestar's route alike."""
+    monkeypatch.setattr(live_routes, "HEARTBEAT_SECONDS", 1.0)
+    phases: list[float] = []
+
+    def first_beat() -> float:
+        phases.append(0.05)
+        return 0.05
+
+    monkeypatch.setattr(live_routes, "_first_heartbeat", first_beat)
+    sides = await _sides()
+    try:
+        for _, services, client in sides:
+            page = Page(client.app, "/api/live", [(b"authorization", AUTH["alice"][0])])
+            await page.until(b"event: connection")
+            opened = time.monotonic()
+            for _ in range(300):
+                if len(page.heartbeats) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            answer = await page.leave()
+            assert answer.status == 200
+            assert len(page.heartbeats) >= 2, answer.body
+            assert b"ping" not in answer.body  # every beat was sent alone, as HEARTBEAT
+            first, second = page.heartbeats[:2]
+            assert first - opened < 0.6  # at its phase, not a whole interval in
+            assert second - first >= 0.95  # then an interval between beats
+            assert services.live_hub.open_streams == 0
+        assert phases == [0.05, 0.05]  # a phase per stream, not per beat
+    finally:
+        for _, _, client in sides:
+            await client.__aexit__(None, None, None)
+
+
+async def test_an_ended_stream_is_freed_at_once_not_left_to_the_cyclic_collector() -> None:
+    """Thousands of pages closing together (a deploy) must not leave thousands of connections
+    for a full collection to find: each ended stream's request task is freed by reference
+    counting alone, as soon as nothing else holds it."""
+    (_, services, client), *_ = await _sides()
+    gc.collect()
+    gc.disable()
+    try:
+        pages = [
+            Page(client.app, "/api/live", [(b"authorization", AUTH["alice"][0])]) for _ in range(20)
+        ]
+        for page in pages:
+            await page.until(b"event: connection")
+        assert services.live_hub.open_streams == 20
+        for page in pages:
+            await page.leave()
+        await asyncio.sleep(0.05)  # the hang-up listeners' callbacks run
+        tasks = [weakref.ref(page.task) for page in pages]
+        del pages, page
+        assert [task for task in tasks if task() is not None] == []
+    finally:
+        gc.enable()
         await client.__aexit__(None, None, None)

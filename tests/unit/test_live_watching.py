@@ -171,3 +171,30 @@ async def test_a_read_begun_before_the_users_streams_all_closed_is_not_shared_af
     await asyncio.sleep(0)
     gate.set()
     assert [await old, await new] == ["stale", "fresh"]
+
+
+async def test_a_doorbell_says_what_rang_or_nothing_when_its_wait_times_out() -> None:
+    """The stream's heartbeat rests on this: an empty set once the wait timed out with nothing
+    rung; what rang (each kind once) as soon as something did; nothing kept between waits."""
+    hub = LiveHub()
+    doorbell = hub.subscribe("alice")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await doorbell.wait(0.05) == frozenset()
+    assert loop.time() - started >= 0.05
+    hub.ring("meetings", "alice")
+    hub.ring("meetings", "alice")
+    hub.ring("connection", "alice")
+    assert await doorbell.wait(5) == {"meetings", "connection"}  # rung before: no wait at all
+    waiting = asyncio.create_task(doorbell.wait(30))
+    await asyncio.sleep(0.01)
+    hub.ring("meetings", "alice")
+    assert await asyncio.wait_for(waiting, 1) == {"meetings"}  # woken at once, not at 30 s
+    assert await doorbell.wait(0.01) == frozenset()
+    waiting = asyncio.create_task(doorbell.wait(30))
+    await asyncio.sleep(0.01)
+    waiting.cancel()  # the page went away mid-wait
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    hub.ring("meetings", "alice")  # no waiter left to wake: no error
+    assert await doorbell.wait(0.01) == {"meetings"}
