@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection
@@ -51,15 +52,16 @@ class Doorbell:
 
     async def wait(self, at_most: float) -> frozenset[str]:
         """The kinds rung since the last call, once at least one has; an empty set if none
-        rang within `at_most` seconds.
+        rang within `at_most` seconds (less by up to TIMER_GRID: see `_on_grid`).
 
         A timer wakes the waiter, rather than asyncio.timeout around the wait (hence no
-        `timeout` parameter, ASYNC109): that cancels the waiting task and turns the cancel into
-        an exception, the larger part of an idle stream's heartbeat (issue 17).
+        `timeout` parameter, ASYNC109), which cancels the waiting task and raises through it
+        at every heartbeat of an idle stream (issue 17).
         """
         if not self._kinds:
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            timer = waiter.get_loop().call_later(at_most, _wake, waiter)
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_at(_on_grid(loop.time(), at_most), _wake, waiter)
             try:
                 await waiter
             finally:
@@ -67,6 +69,18 @@ class Doorbell:
                 self._waiter = None
         kinds, self._kinds = self._kinds, _NONE_RUNG
         return kinds
+
+
+# Timers are due on this grid (seconds of the loop's clock), never later than asked: those of
+# many streams then fall due together and the loop wakes once for all of them, not once each.
+TIMER_GRID = 0.25
+
+
+def _on_grid(now: float, at_most: float) -> float:
+    """The last grid point within `at_most` seconds of `now` (the exact time if none is)."""
+    due = now + at_most
+    aligned = math.floor(due / TIMER_GRID) * TIMER_GRID
+    return aligned if aligned > now else due
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -7,9 +7,11 @@ import asyncio
 from collections.abc import Collection
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from domain.errors import StorageUnavailable
-from entrypoints.live import LiveHub, mark_watched
+from entrypoints.live import TIMER_GRID, LiveHub, _on_grid, mark_watched
 
 
 class Marks:
@@ -198,3 +200,23 @@ async def test_a_doorbell_says_what_rang_or_nothing_when_its_wait_times_out() ->
         await waiting
     hub.ring("meetings", "alice")  # no waiter left to wake: no error
     assert await doorbell.wait(0.01) == {"meetings"}
+
+
+@given(
+    now=st.floats(min_value=0, max_value=1e7, allow_nan=False),
+    at_most=st.floats(min_value=-1, max_value=60, allow_nan=False),
+)
+def test_a_doorbells_timer_is_due_on_the_grid_and_never_later_than_asked(
+    now: float, at_most: float
+) -> None:
+    """Timers of many streams fall due together (one wake of the loop for all): each on the
+    grid when a grid point lies within what was asked, else exactly when asked; never later
+    (a heartbeat must not come late), never more than one grid step early."""
+    due = _on_grid(now, at_most)
+    assert due <= now + at_most
+    if at_most > TIMER_GRID:
+        assert due > now
+        assert now + at_most - due < TIMER_GRID + 1e-6 * max(1.0, now)
+        assert abs(due / TIMER_GRID - round(due / TIMER_GRID)) < 1e-6
+    else:
+        assert due > now or due == now + at_most
