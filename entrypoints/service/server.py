@@ -9,7 +9,7 @@ import gc
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
@@ -111,19 +111,28 @@ async def serve(
     container = Container(settings=settings)
     if tracing is not None:
         container.calendly.add_kwargs(spans=tracing.calendly_spans)
+    # From here until uvicorn takes the signals over, a stop is noted: while the services are
+    # being built it cancels the build, after it serving is skipped. Left to asyncio's own
+    # handler, which cancels the whole of `serve`, a stop late in the build stayed pending
+    # into uvicorn's start-up, whose lifespan logged it as a traceback (a Ctrl-C to a stack
+    # whose processes were still starting).
+    stops: list[int] = []
+    building = asyncio.ensure_future(build_services(container))
+    noted = _note_stops(stops, building.cancel)
     try:
-        services = await build_services(container)
-    except BaseException:
+        services = await building
+    except BaseException as exc:
+        _restore(noted)
         if tracing is not None:
             tracing.shutdown()
-        raise
+        if not (isinstance(exc, asyncio.CancelledError) and stops and not _cancelling()):
+            raise
+        # Stopped while starting: whatever the build opened closes; nothing was served.
+        await resolve(container.shutdown_resources())
+        log.info("service.stopped", detail="asked to stop while starting")
+        return
     metrics_dir = settings.metrics.multiproc_dir if settings.metrics.enabled else None
     server: _Server | None = None
-    # From here until uvicorn takes the signals over, a stop is noted and honoured before
-    # serving: left to asyncio's own handler, it cancelled start-up midway and uvicorn's
-    # lifespan logged a traceback (a Ctrl-C to a stack whose processes were still starting).
-    stops: list[int] = []
-    noted = _note_stops(stops)
     try:
         app = create_app(
             services,
@@ -166,10 +175,10 @@ async def serve(
             _restore(noted)
 
 
-def _note_stops(stops: list[int]) -> dict[int, Any]:
-    """The first SIGINT or SIGTERM is appended to `stops`, later ones logged; returns the
-    handlers they replaced. Only the main thread may set handlers: elsewhere
-    (tests serving in a thread) nothing changes."""
+def _note_stops(stops: list[int], first: Callable[[], object] = lambda: None) -> dict[int, Any]:
+    """The first SIGINT or SIGTERM is appended to `stops` and calls `first()`, later ones are
+    logged; returns the handlers they replaced. Only the main thread may set handlers:
+    elsewhere (tests serving in a thread) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
@@ -178,8 +187,15 @@ def _note_stops(stops: list[int]) -> dict[int, Any]:
             log.warning("service.stopping", detail="finishing its stop first; wait a moment")
         else:
             stops.append(sig)
+            first()
 
     return {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _cancelling() -> bool:
+    """Whether `serve` itself is being cancelled (not only the build it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _restore(handlers: Mapping[int, Any]) -> None:

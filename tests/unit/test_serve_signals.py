@@ -4,13 +4,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+from typing import NoReturn
 
+import pytest
 import structlog
 import uvicorn
 
 from entrypoints.live import LiveHub
+from entrypoints.service import server
 from entrypoints.service.server import _note_stops, _restore, _Server
+from entrypoints.settings import load_settings
+from tests.support.environment import minimal_env
 
 
 def test_a_signal_after_serving_is_logged_and_the_handlers_come_back_at_the_end() -> None:
@@ -56,3 +62,56 @@ def test_a_signal_while_starting_is_noted_and_a_second_one_is_logged() -> None:
     finally:
         _restore(replaced)
     assert signal.getsignal(signal.SIGINT) == previous
+
+
+def test_a_signal_late_in_the_build_stops_the_process_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C after the build's last wait, before `serve` goes on: it must not stay pending
+    into uvicorn's start-up (whose lifespan logged it as a traceback). `serve` ends cleanly,
+    closes what the build opened, never serves, and puts the handlers back."""
+    built: list[str] = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    async def build_services(container: object) -> object:
+        await asyncio.sleep(0)  # the build's waits are over
+        signal.raise_signal(signal.SIGINT)  # its last synchronous stretch
+        built.append("done")
+        return object()
+
+    def no_app(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError("served after a stop")
+
+    monkeypatch.setattr(server, "build_services", build_services)
+    monkeypatch.setattr(server, "create_app", no_app)
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(server.serve(load_settings(minimal_env())))
+    assert built == ["done"]
+    assert [(e["event"], e.get("detail")) for e in logs][-1] == (
+        "service.stopped",
+        "asked to stop while starting",
+    )
+    assert signal.getsignal(signal.SIGINT) == previous
+
+
+def test_a_signal_while_the_build_waits_cancels_it() -> None:
+    """A Ctrl-C while the build waits (for the database, say) ends it at once."""
+
+    async def main() -> None:
+        waited = asyncio.Event()
+
+        async def build_services(container: object) -> object:
+            waited.set()
+            await asyncio.sleep(60)
+            return object()
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(server, "build_services", build_services)
+            serving = asyncio.create_task(server.serve(load_settings(minimal_env())))
+            await waited.wait()
+            # Otherwise SIGTERM's default action would end the test run itself.
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+            signal.raise_signal(signal.SIGTERM)
+            await asyncio.wait_for(serving, 5)
+
+    asyncio.run(main())
