@@ -76,8 +76,9 @@ async def database_pool(settings: Settings) -> AsyncIterator[Pool]:
         min_size=database.pool_min_size,
         max_size=database.pool_max_size,
     )
-    await pool.open(wait=True, timeout=30.0)
     try:
+        # Inside the `try`: a stop while it waits for the database closes what it opened.
+        await pool.open(wait=True, timeout=30.0)
         await check_runtime_role(pool)
         yield pool
     finally:

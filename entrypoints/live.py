@@ -50,9 +50,10 @@ class Doorbell:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def wait(self, at_most: float) -> frozenset[str]:
+    async def wait(self, at_most: float, *, exact: bool = False) -> frozenset[str]:
         """The kinds rung since the last call, once at least one has; an empty set if none
-        rang within `at_most` seconds (less by up to TIMER_GRID: see `_on_grid`).
+        rang within `at_most` seconds: less by up to TIMER_GRID (see `_on_grid`), unless
+        `exact`.
 
         A timer wakes the waiter, rather than asyncio.timeout around the wait (hence no
         `timeout` parameter, ASYNC109), which cancels the waiting task and raises through it
@@ -61,7 +62,9 @@ class Doorbell:
         if not self._kinds:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
-            timer = loop.call_at(_on_grid(loop.time(), at_most), _wake, waiter)
+            now = loop.time()
+            due = now + at_most if exact else _on_grid(now, at_most)
+            timer = loop.call_at(due, _wake, waiter)
             try:
                 await waiter
             finally:

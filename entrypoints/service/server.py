@@ -118,19 +118,29 @@ async def serve(
     # whose processes were still starting).
     stops: list[int] = []
     building = asyncio.ensure_future(build_services(container))
-    noted = _note_stops(stops, building.cancel)
+    loop = asyncio.get_running_loop()
+
+    def cancel_build() -> None:
+        # As asyncio's Runner does on Ctrl-C: from a signal handler, cancel, then wake a loop
+        # that may sleep in select() (call_soon alone would not).
+        building.cancel()
+        loop.call_soon_threadsafe(lambda: None)
+
+    noted = _note_stops(stops, cancel_build, finishing=building.done)
     try:
         services = await building
     except BaseException as exc:
-        _restore(noted)
-        if tracing is not None:
-            tracing.shutdown()
-        if not (isinstance(exc, asyncio.CancelledError) and stops and not _cancelling()):
-            raise
-        # Stopped while starting: whatever the build opened closes; nothing was served.
-        await resolve(container.shutdown_resources())
-        log.info("service.stopped", detail="asked to stop while starting")
-        return
+        try:
+            if tracing is not None:
+                tracing.shutdown()
+            if not (isinstance(exc, asyncio.CancelledError) and stops and not _cancelling()):
+                raise
+            # Stopped while starting: the resources built so far close; nothing was served.
+            await resolve(container.shutdown_resources())
+            log.info("service.stopped", detail="asked to stop while starting")
+            return
+        finally:
+            _restore(noted)
     metrics_dir = settings.metrics.multiproc_dir if settings.metrics.enabled else None
     server: _Server | None = None
     try:
@@ -175,21 +185,33 @@ async def serve(
             _restore(noted)
 
 
-def _note_stops(stops: list[int], first: Callable[[], object] = lambda: None) -> dict[int, Any]:
-    """The first SIGINT or SIGTERM is appended to `stops` and calls `first()`, later ones are
-    logged; returns the handlers they replaced. Only the main thread may set handlers:
-    elsewhere (tests serving in a thread) nothing changes."""
+def _note_stops(
+    stops: list[int],
+    first: Callable[[], object] = lambda: None,
+    *,
+    finishing: Callable[[], bool] = lambda: True,
+) -> dict[int, Any]:
+    """The first SIGINT or SIGTERM is appended to `stops` and calls `first()`; a later one is
+    logged while `finishing()` (a stop under way must finish), else it goes to the handler
+    it replaced, as if this one were not there: a second Ctrl-C ends a build that ignores the
+    first. Returns the handlers replaced. Only the main thread may set handlers: elsewhere
+    (tests serving in a thread) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         return {}
+    replaced: dict[int, Any] = {}
 
     def note(sig: int, frame: FrameType | None) -> None:
-        if stops:  # as after serving: the stop under way (grants kept, DR-23) must finish
-            log.warning("service.stopping", detail="finishing its stop first; wait a moment")
-        else:
+        if not stops:
             stops.append(sig)
             first()
+        elif not finishing():
+            _restore(replaced)
+            signal.raise_signal(sig)
+        else:  # as after serving: the stop under way (grants kept, DR-23) must finish
+            log.warning("service.stopping", detail="finishing its stop first; wait a moment")
 
-    return {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    replaced.update({sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)})
+    return replaced
 
 
 def _cancelling() -> bool:

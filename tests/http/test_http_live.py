@@ -307,3 +307,50 @@ async def test_an_ended_stream_is_freed_at_once_not_left_to_the_cyclic_collector
     finally:
         gc.enable()
         await client.__aexit__(None, None, None)
+
+
+async def test_rings_that_send_nothing_do_not_put_the_heartbeat_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A doorbell that finds nothing new sends nothing: the heartbeat still comes within its
+    interval of the last write (a page's watchdog takes long silence for a dead link)."""
+    monkeypatch.setattr(live_routes, "HEARTBEAT_SECONDS", 0.6)
+    monkeypatch.setattr(live_routes, "_first_heartbeat", lambda: 0.6)
+    (_, services, client), *_ = await _sides()
+    try:
+        page = Page(client.app, "/api/live", [(b"authorization", AUTH["alice"][0])])
+        await page.until(b"event: connection")
+        opened = time.monotonic()
+        while time.monotonic() - opened < 1.5:
+            services.live_hub.ring("meetings", "alice")  # nothing new to read
+            await asyncio.sleep(0.1)
+        answer = await page.leave()
+        assert answer.body.count(b"event: meetings") == 0
+        assert len(page.heartbeats) >= 2, page.heartbeats  # at about 0.6 s and 1.2 s
+    finally:
+        await client.__aexit__(None, None, None)
+
+
+async def test_a_stream_ends_at_its_tokens_end_with_no_heartbeat_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The token ends before the next heartbeat is due: the stream wakes at the token's end
+    exactly (not at an earlier point of the heartbeats' grid, which sent one more ping just
+    before `expired`), says `expired`, and ends; through either path."""
+    monkeypatch.setattr(live_routes, "HEARTBEAT_SECONDS", 10.0)
+    monkeypatch.setattr(live_routes, "_first_heartbeat", lambda: 10.0)
+    sides = await _sides()
+    try:
+        for _, _, client in sides:
+            token = b"Bearer " + make_token("alice", expires_in=2).encode()
+            page = Page(client.app, "/api/live", [(b"authorization", token)])
+            await page.until(b"event: connection")
+            await page.until(b"event: expired")
+            answer = await page.leave()
+            assert page.heartbeats == [], answer.body
+            assert answer.body.endswith(
+                b'event: expired\r\ndata: {"reason":"token_expired"}\r\n\r\n'
+            )
+    finally:
+        for _, _, client in sides:
+            await client.__aexit__(None, None, None)

@@ -5,7 +5,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import threading
+import time
 from typing import NoReturn
 
 import pytest
@@ -94,24 +97,49 @@ def test_a_signal_late_in_the_build_stops_the_process_cleanly(
     assert signal.getsignal(signal.SIGINT) == previous
 
 
-def test_a_signal_while_the_build_waits_cancels_it() -> None:
-    """A Ctrl-C while the build waits (for the database, say) ends it at once."""
+def test_a_signal_while_the_build_waits_cancels_it_at_once() -> None:
+    """A SIGTERM while the build waits (for the database, say) ends it at once, not when the
+    wait would have ended: the signal comes from outside, as a real one does, while the loop
+    sleeps in select(); serve returns cleanly and puts the handlers back."""
+    previous = signal.getsignal(signal.SIGTERM)
 
-    async def main() -> None:
-        waited = asyncio.Event()
+    async def main() -> float:
+        waiting = asyncio.Event()
 
         async def build_services(container: object) -> object:
-            waited.set()
+            waiting.set()
             await asyncio.sleep(60)
             return object()
 
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(server, "build_services", build_services)
             serving = asyncio.create_task(server.serve(load_settings(minimal_env())))
-            await waited.wait()
+            await waiting.wait()
             # Otherwise SIGTERM's default action would end the test run itself.
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
-            signal.raise_signal(signal.SIGTERM)
-            await asyncio.wait_for(serving, 5)
+            started = time.monotonic()
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            await asyncio.wait_for(serving, 30)
+            return time.monotonic() - started
 
-    asyncio.run(main())
+    assert asyncio.run(main()) < 10  # not the build's 60 s
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_a_second_signal_while_the_build_ignores_the_first_goes_to_the_handler_before() -> None:
+    """While the services are still being built there is no stop to finish: a second Ctrl-C
+    is not swallowed but handed to the handler that was there before (here Python's own,
+    which raises KeyboardInterrupt)."""
+    stops: list[int] = []
+    building = True
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    replaced = _note_stops(stops, finishing=lambda: not building)
+    try:
+        signal.raise_signal(signal.SIGINT)
+        assert stops == [signal.SIGINT]
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
+    finally:
+        _restore(replaced)
+        signal.signal(signal.SIGINT, before)

@@ -124,34 +124,46 @@ async def _stream(
         yield ServerSentEventMessage(event="ready", data=_json({"cursor": cursor}))
         pending = after is not None
         yield await _connection_event(services, user_id, deadline)
-        quiet_for = _first_heartbeat()
+        # When the next heartbeat is due (the loop's clock), counted from the last write: a
+        # ring that sends nothing must not put it off. The first is at a random point.
+        clock = asyncio.get_running_loop().time
+        beat_at = clock() + _first_heartbeat()
         while True:
             while pending:
                 event, cursor, pending = await _meetings_after(services, user_id, cursor, deadline)
                 if event is not None:
                     yield event
+                    beat_at = clock() + HEARTBEAT_SECONDS
                 del event
             if hub.closing:
                 # The process is stopping: end the stream now rather than be cancelled by
                 # the server; the page reconnects (to a sibling process) and resumes.
                 return
-            kinds = await doorbell.wait(min(quiet_for, deadline.left()))
-            quiet_for = HEARTBEAT_SECONDS
-            if not kinds:  # nothing rang: the heartbeat, unless the token has expired
-                deadline.check()
-                yield _PING
-                continue
+            beat_in, expires_in = beat_at - clock(), deadline.left()
+            if expires_in < beat_in:  # the token ends first: wake at its end exactly
+                kinds = await doorbell.wait(expires_in, exact=True)
+                if not kinds:
+                    deadline.check()  # else the wall clock lagged the loop's: look again
+                    continue
+            else:
+                kinds = await doorbell.wait(beat_in)
+                if not kinds:
+                    deadline.check()
+                    yield _PING
+                    beat_at = clock() + HEARTBEAT_SECONDS
+                    continue
             if CLOSING in kinds:
                 return
             pending = not kinds.isdisjoint(("meetings", RECHECK))
             if not kinds.isdisjoint(("connection", RECHECK)):
                 yield await _connection_event(services, user_id, deadline)
+                beat_at = clock() + HEARTBEAT_SECONDS
     except _TokenExpired:
         # The page reconnects with a fresh token and its last id, and misses nothing.
         yield ServerSentEventMessage(event="expired", data=_json({"reason": "token_expired"}))
     except StorageUnavailable:
         # The page reconnects with its last id and misses nothing.
-        yield ServerSentEventMessage(comment="storage unavailable, reconnect later")
+        yield ServerSentEventMessage(data=None, comment="storage unavailable, reconnect later")
     finally:
         hub.unsubscribe(user_id, doorbell)
         LIVE_STREAMS.set(hub.open_streams)
