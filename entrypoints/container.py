@@ -64,6 +64,7 @@ from entrypoints.settings import Settings
 from entrypoints.webhook_health import WebhookFailures, beat_webhook_health
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
+POOL_OPEN_SECONDS = 30.0
 log = structlog.get_logger(__name__)
 
 
@@ -77,8 +78,12 @@ async def database_pool(settings: Settings) -> AsyncIterator[Pool]:
         max_size=database.pool_max_size,
     )
     try:
-        # Inside the `try`: a stop while it waits for the database closes what it opened.
-        await pool.open(wait=True, timeout=30.0)
+        try:
+            await pool.open(wait=True, timeout=POOL_OPEN_SECONDS)
+        except psycopg_pool.PoolTimeout as exc:  # said as "cannot start: ...", no traceback
+            raise StorageUnavailable(
+                f"the database did not answer within {POOL_OPEN_SECONDS:.0f} s"
+            ) from exc
         await check_runtime_role(pool)
         yield pool
     finally:

@@ -39,8 +39,9 @@ from entrypoints.service.http.config import HttpConfig
 from entrypoints.service.http.context import OneIn
 from entrypoints.service.http.cursors import MeetingCursors
 from entrypoints.service.http.sessions import UserSessions
+from entrypoints.services import Services
 from entrypoints.settings import ConfigError, Settings, load_settings
-from entrypoints.tracing import TracingUnavailable, start_tracing
+from entrypoints.tracing import Tracing, TracingUnavailable, start_tracing
 
 # How uvicorn runs the app (the benchmarks' bare reference endpoint runs under the same).
 log = structlog.get_logger(__name__)
@@ -111,67 +112,42 @@ async def serve(
     container = Container(settings=settings)
     if tracing is not None:
         container.calendly.add_kwargs(spans=tracing.calendly_spans)
-    # From here until uvicorn takes the signals over, a stop is noted: while the services are
-    # being built it cancels the build, after it serving is skipped. Left to asyncio's own
-    # handler, which cancels the whole of `serve`, a stop late in the build stayed pending
-    # into uvicorn's start-up, whose lifespan logged it as a traceback (a Ctrl-C to a stack
-    # whose processes were still starting).
+    # From here until uvicorn takes the signals over, a stop is noted, and honoured once the
+    # services are built: serving is skipped and they close as after serving. Left to
+    # asyncio's own handler, which cancels the whole of `serve`, a stop late in the build
+    # stayed pending into uvicorn's start-up (its lifespan logged a traceback), and one during
+    # the build cancelled resources that others were waiting on (a traceback for each). A
+    # second signal while the build still runs (the database does not answer, say) goes to
+    # the handler before ours: Ctrl-C twice ends it at once, as it did.
     stops: list[int] = []
     building = asyncio.ensure_future(build_services(container))
-    loop = asyncio.get_running_loop()
 
-    def cancel_build() -> None:
-        # As asyncio's Runner does on Ctrl-C: from a signal handler, cancel, then wake a loop
-        # that may sleep in select() (call_soon alone would not).
-        building.cancel()
-        loop.call_soon_threadsafe(lambda: None)
+    def note_first(_: int) -> None:
+        log.warning(
+            "service.stopping",
+            detail="stopping once started; a second signal stops it at once",
+        )
 
-    noted = _note_stops(stops, cancel_build, finishing=building.done)
+    noted = _note_stops(stops, finishing=building.done, first=note_first)
     try:
         services = await building
-    except BaseException as exc:
-        try:
-            if tracing is not None:
-                tracing.shutdown()
-            if not (isinstance(exc, asyncio.CancelledError) and stops and not _cancelling()):
-                raise
-            # Stopped while starting: the resources built so far close; nothing was served.
-            await resolve(container.shutdown_resources())
-            log.info("service.stopped", detail="asked to stop while starting")
-            return
-        finally:
-            _restore(noted)
-    metrics_dir = settings.metrics.multiproc_dir if settings.metrics.enabled else None
+    except BaseException:
+        _restore(noted)
+        if tracing is not None:
+            tracing.shutdown()
+        raise
     server: _Server | None = None
     try:
-        app = create_app(
-            services,
-            http_config(settings),
-            lifespan=[_metrics(metrics_dir)],
-            tracer=tracing.tracer if tracing is not None else None,
-        )
-        config = uvicorn.Config(
-            app, host=settings.http.host, port=settings.http.port, **UVICORN_OPTIONS
-        )
-        server = _Server(config, services.live_hub)
-        # What start-up made lives as long as the process: out of the collector's sight, a
-        # full collection no longer walks it (issue 17: such pauses were much of ingest's p99).
-        gc.collect()
-        gc.freeze()
-        # Young collections 70 times rarer: with 700 (the default), a request's objects still
-        # alive at a collection were promoted, and with thousands of open streams the full
-        # collections that followed took 0.4-0.8 s each, 64 times in one benchmark run; with
-        # 50,000 there were 2 (issue 17, DR-48).
-        gc.set_threshold(50_000, 10, 10)
-        watcher = asyncio.create_task(_stop_when(stop, server)) if stop is not None else None
-        try:
-            if stops:
-                log.info("service.stopping", detail="asked to stop while starting")
-            else:
+        if stops:
+            log.info("service.stopping", detail="asked to stop while starting")
+        else:
+            server = _server(settings, services, tracing)
+            watcher = asyncio.create_task(_stop_when(stop, server)) if stop is not None else None
+            try:
                 await server.serve(sockets=sockets)
-        finally:
-            if watcher is not None:
-                watcher.cancel()
+            finally:
+                if watcher is not None:
+                    watcher.cancel()
     finally:
         try:
             await drain_kept_grants(container)
@@ -185,17 +161,41 @@ async def serve(
             _restore(noted)
 
 
+def _server(settings: Settings, services: Services, tracing: Tracing | None) -> _Server:
+    """uvicorn's server over the app, and the collector set for a long-lived process."""
+    metrics_dir = settings.metrics.multiproc_dir if settings.metrics.enabled else None
+    app = create_app(
+        services,
+        http_config(settings),
+        lifespan=[_metrics(metrics_dir)],
+        tracer=tracing.tracer if tracing is not None else None,
+    )
+    config = uvicorn.Config(
+        app, host=settings.http.host, port=settings.http.port, **UVICORN_OPTIONS
+    )
+    server = _Server(config, services.live_hub)
+    # What start-up made lives as long as the process: out of the collector's sight, a
+    # full collection no longer walks it (issue 17: such pauses were much of ingest's p99).
+    gc.collect()
+    gc.freeze()
+    # Young collections 70 times rarer: with 700 (the default), a request's objects still
+    # alive at a collection were promoted, and with thousands of open streams the full
+    # collections that followed took 0.4-0.8 s each, 64 times in one benchmark run; with
+    # 50,000 there were 2 (issue 17, DR-48).
+    gc.set_threshold(50_000, 10, 10)
+    return server
+
+
 def _note_stops(
     stops: list[int],
-    first: Callable[[], object] = lambda: None,
     *,
     finishing: Callable[[], bool] = lambda: True,
+    first: Callable[[int], object] = lambda sig: None,
 ) -> dict[int, Any]:
-    """The first SIGINT or SIGTERM is appended to `stops` and calls `first()`; a later one is
-    logged while `finishing()` (a stop under way must finish), else it goes to the handler
-    it replaced, as if this one were not there: a second Ctrl-C ends a build that ignores the
-    first. Returns the handlers replaced. Only the main thread may set handlers: elsewhere
-    (tests serving in a thread) nothing changes."""
+    """The first SIGINT or SIGTERM is appended to `stops` and passed to `first`; a later one
+    is logged while `finishing()` (a stop under way must finish), else it goes to the handler
+    it replaced, as if this one were not there. Returns the handlers replaced. Only the main
+    thread may set handlers: elsewhere (tests serving in a thread) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         return {}
     replaced: dict[int, Any] = {}
@@ -203,7 +203,7 @@ def _note_stops(
     def note(sig: int, frame: FrameType | None) -> None:
         if not stops:
             stops.append(sig)
-            first()
+            first(sig)
         elif not finishing():
             _restore(replaced)
             signal.raise_signal(sig)
@@ -212,12 +212,6 @@ def _note_stops(
 
     replaced.update({sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)})
     return replaced
-
-
-def _cancelling() -> bool:
-    """Whether `serve` itself is being cancelled (not only the build it awaited)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def _restore(handlers: Mapping[int, Any]) -> None:
