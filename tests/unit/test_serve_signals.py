@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import threading
+from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 import pytest
@@ -66,19 +67,13 @@ def test_a_signal_while_starting_is_noted_and_a_second_one_is_logged() -> None:
     assert signal.getsignal(signal.SIGINT) == previous
 
 
-def test_a_signal_late_in_the_build_stops_the_process_cleanly(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A Ctrl-C after the build's last wait, before `serve` goes on: it must not stay pending
-    into uvicorn's start-up (whose lifespan logged it as a traceback). `serve` ends cleanly,
-    never serves, and puts the handlers back."""
-    built: list[str] = []
-    previous = signal.getsignal(signal.SIGINT)
+def _serve_stopped_while_built(
+    monkeypatch: pytest.MonkeyPatch, build: Callable[[], Awaitable[None]]
+) -> list[tuple[str, str | None]]:
+    """`serve` with `build` as the services' build, asserting it never serves; its log."""
 
     async def build_services(container: object) -> object:
-        await asyncio.sleep(0)  # the build's waits are over
-        signal.raise_signal(signal.SIGINT)  # its last synchronous stretch
-        built.append("done")
+        await build()
         return object()
 
     def no_server(*args: object) -> NoReturn:
@@ -88,8 +83,26 @@ def test_a_signal_late_in_the_build_stops_the_process_cleanly(
     monkeypatch.setattr(server, "_server", no_server)
     with structlog.testing.capture_logs() as logs:
         asyncio.run(server.serve(load_settings(minimal_env())))
+    return [(e["event"], e.get("detail")) for e in logs]
+
+
+def test_a_signal_late_in_the_build_stops_the_process_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C after the build's last wait, before `serve` goes on: it must not stay pending
+    into uvicorn's start-up (whose lifespan logged it as a traceback). `serve` ends cleanly,
+    never serves, and puts the handlers back."""
+    built: list[str] = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    async def build() -> None:
+        await asyncio.sleep(0)  # the build's waits are over
+        signal.raise_signal(signal.SIGINT)  # its last synchronous stretch
+        built.append("done")
+
+    logs = _serve_stopped_while_built(monkeypatch, build)
     assert built == ["done"]
-    assert [(e["event"], e.get("detail")) for e in logs][-2:] == [
+    assert logs[-2:] == [
         ("service.stopping", "asked to stop while starting"),
         ("service.stopped", None),
     ]
@@ -103,27 +116,18 @@ def test_a_signal_while_the_build_waits_lets_it_finish_then_stops(
     select()): the build is not cancelled midway (resources that others wait on would each
     log a traceback); it finishes, nothing is served, and the handlers come back."""
     previous = signal.getsignal(signal.SIGTERM)
-    finished: list[str] = []
+    built: list[str] = []
 
-    async def build_services(container: object) -> object:
+    async def build() -> None:
         # Otherwise SIGTERM's default action would end the test run itself.
         assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
         threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
         await asyncio.sleep(0.5)
-        finished.append("built")
-        return object()
+        built.append("done")
 
-    def no_server(*args: object) -> NoReturn:
-        raise AssertionError("served after a stop")
-
-    monkeypatch.setattr(server, "build_services", build_services)
-    monkeypatch.setattr(server, "_server", no_server)
-    with structlog.testing.capture_logs() as logs:
-        asyncio.run(server.serve(load_settings(minimal_env())))
-    assert finished == ["built"]
-    assert ("service.stopping", "asked to stop while starting") in [
-        (e["event"], e.get("detail")) for e in logs
-    ]
+    logs = _serve_stopped_while_built(monkeypatch, build)
+    assert built == ["done"]
+    assert ("service.stopping", "asked to stop while starting") in logs
     assert signal.getsignal(signal.SIGTERM) == previous
 
 
