@@ -106,21 +106,32 @@ def _without_request_id(answer: Answer) -> Answer:
     return Answer(answer.status, answer.headers, body)
 
 
-AUTH = {
-    "alice": [b"Bearer " + make_token("alice").encode()],
-    "expired": [b"Bearer " + make_token("alice", expires_in=-120).encode()],
-    # Past `exp`, within the leeway: accepted, and the stream ends at once with `expired`.
-    "expiring": [b"Bearer " + make_token("alice", expires_in=-5).encode()],
-    "none": [],
-    "basic": [b"Basic YWxpY2U6cHc="],
-    "api-key": [b"Bearer ccsk_notARealKey"],
-    "garbage": [b"Bearer not.a.jwt"],
-    "alice-then-bob": [
-        b"Bearer " + make_token("alice").encode(),
-        b"Bearer " + make_token("bob").encode(),
-    ],
-    "garbage-then-alice": [b"Bearer nope", b"Bearer " + make_token("alice").encode()],
-}
+def _bearer(user: str, expires_in: float = 600) -> bytes:
+    return b"Bearer " + make_token(user, expires_in=expires_in).encode()
+
+
+def _auth_headers() -> dict[str, list[bytes]]:
+    """The Authorization headers pages send, minted now: a token minted as the module loads
+    could expire before a late test uses it (a slow run of the whole suite took 13 minutes)."""
+    return {
+        "alice": [_bearer("alice")],
+        "expired": [_bearer("alice", -120)],
+        # Past `exp`, within the leeway: accepted, and the stream ends at once with `expired`.
+        "expiring": [_bearer("alice", -5)],
+        "none": [],
+        "basic": [b"Basic YWxpY2U6cHc="],
+        "api-key": [b"Bearer ccsk_notARealKey"],
+        "garbage": [b"Bearer not.a.jwt"],
+        "alice-then-bob": [_bearer("alice"), _bearer("bob")],
+        "garbage-then-alice": [b"Bearer nope", _bearer("alice")],
+    }
+
+
+def _auth(name: str) -> list[bytes]:
+    return _auth_headers()[name]
+
+
+AUTH_NAMES = sorted(_auth_headers())
 LAST_EVENT_ID = {
     "none": [],
     "zero": [b"0"],
@@ -163,7 +174,7 @@ async def _sides() -> list[tuple[Api, Services, AsyncTestClient[Litestar]]]:
 @given(
     pages=st.lists(
         st.tuples(
-            st.sampled_from(sorted(AUTH)),
+            st.sampled_from(AUTH_NAMES),
             st.sampled_from(sorted(LAST_EVENT_ID)),
             st.sampled_from(sorted(ORIGIN)),
             st.sampled_from(["/api/live", "/api/live/"]),
@@ -190,7 +201,7 @@ async def test_the_lean_path_answers_exactly_as_litestar_does(
     live_routes._stream_until_hung_up = counted  # type: ignore[assignment]  # lean answers
     try:
         for n, (auth, last_event_id, origin, path) in enumerate(pages):
-            headers = [(b"authorization", v) for v in AUTH[auth]]
+            headers = [(b"authorization", v) for v in _auth(auth)]
             headers += [(b"last-event-id", v) for v in LAST_EVENT_ID[last_event_id]]
             headers += [(b"origin", v) for v in ORIGIN[origin]]
             answers = []
@@ -224,7 +235,7 @@ async def test_a_stream_that_opens_sends_ready_connection_and_new_meetings() -> 
     """The comparison above could pass with both sides wrong: the lean side, read plainly."""
     (api, services, client), *_ = await _sides()
     try:
-        page = Page(client.app, "/api/live", [(b"authorization", AUTH["alice"][0])])
+        page = Page(client.app, "/api/live", [(b"authorization", _auth("alice")[0])])
         await page.until(b"event: connection")
         assert page.status == 200
         assert ("content-type", "text/event-stream; charset=utf-8") in page.headers
@@ -262,7 +273,7 @@ async def test_a_quiet_stream_beats_both_ways_and_the_first_beat_is_spread(
     sides = await _sides()
     try:
         for _, services, client in sides:
-            page = Page(client.app, "/api/live", [(b"authorization", AUTH["alice"][0])])
+            page = Page(client.app, "/api/live", [(b"authorization", _auth("alice")[0])])
             await page.until(b"event: connection")
             opened = time.monotonic()
             for _ in range(300):
@@ -293,7 +304,8 @@ async def test_an_ended_stream_is_freed_at_once_not_left_to_the_cyclic_collector
     gc.disable()
     try:
         pages = [
-            Page(client.app, "/api/live", [(b"authorization", AUTH["alice"][0])]) for _ in range(20)
+            Page(client.app, "/api/live", [(b"authorization", _auth("alice")[0])])
+            for _ in range(20)
         ]
         for page in pages:
             await page.until(b"event: connection")
@@ -318,7 +330,7 @@ async def test_rings_that_send_nothing_do_not_put_the_heartbeat_off(
     monkeypatch.setattr(live_routes, "_first_heartbeat", lambda: 0.6)
     (_, services, client), *_ = await _sides()
     try:
-        page = Page(client.app, "/api/live", [(b"authorization", AUTH["alice"][0])])
+        page = Page(client.app, "/api/live", [(b"authorization", _auth("alice")[0])])
         await page.until(b"event: connection")
         opened = time.monotonic()
         while time.monotonic() - opened < 1.5:
