@@ -120,7 +120,7 @@ async def serve(
     # second signal while the build still runs (the database does not answer, say) goes to
     # the handler before ours: Ctrl-C twice ends it at once, as it did.
     stops: list[int] = []
-    building = asyncio.ensure_future(build_services(container))
+    built = False
 
     def note_first(_: int) -> None:
         log.warning(
@@ -128,14 +128,15 @@ async def serve(
             detail="stopping once started; a second signal stops it at once",
         )
 
-    noted = _note_stops(stops, finishing=building.done, first=note_first)
+    noted = _note_stops(stops, finishing=lambda: built, first=note_first)
     try:
-        services = await building
+        services = await build_services(container)
     except BaseException:
         _restore(noted)
         if tracing is not None:
             tracing.shutdown()
         raise
+    built = True
     server: _Server | None = None
     try:
         if stops:
