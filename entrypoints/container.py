@@ -427,7 +427,13 @@ async def resolve(value: Any) -> Any:
 
 
 async def build_services(container: Container) -> Services:
-    """Start the container's resources and hand out the services the entrypoints use."""
+    """Start the container's resources and hand out the services the entrypoints use.
+
+    The pool opens first, on its own: should it fail (a database that is down or never
+    answers), the resources that wait for it have not begun waiting, and its error is the one
+    thing said. (Started together, each waiting resource had its wait cancelled, and
+    dependency_injector logged a traceback for each.)"""
+    await resolve(container.pool.init())
     await resolve(container.init_resources())
     services = await resolve(container.services())
     assert isinstance(services, Services)

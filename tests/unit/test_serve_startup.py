@@ -50,3 +50,15 @@ def test_a_database_that_never_answers_is_a_clear_start_up_error(
     settings = load_settings(minimal_env(DATABASE_URL=silent_database))
     with pytest.raises(StorageUnavailable, match="did not answer within 1 s"):
         asyncio.run(server.serve(settings))
+
+
+def test_the_resources_waiting_for_the_database_log_nothing_when_it_never_answers(
+    monkeypatch: pytest.MonkeyPatch, silent_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pool's error is the one thing said: the resources that depend on the pool had not
+    begun to wait for it, so none of their waits is cancelled with a traceback of its own."""
+    monkeypatch.setattr(container, "POOL_OPEN_SECONDS", 1.0)
+    settings = load_settings(minimal_env(DATABASE_URL=silent_database))
+    with caplog.at_level("ERROR", logger="asyncio"), pytest.raises(StorageUnavailable):
+        asyncio.run(server.serve(settings))
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
