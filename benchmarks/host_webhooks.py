@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import secrets
 import threading
 import time
@@ -32,7 +31,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from benchmarks import ingest, live
 from benchmarks.deliveries import make_mix
 from benchmarks.load import median, percentile, wrk
-from benchmarks.stack import Stack, User, stack
+from benchmarks.stack import Stack, User, cpu_used, stack
 from entrypoints.developer.launcher import Process, stop_processes
 
 ENDPOINT = "bench"
@@ -123,25 +122,6 @@ class Receiver:
 
     def delivered(self) -> int:
         return sum(len(a) for a in self.arrivals.values())
-
-
-def postgres_cpu(s: Stack) -> dict[int, float]:
-    """CPU seconds so far of each process of the stack's Postgres (postmaster and backends)."""
-    assert s.local.postgres is not None
-    pid = int((s.local.postgres.data_dir / "postmaster.pid").read_text().split()[0])
-    out = {}
-    root = psutil.Process(pid)
-    for proc in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            times = proc.cpu_times()
-            out[proc.pid] = float(times.user + times.system)
-    return out
-
-
-def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds between two `postgres_cpu` readings (processes started since count in full,
-    those ended since are not counted)."""
-    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
 
 
 def new_secret() -> str:
@@ -305,10 +285,10 @@ def ingest_run(
     mix.write(path, s.url.removeprefix("http://"))
     own_cpu = time.process_time()  # this process: mostly the receiver's thread (wrk is a child)
     hook_cpu = dispatcher.cpu_seconds() if dispatcher is not None else 0.0
-    pg_before = postgres_cpu(s)
+    pg_before = s.postgres_cpu()
     result = wrk(s.url, path, connections=cfg.connections, seconds=int(cfg.seconds), record=True)
     ended = time.monotonic()
-    pg_cpu = cpu_used(pg_before, postgres_cpu(s))
+    pg_cpu = cpu_used(pg_before, s.postgres_cpu())
     own_cpu = time.process_time() - own_cpu
     hook_cpu = dispatcher.cpu_seconds() - hook_cpu if dispatcher is not None else 0.0
     delivered = dispatcher.receiver.delivered() if dispatcher is not None else 0

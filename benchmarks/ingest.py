@@ -5,7 +5,9 @@ running the same transaction's SQL and a bare Litestar endpoint under the same s
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import statistics
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -19,9 +21,10 @@ from adapters.postgres.webhook_events import RECORD_AND_APPLY
 from adapters.postgres.webhook_routes import ROUTES_BY_TOKENS
 from benchmarks.deliveries import BASE, Mix, body_for, make_mix
 from benchmarks.load import WrkResult, median, pgbench, wrk
-from benchmarks.stack import Stack, User, stack
+from benchmarks.stack import CpuReading, Stack, User, stack
 
 COLON = "chr(58)"
+CORES = os.cpu_count() or 1
 PER_USER_TABLES = ("meeting_invitees", "meetings", "calendly_webhook_events")
 
 
@@ -305,8 +308,10 @@ def run_service(
     mix = make_mix(users, size, tag)
     path = workdir / f"{tag}.requests"
     mix.write(path, s.url.removeprefix("http://"))
+    before = CpuReading.take(s)
     result = wrk(s.url, path, connections=cfg.connections, seconds=cfg.seconds, record=True)
-    s.settle()
+    s.settle()  # what was still in flight when wrk stopped is part of the run's CPU
+    cpu_us = before.per_request_us(CpuReading.take(s), result.requests)
     verdict = verify(s, mix, result)
     path.unlink()
     figures = {
@@ -318,6 +323,7 @@ def run_service(
         "ok": verdict.ok,
         "problems": verdict.problems[:5],
         "counts": verdict.counts,
+        "cpu_us": cpu_us,
     }
     return figures, verdict
 
@@ -368,6 +374,8 @@ def run(cfg: Config, log: Any = print) -> dict[str, Any]:
                     f"{figures['rate']:.0f}/s p50 {figures['p50_ms']:.1f} ms "
                     f"p99 {figures['p99_ms']:.1f} ms {'ok' if verdict.ok else 'WRONG'}"
                     + ("" if verdict.ok else f" {verdict.problems[:3]}")
+                    + "; CPU per delivery: "
+                    + ", ".join(f"{k} {v:.0f} µs" for k, v in figures["cpu_us"].items())
                 )
                 # Never run short of distinct deliveries at the next run's pace.
                 size = max(size, int(figures["rate"] * cfg.seconds * 1.6))
@@ -394,4 +402,12 @@ def run(cfg: Config, log: Any = print) -> dict[str, Any]:
             "ok": all(i.get("ok", True) for i in items),
             "runs": items,
         }
+        if all("cpu_us" in i for i in items):
+            cpu = {
+                part: statistics.median(i["cpu_us"][part] for i in items)
+                for part in items[0]["cpu_us"]
+            }
+            summary[name]["cpu_us"] = cpu
+            # The rate at which this machine's cores would all be busy at that cost per delivery.
+            summary[name]["cpu_ceiling"] = round(CORES * 1e6 / max(1.0, sum(cpu.values())))
     return summary

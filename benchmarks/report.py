@@ -34,6 +34,17 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}/s"
 
 
+def _cpu(run: dict[str, Any]) -> str:
+    """Where a delivery's CPU went, and the rate at which that cost fills every core."""
+    cpu = run.get("cpu_us")
+    if not cpu:
+        return ""
+    return (
+        f"; CPU per delivery: service {cpu['service']:,.0f} µs, Postgres {cpu['postgres']:,.0f}"
+        f" µs, wrk {cpu['load']:,.0f} µs (every core busy at {_rate(run.get('cpu_ceiling'))})"
+    )
+
+
 def verdict(passed: bool) -> str:
     return "PASS" if passed else "FAIL"
 
@@ -119,7 +130,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 (
                     f"1. ingest, {n} process{'es' if n > 1 else ''}, 32 conns",
                     f"{_rate(svc['rate'])}{share}, p50 {_ms(svc['p50_ms'])}, "
-                    f"p99 {_ms(svc['p99_ms'])}{correct}",
+                    f"p99 {_ms(svc['p99_ms'])}{correct}{_cpu(svc)}",
                     f"{pg_ref}; {bare_ref}",
                     "≥ 2,000/s, p99 ≤ 25 ms, ≥ 50 % of pgbench" if n == 2 else "-",
                     (

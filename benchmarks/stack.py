@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
+import psutil  # type: ignore[import-untyped]
 import psycopg
 
 from adapters.crypto import AesGcmTokenCipher, parse_encryption_keys
@@ -107,6 +109,22 @@ class Stack:
             time.sleep(0.05)
         raise RuntimeError("the database did not settle")
 
+    # ------------------------------------------------------------------- CPU
+    def postgres_cpu(self) -> dict[int, float]:
+        """CPU seconds so far of each process of the stack's Postgres (postmaster and
+        backends)."""
+        assert self.local.postgres is not None
+        pid = int((self.local.postgres.data_dir / "postmaster.pid").read_text().split()[0])
+        return _cpu_of(psutil.Process(pid), recursive=True)
+
+    def services_cpu(self) -> dict[int, float]:
+        """CPU seconds so far of each service process."""
+        out: dict[int, float] = {}
+        for pid in self.service_pids:
+            with contextlib.suppress(psutil.Error):
+                out.update(_cpu_of(psutil.Process(pid), recursive=False))
+        return out
+
     def socket_dir(self) -> str:
         """Where the embedded Postgres listens (pgbench and psql take it as -h)."""
         assert self.local.postgres is not None
@@ -187,6 +205,52 @@ async def sandbox_user_ids(http: aiohttp.ClientSession, sandbox_url: str) -> dic
     async with http.get(f"{sandbox_url}/_sandbox/users") as response:
         users = (await response.json())["users"]
     return {u["email"]: u["id"] for u in users}
+
+
+def _cpu_of(root: Any, *, recursive: bool) -> dict[int, float]:
+    out = {}
+    for proc in [root, *root.children(recursive=True)] if recursive else [root]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            out[proc.pid] = float(times.user + times.system)
+    return out
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two readings of `Stack.postgres_cpu` or `Stack.services_cpu`
+    (processes started since count in full, those ended since are not counted)."""
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have ended (a load generator run with
+    `subprocess.run` counts once it has returned)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """Where the machine's CPU went over one measured run: the service processes, Postgres and
+    the load generator (a child of this process). Taken before and after the run."""
+
+    services: dict[int, float]
+    postgres: dict[int, float]
+    load: float
+
+    @classmethod
+    def take(cls, s: Stack) -> CpuReading:
+        return cls(s.services_cpu(), s.postgres_cpu(), children_cpu())
+
+    def per_request_us(self, later: CpuReading, requests: int) -> dict[str, float]:
+        """Microseconds of CPU per answered request, by component, from this reading to
+        `later`."""
+        n = max(1, requests)
+        return {
+            "service": round(cpu_used(self.services, later.services) * 1e6 / n, 1),
+            "postgres": round(cpu_used(self.postgres, later.postgres) * 1e6 / n, 1),
+            "load": round((later.load - self.load) * 1e6 / n, 1),
+        }
 
 
 @contextlib.contextmanager

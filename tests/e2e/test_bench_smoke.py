@@ -9,11 +9,12 @@ verified with standardwebhooks.
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 
-from benchmarks import calls, host_webhooks, ingest, live, storage, worker, worker_day
+from benchmarks import calls, host_webhooks, ingest, live, report, storage, worker, worker_day
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +41,16 @@ def test_the_ingest_benchmark_checks_the_database_against_what_was_delivered() -
     assert counts["duplicates"] > 0
     assert counts["cancels"] > 0
     assert counts["meetings"] > 0
+    # Where each delivery's CPU went: every part measured (wrk, a child, counted once it ended),
+    # and the table says it with the rate at which that cost fills every core.
+    cpu = result["service_1"]["cpu_us"]
+    assert cpu == run["cpu_us"]
+    assert all(cpu[part] > 0 for part in ("service", "postgres", "load")), cpu
+    ceiling = result["service_1"]["cpu_ceiling"]
+    assert ceiling == round((os.cpu_count() or 1) * 1e6 / sum(cpu.values()))
+    (row,) = [r for r in report.rows({"ingest": result}) if r[0].startswith("1. ingest, 1 ")]
+    assert f"service {cpu['service']:,.0f} µs" in row[1], row
+    assert f"every core busy at {ceiling:,.0f}/s" in row[1], row
 
 
 def test_the_live_benchmark_sees_every_meeting_on_its_streams_and_checks_ingest_beside_them() -> (
