@@ -112,10 +112,16 @@ class Stack:
     # ------------------------------------------------------------------- CPU
     def postgres_cpu(self) -> dict[int, float]:
         """CPU seconds so far of each process of the stack's Postgres (postmaster and
-        backends)."""
+        backends), and under the key `ENDED` those of its processes that have ended (the
+        postmaster reaps its backends and workers: an autovacuum worker or a connection that
+        comes and goes within a run counts too)."""
         assert self.local.postgres is not None
         pid = int((self.local.postgres.data_dir / "postmaster.pid").read_text().split()[0])
-        return _cpu_of(psutil.Process(pid), recursive=True)
+        root = psutil.Process(pid)
+        out = _cpu_of(root, recursive=True)
+        times = root.cpu_times()
+        out[ENDED] = float(times.children_user + times.children_system)
+        return out
 
     def services_cpu(self) -> dict[int, float]:
         """CPU seconds so far of each service process."""
@@ -216,10 +222,20 @@ def _cpu_of(root: Any, *, recursive: bool) -> dict[int, float]:
     return out
 
 
+# The key of a reading's ended processes (no process has this id).
+ENDED = -1
+
+
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds between two readings of `Stack.postgres_cpu` or `Stack.services_cpu`
-    (processes started since count in full, those ended since are not counted)."""
-    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+    """CPU seconds between two readings of `Stack.postgres_cpu` or `Stack.services_cpu`.
+
+    A process started since counts in full. One that ended since counts for what it used
+    after the first reading: its whole use is in `after[ENDED]` (when the reading has it),
+    its use until the first reading is taken off again."""
+    used = sum(v - before.get(pid, 0.0) for pid, v in after.items())
+    if ENDED in after:
+        used -= sum(v for pid, v in before.items() if pid not in after)
+    return used
 
 
 def children_cpu() -> float:

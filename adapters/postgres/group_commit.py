@@ -114,10 +114,11 @@ class Coalescer(Generic[T, R]):
         self._patience = patience
         self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._active = 0  # runs that may still take from the queue
+        self._unstarted = 0  # of them, those whose task has not taken its first step yet
         self._running: set[asyncio.Task[None]] = set()  # (their tasks, kept referenced)
-        # When each run's batch in flight began (loop time), by run; a run not in it is about
-        # to take from the queue.
-        self._began: dict[object, float] = {}
+        # When each run's batch in flight began (loop time), by run. A started run is always
+        # in a batch when others get to look: it takes the next one without an await between.
+        self._began: dict[_Turn, float] = {}
         self._timer: asyncio.TimerHandle | None = None
         self.batches = 0  # runs made (for tests and figures)
 
@@ -133,33 +134,43 @@ class Coalescer(Generic[T, R]):
         if not self._waiting or self._active >= self._max_running:
             return
         if self._active and self._patience is not None:
-            if len(self._began) < self._active:
+            if self._unstarted:
                 return  # a run is about to take from the queue
             loop = asyncio.get_running_loop()
-            due = max(self._began.values()) + self._patience
+            due = max(self._began.values()) + self._patience  # the youngest batch's
             if loop.time() < due:
                 if self._timer is None:
                     self._timer = loop.call_at(due, self._look_again)
                 return
         self._active += 1
+        self._unstarted += 1
+        turn = _Turn()
         # A run serves many requests: it carries none of their log context.
-        task = asyncio.create_task(self._drain(), context=contextvars.Context())
+        task = asyncio.create_task(self._drain(turn), context=contextvars.Context())
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        task.add_done_callback(partial(self._ended, turn))
 
     def _look_again(self) -> None:
         self._timer = None
         self._consider()
 
-    async def _drain(self) -> None:
+    def _ended(self, turn: _Turn, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not turn.started:  # cancelled before its first step: `_drain` never counted it out
+            self._unstarted -= 1
+            self._active -= 1
+
+    async def _drain(self, turn: _Turn) -> None:
+        turn.started = True
+        self._unstarted -= 1
         try:
-            await self._take_turns(object())
+            await self._take_turns(turn)
         finally:
             # No await between the last look at the queue and this: a caller arriving after it
             # finds the run gone and starts another (a done-callback would come too late).
             self._active -= 1
 
-    async def _take_turns(self, me: object) -> None:
+    async def _take_turns(self, me: _Turn) -> None:
         while self._waiting:
             batch: list[tuple[T, asyncio.Future[R]]] = []
             while self._waiting and len(batch) < self._max_batch:
@@ -170,7 +181,9 @@ class Coalescer(Generic[T, R]):
                 continue
             self.batches += 1
             self._began[me] = asyncio.get_running_loop().time()
-            if self._waiting:  # more than one batch's worth: a further run may be due
+            if self._waiting:
+                # More than one batch's worth: without patience a further run may start now;
+                # with it, only once this batch (now the youngest) has taken that long.
                 self._consider()
             try:
                 answers = await self._run([item for item, _ in batch])
@@ -197,6 +210,18 @@ class Coalescer(Generic[T, R]):
         """Wait for the runs in flight (a clean stop)."""
         while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+        if self._timer is not None:  # nothing waits any more: nothing to look at again
+            self._timer.cancel()
+            self._timer = None
+
+
+class _Turn:
+    """One run of a Coalescer: whether its task has taken its first step."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started = False
 
 
 def _settle(future: asyncio.Future[R], answer: R | BaseException) -> None:

@@ -145,6 +145,67 @@ async def test_a_batch_that_outlasts_the_patience_holds_up_the_others_no_longer(
     assert await first == 1
 
 
+async def test_the_youngest_batch_in_flight_sets_when_a_further_run_may_start() -> None:
+    """Two batches stuck, the second started after the first's patience ran out: a third
+    caller waits for the patience of the younger one, not of the older one, and the timer is
+    armed again for it after it fired for the second."""
+    patience = 0.4
+    gates = [asyncio.Event(), asyncio.Event()]
+    second_began = asyncio.Event()
+    seen: list[tuple[list[int], float]] = []
+    loop = asyncio.get_running_loop()
+
+    async def sticking(items: Sequence[int]) -> list[int | BaseException]:
+        seen.append((list(items), loop.time()))
+        if len(seen) == 2:
+            second_began.set()
+        if len(seen) <= len(gates):
+            await gates[len(seen) - 1].wait()
+        return list(items)
+
+    coalescer: Coalescer[int, int] = Coalescer(sticking, max_running=3, patience=patience)
+    callers = [asyncio.create_task(coalescer(1))]
+    await asyncio.sleep(0)
+    callers.append(asyncio.create_task(coalescer(2)))
+    # The second run starts once the first batch has taken `patience`.
+    await asyncio.wait_for(second_began.wait(), timeout=5)
+    second = seen[1][1]
+    assert second - seen[0][1] >= patience * 0.9
+    callers.append(asyncio.create_task(coalescer(3)))
+    await asyncio.sleep(patience / 4)
+    assert [items for items, _ in seen] == [[1], [2]]  # the older batch's patience is spent
+    assert await asyncio.wait_for(callers[2], timeout=5) == 3
+    assert seen[2][0] == [3]
+    assert seen[2][1] - second >= patience * 0.9
+    for gate in gates:
+        gate.set()
+    assert await asyncio.gather(*callers[:2]) == [1, 2]
+
+
+async def test_with_patience_a_backlog_larger_than_a_batch_goes_out_batch_after_batch() -> None:
+    runs = Runs([2])
+    coalescer: Coalescer[int, int] = Coalescer(runs, max_batch=2, max_running=3, patience=60.0)
+    answers = await asyncio.gather(*(coalescer(i) for i in range(1, 6)), return_exceptions=True)
+    assert answers == [10, 20, 30, 40, 50]
+    assert runs.batches == [[1, 2], [3, 4], [5]]
+    assert runs.most_running == 1  # one run took them all, one batch after the other
+
+
+async def test_a_run_cancelled_before_its_first_step_does_not_hold_up_later_callers() -> None:
+    """A run's task cancelled from outside before it ever ran (a loop being torn down) is not
+    counted as a run that is about to take from the queue: later callers still get one."""
+    runs = Runs([0])
+    coalescer: Coalescer[int, int] = Coalescer(runs, max_running=3, patience=60.0)
+    first = asyncio.create_task(coalescer(1))
+    await asyncio.sleep(0)  # the caller queued its item and created the run's task
+    for task in list(coalescer._running):
+        task.cancel()
+    first.cancel()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert await asyncio.wait_for(coalescer(2), timeout=2) == 20
+
+
 async def test_a_run_that_raises_answers_each_of_its_callers_with_it() -> None:
     async def broken(items: Sequence[int]) -> list[int | BaseException]:
         raise Refused("the run itself")
