@@ -44,21 +44,15 @@ class Runs:
     pauses=st.lists(st.integers(0, 5), min_size=1, max_size=5),
     max_batch=st.integers(1, 10),
     max_running=st.integers(1, 4),
-    patience=st.sampled_from([None, 0.0, 0.001]),
 )
 def test_every_caller_gets_its_own_answer_from_exactly_one_run(
-    waves: list[int],
-    gaps: list[int],
-    pauses: list[int],
-    max_batch: int,
-    max_running: int,
-    patience: float | None,
+    waves: list[int], gaps: list[int], pauses: list[int], max_batch: int, max_running: int
 ) -> None:
     runs = Runs(pauses)
 
     async def scenario() -> list[int | BaseException]:
         coalescer: Coalescer[int, int] = Coalescer(
-            runs, max_batch=max_batch, max_running=max_running, patience=patience
+            runs, max_batch=max_batch, max_running=max_running
         )
         callers: list[asyncio.Task[int]] = []
         item = 0
@@ -96,106 +90,11 @@ async def test_callers_arriving_together_share_runs() -> None:
     assert runs.most_running == 2
 
 
-async def test_with_patience_callers_wait_for_the_batch_in_flight_and_go_out_together() -> None:
-    """Nobody starts a second run beside a batch that is still young: the callers that arrive
-    meanwhile are the next batch, one run for all of them."""
-    release = asyncio.Event()
-    seen: list[list[int]] = []
-
-    async def gated(items: Sequence[int]) -> list[int | BaseException]:
-        seen.append(list(items))
-        if len(seen) == 1:
-            await release.wait()
-        return list(items)
-
-    coalescer: Coalescer[int, int] = Coalescer(gated, max_running=3, patience=60.0)
-    first = asyncio.create_task(coalescer(1))
-    await asyncio.sleep(0.01)  # the first batch is in flight, alone
-    later = [asyncio.create_task(coalescer(i)) for i in range(2, 6)]
-    await asyncio.sleep(0.05)
-    assert seen == [[1]]  # no run of their own while the first is young
-    release.set()
-    assert await asyncio.gather(first, *later) == [1, 2, 3, 4, 5]
-    assert seen == [[1], [2, 3, 4, 5]]
-
-
-async def test_a_batch_that_outlasts_the_patience_holds_up_the_others_no_longer() -> None:
-    """A batch stuck (a lock held long elsewhere, a slow connection): the callers waiting
-    behind it get a run of their own once it has taken `patience`, and are answered while it
-    is still stuck."""
-    stuck = asyncio.Event()
-    seen: list[list[int]] = []
-
-    async def first_sticks(items: Sequence[int]) -> list[int | BaseException]:
-        seen.append(list(items))
-        if len(seen) == 1:
-            await stuck.wait()
-        return list(items)
-
-    coalescer: Coalescer[int, int] = Coalescer(first_sticks, max_running=2, patience=0.05)
-    first = asyncio.create_task(coalescer(1))
-    await asyncio.sleep(0)
-    waiting = [asyncio.create_task(coalescer(i)) for i in (2, 3)]
-    await asyncio.sleep(0.01)
-    assert seen == [[1]]
-    assert await asyncio.wait_for(asyncio.gather(*waiting), timeout=2) == [2, 3]
-    assert seen == [[1], [2, 3]]
-    assert not first.done()
-    stuck.set()
-    assert await first == 1
-
-
-async def test_the_youngest_batch_in_flight_sets_when_a_further_run_may_start() -> None:
-    """Two batches stuck, the second started after the first's patience ran out: a third
-    caller waits for the patience of the younger one, not of the older one, and the timer is
-    armed again for it after it fired for the second."""
-    patience = 0.4
-    gates = [asyncio.Event(), asyncio.Event()]
-    second_began = asyncio.Event()
-    seen: list[tuple[list[int], float]] = []
-    loop = asyncio.get_running_loop()
-
-    async def sticking(items: Sequence[int]) -> list[int | BaseException]:
-        seen.append((list(items), loop.time()))
-        if len(seen) == 2:
-            second_began.set()
-        if len(seen) <= len(gates):
-            await gates[len(seen) - 1].wait()
-        return list(items)
-
-    coalescer: Coalescer[int, int] = Coalescer(sticking, max_running=3, patience=patience)
-    callers = [asyncio.create_task(coalescer(1))]
-    await asyncio.sleep(0)
-    callers.append(asyncio.create_task(coalescer(2)))
-    # The second run starts once the first batch has taken `patience`.
-    await asyncio.wait_for(second_began.wait(), timeout=5)
-    second = seen[1][1]
-    assert second - seen[0][1] >= patience * 0.9
-    callers.append(asyncio.create_task(coalescer(3)))
-    await asyncio.sleep(patience / 4)
-    assert [items for items, _ in seen] == [[1], [2]]  # the older batch's patience is spent
-    assert await asyncio.wait_for(callers[2], timeout=5) == 3
-    assert seen[2][0] == [3]
-    assert seen[2][1] - second >= patience * 0.9
-    for gate in gates:
-        gate.set()
-    assert await asyncio.gather(*callers[:2]) == [1, 2]
-
-
-async def test_with_patience_a_backlog_larger_than_a_batch_goes_out_batch_after_batch() -> None:
-    runs = Runs([2])
-    coalescer: Coalescer[int, int] = Coalescer(runs, max_batch=2, max_running=3, patience=60.0)
-    answers = await asyncio.gather(*(coalescer(i) for i in range(1, 6)), return_exceptions=True)
-    assert answers == [10, 20, 30, 40, 50]
-    assert runs.batches == [[1, 2], [3, 4], [5]]
-    assert runs.most_running == 1  # one run took them all, one batch after the other
-
-
 async def test_a_run_cancelled_before_its_first_step_does_not_hold_up_later_callers() -> None:
-    """A run's task cancelled from outside before it ever ran (a loop being torn down) is not
-    counted as a run that is about to take from the queue: later callers still get one."""
+    """A run's task cancelled from outside before it ever ran (a loop being torn down) no
+    longer counts as a run in flight: with one run allowed, later callers still get one."""
     runs = Runs([0])
-    coalescer: Coalescer[int, int] = Coalescer(runs, max_running=3, patience=60.0)
+    coalescer: Coalescer[int, int] = Coalescer(runs, max_running=1)
     first = asyncio.create_task(coalescer(1))
     await asyncio.sleep(0)  # the caller queued its item and created the run's task
     for task in list(coalescer._running):
@@ -267,5 +166,3 @@ def test_limits_below_one_are_refused() -> None:
 
     with pytest.raises(ValueError, match="at least 1"):
         Coalescer(run, max_batch=0)
-    with pytest.raises(ValueError, match="negative"):
-        Coalescer(run, patience=-1.0)
