@@ -131,10 +131,14 @@ async def serve(
     noted = _note_stops(stops, finishing=lambda: built, first=note_first)
     try:
         services = await build_services(container)
-    except BaseException:
-        _restore(noted)
-        if tracing is not None:
-            tracing.shutdown()
+    except BaseException as exc:
+        try:
+            if isinstance(exc, Exception):  # what did start stops again: the pool closes
+                await _stop_what_started(container)
+        finally:
+            _restore(noted)
+            if tracing is not None:
+                tracing.shutdown()
         raise
     built = True
     server: _Server | None = None
@@ -160,6 +164,16 @@ async def serve(
             if server is not None:
                 server.restore_signals()
             _restore(noted)
+
+
+async def _stop_what_started(container: Container) -> None:
+    """After a failed build: the resources that did start are stopped (their tasks, the
+    pool's connections). Their own trouble in stopping is logged; the build's error is the
+    one the caller hears."""
+    try:
+        await resolve(container.shutdown_resources())
+    except Exception as exc:
+        log.warning("service.start_up_cleanup_failed", error=type(exc).__name__)
 
 
 def _server(settings: Settings, services: Services, tracing: Tracing | None) -> _Server:
