@@ -24,7 +24,7 @@ from benchmarks.load import WrkResult, median, pgbench, wrk
 from benchmarks.stack import CpuReading, Stack, User, stack
 
 COLON = "chr(58)"
-CORES = os.cpu_count() or 1
+CORES = len(os.sched_getaffinity(0))  # the cores this process (and what it starts) may use
 PER_USER_TABLES = ("meeting_invitees", "meetings", "calendly_webhook_events")
 
 

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from domain.errors import StorageUnavailable
 from entrypoints import container
@@ -43,22 +44,19 @@ def silent_database() -> Iterator[str]:
             conn.close()
 
 
-def test_a_database_that_never_answers_is_a_clear_start_up_error(
-    monkeypatch: pytest.MonkeyPatch, silent_database: str
-) -> None:
-    monkeypatch.setattr(container, "POOL_OPEN_SECONDS", 1.0)
-    settings = load_settings(minimal_env(DATABASE_URL=silent_database))
-    with pytest.raises(StorageUnavailable, match="did not answer within 1 s"):
-        asyncio.run(server.serve(settings))
-
-
-def test_the_resources_waiting_for_the_database_log_nothing_when_it_never_answers(
+def test_a_database_that_never_answers_is_one_clear_start_up_error(
     monkeypatch: pytest.MonkeyPatch, silent_database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The pool's error is the one thing said: the resources that depend on the pool had not
     begun to wait for it, so none of their waits is cancelled with a traceback of its own."""
     monkeypatch.setattr(container, "POOL_OPEN_SECONDS", 1.0)
     settings = load_settings(minimal_env(DATABASE_URL=silent_database))
-    with caplog.at_level("ERROR", logger="asyncio"), pytest.raises(StorageUnavailable):
+    with (
+        caplog.at_level("ERROR", logger="asyncio"),
+        structlog.testing.capture_logs() as logs,
+        pytest.raises(StorageUnavailable, match="did not answer within 1 s"),
+    ):
         asyncio.run(server.serve(settings))
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+    # Nor does stopping what started after the failed build trip over the pool again.
+    assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
