@@ -17,9 +17,10 @@ from .session import ReadOnly, Session
 # no route left; one is deleted here all the same (a data-modifying CTE runs unreferenced).
 # Recorded deliveries have no index by user (one would cost every delivery on the ingest path):
 # erasing scans them.
-# Kept on purpose: the last change number given to the user (a user id and a number, nothing
-# of their Calendly), so numbers are never reused after an erasure (migrations/0011, DR-36).
-KEPT_TABLES: Final = ("change_log_users",)
+# Kept on purpose: the last change numbers given to the user, of the change log and of their
+# meetings (a user id and a number each, nothing of their Calendly), so numbers are never reused
+# after an erasure (migrations/0011 and 0016, DR-36 and DR-52).
+KEPT_TABLES: Final = ("change_log_users", "meeting_change_users")
 ERASED_TABLES: Final = (
     "meeting_invitees",
     "meetings",

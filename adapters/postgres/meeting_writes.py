@@ -19,20 +19,28 @@ from domain.ports import ConnectionRef, MeetingChange
 # The advisory lock per user makes one user's changes commit in the order of their change_seq
 # values, so a reader that has seen change N can never later find a committed change below N
 # (live updates resume from such a cursor). Selecting FROM it orders the lock before the insert.
-# change_seq is the user's own counter: a BEFORE INSERT trigger (migrations/0005) sets the
-# proposed row's to the user's highest + 1, and EXCLUDED carries it into the update.
+# change_seq is the user's own counter, kept in meeting_change_users (migrations/0016, DR-52):
+# the `numbered` CTE takes the user's next number (its upsert locks the user's row and reads its
+# latest version, whatever the statement's snapshot), and EXCLUDED carries it into the update.
+# Every write of a meeting takes a number, so a page's cursor sees every change.
 # The meeting and the maintenance request, as CTEs after a `serial` CTE that holds the lock
 # (APPLY_CHANGE below; the webhook's one statement in webhook_events.RECORD_AND_APPLY).
 MEETING_CTES = """
+numbered AS (
+    INSERT INTO meeting_change_users AS n (user_id, last_seq)
+    SELECT %(user_id)s, 1 FROM serial
+    ON CONFLICT (user_id) DO UPDATE SET last_seq = n.last_seq + 1
+    RETURNING n.last_seq
+),
 meeting AS (
     INSERT INTO meetings AS t (
         user_id, connection_id, event_uri, name, start_time, end_time, status, location,
-        cancellation, details_requested_at
+        cancellation, details_requested_at, change_seq
     )
     SELECT %(user_id)s, %(connection_id)s, %(event_uri)s, %(name)s, %(start_time)s,
            %(end_time)s, %(status)s, %(location)s, %(cancellation)s,
-           CASE WHEN %(needs_details)s THEN now() END
-    FROM serial
+           CASE WHEN %(needs_details)s THEN now() END, numbered.last_seq
+    FROM numbered
     ON CONFLICT (connection_id, event_uri) DO UPDATE SET
         name = coalesce(EXCLUDED.name, t.name),
         start_time = coalesce(EXCLUDED.start_time, t.start_time),

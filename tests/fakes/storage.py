@@ -84,6 +84,9 @@ class FakeDatabase:
     meetings: dict[tuple[str, str], MeetingRow] = field(default_factory=dict)
     invitees: dict[tuple[str, str], Invitee] = field(default_factory=dict)
     events: dict[str, EventRecord] = field(default_factory=dict)
+    # The last change number given to each user's meetings (migrations/0016): kept through
+    # deletions and erasures, so a number is never given twice.
+    meeting_seqs: dict[str, int] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     # Commits that changed something (a commit of nothing is not a write).
     writes: int = 0
@@ -117,6 +120,7 @@ class _Staged:
         self.meetings: dict[tuple[str, str], MeetingRow] = {}
         self.invitees: dict[tuple[str, str], Invitee] = {}
         self.events: dict[str, EventRecord] = {}
+        self.meeting_seqs: dict[str, int] = {}
         # Users whose every row goes at commit (an erasure).
         self.erased: set[str] = set()
 
@@ -204,8 +208,9 @@ class FakeMeetingRepository(MeetingRepository):
         key = (connection.id, change.meeting.event_uri)
         row = self._row(key)
         merged = change.meeting if row is None else row.meeting.merged_with(change.meeting)
-        rows = {**db.meetings, **staged.meetings}.values()
-        last = max((r.change_seq for r in rows if r.user_id == connection.user_id), default=0)
+        user = connection.user_id
+        last = staged.meeting_seqs.get(user, db.meeting_seqs.get(user, 0))
+        staged.meeting_seqs[user] = last + 1
         requested_at = row.details_requested_at if row else None
         details_error = row.details_error if row else None
         failures, retry_at = (row.details_failures, row.details_retry_at) if row else (0, None)
@@ -525,6 +530,7 @@ class FakeUnitOfWork(UnitOfWork):
         db.meetings.update(staged.meetings)
         db.invitees.update(staged.invitees)
         db.events.update(staged.events)
+        db.meeting_seqs.update(staged.meeting_seqs)
         for user_id in staged.erased:
             forget_user(db, user_id)
         self.staged = _Staged()

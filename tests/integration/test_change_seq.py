@@ -1,4 +1,5 @@
-"""Live-update cursors are per user on Postgres: gap-free under concurrency, and kept by 0005."""
+"""Live-update cursors are per user on Postgres: gap-free under concurrency, kept by 0005, never
+given twice since 0016."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from adapters.postgres.unit_of_work import unit_of_work_factory
 from domain.meetings import Meeting
 from domain.model import Connection
 from domain.ports import MeetingChange, UnitOfWorkFactory
-from tests.support.connections import CID_A, CID_B, EV, add, connection
+from tests.support.connections import CID_A, CID_B, EV, add, connection, owner_sql
 from tests.support.postgres import RUNTIME_ROLE, PgCluster
 
 PER_USER = "0005_per_user_change_seq.sql"
@@ -46,6 +47,50 @@ async def test_concurrent_changes_of_two_users_number_each_users_from_one_withou
 
     assert await seqs(pg_uow, "a") == list(range(1, 13))
     assert await seqs(pg_uow, "b") == list(range(1, 13))
+
+
+async def test_a_row_written_without_a_number_is_numbered_by_the_trigger(
+    pg_uow: UnitOfWorkFactory, database_url: str
+) -> None:
+    """The service's statement numbers its rows itself (DR-52); any other writer that leaves
+    the number out (a process on the previous code, a hand-written INSERT) still gets the next
+    one, from the same counter, by the trigger that 0016 keeps for them."""
+    a = await add(pg_uow, connection("a", 1, CID_A))
+    async with pg_uow("a") as uow:
+        for event in ("e1", "e2"):
+            await uow.meetings.apply(a, MeetingChange(meeting=Meeting(event_uri=EV + event)))
+        await uow.commit()
+    owner_sql(
+        database_url,
+        "INSERT INTO meetings (user_id, connection_id, event_uri, status)"
+        " VALUES ('a', %s, %s, 'active')",
+        CID_A,
+        EV + "by-hand",
+    )
+    async with pg_uow("a") as uow:
+        await uow.meetings.apply(a, MeetingChange(meeting=Meeting(event_uri=EV + "e3")))
+        await uow.commit()
+
+    assert await seqs(pg_uow, "a") == [1, 2, 3, 4]
+
+
+async def test_a_number_is_never_given_twice_once_the_newest_meetings_are_gone(
+    pg_uow: UnitOfWorkFactory, database_url: str
+) -> None:
+    """Numbers come from the user's counter, not from the meetings still stored: after the
+    newest (or all) of a user's meetings are deleted (pruned, erased), the next change is still
+    numbered above every number a page may hold as its cursor."""
+    a = await add(pg_uow, connection("a", 1, CID_A))
+    async with pg_uow("a") as uow:
+        for event in ("e1", "e2", "e3"):
+            await uow.meetings.apply(a, MeetingChange(meeting=Meeting(event_uri=EV + event)))
+        await uow.commit()
+    owner_sql(database_url, "DELETE FROM meetings WHERE user_id = 'a'")
+    async with pg_uow("a") as uow:
+        await uow.meetings.apply(a, MeetingChange(meeting=Meeting(event_uri=EV + "e4")))
+        await uow.commit()
+
+    assert await seqs(pg_uow, "a") == [4]
 
 
 @pytest.fixture

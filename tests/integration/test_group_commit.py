@@ -274,6 +274,14 @@ async def test_each_users_changes_keep_their_order_in_the_feed(
     assert seqs[0] == 1
     assert len(seqs) > 1
     assert seqs == sorted(seqs)
+    # The live cursors too: the batch numbered bob's meeting after the one committed while it
+    # waited (its statement reads the newest number only once the lock is held, DR-52).
+    numbers = owner_sql(
+        database_url,
+        "SELECT event_uri, change_seq FROM meetings WHERE user_id = 'bob' ORDER BY change_seq",
+    )
+    assert [n for _, n in numbers] == [1, 2]
+    assert numbers[0][0] == EV + "slow"
 
 
 async def test_an_unreachable_database_answers_every_caller_storage_unavailable(
