@@ -17,7 +17,7 @@ from typing import Any
 from adapters.postgres.group_commit import LOCK_USERS, SET_LOCK_TIMEOUT
 from adapters.postgres.roles import DEFAULT_RUNTIME_ROLE
 from adapters.postgres.session import SET_TENANT
-from adapters.postgres.webhook_events import RECORD_AND_APPLY
+from adapters.postgres.webhook_events import RECORD_AND_APPLY_PLAIN
 from adapters.postgres.webhook_routes import ROUTES_BY_TOKENS
 from benchmarks.deliveries import BASE, Mix, body_for, make_mix
 from benchmarks.load import WrkResult, median, pgbench, wrk
@@ -193,8 +193,9 @@ def pgbench_script(users: int) -> str:
         }
 
     def deliver(event_id: str, event_type: str, meeting: dict[str, str]) -> str:
-        """The delivery's one statement: recorded, and merged unless a duplicate."""
-        return _pg(RECORD_AND_APPLY, {**common, **meeting, **record(event_id, event_type)})
+        """The delivery's one statement: recorded, and merged unless a duplicate (a delivery
+        that carries its event: the plain statement, as the service sends it)."""
+        return _pg(RECORD_AND_APPLY_PLAIN, {**common, **meeting, **record(event_id, event_type)})
 
     book = {
         "event_uri": event,

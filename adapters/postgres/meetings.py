@@ -20,7 +20,7 @@ from domain.ports import (
     MeetingView,
 )
 
-from .meeting_writes import APPLY_CHANGE, apply_parameters
+from .meeting_writes import APPLY_CHANGE, APPLY_PLAIN_CHANGE, apply_parameters, is_plain
 from .pool import out_of_range, within_range
 from .session import ReadOnly, Session
 
@@ -184,7 +184,8 @@ class PostgresMeetingRepository(MeetingRepository):
         self._session = session
 
     async def apply(self, connection: ConnectionRef, change: MeetingChange) -> None:
-        await self._session.execute(APPLY_CHANGE, apply_parameters(connection, change))
+        statement = APPLY_PLAIN_CHANGE if is_plain(change) else APPLY_CHANGE
+        await self._session.execute(statement, apply_parameters(connection, change))
 
     async def list(self, user_id: str, query: MeetingQuery) -> Sequence[MeetingView]:
         after_start, after_id = query.after if query.after is not None else (None, None)

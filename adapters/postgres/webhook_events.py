@@ -10,7 +10,14 @@ import psycopg
 from adapters.text import storable, storable_or_none
 from domain.ports import ConnectionRef, MeetingChange, WebhookEventLog, WebhookOutcome
 
-from .meeting_writes import INVITEE_UPSERT, MEETING_CTES, apply_parameters, compact
+from .meeting_writes import (
+    INVITEE_UPSERT,
+    MEETING_CTES,
+    PLAIN_MEETING_CTES,
+    apply_parameters,
+    compact,
+    is_plain,
+)
 from .session import ReadOnly, Session
 
 RECORD_EVENT = """
@@ -22,12 +29,14 @@ ON CONFLICT (event_id) DO NOTHING
 """
 # No RETURNING: a row nobody may read (an unrouted delivery) could not be returned under RLS.
 
+
 # A delivery to apply, in one statement (issue 17): recorded, and only if that inserted a row
 # (not a duplicate), the user's lock taken and the meeting and invitee merged exactly as
 # APPLY_CHANGE does (the same CTEs). Answers whether it was recorded. RETURNING is fine here:
 # the row is the tenant's own. Constant SQL joined together; no input is ever formatted in.
-RECORD_AND_APPLY = compact(
-    """
+def _record_and_apply(meeting_ctes: str) -> str:
+    return compact(
+        """
 WITH recorded AS (
     INSERT INTO calendly_webhook_events
         (event_id, event_type, payload, raw_payload, user_id, connection_id, outcome, reason)
@@ -41,16 +50,21 @@ serial AS (
     FROM recorded
 ),
 """  # noqa: S608
-    + MEETING_CTES
-    + """,
+        + meeting_ctes
+        + """,
 invitee AS (
 """
-    + INVITEE_UPSERT
-    + """
+        + INVITEE_UPSERT
+        + """
 )
 SELECT count(*) AS recorded FROM recorded
 """
-)
+    )
+
+
+RECORD_AND_APPLY = _record_and_apply(MEETING_CTES)
+# The same for a plain change (meeting_writes.is_plain): nearly every delivery.
+RECORD_AND_APPLY_PLAIN = _record_and_apply(PLAIN_MEETING_CTES)
 
 
 def _jsonb_text(body: bytes) -> str | None:
@@ -121,14 +135,15 @@ def record_statement(
         "reason": storable_or_none(reason),
     }
     if change is not None and connection is not None:
-        return RECORD_AND_APPLY, {**apply_parameters(connection, change), **parameters}
+        query = RECORD_AND_APPLY_PLAIN if is_plain(change) else RECORD_AND_APPLY
+        return query, {**apply_parameters(connection, change), **parameters}
     return RECORD_EVENT, parameters
 
 
 async def recorded(query: str, cursor: psycopg.AsyncCursor[Any]) -> bool:
     """Whether `record_statement`'s statement, run on `cursor` (dict rows), recorded a new
     delivery."""
-    if query is RECORD_AND_APPLY:
+    if query is RECORD_AND_APPLY or query is RECORD_AND_APPLY_PLAIN:
         row = await cursor.fetchone()
         return bool(row and row["recorded"])
     return cursor.rowcount == 1

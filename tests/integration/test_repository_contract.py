@@ -442,3 +442,39 @@ async def test_a_failed_read_waits_for_its_own_retry_unless_asked_again(
     assert await _details(any_uow, "a") == [("pending", None)]
     async with any_uow("a") as uow:
         assert len(await uow.meetings.wanting_details(CID_A, 10)) == 1
+
+
+async def test_a_delivery_with_its_event_leaves_a_request_and_its_trouble_as_they_are(
+    any_uow: UnitOfWorkFactory,
+) -> None:
+    """A plain change (it neither lacks the details nor carries a read of them) is written by
+    a statement without the details' part (DR-53): what that part would do, it must not need."""
+    stored, wanted = await _asked_for_details(any_uow)
+    async with any_uow("a") as uow:
+        await uow.meetings.postpone_details(
+            CID_A,
+            wanted,
+            "Calendly answered 503",
+            base=timedelta(seconds=5),
+            cap=timedelta(minutes=30),
+        )
+        await uow.commit()
+    async with any_uow("a") as uow:
+        retry = await uow.meetings.next_details_due(CID_A)
+
+    event = Meeting(event_uri=EV + "e1", name="Intro", status=MeetingStatus.CANCELED)
+    await _apply(any_uow, stored, MeetingChange(meeting=event))
+    await _apply(any_uow, stored, MeetingChange(meeting=Meeting(event_uri=EV + "e2")))
+
+    async with any_uow("a") as uow:
+        assert await uow.meetings.next_details_due(CID_A) == retry
+        meetings = await uow.meetings.list("a", MeetingQuery())
+    assert sorted((m.meeting.event_uri, m.details, m.details_error) for m in meetings) == [
+        (EV + "e1", "pending", "Calendly answered 503"),
+        (EV + "e2", "complete", None),
+    ]
+    assert [m.meeting.name for m in meetings if m.meeting.event_uri == EV + "e1"] == ["Intro"]
+    # The read made for the request still meets it.
+    read = MeetingChange(meeting=Meeting(event_uri=EV + "e1"), details_for=wanted.requested_at)
+    await _apply(any_uow, stored, read)
+    assert await _details(any_uow, "a") == [("complete", None), ("complete", None)]

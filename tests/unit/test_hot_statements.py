@@ -10,21 +10,30 @@ from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH, MAX_CACHED_STATEMENT_P
 from adapters.postgres.group_commit import LOCK_USERS, SET_LOCK_TIMEOUT
 from adapters.postgres.meeting_writes import (
     APPLY_CHANGE,
+    APPLY_PLAIN_CHANGE,
     INVITEE_UPSERT,
     MEETING_CTES,
     apply_parameters,
     compact,
 )
 from adapters.postgres.session import LOCK_TENANT, SET_TENANT
-from adapters.postgres.webhook_events import RECORD_AND_APPLY, RECORD_EVENT, record_statement
+from adapters.postgres.webhook_events import (
+    RECORD_AND_APPLY,
+    RECORD_AND_APPLY_PLAIN,
+    RECORD_EVENT,
+    record_statement,
+)
 from adapters.postgres.webhook_routes import ROUTE_BY_TOKEN, ROUTE_BY_USER_URIS, ROUTES_BY_TOKENS
 from domain.meetings import Meeting
 from domain.ports import MeetingChange, Route
+from tests.support.connections import T0
 
 HOT = {
     "RECORD_AND_APPLY": RECORD_AND_APPLY,
+    "RECORD_AND_APPLY_PLAIN": RECORD_AND_APPLY_PLAIN,
     "RECORD_EVENT": RECORD_EVENT,
     "APPLY_CHANGE": APPLY_CHANGE,
+    "APPLY_PLAIN_CHANGE": APPLY_PLAIN_CHANGE,
     "ROUTE_BY_TOKEN": ROUTE_BY_TOKEN,
     "ROUTE_BY_USER_URIS": ROUTE_BY_USER_URIS,
     "SET_TENANT": SET_TENANT,
@@ -42,9 +51,23 @@ def test_each_hot_statement_is_short_enough_for_psycopgs_cache(name: str) -> Non
     assert len(HOT[name].encode()) <= MAX_CACHED_STATEMENT_LENGTH
 
 
-def test_the_records_parameters_are_few_enough_for_psycopgs_cache() -> None:
+PLAIN = MeetingChange(meeting=Meeting(event_uri="https://api.calendly.test/e/1"))
+LEGACY = MeetingChange(
+    meeting=Meeting(event_uri="https://api.calendly.test/e/1"), needs_details=True
+)
+READ = MeetingChange(meeting=Meeting(event_uri="https://api.calendly.test/e/1"), details_for=T0)
+DETAILS_ONLY = {"needs_details", "details_for", "details_error"}
+
+
+@pytest.mark.parametrize(
+    ("change", "statement"),
+    [(PLAIN, RECORD_AND_APPLY_PLAIN), (LEGACY, RECORD_AND_APPLY), (READ, RECORD_AND_APPLY)],
+    ids=["plain", "lacking its details", "a read of the details"],
+)
+def test_the_records_parameters_are_few_enough_for_psycopgs_cache(
+    change: MeetingChange, statement: str
+) -> None:
     route = Route(user_id="u", connection_id="c", calendly_user_uri="x")
-    change = MeetingChange(meeting=Meeting(event_uri="https://api.calendly.test/e/1"))
     query, parameters = record_statement(
         event_id="e",
         event_type="invitee.created",
@@ -54,9 +77,14 @@ def test_the_records_parameters_are_few_enough_for_psycopgs_cache() -> None:
         reason=None,
         change=change,
     )
-    assert query is RECORD_AND_APPLY
+    assert query is statement
     assert len(parameters) <= MAX_CACHED_STATEMENT_PARAMS
-    assert set(PLACEHOLDER.findall(query)) == set(parameters)  # nothing missing or extra
+    used = set(PLACEHOLDER.findall(query))
+    assert used <= set(parameters)  # nothing missing
+    # Nothing else, but what only the details' part reads (psycopg passes only what is used).
+    assert set(parameters) - used == (
+        DETAILS_ONLY if statement is RECORD_AND_APPLY_PLAIN else set()
+    )
     assert set(apply_parameters(route, change)) <= set(parameters)
 
 
