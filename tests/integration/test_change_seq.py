@@ -4,8 +4,6 @@ given twice since 0016."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,14 +11,14 @@ import psycopg
 import pytest
 
 from adapters.crypto import AesGcmTokenCipher
-from adapters.postgres.migrations import DEFAULT_DIRECTORY, migrate
+from adapters.postgres.migrations import migrate
 from adapters.postgres.pool import make_pool
 from adapters.postgres.unit_of_work import unit_of_work_factory
 from domain.meetings import Meeting
 from domain.model import Connection
 from domain.ports import MeetingChange, UnitOfWorkFactory
 from tests.support.connections import CID_A, CID_B, EV, add, connection, owner_sql
-from tests.support.postgres import RUNTIME_ROLE, PgCluster
+from tests.support.postgres import RUNTIME_ROLE, PgCluster, database_before
 
 PER_USER = "0005_per_user_change_seq.sql"
 
@@ -96,21 +94,8 @@ async def test_a_number_is_never_given_twice_once_the_newest_meetings_are_gone(
 @pytest.fixture
 async def before_per_user(pg_cluster: PgCluster, tmp_path: Path) -> AsyncIterator[str]:
     """A fresh database migrated up to (not including) 0005, as deployments were before it."""
-    folder = tmp_path / "migrations"
-    folder.mkdir()
-    for path in sorted(DEFAULT_DIRECTORY.glob("*.sql")):
-        if path.name < PER_USER:
-            shutil.copy(path, folder / path.name)
-    name = f"cc_before_per_user_{uuid.uuid4().hex[:8]}"
-    pg_cluster.drop(name)
-    with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = pg_cluster.url_for(name)
-    try:
-        await migrate(url, RUNTIME_ROLE, folder)
+    async for url in database_before(pg_cluster, tmp_path, PER_USER):
         yield url
-    finally:
-        pg_cluster.drop(name)
 
 
 async def test_the_migration_keeps_existing_cursors_and_continues_per_user(

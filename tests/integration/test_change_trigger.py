@@ -5,16 +5,14 @@ log the same changes, row for row, before and after it."""
 # ruff: noqa: S608
 from __future__ import annotations
 
-import shutil
-import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from adapters.postgres.migrations import DEFAULT_DIRECTORY, migrate
-from tests.support.postgres import RUNTIME_ROLE, PgCluster
+from tests.support.connections import owner_sql
+from tests.support.postgres import PgCluster, database_before
 
 ONE_TRIGGER = "0017_one_change_trigger.sql"
 C1 = "00000000-0000-0000-0000-0000000000c1"
@@ -83,26 +81,16 @@ TRANSACTIONS: list[list[str]] = [
 ]
 
 
-def database(pg_cluster: PgCluster, folder: Path | None) -> Iterator[str]:
-    name = f"cc_change_trigger_{uuid.uuid4().hex[:8]}"
-    pg_cluster.drop(name)
-    with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = pg_cluster.url_for(name)
-    try:
+@pytest.fixture
+async def before_url(pg_cluster: PgCluster, tmp_path: Path) -> AsyncIterator[str]:
+    async for url in database_before(pg_cluster, tmp_path, ONE_TRIGGER):
         yield url
-    finally:
-        pg_cluster.drop(name)
 
 
 @pytest.fixture
-def before_url(pg_cluster: PgCluster, tmp_path: Path) -> Iterator[str]:
-    yield from database(pg_cluster, tmp_path)
-
-
-@pytest.fixture
-def after_url(pg_cluster: PgCluster) -> Iterator[str]:
-    yield from database(pg_cluster, None)
+async def after_url(pg_cluster: PgCluster, tmp_path: Path) -> AsyncIterator[str]:
+    async for url in database_before(pg_cluster, tmp_path, None):
+        yield url
 
 
 def logged(url: str) -> list[tuple[object, ...]]:
@@ -122,15 +110,13 @@ def logged(url: str) -> list[tuple[object, ...]]:
 
 
 async def test_the_same_writes_log_the_same_changes_before_and_after_0017(
-    before_url: str, after_url: str, tmp_path: Path
+    before_url: str, after_url: str
 ) -> None:
-    for path in sorted(DEFAULT_DIRECTORY.glob("*.sql")):
-        if path.name < ONE_TRIGGER:
-            shutil.copy(path, tmp_path / path.name)
-    await migrate(before_url, RUNTIME_ROLE, tmp_path)
-    applied = [m.path.name for m in await migrate(after_url, RUNTIME_ROLE)]
-    assert ONE_TRIGGER in applied
-
+    one_function = "SELECT count(*) FROM pg_proc WHERE proname = 'log_row_change'"
+    assert (owner_sql(before_url, one_function), owner_sql(after_url, one_function)) == (
+        [(0,)],
+        [(1,)],
+    )
     before, after = logged(before_url), logged(after_url)
 
     assert after == before

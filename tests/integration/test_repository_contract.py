@@ -10,7 +10,14 @@ from msgspec.structs import replace
 from domain.errors import AccountAlreadyConnected, ConcurrentUpdate
 from domain.meetings import Cancellation, Invitee, Meeting, MeetingStatus
 from domain.model import Connection, PendingAuthorization
-from domain.ports import DetailsWanted, MeetingChange, MeetingQuery, Route, UnitOfWorkFactory
+from domain.ports import (
+    DetailsWanted,
+    MeetingChange,
+    MeetingQuery,
+    Route,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from domain.secret import Secret
 from tests.support.connections import CID_A, CID_B, EV, T0, account, add, connection
 
@@ -362,6 +369,13 @@ async def _asked_for_details(any_uow: UnitOfWorkFactory) -> tuple[Connection, De
     return stored, wanted
 
 
+async def _postpone_503(uow: UnitOfWork, wanted: DetailsWanted) -> None:
+    """A read of `wanted` that failed with Calendly's 503: retried 5 s later at the earliest."""
+    await uow.meetings.postpone_details(
+        CID_A, wanted, "Calendly answered 503", base=timedelta(seconds=5), cap=timedelta(minutes=30)
+    )
+
+
 async def _details(any_uow: UnitOfWorkFactory, user_id: str) -> list[tuple[str, str | None]]:
     async with any_uow(user_id) as uow:
         views = await uow.meetings.list(user_id, MeetingQuery())
@@ -423,13 +437,7 @@ async def test_a_failed_read_waits_for_its_own_retry_unless_asked_again(
     stored, wanted = await _asked_for_details(any_uow)
     async with any_uow("a") as uow:
         assert await uow.meetings.next_details_due(CID_A) == wanted.requested_at
-        await uow.meetings.postpone_details(
-            CID_A,
-            wanted,
-            "Calendly answered 503",
-            base=timedelta(seconds=5),
-            cap=timedelta(minutes=30),
-        )
+        await _postpone_503(uow, wanted)
         await uow.commit()
     async with any_uow("a") as uow:
         assert await uow.meetings.wanting_details(CID_A, 10) == []  # not before its retry
@@ -451,13 +459,7 @@ async def test_a_delivery_with_its_event_leaves_a_request_and_its_trouble_as_the
     a statement without the details' part (DR-53): what that part would do, it must not need."""
     stored, wanted = await _asked_for_details(any_uow)
     async with any_uow("a") as uow:
-        await uow.meetings.postpone_details(
-            CID_A,
-            wanted,
-            "Calendly answered 503",
-            base=timedelta(seconds=5),
-            cap=timedelta(minutes=30),
-        )
+        await _postpone_503(uow, wanted)
         await uow.commit()
     async with any_uow("a") as uow:
         retry = await uow.meetings.next_details_due(CID_A)

@@ -20,8 +20,9 @@ import itertools
 import os
 import re
 import secrets
+import shutil
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -31,7 +32,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from adapters.postgres.migrations import migrate
+from adapters.postgres.migrations import DEFAULT_DIRECTORY, migrate
 from adapters.postgres.roles import DEFAULT_RUNTIME_ROLE
 
 RUNTIME_ROLE = DEFAULT_RUNTIME_ROLE
@@ -224,3 +225,25 @@ def add_bare_connection(url: str, user: str) -> str:
             (cid, user, f"token-{uuid.uuid4()}"),
         )
     return cid
+
+
+async def database_before(
+    cluster: PgCluster, workdir: Path, migration: str | None
+) -> AsyncIterator[str]:
+    """A fresh database migrated up to (not including) `migration` (None: all of them), as
+    deployments were before it; dropped at the end. For tests of what a migration keeps."""
+    folder = workdir / f"migrations_before_{migration or 'none'}"
+    folder.mkdir()
+    for path in sorted(DEFAULT_DIRECTORY.glob("*.sql")):
+        if migration is None or path.name < migration:
+            shutil.copy(path, folder / path.name)
+    name = f"cc_before_{uuid.uuid4().hex[:8]}"
+    cluster.drop(name)
+    with psycopg.connect(cluster.admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = cluster.url_for(name)
+    try:
+        await migrate(url, RUNTIME_ROLE, folder)
+        yield url
+    finally:
+        cluster.drop(name)
