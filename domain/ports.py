@@ -311,7 +311,8 @@ class MeetingRepository(Protocol):
         ...
 
     async def latest_change(self, user_id: str) -> int:
-        """The user's highest `change_seq` (0 when there is none)."""
+        """The last `change_seq` given to the user's meetings (0 when none was): every change
+        still to come is numbered above it, even once the meetings it numbered are gone."""
         ...
 
 

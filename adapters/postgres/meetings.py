@@ -91,8 +91,12 @@ UPDATE meetings SET
 WHERE connection_id = %(connection_id)s AND event_uri = %(event_uri)s
   AND details_requested_at = %(requested_at)s
 """
+# The last number given (migrations/0016): one indexed row, where the highest number stored
+# read every meeting of the user whenever the statistics said few (DR-52).
 LATEST_CHANGE = """
-SELECT coalesce(max(change_seq), 0) AS latest FROM meetings WHERE user_id = %(user_id)s
+SELECT coalesce(
+    (SELECT last_seq FROM meeting_change_users WHERE user_id = %(user_id)s), 0
+) AS latest
 """
 
 

@@ -350,8 +350,8 @@ class FakeMeetingRepository(MeetingRepository):
         return views[:limit]
 
     async def latest_change(self, user_id: str) -> int:
-        views = await self.list(user_id, MeetingQuery(limit=10**9))
-        return max((v.change_seq for v in views), default=0)
+        staged, db = self._uow.staged, self._uow.db
+        return staged.meeting_seqs.get(user_id, db.meeting_seqs.get(user_id, 0))
 
 
 def replace_row(row: MeetingRow, **changes: Any) -> MeetingRow:

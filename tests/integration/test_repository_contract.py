@@ -480,3 +480,23 @@ async def test_a_delivery_with_its_event_leaves_a_request_and_its_trouble_as_the
     read = MeetingChange(meeting=Meeting(event_uri=EV + "e1"), details_for=wanted.requested_at)
     await _apply(any_uow, stored, read)
     assert await _details(any_uow, "a") == [("complete", None), ("complete", None)]
+
+
+async def test_change_numbers_go_on_after_an_erasure(any_uow: UnitOfWorkFactory) -> None:
+    """An erasure keeps the last number given (DR-52): a page that still holds a cursor from
+    before is sent what comes after, and `latest_change` never goes back."""
+    a = await add(any_uow, connection("a", 1, CID_A))
+    for event in ("e1", "e2"):
+        await apply(any_uow, a, MeetingChange(meeting=Meeting(event_uri=EV + event)))
+    async with any_uow("a") as uow:
+        assert await uow.meetings.latest_change("a") == 2
+        await uow.erasure.erase("a")
+        await uow.commit()
+    async with any_uow("a") as uow:
+        assert await uow.meetings.latest_change("a") == 2
+        assert await uow.meetings.changed_since("a", 0, 10) == []
+    a = await add(any_uow, connection("a", 1, CID_A))
+    await apply(any_uow, a, MeetingChange(meeting=Meeting(event_uri=EV + "e3")))
+    async with any_uow("a") as uow:
+        assert await uow.meetings.latest_change("a") == 3
+        assert [v.change_seq for v in await uow.meetings.changed_since("a", 2, 10)] == [3]
