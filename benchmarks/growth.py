@@ -65,9 +65,15 @@ SELECT c.user_id, c.id, 'https://api.calendly.test/scheduled_events/' || c.user_
        '30 Minute Meeting', timestamptz '2030-01-01 09:00Z' + k * interval '1 day',
        timestamptz '2030-01-01 09:30Z' + k * interval '1 day', 'active',
        '{{"type": "zoom", "join_url": "https://zoom.example/j/1"}}',
-       k  -- per user, as the trigger (off here) would number them
+       k  -- per user, as the service would number them (the counters follow below)
 FROM calendar_connections c, generate_series(1, {MEETINGS_PER_CONNECTION}) k
 """,  # noqa: S608 - a constant of this module, no input
+    """
+INSERT INTO meeting_change_users (user_id, last_seq)
+SELECT user_id, max(change_seq) FROM meetings GROUP BY user_id
+ON CONFLICT (user_id) DO UPDATE SET last_seq = greatest(meeting_change_users.last_seq,
+                                                      EXCLUDED.last_seq)
+""",
     """
 INSERT INTO meeting_invitees (user_id, connection_id, meeting_id, invitee_uri, email, name,
                               timezone, status)

@@ -26,7 +26,9 @@ CREATE POLICY tenant_only ON meeting_change_users
 
 -- From the numbers given so far. No meeting may be written meanwhile (a writer on the previous
 -- code would number one from the old rule after this read): writes wait for this migration.
-LOCK TABLE meetings IN SHARE ROW EXCLUSIVE MODE;
+-- ACCESS EXCLUSIVE at once, the lock the ALTER below takes anyway: a weaker one first would
+-- have to be raised later, and a transaction waiting in between could deadlock with it.
+LOCK TABLE meetings IN ACCESS EXCLUSIVE MODE;
 ALTER TABLE meetings NO FORCE ROW LEVEL SECURITY;
 INSERT INTO meeting_change_users (user_id, last_seq)
 SELECT user_id, max(change_seq) FROM meetings GROUP BY user_id;

@@ -23,7 +23,8 @@ from domain.ports import ConnectionRef, MeetingChange
 # change_seq is the user's own counter, kept in meeting_change_users (migrations/0016, DR-52):
 # the `numbered` CTE takes the user's next number (its upsert locks the user's row and reads its
 # latest version, whatever the statement's snapshot), and EXCLUDED carries it into the update.
-# Every write of a meeting takes a number, so a page's cursor sees every change.
+# Every upsert of a meeting (a delivery, a sync, a read of its details) takes a number, so a
+# page's cursor sees each of them (a failed read's error, POSTPONE_DETAILS, takes none).
 # The meeting and the maintenance request, as CTEs after a `serial` CTE that holds the lock
 # (APPLY_CHANGE below; the webhook's one statement in webhook_events.RECORD_AND_APPLY).
 # A change that neither lacks the event's details nor carries a read of them (`plain`, nearly

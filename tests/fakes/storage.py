@@ -350,6 +350,8 @@ class FakeMeetingRepository(MeetingRepository):
         return views[:limit]
 
     async def latest_change(self, user_id: str) -> int:
+        if self._uow.tenant != user_id:
+            return 0  # another tenant's counter is not visible (row-level security)
         staged, db = self._uow.staged, self._uow.db
         return staged.meeting_seqs.get(user_id, db.meeting_seqs.get(user_id, 0))
 

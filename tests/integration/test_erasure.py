@@ -90,7 +90,7 @@ async def test_erasure_removes_all_of_the_user_and_nothing_of_anyone_else(real: 
     result = await erase("alice")
 
     left = rows_of(real, "alice")
-    # Only the last change number stays (a user id and a number: 0011, DR-36).
+    # Only the last change numbers stay (a user id and a number each: 0011 and 0016, DR-36).
     assert {t: n for t, n in left.items() if t not in KEPT_TABLES} == {
         t: 0 for t in bob_before if t not in KEPT_TABLES
     }

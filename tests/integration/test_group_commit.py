@@ -275,7 +275,7 @@ async def test_each_users_changes_keep_their_order_in_the_feed(
     assert len(seqs) > 1
     assert seqs == sorted(seqs)
     # The live cursors too: the batch numbered bob's meeting after the one committed while it
-    # waited (its statement reads the newest number only once the lock is held, DR-52).
+    # waited (DR-52).
     numbers = owner_sql(
         database_url,
         "SELECT event_uri, change_seq FROM meetings WHERE user_id = 'bob' ORDER BY change_seq",

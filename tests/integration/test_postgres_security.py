@@ -72,10 +72,12 @@ async def test_another_tenants_rows_cannot_be_changed_or_claimed(
         assert cursor.rowcount == 0
         cursor = await conn.execute("DELETE FROM calendar_connections WHERE user_id = 'a'")
         assert cursor.rowcount == 0
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        # With its number given, meetings' own policy refuses it (without one, the numbering
+        # trigger's counter, under the same tenant rule, would refuse it first: DR-52).
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match='"meetings"'):
             await conn.execute(
-                "INSERT INTO meetings (user_id, connection_id, event_uri, status)"
-                " VALUES ('a', %s, 'x', 'active')",
+                "INSERT INTO meetings (user_id, connection_id, event_uri, status, change_seq)"
+                " VALUES ('a', %s, 'x', 'active', 1)",
                 (CID_A,),
             )
         await conn.rollback()
