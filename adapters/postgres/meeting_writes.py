@@ -12,7 +12,6 @@ from psycopg.types.json import Jsonb
 from adapters.text import storable, storable_json, storable_or_none
 from domain.ports import ConnectionRef, MeetingChange
 
-
 # The merge rules of domain.meetings, done by Postgres in one statement so that concurrent
 # deliveries for one meeting cannot lose each other's changes. Contract tests run the same
 # sequences against this and against the in-memory fake that calls the domain's rules.
@@ -32,14 +31,10 @@ from domain.ports import ConnectionRef, MeetingChange
 # nothing: its statement leaves out what would compute exactly that. Postgres builds every
 # expression and table write of a statement each time it runs it, used or not: the details'
 # part was about a sixth of a delivery's statement (DR-53).
-def _meeting_ctes(*, plain: bool) -> str:
-    details_column, details_value, details_updates, wanted = (
-        ("", "", "", "")
-        if plain
-        else (
-            " details_requested_at,",
-            " CASE WHEN %(needs_details)s THEN now() END,",
-            """
+# What only a change that is not plain needs (DR-47): a new meeting's request time, an existing
+# one's details' columns, and the worker told (`wanted`).
+_REQUESTED = " CASE WHEN %(needs_details)s THEN now() END,"
+_DETAILS_UPDATES = """
         -- A delivery without the event's details asks for them (again: the event may have
         -- changed); a read of the event meets the request it was made for, unless a later
         -- delivery renewed it meanwhile (DR-47).
@@ -58,17 +53,21 @@ def _meeting_ctes(*, plain: bool) -> str:
         details_retry_at = CASE
             WHEN %(needs_details)s OR t.details_requested_at = %(details_for)s::timestamptz
                 THEN NULL
-            ELSE t.details_retry_at END,""",
-            """,
+            ELSE t.details_retry_at END,"""
+_WANTED = """,
 -- ... and tells the worker so. After the meeting (FROM meeting): the user's lock comes first,
 -- as everywhere else, so two deliveries of one user cannot wait for each other.
 wanted AS (
     UPDATE connection_maintenance SET enrich_due = now()
     FROM meeting
     WHERE %(needs_details)s AND connection_id = %(connection_id)s
-)""",
-        )
-    )
+)"""
+
+
+def _meeting_ctes(*, plain: bool) -> str:
+    def unless_plain(text: str) -> str:
+        return "" if plain else text
+
     return f"""
 numbered AS (
     INSERT INTO meeting_change_users AS n (user_id, last_seq)
@@ -79,10 +78,10 @@ numbered AS (
 meeting AS (
     INSERT INTO meetings AS t (
         user_id, connection_id, event_uri, name, start_time, end_time, status, location,
-        cancellation,{details_column} change_seq
+        cancellation,{unless_plain(" details_requested_at,")} change_seq
     )
     SELECT %(user_id)s, %(connection_id)s, %(event_uri)s, %(name)s, %(start_time)s,
-           %(end_time)s, %(status)s, %(location)s, %(cancellation)s,{details_value}
+           %(end_time)s, %(status)s, %(location)s, %(cancellation)s,{unless_plain(_REQUESTED)}
            numbered.last_seq
     FROM numbered
     ON CONFLICT (connection_id, event_uri) DO UPDATE SET
@@ -92,11 +91,11 @@ meeting AS (
         status = CASE WHEN 'canceled' IN (t.status, EXCLUDED.status)
                       THEN 'canceled' ELSE 'active' END,
         location = coalesce(EXCLUDED.location, t.location),
-        cancellation = coalesce(t.cancellation, EXCLUDED.cancellation),{details_updates}
+        cancellation = coalesce(t.cancellation, EXCLUDED.cancellation),{unless_plain(_DETAILS_UPDATES)}
         change_seq = EXCLUDED.change_seq,
         updated_at = now()
     RETURNING id
-){wanted}
+){unless_plain(_WANTED)}
 """  # noqa: S608 - constant SQL joined together; no input is ever formatted in
 
 

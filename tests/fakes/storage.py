@@ -208,9 +208,8 @@ class FakeMeetingRepository(MeetingRepository):
         key = (connection.id, change.meeting.event_uri)
         row = self._row(key)
         merged = change.meeting if row is None else row.meeting.merged_with(change.meeting)
-        user = connection.user_id
-        last = staged.meeting_seqs.get(user, db.meeting_seqs.get(user, 0))
-        staged.meeting_seqs[user] = last + 1
+        last = self._last_seq(connection.user_id)
+        staged.meeting_seqs[connection.user_id] = last + 1
         requested_at = row.details_requested_at if row else None
         details_error = row.details_error if row else None
         failures, retry_at = (row.details_failures, row.details_retry_at) if row else (0, None)
@@ -352,6 +351,10 @@ class FakeMeetingRepository(MeetingRepository):
     async def latest_change(self, user_id: str) -> int:
         if self._uow.tenant != user_id:
             return 0  # another tenant's counter is not visible (row-level security)
+        return self._last_seq(user_id)
+
+    def _last_seq(self, user_id: str) -> int:
+        """The last change number given to the user's meetings, this transaction's included."""
         staged, db = self._uow.staged, self._uow.db
         return staged.meeting_seqs.get(user_id, db.meeting_seqs.get(user_id, 0))
 
