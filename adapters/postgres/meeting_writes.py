@@ -65,7 +65,8 @@ wanted AS (
 
 
 def _meeting_ctes(*, plain: bool) -> str:
-    def unless_plain(text: str) -> str:
+    def full(text: str) -> str:
+        """`text` in the full statement; nothing in the plain one."""
         return "" if plain else text
 
     return f"""
@@ -78,10 +79,10 @@ numbered AS (
 meeting AS (
     INSERT INTO meetings AS t (
         user_id, connection_id, event_uri, name, start_time, end_time, status, location,
-        cancellation,{unless_plain(" details_requested_at,")} change_seq
+        cancellation,{full(" details_requested_at,")} change_seq
     )
     SELECT %(user_id)s, %(connection_id)s, %(event_uri)s, %(name)s, %(start_time)s,
-           %(end_time)s, %(status)s, %(location)s, %(cancellation)s,{unless_plain(_REQUESTED)}
+           %(end_time)s, %(status)s, %(location)s, %(cancellation)s,{full(_REQUESTED)}
            numbered.last_seq
     FROM numbered
     ON CONFLICT (connection_id, event_uri) DO UPDATE SET
@@ -91,11 +92,11 @@ meeting AS (
         status = CASE WHEN 'canceled' IN (t.status, EXCLUDED.status)
                       THEN 'canceled' ELSE 'active' END,
         location = coalesce(EXCLUDED.location, t.location),
-        cancellation = coalesce(t.cancellation, EXCLUDED.cancellation),{unless_plain(_DETAILS_UPDATES)}
+        cancellation = coalesce(t.cancellation, EXCLUDED.cancellation),{full(_DETAILS_UPDATES)}
         change_seq = EXCLUDED.change_seq,
         updated_at = now()
     RETURNING id
-){unless_plain(_WANTED)}
+){full(_WANTED)}
 """  # noqa: S608 - constant SQL joined together; no input is ever formatted in
 
 
