@@ -153,12 +153,6 @@ class StorageUnavailable(DomainError):
     """The database cannot be reached; the caller should retry later."""
 
 
-class RouteChanged(DomainError):
-    """A webhook route the ledger answered from memory was no longer stored as remembered
-    when its delivery was to be written (disconnected, reconnected with another signing key):
-    nothing of the delivery was written. Handle it again from a route read now (DR-54)."""
-
-
 class StoredSecretUnreadable(DomainError):
     """A secret stored encrypted cannot be opened with the configured keys: its key id is not
     in TOKEN_ENCRYPTION_KEY (a key dropped, or a database left from another deployment), or

@@ -350,21 +350,11 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
     calendly_user_uri: str
     # The connection's own webhook signing key, when it has a subscription of ours.
     signing_key: Secret | None = None
-    # Set when a ledger answered from memory rather than from a read just now: the connection's
-    # token it remembered this route by. Such a route is checked where its delivery is written
-    # (RouteChanged when it changed meanwhile), and a signature its key does not verify is
-    # tried again against the route read now (DR-54).
-    remembered_token: str | None = None
 
     @property
     def id(self) -> str:
         """The connection's id: a route names its connection's rows (a ConnectionRef)."""
         return self.connection_id
-
-    @property
-    def remembered(self) -> bool:
-        """Answered from a ledger's memory (see `remembered_token`)."""
-        return self.remembered_token is not None
 
 
 class WebhookRouteRepository(Protocol):
@@ -425,25 +415,16 @@ class DeliveryLedger(Protocol):
     """
 
     async def route(
-        self,
-        *,
-        webhook_token: str | None = None,
-        calendly_user_uris: Sequence[str] = (),
-        fresh: bool = False,
+        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
     ) -> Route | None:
-        """As `WebhookRouteRepository.find`, outside any transaction of the caller's.
-
-        An adapter may answer a lookup by token from memory (a `remembered` route, DR-54);
-        `fresh` asks for a route read now.
-        """
+        """As `WebhookRouteRepository.find`, outside any transaction of the caller's."""
         ...
 
     async def record(self, delivery: DeliveryRecord) -> bool:
         """Record (and apply) `delivery` and commit; False when it was a duplicate.
 
         Raises StorageUnavailable when the database cannot say (nothing may be assumed
-        committed then: a retry is deduplicated), and RouteChanged when the delivery's route
-        was remembered and is no longer current (nothing was written).
+        committed then: a retry is deduplicated).
         """
         ...
 

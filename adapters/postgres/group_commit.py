@@ -20,18 +20,9 @@ The order inside a batch's transaction (the proof is in DR-48):
    batches wait for each other in a circle, and the transaction gets its id only once it
    holds all of them, so each user's transactions still get their ids, their `user_seq` and
    their commits in one order (the change feed's promise, DR-31 and DR-33);
-3. the routes the ledger answered from memory, checked against the stored ones
-   (`webhook_routes_unchanged`, DR-54): under the users' locks, so that no disconnect or
-   reconnect of theirs can commit between the check and the batch's commit;
-4. the deliveries, grouped by user, each user's under its own tenant (row-level security is
+3. the deliveries, grouped by user, each user's under its own tenant (row-level security is
    checked statement by statement), deliveries no user was found for last, without one;
-5. COMMIT.
-
-Routes found by a connection's token are remembered (DR-54), at most `REMEMBERED_ROUTES` of
-them for at most `REMEMBER_SECONDS` each: a delivery to a remembered connection goes straight
-to its record batch. A remembered route is never trusted beyond that batch's check: when it
-changed, nothing of its delivery is written, the route is forgotten, and the caller hears
-RouteChanged (the use case then handles the delivery again from a route read now).
+4. COMMIT.
 """
 
 from __future__ import annotations
@@ -39,18 +30,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Generic, TypeVar
 
-import msgspec
 import psycopg
 import psycopg_pool
 from psycopg.rows import dict_row
 
-from domain.errors import RouteChanged, StorageUnavailable
+from domain.errors import StorageUnavailable
 from domain.ports import DeliveryLedger, DeliveryRecord, Route
 
 from .pool import Connection, sweep_broken_connections
@@ -81,16 +70,6 @@ LOCK_USERS = (
 # per process (each holds a pooled connection while it runs).
 MAX_BATCH = 64
 MAX_RUNNING = 3
-# How many routes found by token a process remembers, and for how long (DR-54). The time bounds
-# how long a signing key no delivery has used stays unsealed in memory.
-REMEMBERED_ROUTES = 10_000
-REMEMBER_SECONDS = 300.0
-# The remembered routes of a batch, checked against the stored ones (migration 0018): raises
-# ROUTE_CHANGED when one of them is no longer stored as it was found.
-CHECK_ROUTES = (
-    "SELECT webhook_routes_unchanged(%s::text[], %s::uuid[], %s::text[], %s::text[], %s::bytea[])"
-)
-ROUTE_CHANGED = "CC409"
 
 
 class Coalescer(Generic[T, R]):
@@ -208,21 +187,6 @@ def _pass_on(answered: asyncio.Future[R], *, to: asyncio.Future[R]) -> None:
         _settle(to, exception if exception is not None else answered.result())
 
 
-class _Remembered:
-    """A route found by token, with what the stored row held for the batch's check."""
-
-    __slots__ = ("connection_id", "route", "sealed_key", "token", "until", "uri", "user_id")
-
-    def __init__(self, route: Route, row: dict[str, Any], until: float) -> None:
-        self.route = route
-        self.token: str = row["webhook_token"]
-        self.connection_id: str = row["connection_id"]
-        self.user_id: str = row["user_id"]
-        self.uri: str | None = row["calendly_user_uri"]
-        self.sealed_key: bytes | None = row["signing_key_enc"]
-        self.until = until
-
-
 class PostgresDeliveryLedger(DeliveryLedger):
     """The webhook path's ledger over the pool, with group commit (see the module's text)."""
 
@@ -235,8 +199,6 @@ class PostgresDeliveryLedger(DeliveryLedger):
         max_batch: int = MAX_BATCH,
         max_running: int = MAX_RUNNING,
         lock_timeout_ms: int = LOCK_TIMEOUT_MS,
-        remembered_routes: int = REMEMBERED_ROUTES,
-        remember_seconds: float = REMEMBER_SECONDS,
     ) -> None:
         self._pool = pool
         self._cipher = cipher
@@ -250,46 +212,13 @@ class PostgresDeliveryLedger(DeliveryLedger):
         )
         self.fallbacks = 0  # batches written one by one instead (for tests and figures)
         self._alone_tasks: set[asyncio.Task[bool]] = set()
-        # Routes by token, oldest first (DR-54); and how often they served, or had changed.
-        self._remembered: dict[str, _Remembered] = {}
-        self._remember_at_most = remembered_routes
-        self._remember_seconds = remember_seconds
-        self.remembered_answers = 0
-        self.route_changes = 0
 
     async def route(
-        self,
-        *,
-        webhook_token: str | None = None,
-        calendly_user_uris: Sequence[str] = (),
-        fresh: bool = False,
+        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
     ) -> Route | None:
         if webhook_token is None and not calendly_user_uris:
             return None  # nothing to look by (route_statement would say the same)
-        if webhook_token is not None and not fresh:
-            entry = self._remembered.get(webhook_token)
-            if entry is not None:
-                if entry.until > time.monotonic():
-                    self.remembered_answers += 1
-                    return entry.route
-                del self._remembered[webhook_token]
         return await self.routes((webhook_token, tuple(calendly_user_uris)))
-
-    def _remember(self, row: dict[str, Any], route: Route) -> None:
-        """Keep a route just read by token, as a remembered one, the oldest one out if full."""
-        if self._remember_at_most <= 0:
-            return
-        token = row["webhook_token"]
-        self._remembered.pop(token, None)  # in again as the newest
-        while len(self._remembered) >= self._remember_at_most:
-            del self._remembered[next(iter(self._remembered))]
-        remembered = msgspec.structs.replace(route, remembered_token=token)
-        until = time.monotonic() + self._remember_seconds
-        self._remembered[token] = _Remembered(remembered, row, until)
-
-    def forget_routes(self) -> None:
-        """Forget every remembered route (the next lookups read them)."""
-        self._remembered.clear()
 
     async def record(self, delivery: DeliveryRecord) -> bool:
         return await self.records(delivery)
@@ -330,13 +259,9 @@ class PostgresDeliveryLedger(DeliveryLedger):
                     if cursor is not None:
                         row = await cursor.fetchone()
                     try:  # a key that cannot be unsealed is that route's trouble alone
-                        route = route_from_row(row, self._cipher)
+                        found.append(route_from_row(row, self._cipher))
                     except Exception as exc:
                         found.append(exc)
-                        continue
-                    if row is not None and route is not None and token is not None:
-                        self._remember(row, route)
-                    found.append(route)
                 return found
         except UNAVAILABLE as exc:
             sweep_broken_connections(self._pool)
@@ -351,62 +276,28 @@ class PostgresDeliveryLedger(DeliveryLedger):
     async def _record_batch(
         self, deliveries: Sequence[DeliveryRecord]
     ) -> Sequence[bool | BaseException | asyncio.Future[bool]]:
-        """The batch's deliveries written together; a remembered route no longer in memory
-        (forgotten, or found again meanwhile) has its delivery handled again instead."""
-        answers: list[bool | BaseException | asyncio.Future[bool] | None] = [None] * len(deliveries)
-        checks: dict[str, _Remembered] = {}
-        for i, delivery in enumerate(deliveries):
-            route = delivery.route
-            if route is None or route.remembered_token is None:
-                continue
-            entry = self._remembered.get(route.remembered_token)
-            if entry is None or entry.route is not route:
-                answers[i] = _route_changed()
-            else:
-                checks[entry.token] = entry
-        ready = [i for i, answer in enumerate(answers) if answer is None]
-        if ready:
-            written = await self._write_batch([deliveries[i] for i in ready], checks)
-            for i, answer in zip(ready, written, strict=True):
-                answers[i] = answer
-        return [answer for answer in answers if answer is not None]
-
-    async def _write_batch(
-        self, deliveries: Sequence[DeliveryRecord], checks: dict[str, _Remembered]
-    ) -> Sequence[bool | BaseException | asyncio.Future[bool]]:
-        changed = False
         try:
             async with self._pool.connection() as conn:
                 conn.row_factory = dict_row
                 try:
-                    return list(await self._write_together(conn, deliveries, checks))
+                    return list(await self._write_together(conn, deliveries))
                 except Exception as exc:  # one delivery's trouble, in SQL or in Python
                     if conn.closed or (
                         isinstance(exc, UNAVAILABLE) and not isinstance(exc, BATCH_ONLY)
                     ):
                         raise
-                    changed = getattr(exc, "sqlstate", None) == ROUTE_CHANGED
-                    # A lock held long elsewhere, a deadlock, one delivery's bad data, a route
-                    # that changed: none of it may fail the others. Each is written alone below.
+                    # A lock held long elsewhere, a deadlock, one delivery's bad data: none of
+                    # it may fail the others. Each is written alone below.
                     with contextlib.suppress(psycopg.Error):
                         await conn.rollback()
         except UNAVAILABLE as exc:
             sweep_broken_connections(self._pool)
             return [unavailable(exc) for _ in deliveries]
-        if changed:
-            self.route_changes += 1
-            for token, entry in checks.items():
-                if self._remembered.get(token) is entry:
-                    del self._remembered[token]
         # Each written alone, concurrently, and each caller answered as soon as its own is
-        # committed: one that waits for a busy user's lock holds up nobody else. A delivery
-        # under a remembered route is handled again instead (the path alone checks no route).
+        # committed: one that waits for a busy user's lock holds up nobody else.
         self.fallbacks += 1
-        alone: list[BaseException | asyncio.Future[bool]] = []
+        alone: list[asyncio.Future[bool]] = []
         for delivery in deliveries:
-            if delivery.route is not None and delivery.route.remembered:
-                alone.append(_route_changed())
-                continue
             task = asyncio.create_task(self._alone.record(delivery), context=contextvars.Context())
             self._alone_tasks.add(task)
             task.add_done_callback(self._alone_tasks.discard)
@@ -414,10 +305,7 @@ class PostgresDeliveryLedger(DeliveryLedger):
         return alone
 
     async def _write_together(
-        self,
-        conn: Connection,
-        deliveries: Sequence[DeliveryRecord],
-        checks: dict[str, _Remembered],
+        self, conn: Connection, deliveries: Sequence[DeliveryRecord]
     ) -> list[bool]:
         order = sorted(range(len(deliveries)), key=lambda i: _place(deliveries[i]))
         users = sorted({d.route.user_id for d in deliveries if d.route is not None})
@@ -426,18 +314,6 @@ class PostgresDeliveryLedger(DeliveryLedger):
             await conn.execute(SET_LOCK_TIMEOUT, (self._lock_timeout,))
             if users:
                 await conn.execute(LOCK_USERS, (users,))
-            if checks:
-                entries = checks.values()
-                await conn.execute(
-                    CHECK_ROUTES,
-                    (
-                        [e.token for e in entries],
-                        [e.connection_id for e in entries],
-                        [e.user_id for e in entries],
-                        [e.uri for e in entries],
-                        [e.sealed_key for e in entries],
-                    ),
-                )
             tenant: str | None = None
             for i in order:
                 delivery = deliveries[i]
@@ -476,10 +352,6 @@ async def each_alone(
     trouble then stays its own."""
     answers = await asyncio.gather(*(run([item]) for item in items), return_exceptions=True)
     return [a if isinstance(a, BaseException) else a[0] for a in answers]
-
-
-def _route_changed() -> RouteChanged:
-    return RouteChanged("the remembered webhook route has changed")
 
 
 def unavailable(cause: BaseException) -> StorageUnavailable:

@@ -9,7 +9,7 @@ from typing import Literal
 
 import msgspec
 
-from domain.errors import InvalidSignature, RouteChanged, UnusablePayload
+from domain.errors import InvalidSignature, UnusablePayload
 from domain.ports import (
     Clock,
     DeliveryLedger,
@@ -19,12 +19,7 @@ from domain.ports import (
     WebhookOutcome,
 )
 from domain.secret import Secret
-from domain.signature import (
-    SignatureHeader,
-    check_timestamp,
-    parse_signature_header,
-    signed_with,
-)
+from domain.signature import check_timestamp, parse_signature_header, signed_with
 from domain.webhooks import InboundWebhook, WebhookDecoder, digest
 
 DEFAULT_TOLERANCE = timedelta(seconds=180)
@@ -70,11 +65,7 @@ class UnitOfWorkLedger(DeliveryLedger):
         self._uow = uow
 
     async def route(
-        self,
-        *,
-        webhook_token: str | None = None,
-        calendly_user_uris: Sequence[str] = (),
-        fresh: bool = False,  # every route here is read now
+        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
     ) -> Route | None:
         async with self._uow() as uow:
             return await uow.routes.find(
@@ -110,8 +101,7 @@ class HandleWebhookEvent:
 
     What an unsigned request may cost is bounded (RELIABILITY promise 9): the header and the
     app's keys are checked in memory; on the shared URL nothing else is tried, on a
-    connection's own URL at most one indexed lookup fetches that connection's key (none when
-    the ledger remembers it; one when the remembered key does not verify, DR-54). The body is
+    connection's own URL one indexed lookup fetches that connection's key. The body is
     decoded only once a key vouches for it, and routing by URIs is one capped query.
 
     The ledger finds routes and records deliveries; the service's shares round trips and
@@ -140,26 +130,14 @@ class HandleWebhookEvent:
         app_signed = signed_with(header, command.body, self._app_keys)
         if not app_signed and not plausible_token(command.webhook_token):
             raise InvalidSignature("no configured signing key matches")
-        try:
-            return await self._take(command, header, app_signed, fresh=False)
-        except RouteChanged:
-            # The route the ledger remembered had changed by the time the delivery was to be
-            # written, and nothing was: the delivery is judged again, from a route read now.
-            return await self._take(command, header, app_signed, fresh=True)
-
-    async def _take(
-        self, command: WebhookCommand, header: SignatureHeader, app_signed: bool, *, fresh: bool
-    ) -> WebhookResult:
         route: Route | None = None
         if command.webhook_token is not None:
-            route = await self._ledger.route(webhook_token=command.webhook_token, fresh=fresh)
-            if not app_signed and not _signed_by(route, header, command.body):
-                if route is None or not route.remembered:
-                    raise InvalidSignature("no configured signing key matches")
-                # A key from memory: the connection may have a new one since (a reconnect).
-                route = await self._ledger.route(webhook_token=command.webhook_token, fresh=True)
-                if not _signed_by(route, header, command.body):
-                    raise InvalidSignature("no configured signing key matches")
+            route = await self._ledger.route(webhook_token=command.webhook_token)
+            own_key = route.signing_key if route is not None else None
+            if not app_signed and not (
+                own_key is not None and signed_with(header, command.body, (own_key,))
+            ):
+                raise InvalidSignature("no configured signing key matches")
         # Signed: only now is the body decoded.
         inbound, problem = self._decode(command.body)
         if command.webhook_token is None and inbound is not None:
@@ -211,9 +189,3 @@ class HandleWebhookEvent:
         if inbound.change is None:
             return "ignored", f"{inbound.event} is stored but not acted on"
         return "applied", None
-
-
-def _signed_by(route: Route | None, header: SignatureHeader, body: bytes) -> bool:
-    """Whether the connection's own signing key verifies the delivery."""
-    key = route.signing_key if route is not None else None
-    return key is not None and signed_with(header, body, (key,))
