@@ -115,7 +115,7 @@ async def live_updates(
     """This process's hub of open event streams, rung by a LISTENing database connection, and
     the task that keeps the free-plan connections of the users watching here polled often
     (WATCHED_POLL_SECONDS, DR-42)."""
-    hub = LiveHub()
+    hub = LiveHub(heartbeat_seconds=settings.http.live_heartbeat_seconds)
     listener = PostgresChangeListener(
         settings.database.url.reveal(), hub.ring, runtime_role=settings.database.runtime_role
     )

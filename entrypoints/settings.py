@@ -61,6 +61,7 @@ VARIABLES: Final = (
     "JWT_ISSUER",
     "JWT_JWKS_URL",
     "JWT_LEEWAY_SECONDS",
+    "LIVE_HEARTBEAT_SECONDS",
     "JWT_USER_CLAIM",
     "DEV_LOGIN_ENABLED",
     "HOST",
@@ -180,6 +181,8 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
     dev_login_enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
+    # How often an idle live stream sends a comment line (proxies close silent responses).
+    live_heartbeat_seconds: int = 30
 
 
 class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -548,6 +551,9 @@ def _read_http(env: _Environment) -> HttpSettings:
         jwt_issuer=env.optional("JWT_ISSUER"),
         jwt_leeway_seconds=env.integer(
             "JWT_LEEWAY_SECONDS", _default(HttpSettings, "jwt_leeway_seconds"), 0, 300
+        ),
+        live_heartbeat_seconds=env.integer(
+            "LIVE_HEARTBEAT_SECONDS", _default(HttpSettings, "live_heartbeat_seconds"), 1, 300
         ),
         jwt_user_claim=env.optional("JWT_USER_CLAIM") or _default(HttpSettings, "jwt_user_claim"),
         dev_login_enabled=dev_login,

@@ -901,8 +901,19 @@ async function getConnection(transport, signal) {
 
 const LIVE_MIN_DELAY = 1000;
 const LIVE_MAX_DELAY = 30000;
-// The server sends a comment at least every 15 s; silence for this long means a dead link.
+// The server sends a comment at least once per heartbeat interval, which its `ready` event
+// gives (`heartbeat`, in seconds): silence for three intervals means a dead link. Until a
+// stream has said it, and never less: 45 s. At most 15 minutes, whatever a server says.
 const LIVE_SILENCE_LIMIT = 45000;
+const LIVE_SILENCE_MAX = 15 * 60 * 1000;
+
+/** The silence a stream whose heartbeat is `seconds` may keep before it counts as dead. */
+function silenceLimitFor(seconds) {
+  if (typeof seconds !== "number" || !Number.isFinite(seconds) || seconds <= 0) {
+    return LIVE_SILENCE_LIMIT;
+  }
+  return Math.min(LIVE_SILENCE_MAX, Math.max(LIVE_SILENCE_LIMIT, 3000 * seconds));
+}
 
 /** 0.75–1.25 × base: many pages dropped at once must not come back in step. */
 function jittered(base) {
@@ -932,6 +943,7 @@ class LiveStream {
     this.closedByHost = false;
     this.done = false;
     this.lastId = null; // resume point: the last event id (or the `ready` cursor)
+    this.silenceLimit = LIVE_SILENCE_LIMIT; // from the last `ready` event's heartbeat
     this.attempt = 0; // failures since the last healthy stream
     this.serverRetry = null; // the stream's `retry:` field, if any
     this.freshToken = null; // a token from a refresh, for the next try
@@ -1095,7 +1107,7 @@ class LiveStream {
       silence = setTimeout(() => {
         silent = true;
         controller.abort();
-      }, LIVE_SILENCE_LIMIT);
+      }, this.silenceLimit);
     };
     watch();
     try {
@@ -1164,8 +1176,8 @@ class LiveStream {
           // A stream that ends by itself (e.g. the server's storage is down) is retried.
           return expired ? { kind: "expired", token } : { kind: "ended" };
         }
-        watch();
         parser.push(decoder.decode(value, { stream: true }));
+        watch(); // after the events: a `ready` may have just said the heartbeat's interval
         if (expired) {
           // Nothing more may come on an expired stream: do not wait for the server to end it.
           reader.cancel().catch(() => {});
@@ -1200,6 +1212,7 @@ class LiveStream {
         this.attempt = 0;
         this.refreshedSinceReady = false;
         this.connectionSeen = null;
+        this.silenceLimit = silenceLimitFor(isObject(payload) ? payload.heartbeat : null);
         const cursor = isObject(payload) ? payload.cursor : null;
         if (this.lastId === null && Number.isSafeInteger(cursor) && cursor >= 0) {
           this.lastId = String(cursor);

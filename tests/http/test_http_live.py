@@ -151,12 +151,18 @@ ORIGIN = {
 }
 
 
-async def _sides() -> list[tuple[Api, Services, AsyncTestClient[Litestar]]]:
+async def _sides(
+    heartbeat: float | None = None,
+) -> list[tuple[Api, Services, AsyncTestClient[Litestar]]]:
+    """The app through its lean paths and through Litestar alone, each with alice connected
+    (and each hub's heartbeat interval set, when given)."""
     sides = []
     for fast in (True, False):
         core = build_core()
         config = make_config()
         services = services_of(core, Readiness())
+        if heartbeat is not None:
+            services.live_hub.heartbeat_seconds = heartbeat
         app = create_app(services, config, fast_paths=fast)
         client = AsyncTestClient(app=app, base_url=BASE_URL)
         await client.__aenter__()
@@ -247,6 +253,8 @@ async def test_a_stream_that_opens_sends_ready_connection_and_new_meetings() -> 
         answer = await page.leave()
         events = [part for part in answer.body.split(b"\r\n\r\n") if part]
         assert events[0].startswith(b'event: ready\r\ndata: {"cursor":')
+        # The reader learns the heartbeat's interval, for its watchdog (DR-54).
+        assert events[0].endswith(b',"heartbeat":30}')
         assert events[1].startswith(b'event: connection\r\ndata: {"connection":{')
         assert events[2].startswith(b"id: ")
         assert b"event: meetings" in events[2]
@@ -262,15 +270,15 @@ async def test_a_quiet_stream_beats_both_ways_and_the_first_beat_is_spread(
     """Nothing happens: each stream sends bare comment lines, the first at the stream's own
     random point of the interval (pages that open together must not beat together), then one
     per interval; through the lean path and Litestar's route alike."""
-    monkeypatch.setattr(live_routes, "HEARTBEAT_SECONDS", 1.0)
     phases: list[float] = []
 
-    def first_beat() -> float:
+    def first_beat(interval: float) -> float:
+        assert interval == 1.0
         phases.append(0.05)
         return 0.05
 
     monkeypatch.setattr(live_routes, "_first_heartbeat", first_beat)
-    sides = await _sides()
+    sides = await _sides(heartbeat=1.0)
     try:
         for _, services, client in sides:
             page = Page(client.app, "/api/live", [(b"authorization", _auth("alice")[0])])
@@ -326,9 +334,8 @@ async def test_rings_that_send_nothing_do_not_put_the_heartbeat_off(
 ) -> None:
     """A doorbell that finds nothing new sends nothing: the heartbeat still comes within its
     interval of the last write (a page's watchdog takes long silence for a dead link)."""
-    monkeypatch.setattr(live_routes, "HEARTBEAT_SECONDS", 0.6)
-    monkeypatch.setattr(live_routes, "_first_heartbeat", lambda: 0.6)
-    (_, services, client), *_ = await _sides()
+    monkeypatch.setattr(live_routes, "_first_heartbeat", lambda interval: interval)
+    (_, services, client), *_ = await _sides(heartbeat=0.6)
     try:
         page = Page(client.app, "/api/live", [(b"authorization", _auth("alice")[0])])
         await page.until(b"event: connection")
@@ -349,9 +356,8 @@ async def test_a_stream_ends_at_its_tokens_end_with_no_heartbeat_before_it(
     """The token ends before the next heartbeat is due: the stream wakes at the token's end
     exactly (not at an earlier point of the heartbeats' grid, which sent one more ping just
     before `expired`), says `expired`, and ends; through either path."""
-    monkeypatch.setattr(live_routes, "HEARTBEAT_SECONDS", 10.0)
-    monkeypatch.setattr(live_routes, "_first_heartbeat", lambda: 10.0)
-    sides = await _sides()
+    monkeypatch.setattr(live_routes, "_first_heartbeat", lambda interval: interval)
+    sides = await _sides(heartbeat=10.0)
     try:
         for _, _, client in sides:
             token = b"Bearer " + make_token("alice", expires_in=2).encode()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from domain.secret import Secret
+from entrypoints.live import DEFAULT_HEARTBEAT_SECONDS
 from entrypoints.service.http.cursors import MeetingCursors
 from entrypoints.service.http.sessions import UserSessions
 from entrypoints.service.server import http_config
@@ -225,6 +226,8 @@ def test_a_single_problem_reads_in_the_singular() -> None:
         ("PORT", "65536", "from 1 to 65535"),
         ("WEBHOOK_LOG_ONE_IN", "0", "from 1 to 1000000"),
         ("WEBHOOK_LOG_ONE_IN", "every", "from 1 to 1000000"),
+        ("LIVE_HEARTBEAT_SECONDS", "0", "from 1 to 300"),
+        ("LIVE_HEARTBEAT_SECONDS", "15s", "from 1 to 300"),
         ("WORKER_RETRY_BASE_MILLISECONDS", "0", "from 10 to 3600000"),
         ("WORKER_RETRY_MAX_SECONDS", "soon", "from 1 to 86400"),
     ],
@@ -233,6 +236,13 @@ def test_malformed_values_name_the_variable(name: str, value: str, expected: str
     problem = single_problem(minimal_env(**{name: value}))
     assert problem.startswith(name)
     assert expected in problem
+
+
+def test_live_streams_beat_every_30_seconds_unless_set() -> None:
+    assert load_settings(minimal_env()).http.live_heartbeat_seconds == 30
+    assert load_settings(minimal_env(LIVE_HEARTBEAT_SECONDS="15")).http.live_heartbeat_seconds == 15
+    # The hub's own default is the same, for whoever builds one without settings.
+    assert DEFAULT_HEARTBEAT_SECONDS == 30
 
 
 def test_accepted_webhook_deliveries_are_logged_one_in_a_hundred_unless_set() -> None:

@@ -87,6 +87,36 @@ describe("live()", () => {
     assert.equal(request.headers["last-event-id"], undefined);
   });
 
+  /** Waits, without timers (they may be mocked), until `predicate` holds. */
+  async function settle(predicate, what) {
+    for (let i = 0; i < 5000 && !predicate(); i++) {
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    assert.ok(predicate(), `never: ${what}`);
+  }
+
+  for (const [heartbeat, silence] of [
+    [30, 90_000], // three of the server's intervals
+    [undefined, 45_000], // a server that does not say: 45 s
+  ]) {
+    test(`a silent stream counts as dead after ${silence / 1000} s when ready says heartbeat ${heartbeat}`, async (t) => {
+      t.mock.timers.enable({ apis: ["setTimeout"] });
+      onLive = (req, res) => {
+        eventStream(res)(sse("ready", heartbeat === undefined ? { cursor: 1 } : { cursor: 1, heartbeat }));
+      };
+      const { seen } = start();
+      await settle(() => seen.states.includes("open"), "the stream open");
+      t.mock.timers.tick(silence - 1_000);
+      for (let i = 0; i < 200; i++) {
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      assert.equal(liveRequests[0].closed, false, "given up before its time");
+      t.mock.timers.tick(2_000);
+      await settle(() => liveRequests[0].closed, "the silent stream given up");
+      assert.deepEqual(seen.states, ["open", "retrying"]);
+    });
+  }
+
   test("a dropped stream is resumed with Last-Event-ID (after the server's retry: delay)", async () => {
     onLive = (req, res, n) => {
       const write = eventStream(res);

@@ -42,7 +42,6 @@ from entrypoints.service.http.openapi import EventStreamOperation
 from entrypoints.service.http.schemas import ConnectionResponse, MeetingResponse
 from entrypoints.services import Services
 
-HEARTBEAT_SECONDS = 15.0
 # An event id this stream sent; empty (as absent) starts from now.
 _EVENT_ID = re.compile(r"^[0-9]{0,18}$")
 
@@ -119,19 +118,22 @@ async def _stream(
         # What a step read is not kept by this frame while the stream waits (issue 17): the
         # helpers below read, check the deadline and build the event; the frame yields it.
         cursor = await _start_cursor(services, user_id, after, deadline)
-        yield ServerSentEventMessage(event="ready", data=_json({"cursor": cursor}))
+        beat = hub.heartbeat_seconds
+        yield ServerSentEventMessage(
+            event="ready", data=_json({"cursor": cursor, "heartbeat": beat})
+        )
         pending = after is not None
         yield await _connection_event(services, user_id, deadline)
         # When the next heartbeat is due (the loop's clock), counted from the last write: a
         # ring that sends nothing must not put it off. The first is at a random point.
         clock = asyncio.get_running_loop().time
-        beat_at = clock() + _first_heartbeat()
+        beat_at = clock() + _first_heartbeat(beat)
         while True:
             while pending:
                 event, cursor, pending = await _meetings_after(services, user_id, cursor, deadline)
                 if event is not None:
                     yield event
-                    beat_at = clock() + HEARTBEAT_SECONDS
+                    beat_at = clock() + beat
                 del event
             if hub.closing:
                 # The process is stopping: end the stream now rather than be cancelled by
@@ -148,14 +150,14 @@ async def _stream(
                 if not kinds:
                     deadline.check()
                     yield _PING
-                    beat_at = clock() + HEARTBEAT_SECONDS
+                    beat_at = clock() + beat
                     continue
             if CLOSING in kinds:
                 return
             pending = not kinds.isdisjoint(("meetings", RECHECK))
             if not kinds.isdisjoint(("connection", RECHECK)):
                 yield await _connection_event(services, user_id, deadline)
-                beat_at = clock() + HEARTBEAT_SECONDS
+                beat_at = clock() + beat
     except _TokenExpired:
         # The page reconnects with a fresh token and its last id, and misses nothing.
         yield ServerSentEventMessage(event="expired", data=_json({"reason": "token_expired"}))
@@ -167,11 +169,11 @@ async def _stream(
         LIVE_STREAMS.set(hub.open_streams)
 
 
-def _first_heartbeat() -> float:
+def _first_heartbeat(interval: float) -> float:
     """When a new stream's first heartbeat is due: at a random point of the interval. Pages
     that open together (after a deploy, say) would otherwise beat together for as long as they
-    stay open, a burst every 15 s instead of an even trickle (issue 17)."""
-    return HEARTBEAT_SECONDS * random.random()
+    stay open, a burst at every interval instead of an even trickle (issue 17)."""
+    return interval * random.random()
 
 
 async def _start_cursor(
