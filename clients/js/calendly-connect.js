@@ -1078,6 +1078,9 @@ class LiveStream {
 
   /** One request and its stream. Answers {kind, error?, token?, retryAfter?}. */
   async once() {
+    // A new attempt: until its own `ready` says otherwise, the default silence limit (a server
+    // that hangs before it must not get the last stream's longer allowance).
+    this.silenceLimit = LIVE_SILENCE_LIMIT;
     let token = this.freshToken;
     this.freshToken = null;
     if (token === null) {

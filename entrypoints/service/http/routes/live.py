@@ -243,7 +243,8 @@ async def live_updates(
 ) -> ServerSentEvent:
     """Changes to the user's meetings and connection as they happen (text/event-stream).
 
-    Events: `ready` {cursor}; `meetings` {meetings: [...]} with an id to resume from;
+    Events: `ready` {cursor, heartbeat} (`heartbeat`: the interval of the comment lines, in
+    seconds); `meetings` {meetings: [...]} with an id to resume from;
     `connection` {connection | null}; comment lines as heartbeats. The stream ends when the
     bearer token expires, after an `expired` {reason} event: reconnect with a fresh token and
     `Last-Event-ID`.
