@@ -85,7 +85,7 @@ async def test_a_streams_ids_count_its_own_users_changes_only(
     ):
         streams = {"alice": EventReader(alice_stream), "bob": EventReader(bob_stream)}
         for events in streams.values():
-            assert (await events.next()).json() == {"cursor": 0}
+            assert (await events.next()).json() == {"cursor": 0, "heartbeat": 30}
         # Interleaved: each user's booking, then the other's, and twice in a row for alice.
         for n, user in enumerate(["alice", "bob", "alice", "alice", "bob", "alice", "bob"]):
             await sandbox.book(hosts[user], start_time=f"2030-03-0{n + 1}T10:00:00Z", wait=True)
