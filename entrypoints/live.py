@@ -102,7 +102,7 @@ class _Flight:
 # How often an idle stream sends a comment line (LIVE_HEARTBEAT_SECONDS), so that proxies and
 # load balancers do not take it for dead: they commonly close a response that has sent nothing
 # for 55-60 s. Each beat costs the process CPU (and the reader too): with 10,000 streams open,
-# beats every 15 s took about a tenth of the webhook path's rate on 2 cores (DR-54).
+# beats every 15 s were a large part of what the streams cost the webhook path (DR-54).
 DEFAULT_HEARTBEAT_SECONDS = 30
 
 

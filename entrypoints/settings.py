@@ -552,13 +552,13 @@ def _read_http(env: _Environment) -> HttpSettings:
         jwt_leeway_seconds=env.integer(
             "JWT_LEEWAY_SECONDS", _default(HttpSettings, "jwt_leeway_seconds"), 0, 300
         ),
-        live_heartbeat_seconds=env.integer(
-            "LIVE_HEARTBEAT_SECONDS", _default(HttpSettings, "live_heartbeat_seconds"), 1, 300
-        ),
         jwt_user_claim=env.optional("JWT_USER_CLAIM") or _default(HttpSettings, "jwt_user_claim"),
         dev_login_enabled=dev_login,
         host=host,
         port=env.integer("PORT", _default(HttpSettings, "port"), 1, 65535),
+        live_heartbeat_seconds=env.integer(
+            "LIVE_HEARTBEAT_SECONDS", _default(HttpSettings, "live_heartbeat_seconds"), 1, 300
+        ),
     )
 
 
