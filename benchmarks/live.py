@@ -2,12 +2,18 @@
 and 2 service processes (issue 17); signed deliveries for random users at 100/s; the time from
 the webhook POST to the meeting arriving on each of that user's streams; every stream must get
 all of its user's meetings and nothing of anyone else's. Peak RSS of each service process is
-read from /proc at the end (VmHWM). Then what the open streams cost the ingest path: benchmark
-1's load (wrk, 32 connections) before the streams open, while they are open, and after they
-closed, each run checked as benchmark 1 checks it: first for 200 users nobody watches (the
-target: what open streams cost ingest; the median of 3 runs per phase), then once for the
-streams' own users (each delivery also goes out to ~5 streams, read by this process on the
-same cores: reported).
+read from /proc once those runs are done (VmHWM), and again at the end.
+
+Then what the open streams cost the ingest path: benchmark 1's load (wrk, 32 connections) for
+200 users nobody watches, each run checked as benchmark 1 checks it, without and with the
+streams open in turn (the streams closed and opened again between runs): without, with,
+without, ... without. Each run with them is set against the mean of the runs either side of
+it, and the target's figure is the median of those ratios. This machine's speed drifts by a
+third within minutes, which hits runs close in time alike: phases of consecutive runs (all
+those without, then all those with) once measured the drift instead, wrk's and Postgres' own
+CPU per delivery included (DR-55). Beside it, once, the streams' own users with the streams
+open and just after they closed (each delivery also goes out to ~5 streams, read by this
+process on the same cores: reported).
 """
 
 from __future__ import annotations
@@ -42,8 +48,8 @@ class Config:
     ingest_seconds: int = 10
     # Users nobody watches, for that load too (benchmark 1 has 50).
     quiet_users: int = 200
-    # Runs of it per phase for them (the target's figure is their median: one 10 s run here
-    # varies by about 8 %, more than the 5 % the target allows).
+    # Runs of it with the streams open (one more without): the target's figure is the median
+    # of their ratios, as one 10 s run here varies by about 8 %, more than the 5 % allowed.
     quiet_repeats: int = 3
 
 
@@ -161,68 +167,90 @@ def ingest_run(s: Stack, users: list[User], cfg: Config, tag: str) -> dict[str, 
     return figures
 
 
-async def ingest_runs_for(
-    s: Stack, users: list[User], quiet: list[User], cfg: Config, phase: str, log: Any
-) -> dict[str, dict[str, Any]]:
-    """Benchmark 1's load at `phase` (before, open, after), for users nobody watches, then for
-    the users whose streams are (or were) open. In that order: pushing the second run's
-    deliveries to the streams (and the streams' reader here taking them in) outlasts it."""
+def interleaved_cost(order: list[tuple[bool, dict[str, Any]]]) -> dict[str, Any]:
+    """Runs without and with the streams open, in the order they ran (without first and
+    last, alternating): each with-run against the mean of the without-runs either side."""
+    kinds = [open_ for open_, _ in order]
+    if kinds != [n % 2 == 1 for n in range(len(order))] or len(order) % 2 == 0 or not any(kinds):
+        raise ValueError(f"runs must alternate without/with, without first and last: {kinds}")
+    rates = [run["rate"] for _, run in order]
+    ratios = [rates[n] / ((rates[n - 1] + rates[n + 1]) / 2) for n in range(1, len(order), 2)]
     runs = {}
-    plan = ((f"{phase}_quiet", quiet, "unwatched", cfg.quiet_repeats), (phase, users, "watched", 1))
-    for key, who, label, repeats in plan:
-        tries = [
-            await asyncio.to_thread(ingest_run, s, who, cfg, f"{key}{n}") for n in range(repeats)
-        ]
-        runs[key] = median_run(tries)
-        rates = ", ".join(f"{t['rate']:.0f}" for t in tries)
-        log(f"  ingest {phase}, for {label} users: {rates}/s")
-    return runs
-
-
-def median_run(tries: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run of median rate, with every run's rate, and checked only if all of them were."""
-    ordered = sorted(tries, key=lambda t: t["rate"])
-    chosen = dict(ordered[len(ordered) // 2])
-    chosen["rates"] = [t["rate"] for t in tries]
-    chosen["ok"] = all(t["ok"] for t in tries)
-    chosen["problems"] = [p for t in tries for p in t["problems"]]
-    return chosen
-
-
-def cost_of(runs: dict[str, dict[str, Any]], suffix: str = "") -> dict[str, Any] | None:
-    """The `open{suffix}` run against the mean of `before{suffix}` and `after{suffix}`."""
-    keys = [f"{k}{suffix}" for k in ("before", "open", "after")]
-    without = [runs[k]["rate"] for k in (keys[0], keys[2]) if k in runs]
-    if keys[1] not in runs or not without:
-        return None
-    mean = sum(without) / len(without)
+    for n, (open_, run) in enumerate(order):
+        runs[f"with_{(n + 1) // 2}" if open_ else f"without_{n // 2 + 1}"] = run
     return {
-        "with_streams": runs[keys[1]]["rate"],
-        "without_streams": mean,
-        "ratio": runs[keys[1]]["rate"] / mean,
-        "ok": all(runs[k]["ok"] for k in keys if k in runs),
-        "runs": {k: runs[k] for k in keys if k in runs},
+        "with_streams": median(rates[1::2]),
+        "without_streams": median(rates[0::2]),
+        "ratio": median(ratios),
+        "ratios": ratios,
+        "ok": all(run["ok"] for _, run in order),
+        "runs": runs,
     }
+
+
+@dataclass
+class Opened:
+    """Streams being read, with the session that reads them."""
+
+    streams: list[Stream]
+    readers: list[asyncio.Task[None]]
+    http: aiohttp.ClientSession
+
+    def broken(self) -> list[str]:
+        return [e for st in self.streams for e in st.errors]
+
+    async def close(self) -> None:
+        for task in self.readers:
+            task.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        await self.http.close()
+        await asyncio.sleep(1)  # the server notices the closed streams
+
+
+async def open_streams(s: Stack, users: list[User], count: int) -> Opened:
+    """`count` streams over `users` (round robin), each read as the page reads it; returns
+    once every one has had its `ready` event."""
+    streams = [Stream(users[n % len(users)]) for n in range(count)]
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, force_close=False),
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+    )
+    opened = Opened(streams, [asyncio.create_task(follow(http, s.url, st)) for st in streams], http)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(st.ready.wait() for st in streams)), 120)
+        broken = opened.broken()
+        if broken:
+            raise RuntimeError(f"{len(broken)} streams failed to open, e.g. {broken[0]}")
+    except BaseException:
+        await opened.close()
+        raise
+    return opened
 
 
 async def measure(
     s: Stack, users: list[User], quiet: list[User], cfg: Config, log: Any
 ) -> dict[str, Any]:
+    measured = cfg.ingest_seconds > 0
+    order: list[tuple[bool, dict[str, Any]]] = []  # quiet runs: (streams open?, figures)
+    watched: dict[str, dict[str, Any]] = {}
+
+    async def quiet_run(open_: Opened | None) -> None:
+        run = await asyncio.to_thread(ingest_run, s, quiet, cfg, f"quiet{len(order)}")
+        if open_ is not None and open_.broken():
+            run["ok"] = False
+            run["problems"].append(f"{len(open_.broken())} streams broke")
+        order.append((open_ is not None, run))
+        log(
+            f"  ingest for unwatched users, streams {'open' if open_ else 'closed'}: "
+            f"{run['rate']:.0f}/s"
+        )
+
+    if measured:
+        await quiet_run(None)
     idle = [peak_rss_mb(pid)["VmRSS"] for pid in s.service_pids]
-    ingest_runs: dict[str, dict[str, Any]] = {}
-    if cfg.ingest_seconds:
-        ingest_runs |= await ingest_runs_for(s, users, quiet, cfg, "before", log)
-        idle = [peak_rss_mb(pid)["VmRSS"] for pid in s.service_pids]
-    streams = [Stream(users[n % len(users)]) for n in range(cfg.streams)]
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+    opened = await open_streams(s, users, cfg.streams)
     runs = []
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-        readers = [asyncio.create_task(follow(http, s.url, st)) for st in streams]
-        await asyncio.wait_for(asyncio.gather(*(st.ready.wait() for st in streams)), 120)
-        broken = [e for st in streams for e in st.errors]
-        if broken:
-            raise RuntimeError(f"{len(broken)} streams failed to open, e.g. {broken[0]}")
+    try:
         per_process = await open_streams_per_process(s)
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64), timeout=aiohttp.ClientTimeout(total=30)
@@ -230,12 +258,12 @@ async def measure(
             # A short unmeasured run first: pools fill and statements get prepared.
             warm = Config(**{**cfg.__dict__, "seconds": 2.0})
             sent, problems, _ = await deliver(poster, s.url, users, warm, "warm", 99)
-            await collect(streams, sent, problems)
+            await collect(opened.streams, sent, problems)
             for repeat in range(cfg.repeats):
                 sent, problems, answered = await deliver(
                     poster, s.url, users, cfg, f"r{repeat}", repeat
                 )
-                run = await collect(streams, sent, problems)
+                run = await collect(opened.streams, sent, problems)
                 run["post_p50_ms"] = percentile(answered, 50)
                 run["post_p99_ms"] = percentile(answered, 99)
                 runs.append(run)
@@ -245,18 +273,23 @@ async def measure(
                     f"{'ok' if run['ok'] else 'WRONG ' + str(run['problems'][:3])}"
                 )
         memory = {str(pid): peak_rss_mb(pid) for pid in s.service_pids}
-        if cfg.ingest_seconds:
-            ingest_runs |= await ingest_runs_for(s, users, quiet, cfg, "open", log)
-            broken = [e for st in streams for e in st.errors]
-            if broken:
-                ingest_runs["open"]["ok"] = False
-                ingest_runs["open"]["problems"].append(f"{len(broken)} streams broke")
-        for task in readers:
-            task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
-    if cfg.ingest_seconds:
-        await asyncio.sleep(1)  # the server notices the closed streams
-        ingest_runs |= await ingest_runs_for(s, users, quiet, cfg, "after", log)
+        if measured:
+            await quiet_run(opened)
+            watched["with"] = await asyncio.to_thread(ingest_run, s, users, cfg, "watched1")
+            log(f"  ingest for the streams' own users, open: {watched['with']['rate']:.0f}/s")
+    finally:
+        await opened.close()
+    if measured:
+        watched["without"] = await asyncio.to_thread(ingest_run, s, users, cfg, "watched0")
+        log(f"  ingest for the streams' own users, closed: {watched['without']['rate']:.0f}/s")
+        await quiet_run(None)
+        for _ in range(cfg.quiet_repeats - 1):
+            opened = await open_streams(s, users, cfg.streams)
+            try:
+                await quiet_run(opened)
+            finally:
+                await opened.close()
+            await quiet_run(None)
     return {
         "p50_ms": median([r["p50_ms"] for r in runs]),
         "p99_ms": median([r["p99_ms"] for r in runs]),
@@ -271,11 +304,23 @@ async def measure(
         "streams_per_process": per_process,
         "runs": runs,
         "memory_mb": memory,
+        # VmHWM at the end: the streams opened again, and ingest for their users, included.
+        "memory_end_mb": {str(pid): peak_rss_mb(pid) for pid in s.service_pids},
         "idle_rss_mb": idle,
         # For unwatched users: what the open streams cost the ingest path (the target);
         # for the watched ones: that plus pushing each delivery to its ~5 streams.
-        "ingest_cost": cost_of(ingest_runs, "_quiet"),
-        "ingest_cost_watched": cost_of(ingest_runs),
+        "ingest_cost": interleaved_cost(order) if measured else None,
+        "ingest_cost_watched": watched_cost(watched) if measured else None,
+    }
+
+
+def watched_cost(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "with_streams": runs["with"]["rate"],
+        "without_streams": runs["without"]["rate"],
+        "ratio": runs["with"]["rate"] / runs["without"]["rate"],
+        "ok": all(r["ok"] for r in runs.values()),
+        "runs": runs,
     }
 
 
