@@ -4,8 +4,11 @@ The webhook path's cost was one transaction per delivery: its round trips, its c
 flush) and a pooled connection each. Here the deliveries that arrive while earlier ones are
 being written wait together and go out as one pipeline: their routes in one round trip, their
 records and changes in one transaction and one round trip. Nobody waits for a batch to fill:
-a delivery that finds a writer free is written at once, alone; batches form only when every
-writer is busy, which is exactly when sharing pays.
+a delivery that finds no batch of its kind in flight is written at once, alone; the ones that
+arrive while a batch is in flight go out together as the next batch when it is done. A further
+batch starts beside it only once the one in flight has taken longer than a normal batch
+(`PATIENCE_SECONDS`): one slow batch then holds up the others that long at most. Fewer, larger
+batches cost less CPU per delivery and wait less in total than many small ones (DR-48).
 
 Each delivery is still answered only once its own transaction committed, and a batch that
 fails is never a reason for one of its deliveries to fail: its deliveries are then written
@@ -70,17 +73,27 @@ LOCK_USERS = (
 # per process (each holds a pooled connection while it runs).
 MAX_BATCH = 64
 MAX_RUNNING = 3
+# How long the batch in flight may take before deliveries waiting behind it get a batch of
+# their own (DR-48, amended). Below it, one batch of each kind is in flight per process and
+# the next one gathers everything that arrived meanwhile: fewer, larger batches, which cost
+# less CPU per delivery and wait less than many small ones. Beyond it, a batch that waits for a
+# lock held long elsewhere, or a slow connection, holds up the others for this long at most.
+# A normal batch takes a few milliseconds; this is about the slowest ones under full load.
+PATIENCE_SECONDS = 0.02
 
 
 class Coalescer(Generic[T, R]):
     """Calls `run` with what concurrent callers asked for, at most `max_batch` at a time.
 
-    A caller whose item finds fewer than `max_running` runs in flight starts one at once (no
-    waiting for company); otherwise its item waits for the next run that is free. `run`
-    answers one result, exception or future of either per item, in order (a future's caller
-    is answered when it is done, whatever the others); should `run` raise, every caller of
-    that run hears it. A caller that stops waiting (cancelled) is skipped if its run has not
-    begun; one already begun completes without it.
+    A caller whose item finds no run in flight starts one at once (no waiting for company).
+    Otherwise its item waits for the next batch: the run in flight takes it when its batch is
+    done, or, with `patience` (seconds), a further run starts for the waiting items once every
+    batch in flight has taken that long, up to `max_running` runs (with no `patience`, a
+    further run starts at once while there are fewer). `run` answers one result, exception or
+    future of either per item, in order (a future's caller is answered when it is done,
+    whatever the others); should `run` raise, every caller of that run hears it. A caller that
+    stops waiting (cancelled) is skipped if its run has not begun; one already begun completes
+    without it.
     """
 
     def __init__(
@@ -89,28 +102,55 @@ class Coalescer(Generic[T, R]):
         *,
         max_batch: int = MAX_BATCH,
         max_running: int = MAX_RUNNING,
+        patience: float | None = None,
     ) -> None:
         if max_batch < 1 or max_running < 1:
             raise ValueError("max_batch and max_running must be at least 1")
+        if patience is not None and patience < 0:
+            raise ValueError("patience must not be negative")
         self._run = run
         self._max_batch = max_batch
         self._max_running = max_running
+        self._patience = patience
         self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._active = 0  # runs that may still take from the queue
         self._running: set[asyncio.Task[None]] = set()  # (their tasks, kept referenced)
+        # When each run's batch in flight began (loop time), by run; a run not in it is about
+        # to take from the queue.
+        self._began: dict[object, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
         self.batches = 0  # runs made (for tests and figures)
 
     async def __call__(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if self._active < self._max_running:
-            self._active += 1
-            turn = _Turn()
-            # A run serves many requests: it carries none of their log context.
-            task = asyncio.create_task(self._drain(turn), context=contextvars.Context())
-            self._running.add(task)
-            task.add_done_callback(partial(self._ended, turn))
+        self._consider()
         return await future
+
+    def _consider(self) -> None:
+        """Start a run for the waiting items if they may have one now; else, with patience,
+        look again when the youngest batch in flight has taken that long."""
+        if not self._waiting or self._active >= self._max_running:
+            return
+        if self._active and self._patience is not None:
+            if len(self._began) < self._active:
+                return  # a run is about to take from the queue
+            loop = asyncio.get_running_loop()
+            due = max(self._began.values()) + self._patience
+            if loop.time() < due:
+                if self._timer is None:
+                    self._timer = loop.call_at(due, self._look_again)
+                return
+        self._active += 1
+        turn = _Turn()
+        # A run serves many requests: it carries none of their log context.
+        task = asyncio.create_task(self._drain(turn), context=contextvars.Context())
+        self._running.add(task)
+        task.add_done_callback(partial(self._ended, turn))
+
+    def _look_again(self) -> None:
+        self._timer = None
+        self._consider()
 
     def _ended(self, turn: _Turn, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
@@ -120,13 +160,13 @@ class Coalescer(Generic[T, R]):
     async def _drain(self, turn: _Turn) -> None:
         turn.started = True
         try:
-            await self._take_turns()
+            await self._take_turns(object())
         finally:
             # No await between the last look at the queue and this: a caller arriving after it
             # finds the run gone and starts another (a done-callback would come too late).
             self._active -= 1
 
-    async def _take_turns(self) -> None:
+    async def _take_turns(self, me: object) -> None:
         while self._waiting:
             batch: list[tuple[T, asyncio.Future[R]]] = []
             while self._waiting and len(batch) < self._max_batch:
@@ -136,6 +176,9 @@ class Coalescer(Generic[T, R]):
             if not batch:
                 continue
             self.batches += 1
+            self._began[me] = asyncio.get_running_loop().time()
+            if self._waiting:  # more than one batch's worth: a further run may be due
+                self._consider()
             try:
                 answers = await self._run([item for item, _ in batch])
                 if len(answers) != len(batch):
@@ -148,6 +191,8 @@ class Coalescer(Generic[T, R]):
                 for _, future in batch:
                     _settle(future, exc)
                 continue
+            finally:
+                del self._began[me]
             for (_, future), answer in zip(batch, answers, strict=True):
                 if isinstance(answer, asyncio.Future):
                     # Answered later, on its own (a batch that fell back): pass it on then.
@@ -198,6 +243,7 @@ class PostgresDeliveryLedger(DeliveryLedger):
         *,
         max_batch: int = MAX_BATCH,
         max_running: int = MAX_RUNNING,
+        patience: float | None = PATIENCE_SECONDS,
         lock_timeout_ms: int = LOCK_TIMEOUT_MS,
     ) -> None:
         self._pool = pool
@@ -205,10 +251,10 @@ class PostgresDeliveryLedger(DeliveryLedger):
         self._alone = alone
         self._lock_timeout = f"{lock_timeout_ms}ms"
         self.routes: Coalescer[tuple[str | None, tuple[str, ...]], Route | None] = Coalescer(
-            self._find_routes, max_batch=max_batch, max_running=max_running
+            self._find_routes, max_batch=max_batch, max_running=max_running, patience=patience
         )
         self.records: Coalescer[DeliveryRecord, bool] = Coalescer(
-            self._record_batch, max_batch=max_batch, max_running=max_running
+            self._record_batch, max_batch=max_batch, max_running=max_running, patience=patience
         )
         self.fallbacks = 0  # batches written one by one instead (for tests and figures)
         self._alone_tasks: set[asyncio.Task[bool]] = set()

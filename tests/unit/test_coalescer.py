@@ -44,15 +44,21 @@ class Runs:
     pauses=st.lists(st.integers(0, 5), min_size=1, max_size=5),
     max_batch=st.integers(1, 10),
     max_running=st.integers(1, 4),
+    patience=st.sampled_from([None, 0.0, 0.001]),
 )
 def test_every_caller_gets_its_own_answer_from_exactly_one_run(
-    waves: list[int], gaps: list[int], pauses: list[int], max_batch: int, max_running: int
+    waves: list[int],
+    gaps: list[int],
+    pauses: list[int],
+    max_batch: int,
+    max_running: int,
+    patience: float | None,
 ) -> None:
     runs = Runs(pauses)
 
     async def scenario() -> list[int | BaseException]:
         coalescer: Coalescer[int, int] = Coalescer(
-            runs, max_batch=max_batch, max_running=max_running
+            runs, max_batch=max_batch, max_running=max_running, patience=patience
         )
         callers: list[asyncio.Task[int]] = []
         item = 0
@@ -103,6 +109,66 @@ async def test_a_run_cancelled_before_its_first_step_does_not_hold_up_later_call
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert await asyncio.wait_for(coalescer(2), timeout=2) == 20
+
+
+async def test_with_patience_callers_wait_for_the_batch_in_flight_and_go_out_together() -> None:
+    """Nobody starts a second run beside a batch that is still young: the callers that arrive
+    meanwhile are the next batch, one run for all of them."""
+    release = asyncio.Event()
+    seen: list[list[int]] = []
+
+    async def gated(items: Sequence[int]) -> list[int | BaseException]:
+        seen.append(list(items))
+        if len(seen) == 1:
+            await release.wait()
+        return list(items)
+
+    coalescer: Coalescer[int, int] = Coalescer(gated, max_running=3, patience=60.0)
+    first = asyncio.create_task(coalescer(1))
+    await asyncio.sleep(0.01)  # the first batch is in flight, alone
+    later = [asyncio.create_task(coalescer(i)) for i in range(2, 6)]
+    await asyncio.sleep(0.05)
+    assert seen == [[1]]  # no run of their own while the first is young
+    release.set()
+    assert await asyncio.gather(first, *later) == [1, 2, 3, 4, 5]
+    assert seen == [[1], [2, 3, 4, 5]]
+
+
+async def test_more_than_a_batch_waiting_gets_further_runs_without_a_new_caller() -> None:
+    """A run that takes a full batch while more wait looks for a further run at once: the
+    rest need not wait for another caller to arrive, nor for the run to come round again."""
+    runs = Runs([2])
+    coalescer: Coalescer[int, int] = Coalescer(runs, max_batch=2, max_running=3, patience=0.0)
+    answers = await asyncio.gather(*(coalescer(i) for i in range(1, 7)))
+    assert answers == [10, 20, 30, 40, 50, 60]
+    assert runs.batches == [[1, 2], [3, 4], [5, 6]]
+    assert runs.most_running == 3
+
+
+async def test_a_batch_that_outlasts_the_patience_holds_up_the_others_no_longer() -> None:
+    """A batch stuck (a lock held long elsewhere, a slow connection): the callers waiting
+    behind it get a run of their own once it has taken `patience`, and are answered while it
+    is still stuck."""
+    stuck = asyncio.Event()
+    seen: list[list[int]] = []
+
+    async def first_sticks(items: Sequence[int]) -> list[int | BaseException]:
+        seen.append(list(items))
+        if len(seen) == 1:
+            await stuck.wait()
+        return list(items)
+
+    coalescer: Coalescer[int, int] = Coalescer(first_sticks, max_running=2, patience=0.05)
+    first = asyncio.create_task(coalescer(1))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(coalescer(i)) for i in (2, 3)]
+    await asyncio.sleep(0.01)
+    assert seen == [[1]]
+    assert await asyncio.wait_for(asyncio.gather(*waiting), timeout=2) == [2, 3]
+    assert seen == [[1], [2, 3]]
+    assert not first.done()
+    stuck.set()
+    assert await first == 1
 
 
 async def test_a_run_that_raises_answers_each_of_its_callers_with_it() -> None:
@@ -166,3 +232,5 @@ def test_limits_below_one_are_refused() -> None:
 
     with pytest.raises(ValueError, match="at least 1"):
         Coalescer(run, max_batch=0)
+    with pytest.raises(ValueError, match="negative"):
+        Coalescer(run, patience=-1.0)
