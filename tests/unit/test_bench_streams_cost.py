@@ -1,4 +1,4 @@
-"""Benchmark 2's figure for what open streams cost ingest (DR-55): runs with the streams open,
+"""Benchmark 2's figure for what open streams cost ingest (DR-56): runs with the streams open,
 each set against the runs without them either side, so that a machine whose speed drifts
 during the benchmark is not read as a cost of the streams."""
 
