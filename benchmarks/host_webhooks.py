@@ -357,7 +357,7 @@ def measure(
     latency_runs: list[dict[str, Any]] = []
     with_runs: list[dict[str, Any]] = []
     without_runs: list[dict[str, Any]] = []
-    size = max(8000, 4000 * int(cfg.seconds))
+    size = ingest.mix_size(cfg.seconds)
     for repeat in range(cfg.repeats):
         dispatcher.start()
         if repeat == 0 and cfg.warmup_seconds:
@@ -381,7 +381,7 @@ def measure(
                 s, users, cfg, tag, size, s.workdir, dispatcher if configured else None
             )
             (with_runs if configured else without_runs).append(figures)
-            size = max(size, int(figures["rate"] * cfg.seconds * 1.6))
+            size = max(size, ingest.mix_size(cfg.seconds, figures["rate"]))
             log(
                 f"  ingest {'with' if configured else 'without'} the host webhook endpoint, "
                 f"run {repeat + 1}: {figures['rate']:.0f}/s p99 {figures['p99_ms']:.1f} ms"

@@ -159,11 +159,11 @@ def peak_rss_mb(pid: int) -> dict[str, float]:
 def ingest_run(s: Stack, users: list[User], cfg: Config, tag: str) -> dict[str, Any]:
     """Benchmark 1's load for `cfg.ingest_seconds`, warmed up first, its result checked."""
     load = ingest.Config(seconds=cfg.ingest_seconds, warmup_seconds=2)
-    ingest.warm_up(s, users, load, s.workdir, tag)
+    warmed = ingest.warm_up(s, users, load, s.workdir, tag)
     # wrk leaves requests in flight when it stops; a slow service still writes them after:
     # they must land before the measured run's check starts from an empty log.
     time.sleep(3)
-    size = max(8000, 4000 * cfg.ingest_seconds)
+    size = ingest.mix_size(cfg.ingest_seconds, warmed)
     figures, _ = ingest.run_service(s, users, load, tag, size, s.workdir)
     return figures
 

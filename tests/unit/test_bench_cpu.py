@@ -29,3 +29,13 @@ def test_a_process_started_and_ended_meanwhile_counts_in_full() -> None:
 def test_without_the_reaped_total_an_ended_process_is_left_out() -> None:
     # Readings of processes nobody reaps here (the service processes).
     assert cpu_used({10: 1.0, 11: 2.0}, {10: 1.5}) == pytest.approx(0.5)
+
+
+def test_a_run_gets_deliveries_enough_for_the_fastest_rate_seen() -> None:
+    from benchmarks.ingest import mix_size
+
+    assert mix_size(10) == 60_000  # 6,000 a second before anything was seen
+    assert mix_size(1) == 8_000
+    # A warm-up at 4,231/s (a fast hour): 1.6 times what 10 s of it would take.
+    assert mix_size(10, 4_231.0) == 67_696
+    assert mix_size(10, 1_000.0, 5_000.0) == 80_000
