@@ -37,6 +37,21 @@ class Runs:
         return [Refused(item) if item % 7 == 0 else item * 10 for item in items]
 
 
+class FirstHeld:
+    """A run that answers each item with itself, the first batch only once `release` is set,
+    recording what each run was given."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.seen: list[list[int]] = []
+
+    async def __call__(self, items: Sequence[int]) -> list[int | BaseException]:
+        self.seen.append(list(items))
+        if len(self.seen) == 1:
+            await self.release.wait()
+        return list(items)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     waves=st.lists(st.integers(1, 30), min_size=1, max_size=8),
@@ -114,24 +129,16 @@ async def test_a_run_cancelled_before_its_first_step_does_not_hold_up_later_call
 async def test_with_patience_callers_wait_for_the_batch_in_flight_and_go_out_together() -> None:
     """Nobody starts a second run beside a batch that is still young: the callers that arrive
     meanwhile are the next batch, one run for all of them."""
-    release = asyncio.Event()
-    seen: list[list[int]] = []
-
-    async def gated(items: Sequence[int]) -> list[int | BaseException]:
-        seen.append(list(items))
-        if len(seen) == 1:
-            await release.wait()
-        return list(items)
-
-    coalescer: Coalescer[int, int] = Coalescer(gated, max_running=3, patience=60.0)
+    runs = FirstHeld()
+    coalescer: Coalescer[int, int] = Coalescer(runs, max_running=3, patience=60.0)
     first = asyncio.create_task(coalescer(1))
     await asyncio.sleep(0.01)  # the first batch is in flight, alone
     later = [asyncio.create_task(coalescer(i)) for i in range(2, 6)]
     await asyncio.sleep(0.05)
-    assert seen == [[1]]  # no run of their own while the first is young
-    release.set()
+    assert runs.seen == [[1]]  # no run of their own while the first is young
+    runs.release.set()
     assert await asyncio.gather(first, *later) == [1, 2, 3, 4, 5]
-    assert seen == [[1], [2, 3, 4, 5]]
+    assert runs.seen == [[1], [2, 3, 4, 5]]
 
 
 async def test_more_than_a_batch_waiting_gets_further_runs_without_a_new_caller() -> None:
@@ -149,25 +156,17 @@ async def test_a_batch_that_outlasts_the_patience_holds_up_the_others_no_longer(
     """A batch stuck (a lock held long elsewhere, a slow connection): the callers waiting
     behind it get a run of their own once it has taken `patience`, and are answered while it
     is still stuck."""
-    stuck = asyncio.Event()
-    seen: list[list[int]] = []
-
-    async def first_sticks(items: Sequence[int]) -> list[int | BaseException]:
-        seen.append(list(items))
-        if len(seen) == 1:
-            await stuck.wait()
-        return list(items)
-
-    coalescer: Coalescer[int, int] = Coalescer(first_sticks, max_running=2, patience=0.05)
+    runs = FirstHeld()
+    coalescer: Coalescer[int, int] = Coalescer(runs, max_running=2, patience=0.05)
     first = asyncio.create_task(coalescer(1))
     await asyncio.sleep(0)
     waiting = [asyncio.create_task(coalescer(i)) for i in (2, 3)]
     await asyncio.sleep(0.01)
-    assert seen == [[1]]
+    assert runs.seen == [[1]]
     assert await asyncio.wait_for(asyncio.gather(*waiting), timeout=2) == [2, 3]
-    assert seen == [[1], [2, 3]]
+    assert runs.seen == [[1], [2, 3]]
     assert not first.done()
-    stuck.set()
+    runs.release.set()
     assert await first == 1
 
 
