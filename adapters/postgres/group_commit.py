@@ -156,6 +156,10 @@ class Coalescer(Generic[T, R]):
         self._running.discard(task)
         if not turn.started:  # cancelled before its first step: `_drain` never counted it out
             self._active -= 1
+            # Callers that queued behind it, counting on it to take them, need another run
+            # (none when they were cancelled with it, as a loop being torn down does).
+            if any(not future.done() for _, future in self._waiting):
+                self._consider()
 
     async def _drain(self, turn: _Turn) -> None:
         turn.started = True
@@ -176,10 +180,10 @@ class Coalescer(Generic[T, R]):
             if not batch:
                 continue
             self.batches += 1
-            self._began[me] = asyncio.get_running_loop().time()
-            if self._waiting:  # more than one batch's worth: a further run may be due
-                self._consider()
             try:
+                self._began[me] = asyncio.get_running_loop().time()
+                if self._waiting:  # more than one batch's worth: a further run may be due
+                    self._consider()
                 answers = await self._run([item for item, _ in batch])
                 if len(answers) != len(batch):
                     raise RuntimeError(f"a run answered {len(answers)} of {len(batch)} items")

@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from entrypoints.developer import launcher
 from entrypoints.developer.launcher import EMBEDDED_SETTINGS, EmbeddedPostgres, apply_settings
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,9 @@ def setting(url: str, name: str, expected: str) -> str:
         time.sleep(0.1)
 
 
-def test_the_embedded_server_makes_wal_segments_without_zero_filling_them(tmp_path: Path) -> None:
+def test_the_embedded_server_makes_wal_segments_without_zero_filling_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = tmp_path / "postgres"
     server = EmbeddedPostgres(data, "app")
     try:
@@ -40,7 +43,9 @@ def test_the_embedded_server_makes_wal_segments_without_zero_filling_them(tmp_pa
         assert (data / "postgresql.auto.conf").read_text() == auto
     finally:
         server.close()
-    again = EmbeddedPostgres(data, "app")  # the same folder, started again
+    # The same folder started again, applying nothing itself: the server kept the setting.
+    monkeypatch.setattr(launcher, "EMBEDDED_SETTINGS", {})
+    again = EmbeddedPostgres(data, "app")
     try:
         assert setting(again.url, "wal_init_zero", "off") == "off"
     finally:
@@ -57,5 +62,17 @@ def test_a_setting_changed_by_hand_is_set_back(tmp_path: Path) -> None:
         with psycopg.connect(server.admin_url, autocommit=True) as conn:
             apply_settings(conn, EMBEDDED_SETTINGS)
         assert setting(server.url, "wal_init_zero", "off") == "off"
+    finally:
+        server.close()
+
+
+def test_a_setting_only_a_restart_applies_is_refused(tmp_path: Path) -> None:
+    server = EmbeddedPostgres(tmp_path / "postgres", "app")
+    try:
+        with psycopg.connect(server.admin_url, autocommit=True) as conn:
+            with pytest.raises(ValueError, match="shared_buffers is not a setting a reload"):
+                apply_settings(conn, {"shared_buffers": "256MB"})
+            with pytest.raises(ValueError, match="no_such_setting"):
+                apply_settings(conn, {"no_such_setting": "on"})
     finally:
         server.close()

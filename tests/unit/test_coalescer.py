@@ -157,7 +157,7 @@ async def test_a_batch_that_outlasts_the_patience_holds_up_the_others_no_longer(
     behind it get a run of their own once it has taken `patience`, and are answered while it
     is still stuck."""
     runs = FirstHeld()
-    coalescer: Coalescer[int, int] = Coalescer(runs, max_running=2, patience=0.05)
+    coalescer: Coalescer[int, int] = Coalescer(runs, max_running=2, patience=0.5)
     first = asyncio.create_task(coalescer(1))
     await asyncio.sleep(0)
     waiting = [asyncio.create_task(coalescer(i)) for i in (2, 3)]
@@ -168,6 +168,22 @@ async def test_a_batch_that_outlasts_the_patience_holds_up_the_others_no_longer(
     assert not first.done()
     runs.release.set()
     assert await first == 1
+
+
+async def test_callers_queued_behind_a_run_cancelled_before_its_first_step_get_another() -> None:
+    """With patience, callers that arrive while a run is about to start wait for it to take
+    them; if that run is cancelled before it ever ran, they get a run of their own, without a
+    further caller to prompt one."""
+    runs = Runs([0])
+    coalescer: Coalescer[int, int] = Coalescer(runs, max_running=3, patience=0.02)
+    first = asyncio.create_task(coalescer(1))
+    await asyncio.sleep(0)  # the run's task exists, not yet started
+    queued = [asyncio.create_task(coalescer(i)) for i in (2, 3)]
+    await asyncio.sleep(0)  # they queued behind it
+    for task in list(coalescer._running):
+        task.cancel()
+    first.cancel()
+    assert await asyncio.wait_for(asyncio.gather(*queued), timeout=2) == [20, 30]
 
 
 async def test_a_run_that_raises_answers_each_of_its_callers_with_it() -> None:
