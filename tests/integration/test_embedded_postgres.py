@@ -4,6 +4,7 @@ runs with its own server settings (DR-55), kept in its data folder across restar
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -52,27 +53,28 @@ def test_the_embedded_server_makes_wal_segments_without_zero_filling_them(
         again.close()
 
 
-def test_a_setting_changed_by_hand_is_set_back(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "postgres", "app")
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    started = EmbeddedPostgres(tmp_path / "postgres", "app")
     try:
-        with psycopg.connect(server.admin_url, autocommit=True) as conn:
-            conn.execute("ALTER SYSTEM SET wal_init_zero = on")
-            conn.execute("SELECT pg_reload_conf()")
-        assert setting(server.url, "wal_init_zero", "on") == "on"
-        with psycopg.connect(server.admin_url, autocommit=True) as conn:
-            apply_settings(conn, EMBEDDED_SETTINGS)
-        assert setting(server.url, "wal_init_zero", "off") == "off"
+        yield started
     finally:
-        server.close()
+        started.close()
 
 
-def test_a_setting_only_a_restart_applies_is_refused(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "postgres", "app")
-    try:
-        with psycopg.connect(server.admin_url, autocommit=True) as conn:
-            with pytest.raises(ValueError, match="shared_buffers is not a setting a reload"):
-                apply_settings(conn, {"shared_buffers": "256MB"})
-            with pytest.raises(ValueError, match="no_such_setting"):
-                apply_settings(conn, {"no_such_setting": "on"})
-    finally:
-        server.close()
+def test_a_setting_changed_by_hand_is_set_back(server: EmbeddedPostgres) -> None:
+    with psycopg.connect(server.admin_url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET wal_init_zero = on")
+        conn.execute("SELECT pg_reload_conf()")
+    assert setting(server.url, "wal_init_zero", "on") == "on"
+    with psycopg.connect(server.admin_url, autocommit=True) as conn:
+        apply_settings(conn, EMBEDDED_SETTINGS)
+    assert setting(server.url, "wal_init_zero", "off") == "off"
+
+
+def test_a_setting_only_a_restart_applies_is_refused(server: EmbeddedPostgres) -> None:
+    with psycopg.connect(server.admin_url, autocommit=True) as conn:
+        with pytest.raises(ValueError, match="shared_buffers is not a setting a reload"):
+            apply_settings(conn, {"shared_buffers": "256MB"})
+        with pytest.raises(ValueError, match="no_such_setting"):
+            apply_settings(conn, {"no_such_setting": "on"})
