@@ -19,11 +19,13 @@ streams, read by this process on the same cores: reported).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import resource
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,6 +230,25 @@ async def open_streams(s: Stack, users: list[User], count: int) -> Opened:
     return opened
 
 
+@contextlib.asynccontextmanager
+async def streams_open(s: Stack, users: list[User], count: int) -> AsyncIterator[Opened]:
+    """`open_streams`, closed again on the way out."""
+    opened = await open_streams(s, users, count)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def unless_broken(run: dict[str, Any], opened: Opened | None) -> dict[str, Any]:
+    """`run`, marked wrong if any of the streams open beside it broke meanwhile."""
+    broken = opened.broken() if opened is not None else []
+    if broken:
+        run["ok"] = False
+        run["problems"].append(f"{len(broken)} streams broke")
+    return run
+
+
 async def measure(
     s: Stack, users: list[User], quiet: list[User], cfg: Config, log: Any
 ) -> dict[str, Any]:
@@ -237,10 +258,7 @@ async def measure(
 
     async def quiet_run(open_: Opened | None) -> None:
         run = await asyncio.to_thread(ingest_run, s, quiet, cfg, f"quiet{len(order)}")
-        if open_ is not None and open_.broken():
-            run["ok"] = False
-            run["problems"].append(f"{len(open_.broken())} streams broke")
-        order.append((open_ is not None, run))
+        order.append((open_ is not None, unless_broken(run, open_)))
         log(
             f"  ingest for unwatched users, streams {'open' if open_ else 'closed'}: "
             f"{run['rate']:.0f}/s"
@@ -249,9 +267,8 @@ async def measure(
     if measured:
         await quiet_run(None)
     idle = [peak_rss_mb(pid)["VmRSS"] for pid in s.service_pids]
-    opened = await open_streams(s, users, cfg.streams)
     runs = []
-    try:
+    async with streams_open(s, users, cfg.streams) as opened:
         per_process = await open_streams_per_process(s)
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=64), timeout=aiohttp.ClientTimeout(total=30)
@@ -276,26 +293,16 @@ async def measure(
         memory = {str(pid): peak_rss_mb(pid) for pid in s.service_pids}
         if measured:
             await quiet_run(opened)
-    finally:
-        await opened.close()
     if measured:
         await quiet_run(None)
         for _ in range(cfg.quiet_repeats - 1):
-            opened = await open_streams(s, users, cfg.streams)
-            try:
+            async with streams_open(s, users, cfg.streams) as opened:
                 await quiet_run(opened)
-            finally:
-                await opened.close()
             await quiet_run(None)
         # The streams' own users last, one pair: open, then just after they closed.
-        opened = await open_streams(s, users, cfg.streams)
-        try:
-            watched["with"] = await asyncio.to_thread(ingest_run, s, users, cfg, "watched1")
-            if opened.broken():
-                watched["with"]["ok"] = False
-                watched["with"]["problems"].append(f"{len(opened.broken())} streams broke")
-        finally:
-            await opened.close()
+        async with streams_open(s, users, cfg.streams) as opened:
+            run = await asyncio.to_thread(ingest_run, s, users, cfg, "watched1")
+            watched["with"] = unless_broken(run, opened)
         log(f"  ingest for the streams' own users, open: {watched['with']['rate']:.0f}/s")
         watched["without"] = await asyncio.to_thread(ingest_run, s, users, cfg, "watched0")
         log(f"  ingest for the streams' own users, closed: {watched['without']['rate']:.0f}/s")

@@ -167,8 +167,10 @@ def apply_settings(conn: psycopg.Connection[Any], settings: Mapping[str, str]) -
         row = conn.execute(
             "SELECT context, current_setting(name) FROM pg_settings WHERE name = %s", (name,)
         ).fetchone()
-        if row is None or row[0] == "postmaster":
-            raise ValueError(f"{name} is not a setting a reload applies")
+        if row is None:
+            raise ValueError(f"{name} is not a setting this server knows")
+        if row[0] == "postmaster":
+            raise ValueError(f"{name} is not a setting a reload applies (only a restart)")
         if row[1] != value:
             conn.execute(
                 sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
