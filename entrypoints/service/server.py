@@ -276,6 +276,13 @@ class _Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._live_hub.close()
         await super().shutdown(sockets)
+        # A second Ctrl-C while uvicorn waits for connections (a forced exit) makes it skip
+        # the app's shutdown: its lifespan task was then left waiting, cancelled as the loop
+        # closed (a traceback in the log), and this process's live gauges stayed in the
+        # metrics' sums. The app's shutdown is short (the metrics' files), so it runs anyway.
+        ended = getattr(self.lifespan, "shutdown_event", None)
+        if self.force_exit and not (ended is not None and ended.is_set()):
+            await self.lifespan.shutdown()
 
 
 def _metrics(directory: Path | None) -> Lifespan:

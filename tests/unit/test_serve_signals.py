@@ -5,8 +5,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
@@ -148,3 +150,51 @@ def test_a_second_signal_while_the_build_runs_goes_to_the_handler_before() -> No
     finally:
         _restore(replaced)
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_forced_exit_still_runs_the_apps_shutdown(caplog: pytest.LogCaptureFixture) -> None:
+    """Ctrl-C twice while serving is uvicorn's forced exit, which skips the app's shutdown:
+    the lifespan was left waiting and cancelled as the loop closed (a traceback in the log,
+    and the metrics' live gauges never taken out). The app's shutdown runs all the same."""
+    events: list[str] = []
+    started = asyncio.Event()
+
+    async def app(
+        scope: dict[str, object],
+        receive: Callable[[], Awaitable[dict[str, str]]],
+        send: Callable[[dict[str, str]], Awaitable[None]],
+    ) -> None:
+        assert scope["type"] == "lifespan"
+        events.append((await receive())["type"])
+        await send({"type": "lifespan.startup.complete"})
+        started.set()
+        try:
+            events.append((await receive())["type"])
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def serve_and_press_ctrl_c_twice() -> None:
+        sock = socket.create_server(("127.0.0.1", 0))
+        config = uvicorn.Config(app, lifespan="on", log_config=None)
+        served = _Server(config, LiveHub())
+
+        async def twice() -> None:
+            await started.wait()
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+
+        pressing = asyncio.create_task(twice())
+        try:
+            await served.serve(sockets=[sock])
+        finally:
+            served.restore_signals()
+            sock.close()
+        await pressing
+        assert served.force_exit
+
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        asyncio.run(serve_and_press_ctrl_c_twice())
+    assert events == ["lifespan.startup", "lifespan.shutdown"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
