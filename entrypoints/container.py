@@ -32,7 +32,7 @@ from adapters.postgres.roles import check_runtime_role
 from adapters.postgres.sealing import TokenCipher
 from adapters.postgres.storage_retention import PostgresStorageRetention
 from adapters.postgres.unit_of_work import unit_of_work_factory
-from adapters.postgres.watching import PostgresWatchedPolling
+from adapters.postgres.watching import PostgresLiveWatchers, PostgresWatchedPolling
 from adapters.postgres.webhook_health import PostgresWebhookHealth
 from adapters.prometheus import MetricsExporter
 from adapters.system import SecretsRandomness, SystemClock
@@ -58,7 +58,8 @@ from domain.usecases.refresh_access_token import RefreshAccessToken
 from domain.usecases.repair_connection import RepairConnection
 from domain.usecases.start_connect import StartConnect
 from domain.usecases.sync_meetings import SyncMeetings
-from entrypoints.live import LiveHub, mark_watched
+from entrypoints.live import LiveHub, keep_registered, mark_watched
+from entrypoints.names import process_name
 from entrypoints.services import NotReady, Services
 from entrypoints.settings import Settings
 from entrypoints.webhook_health import WebhookFailures, beat_webhook_health
@@ -125,12 +126,17 @@ async def live_updates(
     marker = asyncio.create_task(
         mark_watched(hub, watched.mark, check=watched.check_opened), name="live-watched-polling"
     )
+    watchers = PostgresLiveWatchers(pool, process_name())
+    registry = asyncio.create_task(keep_registered(hub, watchers), name="live-watchers")
     try:
         yield hub
     finally:
-        marker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await marker
+        for task in (marker, registry):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):  # else purged once stale (DR-57)
+            await watchers.forget(hub.registered_users())
         await listener.stop()
 
 

@@ -10,9 +10,11 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
+
+from domain.errors import StorageUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -86,6 +88,12 @@ def _on_grid(now: float, at_most: float) -> float:
     return aligned if aligned > now else due
 
 
+def _heard(waiter: asyncio.Future[None]) -> None:
+    """A registration's outcome is heard even when every stream that waited for it has gone."""
+    if not waiter.cancelled():
+        waiter.exception()
+
+
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -129,6 +137,13 @@ class LiveHub:
         self._rechecks = 0
         self._flights: dict[tuple[str, int | None], _Flight] = {}
         self.reads = 0  # reads made through `shared` (for tests and figures)
+        # The users this process is registered as listening for (`live_watchers`, DR-57), and
+        # those whose first stream here waits to be; `keep_registered` does both, and until it
+        # runs (tests, a hub without a database) no stream waits.
+        self.registry = False
+        self.registry_wanted = asyncio.Event()
+        self._registered: set[str] = set()
+        self._registering: dict[str, asyncio.Future[None]] = {}
 
     def subscribe(self, user_id: str) -> Doorbell:
         doorbell = Doorbell()
@@ -148,6 +163,45 @@ class LiveHub:
                     del self._flights[key]
                 self._polled.discard(user_id)
                 self._newly_polled.discard(user_id)
+
+    async def registered(self, user_id: str) -> None:
+        """Returns once this process is registered as listening for `user_id`'s doorbells: a
+        stream's first read must come after it, or a meeting written meanwhile could ring
+        nobody (DR-57). Raises StorageUnavailable if the registration failed."""
+        if not self.registry or user_id in self._registered:
+            return
+        waiter = self._registering.get(user_id)
+        if waiter is None:
+            waiter = self._registering[user_id] = asyncio.get_running_loop().create_future()
+            waiter.add_done_callback(_heard)
+            self.registry_wanted.set()
+        await asyncio.shield(waiter)
+
+    def registration_due(self) -> list[str]:
+        """The users whose streams wait for their registration."""
+        return list(self._registering)
+
+    def registration_done(self, user_ids: Collection[str], error: BaseException | None) -> None:
+        """`user_ids` were registered (`error` None), or could not be: their streams go on."""
+        for user_id in user_ids:
+            waiter = self._registering.pop(user_id, None)
+            if error is None:
+                self._registered.add(user_id)
+            if waiter is not None and not waiter.done():
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
+
+    def unwatched_registrations(self) -> set[str]:
+        """Registered users with no stream here any more; forgotten as of now (a stream of
+        theirs that opens from here on waits for a new registration)."""
+        gone = {u for u in self._registered if u not in self._streams}
+        self._registered -= gone
+        return gone
+
+    def registered_users(self) -> set[str]:
+        return set(self._registered)
 
     def opened(self, user_id: str) -> None:
         """A stream of `user_id` read an active connection: have its grant checked soon, so a
@@ -285,3 +339,62 @@ async def mark_watched(
             except Exception as exc:  # the next tick asks again
                 log.warning("live.watched_not_marked", users=len(users), error=type(exc).__name__)
         await asyncio.sleep(settle)
+
+
+# How often a process refreshes its rows in `live_watchers` and forgets the users nobody
+# watches here any more; rows not refreshed for STALE_WATCHERS (a dead process's) are purged.
+REGISTRY_REFRESH_SECONDS = 60.0
+
+
+class Watchers(Protocol):
+    async def register(self, user_ids: Collection[str]) -> set[str]: ...
+    async def forget(self, user_ids: Collection[str]) -> None: ...
+    async def purge(self) -> int: ...
+
+
+async def keep_registered(
+    hub: LiveHub, watchers: Watchers, *, every: float = REGISTRY_REFRESH_SECONDS
+) -> None:
+    """This process's rows in `live_watchers` (DR-57), for ever: the users whose first stream
+    here waits, registered together as soon as they ask; every `every` seconds the rows of
+    the users still watched here refreshed, those of users gone forgotten, and dead
+    processes' rows purged. One task does all of it, one statement at a time, so a user's
+    registration never races its removal. A user whose row had gone (purged while this
+    process stalled) is registered again and its streams look again."""
+    hub.registry = True
+    next_refresh = time.monotonic() + every
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    hub.registry_wanted.wait(), max(next_refresh - time.monotonic(), 0.0)
+                )
+            hub.registry_wanted.clear()
+            if time.monotonic() >= next_refresh:
+                next_refresh = time.monotonic() + every
+                await _refresh_registrations(hub, watchers)
+            due = hub.registration_due()
+            if due:
+                try:
+                    await watchers.register(due)
+                except Exception as exc:  # their streams end; the pages come back
+                    log.warning("live.not_registered", users=len(due), error=type(exc).__name__)
+                    hub.registration_done(due, StorageUnavailable("the database is unavailable"))
+                else:
+                    hub.registration_done(due, None)
+    finally:
+        hub.registry = False
+        hub.registration_done(hub.registration_due(), StorageUnavailable("the process is stopping"))
+
+
+async def _refresh_registrations(hub: LiveHub, watchers: Watchers) -> None:
+    try:
+        gone = hub.unwatched_registrations()
+        await watchers.forget(gone)
+        kept = hub.registered_users()
+        lost = await watchers.register(kept)
+        for user_id in lost:  # purged meanwhile: a doorbell may have rung nobody
+            hub.ring(RECHECK, user_id)
+        await watchers.purge()
+    except Exception as exc:  # rows kept too long cost doorbells nobody hears; next time
+        log.warning("live.registrations_not_refreshed", error=type(exc).__name__)

@@ -16,6 +16,7 @@ import psycopg_pool
 
 from domain.errors import StorageUnavailable
 
+from .group_commit import BATCH_ONLY, LOCK_TIMEOUT_MS, LOCK_USERS, SET_LOCK_TIMEOUT
 from .unit_of_work import UNAVAILABLE
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
@@ -83,6 +84,88 @@ class PostgresWatchedPolling:
                 cursor = await conn.execute(
                     CHECK_OPENED, {"users": list(user_ids), "recent": recent}
                 )
+                return int(cursor.rowcount)
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
+
+
+# Who listens for a meeting's doorbell (migrations/0018, DR-57). A user is registered under the
+# user's lock, which every writer of meetings takes before its first write: a write either
+# committed before the registration (the stream's first read, after it, sees the write) or
+# its trigger sees the registration and rings. Locks in Python's sorted order, as a batch of
+# deliveries takes them (group_commit.LOCK_USERS), and within LOCK_TIMEOUT_MS: a lock held
+# long elsewhere (a token refresh across Calendly's answer, DR-33) then holds up only its
+# own user, registered alone.
+REGISTER_WATCHERS: Final = """
+INSERT INTO live_watchers AS w (user_id, process)
+SELECT u, %(process)s FROM unnest(%(users)s::text[]) AS u
+ON CONFLICT (user_id, process) DO UPDATE SET seen_at = now()
+RETURNING w.user_id, (w.xmax = 0) AS inserted
+"""
+FORGET_WATCHERS: Final = (
+    "DELETE FROM live_watchers WHERE process = %(process)s AND user_id = ANY(%(users)s)"
+)
+PURGE_WATCHERS: Final = "DELETE FROM live_watchers WHERE seen_at < now() - %(stale)s"
+STALE_WATCHERS: Final = timedelta(minutes=10)
+EVERYONE: Final = "*"
+
+
+class PostgresLiveWatchers:
+    """This process's rows in `live_watchers`: the users whose meetings' doorbells it hears."""
+
+    def __init__(self, pool: Pool, process: str) -> None:
+        self._pool = pool
+        self.process = process
+
+    async def register(self, user_ids: Collection[str]) -> set[str]:
+        """Registers `user_ids` (or refreshes them), each under its user's lock; returns those
+        that had no row (new here, or purged meanwhile)."""
+        users = sorted(set(user_ids))
+        if not users:
+            return set()
+        try:
+            try:
+                return await self._register(users, timeout_ms=LOCK_TIMEOUT_MS)
+            except BATCH_ONLY:
+                if len(users) == 1:
+                    return await self._register(users, timeout_ms=None)
+            # A lock held long elsewhere: each user alone, so that it holds up only its own.
+            inserted: set[str] = set()
+            for user in users:
+                inserted |= await self._register([user], timeout_ms=None)
+            return inserted
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
+
+    async def _register(self, users: list[str], timeout_ms: int | None) -> set[str]:
+        async with self._pool.connection() as conn, conn.transaction():
+            if timeout_ms is not None:
+                await conn.execute(SET_LOCK_TIMEOUT, (f"{timeout_ms}ms",))
+            if users != [EVERYONE]:
+                await conn.execute(LOCK_USERS, (users,))
+            cursor = await conn.execute(
+                REGISTER_WATCHERS, {"users": users, "process": self.process}
+            )
+            rows = await cursor.fetchall()
+        return {row["user_id"] for row in rows if row["inserted"]}
+
+    async def forget(self, user_ids: Collection[str]) -> None:
+        """This process no longer listens for `user_ids`."""
+        if not user_ids:
+            return
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(
+                    FORGET_WATCHERS, {"users": list(user_ids), "process": self.process}
+                )
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
+
+    async def purge(self, stale: timedelta = STALE_WATCHERS) -> int:
+        """Removes the rows of processes that stopped refreshing theirs (they died)."""
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(PURGE_WATCHERS, {"stale": stale})
                 return int(cursor.rowcount)
         except UNAVAILABLE as exc:
             raise StorageUnavailable("the database is unavailable") from exc

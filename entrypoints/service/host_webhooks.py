@@ -17,9 +17,7 @@ import asyncio
 import contextlib
 import os
 import random
-import secrets
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
@@ -36,10 +34,13 @@ from adapters.postgres.host_webhooks import (
 )
 from adapters.postgres.listener import PostgresChangeListener
 from adapters.postgres.pool import make_pool
+from adapters.postgres.watching import EVERYONE, PostgresLiveWatchers
 from domain.changes import Change, event_matches
 from domain.usecases.views import ConnectionView
 from entrypoints.arguments import fail
+from entrypoints.live import REGISTRY_REFRESH_SECONDS
 from entrypoints.logging import configure_service_logging
+from entrypoints.names import process_name
 from entrypoints.service.event_loop import run_fast
 from entrypoints.service.http.schemas import MeetingResponse, UserConnectionResponse
 from entrypoints.settings import (
@@ -72,7 +73,7 @@ PARK_AFTER_SECONDS: Final = 72 * 3600.0
 
 
 def dispatcher_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    return process_name()
 
 
 def message_id(change: Change) -> str:
@@ -424,6 +425,21 @@ def lower_priority(nice: int) -> None:
         log.warning("host_webhooks.priority_unchanged", nice=nice, error=type(exc).__name__)
 
 
+async def hear_every_doorbell(
+    watchers: PostgresLiveWatchers, every: float = REGISTRY_REFRESH_SECONDS
+) -> None:
+    """This dispatcher listens for every meeting's doorbell, for ever: a meeting's doorbell
+    rings only while some process listens for its user (DR-57), and without this row a
+    booking of a user whose page is closed would wait for the next poll. Refreshed every
+    `every` seconds, so that it is never purged while the dispatcher lives."""
+    while True:
+        try:
+            await watchers.register([EVERYONE])
+        except Exception as exc:  # the poll still finds every change; the next refresh retries
+            log.warning("host_webhooks.doorbells_not_registered", error=type(exc).__name__)
+        await asyncio.sleep(every)
+
+
 async def run_dispatcher(settings: DispatcherSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -454,9 +470,16 @@ async def run_dispatcher(settings: DispatcherSettings, stop: asyncio.Event | Non
                 database.url.reveal(), dispatcher.ring, runtime_role=database.runtime_role
             )
             await listener.start()
+            watchers = PostgresLiveWatchers(pool, dispatcher_id())
+            hearing = asyncio.create_task(hear_every_doorbell(watchers), name="every-doorbell")
             try:
                 await dispatcher.run(stop)
             finally:
+                hearing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await hearing
+                with contextlib.suppress(Exception):  # else purged once stale
+                    await watchers.forget([EVERYONE])
                 await listener.stop()
     finally:
         await pool.close()

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import secrets
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from datetime import datetime
@@ -24,6 +21,7 @@ from domain.usecases.maintain_connection import MaintainConnection
 from entrypoints.arguments import fail
 from entrypoints.container import Container, drain_kept_grants, resolve
 from entrypoints.logging import configure_service_logging
+from entrypoints.names import process_name
 from entrypoints.settings import ConfigError, Settings, load_settings
 from entrypoints.tracing import WORKER_SERVICE_NAME, TracingUnavailable, start_tracing
 
@@ -43,7 +41,7 @@ OUTAGE_SWEEP_SECONDS = 5.0
 
 
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    return process_name()
 
 
 class Worker:

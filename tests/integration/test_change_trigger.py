@@ -1,5 +1,7 @@
 """Migration 0017 folds the change log's four trigger functions into one (DR-53): the same writes
-log the same changes, row for row, before and after it."""
+log the same changes, row for row, before and after it. Migration 0018 rings a meeting's doorbell
+only while some process listens for its user (DR-57): the same change log, and the same
+doorbells as before it once someone listens."""
 
 # The writes are SQL built from this file's own constants (no input): S608 does not apply.
 # ruff: noqa: S608
@@ -15,6 +17,7 @@ from tests.support.connections import owner_sql
 from tests.support.postgres import PgCluster, database_before
 
 ONE_TRIGGER = "0017_one_change_trigger.sql"
+WATCHERS = "0018_doorbells_when_watched.sql"
 C1 = "00000000-0000-0000-0000-0000000000c1"
 C2 = "00000000-0000-0000-0000-0000000000c2"
 M1 = "00000000-0000-0000-0000-0000000000a1"
@@ -89,12 +92,21 @@ async def before_url(pg_cluster: PgCluster, tmp_path: Path) -> AsyncIterator[str
 
 @pytest.fixture
 async def after_url(pg_cluster: PgCluster, tmp_path: Path) -> AsyncIterator[str]:
+    async for url in database_before(pg_cluster, tmp_path, WATCHERS):
+        yield url
+
+
+@pytest.fixture
+async def head_url(pg_cluster: PgCluster, tmp_path: Path) -> AsyncIterator[str]:
     async for url in database_before(pg_cluster, tmp_path, None):
         yield url
 
 
-def logged(url: str) -> list[tuple[object, ...]]:
-    """TRANSACTIONS run as the owner; the change log they left, and the doorbells rung."""
+def logged(url: str, listening: tuple[str, ...] = ()) -> list[tuple[object, ...]]:
+    """TRANSACTIONS run as the owner, with a process listening for `listening` (0018's
+    `live_watchers`); the change log they left, and the doorbells rung."""
+    for user_id in listening:
+        owner_sql(url, "INSERT INTO live_watchers (user_id, process) VALUES (%s, 'p')", user_id)
     with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(url) as conn:
         listener.execute("LISTEN calendly_changes")
         for statements in TRANSACTIONS:
@@ -142,3 +154,21 @@ async def test_the_same_writes_log_the_same_changes_before_and_after_0017(
     # notification within a transaction), none for one that wrote only an invitee.
     rings = [ring for ring in after[-1][1:] if str(ring).startswith("meetings:")]
     assert rings == ["meetings:ada"] * 7
+
+
+@pytest.mark.parametrize(
+    ("listening", "rings"),
+    [((), False), (("bob",), False), (("ada",), True), (("*",), True), (("bob", "*"), True)],
+)
+async def test_after_0018_a_meetings_doorbell_rings_only_if_someone_listens_for_its_user(
+    after_url: str, head_url: str, listening: tuple[str, ...], rings: bool
+) -> None:
+    before, after = logged(after_url), logged(head_url, listening)
+    assert after[:-1] == before[:-1]  # the change log, row for row
+    before_rings, after_rings = before[-1][1:], after[-1][1:]
+    meetings = [ring for ring in before_rings if str(ring).startswith("meetings:")]
+    assert meetings  # else this test could not fail
+    if rings:
+        assert after_rings == before_rings
+    else:  # the connections' own doorbell (0002) rings as before
+        assert after_rings == tuple(r for r in before_rings if r not in meetings)

@@ -115,6 +115,9 @@ async def _stream(
     doorbell = hub.subscribe(user_id)  # before the first query: nothing can slip in between
     LIVE_STREAMS.set(hub.open_streams)
     try:
+        # Meetings' doorbells ring only for users some process listens for: this process is
+        # registered for the user before the stream reads anything (DR-57).
+        await hub.registered(user_id)
         # What a step read is not kept by this frame while the stream waits (issue 17): the
         # helpers below read, check the deadline and build the event; the frame yields it.
         cursor = await _start_cursor(services, user_id, after, deadline)
