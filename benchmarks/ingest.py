@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapters.postgres.group_commit import LOCK_USERS, SET_LOCK_TIMEOUT
+from adapters.postgres.group_commit import BATCH_SETTINGS, LOCK_USERS, RING_WATCHED
 from adapters.postgres.roles import DEFAULT_RUNTIME_ROLE
 from adapters.postgres.session import SET_TENANT
 from adapters.postgres.webhook_events import RECORD_AND_APPLY_PLAIN
@@ -215,7 +215,8 @@ def pgbench_script(users: int) -> str:
     }
 
     # The service's statements with a batch of one (DR-48): the route by token, then in the
-    # delivery's transaction the lock timeout, the users' locks, the tenant, the record.
+    # delivery's transaction the lock timeout (and the trigger's doorbell off), the users'
+    # locks, the tenant, the record, the doorbells of the users someone listens for (DR-57).
     route = ROUTES_BY_TOKENS.replace(
         "%s", "ARRAY[(SELECT webhook_token FROM bench_routes WHERE n = :n)]"
     ).strip()
@@ -227,10 +228,16 @@ def pgbench_script(users: int) -> str:
             # wait times out is written again alone, without one (DR-48), so for a batch of one
             # the outcome is a transaction that waited. (With the limit, one wait beyond it on
             # a slow machine aborted pgbench's run.)
-            SET_LOCK_TIMEOUT.replace("%s", "'0'") + ";",
+            BATCH_SETTINGS.replace("%s", "'0'") + ";",
             LOCK_USERS.replace("%s", "ARRAY[:user_id::text]") + ";",
             SET_TENANT.replace("%s", ":user_id") + ";",
         ]
+    )
+    ring = (
+        RING_WATCHED.replace("'meetings:'", f"'meetings' || {COLON}").replace(
+            "%s", "ARRAY[:user_id::text]"
+        )
+        + ";"
     )
     new_key = f":connection_id::text || {COLON} || 'invitee.created' || {COLON} || {invitee}"
     cancel_key = (
@@ -247,14 +254,17 @@ def pgbench_script(users: int) -> str:
             head,
             deliver(f":connection_id::text || {COLON} || 'pg-duplicate'", "invitee.created", book)
             + ";",
+            ring,
             "COMMIT;",
             "\\elif :r <= 30",
             head,
             deliver(cancel_key, "invitee.canceled", cancel) + ";",
+            ring,
             "COMMIT;",
             "\\else",
             head,
             deliver(new_key, "invitee.created", book) + ";",
+            ring,
             "COMMIT;",
             "\\endif",
             "",

@@ -1,20 +1,25 @@
--- A meeting's doorbell rings only while someone listens for it (issue 17; ARCHITECTURE.md,
--- DR-57).
+-- The webhook path rings a meeting's doorbell only while someone listens for its user (issue
+-- 17; ARCHITECTURE.md, DR-57).
 --
 -- Every meeting write sent a notification on `calendly_changes` (0002, 0017), and every
 -- service process's listener received each one, whether or not a page of that user was open
--- anywhere: most bookings arrive while nobody looks. Measured, that was about 7 % of the
--- webhook path's rate on 2 processes (service and Postgres CPU both), and it grows with the
--- number of processes listening.
+-- anywhere: most bookings arrive while nobody looks. Measured without it, the webhook path
+-- did about 7 % more deliveries a second on 2 processes (less CPU in the service and in
+-- Postgres), and the cost grows with the processes listening. A check per row in this
+-- trigger cost as much as it saved (an executor started per row), so the webhook path's
+-- batches (adapters/postgres/group_commit.py) set `app.doorbells` to 'batch' for their
+-- transaction, which silences the trigger, and ring the doorbells of their users that some
+-- process listens for in one statement after their writes. Every other writer (the worker,
+-- a connect, a delivery written alone after its batch failed) rings here, as before.
 --
 -- `live_watchers` says who listens: a row per (user, process) while that process has one of
 -- the user's live streams open, and a row ('*', process) for a process that wants every
 -- meeting's doorbell (the host webhooks' dispatcher). A process registers a user *under the
--- user's lock* (`meetings:<user>`, DR-33) before its stream reads anything, and every writer
--- of meetings takes that lock before its first write. So a write either committed before the
--- registration took the lock (the stream's first read sees it), or took the lock after the
--- registration committed: then its trigger's query, in a fresh snapshot as each query of a
--- PL/pgSQL function in READ COMMITTED, sees the row and rings. Nothing falls in between.
+-- user's lock* (`meetings:<user>`, DR-33) before its stream reads anything, and a batch takes
+-- its users' locks before it writes. So a batch either committed before the registration took
+-- the lock (the stream's first read sees its writes), or took the lock after the registration
+-- committed: its doorbell statement, which starts later, sees the row and rings. Nothing
+-- falls in between.
 --
 -- Rows of a process that died stay until another process purges them (`seen_at`, refreshed
 -- by the living): a stale row costs a doorbell nobody hears, never a missed one. Shared by
@@ -41,9 +46,9 @@ DECLARE
     earlier_event text;
 BEGIN
     IF TG_TABLE_NAME = 'meetings' THEN
-        -- The doorbell only while someone listens for this user (a process with one of the
-        -- user's pages open) or for everyone (a host webhooks dispatcher): see above.
-        IF EXISTS (SELECT FROM live_watchers w WHERE w.user_id IN (NEW.user_id, '*')) THEN
+        -- A batch of the webhook path rings its watched users' doorbells itself (see above);
+        -- every other writer rings here, as before.
+        IF current_setting('app.doorbells', true) IS DISTINCT FROM 'batch' THEN
             PERFORM pg_notify('calendly_changes', 'meetings:' || NEW.user_id);
         END IF;
         subject := NEW.id;

@@ -63,6 +63,17 @@ LOCK_TIMEOUT_MS = 250
 # lock it gave up waiting for, a deadlock or a serialization failure.
 BATCH_ONLY = (psycopg.errors.LockNotAvailable, psycopg.errors.TransactionRollback)
 SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, true)"
+# A batch's own doorbells (migrations/0018, DR-57): the meetings' trigger rings none within
+# the batch's transaction, and one statement after its writes rings those of its users that
+# some process listens for (or all of them, while some process listens for everyone). It
+# runs after the users' locks were taken, so it sees every registration made before.
+BATCH_SETTINGS = (
+    "SELECT set_config('lock_timeout', %s, true), set_config('app.doorbells', 'batch', true)"
+)
+RING_WATCHED = (
+    "SELECT count(pg_notify('calendly_changes', 'meetings:' || u)) FROM unnest(%s::text[]) AS u"
+    " WHERE EXISTS (SELECT FROM live_watchers w WHERE w.user_id IN (u, '*'))"
+)
 # Every user's lock (the key LOCK_TENANT takes), one after the other in the array's order (a
 # function scan yields its rows in order, and the aggregate takes them as they come).
 LOCK_USERS = (
@@ -361,7 +372,7 @@ class PostgresDeliveryLedger(DeliveryLedger):
         users = sorted({d.route.user_id for d in deliveries if d.route is not None})
         statements: list[tuple[int, str, psycopg.AsyncCursor[Any]]] = []
         async with conn.pipeline():
-            await conn.execute(SET_LOCK_TIMEOUT, (self._lock_timeout,))
+            await conn.execute(BATCH_SETTINGS, (self._lock_timeout,))
             if users:
                 await conn.execute(LOCK_USERS, (users,))
             tenant: str | None = None
@@ -381,6 +392,8 @@ class PostgresDeliveryLedger(DeliveryLedger):
                     change=delivery.change,
                 )
                 statements.append((i, query, await conn.execute(query, parameters)))
+            if users:
+                await conn.execute(RING_WATCHED, (users,))
             await conn.commit()
         answers = [False] * len(deliveries)
         for i, query, cursor in statements:

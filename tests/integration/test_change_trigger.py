@@ -1,7 +1,7 @@
 """Migration 0017 folds the change log's four trigger functions into one (DR-53): the same writes
 log the same changes, row for row, before and after it. Migration 0018 rings a meeting's doorbell
-only while some process listens for its user (DR-57): the same change log, and the same
-doorbells as before it once someone listens."""
+only in the webhook path's batches, which ring for their users themselves (DR-57): the same
+change log, and the same doorbells as before it for every other writer."""
 
 # The writes are SQL built from this file's own constants (no input): S608 does not apply.
 # ruff: noqa: S608
@@ -102,14 +102,14 @@ async def head_url(pg_cluster: PgCluster, tmp_path: Path) -> AsyncIterator[str]:
         yield url
 
 
-def logged(url: str, listening: tuple[str, ...] = ()) -> list[tuple[object, ...]]:
-    """TRANSACTIONS run as the owner, with a process listening for `listening` (0018's
-    `live_watchers`); the change log they left, and the doorbells rung."""
-    for user_id in listening:
-        owner_sql(url, "INSERT INTO live_watchers (user_id, process) VALUES (%s, 'p')", user_id)
+def logged(url: str, batch: bool = False) -> list[tuple[object, ...]]:
+    """TRANSACTIONS run as the owner, each as a batch of the webhook path would if `batch`
+    (0018's `app.doorbells`); the change log they left, and the doorbells rung."""
     with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(url) as conn:
         listener.execute("LISTEN calendly_changes")
         for statements in TRANSACTIONS:
+            if batch:
+                conn.execute("SELECT set_config('app.doorbells', 'batch', true)")
             for statement in statements:
                 conn.execute(statement.encode())
             conn.commit()
@@ -156,19 +156,16 @@ async def test_the_same_writes_log_the_same_changes_before_and_after_0017(
     assert rings == ["meetings:ada"] * 7
 
 
-@pytest.mark.parametrize(
-    ("listening", "rings"),
-    [((), False), (("bob",), False), (("ada",), True), (("*",), True), (("bob", "*"), True)],
-)
-async def test_after_0018_a_meetings_doorbell_rings_only_if_someone_listens_for_its_user(
-    after_url: str, head_url: str, listening: tuple[str, ...], rings: bool
+@pytest.mark.parametrize("batch", [False, True])
+async def test_after_0018_only_the_webhook_paths_batches_leave_the_meetings_doorbell_to_themselves(
+    after_url: str, head_url: str, batch: bool
 ) -> None:
-    before, after = logged(after_url), logged(head_url, listening)
+    before, after = logged(after_url), logged(head_url, batch)
     assert after[:-1] == before[:-1]  # the change log, row for row
     before_rings, after_rings = before[-1][1:], after[-1][1:]
     meetings = [ring for ring in before_rings if str(ring).startswith("meetings:")]
     assert meetings  # else this test could not fail
-    if rings:
-        assert after_rings == before_rings
-    else:  # the connections' own doorbell (0002) rings as before
+    if batch:  # the batch rings for whoever listens (tests/integration/test_live_watchers.py)
         assert after_rings == tuple(r for r in before_rings if r not in meetings)
+    else:  # every other writer: as before
+        assert after_rings == before_rings

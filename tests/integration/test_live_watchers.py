@@ -1,93 +1,113 @@
-"""A meeting's doorbell rings only while some process listens for its user (DR-57, migrations
-/0018), on a real Postgres as the runtime role: a registration waits for a meeting write under
-way (the user's lock) and every write after it rings; nobody listening, nothing rings; '*'
-hears everyone; forgetting and purging remove only what they should."""
+"""The webhook path rings a meeting's doorbell only while some process listens for its user
+(DR-57, migrations/0018), on a real Postgres as the runtime role: a batch rings for its users
+that are listened for (or all, while some process listens for everyone) and for no one else;
+other writers ring as before; a registration waits for a write under way (the user's lock),
+and a batch after it rings; forgetting and purging remove only what they should."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import psycopg
+import pytest
 
+from adapters.crypto import AesGcmTokenCipher
+from adapters.postgres.group_commit import PostgresDeliveryLedger
+from adapters.postgres.unit_of_work import unit_of_work_factory
 from adapters.postgres.watching import EVERYONE, PostgresLiveWatchers
 from domain.meetings import Meeting
-from domain.model import Connection
 from domain.ports import MeetingChange, UnitOfWorkFactory
+from domain.usecases.handle_webhook_event import UnitOfWorkLedger
 from tests.integration.conftest import Pool
-from tests.support.connections import CID_A, CID_B, EV, add, connection, owner_sql
+from tests.integration.test_group_commit import connected, delivery
+from tests.support.connections import EV, owner_sql
 
 PAUSE = 0.4  # longer than the registration's lock timeout: its fallback waits too
 
 
-async def doorbells(database_url: str) -> psycopg.AsyncConnection[object]:
-    listener = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
-    await listener.execute("LISTEN calendly_changes")
-    return listener
+@pytest.fixture
+async def ledger(pool: Pool, cipher: AesGcmTokenCipher) -> PostgresDeliveryLedger:
+    await connected(unit_of_work_factory(pool, cipher))
+    return PostgresDeliveryLedger(
+        pool, cipher, UnitOfWorkLedger(unit_of_work_factory(pool, cipher)), max_running=1
+    )
+
+
+@pytest.fixture
+async def listener(database_url: str) -> AsyncIterator[psycopg.AsyncConnection[object]]:
+    conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+    await conn.execute("LISTEN calendly_changes")
+    yield conn
+    await conn.close()
 
 
 async def heard(listener: psycopg.AsyncConnection[object]) -> list[str]:
-    return [n.payload async for n in listener.notifies(timeout=0.3)]
+    return sorted([n.payload async for n in listener.notifies(timeout=0.3)])
 
 
-async def book(uow: UnitOfWorkFactory, stored: Connection, uri: str) -> None:
-    async with uow(stored.user_id) as tx:
-        await tx.meetings.apply(stored, MeetingChange(meeting=Meeting(event_uri=EV + uri)))
-        await tx.commit()
+async def batch(ledger: PostgresDeliveryLedger, *bookings: tuple[str, int]) -> None:
+    answers = await asyncio.gather(*(ledger.record(delivery(u, n, 0)) for u, n in bookings))
+    assert all(answers)
 
 
-async def test_nobody_listening_nothing_rings_and_a_registered_user_rings_for_every_process(
-    pg_uow: UnitOfWorkFactory, pool: Pool, database_url: str
+async def test_a_batch_rings_only_for_the_users_someone_listens_for(
+    ledger: PostgresDeliveryLedger,
+    pool: Pool,
+    pg_uow: UnitOfWorkFactory,
+    listener: psycopg.AsyncConnection[object],
 ) -> None:
-    ada = await add(pg_uow, connection("ada", 1, CID_A))
-    bob = await add(pg_uow, connection("bob", 2, CID_B))
-    listener = await doorbells(database_url)
-    try:
-        await book(pg_uow, ada, "a1")
-        assert await heard(listener) == []
-        one, two = PostgresLiveWatchers(pool, "one"), PostgresLiveWatchers(pool, "two")
-        assert await one.register(["ada"]) == {"ada"}
-        assert await one.register(["ada"]) == set()  # a refresh: nothing new
-        assert await two.register(["ada"]) == {"ada"}
-        await book(pg_uow, ada, "a2")
-        await book(pg_uow, bob, "b1")
-        assert await heard(listener) == ["meetings:ada"]  # one doorbell, any process hears it
-        await one.forget(["ada"])
-        await book(pg_uow, ada, "a3")
-        assert await heard(listener) == ["meetings:ada"]  # "two" still listens
-        await two.forget(["ada"])
-        await book(pg_uow, ada, "a4")
-        assert await heard(listener) == []
-        everyone = PostgresLiveWatchers(pool, "dispatcher")
-        assert await everyone.register([EVERYONE]) == {EVERYONE}
-        await book(pg_uow, ada, "a5")
-        await book(pg_uow, bob, "b2")
-        assert await heard(listener) == ["meetings:ada", "meetings:bob"]
-    finally:
-        await listener.close()
+    await batch(ledger, ("ada", 1), ("bob", 1))
+    assert await heard(listener) == []  # nobody listening
+    one, two = PostgresLiveWatchers(pool, "one"), PostgresLiveWatchers(pool, "two")
+    assert await one.register(["ada"]) == {"ada"}
+    assert await one.register(["ada"]) == set()  # a refresh: nothing new
+    assert await two.register(["ada"]) == {"ada"}
+    await batch(ledger, ("ada", 2), ("bob", 2), ("cy", 2))
+    assert await heard(listener) == ["meetings:ada"]  # one doorbell: every process hears it
+    await one.forget(["ada"])
+    await batch(ledger, ("ada", 3))
+    assert await heard(listener) == ["meetings:ada"]  # "two" still listens
+    await two.forget(["ada"])
+    await batch(ledger, ("ada", 4))
+    assert await heard(listener) == []
+    everyone = PostgresLiveWatchers(pool, "dispatcher")
+    assert await everyone.register([EVERYONE]) == {EVERYONE}
+    await batch(ledger, ("ada", 5), ("bob", 5))
+    assert await heard(listener) == ["meetings:ada", "meetings:bob"]
+    await everyone.forget([EVERYONE])
+    # Any other writer rings whoever listens, as before 0018.
+    async with pg_uow("cy") as uow:
+        stored = await uow.connections.get("cy")
+        assert stored is not None
+        await uow.meetings.apply(stored, MeetingChange(meeting=Meeting(event_uri=EV + "cy-9")))
+        await uow.commit()
+    assert await heard(listener) == ["meetings:cy"]
 
 
-async def test_a_registration_waits_for_a_write_under_way_and_every_write_after_it_rings(
-    pg_uow: UnitOfWorkFactory, pool: Pool, database_url: str
+async def test_a_registration_waits_for_a_write_under_way_and_a_batch_after_it_rings(
+    ledger: PostgresDeliveryLedger,
+    pool: Pool,
+    pg_uow: UnitOfWorkFactory,
+    listener: psycopg.AsyncConnection[object],
 ) -> None:
     """The order that makes the doorbell safe to skip: a write that took the user's lock
     before the registration commits before it (so the stream's first read, after the
-    registration, sees it); a write after the registration sees its row and rings."""
-    ada = await add(pg_uow, connection("ada", 1, CID_A))
+    registration, sees it); a batch that takes the lock after the registration rings."""
     watchers = PostgresLiveWatchers(pool, "one")
-    listener = await doorbells(database_url)
-    try:
-        async with pg_uow("ada") as tx:
-            await tx.meetings.apply(ada, MeetingChange(meeting=Meeting(event_uri=EV + "1")))
-            registering = asyncio.create_task(watchers.register(["ada", "bob"]))
-            await asyncio.sleep(PAUSE)
-            assert not registering.done()  # it waits for the write's commit
-            await tx.commit()
-        assert await asyncio.wait_for(registering, 10) == {"ada", "bob"}
-        assert await heard(listener) == []  # that write's trigger ran before anyone listened
-        await book(pg_uow, ada, "2")
-        assert await heard(listener) == ["meetings:ada"]
-    finally:
-        await listener.close()
+    async with pg_uow("ada") as uow:
+        stored = await uow.connections.get("ada")
+        assert stored is not None
+        await uow.meetings.apply(stored, MeetingChange(meeting=Meeting(event_uri=EV + "w")))
+        registering = asyncio.create_task(watchers.register(["ada", "bob"]))
+        await asyncio.sleep(PAUSE)
+        assert not registering.done()  # it waits for the write's commit
+        booking = asyncio.create_task(batch(ledger, ("ada", 1)))  # queued behind both
+        await asyncio.sleep(0.1)
+        await uow.commit()
+    assert await asyncio.wait_for(registering, 10) == {"ada", "bob"}
+    await asyncio.wait_for(booking, 10)
+    assert await heard(listener) == ["meetings:ada", "meetings:ada"]  # the write's, the batch's
 
 
 async def test_purging_removes_only_the_rows_not_refreshed_for_a_while(
