@@ -14,7 +14,9 @@ from .session import ReadOnly, Session
 # so no meeting of theirs can commit unseen in between. Meetings and the connection go in the
 # same statement, so the foreign key from meetings (checked at its end) holds; invitees are
 # found through their meetings (indexed), whose user they share. A disconnected connection has
-# no route left; one is deleted here all the same (a data-modifying CTE runs unreferenced).
+# no route left; one is deleted here all the same (a data-modifying CTE runs unreferenced), and
+# so are the processes' registrations as listeners for the user (DR-57): a process that still
+# holds one of the user's streams registers it again at its next refresh.
 # Recorded deliveries have no index by user (one would cost every delivery on the ingest path):
 # erasing scans them.
 # Kept on purpose: the last change numbers given to the user, of the change log and of their
@@ -32,6 +34,7 @@ ERASED_TABLES: Final = (
     "calendar_connections",
     "change_log",
     "host_webhook_streams",
+    "live_watchers",
 )
 ERASE_USER = """
 WITH invitees AS (
@@ -47,7 +50,8 @@ maintenance AS (DELETE FROM connection_maintenance WHERE user_id = %(user_id)s R
 routes AS (DELETE FROM calendly_webhook_routes WHERE user_id = %(user_id)s RETURNING 1),
 connections AS (DELETE FROM calendar_connections WHERE user_id = %(user_id)s RETURNING 1),
 changes AS (DELETE FROM change_log WHERE user_id = %(user_id)s RETURNING 1),
-webhook_streams AS (DELETE FROM host_webhook_streams WHERE user_id = %(user_id)s RETURNING 1)
+webhook_streams AS (DELETE FROM host_webhook_streams WHERE user_id = %(user_id)s RETURNING 1),
+watchers AS (DELETE FROM live_watchers WHERE user_id = %(user_id)s RETURNING 1)
 SELECT (SELECT count(*) FROM connections) AS connections,
        (SELECT count(*) FROM meetings) AS meetings,
        (SELECT count(*) FROM invitees) AS invitees,

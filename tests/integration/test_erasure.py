@@ -36,7 +36,8 @@ def rows_of(core: RealCore, user: str) -> dict[str, int]:
 
 async def fill(core: RealCore, user: str, email: str) -> None:
     """Everything a user leaves behind: a connection (its route and maintenance row), meetings
-    with invitees, recorded deliveries, a pending OAuth round trip, a host notification."""
+    with invitees, recorded deliveries, a pending OAuth round trip, a host notification, a
+    process listening for the user's doorbells."""
     await core.connect(user, email)
     uow = cast(UnitOfWorkFactory, core.uow)
     async with uow(user) as tx:
@@ -61,6 +62,7 @@ async def fill(core: RealCore, user: str, email: str) -> None:
         user,
     )
     owner_sql(core, "UPDATE connection_maintenance SET failures = 2 WHERE user_id = %s", user)
+    owner_sql(core, "INSERT INTO live_watchers (user_id, process) VALUES (%s, 'p1')", user)
     owner_sql(
         core,
         "INSERT INTO host_webhook_endpoints (name, url, fan_xid) VALUES ('crm', 'https://a.test/',"

@@ -19,9 +19,10 @@ from adapters.postgres.watching import EVERYONE, PostgresLiveWatchers
 from domain.meetings import Meeting
 from domain.ports import MeetingChange, UnitOfWorkFactory
 from domain.usecases.handle_webhook_event import UnitOfWorkLedger
+from entrypoints.service.host_webhooks import hear_every_doorbell
 from tests.integration.conftest import Pool
-from tests.integration.test_group_commit import connected, delivery
 from tests.support.connections import EV, owner_sql
+from tests.support.ledger_records import connected, delivery
 
 PAUSE = 0.4  # longer than the registration's lock timeout: its fallback waits too
 
@@ -124,3 +125,29 @@ async def test_purging_removes_only_the_rows_not_refreshed_for_a_while(
     rows = owner_sql(database_url, "SELECT user_id, process FROM live_watchers")
     assert rows == [("ada", "alive")]
     assert await dead.register(["ada"]) == {"ada"}  # come back: registered again, and told
+
+
+async def test_a_host_webhooks_dispatcher_listens_for_everyone_while_it_runs(
+    pool: Pool, database_url: str
+) -> None:
+    """Its row '*' is made at once and refreshed while it runs (else it would be purged)."""
+
+    async def row_once_it_changes(before: object) -> tuple[object, ...]:
+        for _ in range(200):
+            rows = owner_sql(database_url, "SELECT user_id, process, seen_at FROM live_watchers")
+            if rows and rows[0] != before:
+                assert len(rows) == 1
+                return rows[0]
+            await asyncio.sleep(0.02)
+        raise AssertionError("no row, or not refreshed")
+
+    hearing = asyncio.create_task(
+        hear_every_doorbell(PostgresLiveWatchers(pool, "dispatcher"), every=0.1)
+    )
+    try:
+        first = await row_once_it_changes(None)
+        assert first[:2] == ("*", "dispatcher")
+        assert (await row_once_it_changes(first))[:2] == ("*", "dispatcher")
+    finally:
+        hearing.cancel()
+        await asyncio.gather(hearing, return_exceptions=True)
