@@ -348,6 +348,7 @@ REGISTRY_REFRESH_SECONDS = 60.0
 
 class Watchers(Protocol):
     async def register(self, user_ids: Collection[str]) -> set[str]: ...
+    async def refresh(self, user_ids: Collection[str]) -> set[str]: ...
     async def forget(self, user_ids: Collection[str]) -> None: ...
     async def purge(self) -> int: ...
 
@@ -391,10 +392,11 @@ async def _refresh_registrations(hub: LiveHub, watchers: Watchers) -> None:
     try:
         gone = hub.unwatched_registrations()
         await watchers.forget(gone)
-        kept = hub.registered_users()
-        lost = await watchers.register(kept)
-        for user_id in lost:  # purged meanwhile: a doorbell may have rung nobody
-            hub.ring(RECHECK, user_id)
+        lost = await watchers.refresh(hub.registered_users())
+        if lost:  # purged meanwhile: registered again, then their streams look again
+            await watchers.register(lost)
+            for user_id in lost:
+                hub.ring(RECHECK, user_id)
         await watchers.purge()
     except Exception as exc:  # rows kept too long cost doorbells nobody hears; next time
         log.warning("live.registrations_not_refreshed", error=type(exc).__name__)

@@ -102,6 +102,11 @@ SELECT u, %(process)s FROM unnest(%(users)s::text[]) AS u
 ON CONFLICT (user_id, process) DO UPDATE SET seen_at = now()
 RETURNING w.user_id, (w.xmax = 0) AS inserted
 """
+# A refresh needs no lock: the row is there already (those that are not are registered again).
+REFRESH_WATCHERS: Final = (
+    "UPDATE live_watchers SET seen_at = now() WHERE process = %(process)s"
+    " AND user_id = ANY(%(users)s) RETURNING user_id"
+)
 FORGET_WATCHERS: Final = (
     "DELETE FROM live_watchers WHERE process = %(process)s AND user_id = ANY(%(users)s)"
 )
@@ -148,6 +153,21 @@ class PostgresLiveWatchers:
             )
             rows = await cursor.fetchall()
         return {row["user_id"] for row in rows if row["inserted"]}
+
+    async def refresh(self, user_ids: Collection[str]) -> set[str]:
+        """Marks this process's rows of `user_ids` as alive; returns those that had none (purged
+        while this process stalled): they must be registered again."""
+        if not user_ids:
+            return set()
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(
+                    REFRESH_WATCHERS, {"users": list(user_ids), "process": self.process}
+                )
+                found = {row["user_id"] for row in await cursor.fetchall()}
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
+        return set(user_ids) - found
 
     async def forget(self, user_ids: Collection[str]) -> None:
         """This process no longer listens for `user_ids`."""

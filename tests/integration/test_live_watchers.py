@@ -124,7 +124,9 @@ async def test_purging_removes_only_the_rows_not_refreshed_for_a_while(
     assert await alive.purge() == 2
     rows = owner_sql(database_url, "SELECT user_id, process FROM live_watchers")
     assert rows == [("ada", "alive")]
-    assert await dead.register(["ada"]) == {"ada"}  # come back: registered again, and told
+    assert await alive.refresh(["ada"]) == set()
+    assert await dead.refresh(["ada", "bob"]) == {"ada", "bob"}  # back: lost, to register again
+    assert await dead.register(["ada"]) == {"ada"}
 
 
 async def test_a_host_webhooks_dispatcher_listens_for_everyone_while_it_runs(

@@ -34,6 +34,12 @@ class Watchers:
         lost, self.lost = self.lost & set(user_ids), set()
         return lost
 
+    async def refresh(self, user_ids: Collection[str]) -> set[str]:
+        self.calls.append(("refresh", frozenset(user_ids)))
+        await self.hold.wait()
+        lost, self.lost = self.lost & set(user_ids), set()
+        return lost
+
     async def forget(self, user_ids: Collection[str]) -> None:
         self.calls.append(("forget", frozenset(user_ids)))
         await self.hold.wait()
@@ -108,9 +114,10 @@ async def test_a_refresh_forgets_users_gone_keeps_the_rest_and_a_lost_row_makes_
         watchers.lost = {"ada"}  # purged while this process stalled
         watchers.calls.clear()
         assert await asyncio.wait_for(ada.wait(5), 1) == frozenset({RECHECK})
-        assert watchers.calls[:3] == [
+        assert watchers.calls[:4] == [
             ("forget", frozenset({"bob"})),
-            ("register", frozenset({"ada"})),
+            ("refresh", frozenset({"ada"})),
+            ("register", frozenset({"ada"})),  # its row was lost: under its lock again
             ("purge", frozenset()),
         ]
     finally:
