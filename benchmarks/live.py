@@ -108,7 +108,7 @@ class StreamReader(asyncio.Protocol):
         transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
-        if data == PING_CHUNK and not self._head and not self._raw:
+        if data == PING_CHUNK and not self._head and not self._raw and not self._body:
             self.beats += 1  # most of what a stream gets: nothing to parse
             return
         self._raw += data

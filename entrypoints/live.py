@@ -144,6 +144,7 @@ class LiveHub:
         self.registry_wanted = asyncio.Event()
         self._registered: set[str] = set()
         self._registering: dict[str, asyncio.Future[None]] = {}
+        self._taken: set[str] = set()  # registrations under way
 
     def subscribe(self, user_id: str) -> Doorbell:
         doorbell = Doorbell()
@@ -177,13 +178,20 @@ class LiveHub:
             self.registry_wanted.set()
         await asyncio.shield(waiter)
 
-    def registration_due(self) -> list[str]:
+    def waiting_registrations(self) -> list[str]:
         """The users whose streams wait for their registration."""
         return list(self._registering)
+
+    def take_registrations(self) -> list[str]:
+        """The users whose streams wait for a registration not yet under way; now under way."""
+        due = [u for u in self._registering if u not in self._taken]
+        self._taken.update(due)
+        return due
 
     def registration_done(self, user_ids: Collection[str], error: BaseException | None) -> None:
         """`user_ids` were registered (`error` None), or could not be: their streams go on."""
         for user_id in user_ids:
+            self._taken.discard(user_id)
             waiter = self._registering.pop(user_id, None)
             if error is None:
                 self._registered.add(user_id)
@@ -347,10 +355,17 @@ REGISTRY_REFRESH_SECONDS = 60.0
 
 
 class Watchers(Protocol):
-    async def register(self, user_ids: Collection[str]) -> set[str]: ...
+    async def add(self, user_ids: Collection[str]) -> set[str]: ...
+    async def busy(self, user_ids: Collection[str]) -> set[str]: ...
+    async def wait_for_writes(self, user_id: str) -> None: ...
     async def refresh(self, user_ids: Collection[str]) -> set[str]: ...
     async def forget(self, user_ids: Collection[str]) -> None: ...
     async def purge(self) -> int: ...
+
+
+# At most this many users' registrations wait for a write under way at once, each holding a
+# pooled connection (the webhook path needs the rest).
+WAITING_REGISTRATIONS = 4
 
 
 async def keep_registered(
@@ -359,11 +374,14 @@ async def keep_registered(
     """This process's rows in `live_watchers` (DR-57), for ever: the users whose first stream
     here waits, registered together as soon as they ask; every `every` seconds the rows of
     the users still watched here refreshed, those of users gone forgotten, and dead
-    processes' rows purged. One task does all of it, one statement at a time, so a user's
-    registration never races its removal. A user whose row had gone (purged while this
-    process stalled) is registered again and its streams look again."""
+    processes' rows purged. One task writes the rows, one statement at a time, so a user's
+    registration never races its removal. A user with a write under way is waited for apart
+    (its streams only). A user whose row had gone (purged while this process stalled) is
+    registered again and its streams look again."""
     hub.registry = True
     next_refresh = time.monotonic() + every
+    waits: set[asyncio.Task[None]] = set()
+    limit = asyncio.Semaphore(WAITING_REGISTRATIONS)
     try:
         while True:
             with contextlib.suppress(TimeoutError):
@@ -374,18 +392,42 @@ async def keep_registered(
             if time.monotonic() >= next_refresh:
                 next_refresh = time.monotonic() + every
                 await _refresh_registrations(hub, watchers)
-            due = hub.registration_due()
-            if due:
-                try:
-                    await watchers.register(due)
-                except Exception as exc:  # their streams end; the pages come back
-                    log.warning("live.not_registered", users=len(due), error=type(exc).__name__)
-                    hub.registration_done(due, StorageUnavailable("the database is unavailable"))
-                else:
-                    hub.registration_done(due, None)
+            due = hub.take_registrations()
+            if not due:
+                continue
+            try:
+                await watchers.add(due)
+                busy = await watchers.busy(due)
+            except Exception as exc:  # their streams end; the pages come back
+                log.warning("live.not_registered", users=len(due), error=type(exc).__name__)
+                hub.registration_done(due, StorageUnavailable("the database is unavailable"))
+                continue
+            hub.registration_done([u for u in due if u not in busy], None)
+            for user_id in busy:
+                task = asyncio.create_task(_after_writes(hub, watchers, user_id, limit))
+                waits.add(task)
+                task.add_done_callback(waits.discard)
     finally:
         hub.registry = False
-        hub.registration_done(hub.registration_due(), StorageUnavailable("the process is stopping"))
+        for task in list(waits):
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        stopping = StorageUnavailable("the process is stopping")
+        hub.registration_done(hub.waiting_registrations(), stopping)
+
+
+async def _after_writes(
+    hub: LiveHub, watchers: Watchers, user_id: str, limit: asyncio.Semaphore
+) -> None:
+    """`user_id`'s registration, once the write of theirs under way has ended."""
+    try:
+        async with limit:
+            await watchers.wait_for_writes(user_id)
+    except Exception as exc:  # its streams end; the pages come back
+        log.warning("live.not_registered", users=1, error=type(exc).__name__)
+        hub.registration_done([user_id], StorageUnavailable("a write of the user is under way"))
+    else:
+        hub.registration_done([user_id], None)
 
 
 async def _refresh_registrations(hub: LiveHub, watchers: Watchers) -> None:
@@ -394,9 +436,13 @@ async def _refresh_registrations(hub: LiveHub, watchers: Watchers) -> None:
         await watchers.forget(gone)
         lost = await watchers.refresh(hub.registered_users())
         if lost:  # purged meanwhile: registered again, then their streams look again
-            await watchers.register(lost)
-            for user_id in lost:
-                hub.ring(RECHECK, user_id)
+            await watchers.add(lost)
+            try:
+                for user_id in await watchers.busy(lost):
+                    await watchers.wait_for_writes(user_id)
+            finally:  # they read now whatever happened, the best there is
+                for user_id in lost:
+                    hub.ring(RECHECK, user_id)
         await watchers.purge()
     except Exception as exc:  # rows kept too long cost doorbells nobody hears; next time
         log.warning("live.registrations_not_refreshed", error=type(exc).__name__)

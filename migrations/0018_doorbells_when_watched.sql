@@ -14,12 +14,12 @@
 --
 -- `live_watchers` says who listens: a row per (user, process) while that process has one of
 -- the user's live streams open, and a row ('*', process) for a process that wants every
--- meeting's doorbell (the host webhooks' dispatcher). A process registers a user *under the
--- user's lock* (`meetings:<user>`, DR-33) before its stream reads anything, and a batch takes
--- its users' locks before it writes. So a batch either committed before the registration took
--- the lock (the stream's first read sees its writes), or took the lock after the registration
--- committed: its doorbell statement, which starts later, sees the row and rings. Nothing
--- falls in between.
+-- meeting's doorbell (the host webhooks' dispatcher). A process commits its row for a user
+-- before the user's stream reads anything, then takes and lets go the user's lock
+-- (`meetings:<user>`, DR-33), which a batch takes before it writes. So a batch that held the
+-- lock when the row committed has committed before the stream's first read, which sees its
+-- writes; a batch that takes the lock later runs its doorbell statement after the row
+-- committed, and rings. Nothing falls in between.
 --
 -- Rows of a process that died stay until another process purges them (`seen_at`, refreshed
 -- by the living): a stale row costs a doorbell nobody hears, never a missed one. Shared by

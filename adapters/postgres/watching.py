@@ -16,7 +16,7 @@ import psycopg_pool
 
 from domain.errors import StorageUnavailable
 
-from .group_commit import BATCH_ONLY, LOCK_TIMEOUT_MS, LOCK_USERS, SET_LOCK_TIMEOUT
+from .group_commit import BATCH_ONLY, LOCK_USERS, SET_LOCK_TIMEOUT
 from .unit_of_work import UNAVAILABLE
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
@@ -89,19 +89,28 @@ class PostgresWatchedPolling:
             raise StorageUnavailable("the database is unavailable") from exc
 
 
-# Who listens for a meeting's doorbell (migrations/0018, DR-57). A user is registered under the
-# user's lock, which every writer of meetings takes before its first write: a write either
-# committed before the registration (the stream's first read, after it, sees the write) or
-# its trigger sees the registration and rings. Locks in Python's sorted order, as a batch of
-# deliveries takes them (group_commit.LOCK_USERS), and within LOCK_TIMEOUT_MS: a lock held
-# long elsewhere (a token refresh across Calendly's answer, DR-33) then holds up only its
-# own user, registered alone.
+# Who listens for a meeting's doorbell (migrations/0018, DR-57). A registration is its row,
+# committed, then the users' locks (`meetings:<user>`, which every writer of meetings takes
+# before its first write) each taken and let go at once: a batch that held one when the row
+# committed has committed too by then, so the stream's first read sees its writes; a batch
+# that takes one later runs its doorbell statement after the row committed, and rings. No lock
+# is held while another is waited for: a registration never holds up a batch.
 REGISTER_WATCHERS: Final = """
 INSERT INTO live_watchers AS w (user_id, process)
 SELECT u, %(process)s FROM unnest(%(users)s::text[]) AS u
 ON CONFLICT (user_id, process) DO UPDATE SET seen_at = now()
 RETURNING w.user_id, (w.xmax = 0) AS inserted
 """
+# The users among them whose lock is held now (a write of theirs under way); the free ones'
+# locks are taken and let go in the same statement, which waits for none.
+BUSY_USERS: Final = (
+    "SELECT u AS user_id FROM unnest(%s::text[]) AS u"
+    " WHERE NOT pg_try_advisory_xact_lock(hashtextextended('meetings:' || u, 0))"
+)
+# How long a registration waits for a write of its user under way (a token refresh holds the
+# user's lock across Calendly's answer, 15 s at most per try, DR-33) before its streams end
+# (their pages come back).
+WAIT_FOR_WRITES_SECONDS: Final = 30
 # A refresh needs no lock: the row is there already (those that are not are registered again).
 REFRESH_WATCHERS: Final = (
     "UPDATE live_watchers SET seen_at = now() WHERE process = %(process)s"
@@ -122,37 +131,44 @@ class PostgresLiveWatchers:
         self._pool = pool
         self.process = process
 
-    async def register(self, user_ids: Collection[str]) -> set[str]:
-        """Registers `user_ids` (or refreshes them), each under its user's lock; returns those
-        that had no row (new here, or purged meanwhile)."""
-        users = sorted(set(user_ids))
-        if not users:
+    async def add(self, user_ids: Collection[str]) -> set[str]:
+        """This process's rows for `user_ids`, committed (refreshed where they were); returns
+        the users that had none. A registration is this, then `busy` and `wait_for_writes`."""
+        if not user_ids:
             return set()
         try:
-            try:
-                return await self._register(users, timeout_ms=LOCK_TIMEOUT_MS)
-            except BATCH_ONLY:
-                if len(users) == 1:
-                    return await self._register(users, timeout_ms=None)
-            # A lock held long elsewhere: each user alone, so that it holds up only its own.
-            inserted: set[str] = set()
-            for user in users:
-                inserted |= await self._register([user], timeout_ms=None)
-            return inserted
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(
+                    REGISTER_WATCHERS, {"users": sorted(set(user_ids)), "process": self.process}
+                )
+                rows = await cursor.fetchall()
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
+        return {row["user_id"] for row in rows if row["inserted"]}
+
+    async def busy(self, user_ids: Collection[str]) -> set[str]:
+        """The users among `user_ids` a write is under way for (their lock is held): the
+        others are registered once `add` committed."""
+        if not user_ids:
+            return set()
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(BUSY_USERS, (sorted(set(user_ids)),))
+                return {row["user_id"] for row in await cursor.fetchall()}
         except UNAVAILABLE as exc:
             raise StorageUnavailable("the database is unavailable") from exc
 
-    async def _register(self, users: list[str], timeout_ms: int | None) -> set[str]:
-        async with self._pool.connection() as conn, conn.transaction():
-            if timeout_ms is not None:
-                await conn.execute(SET_LOCK_TIMEOUT, (f"{timeout_ms}ms",))
-            if users != [EVERYONE]:
-                await conn.execute(LOCK_USERS, (users,))
-            cursor = await conn.execute(
-                REGISTER_WATCHERS, {"users": users, "process": self.process}
-            )
-            rows = await cursor.fetchall()
-        return {row["user_id"] for row in rows if row["inserted"]}
+    async def wait_for_writes(self, user_id: str, seconds: float = WAIT_FOR_WRITES_SECONDS) -> None:
+        """Returns once the write of `user_id` under way has ended (its lock taken and let go);
+        StorageUnavailable if that takes longer than `seconds`."""
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute(SET_LOCK_TIMEOUT, (f"{int(seconds * 1000)}ms",))
+                await conn.execute(LOCK_USERS, ([user_id],))
+        except BATCH_ONLY as exc:
+            raise StorageUnavailable("a write of the user is still under way") from exc
+        except UNAVAILABLE as exc:
+            raise StorageUnavailable("the database is unavailable") from exc
 
     async def refresh(self, user_ids: Collection[str]) -> set[str]:
         """Marks this process's rows of `user_ids` as alive; returns those that had none (purged

@@ -434,7 +434,7 @@ async def hear_every_doorbell(
     `every` seconds, so that it is never purged while the dispatcher lives."""
     while True:
         try:
-            await watchers.register([EVERYONE])
+            await watchers.add([EVERYONE])
         except Exception as exc:  # the poll still finds every change; the next refresh retries
             log.warning("host_webhooks.doorbells_not_registered", error=type(exc).__name__)
         await asyncio.sleep(every)

@@ -16,6 +16,7 @@ from adapters.crypto import AesGcmTokenCipher
 from adapters.postgres.group_commit import PostgresDeliveryLedger
 from adapters.postgres.unit_of_work import unit_of_work_factory
 from adapters.postgres.watching import EVERYONE, PostgresLiveWatchers
+from domain.errors import StorageUnavailable
 from domain.meetings import Meeting
 from domain.ports import MeetingChange, UnitOfWorkFactory
 from domain.usecases.handle_webhook_event import UnitOfWorkLedger
@@ -61,9 +62,9 @@ async def test_a_batch_rings_only_for_the_users_someone_listens_for(
     await batch(ledger, ("ada", 1), ("bob", 1))
     assert await heard(listener) == []  # nobody listening
     one, two = PostgresLiveWatchers(pool, "one"), PostgresLiveWatchers(pool, "two")
-    assert await one.register(["ada"]) == {"ada"}
-    assert await one.register(["ada"]) == set()  # a refresh: nothing new
-    assert await two.register(["ada"]) == {"ada"}
+    assert await one.add(["ada"]) == {"ada"}
+    assert await one.add(["ada"]) == set()  # a refresh: nothing new
+    assert await two.add(["ada"]) == {"ada"}
     await batch(ledger, ("ada", 2), ("bob", 2), ("cy", 2))
     assert await heard(listener) == ["meetings:ada"]  # one doorbell: every process hears it
     await one.forget(["ada"])
@@ -73,7 +74,7 @@ async def test_a_batch_rings_only_for_the_users_someone_listens_for(
     await batch(ledger, ("ada", 4))
     assert await heard(listener) == []
     everyone = PostgresLiveWatchers(pool, "dispatcher")
-    assert await everyone.register([EVERYONE]) == {EVERYONE}
+    assert await everyone.add([EVERYONE]) == {EVERYONE}
     await batch(ledger, ("ada", 5), ("bob", 5))
     assert await heard(listener) == ["meetings:ada", "meetings:bob"]
     await everyone.forget([EVERYONE])
@@ -92,31 +93,48 @@ async def test_a_registration_waits_for_a_write_under_way_and_a_batch_after_it_r
     pg_uow: UnitOfWorkFactory,
     listener: psycopg.AsyncConnection[object],
 ) -> None:
-    """The order that makes the doorbell safe to skip: a write that took the user's lock
-    before the registration commits before it (so the stream's first read, after the
-    registration, sees it); a batch that takes the lock after the registration rings."""
+    """The order that makes the doorbell safe to skip: the row committed, a write that held
+    the user's lock then has committed before the registration ends (so the stream's first
+    read sees it); a batch that takes the lock after rings, from its own statement."""
     watchers = PostgresLiveWatchers(pool, "one")
     async with pg_uow("ada") as uow:
         stored = await uow.connections.get("ada")
         assert stored is not None
         await uow.meetings.apply(stored, MeetingChange(meeting=Meeting(event_uri=EV + "w")))
-        registering = asyncio.create_task(watchers.register(["ada", "bob"]))
+        assert await watchers.add(["ada", "bob"]) == {"ada", "bob"}  # no lock: at once
+        assert await watchers.busy(["ada", "bob"]) == {"ada"}  # bob is registered now
+        waiting = asyncio.create_task(watchers.wait_for_writes("ada"))
         await asyncio.sleep(PAUSE)
-        assert not registering.done()  # it waits for the write's commit
-        booking = asyncio.create_task(batch(ledger, ("ada", 1)))  # queued behind both
-        await asyncio.sleep(0.1)
+        assert not waiting.done()  # ada's registration ends with the write under way
+        booking = asyncio.create_task(batch(ledger, ("ada", 1)))  # queued behind it
+        await asyncio.sleep(0.05)
         await uow.commit()
-    assert await asyncio.wait_for(registering, 10) == {"ada", "bob"}
+    await asyncio.wait_for(waiting, 10)
     await asyncio.wait_for(booking, 10)
+    assert ledger.fallbacks == 0  # rung by the batch's statement, not by a write alone
     assert await heard(listener) == ["meetings:ada", "meetings:ada"]  # the write's, the batch's
+    assert await watchers.busy(["ada"]) == set()
+
+
+@pytest.mark.usefixtures("ledger")  # the users connected
+async def test_a_registration_gives_up_on_a_write_that_does_not_end(
+    pool: Pool, pg_uow: UnitOfWorkFactory
+) -> None:
+    watchers = PostgresLiveWatchers(pool, "one")
+    async with pg_uow("ada") as uow:
+        stored = await uow.connections.get("ada")
+        assert stored is not None
+        await uow.meetings.apply(stored, MeetingChange(meeting=Meeting(event_uri=EV + "w")))
+        with pytest.raises(StorageUnavailable):
+            await watchers.wait_for_writes("ada", seconds=0.2)
 
 
 async def test_purging_removes_only_the_rows_not_refreshed_for_a_while(
     pool: Pool, database_url: str
 ) -> None:
     dead, alive = PostgresLiveWatchers(pool, "dead"), PostgresLiveWatchers(pool, "alive")
-    await dead.register(["ada", "bob"])
-    await alive.register(["ada"])
+    await dead.add(["ada", "bob"])
+    await alive.add(["ada"])
     owner_sql(
         database_url,
         "UPDATE live_watchers SET seen_at = now() - interval '11 minutes' WHERE process = 'dead'",
@@ -126,7 +144,7 @@ async def test_purging_removes_only_the_rows_not_refreshed_for_a_while(
     assert rows == [("ada", "alive")]
     assert await alive.refresh(["ada"]) == set()
     assert await dead.refresh(["ada", "bob"]) == {"ada", "bob"}  # back: lost, to register again
-    assert await dead.register(["ada"]) == {"ada"}
+    assert await dead.add(["ada"]) == {"ada"}
 
 
 async def test_a_host_webhooks_dispatcher_listens_for_everyone_while_it_runs(
@@ -153,3 +171,20 @@ async def test_a_host_webhooks_dispatcher_listens_for_everyone_while_it_runs(
     finally:
         hearing.cancel()
         await asyncio.gather(hearing, return_exceptions=True)
+
+
+async def test_after_a_batch_the_same_connections_other_writes_ring_as_before(
+    ledger: PostgresDeliveryLedger, database_url: str, listener: psycopg.AsyncConnection[object]
+) -> None:
+    """The batch's setting lasts its transaction only: a pooled connection's next writer
+    (the setting now '' rather than unset) rings as every other writer does."""
+    await batch(ledger, ("cy", 1))
+    assert await heard(listener) == []  # nobody listens
+    with psycopg.connect(database_url) as conn:  # one connection for both transactions
+        conn.execute("SELECT set_config('app.doorbells', 'batch', true)")
+        conn.execute("UPDATE meetings SET name = 'silent' WHERE user_id = 'cy'")
+        conn.commit()
+        assert conn.execute("SELECT current_setting('app.doorbells', true)").fetchone() == ("",)
+        conn.execute("UPDATE meetings SET name = 'heard' WHERE user_id = 'cy'")
+        conn.commit()
+    assert await heard(listener) == ["meetings:cy"]

@@ -16,8 +16,9 @@ from entrypoints.live import RECHECK, LiveHub, keep_registered
 
 
 class Watchers:
-    """Records each call; `hold` keeps the next calls waiting until set; `lost` users are
-    reported as having had no row at their next registration."""
+    """Records each call; `hold` keeps the next row writes waiting until set; `lost` users are
+    reported missing at the next refresh; `busy` users have a write under way, which ends
+    when `writes_end` is set (or never, with `writes_fail`)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, frozenset[str]]] = []
@@ -25,14 +26,26 @@ class Watchers:
         self.hold.set()
         self.fail = False
         self.lost: set[str] = set()
+        self.busy_users: set[str] = set()
+        self.writes_end = asyncio.Event()
+        self.writes_fail = False
 
-    async def register(self, user_ids: Collection[str]) -> set[str]:
-        self.calls.append(("register", frozenset(user_ids)))
+    async def add(self, user_ids: Collection[str]) -> set[str]:
+        self.calls.append(("add", frozenset(user_ids)))
         await self.hold.wait()
         if self.fail:
             raise StorageUnavailable("down")
-        lost, self.lost = self.lost & set(user_ids), set()
-        return lost
+        return set(user_ids)
+
+    async def busy(self, user_ids: Collection[str]) -> set[str]:
+        self.calls.append(("busy", frozenset(user_ids)))
+        return self.busy_users & set(user_ids)
+
+    async def wait_for_writes(self, user_id: str) -> None:
+        self.calls.append(("wait", frozenset({user_id})))
+        await self.writes_end.wait()
+        if self.writes_fail:
+            raise StorageUnavailable("a write is still under way")
 
     async def refresh(self, user_ids: Collection[str]) -> set[str]:
         self.calls.append(("refresh", frozenset(user_ids)))
@@ -80,9 +93,12 @@ async def test_a_first_read_waits_for_the_registration_and_users_asking_together
         assert not any(w.done() for w in waiting)  # their reads wait for the registration
         watchers.hold.set()
         await asyncio.wait_for(asyncio.gather(*waiting), 1)
-        assert watchers.calls == [("register", frozenset({"ada", "bob"}))]
+        assert watchers.calls == [
+            ("add", frozenset({"ada", "bob"})),
+            ("busy", frozenset({"ada", "bob"})),
+        ]
         await asyncio.wait_for(hub.registered("ada"), 0.1)  # registered: no call again
-        assert len(watchers.calls) == 1
+        assert len(watchers.calls) == 2
     finally:
         await stopped(task)
 
@@ -97,7 +113,7 @@ async def test_a_failed_registration_reaches_the_streams_and_the_next_one_tries_
             await asyncio.wait_for(hub.registered("ada"), 1)
         watchers.fail = False
         await asyncio.wait_for(hub.registered("ada"), 1)
-        assert [c for c, _ in watchers.calls] == ["register", "register"]
+        assert [c for c, _ in watchers.calls] == ["add", "add", "busy"]
     finally:
         await stopped(task)
 
@@ -114,10 +130,11 @@ async def test_a_refresh_forgets_users_gone_keeps_the_rest_and_a_lost_row_makes_
         watchers.lost = {"ada"}  # purged while this process stalled
         watchers.calls.clear()
         assert await asyncio.wait_for(ada.wait(5), 1) == frozenset({RECHECK})
-        assert watchers.calls[:4] == [
+        assert watchers.calls[:5] == [
             ("forget", frozenset({"bob"})),
             ("refresh", frozenset({"ada"})),
-            ("register", frozenset({"ada"})),  # its row was lost: under its lock again
+            ("add", frozenset({"ada"})),  # its row was lost: registered again
+            ("busy", frozenset({"ada"})),
             ("purge", frozenset()),
         ]
     finally:
@@ -141,7 +158,7 @@ async def test_a_stream_opening_while_its_user_is_forgotten_waits_for_a_new_regi
         watchers.hold.set()
         await asyncio.wait_for(again, 1)
         forgot = watchers.calls.index(("forget", frozenset({"ada"})))
-        assert ("register", frozenset({"ada"})) in watchers.calls[forgot + 1 :]
+        assert ("add", frozenset({"ada"})) in watchers.calls[forgot + 1 :]
     finally:
         await stopped(task)
 
@@ -157,3 +174,73 @@ async def test_streams_waiting_when_it_stops_are_told() -> None:
     with pytest.raises(StorageUnavailable):
         await asyncio.wait_for(waiting, 1)
     await asyncio.wait_for(hub.registered("ada"), 0.1)  # no registry: nobody waits
+
+
+async def test_a_user_with_a_write_under_way_holds_up_only_its_own_streams() -> None:
+    """A registration waits for its user's write under way (a batch, or a token refresh that
+    holds the user's lock for seconds) apart: the other users' streams go on at once."""
+    hub, watchers = LiveHub(), Watchers()
+    watchers.busy_users = {"ada"}
+    task = await running(hub, watchers)
+    try:
+        hub.subscribe("ada")
+        hub.subscribe("bob")
+        ada = asyncio.create_task(hub.registered("ada"))
+        await asyncio.wait_for(hub.registered("bob"), 1)
+        assert not ada.done()
+        hub.subscribe("cy")  # and a newcomer meanwhile
+        await asyncio.wait_for(hub.registered("cy"), 1)
+        assert not ada.done()
+        watchers.writes_end.set()
+        await asyncio.wait_for(ada, 1)
+        assert ("wait", frozenset({"ada"})) in watchers.calls
+    finally:
+        await stopped(task)
+
+
+async def test_a_write_that_does_not_end_ends_that_users_streams_only() -> None:
+    hub, watchers = LiveHub(), Watchers()
+    watchers.busy_users = {"ada"}
+    watchers.writes_fail = True
+    watchers.writes_end.set()
+    task = await running(hub, watchers)
+    try:
+        hub.subscribe("ada")
+        hub.subscribe("bob")
+        with pytest.raises(StorageUnavailable):
+            await asyncio.wait_for(hub.registered("ada"), 1)
+        await asyncio.wait_for(hub.registered("bob"), 1)
+    finally:
+        await stopped(task)
+
+
+async def test_a_streams_first_read_comes_after_its_users_registration() -> None:
+    """routes/live.py: the stream reads nothing (not even where to start from) before this
+    process is registered for the user; a write meanwhile would otherwise ring nobody."""
+    from typing import cast
+
+    from domain.usecases.queries import Changes
+    from entrypoints.service.http.routes.live import _Deadline, _stream
+    from entrypoints.services import Services
+
+    hub = LiveHub()
+    hub.registry = True  # registrations are ended by hand below
+    reads: list[int | None] = []
+
+    class Reads:
+        live_hub = hub
+
+        async def meeting_changes(self, user_id: str, after: int | None) -> Changes:
+            reads.append(after)
+            return Changes(meetings=(), cursor=7, more=False)
+
+    events = _stream(cast(Services, Reads()), "ada", None, _Deadline(None))
+    first = asyncio.create_task(anext(events))
+    await asyncio.sleep(0.05)
+    assert reads == []
+    assert not first.done()
+    hub.registration_done(["ada"], None)
+    ready = await asyncio.wait_for(first, 1)
+    assert ready.event == "ready"
+    assert reads == [None]
+    await events.aclose()
