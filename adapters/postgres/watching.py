@@ -96,10 +96,9 @@ class PostgresWatchedPolling:
 # that takes one later runs its doorbell statement after the row committed, and rings. No lock
 # is held while another is waited for: a registration never holds up a batch.
 REGISTER_WATCHERS: Final = """
-INSERT INTO live_watchers AS w (user_id, process)
+INSERT INTO live_watchers (user_id, process)
 SELECT u, %(process)s FROM unnest(%(users)s::text[]) AS u
 ON CONFLICT (user_id, process) DO UPDATE SET seen_at = now()
-RETURNING w.user_id, (w.xmax = 0) AS inserted
 """
 # The users among them whose lock is held now (a write of theirs under way); the free ones'
 # locks are taken and let go in the same statement, which waits for none.
@@ -131,20 +130,18 @@ class PostgresLiveWatchers:
         self._pool = pool
         self.process = process
 
-    async def add(self, user_ids: Collection[str]) -> set[str]:
-        """This process's rows for `user_ids`, committed (refreshed where they were); returns
-        the users that had none. A registration is this, then `busy` and `wait_for_writes`."""
+    async def add(self, user_ids: Collection[str]) -> None:
+        """This process's rows for `user_ids`, committed (refreshed where they were). A
+        registration is this, then `busy` and `wait_for_writes`."""
         if not user_ids:
-            return set()
+            return
         try:
             async with self._pool.connection() as conn:
-                cursor = await conn.execute(
+                await conn.execute(
                     REGISTER_WATCHERS, {"users": sorted(set(user_ids)), "process": self.process}
                 )
-                rows = await cursor.fetchall()
         except UNAVAILABLE as exc:
             raise StorageUnavailable("the database is unavailable") from exc
-        return {row["user_id"] for row in rows if row["inserted"]}
 
     async def busy(self, user_ids: Collection[str]) -> set[str]:
         """The users among `user_ids` a write is under way for (their lock is held): the

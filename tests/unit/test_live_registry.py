@@ -30,12 +30,11 @@ class Watchers:
         self.writes_end = asyncio.Event()
         self.writes_fail = False
 
-    async def add(self, user_ids: Collection[str]) -> set[str]:
+    async def add(self, user_ids: Collection[str]) -> None:
         self.calls.append(("add", frozenset(user_ids)))
         await self.hold.wait()
         if self.fail:
             raise StorageUnavailable("down")
-        return set(user_ids)
 
     async def busy(self, user_ids: Collection[str]) -> set[str]:
         self.calls.append(("busy", frozenset(user_ids)))
