@@ -298,9 +298,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         container.calendly.add_kwargs(spans=tracing.calendly_spans)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
     try:
         worker = await build_worker(container, settings)
         await worker.run(stop)
@@ -309,6 +311,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         await resolve(container.shutdown_resources())
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)
+        # Taken back while the loop still runs: asyncio closes its wake-up pipe before it
+        # removes them, and a second Ctrl-C in between printed "Bad file descriptor" with a
+        # traceback (seen in CI). A late one now goes to the handler from before.
+        for handled_sig in handled:
+            loop.remove_signal_handler(handled_sig)
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
