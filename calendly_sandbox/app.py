@@ -29,6 +29,7 @@ from .world import World
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 1024 * 1024
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def route_name(request: web.Request) -> str:
@@ -369,9 +370,16 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+            try:
+                await stop.wait()
+            finally:
+                # Taken back while the loop still runs: closing, asyncio shuts its wake-up
+                # pipe before it removes them, and a second Ctrl-C in between printed a
+                # traceback ("Bad file descriptor"). A late one is KeyboardInterrupt, below.
+                for sig in STOP_SIGNALS:
+                    loop.remove_signal_handler(sig)
             if saver is not None:
                 saver.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -380,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return asyncio.run(run())
+    except KeyboardInterrupt:  # a Ctrl-C after the first, once the handlers are taken back
+        return 0
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

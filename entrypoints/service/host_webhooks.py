@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
@@ -41,7 +40,7 @@ from entrypoints.arguments import fail
 from entrypoints.live import REGISTRY_REFRESH_SECONDS
 from entrypoints.logging import configure_service_logging
 from entrypoints.names import process_name
-from entrypoints.service.event_loop import run_fast
+from entrypoints.service.event_loop import run_fast, stopped_by_signals
 from entrypoints.service.http.schemas import MeetingResponse, UserConnectionResponse
 from entrypoints.settings import (
     ConfigError,
@@ -442,10 +441,11 @@ async def hear_every_doorbell(
 
 async def run_dispatcher(settings: DispatcherSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    with stopped_by_signals(stop):
+        await _dispatch(settings, stop)
+
+
+async def _dispatch(settings: DispatcherSettings, stop: asyncio.Event) -> None:
     database = settings.database
     pool = make_pool(
         database.url.reveal(),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from datetime import datetime
@@ -22,6 +20,7 @@ from entrypoints.arguments import fail
 from entrypoints.container import Container, drain_kept_grants, resolve
 from entrypoints.logging import configure_service_logging
 from entrypoints.names import process_name
+from entrypoints.service.event_loop import stopped_by_signals
 from entrypoints.settings import ConfigError, Settings, load_settings
 from entrypoints.tracing import WORKER_SERVICE_NAME, TracingUnavailable, start_tracing
 
@@ -297,25 +296,15 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     if tracing is not None:  # a client span for each call to Calendly (DR-40)
         container.calendly.add_kwargs(spans=tracing.calendly_spans)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-            handled.append(sig)
-    try:
-        worker = await build_worker(container, settings)
-        await worker.run(stop)
-    finally:
-        await drain_kept_grants(container)
-        await resolve(container.shutdown_resources())
-        if tracing is not None:
-            await asyncio.to_thread(tracing.shutdown)
-        # Taken back while the loop still runs: asyncio closes its wake-up pipe before it
-        # removes them, and a second Ctrl-C in between printed "Bad file descriptor" with a
-        # traceback (seen in CI). A late one now goes to the handler from before.
-        for handled_sig in handled:
-            loop.remove_signal_handler(handled_sig)
+    with stopped_by_signals(stop):
+        try:
+            worker = await build_worker(container, settings)
+            await worker.run(stop)
+        finally:
+            await drain_kept_grants(container)
+            await resolve(container.shutdown_resources())
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
