@@ -39,6 +39,7 @@ from entrypoints.service.http.config import HttpConfig
 from entrypoints.service.http.context import OneIn
 from entrypoints.service.http.cursors import MeetingCursors
 from entrypoints.service.http.sessions import UserSessions
+from entrypoints.service.protocol import OneWriteHttpToolsProtocol
 from entrypoints.services import Services
 from entrypoints.settings import ConfigError, Settings, load_settings
 from entrypoints.tracing import Tracing, TracingUnavailable, start_tracing
@@ -51,8 +52,9 @@ UVICORN_OPTIONS: Final[dict[str, Any]] = {
     "access_log": False,  # the app logs one line per request itself
     "server_header": False,
     "lifespan": "on",
-    # The C parser (httptools) rather than the pure-Python h11: part of DR-18.
-    "http": "httptools",
+    # The C parser (httptools) rather than the pure-Python h11: part of DR-18; each answer
+    # sent in one write (protocol.py).
+    "http": OneWriteHttpToolsProtocol,
     # Open event streams would otherwise hold a stop for as long as pages stay open;
     # pages reconnect to a sibling process and resume from their last event id.
     "timeout_graceful_shutdown": 3,
