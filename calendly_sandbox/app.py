@@ -10,9 +10,10 @@ import re
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -314,6 +315,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _stopped_by_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set `stop` inside the block, the handlers from before come back after.
+
+    Taken back while the loop still runs: closing, asyncio shuts its wake-up pipe before it
+    removes its handlers, and a second Ctrl-C in between printed a traceback ("Bad file
+    descriptor"). The core has the same helper (entrypoints/service/event_loop.py); the
+    sandbox imports nothing from the core, so it keeps its own.
+    """
+    loop = asyncio.get_running_loop()
+    handled: dict[signal.Signals, Any] = {}
+    for sig in STOP_SIGNALS:
+        before = signal.getsignal(sig)
+        loop.add_signal_handler(sig, stop.set)
+        handled[sig] = before
+    try:
+        yield
+    finally:
+        for sig, before in handled.items():
+            loop.remove_signal_handler(sig)
+            if before is not None:
+                signal.signal(sig, before)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings(access_token_ttl=args.access_token_ttl)
@@ -341,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     config = SandboxConfig(base_url=args.base_url, clients=[client], settings=settings)
 
     async def run() -> int:
+        stop = asyncio.Event()
+        with _stopped_by_signals(stop):  # the clean-up below included
+            return await _serve_until(stop)
+
+    async def _serve_until(stop: asyncio.Event) -> int:
         async with serve(config, args.host, args.port) as running:
             if preload is not None:
                 try:
@@ -368,18 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  browser UI:       {running.url}/_sandbox/")
             print(f"  control API:      {running.url}/_sandbox/routes   (Ctrl-C stops)")
             sys.stdout.flush()
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in STOP_SIGNALS:
-                loop.add_signal_handler(sig, stop.set)
-            try:
-                await stop.wait()
-            finally:
-                # Taken back while the loop still runs: closing, asyncio shuts its wake-up
-                # pipe before it removes them, and a second Ctrl-C in between printed a
-                # traceback ("Bad file descriptor"). A late one is KeyboardInterrupt, below.
-                for sig in STOP_SIGNALS:
-                    loop.remove_signal_handler(sig)
+            await stop.wait()
             if saver is not None:
                 saver.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

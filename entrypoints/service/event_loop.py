@@ -29,23 +29,29 @@ def run_fast(main: Coroutine[Any, Any, None]) -> None:
 
 @contextlib.contextmanager
 def stopped_by_signals(stop: asyncio.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM set `stop` inside the block; taken back when it ends, whatever ends it.
+    """SIGINT and SIGTERM set `stop` inside the block; the handlers from before come back when
+    it ends, whatever ends it.
 
     They must be taken back while the loop still runs. asyncio's own loop, closing, shuts its
-    wake-up pipe before it removes the handlers, and a signal in between (an impatient second
+    wake-up pipe before it removes its handlers, and a signal in between (an impatient second
     Ctrl-C) printed "Exception ignored when trying to write to the signal wakeup fd" with a
-    traceback. Once taken back, a late signal goes to the handler from before (KeyboardInterrupt
-    for SIGINT, which each `main` answers quietly). Where the loop cannot take signals (not the
-    main thread, or Windows), nothing is set.
+    traceback. The block should hold the process's own clean-up too, so that a second signal
+    during it is heard as the first was. After the block a late signal goes to the handler
+    from before (for SIGINT usually KeyboardInterrupt, which each `main` answers quietly; an
+    ignored signal stays ignored). Where the loop cannot take signals (not the main thread, or
+    Windows), nothing is set.
     """
     loop = asyncio.get_running_loop()
-    handled: list[signal.Signals] = []
+    handled: dict[signal.Signals, Any] = {}
     for sig in STOP_SIGNALS:
+        before = signal.getsignal(sig)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
-            handled.append(sig)
+            handled[sig] = before
     try:
         yield
     finally:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
+        for sig, before in handled.items():
+            loop.remove_signal_handler(sig)  # (which sets the default handler)
+            if before is not None:
+                signal.signal(sig, before)

@@ -5,13 +5,14 @@ system calls and two TCP segments for every webhook's answer."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from entrypoints.service.protocol import OneWriteHttpToolsProtocol, TurnWrites
+from entrypoints.service.protocol import FLUSH_AT, OneWriteHttpToolsProtocol, TurnWrites
 
 
 class Recording(asyncio.Transport):
@@ -24,7 +25,6 @@ class Recording(asyncio.Transport):
         self.aborted = False
 
     def write(self, data: Any) -> None:
-        assert not self.closing, "written after close"
         self.writes.append(bytes(data))
 
     def is_closing(self) -> bool:
@@ -89,13 +89,46 @@ async def test_a_close_sends_what_is_held_first_and_an_abort_drops_it() -> None:
     assert raw.aborted
 
 
-async def test_what_is_held_when_the_peer_went_away_is_dropped() -> None:
+async def test_a_closing_transport_gets_what_is_written_until_the_connection_is_lost() -> None:
+    # A peer that half-closes (sends its EOF after the request) makes the loop close the
+    # transport, which still sends what it is given; only a lost connection drops it.
     raw = Recording()
     held = TurnWrites(raw, asyncio.get_running_loop())
-    held.write(b"too late")
-    raw.closing = True  # the connection was lost meanwhile
+    held.write(b"held before the close")
+    raw.closing = True
+    held.write(b", then written")  # at once: the close may complete any moment
+    assert raw.writes == [b"held before the close", b", then written"]
+    held.write(b"more")
     await a_turn()
-    assert raw.writes == []
+    assert raw.writes[2:] == [b"more"]
+    held.lose()
+    held.write(b"after the loss")
+    await a_turn()
+    assert raw.writes[3:] == []
+
+
+async def test_much_held_is_sent_at_once_so_flow_control_still_sees_it() -> None:
+    raw = Recording()
+    held = TurnWrites(raw, asyncio.get_running_loop())
+    part = b"x" * (FLUSH_AT // 4)
+    for _ in range(4):
+        held.write(part)  # a sender that never pauses within the turn
+    assert raw.writes == [part * 4]
+    held.write(b"tail")
+    assert held.get_write_buffer_size() == 4
+    await a_turn()
+    assert raw.writes[1:] == [b"tail"]
+
+
+async def test_a_buffer_reused_after_its_write_does_not_change_what_is_sent() -> None:
+    raw = Recording()
+    held = TurnWrites(raw, asyncio.get_running_loop())
+    buffer = bytearray(b"A" * 4)
+    held.write(buffer)
+    buffer[:] = b"B" * 4
+    held.write(memoryview(buffer))
+    await a_turn()
+    assert raw.writes == [b"AAAABBBB"]
 
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:
@@ -122,8 +155,9 @@ async def _answer(protocol_class: type[HttpToolsProtocol]) -> list[bytes]:
         await a_turn()
         if raw.writes and raw.writes[-1].endswith(b"}"):
             break
+    answered = list(raw.writes)  # before the connection ends (which would flush too)
     protocol.connection_lost(None)
-    return raw.writes
+    return answered
 
 
 async def test_the_service_protocol_answers_a_request_in_one_write() -> None:
@@ -139,3 +173,35 @@ async def test_uvicorns_own_protocol_answers_it_in_two() -> None:
     writes = await _answer(HttpToolsProtocol)
     assert len(writes) == 2, writes
     assert writes[1] == b'{"outcome":"applied"}'
+
+
+async def test_a_peer_that_half_closes_after_its_request_still_gets_the_answer() -> None:
+    # A real server on a socket: the client sends its request and its EOF together (as
+    # `nc -N` or some HTTP/1.0 clients do), and the loop closes the transport before the app
+    # has answered. uvicorn's own protocol answers such a client; so must the service's.
+    config = uvicorn.Config(
+        _app, http=OneWriteHttpToolsProtocol, lifespan="off", log_config=None, access_log=False
+    )
+    server = uvicorn.Server(config)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        for _ in range(1000):  # up to 10 s
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection(*listener.getsockname())
+        writer.write(
+            b"POST /webhooks/calendly HTTP/1.1\r\nHost: service\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+        listener.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    assert answer.endswith(b'{"outcome":"applied"}'), answer

@@ -59,11 +59,17 @@ def test_a_signal_in_the_block_sets_stop_and_nothing_is_left_at_close() -> None:
             await asyncio.wait_for(stop.wait(), 5)
         return stop.is_set()
 
-    previous = signal.getsignal(signal.SIGTERM)
+    def own(signum: int, frame: object) -> None:
+        raise AssertionError("the handler from before, heard inside the block")
+
+    signal.signal(signal.SIGTERM, own)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job of a shell script
     stopped, loop = _run(main())
     assert stopped
     assert loop.wakeup_left_at_close == -1
-    assert signal.getsignal(signal.SIGTERM) == previous
+    # The handlers from before come back (asyncio alone would leave the defaults).
+    assert signal.getsignal(signal.SIGTERM) is own
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_the_handlers_are_taken_back_when_the_block_raises() -> None:
