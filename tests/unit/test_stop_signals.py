@@ -80,10 +80,14 @@ def test_the_handlers_are_taken_back_when_the_block_raises() -> None:
         except LookupError as exc:
             return str(exc)
 
+    def own(signum: int, frame: object) -> None:
+        raise AssertionError("the handler from before, heard inside the block")
+
+    signal.signal(signal.SIGINT, own)  # known, whatever an earlier test left
     raised, loop = _run(main())
     assert raised == "the process's own trouble"
     assert loop.wakeup_left_at_close == -1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is own
 
 
 def _interrupt_once_handled(previous: Callable[..., Any] | int | None) -> threading.Thread:
