@@ -8,7 +8,7 @@ import contextvars
 import math
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -377,11 +377,18 @@ async def keep_registered(
     processes' rows purged. One task writes the rows, one statement at a time, so a user's
     registration never races its removal. A user with a write under way is waited for apart
     (its streams only). A user whose row had gone (purged while this process stalled) is
-    registered again and its streams look again."""
+    registered again and its streams look again: at once, or, with a write under way, once
+    it ended, waited for apart like a registration."""
     hub.registry = True
     next_refresh = time.monotonic() + every
     waits: set[asyncio.Task[None]] = set()
     limit = asyncio.Semaphore(WAITING_REGISTRATIONS)
+
+    def apart(wait: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(wait)
+        waits.add(task)
+        task.add_done_callback(waits.discard)
+
     try:
         while True:
             with contextlib.suppress(TimeoutError):
@@ -391,7 +398,11 @@ async def keep_registered(
             hub.registry_wanted.clear()
             if time.monotonic() >= next_refresh:
                 next_refresh = time.monotonic() + every
-                await _refresh_registrations(hub, watchers)
+                await _refresh_registrations(
+                    hub,
+                    watchers,
+                    lambda user_id: apart(_look_after_writes(hub, watchers, user_id, limit)),
+                )
             due = hub.take_registrations()
             if not due:
                 continue
@@ -404,9 +415,7 @@ async def keep_registered(
                 continue
             hub.registration_done([u for u in due if u not in busy], None)
             for user_id in busy:
-                task = asyncio.create_task(_after_writes(hub, watchers, user_id, limit))
-                waits.add(task)
-                task.add_done_callback(waits.discard)
+                apart(_after_writes(hub, watchers, user_id, limit))
     finally:
         hub.registry = False
         for task in list(waits):
@@ -430,19 +439,39 @@ async def _after_writes(
         hub.registration_done([user_id], None)
 
 
-async def _refresh_registrations(hub: LiveHub, watchers: Watchers) -> None:
+async def _look_after_writes(
+    hub: LiveHub, watchers: Watchers, user_id: str, limit: asyncio.Semaphore
+) -> None:
+    """`user_id`'s streams look again once the write of theirs under way has ended (their
+    row was lost, and is back)."""
+    try:
+        async with limit:
+            await watchers.wait_for_writes(user_id)
+    except Exception as exc:  # they look now all the same, the best there is
+        log.warning("live.lost_user_not_waited_for", error=type(exc).__name__)
+    finally:
+        hub.ring(RECHECK, user_id)
+
+
+async def _refresh_registrations(
+    hub: LiveHub, watchers: Watchers, look_after_writes: Callable[[str], None]
+) -> None:
     try:
         gone = hub.unwatched_registrations()
         await watchers.forget(gone)
         lost = await watchers.refresh(hub.registered_users())
         if lost:  # purged meanwhile: registered again, then their streams look again
             await watchers.add(lost)
+            busy: set[str] = set()
             try:
-                for user_id in await watchers.busy(lost):
-                    await watchers.wait_for_writes(user_id)
-            finally:  # they read now whatever happened, the best there is
+                busy = await watchers.busy(lost)
+            finally:  # those with a write under way look once it ended (not waited for here:
+                # it would hold up new streams' registrations), the rest now
                 for user_id in lost:
-                    hub.ring(RECHECK, user_id)
+                    if user_id in busy:
+                        look_after_writes(user_id)
+                    else:
+                        hub.ring(RECHECK, user_id)
         await watchers.purge()
     except Exception as exc:  # rows kept too long cost doorbells nobody hears; next time
         log.warning("live.registrations_not_refreshed", error=type(exc).__name__)

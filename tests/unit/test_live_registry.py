@@ -29,6 +29,7 @@ class Watchers:
         self.busy_users: set[str] = set()
         self.writes_end = asyncio.Event()
         self.writes_fail = False
+        self.purged = asyncio.Event()  # set at each purge: a refresh ran to its end
 
     async def add(self, user_ids: Collection[str]) -> None:
         self.calls.append(("add", frozenset(user_ids)))
@@ -58,6 +59,7 @@ class Watchers:
 
     async def purge(self) -> int:
         self.calls.append(("purge", frozenset()))
+        self.purged.set()
         return 0
 
 
@@ -243,3 +245,46 @@ async def test_a_streams_first_read_comes_after_its_users_registration() -> None
     assert ready.event == "ready"
     assert reads == [None]
     await events.aclose()
+
+
+async def test_a_lost_user_with_a_write_under_way_looks_after_it_and_holds_up_nobody() -> None:
+    """A user whose row was lost, with a write under way when it is registered again: its
+    streams look once that write ended, and the refresh goes on meanwhile, so a newcomer's
+    registration waits for neither."""
+    hub, watchers = LiveHub(), Watchers()
+    task = await running(hub, watchers, every=0.1)
+    try:
+        ada = hub.subscribe("ada")
+        await asyncio.wait_for(hub.registered("ada"), 1)
+        watchers.busy_users = {"ada"}
+        watchers.lost = {"ada"}  # purged while this process stalled
+        watchers.calls.clear()
+        watchers.purged.clear()
+        # The refresh runs to its end (the purge) while ada's write is still under way.
+        await asyncio.wait_for(watchers.purged.wait(), 1)
+        assert ("wait", frozenset({"ada"})) in watchers.calls
+        hub.subscribe("bob")
+        await asyncio.wait_for(hub.registered("bob"), 1)
+        looked = asyncio.create_task(ada.wait(5))
+        await asyncio.sleep(0.05)
+        assert not looked.done()  # not before the write ended
+        watchers.writes_end.set()
+        assert await asyncio.wait_for(looked, 1) == frozenset({RECHECK})
+    finally:
+        await stopped(task)
+
+
+async def test_a_lost_user_whose_write_does_not_end_looks_all_the_same() -> None:
+    hub, watchers = LiveHub(), Watchers()
+    task = await running(hub, watchers, every=0.1)
+    try:
+        ada = hub.subscribe("ada")
+        await asyncio.wait_for(hub.registered("ada"), 1)
+        watchers.busy_users = {"ada"}
+        watchers.writes_fail = True
+        watchers.writes_end.set()
+        watchers.lost = {"ada"}
+        assert await asyncio.wait_for(ada.wait(5), 1) == frozenset({RECHECK})
+        assert ("wait", frozenset({"ada"})) in watchers.calls
+    finally:
+        await stopped(task)
