@@ -45,11 +45,12 @@ from psycopg.rows import dict_row
 from domain.errors import StorageUnavailable
 from domain.ports import DeliveryLedger, DeliveryRecord, Route
 
+from .one_write import Statement, run_transaction
 from .pool import Connection, sweep_broken_connections
 from .sealing import TokenCipher
 from .session import SET_TENANT
 from .unit_of_work import UNAVAILABLE
-from .webhook_events import record_statement, recorded
+from .webhook_events import record_statement, recorded_by
 from .webhook_routes import ROUTES_BY_TOKENS, route_from_row, route_statement
 
 T = TypeVar("T")
@@ -370,34 +371,35 @@ class PostgresDeliveryLedger(DeliveryLedger):
     ) -> list[bool]:
         order = sorted(range(len(deliveries)), key=lambda i: _place(deliveries[i]))
         users = sorted({d.route.user_id for d in deliveries if d.route is not None})
-        statements: list[tuple[int, str, psycopg.AsyncCursor[Any]]] = []
-        async with conn.pipeline():
-            await conn.execute(BATCH_SETTINGS, (self._lock_timeout,))
-            if users:
-                await conn.execute(LOCK_USERS, (users,))
-            tenant: str | None = None
-            for i in order:
-                delivery = deliveries[i]
-                user = delivery.route.user_id if delivery.route is not None else ""
-                if user != tenant:
-                    await conn.execute(SET_TENANT, (user,))  # '' is no tenant
-                    tenant = user
-                query, parameters = record_statement(
-                    event_id=delivery.event_id,
-                    event_type=delivery.event_type,
-                    payload=delivery.payload,
-                    connection=delivery.route,
-                    outcome=delivery.outcome,
-                    reason=delivery.reason,
-                    change=delivery.change,
-                )
-                statements.append((i, query, await conn.execute(query, parameters)))
-            if users:
-                await conn.execute(RING_WATCHED, (users,))
-            await conn.commit()
+        statements: list[Statement] = [(BATCH_SETTINGS, (self._lock_timeout,))]
+        if users:
+            statements.append((LOCK_USERS, (users,)))
+        records: list[tuple[int, str, int]] = []  # delivery, its query, its statement's place
+        tenant: str | None = None
+        for i in order:
+            delivery = deliveries[i]
+            user = delivery.route.user_id if delivery.route is not None else ""
+            if user != tenant:
+                statements.append((SET_TENANT, (user,)))  # '' is no tenant
+                tenant = user
+            query, parameters = record_statement(
+                event_id=delivery.event_id,
+                event_type=delivery.event_type,
+                payload=delivery.payload,
+                connection=delivery.route,
+                outcome=delivery.outcome,
+                reason=delivery.reason,
+                change=delivery.change,
+            )
+            records.append((i, query, len(statements)))
+            statements.append((query, parameters))
+        if users:
+            statements.append((RING_WATCHED, (users,)))
+        # In one write, and their answers read in one go (DR-59).
+        answered = await run_transaction(conn, statements)
         answers = [False] * len(deliveries)
-        for i, query, cursor in statements:
-            answers[i] = await recorded(query, cursor)
+        for i, query, at in records:
+            answers[i] = recorded_by(query, answered[at])
         return answers
 
 

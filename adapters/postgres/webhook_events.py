@@ -18,6 +18,7 @@ from .meeting_writes import (
     compact,
     is_plain,
 )
+from .one_write import Answer
 from .session import ReadOnly, Session
 
 RECORD_EVENT = """
@@ -138,6 +139,14 @@ def record_statement(
         query = RECORD_AND_APPLY_PLAIN if is_plain(change) else RECORD_AND_APPLY
         return query, {**apply_parameters(connection, change), **parameters}
     return RECORD_EVENT, parameters
+
+
+def recorded_by(query: str, answer: Answer) -> bool:
+    """Whether `record_statement`'s statement, run by `one_write.run_transaction` (which gave
+    `answer`), recorded a new delivery."""
+    if query is RECORD_AND_APPLY or query is RECORD_AND_APPLY_PLAIN:
+        return answer.first is not None and int(answer.first) > 0
+    return answer.rowcount == 1
 
 
 async def recorded(query: str, cursor: psycopg.AsyncCursor[Any]) -> bool:
