@@ -36,7 +36,7 @@ import contextvars
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -298,28 +298,27 @@ class PostgresDeliveryLedger(DeliveryLedger):
         """Every lookup in one round trip (the routes are read outside any tenant): those by
         a connection's token in one statement, those by URIs one statement each."""
         tokens = sorted({token for token, _ in lookups if token is not None})
+        statements: list[Statement] = []
+        if tokens:
+            statements.append((ROUTES_BY_TOKENS, (tokens,)))
+        by_uris: list[int | None] = []  # each lookup's statement by URIs, if it has one
+        for token, uris in lookups:
+            statement = None if token is not None else route_statement(None, uris)
+            by_uris.append(None if statement is None else len(statements))
+            if statement is not None:
+                statements.append(statement)
         try:
             async with self._pool.connection() as conn:
-                conn.row_factory = dict_row
-                by_uris: list[psycopg.AsyncCursor[Any] | None] = []
-                async with conn.pipeline():
-                    by_token = await conn.execute(ROUTES_BY_TOKENS, (tokens,)) if tokens else None
-                    for token, uris in lookups:
-                        statement = None if token is not None else route_statement(None, uris)
-                        by_uris.append(
-                            None if statement is None else await conn.execute(*statement)
-                        )
-                    await conn.commit()  # read only: COMMIT keeps the prepared statements
-                rows = (
-                    {}
-                    if by_token is None
-                    else {row["webhook_token"]: row for row in await by_token.fetchall()}
-                )
+                # In one write, and their answers read in one go (DR-59).
+                answers = await run_transaction(conn, statements, rows=True)
+                by_token = {
+                    row["webhook_token"]: row for row in (answers[0].rows or [] if tokens else [])
+                }
                 found: list[Route | BaseException | None] = []
-                for (token, _), cursor in zip(lookups, by_uris, strict=True):
-                    row = rows.get(token) if token is not None else None
-                    if cursor is not None:
-                        row = await cursor.fetchone()
+                for (token, _), at in zip(lookups, by_uris, strict=True):
+                    row = by_token.get(token) if token is not None else None
+                    if at is not None:
+                        row = next(iter(answers[at].rows or []), None)
                     try:  # a key that cannot be unsealed is that route's trouble alone
                         found.append(route_from_row(row, self._cipher))
                     except Exception as exc:
