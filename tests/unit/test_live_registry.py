@@ -12,7 +12,7 @@ from collections.abc import Collection
 import pytest
 
 from domain.errors import StorageUnavailable
-from entrypoints.live import RECHECK, LiveHub, keep_registered
+from entrypoints.live import RECHECK, Doorbell, LiveHub, keep_registered
 
 
 class Watchers:
@@ -67,6 +67,13 @@ async def running(hub: LiveHub, watchers: Watchers, every: float = 60.0) -> asyn
     task = asyncio.create_task(keep_registered(hub, watchers, every=every))
     await asyncio.sleep(0)  # it takes the hub's registrations over
     return task
+
+
+async def registered_stream(hub: LiveHub, user_id: str) -> Doorbell:
+    """A stream of `user_id` opened, once its registration is done."""
+    doorbell = hub.subscribe(user_id)
+    await asyncio.wait_for(hub.registered(user_id), 1)
+    return doorbell
 
 
 async def stopped(task: asyncio.Task[None]) -> None:
@@ -146,8 +153,7 @@ async def test_a_stream_opening_while_its_user_is_forgotten_waits_for_a_new_regi
     hub, watchers = LiveHub(), Watchers()
     task = await running(hub, watchers, every=0.1)
     try:
-        first = hub.subscribe("ada")
-        await asyncio.wait_for(hub.registered("ada"), 1)
+        first = await registered_stream(hub, "ada")
         hub.unsubscribe("ada", first)
         watchers.hold.clear()
         await asyncio.sleep(0.15)  # the refresh began: it forgets ada, and is held
@@ -254,8 +260,7 @@ async def test_a_lost_user_with_a_write_under_way_looks_after_it_and_holds_up_no
     hub, watchers = LiveHub(), Watchers()
     task = await running(hub, watchers, every=0.1)
     try:
-        ada = hub.subscribe("ada")
-        await asyncio.wait_for(hub.registered("ada"), 1)
+        ada = await registered_stream(hub, "ada")
         watchers.busy_users = {"ada"}
         watchers.lost = {"ada"}  # purged while this process stalled
         watchers.calls.clear()
@@ -278,8 +283,7 @@ async def test_a_lost_user_whose_write_does_not_end_looks_all_the_same() -> None
     hub, watchers = LiveHub(), Watchers()
     task = await running(hub, watchers, every=0.1)
     try:
-        ada = hub.subscribe("ada")
-        await asyncio.wait_for(hub.registered("ada"), 1)
+        ada = await registered_stream(hub, "ada")
         watchers.busy_users = {"ada"}
         watchers.writes_fail = True
         watchers.writes_end.set()
