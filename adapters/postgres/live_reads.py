@@ -4,17 +4,17 @@ With thousands of streams open, every delivery makes each process holding a stre
 user read that user's changes (issue 17). One unit of work per read cost a pooled connection,
 its own pipeline and a COMMIT each; here the reads that arrive while earlier ones run go out
 together (the group commit's `Coalescer`, DR-48): one connection, one pipeline, one read-only
-transaction, each read under its own user's tenant (row-level security is checked statement by
-statement, and each query follows its tenant's `set_config`). A batch that fails in any way
-other than the database going away is read again one read at a time, so that one read's
-trouble stays its own.
+transaction, sent in one write (DR-59), each read under its own user's tenant (row-level
+security is checked statement by statement, and each query follows its tenant's `set_config`).
+A batch that fails in any way other than the database going away is read again one read at a
+time, so that one read's trouble stays its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 
 import psycopg
 import psycopg_pool
@@ -24,6 +24,7 @@ from domain.ports import ChangeReader, MeetingView
 
 from .group_commit import MAX_BATCH, MAX_RUNNING, Coalescer, each_alone, unavailable
 from .meetings import CHANGED_MEETINGS, LATEST_CHANGE, PostgresMeetingRepository
+from .one_write import Statement, run_transaction
 from .pool import Connection, sweep_broken_connections
 from .session import SET_TENANT
 from .unit_of_work import UNAVAILABLE
@@ -73,22 +74,24 @@ class PostgresChangeReader(ChangeReader):
     async def _read_together(
         conn: Connection, reads: Sequence[Read]
     ) -> list[Answer | BaseException]:
-        cursors: list[psycopg.AsyncCursor[Any]] = []
-        async with conn.pipeline():
-            tenant: str | None = None
-            for user, after, limit in reads:
-                if user != tenant:
-                    await conn.execute(SET_TENANT, (user,))
-                    tenant = user
-                if after is None:
-                    cursors.append(await conn.execute(LATEST_CHANGE, {"user_id": user}))
-                else:
-                    parameters = {"user_id": user, "after": after, "limit": limit}
-                    cursors.append(await conn.execute(CHANGED_MEETINGS, parameters))
-            await conn.commit()  # read only: COMMIT keeps the prepared statements (DR-20)
+        statements: list[Statement] = []
+        at: list[int] = []  # each read's statement
+        tenant: str | None = None
+        for user, after, limit in reads:
+            if user != tenant:
+                statements.append((SET_TENANT, (user,)))
+                tenant = user
+            at.append(len(statements))
+            if after is None:
+                statements.append((LATEST_CHANGE, {"user_id": user}))
+            else:
+                parameters = {"user_id": user, "after": after, "limit": limit}
+                statements.append((CHANGED_MEETINGS, parameters))
+        # In one write, and their answers read in one go (DR-59).
+        answered = await run_transaction(conn, statements, rows=True)
         answers: list[Answer | BaseException] = []
-        for (_, after, _), cursor in zip(reads, cursors, strict=True):
-            rows = await cursor.fetchall()
+        for (_, after, _), n in zip(reads, at, strict=True):
+            rows = answered[n].rows or []
             if after is None:
                 answers.append(int(rows[0]["latest"]) if rows else 0)
             else:
