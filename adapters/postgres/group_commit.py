@@ -40,7 +40,6 @@ from typing import Generic, TypeVar
 
 import psycopg
 import psycopg_pool
-from psycopg.rows import dict_row
 
 from domain.errors import StorageUnavailable
 from domain.ports import DeliveryLedger, DeliveryRecord, Route
@@ -339,7 +338,6 @@ class PostgresDeliveryLedger(DeliveryLedger):
     ) -> Sequence[bool | BaseException | asyncio.Future[bool]]:
         try:
             async with self._pool.connection() as conn:
-                conn.row_factory = dict_row
                 try:
                     return list(await self._write_together(conn, deliveries))
                 except Exception as exc:  # one delivery's trouble, in SQL or in Python

@@ -18,7 +18,6 @@ from typing import cast
 
 import psycopg
 import psycopg_pool
-from psycopg.rows import dict_row
 
 from domain.ports import ChangeReader, MeetingView
 
@@ -56,7 +55,6 @@ class PostgresChangeReader(ChangeReader):
     async def _read_batch(self, reads: Sequence[Read]) -> list[Answer | BaseException]:
         try:
             async with self._pool.connection() as conn:
-                conn.row_factory = dict_row
                 try:
                     return await self._read_together(conn, reads)
                 except Exception as exc:  # one read's trouble, in SQL or in Python

@@ -84,7 +84,8 @@ class _Plan:
     """What one transaction sends, and where each command's answer will be."""
 
     begin: bool
-    sends: list[tuple[bytes, PostgresQuery]] = field(default_factory=list)
+    # Each statement's name, its parameters, and whether it is prepared first.
+    sends: list[tuple[bytes, PostgresQuery, bool]] = field(default_factory=list)
     prepares: dict[int, tuple[Key, bytes]] = field(default_factory=dict)  # at -> key, name
     closes: dict[int, tuple[Key, bytes]] = field(default_factory=dict)  # at -> key, name
     statements: list[int] = field(default_factory=list)  # at, per statement
@@ -183,13 +184,14 @@ def _plan(names: _Names, converted: list[PostgresQuery], *, begin: bool) -> _Pla
         key = (statement.query, tuple(statement.types))
         in_use.add(key)
         name = names.names.get(key) or new.get(key)
+        prepare = name is None
         if name is None:
             name = new[key] = names.new_name()
             plan.prepares[plan.commands] = (key, name)
             plan.commands += 1
         elif key in names.names:
             names.names.move_to_end(key)
-        plan.sends.append((name, statement))
+        plan.sends.append((name, statement, prepare))
         plan.statements.append(plan.commands)
         plan.commands += 1
     plan.commands += 1  # COMMIT
@@ -210,15 +212,12 @@ async def _exchange(conn: psycopg.AsyncConnection[Any], plan: _Plan) -> list[lis
     pgconn.enter_pipeline_mode()
     if plan.begin:
         pgconn.send_query_params(b"BEGIN", None)
-    at = 1 if plan.begin else 0
-    for name, statement in plan.sends:
-        if at in plan.prepares:
+    for name, statement, prepare in plan.sends:
+        if prepare:
             pgconn.send_prepare(name, statement.query, param_types=statement.types)
-            at += 1
         pgconn.send_query_prepared(
             name, statement.params, param_formats=statement.formats, result_format=pq.Format.TEXT
         )
-        at += 1
     pgconn.send_query_params(b"COMMIT", None)
     for _, name in plan.closes.values():  # after COMMIT: closing one is not transactional
         pgconn.send_close_prepared(name)
