@@ -153,6 +153,16 @@ class StorageUnavailable(DomainError):
     """The database cannot be reached; the caller should retry later."""
 
 
+class RouteChanged(DomainError):
+    """The route a delivery was judged by is no longer its connection's: the connection was
+    disconnected, reconnected or given another signing key between the lookup and the write.
+    Nothing was written; the delivery must be judged again with the route as it is now."""
+
+    def __init__(self, connection_id: str) -> None:
+        super().__init__(f"the route of connection {connection_id} changed during the delivery")
+        self.connection_id = connection_id
+
+
 class StoredSecretUnreadable(DomainError):
     """A secret stored encrypted cannot be opened with the configured keys: its key id is not
     in TOKEN_ENCRYPTION_KEY (a key dropped, or a database left from another deployment), or

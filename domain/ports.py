@@ -350,6 +350,12 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
     calendly_user_uri: str
     # The connection's own webhook signing key, when it has a subscription of ours.
     signing_key: Secret | None = None
+    # Which version of the route this is, as the store read it (opaque; None: not known). A
+    # ledger writing a delivery under this route writes nothing if the route has changed
+    # since (raises RouteChanged), so a route kept from an earlier lookup is never trusted.
+    version: str | None = None
+    # Read before the call that answered it (kept by the ledger, DR-60): it may be out of date.
+    kept: bool = False
 
     @property
     def id(self) -> str:
@@ -415,16 +421,25 @@ class DeliveryLedger(Protocol):
     """
 
     async def route(
-        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
+        self,
+        *,
+        webhook_token: str | None = None,
+        calendly_user_uris: Sequence[str] = (),
+        fresh: bool = False,
     ) -> Route | None:
-        """As `WebhookRouteRepository.find`, outside any transaction of the caller's."""
+        """As `WebhookRouteRepository.find`, outside any transaction of the caller's.
+
+        Without `fresh`, a route found by its token may be one read earlier (`kept`; never a
+        None read earlier): it may be out of date, which `record` finds out.
+        """
         ...
 
     async def record(self, delivery: DeliveryRecord) -> bool:
         """Record (and apply) `delivery` and commit; False when it was a duplicate.
 
-        Raises StorageUnavailable when the database cannot say (nothing may be assumed
-        committed then: a retry is deduplicated).
+        Raises RouteChanged, having written nothing, when the delivery's route (its
+        `version`) is no longer its connection's. Raises StorageUnavailable when the database
+        cannot say (nothing may be assumed committed then: a retry is deduplicated).
         """
         ...
 

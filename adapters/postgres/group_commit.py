@@ -33,15 +33,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Generic, TypeVar
 
+import msgspec
 import psycopg
 import psycopg_pool
 
-from domain.errors import StorageUnavailable
+from domain.errors import RouteChanged, StorageUnavailable
 from domain.ports import DeliveryLedger, DeliveryRecord, Route
 
 from .one_write import Statement, run_transaction
@@ -91,6 +93,63 @@ MAX_RUNNING = 3
 # lock held long elsewhere, or a slow connection, holds up the others for this long at most.
 # A normal batch takes a few milliseconds; this is about the slowest ones under full load.
 PATIENCE_SECONDS = 0.02
+# The routes found by a connection's token kept per process, and for how long (DR-60): a
+# delivery on a connection's own URL then needs no lookup before its write, which checks
+# that the route it was judged by is still current. Most recently used kept; about half a
+# kilobyte each.
+KEPT_ROUTES = 10_000
+KEPT_SECONDS = 300.0
+
+
+class KeptRoutes:
+    """Routes found by their connection's token, the most recently used `max_routes` of them,
+    each for `seconds` after it was read (DR-60). A token found to have no route is not kept:
+    a stranger's guesses cost a lookup each, as before, and fill nothing."""
+
+    def __init__(self, *, max_routes: int, seconds: float) -> None:
+        if max_routes < 0 or seconds < 0:
+            raise ValueError("max_routes and seconds must not be negative")
+        self._max = max_routes
+        self._seconds = seconds
+        self._routes: OrderedDict[str, tuple[Route, float]] = OrderedDict()
+        self._tokens: dict[str, str] = {}  # connection id -> its kept token
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def get(self, token: str) -> Route | None:
+        kept = self._routes.get(token)
+        if kept is None:
+            return None
+        route, until = kept
+        if time.monotonic() >= until:
+            self._drop(token)
+            return None
+        self._routes.move_to_end(token)
+        return route
+
+    def put(self, token: str, route: Route | None) -> None:
+        self._drop(token)
+        if route is None or self._max == 0:
+            return
+        earlier = self._tokens.get(route.connection_id)
+        if earlier is not None:  # the connection's token changed: the old one routes nowhere
+            self._drop(earlier)
+        kept = msgspec.structs.replace(route, kept=True)  # what later calls are answered
+        self._routes[token] = (kept, time.monotonic() + self._seconds)
+        self._tokens[route.connection_id] = token
+        while len(self._routes) > self._max:
+            self._drop(next(iter(self._routes)))
+
+    def forget_connection(self, connection_id: str) -> None:
+        token = self._tokens.get(connection_id)
+        if token is not None:
+            self._drop(token)
+
+    def _drop(self, token: str) -> None:
+        kept = self._routes.pop(token, None)
+        if kept is not None and self._tokens.get(kept[0].connection_id) == token:
+            del self._tokens[kept[0].connection_id]
 
 
 class Coalescer(Generic[T, R]):
@@ -260,6 +319,8 @@ class PostgresDeliveryLedger(DeliveryLedger):
         max_running: int = MAX_RUNNING,
         patience: float | None = PATIENCE_SECONDS,
         lock_timeout_ms: int = LOCK_TIMEOUT_MS,
+        kept_routes: int = KEPT_ROUTES,
+        kept_seconds: float = KEPT_SECONDS,
     ) -> None:
         self._pool = pool
         self._cipher = cipher
@@ -271,18 +332,38 @@ class PostgresDeliveryLedger(DeliveryLedger):
         self.records: Coalescer[DeliveryRecord, bool] = Coalescer(
             self._record_batch, max_batch=max_batch, max_running=max_running, patience=patience
         )
+        self._kept = KeptRoutes(max_routes=kept_routes, seconds=kept_seconds)
         self.fallbacks = 0  # batches written one by one instead (for tests and figures)
         self._alone_tasks: set[asyncio.Task[bool]] = set()
 
     async def route(
-        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
+        self,
+        *,
+        webhook_token: str | None = None,
+        calendly_user_uris: Sequence[str] = (),
+        fresh: bool = False,
     ) -> Route | None:
         if webhook_token is None and not calendly_user_uris:
             return None  # nothing to look by (route_statement would say the same)
-        return await self.routes((webhook_token, tuple(calendly_user_uris)))
+        if webhook_token is None:
+            return await self.routes((None, tuple(calendly_user_uris)))
+        if not fresh:
+            kept = self._kept.get(webhook_token)
+            if kept is not None:
+                return kept
+        route = await self.routes((webhook_token, ()))
+        self._kept.put(webhook_token, route)
+        return route
 
     async def record(self, delivery: DeliveryRecord) -> bool:
-        return await self.records(delivery)
+        try:
+            return await self.records(delivery)
+        except RouteChanged as exc:  # written alone after its batch failed, say
+            self._forget_connection(exc.connection_id)
+            raise
+
+    def _forget_connection(self, connection_id: str) -> None:
+        self._kept.forget_connection(connection_id)
 
     async def drain(self) -> None:
         await self.routes.drain()
@@ -365,7 +446,7 @@ class PostgresDeliveryLedger(DeliveryLedger):
 
     async def _write_together(
         self, conn: Connection, deliveries: Sequence[DeliveryRecord]
-    ) -> list[bool]:
+    ) -> list[bool | BaseException]:
         order = sorted(range(len(deliveries)), key=lambda i: _place(deliveries[i]))
         users = sorted({d.route.user_id for d in deliveries if d.route is not None})
         statements: list[Statement] = [(BATCH_SETTINGS, (self._lock_timeout,))]
@@ -394,9 +475,13 @@ class PostgresDeliveryLedger(DeliveryLedger):
             statements.append((RING_WATCHED, (users,)))
         # In one write, and their answers read in one go (DR-59).
         answered = await run_transaction(conn, statements)
-        answers = [False] * len(deliveries)
+        answers: list[bool | BaseException] = [False] * len(deliveries)
         for i, query, at in records:
-            answers[i] = recorded_by(query, answered[at])
+            try:
+                answers[i] = recorded_by(query, answered[at], deliveries[i].route)
+            except RouteChanged as exc:  # that delivery wrote nothing; the others stand
+                self._forget_connection(exc.connection_id)
+                answers[i] = exc
         return answers
 
 

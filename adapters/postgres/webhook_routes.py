@@ -11,21 +11,26 @@ from .sealing import TokenCipher, secret_context
 from .session import ReadOnly, Session
 
 # The routes, kept in step with the connections by a trigger, are readable outside any tenant;
-# each carries its connection's sealed signing key (migration 0004).
+# each carries its connection's sealed signing key (migration 0004). The trigger replaces a
+# connection's route row whenever it may change (status, token, URI, user, key): the row's
+# xmin, the transaction that wrote it, is the route's version (Route.version), which a write
+# under the route checks (ROUTE_IS_CURRENT, DR-60).
 ROUTE_BY_TOKEN = """
-SELECT user_id, connection_id::text AS connection_id, calendly_user_uri, signing_key_enc
+SELECT user_id, connection_id::text AS connection_id, calendly_user_uri, signing_key_enc,
+       xmin::text AS version
 FROM calendly_webhook_routes WHERE webhook_token = %s
 """  # noqa: S105 - SQL naming a column called token, not a password
 # Many connections' routes by their tokens, in one statement (the group commit's lookups, DR-48).
 ROUTES_BY_TOKENS = """
 SELECT webhook_token, user_id, connection_id::text AS connection_id, calendly_user_uri,
-       signing_key_enc
+       signing_key_enc, xmin::text AS version
 FROM calendly_webhook_routes WHERE webhook_token = ANY(%s::text[])
 """
 # The first of the given URIs (in their order) that a connected user holds: one index probe
 # per URI, one round trip whatever their number.
 ROUTE_BY_USER_URIS = """
-SELECT user_id, connection_id::text AS connection_id, calendly_user_uri, signing_key_enc
+SELECT user_id, connection_id::text AS connection_id, calendly_user_uri, signing_key_enc,
+       xmin::text AS version
 FROM calendly_webhook_routes WHERE calendly_user_uri = ANY(%(uris)s::text[])
 ORDER BY array_position(%(uris)s::text[], calendly_user_uri) LIMIT 1
 """
@@ -84,4 +89,5 @@ def route_from_row(row: dict[str, Any] | None, cipher: TokenCipher) -> Route | N
         signing_key=None
         if sealed is None
         else cipher.decrypt(sealed, context=secret_context(row["connection_id"], "signing_key")),
+        version=row.get("version"),
     )

@@ -9,7 +9,7 @@ from typing import Literal
 
 import msgspec
 
-from domain.errors import InvalidSignature, UnusablePayload
+from domain.errors import InvalidSignature, RouteChanged, StorageUnavailable, UnusablePayload
 from domain.ports import (
     Clock,
     DeliveryLedger,
@@ -19,7 +19,12 @@ from domain.ports import (
     WebhookOutcome,
 )
 from domain.secret import Secret
-from domain.signature import check_timestamp, parse_signature_header, signed_with
+from domain.signature import (
+    SignatureHeader,
+    check_timestamp,
+    parse_signature_header,
+    signed_with,
+)
 from domain.webhooks import InboundWebhook, WebhookDecoder, digest
 
 DEFAULT_TOLERANCE = timedelta(seconds=180)
@@ -29,6 +34,9 @@ MAX_ROUTE_CANDIDATES = 100
 # Callback tokens are `secrets.token_urlsafe` strings (24 characters for the 18 bytes the
 # service uses); anything else is refused before the database is asked.
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{8,128}")
+# How many times a delivery is judged when its route keeps changing under it (RouteChanged):
+# once with the route the ledger has, then with routes read afresh.
+ROUTE_ATTEMPTS = 3
 
 
 def plausible_token(token: str | None) -> bool:
@@ -65,9 +73,13 @@ class UnitOfWorkLedger(DeliveryLedger):
         self._uow = uow
 
     async def route(
-        self, *, webhook_token: str | None = None, calendly_user_uris: Sequence[str] = ()
+        self,
+        *,
+        webhook_token: str | None = None,
+        calendly_user_uris: Sequence[str] = (),
+        fresh: bool = False,
     ) -> Route | None:
-        async with self._uow() as uow:
+        async with self._uow() as uow:  # always fresh: nothing is kept between calls
             return await uow.routes.find(
                 webhook_token=webhook_token, calendly_user_uris=calendly_user_uris
             )
@@ -105,7 +117,10 @@ class HandleWebhookEvent:
     decoded only once a key vouches for it, and routing by URIs is one capped query.
 
     The ledger finds routes and records deliveries; the service's shares round trips and
-    commits among concurrent deliveries (DR-48), which this code neither sees nor relies on.
+    commits among concurrent deliveries (DR-48) and keeps the routes it found (DR-60), which
+    this code neither sees nor relies on: a kept route's key that does not verify is looked up
+    afresh before the delivery is refused, and a route that changed before the write is
+    refused by the ledger (RouteChanged), so the delivery is judged again from the start.
     """
 
     def __init__(
@@ -123,6 +138,17 @@ class HandleWebhookEvent:
         self._tolerance = tolerance
 
     async def __call__(self, command: WebhookCommand) -> WebhookResult:
+        fresh = False
+        for _ in range(ROUTE_ATTEMPTS):
+            try:
+                return await self._handle(command, fresh=fresh)
+            except RouteChanged:
+                fresh = True  # judged by a route that was out of date: nothing was written
+        raise StorageUnavailable(
+            "the delivery's connection kept changing while it was written; nothing was stored"
+        )
+
+    async def _handle(self, command: WebhookCommand, *, fresh: bool) -> WebhookResult:
         header = parse_signature_header(command.signature)
         check_timestamp(header, self._clock.now(), self._tolerance)
         # The app's keys are checked in memory first. Where they do not vouch for the body,
@@ -132,16 +158,22 @@ class HandleWebhookEvent:
             raise InvalidSignature("no configured signing key matches")
         route: Route | None = None
         if command.webhook_token is not None:
-            route = await self._ledger.route(webhook_token=command.webhook_token)
-            own_key = route.signing_key if route is not None else None
-            if not app_signed and not (
-                own_key is not None and signed_with(header, command.body, (own_key,))
-            ):
-                raise InvalidSignature("no configured signing key matches")
+            route = await self._ledger.route(webhook_token=command.webhook_token, fresh=fresh)
+            if not app_signed and not _own_signed(header, command.body, route):
+                if route is not None and route.kept:
+                    # A route kept from earlier, whose key may have been replaced since: read
+                    # again before refusing (a forgery still costs one lookup at most).
+                    route = await self._ledger.route(
+                        webhook_token=command.webhook_token, fresh=True
+                    )
+                if not _own_signed(header, command.body, route):
+                    raise InvalidSignature("no configured signing key matches")
         # Signed: only now is the body decoded.
         inbound, problem = self._decode(command.body)
         if command.webhook_token is None and inbound is not None:
-            route = await self._ledger.route(calendly_user_uris=route_candidates(inbound))
+            route = await self._ledger.route(
+                calendly_user_uris=route_candidates(inbound), fresh=fresh
+            )
         outcome, reason = self._judge(inbound, problem, route)
         key = inbound.dedup_key() if inbound else f"unparsable:sha256:{digest(command.body)}"
         scope = route.connection_id if route is not None else "unrouted"
@@ -189,3 +221,9 @@ class HandleWebhookEvent:
         if inbound.change is None:
             return "ignored", f"{inbound.event} is stored but not acted on"
         return "applied", None
+
+
+def _own_signed(header: SignatureHeader, body: bytes, route: Route | None) -> bool:
+    """Whether `route`'s connection's own signing key verifies `body`."""
+    key = route.signing_key if route is not None else None
+    return key is not None and signed_with(header, body, (key,))

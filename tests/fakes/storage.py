@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import itertools
 import uuid
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from domain.errors import (
     AccountAlreadyConnected,
     ConcurrentUpdate,
     CursorExpired,
+    RouteChanged,
     StorageUnavailable,
 )
 from domain.meetings import Invitee, Meeting
@@ -363,6 +365,14 @@ def replace_row(row: MeetingRow, **changes: Any) -> MeetingRow:
     return dataclasses.replace(row, **changes)
 
 
+def route_version(connection: Connection) -> str:
+    """The version of `connection`'s route: it changes whenever the route would."""
+    key = connection.signing_key.reveal() if connection.signing_key is not None else None
+    account = connection.account.user_uri if connection.account is not None else None
+    facts = (connection.user_id, connection.id, connection.webhook_token, account, key)
+    return hashlib.sha256(repr(facts).encode()).hexdigest()[:16]
+
+
 class FakeWebhookEventLog(WebhookEventLog):
     def __init__(self, uow: FakeUnitOfWork) -> None:
         self._uow = uow
@@ -379,6 +389,18 @@ class FakeWebhookEventLog(WebhookEventLog):
         change: MeetingChange | None = None,
     ) -> bool:
         await self._uow.hold(f"event:{event_id}")  # like a unique index: the second one waits
+        if connection is not None:
+            # Written only under the connection's route as it is now (DR-60), like Postgres.
+            current = self._uow.db.connections.get(connection.user_id)
+            version = connection.version if isinstance(connection, Route) else None
+            if (
+                current is None
+                or current.id != connection.id
+                or not current.is_connected
+                or current.account is None
+                or (version is not None and version != route_version(current))
+            ):
+                raise RouteChanged(connection.id)
         if event_id in self._uow.db.events or event_id in self._uow.staged.events:
             return False
         self._uow.staged.events[event_id] = EventRecord(
@@ -419,6 +441,7 @@ class FakeWebhookRouteRepository(WebhookRouteRepository):
             connection_id=found.id,
             calendly_user_uri=found.account.user_uri,
             signing_key=found.signing_key,
+            version=route_version(found),
         )
 
     async def users_without_account(self, limit: int = 10_000) -> list[str]:

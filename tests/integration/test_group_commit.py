@@ -17,14 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.crypto import AesGcmTokenCipher
-from adapters.postgres.group_commit import PostgresDeliveryLedger
+from adapters.postgres.group_commit import KeptRoutes, PostgresDeliveryLedger
 from adapters.postgres.pool import make_pool
 from adapters.postgres.unit_of_work import unit_of_work_factory
-from domain.errors import StorageUnavailable
+from domain.errors import RouteChanged, StorageUnavailable
 from domain.meetings import Meeting
 from domain.ports import DeliveryRecord, MeetingChange, Route
 from domain.usecases.handle_webhook_event import UnitOfWorkLedger
-from tests.support.connections import EV, add, cid, connection, owner_sql
+from tests.support.connections import EV, T0, add, cid, connection, owner_sql
 from tests.support.ledger_records import USERS, connected, delivery, route_of
 from tests.support.postgres import RUNTIME_ROLE
 
@@ -141,6 +141,23 @@ async def test_concurrent_routes_are_found_together(ledger: PostgresDeliveryLedg
 async def test_a_delivery_that_fails_fails_alone(ledger: PostgresDeliveryLedger) -> None:
     """A delivery whose write fails takes its batch down; the others are written again, one
     transaction each, and only its own caller hears the error."""
+    broken = Route(user_id="ada", connection_id="not-a-uuid", calendly_user_uri="x")
+    good = [delivery("ada", 1, 1), delivery("bob", 1, 1), delivery(None, 1, 1)]
+    bad = msgspec.structs.replace(delivery("ada", 2, 1), route=broken)
+    answers = await asyncio.gather(
+        *(ledger.record(d) for d in [good[0], bad, *good[1:]]), return_exceptions=True
+    )
+    assert answers[0] is True
+    assert answers[2:] == [True, True]
+    assert isinstance(answers[1], psycopg.errors.InvalidTextRepresentation)
+    assert ledger.fallbacks == 1
+
+
+async def test_a_delivery_whose_route_is_gone_writes_nothing_and_fails_nobody_else(
+    ledger: PostgresDeliveryLedger,
+) -> None:
+    """A route that is no longer its connection's (DR-60) makes its delivery write nothing and
+    answer RouteChanged; the batch's other deliveries commit, in the same batch."""
     ghost = Route(user_id="ada", connection_id=cid(99), calendly_user_uri="x")  # no such row
     good = [delivery("ada", 1, 1), delivery("bob", 1, 1), delivery(None, 1, 1)]
     bad = msgspec.structs.replace(delivery("ada", 2, 1), route=ghost)
@@ -149,8 +166,9 @@ async def test_a_delivery_that_fails_fails_alone(ledger: PostgresDeliveryLedger)
     )
     assert answers[0] is True
     assert answers[2:] == [True, True]
-    assert isinstance(answers[1], psycopg.errors.ForeignKeyViolation)
-    assert ledger.fallbacks == 1
+    assert isinstance(answers[1], RouteChanged)
+    assert answers[1].connection_id == cid(99)
+    assert ledger.fallbacks == 0
 
 
 async def test_a_lock_held_long_elsewhere_holds_up_only_its_own_user(
@@ -287,3 +305,82 @@ async def test_a_lookup_postgres_refuses_fails_alone(ledger: PostgresDeliveryLed
     assert isinstance(found[0], Route)
     assert found[0].user_id == "ada"
     assert isinstance(found[1], psycopg.Error)
+
+
+def events_of(url: str, user: str) -> list[str]:
+    rows = owner_sql(url, "SELECT event_id, user_id FROM calendly_webhook_events")
+    return sorted(event for event, owner in rows if owner == user)
+
+
+async def test_a_route_found_by_token_is_kept_and_checked_when_written(
+    ledger: PostgresDeliveryLedger, database_url: str
+) -> None:
+    """DR-60: the second lookup of a token asks nothing of Postgres; once the connection's
+    route row is replaced (here its key written again, as a new subscription does), a delivery
+    judged by the kept route writes nothing and answers RouteChanged, and the next lookup
+    reads the route afresh."""
+    first = await ledger.route(webhook_token="token-ada1")
+    assert first is not None
+    assert first.version
+    assert not first.kept
+    lookups = ledger.routes.batches
+    kept = await ledger.route(webhook_token="token-ada1")
+    assert kept is not None
+    assert kept.kept
+    assert ledger.routes.batches == lookups  # no lookup
+    assert await ledger.record(msgspec.structs.replace(delivery("ada", 1, 1), route=kept))
+    owner_sql(
+        database_url,
+        "UPDATE calendar_connections SET webhook_signing_key_enc = webhook_signing_key_enc"
+        " WHERE user_id = 'ada'",
+    )
+    with pytest.raises(RouteChanged):
+        await ledger.record(msgspec.structs.replace(delivery("ada", 2, 1), route=kept))
+    assert events_of(database_url, "ada") == [delivery("ada", 1, 1).event_id]
+    again = await ledger.route(webhook_token="token-ada1")
+    assert again is not None
+    assert not again.kept  # forgotten when it was found out of date: read afresh
+    assert again.version != first.version
+    assert ledger.routes.batches == lookups + 1
+    assert await ledger.record(msgspec.structs.replace(delivery("ada", 2, 1), route=again))
+
+
+async def test_a_disconnected_connections_kept_route_writes_nothing(
+    ledger: PostgresDeliveryLedger, database_url: str, pool: Pool, cipher: AesGcmTokenCipher
+) -> None:
+    kept = await ledger.route(webhook_token="token-bob2")
+    assert kept is not None
+    async with unit_of_work_factory(pool, cipher)("bob") as uow:
+        bob = await uow.connections.get("bob")
+        assert bob is not None
+        await uow.connections.save(bob.disconnected(T0))
+        await uow.commit()
+    for record in (
+        delivery("bob", 1, 1),
+        msgspec.structs.replace(delivery("bob", 1, 2), change=None, outcome="ignored"),
+    ):
+        with pytest.raises(RouteChanged):
+            await ledger.record(msgspec.structs.replace(record, route=kept))
+    assert events_of(database_url, "bob") == []
+    assert owner_sql(database_url, "SELECT 1 FROM meetings WHERE user_id = 'bob'") == []
+    assert await ledger.route(webhook_token="token-bob2") is None
+    lookups = ledger.routes.batches
+    assert await ledger.route(webhook_token="token-bob2") is None
+    assert ledger.routes.batches == lookups + 1  # no route is never kept
+
+
+async def test_kept_routes_are_bounded_and_expire() -> None:
+    kept = KeptRoutes(max_routes=2, seconds=60)
+    routes = {u: route_of(u) for u in USERS}
+    for u in USERS:
+        kept.put(f"token-{u}", routes[u])
+    assert len(kept) == 2
+    assert kept.get("token-ada") is None  # the least recently used went first
+    assert kept.get("token-bob") == msgspec.structs.replace(routes["bob"], kept=True)
+    kept.put("token-bob-new", routes["bob"])  # bob's connection has a new token
+    assert kept.get("token-bob") is None
+    kept.forget_connection(routes["cy"].connection_id)
+    assert kept.get("token-cy") is None
+    soon = KeptRoutes(max_routes=2, seconds=0)
+    soon.put("token-ada", routes["ada"])
+    assert soon.get("token-ada") is None

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.calendly.webhook_decoder import MsgspecWebhookDecoder
-from domain.errors import InvalidSignature
+from domain.errors import InvalidSignature, RouteChanged, StorageUnavailable
 from domain.meetings import MeetingStatus
+from domain.ports import DeliveryRecord, Route
+from domain.secret import Secret
 from domain.usecases.handle_webhook_event import (
     MAX_ROUTE_CANDIDATES,
     HandleWebhookEvent,
@@ -467,3 +471,115 @@ async def test_the_shared_url_accepts_only_the_apps_keys(core: Core) -> None:
         await core.handle_webhook(
             WebhookCommand(body=body, signature=sign(body, own.reveal(), stamp(core)))
         )
+
+
+class KeepingLedger(UnitOfWorkLedger):
+    """Keeps the routes it found by token, as the service's ledger does (DR-60), and hands
+    them out marked `kept` until told to read afresh."""
+
+    def __init__(self, core: Core) -> None:
+        super().__init__(core.db.factory())
+        self.kept: dict[str, Route] = {}
+
+    async def route(
+        self,
+        *,
+        webhook_token: str | None = None,
+        calendly_user_uris: Sequence[str] = (),
+        fresh: bool = False,
+    ) -> Route | None:
+        if webhook_token is not None and not fresh and webhook_token in self.kept:
+            return self.kept[webhook_token]
+        found = await super().route(
+            webhook_token=webhook_token, calendly_user_uris=calendly_user_uris
+        )
+        if webhook_token is not None and found is not None:
+            self.kept[webhook_token] = msgspec.structs.replace(found, kept=True)
+        return found
+
+
+def keeping(core: Core) -> tuple[HandleWebhookEvent, KeepingLedger]:
+    ledger = KeepingLedger(core)
+    return HandleWebhookEvent(ledger, MsgspecWebhookDecoder(), core.clock, [APP_KEY]), ledger
+
+
+def signed_for(core: Core, body: bytes, key: str, token: str) -> WebhookCommand:
+    return WebhookCommand(body=body, signature=sign(body, key, stamp(core)), webhook_token=token)
+
+
+async def test_a_forgery_on_a_kept_route_costs_one_lookup_still(core: Core) -> None:
+    """The kept route's key does not verify it: one lookup afresh (the key may have been
+    replaced), which does not either, and it is refused (RELIABILITY promise 9)."""
+    ada = await connected(core)
+    handle, ledger = keeping(core)
+    stored = core.db.connections["u"]
+    token = stored.webhook_token
+    assert token is not None
+    assert stored.signing_key is not None
+    assert await handle(signed_for(core, created(ada), stored.signing_key.reveal(), token))
+    assert token in ledger.kept
+    core.db.route_lookups.clear()
+    with pytest.raises(InvalidSignature):
+        await handle(signed_for(core, created(ada, "e2"), "not-the-key", token))
+    assert core.db.route_lookups == [(token, ())]
+    assert f"{EVENT}e2" not in meetings_of(core.db, "u")
+
+
+async def test_a_route_replaced_after_it_was_kept_judges_the_delivery_again(core: Core) -> None:
+    """The key is replaced (a new subscription) after the route was kept: a delivery signed
+    with the new key is verified with a route read afresh, and applied."""
+    ada = await connected(core)
+    handle, ledger = keeping(core)
+    stored = core.db.connections["u"]
+    token = stored.webhook_token
+    assert token is not None
+    assert stored.signing_key is not None
+    first = await handle(signed_for(core, created(ada), stored.signing_key.reveal(), token))
+    assert first.outcome == "applied"
+    assert ledger.kept[token].kept
+    core.db.connections["u"] = msgspec.structs.replace(stored, signing_key=Secret("key-new"))
+    core.db.route_lookups.clear()
+    second = await handle(signed_for(core, created(ada, "e2"), "key-new", token))
+    assert second.outcome == "applied"
+    assert core.db.route_lookups == [(token, ())]  # the kept route's key failed: read again
+    assert f"{EVENT}e2" in meetings_of(core.db, "u")
+
+
+async def test_a_delivery_under_a_route_gone_since_it_was_kept_is_judged_again(
+    core: Core,
+) -> None:
+    """Disconnected after the route was kept: a delivery the kept route would apply (the
+    app's key vouches for it) writes nothing under it (RouteChanged), and is judged again
+    with the route as it is now: none, so it is stored aside, not applied."""
+    ada = await connected(core)
+    handle, ledger = keeping(core)
+    stored = core.db.connections["u"]
+    token = stored.webhook_token
+    assert token is not None
+    assert (await handle(signed_for(core, created(ada), APP_KEY.reveal(), token))).outcome == (
+        "applied"
+    )
+    assert token in ledger.kept
+    core.db.connections["u"] = stored.disconnected(core.clock.now())
+    result = await handle(signed_for(core, created(ada, "e2"), APP_KEY.reveal(), token))
+    assert result.outcome == "stored_aside"
+    assert result.reason == "no connected user for this delivery"
+    assert f"{EVENT}e2" not in meetings_of(core.db, "u")
+
+
+async def test_a_route_that_keeps_changing_stores_nothing_and_says_try_again(
+    core: Core,
+) -> None:
+    ada = await connected(core)
+
+    class Moving(UnitOfWorkLedger):
+        async def record(self, delivery: DeliveryRecord) -> bool:
+            raise RouteChanged(delivery.route.connection_id if delivery.route else "?")
+
+    handle = HandleWebhookEvent(
+        Moving(core.db.factory()), MsgspecWebhookDecoder(), core.clock, [APP_KEY]
+    )
+    token = core.db.connections["u"].webhook_token
+    assert token is not None
+    with pytest.raises(StorageUnavailable, match="kept changing"):
+        await handle(signed_for(core, created(ada), APP_KEY.reveal(), token))
