@@ -148,7 +148,8 @@ def pgbench_script(users: int) -> str:
 
     70 % new bookings (record + merge), 20 % exact duplicates (the record conflicts, nothing
     else, rolled back as the service does), 10 % cancels (record + merge into one of a few
-    hundred existing meetings). `bench_routes` maps a number to a connection's webhook token.
+    hundred existing meetings). `bench_routes` maps a number to a connection's route (its user,
+    connection and version), as the service keeps it (DR-60).
     """
     event = f"'{BASE}/scheduled_events/pg-' || :ev::text"
     invitee = f"({event} || '/invitees/pg-' || :ev::text)"
@@ -300,6 +301,7 @@ def seed_pgbench_duplicates(s: Stack, users: list[User]) -> None:
 def run_pgbench(s: Stack, users: list[User], cfg: Config) -> dict[str, Any]:
     truncate(s)
     seed_pgbench_duplicates(s, users)
+    prepare_pgbench(s, users)  # the routes' versions as they are now (the service may move them)
     sample = body_for(users[0], "pg-sample", "pg-sample", canceled=False).decode()
     result = pgbench(
         pgbench_script(len(users)),
@@ -310,6 +312,10 @@ def run_pgbench(s: Stack, users: list[User], cfg: Config) -> dict[str, Any]:
         defines={"payload": sample},
         role=DEFAULT_RUNTIME_ROLE,
     )
+    # A statement whose route check failed writes nothing, and would be measured as a no-op.
+    ((written,),) = s.sql("SELECT count(*) FROM calendly_webhook_events")
+    if result.transactions and written <= len(users):
+        raise RuntimeError("pgbench wrote no delivery: its routes' versions are out of date")
     return {
         "rate": result.tps,
         "p50_ms": result.p50_ms,

@@ -95,40 +95,39 @@ MAX_RUNNING = 3
 PATIENCE_SECONDS = 0.02
 # The routes found by a connection's token kept per process, and for how long (DR-60): a
 # delivery on a connection's own URL then needs no lookup before its write, which checks
-# that the route it was judged by is still current. Most recently used kept; about half a
-# kilobyte each.
+# that the route it was judged by is still current. The ones read last are kept; about half
+# a kilobyte each.
 KEPT_ROUTES = 10_000
 KEPT_SECONDS = 300.0
 
 
 class KeptRoutes:
-    """Routes found by their connection's token, the most recently used `max_routes` of them,
-    each for `seconds` after it was read (DR-60). A token found to have no route is not kept:
-    a stranger's guesses cost a lookup each, as before, and fill nothing."""
+    """Routes found by their connection's token, each for `seconds` after it was read, the
+    `max_routes` read last (DR-60). A token found to have no route is not kept: a stranger's
+    guesses cost a lookup each, as before, and fill nothing. Kept routes hold unsealed
+    signing keys: an expired one is dropped on the next call, or by a timer while the process
+    receives nothing, never kept longer than about `seconds`."""
 
     def __init__(self, *, max_routes: int, seconds: float) -> None:
         if max_routes < 0 or seconds < 0:
             raise ValueError("max_routes and seconds must not be negative")
         self._max = max_routes
         self._seconds = seconds
+        # In the order they were read, so the first is the first to expire.
         self._routes: OrderedDict[str, tuple[Route, float]] = OrderedDict()
         self._tokens: dict[str, str] = {}  # connection id -> its kept token
+        self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._routes)
 
     def get(self, token: str) -> Route | None:
+        self._sweep()
         kept = self._routes.get(token)
-        if kept is None:
-            return None
-        route, until = kept
-        if time.monotonic() >= until:
-            self._drop(token)
-            return None
-        self._routes.move_to_end(token)
-        return route
+        return None if kept is None else kept[0]
 
     def put(self, token: str, route: Route | None) -> None:
+        self._sweep()
         self._drop(token)
         if route is None or self._max == 0:
             return
@@ -140,11 +139,36 @@ class KeptRoutes:
         self._tokens[route.connection_id] = token
         while len(self._routes) > self._max:
             self._drop(next(iter(self._routes)))
+        self._arm()
 
     def forget_connection(self, connection_id: str) -> None:
         token = self._tokens.get(connection_id)
         if token is not None:
             self._drop(token)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        while self._routes:
+            token, (_, until) = next(iter(self._routes.items()))
+            if until > now:
+                return
+            self._drop(token)
+
+    def _arm(self) -> None:
+        """Sweep when the first kept route expires, should no call come first."""
+        if self._timer is not None or not self._routes:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a caller outside one): swept by the next call only
+            return
+        until = next(iter(self._routes.values()))[1]
+        self._timer = loop.call_later(max(0.0, until - time.monotonic()) + 0.01, self._rung)
+
+    def _rung(self) -> None:
+        self._timer = None
+        self._sweep()
+        self._arm()
 
     def _drop(self, token: str) -> None:
         kept = self._routes.pop(token, None)
@@ -477,10 +501,14 @@ class PostgresDeliveryLedger(DeliveryLedger):
         answered = await run_transaction(conn, statements)
         answers: list[bool | BaseException] = [False] * len(deliveries)
         for i, query, at in records:
+            # Committed: whatever reading one answer raises is that delivery's alone (never a
+            # reason to write the batch again).
             try:
                 answers[i] = recorded_by(query, answered[at], deliveries[i].route)
             except RouteChanged as exc:  # that delivery wrote nothing; the others stand
                 self._forget_connection(exc.connection_id)
+                answers[i] = exc
+            except Exception as exc:
                 answers[i] = exc
         return answers
 

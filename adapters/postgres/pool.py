@@ -109,6 +109,11 @@ def _configure(role: str | None) -> Any:
         clamp_times(conn)
         if role:
             await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        # Whatever the server's or the role's default: every statement of a transaction sees
+        # what committed before it began. The writes' lock order relies on it (DR-33): a
+        # statement after a user's lock sees what that lock's last holder committed, as the
+        # webhook path's check of a kept route does (DR-60).
+        await conn.execute("SET default_transaction_isolation TO 'read committed'")
         await conn.commit()
 
     return configure

@@ -369,7 +369,8 @@ def route_version(connection: Connection) -> str:
     """The version of `connection`'s route: it changes whenever the route would."""
     key = connection.signing_key.reveal() if connection.signing_key is not None else None
     account = connection.account.user_uri if connection.account is not None else None
-    facts = (connection.user_id, connection.id, connection.webhook_token, account, key)
+    status = connection.status
+    facts = (connection.user_id, connection.id, connection.webhook_token, account, key, status)
     return hashlib.sha256(repr(facts).encode()).hexdigest()[:16]
 
 

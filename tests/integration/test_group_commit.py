@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from adapters.postgres.unit_of_work import unit_of_work_factory
 from domain.errors import RouteChanged, StorageUnavailable
 from domain.meetings import Meeting
 from domain.ports import DeliveryRecord, MeetingChange, Route
+from domain.secret import Secret
 from domain.usecases.handle_webhook_event import UnitOfWorkLedger
 from tests.support.connections import EV, T0, add, cid, connection, owner_sql
 from tests.support.ledger_records import USERS, connected, delivery, route_of
@@ -369,18 +371,113 @@ async def test_a_disconnected_connections_kept_route_writes_nothing(
     assert ledger.routes.batches == lookups + 1  # no route is never kept
 
 
-async def test_kept_routes_are_bounded_and_expire() -> None:
+def test_kept_routes_are_bounded_and_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     kept = KeptRoutes(max_routes=2, seconds=60)
     routes = {u: route_of(u) for u in USERS}
     for u in USERS:
         kept.put(f"token-{u}", routes[u])
+        clock[0] += 1
     assert len(kept) == 2
-    assert kept.get("token-ada") is None  # the least recently used went first
+    assert kept.get("token-ada") is None  # the one read first went first
     assert kept.get("token-bob") == msgspec.structs.replace(routes["bob"], kept=True)
     kept.put("token-bob-new", routes["bob"])  # bob's connection has a new token
     assert kept.get("token-bob") is None
     kept.forget_connection(routes["cy"].connection_id)
     assert kept.get("token-cy") is None
-    soon = KeptRoutes(max_routes=2, seconds=0)
-    soon.put("token-ada", routes["ada"])
-    assert soon.get("token-ada") is None
+    assert len(kept) == 1
+    kept.forget_connection(routes["bob"].connection_id)  # by the new token's entry
+    assert len(kept) == 0
+    kept.put("token-ada", routes["ada"])
+    clock[0] += 59
+    assert kept.get("token-ada") is not None
+    clock[0] += 1
+    kept.put("token-cy", routes["cy"])  # any call drops what expired, whatever it asks
+    assert len(kept) == 1
+    assert kept.get("token-ada") is None
+
+
+async def test_kept_routes_expire_while_nothing_comes() -> None:
+    """The unsealed keys go when their time is up, though no delivery comes to drop them."""
+    kept = KeptRoutes(max_routes=10, seconds=0.05)
+    kept.put("token-ada", route_of("ada"))
+    assert len(kept) == 1
+    await asyncio.sleep(0.2)
+    assert len(kept) == 0
+
+
+async def test_the_pools_connections_read_committed_whatever_the_default(
+    reference_url: str,
+) -> None:
+    """The check of a kept route (DR-60) and the lock order (DR-33) need each statement to see
+    what committed before it: a database whose default is otherwise does not change that."""
+    owner_sql(
+        reference_url,
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %%I SET default_transaction_isolation"
+        " = ''repeatable read''', current_database()); END $$",
+    )
+    assert owner_sql(reference_url, "SHOW transaction_isolation") == [("repeatable read",)]
+    pool = make_pool(reference_url, runtime_role=RUNTIME_ROLE, min_size=1, max_size=1)
+    await pool.open(wait=True)
+    try:
+        async with pool.connection() as conn:
+            cursor = await conn.execute("SHOW transaction_isolation")
+            assert await cursor.fetchone() == {"transaction_isolation": "read committed"}
+    finally:
+        await pool.close()
+
+
+async def test_a_route_changed_while_the_batch_waits_for_its_user_is_found_out(
+    ledger: PostgresDeliveryLedger, database_url: str, pool: Pool, cipher: AesGcmTokenCipher
+) -> None:
+    """A connection's writer holds its user's lock (DR-33) while it replaces the route (a new
+    key); a delivery judged by the route kept before waits for that lock, and once the writer
+    commits, its statement sees the new route and writes nothing."""
+    kept = await ledger.route(webhook_token="token-ada1")
+    assert kept is not None
+    async with unit_of_work_factory(pool, cipher)("ada") as uow:
+        ada = await uow.connections.get("ada")
+        assert ada is not None
+        await uow.connections.save(
+            ada.with_subscription(ada.subscription_uri or "", Secret("key-new"), T0)
+        )
+        record = asyncio.create_task(
+            ledger.record(msgspec.structs.replace(delivery("ada", 1, 1), route=kept))
+        )
+        await asyncio.sleep(0.1)
+        assert not record.done()  # waiting for ada's lock
+        await uow.commit()
+    with pytest.raises(RouteChanged):
+        await record
+    assert events_of(database_url, "ada") == []
+
+
+async def test_a_route_changed_is_found_out_on_the_alone_path_too(
+    ledger: PostgresDeliveryLedger, database_url: str
+) -> None:
+    """A batch that fails (one delivery's bad data) writes each delivery alone: there too a
+    delivery under a route out of date writes nothing, answers RouteChanged, and its route is
+    no longer kept."""
+    kept = await ledger.route(webhook_token="token-ada1")
+    assert kept is not None
+    owner_sql(
+        database_url,
+        "UPDATE calendar_connections SET webhook_signing_key_enc = webhook_signing_key_enc"
+        " WHERE user_id = 'ada'",
+    )
+    broken = Route(user_id="bob", connection_id="not-a-uuid", calendly_user_uri="x")
+    answers = await asyncio.gather(
+        ledger.record(msgspec.structs.replace(delivery("ada", 1, 1), route=kept)),
+        ledger.record(msgspec.structs.replace(delivery("bob", 1, 1), route=broken)),
+        ledger.record(delivery("cy", 1, 1)),
+        return_exceptions=True,
+    )
+    assert ledger.fallbacks == 1
+    assert isinstance(answers[0], RouteChanged)
+    assert isinstance(answers[1], psycopg.errors.InvalidTextRepresentation)
+    assert answers[2] is True
+    assert events_of(database_url, "ada") == []
+    again = await ledger.route(webhook_token="token-ada1")
+    assert again is not None
+    assert not again.kept

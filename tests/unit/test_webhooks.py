@@ -567,12 +567,45 @@ async def test_a_delivery_under_a_route_gone_since_it_was_kept_is_judged_again(
     assert f"{EVENT}e2" not in meetings_of(core.db, "u")
 
 
+async def test_the_old_key_after_a_new_one_is_refused_though_its_route_was_kept(
+    core: Core,
+) -> None:
+    """The kept route still holds the old key, which verifies the delivery in memory; its
+    write finds the route changed (nothing stored), and judged again with the route read
+    afresh, the old key no longer verifies: 401."""
+    ada = await connected(core)
+    handle, ledger = keeping(core)
+    stored = core.db.connections["u"]
+    token = stored.webhook_token
+    assert token is not None
+    assert stored.signing_key is not None
+    old_key = stored.signing_key.reveal()
+    assert (await handle(signed_for(core, created(ada), old_key, token))).outcome == "applied"
+    assert token in ledger.kept
+    core.db.connections["u"] = msgspec.structs.replace(stored, signing_key=Secret("key-new"))
+    with pytest.raises(InvalidSignature):
+        await handle(signed_for(core, created(ada, "e2"), old_key, token))
+    assert f"{EVENT}e2" not in meetings_of(core.db, "u")
+    assert not any(":e2" in e or "/e2" in e for e in core.db.events)
+
+
 async def test_a_route_that_keeps_changing_stores_nothing_and_says_try_again(
     core: Core,
 ) -> None:
     ada = await connected(core)
+    asked: list[bool] = []
 
     class Moving(UnitOfWorkLedger):
+        async def route(
+            self,
+            *,
+            webhook_token: str | None = None,
+            calendly_user_uris: Sequence[str] = (),
+            fresh: bool = False,
+        ) -> Route | None:
+            asked.append(fresh)
+            return await super().route(webhook_token=webhook_token, fresh=fresh)
+
         async def record(self, delivery: DeliveryRecord) -> bool:
             raise RouteChanged(delivery.route.connection_id if delivery.route else "?")
 
@@ -583,3 +616,4 @@ async def test_a_route_that_keeps_changing_stores_nothing_and_says_try_again(
     assert token is not None
     with pytest.raises(StorageUnavailable, match="kept changing"):
         await handle(signed_for(core, created(ada), APP_KEY.reveal(), token))
+    assert asked == [False, True, True]  # judged three times, then afresh each time
