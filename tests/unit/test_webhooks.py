@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from adapters.calendly.webhook_decoder import MsgspecWebhookDecoder
 from domain.errors import InvalidSignature, RouteChanged, StorageUnavailable
 from domain.meetings import MeetingStatus
+from domain.model import Connection
 from domain.ports import DeliveryRecord, Route
 from domain.secret import Secret
 from domain.usecases.handle_webhook_event import (
@@ -480,6 +481,7 @@ class KeepingLedger(UnitOfWorkLedger):
     def __init__(self, core: Core) -> None:
         super().__init__(core.db.factory())
         self.kept: dict[str, Route] = {}
+        self.asked: list[bool] = []  # `fresh`, call by call
 
     async def route(
         self,
@@ -488,6 +490,7 @@ class KeepingLedger(UnitOfWorkLedger):
         calendly_user_uris: Sequence[str] = (),
         fresh: bool = False,
     ) -> Route | None:
+        self.asked.append(fresh)
         if webhook_token is not None and not fresh and webhook_token in self.kept:
             return self.kept[webhook_token]
         found = await super().route(
@@ -507,17 +510,26 @@ def signed_for(core: Core, body: bytes, key: str, token: str) -> WebhookCommand:
     return WebhookCommand(body=body, signature=sign(body, key, stamp(core)), webhook_token=token)
 
 
-async def test_a_forgery_on_a_kept_route_costs_one_lookup_still(core: Core) -> None:
-    """The kept route's key does not verify it: one lookup afresh (the key may have been
-    replaced), which does not either, and it is refused (RELIABILITY promise 9)."""
+async def with_a_kept_route(
+    core: Core,
+) -> tuple[FakeUser, HandleWebhookEvent, KeepingLedger, Connection, str]:
+    """A connected user whose first delivery was applied, its route now kept by the ledger."""
     ada = await connected(core)
     handle, ledger = keeping(core)
     stored = core.db.connections["u"]
     token = stored.webhook_token
     assert token is not None
     assert stored.signing_key is not None
-    assert await handle(signed_for(core, created(ada), stored.signing_key.reveal(), token))
-    assert token in ledger.kept
+    first = await handle(signed_for(core, created(ada), stored.signing_key.reveal(), token))
+    assert first.outcome == "applied"
+    assert ledger.kept[token].kept
+    return ada, handle, ledger, stored, token
+
+
+async def test_a_forgery_on_a_kept_route_costs_one_lookup_still(core: Core) -> None:
+    """The kept route's key does not verify it: one lookup afresh (the key may have been
+    replaced), which does not either, and it is refused (RELIABILITY promise 9)."""
+    ada, handle, _, _, token = await with_a_kept_route(core)
     core.db.route_lookups.clear()
     with pytest.raises(InvalidSignature):
         await handle(signed_for(core, created(ada, "e2"), "not-the-key", token))
@@ -528,15 +540,7 @@ async def test_a_forgery_on_a_kept_route_costs_one_lookup_still(core: Core) -> N
 async def test_a_route_replaced_after_it_was_kept_judges_the_delivery_again(core: Core) -> None:
     """The key is replaced (a new subscription) after the route was kept: a delivery signed
     with the new key is verified with a route read afresh, and applied."""
-    ada = await connected(core)
-    handle, ledger = keeping(core)
-    stored = core.db.connections["u"]
-    token = stored.webhook_token
-    assert token is not None
-    assert stored.signing_key is not None
-    first = await handle(signed_for(core, created(ada), stored.signing_key.reveal(), token))
-    assert first.outcome == "applied"
-    assert ledger.kept[token].kept
+    ada, handle, _, stored, token = await with_a_kept_route(core)
     core.db.connections["u"] = msgspec.structs.replace(stored, signing_key=Secret("key-new"))
     core.db.route_lookups.clear()
     second = await handle(signed_for(core, created(ada, "e2"), "key-new", token))
@@ -551,15 +555,7 @@ async def test_a_delivery_under_a_route_gone_since_it_was_kept_is_judged_again(
     """Disconnected after the route was kept: a delivery the kept route would apply (the
     app's key vouches for it) writes nothing under it (RouteChanged), and is judged again
     with the route as it is now: none, so it is stored aside, not applied."""
-    ada = await connected(core)
-    handle, ledger = keeping(core)
-    stored = core.db.connections["u"]
-    token = stored.webhook_token
-    assert token is not None
-    assert (await handle(signed_for(core, created(ada), APP_KEY.reveal(), token))).outcome == (
-        "applied"
-    )
-    assert token in ledger.kept
+    ada, handle, _, stored, token = await with_a_kept_route(core)
     core.db.connections["u"] = stored.disconnected(core.clock.now())
     result = await handle(signed_for(core, created(ada, "e2"), APP_KEY.reveal(), token))
     assert result.outcome == "stored_aside"
@@ -573,15 +569,9 @@ async def test_the_old_key_after_a_new_one_is_refused_though_its_route_was_kept(
     """The kept route still holds the old key, which verifies the delivery in memory; its
     write finds the route changed (nothing stored), and judged again with the route read
     afresh, the old key no longer verifies: 401."""
-    ada = await connected(core)
-    handle, ledger = keeping(core)
-    stored = core.db.connections["u"]
-    token = stored.webhook_token
-    assert token is not None
+    ada, handle, _, stored, token = await with_a_kept_route(core)
     assert stored.signing_key is not None
     old_key = stored.signing_key.reveal()
-    assert (await handle(signed_for(core, created(ada), old_key, token))).outcome == "applied"
-    assert token in ledger.kept
     core.db.connections["u"] = msgspec.structs.replace(stored, signing_key=Secret("key-new"))
     with pytest.raises(InvalidSignature):
         await handle(signed_for(core, created(ada, "e2"), old_key, token))
@@ -593,27 +583,15 @@ async def test_a_route_that_keeps_changing_stores_nothing_and_says_try_again(
     core: Core,
 ) -> None:
     ada = await connected(core)
-    asked: list[bool] = []
 
-    class Moving(UnitOfWorkLedger):
-        async def route(
-            self,
-            *,
-            webhook_token: str | None = None,
-            calendly_user_uris: Sequence[str] = (),
-            fresh: bool = False,
-        ) -> Route | None:
-            asked.append(fresh)
-            return await super().route(webhook_token=webhook_token, fresh=fresh)
-
+    class Moving(KeepingLedger):
         async def record(self, delivery: DeliveryRecord) -> bool:
             raise RouteChanged(delivery.route.connection_id if delivery.route else "?")
 
-    handle = HandleWebhookEvent(
-        Moving(core.db.factory()), MsgspecWebhookDecoder(), core.clock, [APP_KEY]
-    )
+    ledger = Moving(core)
+    handle = HandleWebhookEvent(ledger, MsgspecWebhookDecoder(), core.clock, [APP_KEY])
     token = core.db.connections["u"].webhook_token
     assert token is not None
     with pytest.raises(StorageUnavailable, match="kept changing"):
         await handle(signed_for(core, created(ada), APP_KEY.reveal(), token))
-    assert asked == [False, True, True]  # judged three times, then afresh each time
+    assert ledger.asked == [False, True, True]  # judged three times, afresh after the first
