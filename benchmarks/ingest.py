@@ -397,7 +397,6 @@ def run(cfg: Config, log: Any = print) -> dict[str, Any]:
     with stack("ingest") as s:
         s.start_services(1)
         users = asyncio.run(s.connect_users([f"ingest-{n}" for n in range(cfg.users)]))
-        prepare_pgbench(s, users)
         workdir = s.workdir
         for repeat in range(cfg.repeats):
             for processes in cfg.processes:

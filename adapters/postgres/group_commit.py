@@ -382,12 +382,9 @@ class PostgresDeliveryLedger(DeliveryLedger):
     async def record(self, delivery: DeliveryRecord) -> bool:
         try:
             return await self.records(delivery)
-        except RouteChanged as exc:  # written alone after its batch failed, say
-            self._forget_connection(exc.connection_id)
+        except RouteChanged as exc:  # from its batch, or written alone after a batch failed
+            self._kept.forget_connection(exc.connection_id)
             raise
-
-    def _forget_connection(self, connection_id: str) -> None:
-        self._kept.forget_connection(connection_id)
 
     async def drain(self) -> None:
         await self.routes.drain()
@@ -501,13 +498,10 @@ class PostgresDeliveryLedger(DeliveryLedger):
         answered = await run_transaction(conn, statements)
         answers: list[bool | BaseException] = [False] * len(deliveries)
         for i, query, at in records:
-            # Committed: whatever reading one answer raises is that delivery's alone (never a
-            # reason to write the batch again).
+            # Committed: whatever reading one answer raises (RouteChanged: that delivery wrote
+            # nothing) is that delivery's alone, never a reason to write the batch again.
             try:
                 answers[i] = recorded_by(query, answered[at], deliveries[i].route)
-            except RouteChanged as exc:  # that delivery wrote nothing; the others stand
-                self._forget_connection(exc.connection_id)
-                answers[i] = exc
             except Exception as exc:
                 answers[i] = exc
         return answers
