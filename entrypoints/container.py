@@ -8,7 +8,6 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,7 +18,6 @@ from dependency_injector import containers, providers
 from adapters.calendly import AiohttpCalendlyApi
 from adapters.calendly.webhook_decoder import MsgspecWebhookDecoder
 from adapters.crypto import AesGcmTokenCipher
-from adapters.hand_off import HandOffLedger
 from adapters.postgres.api_keys import PostgresApiKeyStore
 from adapters.postgres.changes import PostgresChangeFeed, PostgresChangeLogRetention
 from adapters.postgres.directory import PostgresConnectionDirectory
@@ -39,7 +37,7 @@ from adapters.postgres.webhook_health import PostgresWebhookHealth
 from adapters.prometheus import MetricsExporter
 from adapters.system import SecretsRandomness, SystemClock
 from domain.errors import StorageUnavailable
-from domain.ports import Clock, DeliveryLedger, UnitOfWorkFactory
+from domain.ports import Clock, UnitOfWorkFactory
 from domain.usecases.api_keys import AuthenticateApiKey
 from domain.usecases.complete_connect import CompleteConnect
 from domain.usecases.complete_meetings import CompleteMeetings
@@ -94,25 +92,14 @@ async def database_pool(settings: Settings) -> AsyncIterator[Pool]:
 
 
 async def delivery_ledger(
-    pool: Pool, cipher: TokenCipher, uow: UnitOfWorkFactory, hand_off_dir: Path | None
-) -> AsyncIterator[DeliveryLedger]:
+    pool: Pool, cipher: TokenCipher, uow: UnitOfWorkFactory
+) -> AsyncIterator[PostgresDeliveryLedger]:
     """The webhook path's ledger: concurrent deliveries share a transaction (DR-48); a batch
-    that fails is written one delivery per unit of work. With a hand-off directory, each
-    user's deliveries are written by one process of this host (DR-61). Stopping waits for
-    batches in flight."""
+    that fails is written one delivery per unit of work. Stopping waits for batches in flight."""
     ledger = PostgresDeliveryLedger(pool, cipher, UnitOfWorkLedger(uow))
-    if hand_off_dir is None:
-        try:
-            yield ledger
-        finally:
-            await ledger.drain()
-        return
-    handing = HandOffLedger(ledger, hand_off_dir)
-    await handing.start()
     try:
-        yield handing
+        yield ledger
     finally:
-        await handing.stop()  # answers what others handed over first
         await ledger.drain()
 
 
@@ -332,13 +319,7 @@ class Container(containers.DeclarativeContainer):
     disconnect = providers.Singleton(
         Disconnect, uow=uow, calendly=calendly, tokens=tokens, clock=clock
     )
-    ledger = providers.Resource(
-        delivery_ledger,
-        pool=pool,
-        cipher=cipher,
-        uow=uow,
-        hand_off_dir=settings.provided.http.hand_off_dir,
-    )
+    ledger = providers.Resource(delivery_ledger, pool=pool, cipher=cipher, uow=uow)
     handle_webhook = providers.Singleton(
         HandleWebhookEvent,
         ledger=ledger,

@@ -21,7 +21,6 @@ from psycopg.conninfo import conninfo_to_dict
 
 from adapters.calendly.transport import basic_credentials
 from adapters.crypto import parse_encryption_keys
-from adapters.hand_off import HandOffRefused, check_directory
 from adapters.postgres.roles import DEFAULT_RUNTIME_ROLE
 from domain.changes import is_event_pattern
 from domain.secret import REDACTED, Secret
@@ -65,7 +64,6 @@ VARIABLES: Final = (
     "JWT_USER_CLAIM",
     "DEV_LOGIN_ENABLED",
     "HOST",
-    "HAND_OFF_DIR",
     "WEBHOOK_TOLERANCE_SECONDS",
     "TOKEN_REFRESH_MARGIN_SECONDS",
     "LIVE_HEARTBEAT_SECONDS",
@@ -185,9 +183,6 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8000
     # How often an idle live stream sends a comment line (proxies close silent responses).
     live_heartbeat_seconds: int = 30
-    # Where this host's service processes find each other to hand a user's deliveries to the
-    # one that writes them (DR-61); None: each writes what it receives.
-    hand_off_dir: Path | None = None
 
 
 class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -564,25 +559,7 @@ def _read_http(env: _Environment) -> HttpSettings:
         live_heartbeat_seconds=env.integer(
             "LIVE_HEARTBEAT_SECONDS", _default(HttpSettings, "live_heartbeat_seconds"), 1, 300
         ),
-        hand_off_dir=_read_hand_off_dir(env),
     )
-
-
-def _read_hand_off_dir(env: _Environment) -> Path | None:
-    raw = env.optional("HAND_OFF_DIR")
-    if raw is None:
-        return None
-    directory = Path(raw)
-    try:
-        check_directory(directory)
-    except HandOffRefused as exc:
-        env.problem(
-            "HAND_OFF_DIR",
-            f"HAND_OFF_DIR: {exc}; it must be a directory only the service's user may use, "
-            "shared by the service processes of this host (e.g. mkdir -m 700)",
-        )
-        return None
-    return directory
 
 
 # A path prefix as a proxy mounts it: segments of URL-safe characters, no dot segments.

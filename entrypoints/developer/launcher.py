@@ -14,12 +14,10 @@ import base64
 import os
 import queue
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -247,7 +245,6 @@ class LocalStack:
         self.children: list[tuple[str, Process]] = []
         self.services: list[Process] = []
         self._opened: list[IO[bytes]] = []
-        self._hand_off_dir: Path | None = None  # made (mode 700) for the first service
 
     # ------------------------------------------------------------------ the parts
     def start_postgres(self, data_dir: Path, database: str) -> str:
@@ -320,13 +317,7 @@ class LocalStack:
             raise RuntimeError(f"migrations failed: {Path(log.name).read_text(errors='replace')}")
 
     def start_service(self, **overrides: str) -> Process:
-        """One more `calendly-connect serve --fd` process on the stack's port. The stack's
-        service processes hand each other their users' deliveries (DR-61) through a private
-        directory of the stack's, unless the environment names one (HAND_OFF_DIR, "" for none)."""
-        if "HAND_OFF_DIR" not in self.env and "HAND_OFF_DIR" not in overrides:
-            if self._hand_off_dir is None:
-                self._hand_off_dir = Path(tempfile.mkdtemp(prefix="calendly-hand-off-"))
-            overrides = {**overrides, "HAND_OFF_DIR": str(self._hand_off_dir)}
+        """One more `calendly-connect serve --fd` process on the stack's port."""
         return self.start_on_socket("service", [*CLI, "serve", "--fd", "{fd}"], **overrides)
 
     def start_services(self, count: int, **overrides: str) -> list[Process]:
@@ -397,9 +388,6 @@ class LocalStack:
         for handle in self._opened:
             handle.close()
         self._opened = []
-        if self._hand_off_dir is not None:
-            shutil.rmtree(self._hand_off_dir, ignore_errors=True)
-            self._hand_off_dir = None
         if self.postgres is not None:
             self.postgres.close()
             self.postgres = None

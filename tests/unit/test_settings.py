@@ -785,32 +785,3 @@ def test_enabled_metrics_load_and_their_token_is_a_secret(tmp_path: Path) -> Non
     assert METRICS_TOKEN in settings.secret_values()
     assert METRICS_TOKEN not in repr(settings)
     assert http_config(settings).metrics_token == Secret(METRICS_TOKEN)
-
-
-def test_the_hand_off_is_off_unless_a_directory_is_named(tmp_path: Path) -> None:
-    assert load_settings(minimal_env()).http.hand_off_dir is None
-    assert load_settings({**minimal_env(), "HAND_OFF_DIR": ""}).http.hand_off_dir is None
-    private = tmp_path / "hand-off"
-    private.mkdir(mode=0o700)
-    settings = load_settings({**minimal_env(), "HAND_OFF_DIR": str(private)})
-    assert settings.http.hand_off_dir == private
-
-
-@pytest.mark.parametrize(
-    ("mode", "said"),
-    [
-        (0o755, "open to other users (mode 755); make it the service user's alone: chmod 700"),
-        (None, "cannot be read"),
-    ],
-)
-def test_a_hand_off_directory_others_could_use_is_refused(
-    tmp_path: Path, mode: int | None, said: str
-) -> None:
-    """Anyone who can connect there could hand over deliveries nobody verified."""
-    directory = tmp_path / "hand-off"
-    if mode is not None:
-        directory.mkdir()
-        directory.chmod(mode)
-    problem = single_problem({**minimal_env(), "HAND_OFF_DIR": str(directory)})
-    assert problem.startswith("HAND_OFF_DIR")
-    assert said in problem
