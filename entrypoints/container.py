@@ -28,7 +28,7 @@ from adapters.postgres.maintenance import PostgresMaintenanceQueue
 from adapters.postgres.migrations import Migration, discover, missing_migrations
 from adapters.postgres.pool import make_pool
 from adapters.postgres.readings import PostgresReadings
-from adapters.postgres.roles import check_runtime_role
+from adapters.postgres.roles import batch_writer_trouble, check_runtime_role
 from adapters.postgres.sealing import TokenCipher
 from adapters.postgres.storage_retention import PostgresStorageRetention
 from adapters.postgres.unit_of_work import unit_of_work_factory
@@ -95,8 +95,15 @@ async def delivery_ledger(
     pool: Pool, cipher: TokenCipher, uow: UnitOfWorkFactory
 ) -> AsyncIterator[PostgresDeliveryLedger]:
     """The webhook path's ledger: concurrent deliveries share a transaction (DR-48); a batch
-    that fails is written one delivery per unit of work. Stopping waits for batches in flight."""
-    ledger = PostgresDeliveryLedger(pool, cipher, UnitOfWorkLedger(uow))
+    that fails is written one delivery per unit of work. Stopping waits for batches in flight.
+    Its plain deliveries go out one statement per round for many users where the batch writer
+    is ready (DR-61), else one statement each."""
+    trouble = await batch_writer_trouble(pool)
+    if trouble is not None:  # each delivery by its own statement, as before DR-61
+        log.warning(
+            "webhooks.batch_writer_unavailable", reason=trouble, fix="calendly-connect doctor"
+        )
+    ledger = PostgresDeliveryLedger(pool, cipher, UnitOfWorkLedger(uow), together=trouble is None)
     try:
         yield ledger
     finally:

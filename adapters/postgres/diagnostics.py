@@ -22,7 +22,13 @@ from .directory import HOST_SCOPE
 from .host_webhooks import STATUS as HOST_WEBHOOK_STATUS
 from .key_rotation import COUNT_BY_KEY
 from .migrations import Migration, discover
-from .roles import RoleFlags, role_flags_now
+from .roles import (
+    BATCH_WRITER_POLICIES,
+    BATCH_WRITER_POLICY,
+    BATCH_WRITER_ROLE,
+    RoleFlags,
+    role_flags_now,
+)
 from .sealing import TokenCipher, secret_context
 
 TABLE_EXISTS = "SELECT to_regclass(%(table)s) IS NOT NULL AS present"
@@ -151,6 +157,13 @@ class PostgresDiagnostics:
         """The flags of the role `name`; None when it does not exist."""
         with _answering():
             return role_flags_now(self._conn, name)
+
+    def batch_writer_policies(self) -> int:
+        """How many of the batch writer's policies exist (DR-61; all: len(BATCH_WRITER_TABLES))."""
+        rows = self._rows(
+            BATCH_WRITER_POLICIES, {"policy": BATCH_WRITER_POLICY, "role": BATCH_WRITER_ROLE}
+        )
+        return int(rows[0]["n"])
 
     def can_act_as(self, role: str) -> bool:
         """Whether this login may SET ROLE `role` (as the service's pool does)."""

@@ -48,10 +48,19 @@ from domain.ports import DeliveryLedger, DeliveryRecord, Route
 
 from .one_write import Statement, run_transaction
 from .pool import Connection, sweep_broken_connections
+from .roles import BATCH_WRITER_ROLE
 from .sealing import TokenCipher
 from .session import SET_TENANT
 from .unit_of_work import UNAVAILABLE
-from .webhook_events import record_statement, recorded_by
+from .webhook_events import (
+    RECORD_AND_APPLY_BATCH,
+    batch_document,
+    batch_outcomes,
+    batch_rounds,
+    batchable,
+    record_statement,
+    recorded_by,
+)
 from .webhook_routes import ROUTES_BY_TOKENS, route_from_row, route_statement
 
 T = TypeVar("T")
@@ -76,6 +85,12 @@ RING_WATCHED = (
     "SELECT count(pg_notify('calendly_changes', 'meetings:' || u)) FROM unnest(%s::text[]) AS u"
     " WHERE EXISTS (SELECT FROM live_watchers w WHERE w.user_id IN (u, '*'))"
 )
+# The rest of a batch's transaction as the batch writer (migrations/0019, DR-61), which may
+# write the rows of the batch's users only (`app.batch_users`), and under no tenant.
+AS_BATCH_WRITER = (
+    f"SELECT set_config('role', '{BATCH_WRITER_ROLE}', true),"
+    " set_config('app.batch_users', %s, true), set_config('app.user_id', '', true)"
+)
 # Every user's lock (the key LOCK_TENANT takes), one after the other in the array's order (a
 # function scan yields its rows in order, and the aggregate takes them as they come).
 LOCK_USERS = (
@@ -85,6 +100,11 @@ LOCK_USERS = (
 # The most deliveries in one transaction, and the most batches of one kind in flight at once
 # per process (each holds a pooled connection while it runs).
 MAX_BATCH = 64
+# The fewest deliveries in a batch's first round for its plain deliveries to be written by one
+# statement per round for many users (DR-61): one delivery costs Postgres more that way than
+# by its own statement (later rounds, of one user's further deliveries, go that way too, so
+# that each statement always runs as the same role: Postgres plans again when it changes).
+MIN_TOGETHER = 2
 MAX_RUNNING = 3
 # How long the batch in flight may take before deliveries waiting behind it get a batch of
 # their own (DR-48, amended). Below it, one batch of each kind is in flight per process and
@@ -345,11 +365,13 @@ class PostgresDeliveryLedger(DeliveryLedger):
         lock_timeout_ms: int = LOCK_TIMEOUT_MS,
         kept_routes: int = KEPT_ROUTES,
         kept_seconds: float = KEPT_SECONDS,
+        together: bool = True,
     ) -> None:
         self._pool = pool
         self._cipher = cipher
         self._alone = alone
         self._lock_timeout = f"{lock_timeout_ms}ms"
+        self._together = together
         self.routes: Coalescer[tuple[str | None, tuple[str, ...]], Route | None] = Coalescer(
             self._find_routes, max_batch=max_batch, max_running=max_running, patience=patience
         )
@@ -468,32 +490,61 @@ class PostgresDeliveryLedger(DeliveryLedger):
     async def _write_together(
         self, conn: Connection, deliveries: Sequence[DeliveryRecord]
     ) -> list[bool | BaseException]:
-        order = sorted(range(len(deliveries)), key=lambda i: _place(deliveries[i]))
         users = sorted({d.route.user_id for d in deliveries if d.route is not None})
         statements: list[Statement] = [(BATCH_SETTINGS, (self._lock_timeout,))]
         if users:
             statements.append((LOCK_USERS, (users,)))
+            # The doorbells ring at COMMIT, wherever this stands after the locks: first, so it
+            # always runs as the runtime role (a plan is made again when the role changes).
+            statements.append((RING_WATCHED, (users,)))
         records: list[tuple[int, str, int]] = []  # delivery, its query, its statement's place
         tenant: str | None = None
-        for i in order:
-            delivery = deliveries[i]
-            user = delivery.route.user_id if delivery.route is not None else ""
-            if user != tenant:
-                statements.append((SET_TENANT, (user,)))  # '' is no tenant
-                tenant = user
-            query, parameters = record_statement(
-                event_id=delivery.event_id,
-                event_type=delivery.event_type,
-                payload=delivery.payload,
-                connection=delivery.route,
-                outcome=delivery.outcome,
-                reason=delivery.reason,
-                change=delivery.change,
+
+        def one_each(places: Sequence[int]) -> None:
+            """Each delivery at `places` by its own statement, under its user's tenant."""
+            nonlocal tenant
+            for i in places:
+                delivery = deliveries[i]
+                user = delivery.route.user_id if delivery.route is not None else ""
+                if user != tenant:
+                    statements.append((SET_TENANT, (user,)))  # '' is no tenant
+                    tenant = user
+                query, parameters = record_statement(
+                    event_id=delivery.event_id,
+                    event_type=delivery.event_type,
+                    payload=delivery.payload,
+                    connection=delivery.route,
+                    outcome=delivery.outcome,
+                    reason=delivery.reason,
+                    change=delivery.change,
+                )
+                records.append((i, query, len(statements)))
+                statements.append((query, parameters))
+
+        # Plain deliveries under routes go together, one statement per round of many users
+        # (DR-61), as the batch writer, once the first round holds more than one; the rest
+        # first, one statement each, as before. A delivery's copies are alike: they go the
+        # same way, in the order they came.
+        together = [i for i, d in enumerate(deliveries) if self._together and batchable(d)]
+        rounds = batch_rounds([deliveries[i] for i in together]) if together else []
+        if not rounds or len(rounds[0]) < MIN_TOGETHER:
+            together, rounds = [], []  # nothing to gain: the statement per delivery
+        chosen = set(together)
+        one_each(
+            sorted(
+                (i for i in range(len(deliveries)) if i not in chosen),
+                key=lambda i: _place(deliveries[i]),
             )
-            records.append((i, query, len(statements)))
-            statements.append((query, parameters))
-        if users:
-            statements.append((RING_WATCHED, (users,)))
+        )
+        written: list[tuple[list[int], int]] = []  # each round's deliveries, its statement's place
+        if rounds:
+            statements.append((AS_BATCH_WRITER, (",".join(_users_of(deliveries, together)),)))
+            for places in rounds:
+                members = [together[p] for p in places]
+                written.append((members, len(statements)))
+                statements.append(
+                    (RECORD_AND_APPLY_BATCH, batch_document([deliveries[i] for i in members]))
+                )
         # In one write, and their answers read in one go (DR-59).
         answered = await run_transaction(conn, statements)
         answers: list[bool | BaseException] = [False] * len(deliveries)
@@ -504,7 +555,20 @@ class PostgresDeliveryLedger(DeliveryLedger):
                 answers[i] = recorded_by(query, answered[at], deliveries[i].route)
             except Exception as exc:
                 answers[i] = exc
+        for members, at in written:
+            try:
+                outcomes: Sequence[bool | BaseException] = batch_outcomes(
+                    answered[at], [deliveries[i] for i in members]
+                )
+            except Exception as exc:
+                outcomes = [exc] * len(members)
+            for i, outcome in zip(members, outcomes, strict=True):
+                answers[i] = outcome
         return answers
+
+
+def _users_of(deliveries: Sequence[DeliveryRecord], places: Sequence[int]) -> list[str]:
+    return sorted({route.user_id for i in places if (route := deliveries[i].route) is not None})
 
 
 def _place(delivery: DeliveryRecord) -> tuple[int, str]:

@@ -7,7 +7,7 @@ The files are read from this package's `sql/` folder: in a checkout a link to th
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -18,6 +18,8 @@ import psycopg_pool
 from psycopg import sql
 
 from domain.errors import StorageUnavailable
+
+from .roles import BATCH_WRITER_POLICY, BATCH_WRITER_ROLE, BATCH_WRITER_TABLES
 
 # Any two processes migrating at once serialise on this key ("calendly" in ASCII).
 MIGRATION_LOCK_KEY = 0x63616C656E646C79
@@ -64,9 +66,14 @@ def discover(directory: Path = DEFAULT_DIRECTORY) -> list[Migration]:
 
 
 async def migrate(
-    conninfo: str, runtime_role: str, directory: Path = DEFAULT_DIRECTORY
+    conninfo: str,
+    runtime_role: str,
+    directory: Path = DEFAULT_DIRECTORY,
+    *,
+    warn: Callable[[str], None] | None = None,
 ) -> list[Migration]:
-    """Apply what is pending (each file in its own transaction) and grant the runtime role.
+    """Apply what is pending (each file in its own transaction), grant the runtime role and
+    make the batch writer (`grant_batch_writer`; what stands in its way is passed to `warn`).
 
     Safe to run from several processes at once: they queue on an advisory lock, and each
     re-reads what is applied after taking it. Returns the migrations this call applied.
@@ -99,6 +106,8 @@ async def migrate(
                     ) from exc
                 applied_now.append(migration)
             await grant_runtime_role(conn, runtime_role)
+            if (trouble := await grant_batch_writer(conn)) is not None and warn is not None:
+                warn(trouble)
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     return applied_now
@@ -125,6 +134,76 @@ async def grant_runtime_role(conn: psycopg.AsyncConnection[object], role: str) -
     ]
     for statement in statements:
         await conn.execute(sql.SQL(statement).format(role=ident))
+
+
+async def grant_batch_writer(conn: psycopg.AsyncConnection[object]) -> str | None:
+    """Make the role webhook batches take (DR-61), give it what a batch reads and writes and a
+    policy per table that admits the batch's users only, and let the migrating user take it
+    (SET ROLE only: on PostgreSQL 16 it does not inherit its rights). All or nothing; None, or
+    why not (a user that may not create roles, or not take one made by another): the service
+    then writes each delivery by its own statement, as before."""
+    role = sql.Identifier(BATCH_WRITER_ROLE)
+    try:
+        async with conn.transaction():
+            exists = await _answer(
+                conn, "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", BATCH_WRITER_ROLE
+            )
+            version = await _answer(conn, "SELECT current_setting('server_version_num')::int")
+            if not exists:
+                await conn.execute(
+                    sql.SQL(
+                        "CREATE ROLE {} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+                        " NOINHERIT"
+                    ).format(role)
+                )
+            if not await _answer(
+                conn, "SELECT pg_has_role(current_user, %s, 'MEMBER')", BATCH_WRITER_ROLE
+            ):
+                grant = "GRANT {} TO CURRENT_USER"
+                if isinstance(version, int) and version >= 160000:
+                    grant += " WITH INHERIT FALSE, SET TRUE"
+                await conn.execute(sql.SQL(grant).format(role))
+            tables = sql.SQL(", ").join(map(sql.Identifier, BATCH_WRITER_TABLES))
+            for statement in (
+                "GRANT USAGE ON SCHEMA public TO {role}",
+                # What a batch reads: the routes (to check them, DR-60), the watchers (DR-57).
+                "GRANT SELECT ON calendly_webhook_routes, live_watchers TO {role}",
+                "GRANT SELECT, INSERT, UPDATE ON {tables} TO {role}",
+                "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
+            ):
+                await conn.execute(sql.SQL(statement).format(role=role, tables=tables))
+            for table in BATCH_WRITER_TABLES:
+                cursor = await conn.execute(
+                    "SELECT FROM pg_policies WHERE schemaname = 'public' AND tablename = %s"
+                    " AND policyname = %s",
+                    (table, BATCH_WRITER_POLICY),
+                )
+                if await cursor.fetchone() is None:
+                    await conn.execute(
+                        sql.SQL(
+                            "CREATE POLICY {policy} ON {table} TO {role}"
+                            " USING (user_id = ANY (app_batch_users()))"
+                            " WITH CHECK (user_id = ANY (app_batch_users()))"
+                        ).format(
+                            policy=sql.Identifier(BATCH_WRITER_POLICY),
+                            table=sql.Identifier(table),
+                            role=role,
+                        )
+                    )
+    except psycopg.Error as exc:
+        return (
+            f"the role {BATCH_WRITER_ROLE!r} is not ready ({exc.diag.message_primary or exc}):"
+            " webhook batches will write each delivery by its own statement; see"
+            " `calendly-connect doctor`"
+        )
+    return None
+
+
+async def _answer(conn: psycopg.AsyncConnection[object], query: str, *params: object) -> object:
+    """The first column of `query`'s one row."""
+    cursor = await conn.execute(query.encode(), params)
+    row = await cursor.fetchone()
+    return row[0] if isinstance(row, tuple) else None
 
 
 async def pending(conninfo: str, directory: Path = DEFAULT_DIRECTORY) -> list[Migration]:

@@ -13,6 +13,24 @@ from .pool import Connection
 # The role the migrator creates and every pooled connection acts as (SET ROLE), unless
 # DATABASE_RUNTIME_ROLE names another: the one place its name is written.
 DEFAULT_RUNTIME_ROLE: Final = "calendly_app"
+# The role a webhook batch takes for its own transaction, to write many users' deliveries with
+# one statement (migrations/0019, DR-61): its policies admit only the users the batch named.
+BATCH_WRITER_ROLE: Final = "calendly_batch_writer"
+# What it writes (its statement and the change log's trigger), each table with a policy of this
+# name for it (made by `migrate`, adapters/postgres/migrations.py).
+BATCH_WRITER_TABLES: Final = (
+    "calendly_webhook_events",
+    "meeting_change_users",
+    "meetings",
+    "meeting_invitees",
+    "change_log",
+    "change_log_users",
+)
+BATCH_WRITER_POLICY: Final = "batch_users"
+BATCH_WRITER_POLICIES = """
+SELECT count(*) AS n FROM pg_policies
+WHERE schemaname = 'public' AND policyname = %(policy)s AND %(role)s = ANY (roles)
+"""
 
 
 class UnsafeDatabaseRole(Exception):
@@ -77,9 +95,11 @@ def role_flags_now(conn: psycopg.Connection[dict[str, Any]], role: str | None) -
 
 
 async def check_runtime_role(pool: psycopg_pool.AsyncConnectionPool[Connection]) -> str:
-    """Raise UnsafeDatabaseRole unless the pool's role is bound by row-level security."""
+    """Raise UnsafeDatabaseRole unless the pool's role is bound by row-level security, and
+    the batch writer's too (where the migrations made it)."""
     async with pool.connection() as conn:
         flags = await role_flags(conn)
+        batch_writer = await role_flags(conn, BATCH_WRITER_ROLE)
         await conn.rollback()
     assert flags is not None  # the role the session acts as exists
     problems = flags.problems()
@@ -89,4 +109,35 @@ async def check_runtime_role(pool: psycopg_pool.AsyncConnectionPool[Connection])
             "would not protect tenants. Set DATABASE_RUNTIME_ROLE to a role that owns nothing "
             f"(the migrator creates {DEFAULT_RUNTIME_ROLE!r})."
         )
+    problems = [] if batch_writer is None else batch_writer.problems()
+    if problems:  # made by hand before the migration (which keeps a role it finds)
+        raise UnsafeDatabaseRole(
+            f"the database role {BATCH_WRITER_ROLE!r} {' and '.join(problems)}: webhook "
+            "batches take it to write many users' deliveries, and row-level security would not "
+            "hold them to those users. Make it NOSUPERUSER NOBYPASSRLS, owning nothing."
+        )
     return flags.name
+
+
+async def batch_writer_trouble(pool: psycopg_pool.AsyncConnectionPool[Connection]) -> str | None:
+    """Why webhook batches cannot write as the batch writer (DR-61), or None: the role is
+    missing, its policies are, or this login may not take it. (One that could bypass
+    row-level security is refused by `check_runtime_role`.)"""
+    async with pool.connection() as conn:
+        if await role_flags(conn, BATCH_WRITER_ROLE) is None:
+            await conn.rollback()
+            return f"the role {BATCH_WRITER_ROLE!r} does not exist"
+        cursor = await conn.execute(
+            BATCH_WRITER_POLICIES, {"policy": BATCH_WRITER_POLICY, "role": BATCH_WRITER_ROLE}
+        )
+        row = await cursor.fetchone()
+        await conn.rollback()
+        if row is None or int(row["n"]) < len(BATCH_WRITER_TABLES):
+            return f"the policies of {BATCH_WRITER_ROLE!r} are missing"
+        try:
+            await conn.execute("SELECT set_config('role', %s, true)", (BATCH_WRITER_ROLE,))
+        except psycopg.Error:
+            return f"this login may not SET ROLE {BATCH_WRITER_ROLE}"
+        finally:
+            await conn.rollback()
+    return None

@@ -15,6 +15,7 @@ from typing import Final, Literal
 
 from adapters.crypto import AesGcmTokenCipher, parse_encryption_keys
 from adapters.postgres.diagnostics import DiagnosticsFailed, PostgresDiagnostics
+from adapters.postgres.roles import BATCH_WRITER_ROLE, BATCH_WRITER_TABLES
 from domain.errors import StoredSecretUnreadable
 from entrypoints.settings import (
     ConfigError,
@@ -195,6 +196,37 @@ def check_runtime_role(ctx: Context, db: PostgresDiagnostics) -> Finding:
             f"GRANT {role} TO <the DATABASE_URL user>",
         )
     return Finding("runtime role bound by RLS", "pass", f"{role}: no superuser, no BYPASSRLS")
+
+
+@needs_db
+def check_batch_writer(ctx: Context, db: PostgresDiagnostics) -> Finding:
+    """webhook batch writer bound by RLS"""
+    name = "webhook batch writer bound by RLS"
+    role = BATCH_WRITER_ROLE
+    slower = "webhook batches write each delivery by its own statement (slower, DR-61)"
+    mend = (
+        "run `calendly-connect migrate` as a user that may create roles (it makes the role,"
+        f" its rights and policies); or have an administrator CREATE ROLE {role} NOLOGIN"
+        f" NOINHERIT and GRANT {role} TO <the DATABASE_URL user> WITH INHERIT FALSE, SET TRUE,"
+        " then migrate again"
+    )
+    flags = db.role(role)
+    if flags is None:
+        return Finding(name, "warn", f"the role {role!r} does not exist: {slower}", mend)
+    problems = flags.problems()
+    if problems:
+        return Finding(
+            name,
+            "fail",
+            f"{role} {' and '.join(problems)}: a webhook batch could write any user's rows"
+            " (the service refuses to start)",
+            f"ALTER ROLE {role} NOSUPERUSER NOBYPASSRLS; move table ownership to another role",
+        )
+    if db.batch_writer_policies() < len(BATCH_WRITER_TABLES):
+        return Finding(name, "warn", f"the policies of {role} are missing: {slower}", mend)
+    if not db.can_act_as(role):
+        return Finding(name, "warn", f"this login cannot SET ROLE {role}: {slower}", mend)
+    return Finding(name, "pass", f"{role}: no superuser, no BYPASSRLS, its policies in place")
 
 
 def _tenant_blind(name: str) -> Finding:
@@ -448,6 +480,7 @@ CHECKS: Sequence[Callable[[Context], Finding]] = (
     check_migrations,
     check_events_table,
     check_runtime_role,
+    check_batch_writer,
     check_user_uris,
     check_subscriptions,
     check_reauth,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Mapping, Sequence
 
 import psycopg
@@ -35,7 +36,9 @@ def main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
                 print(f"pending: {m.version:04d}_{m.name}")
             print(f"{len(waiting)} migration(s) pending")
             return 1 if waiting else 0
-        applied = asyncio.run(migrate(url, role))
+        applied = asyncio.run(
+            migrate(url, role, warn=lambda text: print(f"warning: {text}", file=sys.stderr))
+        )
     except MigrationError as exc:
         return fail(str(exc), 1)
     except psycopg.OperationalError as exc:

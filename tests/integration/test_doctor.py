@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from adapters.crypto import AesGcmTokenCipher, parse_encryption_keys
+from adapters.postgres.roles import BATCH_WRITER_ROLE
 from adapters.postgres.sealing import secret_context
 from domain.secret import Secret
 from entrypoints.operator.doctor import Finding, run_checks
@@ -70,6 +71,7 @@ EVERY_CHECK = [
     "migrations applied",
     "webhook events table",
     "runtime role bound by RLS",
+    "webhook batch writer bound by RLS",
     "every connection has its Calendly user URI",
     "subscriptions active",
     "connections needing re-authorization",
@@ -188,6 +190,28 @@ def test_a_runtime_role_that_bypasses_rls_fails(
 def test_a_missing_runtime_role_fails(healthy: dict[str, str]) -> None:
     healthy["DATABASE_RUNTIME_ROLE"] = "no_such_role_here"
     assert by_name(run_checks(healthy))["runtime role bound by RLS"].status == "fail"
+
+
+def test_a_batch_writer_that_bypasses_rls_fails(healthy: dict[str, str]) -> None:
+    """The webhook batches' role (migrations/0019), made BYPASSRLS by hand: the doctor fails
+    it and says how to mend it."""
+    url = healthy["DATABASE_URL"]
+    assert by_name(run_checks(healthy))["webhook batch writer bound by RLS"].status == "pass"
+    sql(url, f"ALTER ROLE {BATCH_WRITER_ROLE} BYPASSRLS")
+    try:
+        finding = by_name(run_checks(healthy))["webhook batch writer bound by RLS"]
+    finally:
+        sql(url, f"ALTER ROLE {BATCH_WRITER_ROLE} NOBYPASSRLS")
+    assert finding.status == "fail"
+    assert "BYPASSRLS" in finding.detail
+
+
+def test_a_batch_writer_without_its_policies_warns(healthy: dict[str, str]) -> None:
+    sql(healthy["DATABASE_URL"], "DROP POLICY batch_users ON meeting_invitees")
+    finding = by_name(run_checks(healthy))["webhook batch writer bound by RLS"]
+    assert finding.status == "warn"
+    assert "policies" in finding.detail
+    assert "migrate" in (finding.fix or "")
 
 
 def test_a_connection_without_its_user_uri_fails(healthy: dict[str, str]) -> None:

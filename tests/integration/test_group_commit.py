@@ -18,9 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.crypto import AesGcmTokenCipher
+from adapters.postgres import group_commit
 from adapters.postgres.group_commit import KeptRoutes, PostgresDeliveryLedger
 from adapters.postgres.pool import make_pool
 from adapters.postgres.unit_of_work import unit_of_work_factory
+from adapters.postgres.webhook_events import RECORD_AND_APPLY_BATCH
 from domain.errors import RouteChanged, StorageUnavailable
 from domain.meetings import Meeting
 from domain.ports import DeliveryRecord, MeetingChange, Route
@@ -47,6 +49,10 @@ def stored(url: str) -> dict[str, Any]:
                 "SELECT event_id, event_type, user_id, outcome, reason"
                 " FROM calendly_webhook_events",
             )
+        ),
+        # Each user's meetings in the order of their change numbers (DR-52).
+        "numbers": owner_sql(
+            url, "SELECT user_id, event_uri FROM meetings ORDER BY user_id, change_seq"
         ),
     }
 
@@ -481,3 +487,92 @@ async def test_a_route_changed_is_found_out_on_the_alone_path_too(
     again = await ledger.route(webhook_token="token-ada1")
     assert again is not None
     assert not again.kept
+
+
+# ------------------------------------------------------- one statement for many users (DR-61)
+
+
+def sent_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The queries of every transaction the ledger sends from now on."""
+    sent: list[str] = []
+    original = group_commit.run_transaction  # type: ignore[attr-defined]
+
+    async def spy(conn: Any, statements: Any, **kwargs: Any) -> Any:
+        sent.extend(query for query, _ in statements)
+        return await original(conn, statements, **kwargs)
+
+    monkeypatch.setattr(group_commit, "run_transaction", spy)
+    return sent
+
+
+@pytest.mark.parametrize("together", [True, False])
+async def test_many_users_deliveries_go_out_in_one_statement_each_round(
+    together: bool,
+    pool: Pool,
+    cipher: AesGcmTokenCipher,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three rounds (ada thrice) of plain deliveries: one statement each, the same rows and
+    answers as one statement per delivery (the ledger with `together=False`)."""
+    uow = unit_of_work_factory(pool, cipher)
+    await connected(uow)
+    ledger = PostgresDeliveryLedger(
+        pool, cipher, UnitOfWorkLedger(uow), max_running=1, together=together
+    )
+    sent = sent_statements(monkeypatch)
+    batch = [delivery("ada", 1, 1), delivery("bob", 1, 1), delivery("ada", 2, 1)]
+    batch += [delivery("cy", 1, 1), delivery("bob", 1, 1), delivery("ada", 1, 1, cancel=True)]
+    answers = await asyncio.gather(*(ledger.record(d) for d in batch))
+    assert answers == [True, True, True, True, False, True]
+    assert sent.count(RECORD_AND_APPLY_BATCH) == (3 if together else 0)
+    assert ledger.fallbacks == 0
+    assert stored(database_url)["meetings"] == [
+        ("ada", f"{EV}ada-1", "Intro", "canceled"),
+        ("ada", f"{EV}ada-2", "Intro", "active"),
+        ("bob", f"{EV}bob-1", "Intro", "active"),
+        ("cy", f"{EV}cy-1", "Intro", "active"),
+    ]
+
+
+async def test_a_route_out_of_date_fails_only_its_delivery_in_a_round(
+    ledger: PostgresDeliveryLedger, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = sent_statements(monkeypatch)
+    stale = msgspec.structs.replace(route_of("bob"), version="1")  # no route has this xmin
+    batch = [
+        delivery("ada", 1, 1),
+        msgspec.structs.replace(delivery("bob", 1, 1), route=stale),
+        delivery("cy", 1, 1),
+    ]
+    answers = await asyncio.gather(*(ledger.record(d) for d in batch), return_exceptions=True)
+    assert answers[0] is True
+    assert answers[2] is True
+    assert isinstance(answers[1], RouteChanged)
+    assert RECORD_AND_APPLY_BATCH in sent
+    assert events_of(database_url, "bob") == []
+    assert events_of(database_url, "ada")
+    assert events_of(database_url, "cy")
+
+
+async def test_the_batch_writer_writes_only_the_batchs_users(
+    pool: Pool, cipher: AesGcmTokenCipher
+) -> None:
+    """The role a batch takes (migrations/0019) may write the users it named and no other;
+    its policies do not apply to the runtime role, whatever `app.batch_users` says."""
+    await connected(unit_of_work_factory(pool, cipher))
+    insert = (
+        "INSERT INTO meeting_change_users (user_id, last_seq) VALUES (%s, 1)"
+        " ON CONFLICT (user_id) DO UPDATE SET last_seq = meeting_change_users.last_seq + 1"
+    )
+    async with pool.connection() as conn:
+        await conn.execute(group_commit.AS_BATCH_WRITER, ("ada,cy",))
+        await conn.execute(insert, ("ada",))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute(insert, ("bob",))
+        await conn.rollback()
+        await conn.execute("SELECT set_config('app.batch_users', 'bob', true)")
+        await conn.execute("SELECT set_config('app.user_id', 'ada', true)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute(insert, ("bob",))  # the runtime role: ada's tenant only
+        await conn.rollback()

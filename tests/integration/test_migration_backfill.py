@@ -94,8 +94,13 @@ async def test_a_plain_owner_backfills_every_route_key_and_clamps_stored_times(
             (CID,),
         )
 
-    applied = await migrate(owner_url, RUNTIME_ROLE)
+    warnings: list[str] = []
+    applied = await migrate(owner_url, RUNTIME_ROLE, warn=warnings.append)
     assert HARDENING in [m.path.name for m in applied]
+    # The batch writer (DR-61) is the cluster's: a plain owner may not take one another user
+    # made, nor make one (then the service writes one statement per delivery, and says so).
+    assert warnings
+    assert all("calendly_batch_writer" in w for w in warnings)
 
     with psycopg.connect(admin_url) as admin:
         admin.execute("SET TIME ZONE 'UTC'")

@@ -13,11 +13,16 @@ import pytest
 from adapters.crypto import AesGcmTokenCipher
 from adapters.postgres.migrations import discover, migrate, pending
 from adapters.postgres.pool import make_pool
-from adapters.postgres.roles import UnsafeDatabaseRole, check_runtime_role
+from adapters.postgres.roles import (
+    BATCH_WRITER_ROLE,
+    UnsafeDatabaseRole,
+    batch_writer_trouble,
+    check_runtime_role,
+)
 from adapters.postgres.unit_of_work import unit_of_work_factory
 from domain.meetings import Meeting
 from domain.ports import MeetingChange, UnitOfWorkFactory
-from tests.support.connections import CID_A, CID_B, add, connection
+from tests.support.connections import CID_A, CID_B, add, connection, owner_sql
 from tests.support.postgres import RUNTIME_ROLE, PgCluster
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
@@ -112,6 +117,34 @@ async def test_the_service_refuses_a_role_that_bypasses_rls(database_url: str) -
             await check_runtime_role(owner_pool)
     finally:
         await owner_pool.close()
+
+
+async def test_the_service_refuses_a_batch_writer_that_bypasses_rls(
+    pool: Pool, database_url: str
+) -> None:
+    """The batch writer (migrations/0019, DR-61) found with BYPASSRLS (made so by hand: the
+    migration keeps a role it finds) would write any user's rows: the service refuses it."""
+    owner_sql(database_url, f"ALTER ROLE {BATCH_WRITER_ROLE} BYPASSRLS")
+    try:
+        with pytest.raises(UnsafeDatabaseRole, match=BATCH_WRITER_ROLE):
+            await check_runtime_role(pool)
+    finally:
+        owner_sql(database_url, f"ALTER ROLE {BATCH_WRITER_ROLE} NOBYPASSRLS")
+    assert await check_runtime_role(pool) == RUNTIME_ROLE
+
+
+async def test_a_batch_writer_without_its_policies_is_made_whole_by_migrating_again(
+    pool: Pool, database_url: str
+) -> None:
+    """Without its policies the batch writer is not used (the service writes one statement
+    per delivery, DR-61); `migrate` makes what is missing again, and says what it could not."""
+    assert await batch_writer_trouble(pool) is None
+    owner_sql(database_url, "DROP POLICY batch_users ON meetings")
+    assert "policies" in (await batch_writer_trouble(pool) or "")
+    warnings: list[str] = []
+    await migrate(database_url, RUNTIME_ROLE, warn=warnings.append)
+    assert warnings == []
+    assert await batch_writer_trouble(pool) is None
 
 
 async def test_migrating_again_applies_nothing(database_url: str) -> None:

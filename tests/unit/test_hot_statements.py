@@ -7,7 +7,13 @@ import re
 import pytest
 from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH, MAX_CACHED_STATEMENT_PARAMS
 
-from adapters.postgres.group_commit import LOCK_USERS, SET_LOCK_TIMEOUT
+from adapters.postgres.group_commit import (
+    AS_BATCH_WRITER,
+    BATCH_SETTINGS,
+    LOCK_USERS,
+    RING_WATCHED,
+    SET_LOCK_TIMEOUT,
+)
 from adapters.postgres.meeting_writes import (
     APPLY_CHANGE,
     APPLY_PLAIN_CHANGE,
@@ -19,6 +25,7 @@ from adapters.postgres.meeting_writes import (
 from adapters.postgres.session import LOCK_TENANT, SET_TENANT
 from adapters.postgres.webhook_events import (
     RECORD_AND_APPLY,
+    RECORD_AND_APPLY_BATCH,
     RECORD_AND_APPLY_PLAIN,
     RECORD_EVENT,
     record_statement,
@@ -41,6 +48,10 @@ HOT = {
     "SET_LOCK_TIMEOUT": SET_LOCK_TIMEOUT,
     "LOCK_USERS": LOCK_USERS,
     "ROUTES_BY_TOKENS": ROUTES_BY_TOKENS,
+    "RECORD_AND_APPLY_BATCH": RECORD_AND_APPLY_BATCH,
+    "AS_BATCH_WRITER": AS_BATCH_WRITER,
+    "BATCH_SETTINGS": BATCH_SETTINGS,
+    "RING_WATCHED": RING_WATCHED,
 }
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
