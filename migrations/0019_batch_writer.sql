@@ -15,7 +15,10 @@
 -- another. Without them the service writes each delivery by its own statement, as before, and
 -- the doctor says how to mend it. What they need from the schema is here.
 
--- The users a batch may write, as the batch set them; NULL outside a batch.
+-- The users a batch may write, as the batch set them (separated by the unit separator,
+-- chr(31), which no user id holds: ids are printable text); NULL outside a batch.
 CREATE FUNCTION app_batch_users() RETURNS text[]
     LANGUAGE sql STABLE
-    AS $$ SELECT string_to_array(nullif(current_setting('app.batch_users', true), ''), ',') $$;
+    AS $$
+        SELECT string_to_array(nullif(current_setting('app.batch_users', true), ''), chr(31))
+    $$;

@@ -42,6 +42,7 @@ from typing import Generic, TypeVar
 import msgspec
 import psycopg
 import psycopg_pool
+import structlog
 
 from domain.errors import RouteChanged, StorageUnavailable
 from domain.ports import DeliveryLedger, DeliveryRecord, Route
@@ -63,6 +64,8 @@ from .webhook_events import (
 )
 from .webhook_routes import ROUTES_BY_TOKENS, route_from_row, route_statement
 
+log = structlog.get_logger(__name__)
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -73,6 +76,9 @@ LOCK_TIMEOUT_MS = 250
 # The batch's own trouble, not the database's (psycopg counts them as operational errors): a
 # lock it gave up waiting for, a deadlock or a serialization failure.
 BATCH_ONLY = (psycopg.errors.LockNotAvailable, psycopg.errors.TransactionRollback)
+# The batch writer refused (DR-61): its role missing, its rights or a policy. The batch is then
+# written one delivery at a time, and later ones without the batch writer.
+WRITER_REFUSED = (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedObject)
 SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, true)"
 # A batch's own doorbells (migrations/0018, DR-57): the meetings' trigger rings none within
 # the batch's transaction, and one statement after its writes rings those of its users that
@@ -87,6 +93,9 @@ RING_WATCHED = (
 )
 # The rest of a batch's transaction as the batch writer (migrations/0019, DR-61), which may
 # write the rows of the batch's users only (`app.batch_users`), and under no tenant.
+# Between the users in `app.batch_users` (migrations/0019): no user id holds it (they are
+# printable text, domain.model.is_user_id).
+BATCH_USERS_SEPARATOR = "\x1f"
 AS_BATCH_WRITER = (
     f"SELECT set_config('role', '{BATCH_WRITER_ROLE}', true),"
     " set_config('app.batch_users', %s, true), set_config('app.user_id', '', true)"
@@ -469,6 +478,15 @@ class PostgresDeliveryLedger(DeliveryLedger):
                         isinstance(exc, UNAVAILABLE) and not isinstance(exc, BATCH_ONLY)
                     ):
                         raise
+                    if self._together and isinstance(exc, WRITER_REFUSED):
+                        # The batch writer gone, or its rights (DR-61): every batch would fail
+                        # the same way. One statement per delivery from now on, as before.
+                        self._together = False
+                        log.warning(
+                            "webhooks.batch_writer_unavailable",
+                            reason=type(exc).__name__,
+                            fix="calendly-connect migrate, then restart; see the doctor",
+                        )
                     # A lock held long elsewhere, a deadlock, one delivery's bad data: none of
                     # it may fail the others. Each is written alone below.
                     with contextlib.suppress(psycopg.Error):
@@ -526,6 +544,19 @@ class PostgresDeliveryLedger(DeliveryLedger):
         # first, one statement each, as before. A delivery's copies are alike: they go the
         # same way, in the order they came.
         together = [i for i, d in enumerate(deliveries) if self._together and batchable(d)]
+        if len(together) < len(deliveries):
+            # A user (or a delivery id) with deliveries of both kinds keeps them all apart, in
+            # the order they came, as before.
+            chosen = set(together)
+            apart = [d for i, d in enumerate(deliveries) if i not in chosen]
+            users_apart = {d.route.user_id for d in apart if d.route is not None}
+            ids_apart = {d.event_id for d in apart}
+            together = [
+                i
+                for i in together
+                if deliveries[i].event_id not in ids_apart
+                and _user_of(deliveries[i]) not in users_apart
+            ]
         rounds = batch_rounds([deliveries[i] for i in together]) if together else []
         if not rounds or len(rounds[0]) < MIN_TOGETHER:
             together, rounds = [], []  # nothing to gain: the statement per delivery
@@ -538,7 +569,8 @@ class PostgresDeliveryLedger(DeliveryLedger):
         )
         written: list[tuple[list[int], int]] = []  # each round's deliveries, its statement's place
         if rounds:
-            statements.append((AS_BATCH_WRITER, (",".join(_users_of(deliveries, together)),)))
+            named = BATCH_USERS_SEPARATOR.join(_users_of(deliveries, together))
+            statements.append((AS_BATCH_WRITER, (named,)))
             for places in rounds:
                 members = [together[p] for p in places]
                 written.append((members, len(statements)))
@@ -565,6 +597,10 @@ class PostgresDeliveryLedger(DeliveryLedger):
             for i, outcome in zip(members, outcomes, strict=True):
                 answers[i] = outcome
         return answers
+
+
+def _user_of(delivery: DeliveryRecord) -> str | None:
+    return delivery.route.user_id if delivery.route is not None else None
 
 
 def _users_of(deliveries: Sequence[DeliveryRecord], places: Sequence[int]) -> list[str]:

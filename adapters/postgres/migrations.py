@@ -150,17 +150,28 @@ async def grant_batch_writer(conn: psycopg.AsyncConnection[object]) -> str | Non
             )
             version = await _answer(conn, "SELECT current_setting('server_version_num')::int")
             if not exists:
-                await conn.execute(
-                    sql.SQL(
-                        "CREATE ROLE {} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
-                        " NOINHERIT"
-                    ).format(role)
-                )
-            if not await _answer(
-                conn, "SELECT pg_has_role(current_user, %s, 'MEMBER')", BATCH_WRITER_ROLE
-            ):
+                try:
+                    async with conn.transaction():  # another database's migrate may race us
+                        await conn.execute(
+                            sql.SQL(
+                                "CREATE ROLE {} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB"
+                                " NOCREATEROLE NOINHERIT"
+                            ).format(role)
+                        )
+                except psycopg.errors.DuplicateObject:
+                    pass  # made meanwhile: as good
+            # On 16 a role's creator is its member with ADMIN only (no SET): take SET, without
+            # inheriting; 15 knows membership alone.
+            modern = isinstance(version, int) and version >= 160000
+            taken = await _answer(
+                conn,
+                "SELECT pg_has_role(current_user, %s, %s)",
+                BATCH_WRITER_ROLE,
+                "SET" if modern else "MEMBER",
+            )
+            if not taken:
                 grant = "GRANT {} TO CURRENT_USER"
-                if isinstance(version, int) and version >= 160000:
+                if modern:
                     grant += " WITH INHERIT FALSE, SET TRUE"
                 await conn.execute(sql.SQL(grant).format(role))
             tables = sql.SQL(", ").join(map(sql.Identifier, BATCH_WRITER_TABLES))
@@ -169,6 +180,8 @@ async def grant_batch_writer(conn: psycopg.AsyncConnection[object]) -> str | Non
                 # What a batch reads: the routes (to check them, DR-60), the watchers (DR-57).
                 "GRANT SELECT ON calendly_webhook_routes, live_watchers TO {role}",
                 "GRANT SELECT, INSERT, UPDATE ON {tables} TO {role}",
+                # Deliveries are only added (a copy inserts nothing).
+                "REVOKE UPDATE ON calendly_webhook_events FROM {role}",
                 "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
             ):
                 await conn.execute(sql.SQL(statement).format(role=role, tables=tables))

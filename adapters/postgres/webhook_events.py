@@ -196,13 +196,14 @@ FROM d
 def batchable(delivery: DeliveryRecord) -> bool:
     """Whether `delivery` may be written by RECORD_AND_APPLY_BATCH: a plain change (the
     event's details with it, nothing to read back, DR-53) under a route, without a no-show
-    flag (whose rule needs the flag's absence, which the batch's row cannot carry), and a
+    flag or time (whose rule needs the flag's absence, which the batch's row cannot carry), and a
     body Postgres' jsonb holds. Anything else is written by its own statement, as before."""
     change = delivery.change
     return (
         delivery.route is not None
         and change is not None
         and change.no_show is None
+        and change.no_show_at is None
         and is_plain(change)
         and _jsonb_text(delivery.payload) is not None
     )

@@ -207,8 +207,8 @@ def check_batch_writer(ctx: Context, db: PostgresDiagnostics) -> Finding:
     mend = (
         "run `calendly-connect migrate` as a user that may create roles (it makes the role,"
         f" its rights and policies); or have an administrator CREATE ROLE {role} NOLOGIN"
-        f" NOINHERIT and GRANT {role} TO <the DATABASE_URL user> WITH INHERIT FALSE, SET TRUE,"
-        " then migrate again"
+        f" NOINHERIT and GRANT {role} TO <the DATABASE_URL user> WITH INHERIT FALSE, SET TRUE"
+        f" (PostgreSQL 15: GRANT {role} TO <the DATABASE_URL user>), then migrate again"
     )
     flags = db.role(role)
     if flags is None:

@@ -8,6 +8,7 @@ import asyncio
 import os
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -24,7 +25,7 @@ from adapters.postgres.pool import make_pool
 from adapters.postgres.unit_of_work import unit_of_work_factory
 from adapters.postgres.webhook_events import RECORD_AND_APPLY_BATCH
 from domain.errors import RouteChanged, StorageUnavailable
-from domain.meetings import Meeting
+from domain.meetings import Cancellation, Meeting, MeetingStatus
 from domain.ports import DeliveryRecord, MeetingChange, Route
 from domain.secret import Secret
 from domain.usecases.handle_webhook_event import UnitOfWorkLedger
@@ -505,34 +506,155 @@ def sent_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return sent
 
 
-@pytest.mark.parametrize("together", [True, False])
-async def test_many_users_deliveries_go_out_in_one_statement_each_round(
-    together: bool,
-    pool: Pool,
-    cipher: AesGcmTokenCipher,
+def every_column(url: str) -> dict[str, Any]:
+    """`stored`, and every column a delivery writes that the database does not make itself."""
+    return {
+        **stored(url),
+        "meeting_columns": sorted(
+            owner_sql(
+                url,
+                "SELECT event_uri, name, start_time, end_time, status, location::text,"
+                " cancellation::text, details_requested_at IS NULL FROM meetings",
+            )
+        ),
+        "invitee_columns": sorted(
+            owner_sql(
+                url,
+                "SELECT invitee_uri, email, name, timezone, status, cancellation::text,"
+                " rescheduled, old_invitee_uri, new_invitee_uri, no_show, no_show_changed_at"
+                " FROM meeting_invitees",
+            )
+        ),
+        "payloads": sorted(
+            owner_sql(url, "SELECT event_id, payload::text FROM calendly_webhook_events")
+        ),
+    }
+
+
+def rich(record: DeliveryRecord) -> DeliveryRecord:
+    """`record` with a location, its cancellation's details and a JSON body (as Calendly's)."""
+    change = record.change
+    assert change is not None
+    assert change.invitee is not None
+    canceled = change.meeting.status == MeetingStatus.CANCELED
+    cancellation = Cancellation(canceled_by="Guest", reason="conflict") if canceled else None
+    meeting = msgspec.structs.replace(
+        change.meeting,
+        location={"type": "zoom", "join_url": "https://zoom.test/j/1"},
+        end_time=T0 + timedelta(minutes=30),
+        cancellation=cancellation,
+    )
+    invitee = msgspec.structs.replace(
+        change.invitee, name="Guest Ü", timezone="Europe/Berlin", cancellation=cancellation
+    )
+    return msgspec.structs.replace(
+        record,
+        payload=b'{"event": "%s", "payload": {"name": "Guest \\u00dc", "n": [1, 2.5]}}'
+        % record.event_type.encode(),
+        change=msgspec.structs.replace(change, meeting=meeting, invitee=invitee),
+    )
+
+
+def lacking_details(user: str, event: int) -> DeliveryRecord:
+    """A delivery in the pre-2022 shape (its event to be read, DR-47): never in a round."""
+    plain = delivery(user, event, 9)
+    assert plain.change is not None
+    return msgspec.structs.replace(
+        plain,
+        event_id=f"{plain.event_id}:legacy",
+        change=MeetingChange(
+            meeting=Meeting(event_uri=plain.change.meeting.event_uri), needs_details=True
+        ),
+    )
+
+
+PLAIN_ROUNDS = [
+    delivery("ada", 1, 1),
+    delivery("bob", 1, 1),
+    delivery("ada", 2, 1),
+    delivery("cy", 1, 1),
+    delivery("bob", 1, 1),  # a copy
+    delivery("ada", 1, 1, cancel=True),
+]
+# ada's deliveries of both kinds all go apart, in the order they came; bob's and cy's in a round.
+MIXED = [
+    delivery("ada", 1, 1),
+    lacking_details("ada", 1),
+    delivery("bob", 1, 1),
+    delivery("ada", 1, 1, cancel=True),
+    delivery("cy", 2, 1),
+    delivery(None, 3, 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("batch", "rounds"),
+    [([rich(d) for d in PLAIN_ROUNDS], 3), (PLAIN_ROUNDS, 3), (MIXED, 1)],
+    ids=["plain, with every field", "plain", "mixed kinds"],
+)
+async def test_a_round_statement_leaves_and_answers_what_one_statement_each_would(
+    batch: list[DeliveryRecord],
+    rounds: int,
+    ledger: PostgresDeliveryLedger,
     database_url: str,
+    reference_url: str,
+    cipher: AesGcmTokenCipher,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Three rounds (ada thrice) of plain deliveries: one statement each, the same rows and
-    answers as one statement per delivery (the ledger with `together=False`)."""
+    """One statement per round of many users (DR-61): every column and answer as written one
+    delivery per transaction, and a user's deliveries in the order they came."""
+    reference_pool = make_pool(reference_url, runtime_role=RUNTIME_ROLE, min_size=1, max_size=2)
+    await reference_pool.open(wait=True)
+    try:
+        one_by_one = unit_of_work_factory(reference_pool, cipher)
+        await connected(one_by_one)
+        expected = [await UnitOfWorkLedger(one_by_one).record(d) for d in batch]
+    finally:
+        await reference_pool.close()
+    sent = sent_statements(monkeypatch)
+    answers = await asyncio.gather(*(ledger.record(d) for d in batch))
+    assert list(answers) == expected
+    assert sent.count(RECORD_AND_APPLY_BATCH) == rounds
+    assert ledger.fallbacks == 0
+    assert every_column(database_url) == every_column(reference_url)
+
+
+async def test_without_the_batch_writer_each_delivery_goes_by_its_own_statement(
+    pool: Pool, cipher: AesGcmTokenCipher, monkeypatch: pytest.MonkeyPatch
+) -> None:
     uow = unit_of_work_factory(pool, cipher)
     await connected(uow)
-    ledger = PostgresDeliveryLedger(
-        pool, cipher, UnitOfWorkLedger(uow), max_running=1, together=together
-    )
+    ledger = PostgresDeliveryLedger(pool, cipher, UnitOfWorkLedger(uow), together=False)
     sent = sent_statements(monkeypatch)
-    batch = [delivery("ada", 1, 1), delivery("bob", 1, 1), delivery("ada", 2, 1)]
-    batch += [delivery("cy", 1, 1), delivery("bob", 1, 1), delivery("ada", 1, 1, cancel=True)]
-    answers = await asyncio.gather(*(ledger.record(d) for d in batch))
-    assert answers == [True, True, True, True, False, True]
-    assert sent.count(RECORD_AND_APPLY_BATCH) == (3 if together else 0)
-    assert ledger.fallbacks == 0
-    assert stored(database_url)["meetings"] == [
-        ("ada", f"{EV}ada-1", "Intro", "canceled"),
-        ("ada", f"{EV}ada-2", "Intro", "active"),
-        ("bob", f"{EV}bob-1", "Intro", "active"),
-        ("cy", f"{EV}cy-1", "Intro", "active"),
+    assert await asyncio.gather(*(ledger.record(d) for d in PLAIN_ROUNDS)) == [
+        True,
+        True,
+        True,
+        True,
+        False,
+        True,
     ]
+    assert RECORD_AND_APPLY_BATCH not in sent
+    assert group_commit.AS_BATCH_WRITER not in sent
+
+
+async def test_a_batch_writer_refused_at_run_time_writes_alone_and_is_used_no_more(
+    ledger: PostgresDeliveryLedger, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its policy dropped while the service runs: the batch is written one delivery at a
+    time (nothing lost), and later batches go without the batch writer."""
+    owner_sql(database_url, "DROP POLICY batch_users ON meetings")
+    sent = sent_statements(monkeypatch)
+    first = [delivery("ada", 1, 1), delivery("bob", 1, 1)]
+    assert await asyncio.gather(*(ledger.record(d) for d in first)) == [True, True]
+    assert ledger.fallbacks == 1
+    assert RECORD_AND_APPLY_BATCH in sent
+    sent.clear()
+    later = [delivery("ada", 2, 1), delivery("cy", 1, 1)]
+    assert await asyncio.gather(*(ledger.record(d) for d in later)) == [True, True]
+    assert RECORD_AND_APPLY_BATCH not in sent
+    assert ledger.fallbacks == 1
+    assert events_of(database_url, "bob")
 
 
 async def test_a_route_out_of_date_fails_only_its_delivery_in_a_round(
@@ -566,10 +688,14 @@ async def test_the_batch_writer_writes_only_the_batchs_users(
         " ON CONFLICT (user_id) DO UPDATE SET last_seq = meeting_change_users.last_seq + 1"
     )
     async with pool.connection() as conn:
-        await conn.execute(group_commit.AS_BATCH_WRITER, ("ada,cy",))
+        named = group_commit.BATCH_USERS_SEPARATOR.join(["ada", "cy", "acme,eu"])
+        await conn.execute(group_commit.AS_BATCH_WRITER, (named,))
         await conn.execute(insert, ("ada",))
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            await conn.execute(insert, ("bob",))
+        await conn.execute(insert, ("acme,eu",))  # any printable id, commas too
+        for other in ("bob", "acme", "eu"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                async with conn.transaction():  # a savepoint: the refusal ends only it
+                    await conn.execute(insert, (other,))
         await conn.rollback()
         await conn.execute("SELECT set_config('app.batch_users', 'bob', true)")
         await conn.execute("SELECT set_config('app.user_id', 'ada', true)")
