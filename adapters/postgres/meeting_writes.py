@@ -64,6 +64,16 @@ wanted AS (
 )"""
 
 
+MEETING_MERGE = """
+        name = coalesce(EXCLUDED.name, t.name),
+        start_time = coalesce(EXCLUDED.start_time, t.start_time),
+        end_time = coalesce(EXCLUDED.end_time, t.end_time),
+        status = CASE WHEN 'canceled' IN (t.status, EXCLUDED.status)
+                      THEN 'canceled' ELSE 'active' END,
+        location = coalesce(EXCLUDED.location, t.location),
+        cancellation = coalesce(t.cancellation, EXCLUDED.cancellation),"""
+
+
 def _meeting_ctes(*, plain: bool) -> str:
     def full(text: str) -> str:
         """`text` in the full statement; nothing in the plain one."""
@@ -85,14 +95,7 @@ meeting AS (
            %(end_time)s, %(status)s, %(location)s, %(cancellation)s,{full(_REQUESTED)}
            numbered.last_seq
     FROM numbered
-    ON CONFLICT (connection_id, event_uri) DO UPDATE SET
-        name = coalesce(EXCLUDED.name, t.name),
-        start_time = coalesce(EXCLUDED.start_time, t.start_time),
-        end_time = coalesce(EXCLUDED.end_time, t.end_time),
-        status = CASE WHEN 'canceled' IN (t.status, EXCLUDED.status)
-                      THEN 'canceled' ELSE 'active' END,
-        location = coalesce(EXCLUDED.location, t.location),
-        cancellation = coalesce(t.cancellation, EXCLUDED.cancellation),{full(_DETAILS_UPDATES)}
+    ON CONFLICT (connection_id, event_uri) DO UPDATE SET{MEETING_MERGE}{full(_DETAILS_UPDATES)}
         change_seq = EXCLUDED.change_seq,
         updated_at = now()
     RETURNING id
@@ -109,8 +112,23 @@ def is_plain(change: MeetingChange) -> bool:
     return not change.needs_details and change.details_for is None
 
 
+# How a meeting's row (`t`) and an invitee's (`i`) take what a change says (EXCLUDED): the
+# domain's merge rules (domain.meetings), shared by every statement that writes them
+# (the webhook's batch statement too, webhook_events.RECORD_AND_APPLY_BATCH).
+INVITEE_MERGE = """
+    email = coalesce(EXCLUDED.email, i.email),
+    name = coalesce(EXCLUDED.name, i.name),
+    timezone = coalesce(EXCLUDED.timezone, i.timezone),
+    status = CASE WHEN 'canceled' IN (i.status, EXCLUDED.status)
+                  THEN 'canceled' ELSE 'active' END,
+    cancellation = coalesce(i.cancellation, EXCLUDED.cancellation),
+    rescheduled = i.rescheduled OR EXCLUDED.rescheduled,
+    old_invitee_uri = coalesce(i.old_invitee_uri, EXCLUDED.old_invitee_uri),
+    new_invitee_uri = coalesce(i.new_invitee_uri, EXCLUDED.new_invitee_uri),"""
+
 # The invitee, after the meeting (FROM meeting): a statement, or the last CTE.
-INVITEE_UPSERT = """
+INVITEE_UPSERT = (
+    """
 INSERT INTO meeting_invitees AS i (
     user_id, connection_id, meeting_id, invitee_uri, email, name, timezone, status,
     cancellation, rescheduled, old_invitee_uri, new_invitee_uri, no_show, no_show_changed_at
@@ -120,16 +138,9 @@ SELECT %(user_id)s, %(connection_id)s, meeting.id, %(invitee_uri)s, %(email)s, %
        %(new_invitee_uri)s, coalesce(%(no_show)s, false), %(no_show_at)s
 FROM meeting
 WHERE %(invitee_uri)s::text IS NOT NULL
-ON CONFLICT (connection_id, invitee_uri) DO UPDATE SET
-    email = coalesce(EXCLUDED.email, i.email),
-    name = coalesce(EXCLUDED.name, i.name),
-    timezone = coalesce(EXCLUDED.timezone, i.timezone),
-    status = CASE WHEN 'canceled' IN (i.status, EXCLUDED.status)
-                  THEN 'canceled' ELSE 'active' END,
-    cancellation = coalesce(i.cancellation, EXCLUDED.cancellation),
-    rescheduled = i.rescheduled OR EXCLUDED.rescheduled,
-    old_invitee_uri = coalesce(i.old_invitee_uri, EXCLUDED.old_invitee_uri),
-    new_invitee_uri = coalesce(i.new_invitee_uri, EXCLUDED.new_invitee_uri),
+ON CONFLICT (connection_id, invitee_uri) DO UPDATE SET"""
+    + INVITEE_MERGE
+    + """
     no_show = CASE WHEN %(no_show)s::boolean IS NOT NULL
                         AND (i.no_show_changed_at IS NULL
                              OR %(no_show_at)s::timestamptz > i.no_show_changed_at)
@@ -140,6 +151,7 @@ ON CONFLICT (connection_id, invitee_uri) DO UPDATE SET
                               THEN %(no_show_at)s::timestamptz ELSE i.no_show_changed_at END,
     updated_at = now()
 """
+)
 
 
 def compact(statement: str) -> str:

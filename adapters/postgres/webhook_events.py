@@ -20,8 +20,10 @@ from domain.ports import (
 )
 
 from .meeting_writes import (
+    INVITEE_MERGE,
     INVITEE_UPSERT,
     MEETING_CTES,
+    MEETING_MERGE,
     PLAIN_MEETING_CTES,
     apply_parameters,
     compact,
@@ -152,14 +154,7 @@ meeting AS (
     SELECT todo.user_id, connection_id, event_uri, name, start_time, end_time, status,
            location, cancellation, numbered.last_seq
     FROM todo JOIN numbered USING (user_id)
-    ON CONFLICT (connection_id, event_uri) DO UPDATE SET
-        name = coalesce(EXCLUDED.name, t.name),
-        start_time = coalesce(EXCLUDED.start_time, t.start_time),
-        end_time = coalesce(EXCLUDED.end_time, t.end_time),
-        status = CASE WHEN 'canceled' IN (t.status, EXCLUDED.status)
-                      THEN 'canceled' ELSE 'active' END,
-        location = coalesce(EXCLUDED.location, t.location),
-        cancellation = coalesce(t.cancellation, EXCLUDED.cancellation),
+    ON CONFLICT (connection_id, event_uri) DO UPDATE SET{MEETING_MERGE}
         change_seq = EXCLUDED.change_seq,
         updated_at = now()
     RETURNING id, connection_id, event_uri
@@ -173,16 +168,7 @@ invitee AS (
            i_status, i_cancellation, rescheduled, old_invitee_uri, new_invitee_uri
     FROM todo JOIN meeting USING (connection_id, event_uri)
     WHERE invitee_uri IS NOT NULL
-    ON CONFLICT (connection_id, invitee_uri) DO UPDATE SET
-        email = coalesce(EXCLUDED.email, i.email),
-        name = coalesce(EXCLUDED.name, i.name),
-        timezone = coalesce(EXCLUDED.timezone, i.timezone),
-        status = CASE WHEN 'canceled' IN (i.status, EXCLUDED.status)
-                      THEN 'canceled' ELSE 'active' END,
-        cancellation = coalesce(i.cancellation, EXCLUDED.cancellation),
-        rescheduled = i.rescheduled OR EXCLUDED.rescheduled,
-        old_invitee_uri = coalesce(i.old_invitee_uri, EXCLUDED.old_invitee_uri),
-        new_invitee_uri = coalesce(i.new_invitee_uri, EXCLUDED.new_invitee_uri),
+    ON CONFLICT (connection_id, invitee_uri) DO UPDATE SET{INVITEE_MERGE}
         updated_at = now()
 )
 SELECT string_agg(CASE WHEN NOT EXISTS (SELECT FROM routed WHERE routed.k = d.k) THEN -1
