@@ -91,11 +91,11 @@ RING_WATCHED = (
     "SELECT count(pg_notify('calendly_changes', 'meetings:' || u)) FROM unnest(%s::text[]) AS u"
     " WHERE EXISTS (SELECT FROM live_watchers w WHERE w.user_id IN (u, '*'))"
 )
-# The rest of a batch's transaction as the batch writer (migrations/0019, DR-61), which may
-# write the rows of the batch's users only (`app.batch_users`), and under no tenant.
 # Between the users in `app.batch_users` (migrations/0019): no user id holds it (they are
 # printable text, domain.model.is_user_id).
 BATCH_USERS_SEPARATOR = "\x1f"
+# The rest of a batch's transaction as the batch writer (migrations/0019, DR-61), which may
+# write the rows of the batch's users only (`app.batch_users`), and under no tenant.
 AS_BATCH_WRITER = (
     f"SELECT set_config('role', '{BATCH_WRITER_ROLE}', true),"
     " set_config('app.batch_users', %s, true), set_config('app.user_id', '', true)"
@@ -555,7 +555,7 @@ class PostgresDeliveryLedger(DeliveryLedger):
                 i
                 for i in together
                 if deliveries[i].event_id not in ids_apart
-                and _user_of(deliveries[i]) not in users_apart
+                and _place(deliveries[i])[1] not in users_apart
             ]
         rounds = batch_rounds([deliveries[i] for i in together]) if together else []
         if not rounds or len(rounds[0]) < MIN_TOGETHER:
@@ -597,10 +597,6 @@ class PostgresDeliveryLedger(DeliveryLedger):
             for i, outcome in zip(members, outcomes, strict=True):
                 answers[i] = outcome
         return answers
-
-
-def _user_of(delivery: DeliveryRecord) -> str | None:
-    return delivery.route.user_id if delivery.route is not None else None
 
 
 def _users_of(deliveries: Sequence[DeliveryRecord], places: Sequence[int]) -> list[str]:

@@ -148,7 +148,6 @@ async def grant_batch_writer(conn: psycopg.AsyncConnection[object]) -> str | Non
             exists = await _answer(
                 conn, "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", BATCH_WRITER_ROLE
             )
-            version = await _answer(conn, "SELECT current_setting('server_version_num')::int")
             if not exists:
                 try:
                     async with conn.transaction():  # another database's migrate may race us
@@ -162,7 +161,7 @@ async def grant_batch_writer(conn: psycopg.AsyncConnection[object]) -> str | Non
                     pass  # made meanwhile: as good
             # On 16 a role's creator is its member with ADMIN only (no SET): take SET, without
             # inheriting; 15 knows membership alone.
-            modern = isinstance(version, int) and version >= 160000
+            modern = conn.info.server_version >= 160000
             taken = await _answer(
                 conn,
                 "SELECT pg_has_role(current_user, %s, %s)",
