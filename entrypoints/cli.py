@@ -130,10 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from entrypoints.settings import process_environment
+    try:
+        from entrypoints.settings import process_environment
 
-    # The environment is read here, once; each command loads its settings from it.
-    return HANDLERS[args.command](argv[1:], process_environment())
+        # The environment is read here, once; each command loads its settings from it.
+        return HANDLERS[args.command](argv[1:], process_environment())
+    except KeyboardInterrupt:
+        # Ctrl-C before the command took it over (each answers it quietly once running), as
+        # while the web stack is still being imported: a stop, not a traceback.
+        return 130
 
 
 def metrics_directory_problem(environ: Mapping[str, str]) -> str | None:

@@ -244,6 +244,9 @@ class LocalStack:
         self.listener: socket.socket | None = None
         self.children: list[tuple[str, Process]] = []
         self.services: list[Process] = []
+        # Our copy of each service process's socket until that process listens on it: the
+        # only way to tell that every process serves (the probes reach listening ones only).
+        self._not_listening: dict[Process, socket.socket] = {}
         self._opened: list[IO[bytes]] = []
 
     # ------------------------------------------------------------------ the parts
@@ -332,7 +335,9 @@ class LocalStack:
         the kernel spreads new connections evenly over the processes that listen (one shared
         socket gave 61 % of 10,000 streams to one of two, issue 17), and a process that dies
         takes its socket out of the spread (connections still queued on it are reset, as a
-        crashed server's are; Calendly retries a delivery that got no answer)."""
+        crashed server's are; Calendly retries a delivery that got no answer). This process
+        keeps a copy only until the child listens (`wait_ready` watches for that), never
+        after: a copy would keep a dead child's socket in the spread."""
         assert self.listener is not None, "listen() first"
         host, port = self.listener.getsockname()[:2]
         own = listening_socket(host, port, backlog=None, reuse_port=True)
@@ -340,8 +345,10 @@ class LocalStack:
             fd = own.fileno()
             argv = [arg.replace("{fd}", str(fd)) for arg in argv]
             proc = self._start(name, argv, overrides, fd)
-        finally:
-            own.close()  # the child holds it now
+        except BaseException:
+            own.close()
+            raise
+        self._not_listening[proc] = own
         self.services.append(proc)
         return proc
 
@@ -354,10 +361,43 @@ class LocalStack:
         return self._start("host-webhooks", [*CLI, "host-webhooks", "run"], overrides)
 
     # ------------------------------------------------------------------ watching
-    def wait_ready(self, url: str | None = None, *, answers_each: int = 1) -> None:
-        """Until the services answer ready, `answers_each` times per process in a row."""
+    def wait_ready(
+        self, url: str | None = None, *, answers_each: int = 1, seconds: float = 60.0
+    ) -> None:
+        """Until every service process listens, then until the services answer ready,
+        `answers_each` times per process in a row; RuntimeError if a child stops or time runs
+        out. Probes alone could pass while a process still starts: the kernel sends them to
+        the processes that listen, which may be only the first."""
+        deadline = time.monotonic() + seconds
+        while self._still_starting():
+            self.check_running()
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"{len(self._not_listening)} service process(es) did not start listening "
+                    f"within {seconds:.0f} s"
+                )
+            time.sleep(0.05)
         answers = answers_each * max(1, len(self.services))
-        wait_ready(url or self.url, self.services, answers=answers, check=self.check_running)
+        wait_ready(
+            url or self.url,
+            self.services,
+            answers=answers,
+            seconds=max(1.0, deadline - time.monotonic()),
+            check=self.check_running,
+        )
+
+    def _still_starting(self) -> bool:
+        """Whether a service process has yet to listen; our copy of each socket that now
+        listens (or whose process ended) is closed here."""
+        for proc, own in list(self._not_listening.items()):
+            if proc.poll() is not None or own.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                self._release(proc)
+        return bool(self._not_listening)
+
+    def _release(self, proc: Process) -> None:
+        own = self._not_listening.pop(proc, None)
+        if own is not None:
+            own.close()
 
     def check_running(self) -> None:
         """RuntimeError naming the first child that stopped (and where its error is)."""
@@ -369,17 +409,22 @@ class LocalStack:
 
     # ------------------------------------------------------------------ stopping
     def stop_services(self) -> None:
+        for proc in self.services:
+            self._release(proc)
         stop_processes(self.services)
         self.children = [(n, p) for n, p in self.children if p not in self.services]
         self.services = []
 
     def forget(self, proc: Process) -> None:
         """Stop watching a child that was stopped on purpose (a fault a test injected)."""
+        self._release(proc)
         self.children = [(n, p) for n, p in self.children if p is not proc]
         self.services = [p for p in self.services if p is not proc]
 
     def stop(self) -> None:
         """Every child, the socket, then Postgres."""
+        for proc in list(self._not_listening):
+            self._release(proc)
         stop_processes(proc for _, proc in self.children)
         self.children, self.services = [], []
         if self.listener is not None:

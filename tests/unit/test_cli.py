@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoints.cli import main
+from entrypoints.cli import HANDLERS, main
 
 # What the commands read from the environment, cleared so a developer's shell cannot steer them.
 READ_FROM_ENVIRONMENT = (
@@ -228,3 +228,16 @@ def test_api_keys_says_when_the_database_cannot_be_reached(
     code, printed = run(capfd, "api-keys", "list")
     assert_one_clear_error(code, printed, 1, "cannot reach the database")
     assert "db-password-canary" not in printed
+
+
+def test_ctrl_c_before_a_command_takes_it_over_stops_quietly(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # As `serve` meets a Ctrl-C while it still imports the web stack (a slow start under `dev`).
+    def interrupted(_argv: object, _environ: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(HANDLERS, "serve", interrupted)
+    code, printed = run(capfd, "serve")
+    assert code == 130
+    assert printed == ""
