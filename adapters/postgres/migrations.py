@@ -128,7 +128,7 @@ async def grant_runtime_role(conn: psycopg.AsyncConnection[object], role: str) -
         "GRANT {role} TO CURRENT_USER",
         "GRANT USAGE ON SCHEMA public TO {role}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
-        "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        "REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role}",
         "REVOKE ALL ON schema_migrations FROM {role}",
         "GRANT SELECT ON schema_migrations TO {role}",
     ]
@@ -181,7 +181,10 @@ async def grant_batch_writer(conn: psycopg.AsyncConnection[object]) -> str | Non
                 "GRANT SELECT, INSERT, UPDATE ON {tables} TO {role}",
                 # Deliveries are only added (a copy inserts nothing).
                 "REVOKE UPDATE ON calendly_webhook_events FROM {role}",
-                "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
+                # No sequence: the only one behind what it writes is the change log's identity,
+                # which Postgres draws from without checking rights. Earlier versions granted
+                # every sequence of the schema: taken back on every run.
+                "REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role}",
             ):
                 await conn.execute(sql.SQL(statement).format(role=role, tables=tables))
             for table in BATCH_WRITER_TABLES:

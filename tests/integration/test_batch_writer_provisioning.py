@@ -112,6 +112,13 @@ def test_a_createrole_user_makes_a_batch_writer_bound_by_rls(migrated: str) -> N
             (BATCH_WRITER_POLICY, BATCH_WRITER_ROLE),
         ).fetchall()
         assert sorted(t for (t,) in policies) == sorted(BATCH_WRITER_TABLES)
+        # No sequence (the change log's identity needs none).
+        sequences = conn.execute(
+            "SELECT relname FROM pg_class WHERE relkind = 'S'"
+            " AND CASE WHEN relkind = 'S' THEN has_sequence_privilege(%s, oid, 'USAGE') END",
+            (BATCH_WRITER_ROLE,),
+        ).fetchall()
+        assert sequences == []
         # The migrating user may take it, and does not gain its rights without taking it.
         taken = conn.execute(
             "SELECT pg_has_role(current_user, %s, 'SET'), pg_has_role(current_user, %s, 'USAGE')",
