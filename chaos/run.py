@@ -318,6 +318,8 @@ class Chaos:
         stack.forget(victim)
         await asyncio.sleep(0.5)
         stack.start_service()
+        # Serving again before the next fault (and the launcher lets go of its socket).
+        await asyncio.to_thread(stack.wait_ready)
 
     async def kill_listener(self, db_url: str) -> None:
         def terminate() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -112,6 +113,22 @@ HANDLERS: dict[str, Command] = {
 }
 
 
+# What `main` answers when Ctrl-C stopped a command (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 128 + signal.SIGINT
+
+
+def run() -> None:
+    """The program (`calendly-connect`, `python -m entrypoints.cli`): `main`'s exit code; a
+    command stopped by Ctrl-C ends by SIGINT itself, so that a calling shell or script knows
+    it was interrupted and stops too, as Python does for an uncaught KeyboardInterrupt."""
+    code = main()
+    if code == INTERRUPTED:
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    raise SystemExit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -136,9 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         # The environment is read here, once; each command loads its settings from it.
         return HANDLERS[args.command](argv[1:], process_environment())
     except KeyboardInterrupt:
-        # Ctrl-C before the command took it over (each answers it quietly once running), as
-        # while the web stack is still being imported: a stop, not a traceback.
-        return 130
+        # Ctrl-C that no command answered itself: before one took it over (serve, worker, dev
+        # and host-webhooks run stop cleanly on it once running; one still importing the web
+        # stack does not), or in one that leaves it to Python (migrate, doctor, ...). One
+        # line, not a traceback; `run` then ends the process as interrupted.
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 def metrics_directory_problem(environ: Mapping[str, str]) -> str | None:
@@ -160,4 +180,4 @@ def metrics_directory_problem(environ: Mapping[str, str]) -> str | None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

@@ -336,8 +336,9 @@ class LocalStack:
         socket gave 61 % of 10,000 streams to one of two, issue 17), and a process that dies
         takes its socket out of the spread (connections still queued on it are reset, as a
         crashed server's are; Calendly retries a delivery that got no answer). This process
-        keeps a copy only until the child listens (`wait_ready` watches for that), never
-        after: a copy would keep a dead child's socket in the spread."""
+        keeps a copy only until it sees the child listen (`wait_ready` and `check_running`
+        look), never for long after: a copy would keep a dead child's socket in the
+        spread, its connections never answered."""
         assert self.listener is not None, "listen() first"
         host, port = self.listener.getsockname()[:2]
         own = listening_socket(host, port, backlog=None, reuse_port=True)
@@ -400,7 +401,10 @@ class LocalStack:
             own.close()
 
     def check_running(self) -> None:
-        """RuntimeError naming the first child that stopped (and where its error is)."""
+        """RuntimeError naming the first child that stopped (and where its error is). Our
+        copies of the sockets of processes that now listen, or ended, are let go here too:
+        whoever watches the stack (`dev` every half second, `wait_ready`) keeps that short."""
+        self._still_starting()
         for name, proc in self.children:
             code = proc.poll()
             if code is not None:

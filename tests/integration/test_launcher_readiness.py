@@ -6,7 +6,10 @@ caught that process mid-import (CI, 2026-12-07)."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,8 +33,9 @@ class Ready(http.server.BaseHTTPRequestHandler):
 server = http.server.HTTPServer(("127.0.0.1", 0), Ready, bind_and_activate=False)
 server.socket.close()
 server.socket = socket.socket(fileno=fd)
+marker.write_text("listening")  # before: a file written after could lag behind the probes
 server.socket.listen(16)
-marker.write_text("listening")
+marker.with_suffix(".done").write_text("listening")
 server.serve_forever()
 """
 
@@ -64,5 +68,31 @@ def test_a_process_that_ends_before_listening_is_named_not_waited_for(tmp_path: 
         start(stack, -1, tmp_path / "never")  # exits 3 without listening
         with pytest.raises(RuntimeError, match=r"stand-in stopped unexpectedly \(exit 3"):
             stack.wait_ready()
+    finally:
+        stack.stop()
+
+
+def test_a_process_that_dies_after_listening_leaves_no_socket_behind(tmp_path: Path) -> None:
+    """Once the stack has seen a process listen (any `check_running`, as `dev` runs every half
+    second), only that process holds its socket: when it dies, the kernel stops sending it
+    connections, which would otherwise wait, unanswered, on a socket nobody accepts from."""
+    stack = LocalStack(dict(os.environ))
+    try:
+        stack.listen()
+        start(stack, 0, tmp_path / "one")
+        start(stack, 0, tmp_path / "two")
+        stack.wait_ready()
+        start(stack, 0, tmp_path / "third")
+        third = stack.services[-1]
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "third.done").exists():
+            assert time.monotonic() < deadline, "the third process did not listen"
+            time.sleep(0.05)
+        stack.check_running()  # what `dev` does every half second
+        third.send_signal(signal.SIGKILL)
+        third.wait()
+        for _ in range(40):  # the kernel's spread reaches every socket in the group
+            with urllib.request.urlopen(f"{stack.url}/health/ready", timeout=3) as answer:
+                assert answer.status == 200
     finally:
         stack.stop()

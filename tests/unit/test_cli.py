@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from entrypoints.cli import HANDLERS, main
+from entrypoints.cli import HANDLERS, INTERRUPTED, main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # What the commands read from the environment, cleared so a developer's shell cannot steer them.
 READ_FROM_ENVIRONMENT = (
@@ -238,6 +242,31 @@ def test_ctrl_c_before_a_command_takes_it_over_stops_quietly(
         raise KeyboardInterrupt
 
     monkeypatch.setitem(HANDLERS, "serve", interrupted)
-    code, printed = run(capfd, "serve")
-    assert code == 130
-    assert printed == ""
+    try:
+        code, printed = run(capfd, "serve")
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped `main` (a user would see a traceback)")
+    assert code == INTERRUPTED == 130
+    assert printed == "interrupted\n"
+
+
+def test_the_program_stopped_by_ctrl_c_ends_by_sigint() -> None:
+    """So that a shell script running it stops too, as after any interrupted program."""
+    program = (
+        "import entrypoints.cli as cli\n"
+        "def interrupted(argv, environ):\n"
+        "    raise KeyboardInterrupt\n"
+        "cli.HANDLERS['doctor'] = interrupted\n"
+        "import sys; sys.argv = ['calendly-connect', 'doctor']\n"
+        "cli.run()\n"
+    )
+    ended = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ended.returncode == -signal.SIGINT, ended.stderr
+    assert ended.stderr == "interrupted\n"
