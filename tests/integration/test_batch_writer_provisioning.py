@@ -24,7 +24,6 @@ import pytest
 from psycopg import sql
 
 from adapters.crypto import AesGcmTokenCipher
-from adapters.postgres import group_commit
 from adapters.postgres.group_commit import PostgresDeliveryLedger
 from adapters.postgres.migrations import migrate
 from adapters.postgres.pool import make_pool
@@ -39,6 +38,7 @@ from adapters.postgres.webhook_events import RECORD_AND_APPLY_BATCH
 from domain.usecases.handle_webhook_event import UnitOfWorkLedger
 from tests.support.ledger_records import connected, delivery
 from tests.support.postgres import RUNTIME_ROLE
+from tests.support.statements import sent_statements
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
 MIGRATOR = "cc_console_admin"
@@ -91,12 +91,8 @@ def migrated(fresh_cluster: str) -> str:
 
 @pytest.fixture
 async def runtime_pool(migrated: str) -> AsyncIterator[Pool]:
-    pool = make_pool(migrated, runtime_role=RUNTIME_ROLE, min_size=1, max_size=2)
-    await pool.open(wait=True)
-    try:
+    async with make_pool(migrated, runtime_role=RUNTIME_ROLE, max_size=2) as pool:
         yield pool
-    finally:
-        await pool.close()
 
 
 def test_a_createrole_user_makes_a_batch_writer_bound_by_rls(migrated: str) -> None:
@@ -137,14 +133,7 @@ async def test_batches_then_write_their_rounds_with_the_batch_statement(
     cipher = AesGcmTokenCipher({"k1": b"k" * 32}, "k1")
     uow = unit_of_work_factory(runtime_pool, cipher)
     await connected(uow)
-    sent: list[str] = []
-    original = group_commit.run_transaction  # type: ignore[attr-defined]
-
-    async def spy(conn: Any, statements: Any, **kwargs: Any) -> Any:
-        sent.extend(query for query, _ in statements)
-        return await original(conn, statements, **kwargs)
-
-    monkeypatch.setattr(group_commit, "run_transaction", spy)
+    sent = sent_statements(monkeypatch)
     ledger = PostgresDeliveryLedger(runtime_pool, cipher, UnitOfWorkLedger(uow), max_running=1)
     batch = [delivery("ada", 1, 1), delivery("bob", 1, 1), delivery("cy", 1, 1)]
     assert await asyncio.gather(*(ledger.record(d) for d in batch)) == [True, True, True]

@@ -32,6 +32,7 @@ from domain.usecases.handle_webhook_event import UnitOfWorkLedger
 from tests.support.connections import EV, T0, add, cid, connection, owner_sql
 from tests.support.ledger_records import USERS, connected, delivery, route_of
 from tests.support.postgres import RUNTIME_ROLE
+from tests.support.statements import sent_statements
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
 PER_USER_TABLES = "meeting_invitees, meetings, calendly_webhook_events, change_log"
@@ -491,19 +492,6 @@ async def test_a_route_changed_is_found_out_on_the_alone_path_too(
 
 
 # ------------------------------------------------------- one statement for many users (DR-61)
-
-
-def sent_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The queries of every transaction the ledger sends from now on."""
-    sent: list[str] = []
-    original = group_commit.run_transaction  # type: ignore[attr-defined]
-
-    async def spy(conn: Any, statements: Any, **kwargs: Any) -> Any:
-        sent.extend(query for query, _ in statements)
-        return await original(conn, statements, **kwargs)
-
-    monkeypatch.setattr(group_commit, "run_transaction", spy)
-    return sent
 
 
 def every_column(url: str) -> dict[str, Any]:
