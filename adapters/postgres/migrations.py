@@ -128,7 +128,7 @@ async def grant_runtime_role(conn: psycopg.AsyncConnection[object], role: str) -
         "GRANT {role} TO CURRENT_USER",
         "GRANT USAGE ON SCHEMA public TO {role}",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}",
-        "REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role}",
+        "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}",
         "REVOKE ALL ON schema_migrations FROM {role}",
         "GRANT SELECT ON schema_migrations TO {role}",
     ]
