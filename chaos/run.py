@@ -319,7 +319,10 @@ class Chaos:
         await asyncio.sleep(0.5)
         stack.start_service()
         # Serving again before the next fault (and the launcher lets go of its socket).
-        await asyncio.to_thread(stack.wait_ready)
+        try:
+            await asyncio.to_thread(stack.wait_ready)
+        except RuntimeError as exc:
+            self.report.check("the killed service process serves again", False, str(exc))
 
     async def kill_listener(self, db_url: str) -> None:
         def terminate() -> int:

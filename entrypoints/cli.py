@@ -9,6 +9,8 @@ status | replay | retry | enable, rotate-keys), the developer's in entrypoints/d
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import signal
 import sys
@@ -123,7 +125,13 @@ def run() -> None:
     it was interrupted and stops too, as Python does for an uncaught KeyboardInterrupt."""
     code = main()
     if code == INTERRUPTED:
-        sys.stderr.flush()
+        # What Python does before it ends a program that Ctrl-C stopped: what was printed
+        # (a pipe's buffer too) and logged goes out first.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        logging.shutdown()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
     raise SystemExit(code)

@@ -66,10 +66,12 @@ def pg_cluster() -> Iterator[PgCluster]:
         cluster.create_template()
         yield cluster
     finally:
-        if cluster.template and cluster.server is None:
-            # A server of the user's own (TEST_DATABASE_URL): leave nothing of this session.
-            cluster.drop(cluster.template)
-        stop_cluster(cluster)
+        try:
+            if cluster.template and cluster.server is None:
+                # A server of the user's own (TEST_DATABASE_URL): leave nothing of this session.
+                cluster.drop(cluster.template)
+        finally:
+            stop_cluster(cluster)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

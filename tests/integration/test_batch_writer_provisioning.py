@@ -108,13 +108,10 @@ def test_a_createrole_user_makes_a_batch_writer_bound_by_rls(migrated: str) -> N
             (BATCH_WRITER_POLICY, BATCH_WRITER_ROLE),
         ).fetchall()
         assert sorted(t for (t,) in policies) == sorted(BATCH_WRITER_TABLES)
-        # No sequence (the change log's identity needs none).
-        sequences = conn.execute(
-            "SELECT relname FROM pg_class WHERE relkind = 'S'"
-            " AND CASE WHEN relkind = 'S' THEN has_sequence_privilege(%s, oid, 'USAGE') END",
-            (BATCH_WRITER_ROLE,),
-        ).fetchall()
-        assert sequences == []
+        # No sequence for it (the change log's identity needs none); every one for the runtime
+        # role (the workers' bigserial tables draw from theirs).
+        assert sequences_of(conn, BATCH_WRITER_ROLE) == []
+        assert "webhook_outages_id_seq" in sequences_of(conn, RUNTIME_ROLE)
         # The migrating user may take it, and does not gain its rights without taking it.
         taken = conn.execute(
             "SELECT pg_has_role(current_user, %s, 'SET'), pg_has_role(current_user, %s, 'USAGE')",
@@ -122,8 +119,32 @@ def test_a_createrole_user_makes_a_batch_writer_bound_by_rls(migrated: str) -> N
         ).fetchone()
         modern = conn.info.server_version >= 160000
     # On 15 membership is all there is: the member has the role's rights, none of which the
-    # owner of the tables lacks.
+    # owner of the tables lacks. (Not run here: pgserver's Postgres is 16.)
     assert taken == ((True, False) if modern else (True, True))
+
+
+def sequences_of(conn: psycopg.Connection[Any], role: str) -> list[str]:
+    """The sequences `role` may use, read or advance in any way."""
+    rows = conn.execute(
+        "SELECT relname FROM pg_class WHERE relkind = 'S' AND CASE WHEN relkind = 'S'"
+        " THEN has_sequence_privilege(%s, oid, 'USAGE, SELECT, UPDATE') END ORDER BY relname",
+        (role,),
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+def test_migrating_again_takes_back_what_the_first_version_granted(migrated: str) -> None:
+    """The first version of the batch writer had every sequence of the schema."""
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(
+                sql.Identifier(BATCH_WRITER_ROLE)
+            )
+        )
+        assert sequences_of(conn, BATCH_WRITER_ROLE) != []
+    asyncio.run(migrate(migrated, RUNTIME_ROLE))
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        assert sequences_of(conn, BATCH_WRITER_ROLE) == []
 
 
 async def test_batches_then_write_their_rounds_with_the_batch_statement(

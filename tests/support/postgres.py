@@ -10,7 +10,9 @@
 `TEST_POSTGRES=embedded` skips the Docker probe. One migrated template database per session;
 each test gets its own copy (CREATE DATABASE ... TEMPLATE is fast), so tests never see each
 other's rows. The outage tests (tests/faults) stop and restart a server, so they always own an
-embedded one, whichever is chosen here.
+embedded one, whichever is chosen here; so do the tests of a migrating user that may only
+create roles (tests/integration/test_batch_writer_provisioning.py), which need a cluster
+without the service's roles.
 """
 
 from __future__ import annotations
