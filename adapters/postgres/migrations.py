@@ -117,8 +117,7 @@ async def grant_runtime_role(conn: psycopg.AsyncConnection[object], role: str) -
     """Create the runtime role if needed: it owns nothing, is no superuser, cannot bypass RLS,
     and may only read and write rows. The migrating user becomes a member, to `SET ROLE`."""
     ident = sql.Identifier(role)
-    cursor = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
-    if await cursor.fetchone() is None:
+    if not await _role_exists(conn, role):
         await conn.execute(
             sql.SQL(
                 "CREATE ROLE {} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
@@ -145,10 +144,7 @@ async def grant_batch_writer(conn: psycopg.AsyncConnection[object]) -> str | Non
     role = sql.Identifier(BATCH_WRITER_ROLE)
     try:
         async with conn.transaction():
-            exists = await _answer(
-                conn, "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", BATCH_WRITER_ROLE
-            )
-            if not exists:
+            if not await _role_exists(conn, BATCH_WRITER_ROLE):
                 try:
                     async with conn.transaction():  # another database's migrate may race us
                         await conn.execute(
@@ -212,6 +208,12 @@ async def grant_batch_writer(conn: psycopg.AsyncConnection[object]) -> str | Non
             " `calendly-connect doctor`"
         )
     return None
+
+
+async def _role_exists(conn: psycopg.AsyncConnection[object], role: str) -> bool:
+    return bool(
+        await _answer(conn, "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", role)
+    )
 
 
 async def _answer(conn: psycopg.AsyncConnection[object], query: str, *params: object) -> object:

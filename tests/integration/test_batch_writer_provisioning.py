@@ -16,7 +16,6 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg_pool
@@ -37,17 +36,11 @@ from adapters.postgres.unit_of_work import unit_of_work_factory
 from adapters.postgres.webhook_events import RECORD_AND_APPLY_BATCH
 from domain.usecases.handle_webhook_event import UnitOfWorkLedger
 from tests.support.ledger_records import connected, delivery
-from tests.support.postgres import RUNTIME_ROLE
+from tests.support.postgres import RUNTIME_ROLE, PgCluster, as_role
 from tests.support.statements import sent_statements
 
 Pool = psycopg_pool.AsyncConnectionPool[Any]
 MIGRATOR = "cc_console_admin"
-
-
-def as_user(url: str, user: str, database: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}", path=f"/{database}"))
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +68,7 @@ def fresh_cluster() -> Iterator[str]:
                 )
             )
             admin.execute(sql.SQL("CREATE DATABASE app OWNER {}").format(sql.Identifier(MIGRATOR)))
-        yield as_user(admin_url, MIGRATOR, "app")
+        yield as_role(PgCluster(admin_url=admin_url).url_for("app"), MIGRATOR)
     finally:
         server.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)

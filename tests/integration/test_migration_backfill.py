@@ -11,23 +11,16 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from adapters.postgres.migrations import DEFAULT_DIRECTORY, migrate
-from tests.support.postgres import RUNTIME_ROLE, PgCluster
+from tests.support.postgres import RUNTIME_ROLE, PgCluster, as_role
 
 HARDENING = "0004_hardening.sql"
 CID = str(uuid.uuid4())
-
-
-def as_role(url: str, role: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
 
 
 @pytest.fixture

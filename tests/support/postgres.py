@@ -209,6 +209,13 @@ def stop_cluster(cluster: PgCluster) -> None:
         server.stop()
 
 
+def as_role(url: str, role: str) -> str:
+    """`url` logging in as `role` instead (a login role of the test's own, no password)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+
+
 def runtime_connection(url: str) -> psycopg.Connection[Any]:
     """An autocommit connection acting as the runtime role, as the service's pool does."""
     conn = psycopg.connect(url, autocommit=True)
